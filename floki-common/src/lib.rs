@@ -1,0 +1,119 @@
+//! Types shared by Floki's kernel programs (`floki-ebpf`) and the agent (`floki-agent`).
+//!
+//! Every type here is `#[repr(C)]`, `Copy` and free of padding that the kernel
+//! could see uninitialised: they are map keys and values, laid out identically
+//! on both sides.
+#![no_std]
+
+/// Names of the kernel programs, as the agent looks them up in the object.
+pub mod program {
+    /// The `sock_ops` program: recognises channel sockets when they connect.
+    pub const SOCK_OPS: &str = "floki_sock_ops";
+    /// The `sk_msg` program: redirects a channel socket's writes to its peer.
+    pub const SK_MSG: &str = "floki_sk_msg";
+}
+
+/// Names of the maps, as the agent looks them up in the object.
+pub mod map {
+    /// `EndpointKey -> ChannelEnd`: the data sockets the agent expects.
+    pub const ENDPOINTS: &str = "FLOKI_ENDPOINTS";
+    /// `ChannelEnd -> socket`: the channel sockets the kernel splices.
+    pub const SOCKETS: &str = "FLOKI_SOCKETS";
+    /// `u32 channel -> ChannelRecord`: per-channel presence and counters.
+    pub const CHANNELS: &str = "FLOKI_CHANNELS";
+    /// Per-socket storage `ChannelEnd`: which channel end a socket is.
+    pub const SOCKET_ENDS: &str = "FLOKI_SOCKET_ENDS";
+    /// `0 -> DatapathCounters`: totals since the programs were loaded.
+    pub const COUNTERS: &str = "FLOKI_COUNTERS";
+}
+
+/// The writing end of a channel.
+pub const ROLE_SENDER: u32 = 0;
+/// The reading end of a channel.
+pub const ROLE_RECEIVER: u32 = 1;
+
+/// The data socket that connects to the receiver's listener (the sender's).
+pub const SIDE_CONNECT: u32 = 0;
+/// The data socket that the receiver's listener accepts.
+pub const SIDE_ACCEPT: u32 = 1;
+
+/// One end of one channel. The key of the socket map, the value of the endpoint
+/// map and the per-socket storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelEnd {
+    /// Channel id, allocated by the agent.
+    pub channel: u32,
+    /// [`ROLE_SENDER`] or [`ROLE_RECEIVER`].
+    pub role: u32,
+}
+
+impl ChannelEnd {
+    /// The other end of the same channel.
+    pub const fn peer(self) -> Self {
+        Self {
+            channel: self.channel,
+            role: self.role ^ 1,
+        }
+    }
+}
+
+/// How `sock_ops` recognises a channel's data socket when it reaches the
+/// established state. Keys carry the network namespace, so that identical
+/// addresses in two namespaces (two pods using 127.0.0.1) never collide.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Network namespace cookie of the socket's namespace.
+    pub netns_cookie: u64,
+    /// The receiver's listening address: IPv6, or IPv4 mapped (`::ffff:a.b.c.d`),
+    /// in network byte order.
+    pub addr: [u8; 16],
+    /// The receiver's listening port, host byte order.
+    pub port: u32,
+    /// [`SIDE_CONNECT`] or [`SIDE_ACCEPT`].
+    pub side: u32,
+}
+
+/// Per-channel state that the kernel programs keep and the agent reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// Socket cookie of each end while it is in the socket map (0: absent),
+    /// indexed by role.
+    pub cookies: [u64; 2],
+    /// Bytes redirected from each end to its peer, indexed by the sending role.
+    pub bytes: [u64; 2],
+    /// Messages (sendmsg chunks) redirected from each end, indexed by role.
+    pub msgs: [u64; 2],
+}
+
+/// Totals since the programs were loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathCounters {
+    /// Bytes redirected socket to socket.
+    pub spliced_bytes: u64,
+    /// Messages (sendmsg chunks) redirected.
+    pub spliced_msgs: u64,
+    /// Messages of channel sockets that went over TCP because the peer was absent.
+    pub passed_msgs: u64,
+    /// Redirects the kernel refused.
+    pub redirect_errors: u64,
+    /// Sockets inserted into the socket map.
+    pub sockets_inserted: u64,
+    /// Sockets that matched an endpoint but could not be inserted.
+    pub insert_errors: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers and arrays without padding.
+    unsafe impl aya::Pod for super::ChannelEnd {}
+    // SAFETY: as above; `u64, [u8; 16], u32, u32` has no padding.
+    unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ChannelRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DatapathCounters {}
+}

@@ -1,0 +1,51 @@
+//! `floki_sk_msg`: redirects a channel socket's writes into its peer's receive
+//! queue, bypassing TCP/IP, and counts the bytes it moved.
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
+    macros::sk_msg,
+    programs::SkMsgContext,
+};
+
+use crate::maps::{FLOKI_CHANNELS, FLOKI_SOCKETS, add, socket_end, with_counters};
+
+#[sk_msg]
+pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
+    // SAFETY: `sk` is a context field of sk_msg programs.
+    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk };
+    if sk.is_null() {
+        return SK_PASS;
+    }
+    let Some(end) = socket_end(sk, None) else {
+        return SK_PASS;
+    };
+    // SAFETY: storage pointer returned by the helper for this socket.
+    let end = unsafe { *end };
+    let Some(record) = FLOKI_CHANNELS.get_ptr_mut(end.channel) else {
+        return SK_PASS;
+    };
+    let role = (end.role & 1) as usize;
+    // SAFETY: `record` points into the map value.
+    if unsafe { (*record).cookies[role ^ 1] } == 0 {
+        // The peer is not (or no longer) in the map: plain TCP delivers these
+        // bytes intact, or reports the peer's absence to the writer.
+        with_counters(|c| add(unsafe { &raw mut (*c).passed_msgs }, 1));
+        return SK_PASS;
+    }
+    let size = u64::from(ctx.size());
+    let verdict = FLOKI_SOCKETS.redirect_msg(&ctx, end.peer(), BPF_F_INGRESS.into()) as u32;
+    if verdict == SK_PASS {
+        // SAFETY: as above.
+        unsafe {
+            add(&raw mut (*record).bytes[role], size);
+            add(&raw mut (*record).msgs[role], 1);
+        }
+        with_counters(|c| unsafe {
+            add(&raw mut (*c).spliced_bytes, size);
+            add(&raw mut (*c).spliced_msgs, 1);
+        });
+    } else {
+        with_counters(|c| add(unsafe { &raw mut (*c).redirect_errors }, 1));
+    }
+    verdict
+}
