@@ -1,0 +1,341 @@
+//! The kernel datapath: loads Floki's programs, attaches `sk_msg` to the
+//! socket map and then `sock_ops` to the cgroup, pins them, and registers the
+//! data endpoints of each channel the agent pairs.
+
+use std::{
+    fs::{self, File},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, SockHash},
+    programs::{
+        CgroupAttachMode, SkMsg, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use floki_common::{
+    ChannelEnd, ChannelRecord, DatapathCounters, EndpointKey, ROLE_RECEIVER, ROLE_SENDER,
+    SIDE_ACCEPT, SIDE_CONNECT, map, program,
+};
+use tokio::{io::unix::AsyncFd, task::JoinHandle};
+use tracing::{debug, warn};
+
+use super::{DatapathConfig, DatapathError, mounts};
+use crate::{protocol::control::Hello, status::ProgramStatus};
+
+/// The kernel object, built by build.rs (aya-build) from `floki-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floki"));
+
+/// Pin name of the `sock_ops` cgroup link.
+const SOCK_OPS_LINK_PIN: &str = "sock_ops_link";
+
+/// What the kernel knows about one spliced channel.
+#[derive(Clone, Debug)]
+pub struct SpliceHandle {
+    /// Channel id.
+    pub channel: u32,
+    keys: [EndpointKey; 2],
+}
+
+/// Floki's programs, loaded and attached.
+pub struct EbpfDatapath {
+    endpoints: Mutex<HashMap<MapData, EndpointKey, ChannelEnd>>,
+    channels: Mutex<HashMap<MapData, u32, ChannelRecord>>,
+    counters: Array<MapData, DatapathCounters>,
+    sock_ops_link: Mutex<Option<PinnedLink>>,
+    // Held for their lifetime: the sk_msg attachment lives on the socket map.
+    _sockets: SockHash<MapData, ChannelEnd>,
+    _ebpf: Mutex<Ebpf>,
+    logger: Mutex<Option<JoinHandle<()>>>,
+    programs: Vec<ProgramStatus>,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl EbpfDatapath {
+    /// Loads, attaches and pins the programs.
+    pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        let cgroup = match &config.cgroup {
+            Some(path) => path.clone(),
+            None => mounts::cgroup2_root()?,
+        };
+        let cgroup_dir = File::open(&cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.clone(),
+            source,
+        })?;
+        let pin_dir = config.pin_dir.clone();
+        mounts::ensure_bpffs(&pin_dir)?;
+        clear_stale_pins(&pin_dir);
+
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let logger = start_kernel_logs(&mut ebpf);
+
+        for name in [map::ENDPOINTS, map::SOCKETS, map::CHANNELS, map::COUNTERS] {
+            let path = pin_dir.join(name);
+            ebpf.map(name)
+                .ok_or(DatapathError::Map {
+                    name,
+                    source: aya::maps::MapError::InvalidName { name: name.into() },
+                })?
+                .pin(&path)
+                .map_err(|source| DatapathError::Pin {
+                    what: name,
+                    path,
+                    source,
+                })?;
+        }
+        let sockets: SockHash<MapData, ChannelEnd> = take_map(&mut ebpf, map::SOCKETS)?;
+        let endpoints: HashMap<MapData, EndpointKey, ChannelEnd> =
+            take_map(&mut ebpf, map::ENDPOINTS)?;
+        let channels: HashMap<MapData, u32, ChannelRecord> = take_map(&mut ebpf, map::CHANNELS)?;
+        let counters: Array<MapData, DatapathCounters> = take_map(&mut ebpf, map::COUNTERS)?;
+
+        // sk_msg first: a socket picks up the map's programs when it is inserted.
+        let program_err = |name| move |source| DatapathError::Program { name, source };
+        let sk_msg: &mut SkMsg = program_mut(&mut ebpf, program::SK_MSG)?
+            .try_into()
+            .map_err(program_err(program::SK_MSG))?;
+        sk_msg.load().map_err(program_err(program::SK_MSG))?;
+        sk_msg
+            .attach(sockets.fd())
+            .map_err(program_err(program::SK_MSG))?;
+        let sk_msg_id = sk_msg.info().map_err(program_err(program::SK_MSG))?.id();
+
+        let sock_ops: &mut SockOps = program_mut(&mut ebpf, program::SOCK_OPS)?
+            .try_into()
+            .map_err(program_err(program::SOCK_OPS))?;
+        sock_ops.load().map_err(program_err(program::SOCK_OPS))?;
+        let link_id = sock_ops
+            .attach(&cgroup_dir, CgroupAttachMode::Single)
+            .map_err(program_err(program::SOCK_OPS))?;
+        let sock_ops_id = sock_ops.info().map_err(program_err(program::SOCK_OPS))?.id();
+        let link = sock_ops
+            .take_link(link_id)
+            .map_err(program_err(program::SOCK_OPS))?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|source| DatapathError::Link { source })?;
+        let link_path = pin_dir.join(SOCK_OPS_LINK_PIN);
+        let sock_ops_link = link.pin(&link_path).map_err(|source| DatapathError::Pin {
+            what: "the sock_ops link",
+            path: link_path,
+            source,
+        })?;
+
+        let programs = vec![
+            ProgramStatus {
+                name: program::SOCK_OPS.into(),
+                kind: "sock_ops".into(),
+                id: sock_ops_id,
+                attached_to: format!("cgroup {}", cgroup.display()),
+            },
+            ProgramStatus {
+                name: program::SK_MSG.into(),
+                kind: "sk_msg".into(),
+                id: sk_msg_id,
+                attached_to: format!("sockhash {}", map::SOCKETS),
+            },
+        ];
+        Ok(Self {
+            endpoints: Mutex::new(endpoints),
+            channels: Mutex::new(channels),
+            counters,
+            sock_ops_link: Mutex::new(Some(sock_ops_link)),
+            _sockets: sockets,
+            _ebpf: Mutex::new(ebpf),
+            logger: Mutex::new(logger),
+            programs,
+            cgroup,
+            pin_dir,
+        })
+    }
+
+    /// The cgroup `sock_ops` is attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The bpffs directory with the pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The programs, for status.
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.programs
+    }
+
+    /// Registers the two data endpoints of channel `id`, so that `sock_ops`
+    /// splices exactly the sender's connecting socket and the socket the
+    /// receiver's listener accepts from it.
+    pub fn install(&self, id: u32, sender: &Hello, receiver: &Hello) -> Result<SpliceHandle, String> {
+        let listen = receiver
+            .listen
+            .ok_or("the receiver advertised no data address")?;
+        let (Some(sender_netns), Some(receiver_netns)) = (sender.netns_cookie, receiver.netns_cookie)
+        else {
+            return Err(
+                "a client did not report its network namespace (SO_NETNS_COOKIE needs Linux 5.14+)"
+                    .into(),
+            );
+        };
+        let addr = match listen.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let port = u32::from(listen.port());
+        let keys = [
+            EndpointKey {
+                netns_cookie: sender_netns,
+                addr,
+                port,
+                side: SIDE_CONNECT,
+            },
+            EndpointKey {
+                netns_cookie: receiver_netns,
+                addr,
+                port,
+                side: SIDE_ACCEPT,
+            },
+        ];
+        let handle = SpliceHandle { channel: id, keys };
+        let result = (|| {
+            self.channels
+                .lock()
+                .expect("channels lock")
+                .insert(id, ChannelRecord::default(), 0)?;
+            let mut endpoints = self.endpoints.lock().expect("endpoints lock");
+            endpoints.insert(keys[0], ChannelEnd { channel: id, role: ROLE_SENDER }, 0)?;
+            endpoints.insert(keys[1], ChannelEnd { channel: id, role: ROLE_RECEIVER }, 0)
+        })();
+        match result {
+            Ok(()) => {
+                debug!(channel = id, %listen, "splice registered");
+                Ok(handle)
+            }
+            Err(err) => {
+                self.remove(&handle);
+                Err(format!("registering the splice in the kernel maps failed: {err}"))
+            }
+        }
+    }
+
+    /// The kernel's counters for a channel.
+    pub fn record(&self, handle: &SpliceHandle) -> Option<ChannelRecord> {
+        self.channels
+            .lock()
+            .expect("channels lock")
+            .get(&handle.channel, 0)
+            .ok()
+    }
+
+    /// Forgets a channel's endpoints and record.
+    pub fn remove(&self, handle: &SpliceHandle) {
+        let mut endpoints = self.endpoints.lock().expect("endpoints lock");
+        for key in &handle.keys {
+            let _ = endpoints.remove(key);
+        }
+        let _ = self
+            .channels
+            .lock()
+            .expect("channels lock")
+            .remove(&handle.channel);
+    }
+
+    /// Totals since the programs were loaded.
+    pub fn counters(&self) -> DatapathCounters {
+        self.counters.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Detaches the programs and removes the pins. Sockets already spliced
+    /// stay spliced until they close: the kernel keeps what they reference.
+    pub fn shutdown(&self) {
+        if let Some(link) = self.sock_ops_link.lock().expect("link lock").take() {
+            match link.unpin() {
+                Ok(link) => drop(link),
+                Err(err) => warn!(%err, "unpinning the sock_ops link failed"),
+            }
+        }
+        clear_stale_pins_quietly(&self.pin_dir);
+        let _ = fs::remove_dir(&self.pin_dir);
+        if let Some(logger) = self.logger.lock().expect("logger lock").take() {
+            logger.abort();
+        }
+    }
+}
+
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program, DatapathError> {
+    ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    map.try_into()
+        .map_err(|source| DatapathError::Map { name, source })
+}
+
+/// Pins left by an agent that did not stop cleanly. Removing them detaches
+/// its `sock_ops`; sockets it spliced stay spliced until they close.
+fn clear_stale_pins(pin_dir: &Path) {
+    let removed = clear_stale_pins_quietly(pin_dir);
+    if removed > 0 {
+        warn!(
+            pin_dir = %pin_dir.display(),
+            removed,
+            "removed pins left by an agent that did not stop cleanly"
+        );
+    }
+}
+
+fn clear_stale_pins_quietly(pin_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| fs::remove_file(entry.path()).is_ok())
+        .count()
+}
+
+/// Forwards the kernel programs' aya-log records to tracing.
+fn start_kernel_logs(ebpf: &mut Ebpf) -> Option<JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            debug!(%err, "kernel-side logs unavailable");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd and keeps it open while
+    // registered; it is never replaced.
+    let logger = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match logger {
+        Ok(fd) => fd,
+        Err(err) => {
+            debug!(%err, "kernel-side logs unavailable");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

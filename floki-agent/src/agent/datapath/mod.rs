@@ -1,0 +1,250 @@
+//! How channel bytes travel on this node: spliced by the kernel programs
+//! (`ebpf` mode), or over plain TCP between the two ends (`fallback` mode,
+//! when eBPF cannot load or is disabled). The agent never carries the bytes
+//! itself in either mode.
+
+mod ebpf;
+mod mounts;
+
+use std::{io, path::PathBuf};
+
+pub use ebpf::{EbpfDatapath, SpliceHandle};
+use floki_common::{ChannelRecord, DatapathCounters};
+pub use mounts::cgroup2_root;
+use tracing::{info, warn};
+
+use crate::{
+    protocol::control::Hello,
+    status::{DatapathMode, DatapathStatus, ProgramStatus},
+};
+
+/// Why the kernel datapath could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// /proc/mounts unreadable.
+    #[error("reading /proc/mounts")]
+    Mounts {
+        /// Why.
+        source: io::Error,
+    },
+    /// No cgroup v2 hierarchy.
+    #[error("no cgroup v2 hierarchy is mounted (fstype cgroup2 in /proc/mounts); pass --cgroup PATH")]
+    NoCgroup2,
+    /// The cgroup could not be opened.
+    #[error("cannot open cgroup {path} (pass an existing cgroup v2 directory with --cgroup)")]
+    Cgroup {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The pin directory is not on bpffs.
+    #[error("pin directory {pin_dir} is not on a bpffs mount; mount one there or use --pin-dir under /sys/fs/bpf")]
+    NotOnBpffs {
+        /// Path.
+        pin_dir: PathBuf,
+    },
+    /// bpffs could not be mounted or prepared.
+    #[error("preparing bpffs at {path}")]
+    Bpffs {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The object could not be loaded.
+    #[error("loading the eBPF object")]
+    Load(#[from] aya::EbpfError),
+    /// A program could not be loaded or attached.
+    #[error("program {name}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        source: aya::programs::ProgramError,
+    },
+    /// The `sock_ops` link could not be turned into a pinnable link.
+    #[error("the sock_ops link cannot be pinned")]
+    Link {
+        /// Why.
+        source: aya::programs::links::LinkError,
+    },
+    /// A map is missing or of the wrong type.
+    #[error("map {name}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Why.
+        source: aya::maps::MapError,
+    },
+    /// Pinning failed.
+    #[error("pinning {what} at {path}")]
+    Pin {
+        /// What was pinned.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: aya::pin::PinError,
+    },
+}
+
+/// An error and its causes, `: `-separated.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}
+
+/// One line out of a load error: the verifier's log can run to thousands of
+/// lines; its last line says what it refused.
+fn summarize(detail: &str) -> String {
+    let Some((head, log)) = detail.split_once("Verifier output:") else {
+        return detail.to_owned();
+    };
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+                && !line.starts_with("processed ")
+                && !line.starts_with(')')
+        })
+        .next_back()
+        .unwrap_or("");
+    format!("{} verifier: {verdict}", head.trim_end_matches(['.', ' ']))
+}
+
+/// Settings of the datapath.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// cgroup v2 directory for `sock_ops` (its root if `None`).
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for the agent's pins.
+    pub pin_dir: PathBuf,
+    /// `Some(reason)` to stay in fallback mode (`--no-ebpf`).
+    pub disabled: Option<String>,
+}
+
+/// The datapath of this node.
+pub enum Datapath {
+    /// Kernel programs attached.
+    Ebpf(EbpfDatapath),
+    /// Plain TCP, and why.
+    Fallback {
+        /// Why eBPF is not in use.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summarizes_verifier_logs() {
+        let detail = "program x: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output: 0: r1 = 1\n77: (61) r7 = *(u32 *)(r4 +0)\ndereference of modified ctx ptr R4 off=40 disallowed\nverification time 441 usec\nstack depth 0+88\n";
+        assert_eq!(
+            super::summarize(detail),
+            "program x: the BPF_PROG_LOAD syscall returned Permission denied verifier: dereference of modified ctx ptr R4 off=40 disallowed"
+        );
+    }
+}
+
+impl Datapath {
+    /// Starts the kernel datapath, or falls back to plain TCP with the
+    /// reason logged: a node without eBPF still serves every channel.
+    pub fn start(config: &DatapathConfig) -> Self {
+        if let Some(reason) = &config.disabled {
+            warn!(%reason, "eBPF datapath disabled: channels use plain TCP");
+            return Self::Fallback {
+                reason: reason.clone(),
+            };
+        }
+        match EbpfDatapath::load(config) {
+            Ok(datapath) => {
+                info!(cgroup = %datapath.cgroup().display(), "eBPF datapath attached: same-node channels are spliced in the kernel");
+                Self::Ebpf(datapath)
+            }
+            Err(err) => {
+                let detail = with_causes(&err);
+                let reason = format!(
+                    "eBPF unavailable ({}); the agent needs CAP_BPF and CAP_NET_ADMIN (privileged) \
+                     and a kernel with sockmap, sk_msg and sock_ops",
+                    summarize(&detail)
+                );
+                warn!(%reason, "falling back to plain TCP");
+                tracing::debug!(%detail, "eBPF load failure in full");
+                Self::Fallback { reason }
+            }
+        }
+    }
+
+    /// Datapath and programs, for status.
+    pub fn status(&self) -> (DatapathStatus, Vec<ProgramStatus>) {
+        match self {
+            Self::Ebpf(ebpf) => (
+                DatapathStatus {
+                    mode: DatapathMode::Ebpf,
+                    reason: None,
+                    cgroup: Some(ebpf.cgroup().display().to_string()),
+                    pin_dir: Some(ebpf.pin_dir().display().to_string()),
+                },
+                ebpf.programs().to_vec(),
+            ),
+            Self::Fallback { reason } => (
+                DatapathStatus {
+                    mode: DatapathMode::Fallback,
+                    reason: Some(reason.clone()),
+                    cgroup: None,
+                    pin_dir: None,
+                },
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// Prepares the splice of channel `id`; `Err` explains why it will use
+    /// plain TCP instead.
+    pub fn install(&self, id: u32, sender: &Hello, receiver: &Hello) -> Result<SpliceHandle, String> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.install(id, sender, receiver),
+            Self::Fallback { .. } => Err("fallback datapath".into()),
+        }
+    }
+
+    /// The kernel's record of a spliced channel.
+    pub fn record(&self, handle: &SpliceHandle) -> Option<ChannelRecord> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.record(handle),
+            Self::Fallback { .. } => None,
+        }
+    }
+
+    /// Forgets a spliced channel.
+    pub fn remove(&self, handle: &SpliceHandle) {
+        if let Self::Ebpf(ebpf) = self {
+            ebpf.remove(handle);
+        }
+    }
+
+    /// The kernel programs' totals.
+    pub fn counters(&self) -> DatapathCounters {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.counters(),
+            Self::Fallback { .. } => DatapathCounters::default(),
+        }
+    }
+
+    /// Detaches and unpins everything (graceful stop).
+    pub fn shutdown(&self) {
+        if let Self::Ebpf(ebpf) = self {
+            ebpf.shutdown();
+        }
+    }
+}

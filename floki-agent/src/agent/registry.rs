@@ -1,0 +1,524 @@
+//! The agent's channels: pairs one sender with one receiver per name,
+//! whichever comes first, tracks each channel to its end and keeps a bounded
+//! history of finished ones.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use floki_common::ROLE_SENDER;
+use rand::RngCore as _;
+use tokio::sync::{Notify, oneshot};
+use tracing::{info, warn};
+
+use super::datapath::{Datapath, SpliceHandle};
+use crate::{
+    protocol::{
+        KEY_LEN,
+        control::{AgentMessage, ClientReport, Hello, Refusal, Role, Transport, encode_key},
+    },
+    status::{ChannelState, ChannelStatus, Totals},
+};
+
+/// Smallest and largest flow-control window a receiver may ask for.
+pub const WINDOW_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
+
+/// A refusal with its explanation.
+pub type Refused = (Refusal, String);
+
+/// A client that joined a channel.
+pub struct Joined {
+    /// Channel id.
+    pub id: u32,
+    /// Which end.
+    pub role: Role,
+    /// The pairing: immediate if the peer was waiting.
+    pub pairing: Pairing,
+}
+
+/// When the pairing comes.
+pub enum Pairing {
+    /// The peer was waiting: here it is.
+    Now(AgentMessage),
+    /// Wait for the peer (or a refusal if the agent stops).
+    Later(oneshot::Receiver<AgentMessage>),
+}
+
+#[derive(Default)]
+struct End {
+    joined: bool,
+    bytes: u64,
+    outcome: Option<Outcome>,
+}
+
+/// How an end's stream ended, as far as the agent knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// It reported a complete, verified stream.
+    Complete,
+    /// It reported a failure.
+    Failed(String),
+    /// Its control connection closed without a final report (it exited right
+    /// after the stream, or was killed).
+    Left,
+}
+
+/// The channel's verdict once both ends are over. A sender only reports
+/// success after the receiver acknowledged a verified stream, and a receiver
+/// only after verifying the end mark, so one `Complete` end proves the stream
+/// whole even when the other left without a word.
+fn verdict(ends: &[End; 2]) -> Result<(), String> {
+    let outcomes = [&ends[0].outcome, &ends[1].outcome];
+    let errors: Vec<String> = [Role::Send, Role::Recv]
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(role, outcome)| match outcome {
+            Some(Outcome::Failed(err)) => Some(format!("{role}: {err}")),
+            _ => None,
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    if outcomes.contains(&&Some(Outcome::Complete)) {
+        Ok(())
+    } else {
+        Err("both ends disconnected without reporting the end of the stream".into())
+    }
+}
+
+enum Stage {
+    Waiting {
+        role: Role,
+        hello: Hello,
+        notify: oneshot::Sender<AgentMessage>,
+    },
+    Active {
+        transport: Transport,
+        splice: Option<SpliceHandle>,
+        paired_at: Instant,
+    },
+}
+
+struct Live {
+    id: u32,
+    created: Instant,
+    stage: Stage,
+    ends: [End; 2],
+}
+
+struct Inner {
+    next_id: u32,
+    live: HashMap<String, Live>,
+    history: VecDeque<ChannelStatus>,
+    fallback_bytes_finished: u64,
+    done: u64,
+    failed: u64,
+    closing: bool,
+}
+
+/// All channels of this agent.
+pub struct Registry {
+    node: String,
+    datapath: Arc<Datapath>,
+    default_window: u64,
+    history_limit: usize,
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+fn slot(role: Role) -> usize {
+    match role {
+        Role::Send => 0,
+        Role::Recv => 1,
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(node: String, datapath: Arc<Datapath>, default_window: u64, history_limit: usize) -> Self {
+        Self {
+            node,
+            datapath,
+            default_window,
+            history_limit,
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                live: HashMap::new(),
+                history: VecDeque::new(),
+                fallback_bytes_finished: 0,
+                done: 0,
+                failed: 0,
+                closing: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The datapath.
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+
+    /// Adds a client to its channel, pairing it if its peer is waiting.
+    pub fn join(&self, hello: Hello) -> Result<Joined, Refused> {
+        let role = hello.role;
+        let mut inner = self.inner.lock().expect("registry lock");
+        if inner.closing {
+            return Err((
+                Refusal::ShuttingDown,
+                "the agent is shutting down and takes no new channels; retry on the restarted agent"
+                    .into(),
+            ));
+        }
+        let name = hello.channel.clone();
+        let Some(live) = inner.live.get_mut(&name) else {
+            let id = inner.next_id;
+            inner.next_id = inner.next_id.wrapping_add(1).max(1);
+            let (notify, wait) = oneshot::channel();
+            let mut ends: [End; 2] = Default::default();
+            ends[slot(role)].joined = true;
+            inner.live.insert(
+                name.clone(),
+                Live {
+                    id,
+                    created: Instant::now(),
+                    stage: Stage::Waiting { role, hello, notify },
+                    ends,
+                },
+            );
+            info!(channel = %name, id, %role, "waiting for the other end");
+            return Ok(Joined {
+                id,
+                role,
+                pairing: Pairing::Later(wait),
+            });
+        };
+        match &live.stage {
+            Stage::Waiting { role: waiting, .. } if *waiting != role => {}
+            Stage::Waiting { .. } => {
+                return Err((
+                    Refusal::Busy,
+                    format!("channel '{name}' already has a {role} waiting; one {role} per channel"),
+                ));
+            }
+            Stage::Active { .. } => {
+                return Err((
+                    Refusal::Busy,
+                    format!(
+                        "channel '{name}' is in use by a sender and a receiver; wait until it ends or pick another name"
+                    ),
+                ));
+            }
+        }
+        let Stage::Waiting {
+            hello: waiting_hello,
+            notify,
+            ..
+        } = std::mem::replace(
+            &mut live.stage,
+            Stage::Active {
+                transport: Transport::Tcp,
+                splice: None,
+                paired_at: Instant::now(),
+            },
+        )
+        else {
+            unreachable!("checked above");
+        };
+        live.ends[slot(role)].joined = true;
+        let id = live.id;
+        let (sender, receiver) = match role {
+            Role::Send => (&hello, &waiting_hello),
+            Role::Recv => (&waiting_hello, &hello),
+        };
+        let (transport, splice) = match self.datapath.install(id, sender, receiver) {
+            Ok(handle) => (Transport::Splice, Some(handle)),
+            Err(reason) => {
+                if matches!(*self.datapath, Datapath::Ebpf(_)) {
+                    warn!(channel = %name, id, %reason, "channel not spliced: plain TCP");
+                }
+                (Transport::Tcp, None)
+            }
+        };
+        live.stage = Stage::Active {
+            transport,
+            splice,
+            paired_at: Instant::now(),
+        };
+        let mut key = [0u8; KEY_LEN];
+        rand::rng().fill_bytes(&mut key);
+        let key = encode_key(&key);
+        let window = receiver.window.unwrap_or(self.default_window);
+        let to_sender = AgentMessage::Paired {
+            transport,
+            peer: receiver.listen,
+            key: key.clone(),
+            window,
+        };
+        let to_receiver = AgentMessage::Paired {
+            transport,
+            peer: None,
+            key,
+            window,
+        };
+        let (mine, theirs) = match role {
+            Role::Send => (to_sender, to_receiver),
+            Role::Recv => (to_receiver, to_sender),
+        };
+        // If the waiting end just left, its session reports it and the
+        // channel fails: the newcomer learns it from its data connection.
+        let _ = notify.send(theirs);
+        info!(channel = %name, id, %transport, "paired");
+        self.changed.notify_waiters();
+        Ok(Joined {
+            id,
+            role,
+            pairing: Pairing::Now(mine),
+        })
+    }
+
+    /// Records a report of an end.
+    pub fn report(&self, name: &str, role: Role, report: ClientReport) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let Some(live) = inner.live.get_mut(name) else {
+            return;
+        };
+        let end = &mut live.ends[slot(role)];
+        match report {
+            ClientReport::Progress { bytes } => end.bytes = bytes,
+            ClientReport::Done { ok, bytes, error } => {
+                end.bytes = bytes;
+                end.outcome = Some(if ok {
+                    Outcome::Complete
+                } else {
+                    Outcome::Failed(error.unwrap_or_else(|| "failed without a reason".into()))
+                });
+            }
+        }
+        self.finish_if_over(&mut inner, name);
+    }
+
+    /// An end's control connection closed.
+    pub fn left(&self, name: &str, role: Role, id: u32) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let Some(live) = inner.live.get_mut(name) else {
+            return;
+        };
+        if live.id != id {
+            return;
+        }
+        if let Stage::Waiting { role: waiting, .. } = &live.stage
+            && *waiting == role
+        {
+            inner.live.remove(name);
+            info!(channel = %name, id, %role, "left before its peer joined");
+            return;
+        }
+        let end = &mut live.ends[slot(role)];
+        if end.outcome.is_none() {
+            end.outcome = Some(Outcome::Left);
+        }
+        self.finish_if_over(&mut inner, name);
+    }
+
+    fn finish_if_over(&self, inner: &mut Inner, name: &str) {
+        let over = inner.live.get(name).is_some_and(|live| {
+            matches!(live.stage, Stage::Active { .. })
+                && live.ends.iter().all(|end| end.outcome.is_some())
+        });
+        if !over {
+            return;
+        }
+        let live = inner.live.remove(name).expect("checked above");
+        let status = self.describe(name, &live);
+        if let Stage::Active {
+            splice: Some(handle),
+            ..
+        } = &live.stage
+        {
+            self.datapath.remove(handle);
+        }
+        if status.transport == Some(Transport::Tcp) {
+            inner.fallback_bytes_finished += status.bytes;
+        }
+        match status.state {
+            ChannelState::Done => inner.done += 1,
+            _ => inner.failed += 1,
+        }
+        info!(
+            channel = %name,
+            id = status.id,
+            state = ?status.state,
+            bytes = status.bytes,
+            error = status.error.as_deref().unwrap_or(""),
+            "channel finished"
+        );
+        inner.history.push_front(status);
+        inner.history.truncate(self.history_limit);
+        self.changed.notify_waiters();
+    }
+
+    fn describe(&self, name: &str, live: &Live) -> ChannelStatus {
+        let ends = [Role::Send, Role::Recv]
+            .into_iter()
+            .filter(|role| live.ends[slot(*role)].joined)
+            .map(|role| role.to_string())
+            .collect();
+        let stream_bytes = live.ends.iter().map(|end| end.bytes).max().unwrap_or(0);
+        let (state, error, transport, bytes, duration) = match &live.stage {
+            Stage::Waiting { .. } => (ChannelState::Waiting, None, None, 0, None),
+            Stage::Active {
+                transport,
+                splice,
+                paired_at,
+            } => {
+                let bytes = match splice {
+                    // Counted by the kernel program, framing included.
+                    Some(handle) => self
+                        .datapath
+                        .record(handle)
+                        .map_or(0, |record| record.bytes[ROLE_SENDER as usize]),
+                    None => live.ends[slot(Role::Recv)].bytes,
+                };
+                let over = live.ends.iter().all(|end| end.outcome.is_some());
+                let (state, error) = match over.then(|| verdict(&live.ends)) {
+                    None => (ChannelState::Active, None),
+                    Some(Ok(())) => (ChannelState::Done, None),
+                    Some(Err(err)) => (ChannelState::Failed, Some(err)),
+                };
+                let duration = over.then(|| paired_at.elapsed().as_secs_f64());
+                (state, error, Some(*transport), bytes, duration)
+            }
+        };
+        ChannelStatus {
+            id: live.id,
+            name: name.to_owned(),
+            state,
+            transport,
+            bytes,
+            stream_bytes,
+            ends,
+            age_secs: live.created.elapsed().as_secs_f64(),
+            duration_secs: duration,
+            error,
+        }
+    }
+
+    /// Channels (live first, then history) and the registry's totals.
+    pub fn snapshot(&self) -> (Vec<ChannelStatus>, Totals) {
+        let inner = self.inner.lock().expect("registry lock");
+        let mut live: Vec<ChannelStatus> = inner
+            .live
+            .iter()
+            .map(|(name, live)| self.describe(name, live))
+            .collect();
+        live.sort_by_key(|status| status.id);
+        let active_fallback: u64 = live
+            .iter()
+            .filter(|status| status.transport == Some(Transport::Tcp))
+            .map(|status| status.bytes)
+            .sum();
+        let totals = Totals {
+            fallback_bytes: inner.fallback_bytes_finished + active_fallback,
+            active_channels: live
+                .iter()
+                .filter(|status| status.state == ChannelState::Active)
+                .count() as u64,
+            done_channels: inner.done,
+            failed_channels: inner.failed,
+            ..Totals::default()
+        };
+        live.extend(inner.history.iter().cloned());
+        (live, totals)
+    }
+
+    /// Stops taking channels: waiting ends are told, active ones carry on.
+    pub fn close(&self) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        inner.closing = true;
+        let waiting: Vec<String> = inner
+            .live
+            .iter()
+            .filter(|(_, live)| matches!(live.stage, Stage::Waiting { .. }))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in waiting {
+            if let Some(Live {
+                stage: Stage::Waiting { notify, .. },
+                ..
+            }) = inner.live.remove(&name)
+            {
+                let _ = notify.send(AgentMessage::Refused {
+                    error: Refusal::ShuttingDown,
+                    message: format!(
+                        "the agent is shutting down before channel '{name}' was paired; retry on the restarted agent"
+                    ),
+                });
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Number of paired channels not finished yet.
+    pub fn active(&self) -> usize {
+        self.inner.lock().expect("registry lock").live.len()
+    }
+
+    /// Waits until no channel is live, or `limit` passes; returns how many
+    /// are still live.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            let live = self.active();
+            if live == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.active();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(sender: Option<Outcome>, receiver: Option<Outcome>) -> [End; 2] {
+        [
+            End {
+                joined: true,
+                bytes: 0,
+                outcome: sender,
+            },
+            End {
+                joined: true,
+                bytes: 0,
+                outcome: receiver,
+            },
+        ]
+    }
+
+    #[test]
+    fn one_complete_end_proves_the_stream() {
+        assert_eq!(verdict(&ends(Some(Outcome::Complete), Some(Outcome::Left))), Ok(()));
+        assert_eq!(verdict(&ends(Some(Outcome::Left), Some(Outcome::Complete))), Ok(()));
+        assert_eq!(verdict(&ends(Some(Outcome::Complete), Some(Outcome::Complete))), Ok(()));
+    }
+
+    #[test]
+    fn failures_and_silence_fail_the_channel() {
+        let failed = verdict(&ends(Some(Outcome::Complete), Some(Outcome::Failed("x".into()))));
+        assert_eq!(failed, Err("receiver: x".into()));
+        assert!(verdict(&ends(Some(Outcome::Left), Some(Outcome::Left))).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Command-line interface (clap derive).
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use floki_agent::client::DEFAULT_AGENT;
+
+/// Floki node agent: kernel-spliced data channels between serverless functions.
+#[derive(Debug, Parser)]
+#[command(name = "floki-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (as root): attach the eBPF programs, broker
+    /// channels, serve status.
+    Run(RunArgs),
+    /// Send FILE (or standard input) as the stream of CHANNEL.
+    Send(SendArgs),
+    /// Receive the stream of CHANNEL into FILE (or standard output).
+    Recv(RecvArgs),
+    /// Show the agent's datapath, programs and channels.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address for channel connections.
+    #[arg(long, env = "FLOKI_LISTEN", default_value = "0.0.0.0:7878")]
+    pub listen: SocketAddr,
+    /// Admin socket (status), created with mode 0600.
+    #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
+    pub admin: PathBuf,
+    /// cgroup v2 directory to attach sock_ops to [default: the cgroup v2 root
+    /// found in /proc/mounts]. Only sockets of processes in it are spliced.
+    #[arg(long, env = "FLOKI_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Don't load eBPF: every channel uses plain TCP.
+    #[arg(long)]
+    pub no_ebpf: bool,
+    /// Node name [default: the hostname].
+    #[arg(long, env = "FLOKI_NODE")]
+    pub node: Option<String>,
+    /// Default flow-control window per channel: at most this much of a stream
+    /// is in flight (kernel or agent memory) at any time.
+    #[arg(long, default_value = "8MiB")]
+    pub window: Size,
+    /// bpffs directory for the agent's pins.
+    #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]
+    pub pin_dir: PathBuf,
+    /// Finished channels kept in status.
+    #[arg(long, default_value_t = 256)]
+    pub history: usize,
+    /// Seconds a graceful stop (SIGTERM/SIGINT) waits for active channels.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Channel name.
+    pub channel: String,
+    /// File to send [default: standard input].
+    pub file: Option<PathBuf>,
+    /// The agent's channel address.
+    #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
+    pub agent: String,
+    /// Give up if no receiver joins within this many seconds [default: wait].
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Channel name.
+    pub channel: String,
+    /// Write the stream to FILE [default: standard output]. The file appears
+    /// only once the whole stream is verified.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The agent's channel address.
+    #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
+    pub agent: String,
+    /// Flow-control window [default: the agent's].
+    #[arg(long)]
+    pub window: Option<Size>,
+    /// Give up if no sender joins within this many seconds [default: wait].
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Address to bind the data listener to and advertise to the sender
+    /// [default: the address this client reaches the agent from].
+    #[arg(long)]
+    pub data_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's admin socket.
+    #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
+    pub admin: PathBuf,
+    /// Print JSON (stable keys, for tools).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A byte size: `1048576`, `64KiB`, `8MiB`, `1GB`.
+#[derive(Clone, Copy, Debug)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        bytesize::ByteSize::from_str(s)
+            .map(|size| Self(size.as_u64()))
+            .map_err(|err| format!("{s:?} is not a byte size like 8MiB or 1048576: {err}"))
+    }
+}

@@ -1,0 +1,103 @@
+//! The client library: what a function uses to send or receive a channel's
+//! stream, in-process, as tokio `AsyncWrite` / `AsyncRead`.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+//! use floki_agent::client::{ChannelOptions, Receiver, Sender};
+//!
+//! // Producer
+//! let mut tx = Sender::connect(&ChannelOptions::new("127.0.0.1:7878", "results")).await?;
+//! tx.write_all(b"hello").await?;
+//! let summary = tx.finish().await?; // returns once the receiver verified the stream
+//!
+//! // Consumer (elsewhere)
+//! let mut rx = Receiver::connect(&ChannelOptions::new("127.0.0.1:7878", "results")).await?;
+//! let mut data = Vec::new();
+//! rx.read_to_end(&mut data).await?; // EOF only after the end mark and checksum verified
+//! # Ok(()) }
+//! ```
+//!
+//! A stream that ends without the sender's end mark, or whose checksum does not
+//! match, is an error at the receiver, never a short success.
+
+mod broker;
+mod error;
+mod receiver;
+mod reporter;
+mod sender;
+mod socket;
+
+use std::{net::SocketAddr, time::Duration};
+
+pub use error::{ClientError, StreamError};
+pub use receiver::Receiver;
+pub use sender::Sender;
+
+pub use crate::protocol::control::Transport;
+
+/// Where the agent listens by default.
+pub const DEFAULT_AGENT: &str = "127.0.0.1:7878";
+
+/// How to open a channel.
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    /// The agent's channel address, `host:port`.
+    pub agent: String,
+    /// Channel name.
+    pub channel: String,
+    /// Receivers: flow-control window in bytes (the agent's default if `None`).
+    pub window: Option<u64>,
+    /// Receivers: address to bind the data listener to and advertise to the
+    /// sender. Default: the address this client reaches the agent from, port 0.
+    pub data_addr: Option<SocketAddr>,
+    /// Give up if the other end has not joined within this time (default: wait).
+    pub pair_timeout: Option<Duration>,
+    /// Receivers: how long to wait for the paired sender's data connection.
+    pub connect_timeout: Duration,
+}
+
+impl ChannelOptions {
+    /// Options for `channel` through the agent at `agent`.
+    pub fn new(agent: impl Into<String>, channel: impl Into<String>) -> Self {
+        Self {
+            agent: agent.into(),
+            channel: channel.into(),
+            window: None,
+            data_addr: None,
+            pair_timeout: None,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the flow-control window (receivers).
+    pub fn window(mut self, bytes: u64) -> Self {
+        self.window = Some(bytes);
+        self
+    }
+
+    /// Sets the data listener address (receivers).
+    pub fn data_addr(mut self, addr: SocketAddr) -> Self {
+        self.data_addr = Some(addr);
+        self
+    }
+
+    /// Sets how long to wait for the other end.
+    pub fn pair_timeout(mut self, timeout: Duration) -> Self {
+        self.pair_timeout = Some(timeout);
+        self
+    }
+}
+
+/// What a completed stream moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Agent-wide channel id.
+    pub channel_id: u32,
+    /// How the bytes travelled.
+    pub transport: Transport,
+    /// Stream bytes (payload, without framing).
+    pub bytes: u64,
+    /// xxh3-64 of the stream, verified by the receiver.
+    pub checksum: u64,
+}

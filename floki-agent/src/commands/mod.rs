@@ -1,0 +1,53 @@
+//! The subcommands: each turns its arguments into library calls and the
+//! outcome into text for humans (errors with `anyhow` context).
+
+mod recv;
+mod run;
+mod send;
+mod status;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Send(args) => send::send(args).await,
+        Command::Recv(args) => recv::recv(args).await,
+        Command::Status(args) => status::status(args).await,
+    }
+}
+
+/// Logs to stderr: `info` for the agent, `warn` for the client commands,
+/// `RUST_LOG` overrides.
+pub fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `1.00 GiB`-style sizes for summaries.
+fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// Throughput of `bytes` over `seconds`, in GB/s or MB/s.
+fn rate(bytes: u64, seconds: f64) -> String {
+    let per_second = bytes as f64 / seconds.max(1e-9);
+    if per_second >= 1e9 {
+        format!("{:.2} GB/s", per_second / 1e9)
+    } else {
+        format!("{:.1} MB/s", per_second / 1e6)
+    }
+}

@@ -1,0 +1,97 @@
+//! `floki-agent status`.
+
+use anyhow::Context as _;
+use floki_agent::status::{Status, fetch};
+
+use super::human;
+use crate::cli::StatusArgs;
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let status = fetch(&args.admin).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("encoding the status as JSON")?
+        );
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+fn render(status: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {} · floki-agent {} · up {} s",
+        status.node, status.version, status.uptime_secs
+    );
+    let datapath = &status.datapath;
+    match &datapath.reason {
+        None => {
+            let _ = writeln!(
+                out,
+                "datapath: ebpf (cgroup {}, pins {})",
+                datapath.cgroup.as_deref().unwrap_or("?"),
+                datapath.pin_dir.as_deref().unwrap_or("?")
+            );
+        }
+        Some(reason) => {
+            let _ = writeln!(out, "datapath: fallback: {reason}");
+        }
+    }
+    if !status.programs.is_empty() {
+        let _ = writeln!(out, "programs:");
+        for program in &status.programs {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<9} id {:<6} {}",
+                program.name, program.kind, program.id, program.attached_to
+            );
+        }
+    }
+    if status.channels.is_empty() {
+        let _ = writeln!(out, "channels: none yet");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<24} {:<8} {:<9} {:>12} {:>12}  {}",
+            "ID", "CHANNEL", "STATE", "TRANSPORT", "BYTES", "STREAM", "NOTE"
+        );
+        for channel in &status.channels {
+            let transport = channel
+                .transport
+                .map_or_else(|| "-".to_owned(), |t| t.to_string());
+            let note = channel.error.clone().unwrap_or_else(|| {
+                if channel.ends.len() == 1 {
+                    format!("{} waiting", channel.ends[0])
+                } else {
+                    String::new()
+                }
+            });
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<24} {:<8} {:<9} {:>12} {:>12}  {}",
+                channel.id,
+                channel.name,
+                format!("{:?}", channel.state).to_lowercase(),
+                transport,
+                human(channel.bytes),
+                human(channel.stream_bytes),
+                note
+            );
+        }
+    }
+    let totals = &status.totals;
+    let _ = writeln!(
+        out,
+        "totals: spliced {} · fallback {} · active {} · done {} · failed {}",
+        human(totals.spliced_bytes),
+        human(totals.fallback_bytes),
+        totals.active_channels,
+        totals.done_channels,
+        totals.failed_channels
+    );
+    out
+}

@@ -1,0 +1,190 @@
+//! What `floki-agent status` shows, as served on the admin socket.
+//!
+//! The JSON keys are an interface (tools read them): `node`, `datapath.mode`,
+//! `datapath.reason`, `programs[].name`, `channels[].name`, `channels[].state`,
+//! `channels[].transport`, `channels[].bytes`, `totals.spliced_bytes`,
+//! `totals.fallback_bytes` keep their names and meaning. Fields may be added.
+
+use std::{io, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+};
+
+use crate::protocol::control::Transport;
+
+/// The agent's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub node: String,
+    /// Address the agent takes channel connections on.
+    pub listen: String,
+    /// Agent version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Whether channels are spliced, and why not.
+    pub datapath: DatapathStatus,
+    /// Kernel programs attached.
+    pub programs: Vec<ProgramStatus>,
+    /// Channels: waiting, active, then recently finished (newest first).
+    pub channels: Vec<ChannelStatus>,
+    /// Totals since the agent started.
+    pub totals: Totals,
+}
+
+/// `ebpf` or `fallback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathMode {
+    /// Kernel programs loaded: same-node channels are spliced.
+    Ebpf,
+    /// No kernel programs: channels use plain TCP.
+    Fallback,
+}
+
+/// The datapath.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    /// `ebpf` or `fallback`.
+    pub mode: DatapathMode,
+    /// Why the agent is in fallback (null in `ebpf` mode).
+    pub reason: Option<String>,
+    /// cgroup v2 directory `sock_ops` is attached to.
+    pub cgroup: Option<String>,
+    /// bpffs directory holding the agent's pins.
+    pub pin_dir: Option<String>,
+}
+
+/// One kernel program.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    /// Program name (`floki_sock_ops`, `floki_sk_msg`).
+    pub name: String,
+    /// Program type (`sock_ops`, `sk_msg`).
+    pub kind: String,
+    /// Kernel program id (as `bpftool prog` lists it).
+    pub id: u32,
+    /// Where it is attached.
+    pub attached_to: String,
+}
+
+/// A channel's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelState {
+    /// One end has joined; waiting for the other.
+    Waiting,
+    /// Paired: the stream is flowing (or about to).
+    Active,
+    /// Both ends reported a complete, verified stream.
+    Done,
+    /// An end reported a failure or went away before the end.
+    Failed,
+}
+
+/// One channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// Agent-wide id.
+    pub id: u32,
+    /// Channel name.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: ChannelState,
+    /// How the bytes travel (null while waiting).
+    pub transport: Option<Transport>,
+    /// Bytes that went over the channel's transport: counted by the kernel
+    /// program for `splice` (frames included), reported by the receiver for `tcp`.
+    pub bytes: u64,
+    /// Stream bytes (payload) the ends reported.
+    pub stream_bytes: u64,
+    /// Which ends have joined (`sender`, `receiver`).
+    pub ends: Vec<String>,
+    /// Seconds since the first end joined.
+    pub age_secs: f64,
+    /// Seconds from pairing to the end (finished channels).
+    pub duration_secs: Option<f64>,
+    /// What went wrong (failed channels).
+    pub error: Option<String>,
+}
+
+/// Totals since the agent started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Bytes the kernel program redirected socket to socket.
+    pub spliced_bytes: u64,
+    /// Bytes of channels that went over plain TCP.
+    pub fallback_bytes: u64,
+    /// Channels paired and not finished.
+    pub active_channels: u64,
+    /// Channels finished complete.
+    pub done_channels: u64,
+    /// Channels that failed.
+    pub failed_channels: u64,
+    /// Kernel: writes of channel sockets that went over TCP (peer absent).
+    pub passed_msgs: u64,
+    /// Kernel: redirects refused.
+    pub redirect_errors: u64,
+}
+
+/// Errors of the admin client.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The socket could not be reached.
+    #[error(
+        "cannot reach the agent's admin socket {path} (is `floki-agent run` running, and are you root? see --admin)"
+    )]
+    Unreachable {
+        /// Socket path.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The exchange failed.
+    #[error("admin socket {path}")]
+    Io {
+        /// Socket path.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The agent answered something else than a status.
+    #[error("admin socket {path} answered something unexpected")]
+    BadAnswer {
+        /// Socket path.
+        path: String,
+        /// Parse error.
+        source: serde_json::Error,
+    },
+}
+
+/// Asks the agent at `admin` for its status.
+pub async fn fetch(admin: &Path) -> Result<Status, AdminError> {
+    let path = admin.display().to_string();
+    let stream = UnixStream::connect(admin)
+        .await
+        .map_err(|source| AdminError::Unreachable {
+            path: path.clone(),
+            source,
+        })?;
+    let io_err = |source| AdminError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"{\"request\":\"status\"}\n")
+        .await
+        .map_err(io_err)?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+        .await
+        .map_err(|_| io_err(io::ErrorKind::TimedOut.into()))?
+        .map_err(io_err)?;
+    serde_json::from_str(&line).map_err(|source| AdminError::BadAnswer { path, source })
+}
