@@ -1,0 +1,204 @@
+//! A real `floki-agent run` process for one test, attached to the test's
+//! cgroup, with its own admin socket, pin directory and port.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{agent_binary, cgroup::TestCgroup};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// How to start a test agent.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `--no-ebpf`.
+    pub no_ebpf: bool,
+    /// `--window`.
+    pub window: Option<String>,
+    /// Listen on all addresses (for clients in other network namespaces).
+    pub listen_all: bool,
+    /// More arguments.
+    pub extra: Vec<String>,
+}
+
+/// A running agent, killed on drop.
+pub struct TestAgent {
+    child: Option<Child>,
+    /// Channel address.
+    pub addr: SocketAddr,
+    /// Admin socket.
+    pub admin: PathBuf,
+    /// bpffs pin directory.
+    pub pin_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl TestAgent {
+    /// Starts an agent attached to `cgroup` and waits until it serves status.
+    pub fn start(cgroup: &TestCgroup, opts: AgentOptions) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("floki-test-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        fs::create_dir_all(&dir).expect("test dir");
+        let admin = dir.join("agent.sock");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
+        let log = fs::File::create(dir.join("agent.log")).expect("agent log");
+        let listen = if opts.listen_all { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(["run", "--listen", listen, "--node", "test-node"])
+            .arg("--admin")
+            .arg(&admin)
+            .arg("--cgroup")
+            .arg(cgroup.path())
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(["--shutdown-grace", "10"])
+            .env("RUST_LOG", "info,floki_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if opts.no_ebpf {
+            cmd.arg("--no-ebpf");
+        }
+        if let Some(window) = &opts.window {
+            cmd.args(["--window", window]);
+        }
+        cmd.args(&opts.extra);
+        let child = cmd.spawn().expect("spawning floki-agent run");
+        let mut agent = Self {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            admin,
+            pin_dir,
+            dir,
+        };
+        let status = agent.wait_ready();
+        let port: u16 = status["listen"]
+            .as_str()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .map(|a| a.port())
+            .unwrap_or_else(|| panic!("status has no listen address: {status}"));
+        agent.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        agent
+    }
+
+    fn wait_ready(&mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            if let Some(exit) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("floki-agent exited ({exit}) before serving:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "floki-agent did not serve status within 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        if !self.admin.exists() {
+            return None;
+        }
+        let out = Command::new(agent_binary())
+            .args(["status", "--json", "--admin"])
+            .arg(&self.admin)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// `floki-agent status --json`, parsed.
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed; agent log:\n{}", self.log()))
+    }
+
+    /// The status entry of the newest channel called `name`.
+    pub fn channel(&self, name: &str) -> Value {
+        let status = self.status();
+        status["channels"]
+            .as_array()
+            .and_then(|channels| channels.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("channel {name} not in status: {status:#}"))
+    }
+
+    /// Waits until channel `name` is done or failed, and returns its entry.
+    pub fn wait_finished(&self, name: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let channel = self.channel(name);
+            if channel["state"] == "done" || channel["state"] == "failed" {
+                return channel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "channel {name} still {} after {limit:?}",
+                channel["state"]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A `floki-agent` client command (`send`, `recv`) aimed at this agent.
+    pub fn client(&self, verb: &str, channel: &str) -> Command {
+        let mut cmd = Command::new(agent_binary());
+        cmd.arg(verb)
+            .arg(channel)
+            .arg("--agent")
+            .arg(self.addr.to_string());
+        cmd
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// The directory holding the agent's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,158 @@
+//! `floki-probe`: channel ends for the kernel tests. It writes or checks the
+//! harness's deterministic pattern through the client library, with the
+//! write sizes, rates and failure points a test asks for, and prints one JSON
+//! line with what happened. Exit status 0 only for a complete, matching stream.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use floki_agent::client::{ChannelOptions, Receiver, Sender};
+use floki_tests::Pattern;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+#[derive(Debug)]
+struct Args {
+    verb: String,
+    agent: String,
+    channel: String,
+    bytes: u64,
+    seed: u64,
+    /// `fixed:N` or `mixed` (random sizes from 1 B to 1 MiB).
+    writes: String,
+    /// Bytes per second (0: unlimited).
+    rate: u64,
+    /// Stop (sleep until killed) after this many bytes.
+    stall_after: Option<u64>,
+    window: Option<u64>,
+    data_addr: Option<std::net::SocketAddr>,
+    chunk: usize,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let verb = args.next().context("usage: floki-probe send|recv --agent A --channel C --bytes N ...")?;
+    let mut out = Args {
+        verb,
+        agent: String::new(),
+        channel: String::new(),
+        bytes: 0,
+        seed: 1,
+        writes: "fixed:1048576".into(),
+        rate: 0,
+        stall_after: None,
+        window: None,
+        data_addr: None,
+        chunk: 1 << 20,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--agent" => out.agent = value,
+            "--channel" => out.channel = value,
+            "--bytes" => out.bytes = value.parse()?,
+            "--seed" => out.seed = value.parse()?,
+            "--writes" => out.writes = value,
+            "--rate" => out.rate = value.parse()?,
+            "--stall-after" => out.stall_after = Some(value.parse()?),
+            "--window" => out.window = Some(value.parse()?),
+            "--data-addr" => out.data_addr = Some(value.parse()?),
+            "--chunk" => out.chunk = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = parse()?;
+    let mut opts = ChannelOptions::new(&args.agent, &args.channel);
+    opts.window = args.window;
+    opts.data_addr = args.data_addr;
+    match args.verb.as_str() {
+        "send" => send(&args, &opts).await,
+        "recv" => recv(&args, &opts).await,
+        other => bail!("unknown verb {other}"),
+    }
+}
+
+/// Sleeps as needed to keep `done` bytes at `rate` bytes/s since `started`.
+async fn pace(rate: u64, done: u64, started: Instant) {
+    if rate > 0 {
+        let due = Duration::from_secs_f64(done as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
+    let mut tx = Sender::connect(opts).await?;
+    let pattern = Pattern::new(args.seed);
+    let mut sizes = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let fixed = args.writes.strip_prefix("fixed:").map(str::parse::<usize>).transpose()?;
+    let mut buf = vec![0u8; fixed.unwrap_or(1 << 20).max(1)];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        if args.stall_after.is_some_and(|limit| sent >= limit) {
+            tx.flush().await?;
+            eprintln!("floki-probe: stalling after {sent} bytes");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        let size = match fixed {
+            Some(size) => size,
+            None => sizes.random_range(1..=(1usize << 20)),
+        };
+        let n = (args.bytes - sent).min(size as u64) as usize;
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        pattern.fill(sent, &mut buf[..n]);
+        tx.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        pace(args.rate, sent, started).await;
+    }
+    let summary = tx.finish().await?;
+    println!(
+        "{}",
+        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
+    let mut rx = Receiver::connect(opts).await?;
+    let pattern = Pattern::new(args.seed);
+    let mut buf = vec![0u8; args.chunk];
+    let mut expected = vec![0u8; args.chunk];
+    let started = Instant::now();
+    let mut got = 0u64;
+    loop {
+        let n = rx.read(&mut buf).await.context("reading the channel")?;
+        if n == 0 {
+            break;
+        }
+        pattern.fill(got, &mut expected[..n]);
+        if buf[..n] != expected[..n] {
+            let at = buf[..n].iter().zip(&expected[..n]).position(|(a, b)| a != b).unwrap_or(0);
+            bail!("byte {} differs from what the sender wrote", got + at as u64);
+        }
+        got += n as u64;
+        if args.stall_after.is_some_and(|limit| got >= limit) {
+            eprintln!("floki-probe: stalling after {got} bytes");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        pace(args.rate, got, started).await;
+    }
+    let summary = rx.finish().await?;
+    if got != args.bytes {
+        bail!("received {got} bytes, the test expected {}", args.bytes);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Network namespaces with veth pairs: several hosts on one machine, on
+//! private addresses that exist only inside them.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, deleted on drop (its veth ends go with it).
+pub struct NetNs {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// Creates a namespace with its loopback up.
+    pub fn new(label: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("fk{}-{n}-{label}", std::process::id());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Links this namespace to the caller's with a veth pair: `host_addr`
+    /// (CIDR) on the caller's side, `ns_addr` (CIDR) inside.
+    pub fn veth_to_host(&self, host_addr: &str, ns_addr: &str) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let host_if = format!("fkh{}{n}", std::process::id() % 10000);
+        let ns_if = format!("fkn{}{n}", std::process::id() % 10000);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name]);
+        ip(&["addr", "add", host_addr, "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
+        ip(&["-n", &self.name, "link", "set", &ns_if, "up"]);
+    }
+
+    /// `program` run inside the namespace (`ip netns exec`). Join a cgroup
+    /// before: `ip netns exec` remounts /sys.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+    }
+}

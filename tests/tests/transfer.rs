@@ -1,0 +1,176 @@
+//! Streams arrive byte-identical over both transports, whichever end comes
+//! first; spliced streams really bypass TCP/IP.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use floki_tests::{
+    Pattern,
+    agent::AgentOptions,
+    node::{TestNode, assert_success, file_digest, run_within, wait_within},
+    proc_stats::tcp_out_segments,
+};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A file of `size` pattern bytes in /dev/shm, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str) -> Self {
+        Self(PathBuf::from(format!("/dev/shm/floki-test-{}-{tag}", std::process::id())))
+    }
+
+    fn with_pattern(tag: &str, size: u64, seed: u64) -> Self {
+        let file = Self::new(tag);
+        let pattern = Pattern::new(seed);
+        let mut data = vec![0u8; size.min(16 * MIB) as usize];
+        let mut out = fs::File::create(&file.0).expect("creating the input file");
+        let mut written = 0;
+        while written < size {
+            let n = (size - written).min(data.len() as u64) as usize;
+            pattern.fill(written, &mut data[..n]);
+            std::io::Write::write_all(&mut out, &data[..n]).expect("writing the input file");
+            written += n as u64;
+        }
+        file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Sends a file with `floki-agent send` and receives it with `recv -o`.
+fn cli_transfer(node: &TestNode, channel: &str, size: u64, receiver_first: bool) {
+    let input = TempFile::with_pattern(&format!("{channel}.in"), size, size ^ 0xf10c1);
+    let output = TempFile::new(&format!("{channel}.out"));
+    let spawn_recv = || {
+        node.cli("recv", channel)
+            .arg("-o")
+            .arg(&output.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning recv")
+    };
+    let spawn_send = || {
+        node.cli("send", channel)
+            .arg(&input.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning send")
+    };
+    let (recv, send) = if receiver_first {
+        let recv = spawn_recv();
+        std::thread::sleep(Duration::from_millis(200));
+        (recv, spawn_send())
+    } else {
+        let send = spawn_send();
+        std::thread::sleep(Duration::from_millis(200));
+        (spawn_recv(), send)
+    };
+    assert_success(&wait_within(send, LIMIT), "send");
+    assert_success(&wait_within(recv, LIMIT), "recv");
+    assert_eq!(
+        file_digest(&input.0),
+        file_digest(&output.0),
+        "{channel}: the received file differs from the sent one"
+    );
+    assert_eq!(fs::metadata(&output.0).unwrap().len(), size);
+}
+
+fn sizes_arrive_identical(node: &TestNode, transport: &str) {
+    for (i, size) in [0, 1, 64 * 1024 - 1, MIB, 256 * MIB].into_iter().enumerate() {
+        for receiver_first in [true, false] {
+            let channel = format!("size-{i}-{}", if receiver_first { "rf" } else { "sf" });
+            cli_transfer(node, &channel, size, receiver_first);
+            let status = node.agent.wait_finished(&channel, LIMIT);
+            assert_eq!(status["state"], "done", "{status:#}");
+            assert_eq!(status["transport"], transport, "{status:#}");
+            assert_eq!(status["stream_bytes"], size, "{status:#}");
+        }
+    }
+    // Writes of random sizes (1 B to 1 MiB), checked byte by byte.
+    for receiver_first in [true, false] {
+        let channel = format!("mixed-{receiver_first}");
+        let bytes = 64 * MIB;
+        let spawn = |verb| {
+            node.probe(verb, &channel, bytes)
+                .args(["--writes", "mixed", "--seed", "99"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning a probe")
+        };
+        let first = spawn(if receiver_first { "recv" } else { "send" });
+        std::thread::sleep(Duration::from_millis(200));
+        let second = spawn(if receiver_first { "send" } else { "recv" });
+        assert_success(&wait_within(first, LIMIT), "first probe");
+        assert_success(&wait_within(second, LIMIT), "second probe");
+        assert_eq!(node.agent.wait_finished(&channel, LIMIT)["transport"], transport);
+    }
+}
+
+#[test]
+fn spliced_streams_arrive_identical() {
+    let node = TestNode::start_ebpf("sizes-splice");
+    sizes_arrive_identical(&node, "splice");
+}
+
+#[test]
+fn fallback_streams_arrive_identical() {
+    let node = TestNode::start(
+        "sizes-tcp",
+        AgentOptions {
+            no_ebpf: true,
+            ..AgentOptions::default()
+        },
+    );
+    let status = node.agent.status();
+    assert_eq!(status["datapath"]["mode"], "fallback");
+    assert_eq!(status["datapath"]["reason"], "disabled with --no-ebpf");
+    assert_eq!(status["programs"].as_array().map(Vec::len), Some(0));
+    sizes_arrive_identical(&node, "tcp");
+    let totals = &node.agent.status()["totals"];
+    assert_eq!(totals["spliced_bytes"], 0);
+    assert!(totals["fallback_bytes"].as_u64().unwrap() >= 512 * MIB, "{totals:#}");
+}
+
+#[test]
+fn spliced_stream_bypasses_tcp() {
+    let node = TestNode::start_ebpf("bypass");
+    let bytes = 256 * MIB;
+    let before_segments = tcp_out_segments();
+    let before_spliced = node.agent.status()["totals"]["spliced_bytes"].as_u64().unwrap();
+    let recv = node
+        .probe("recv", "bypass", bytes)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_success(&run_within(&mut node.probe("send", "bypass", bytes), LIMIT), "send");
+    assert_success(&wait_within(recv, LIMIT), "recv");
+    let segments = tcp_out_segments() - before_segments;
+
+    let channel = node.agent.wait_finished("bypass", LIMIT);
+    assert_eq!(channel["transport"], "splice", "{channel:#}");
+    // Counted by the kernel program: the whole stream, framing included.
+    assert!(channel["bytes"].as_u64().unwrap() >= bytes, "{channel:#}");
+    let totals = &node.agent.status()["totals"];
+    assert!(totals["spliced_bytes"].as_u64().unwrap() - before_spliced >= bytes, "{totals:#}");
+    // Plain TCP needs one segment per 64 KiB at best: 4096 for 256 MiB. The
+    // splice needs only the handshakes (and whatever else the machine sends).
+    assert!(
+        segments < 400,
+        "{segments} TCP segments went out during a spliced 256 MiB transfer"
+    );
+}

@@ -1,0 +1,273 @@
+//! The processes a benchmark or the demo measures: plain TCP endpoints (no
+//! agent), Floki channel ends through the client library, and ping-pong
+//! pairs for latency. Each prints one JSON line with what it measured.
+//! (`cargo xtask peer ...`, hidden: xtask spawns itself.)
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use floki_agent::client::{ChannelOptions, Receiver, Sender};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+#[derive(Debug, Subcommand)]
+pub enum Peer {
+    /// Accepts one TCP connection and reads BYTES.
+    TcpSink(Stream),
+    /// Connects and writes BYTES.
+    TcpSource(Stream),
+    /// Receives BYTES on a Floki channel.
+    FlokiRecv(Stream),
+    /// Sends BYTES on a Floki channel.
+    FlokiSend(Stream),
+    /// Echoes COUNT messages over TCP (server side).
+    TcpPong(PingPong),
+    /// Times COUNT round trips over TCP.
+    TcpPing(PingPong),
+    /// Echoes COUNT messages from channel `<name>.ping` to `<name>.pong`.
+    FlokiPong(PingPong),
+    /// Times COUNT round trips over channels `<name>.ping` / `<name>.pong`.
+    FlokiPing(PingPong),
+}
+
+#[derive(Debug, Args)]
+pub struct Stream {
+    /// TCP address (listen or connect), or the agent's address.
+    #[arg(long)]
+    pub addr: String,
+    /// Channel name (Floki peers).
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Bytes to move.
+    #[arg(long)]
+    pub bytes: u64,
+    /// Size of each write (and read).
+    #[arg(long)]
+    pub chunk: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PingPong {
+    /// TCP address (listen or connect), or the agent's address.
+    #[arg(long)]
+    pub addr: String,
+    /// Channel name prefix (Floki peers).
+    #[arg(long, default_value = "rtt")]
+    pub channel: String,
+    /// Round trips.
+    #[arg(long)]
+    pub count: usize,
+    /// Message size.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+/// What a peer measured.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct Measured {
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Seconds from the first byte to the last.
+    pub seconds: f64,
+    /// Transport (Floki peers).
+    pub transport: Option<String>,
+    /// Round-trip times in microseconds, sorted (ping peers).
+    pub rtt_us: Vec<f64>,
+}
+
+pub fn run(peer: Peer) -> anyhow::Result<()> {
+    let measured = match peer {
+        Peer::TcpSink(args) => tcp_sink(&args)?,
+        Peer::TcpSource(args) => tcp_source(&args)?,
+        Peer::TcpPong(args) => tcp_pong(&args)?,
+        Peer::TcpPing(args) => tcp_ping(&args)?,
+        Peer::FlokiRecv(args) => runtime()?.block_on(floki_recv(&args))?,
+        Peer::FlokiSend(args) => runtime()?.block_on(floki_send(&args))?,
+        Peer::FlokiPong(args) => runtime()?.block_on(floki_pong(&args))?,
+        Peer::FlokiPing(args) => runtime()?.block_on(floki_ping(&args))?,
+    };
+    println!("{}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")
+}
+
+fn tcp_sink(args: &Stream) -> anyhow::Result<Measured> {
+    let listener = TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
+    let (mut stream, _) = listener.accept()?;
+    let mut buf = vec![0u8; args.chunk];
+    let mut got = 0u64;
+    let mut started = None;
+    while got < args.bytes {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            bail!("tcp source closed after {got} of {} bytes", args.bytes);
+        }
+        started.get_or_insert_with(Instant::now);
+        got += n as u64;
+    }
+    Ok(Measured {
+        bytes: got,
+        seconds: started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        ..Measured::default()
+    })
+}
+
+fn tcp_source(args: &Stream) -> anyhow::Result<Measured> {
+    let mut stream = connect_retrying(&args.addr)?;
+    let buf = floki_tests::pattern(args.chunk, 7);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        stream.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let _ = stream.read(&mut [0u8; 1]);
+    Ok(Measured {
+        bytes: sent,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Measured::default()
+    })
+}
+
+fn connect_retrying(addr: &str) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return Err(err).with_context(|| format!("connecting to {addr}")),
+        }
+    }
+}
+
+async fn floki_recv(args: &Stream) -> anyhow::Result<Measured> {
+    let mut rx = Receiver::connect(&ChannelOptions::new(&args.addr, &args.channel)).await?;
+    let mut buf = vec![0u8; args.chunk];
+    let mut started = None;
+    loop {
+        let n = rx.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        started.get_or_insert_with(Instant::now);
+    }
+    let seconds = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let summary = rx.finish().await?;
+    if summary.bytes != args.bytes {
+        bail!("received {} bytes, expected {}", summary.bytes, args.bytes);
+    }
+    Ok(Measured {
+        bytes: summary.bytes,
+        seconds,
+        transport: Some(summary.transport.to_string()),
+        ..Measured::default()
+    })
+}
+
+async fn floki_send(args: &Stream) -> anyhow::Result<Measured> {
+    let mut tx = Sender::connect(&ChannelOptions::new(&args.addr, &args.channel)).await?;
+    let buf = floki_tests::pattern(args.chunk, 7);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        tx.write_all(&buf[..n]).await?;
+        sent += n as u64;
+    }
+    let summary = tx.finish().await?;
+    Ok(Measured {
+        bytes: summary.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        transport: Some(summary.transport.to_string()),
+        ..Measured::default()
+    })
+}
+
+fn tcp_pong(args: &PingPong) -> anyhow::Result<Measured> {
+    let listener = TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
+    let (mut stream, _) = listener.accept()?;
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; args.size];
+    for _ in 0..args.count {
+        stream.read_exact(&mut buf)?;
+        stream.write_all(&buf)?;
+    }
+    Ok(Measured::default())
+}
+
+fn tcp_ping(args: &PingPong) -> anyhow::Result<Measured> {
+    let mut stream = connect_retrying(&args.addr)?;
+    let mut buf = floki_tests::pattern(args.size, 3);
+    let mut rtt = Vec::with_capacity(args.count);
+    for _ in 0..args.count {
+        let t = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt.sort_by(f64::total_cmp);
+    Ok(Measured {
+        rtt_us: rtt,
+        ..Measured::default()
+    })
+}
+
+async fn floki_pong(args: &PingPong) -> anyhow::Result<Measured> {
+    let opts = |suffix: &str| ChannelOptions::new(&args.addr, format!("{}.{suffix}", args.channel));
+    let mut rx = Receiver::connect(&opts("ping")).await?;
+    let mut tx = Sender::connect(&opts("pong")).await?;
+    let mut buf = vec![0u8; args.size];
+    for _ in 0..args.count {
+        rx.read_exact(&mut buf).await?;
+        tx.write_all(&buf).await?;
+        tx.flush().await?;
+    }
+    // The pinger finishes its channel first: read it to its end mark, then
+    // finish ours (finishing first would wait on a pinger that waits on us).
+    let mut rest = Vec::new();
+    rx.read_to_end(&mut rest).await?;
+    tx.finish().await?;
+    Ok(Measured::default())
+}
+
+async fn floki_ping(args: &PingPong) -> anyhow::Result<Measured> {
+    let opts = |suffix: &str| ChannelOptions::new(&args.addr, format!("{}.{suffix}", args.channel));
+    let mut tx = Sender::connect(&opts("ping")).await?;
+    let mut rx = Receiver::connect(&opts("pong")).await?;
+    let mut buf = floki_tests::pattern(args.size, 3);
+    let mut rtt = Vec::with_capacity(args.count);
+    for _ in 0..args.count {
+        let t = Instant::now();
+        tx.write_all(&buf).await?;
+        tx.flush().await?;
+        rx.read_exact(&mut buf).await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let transport = tx.transport().to_string();
+    tx.finish().await?;
+    let mut sink = Vec::new();
+    rx.read_to_end(&mut sink).await?;
+    rx.finish().await?;
+    rtt.sort_by(f64::total_cmp);
+    Ok(Measured {
+        rtt_us: rtt,
+        transport: Some(transport),
+        ..Measured::default()
+    })
+}
