@@ -10,8 +10,8 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let toolchain_file = format!("{manifest_dir}/../floki-ebpf/rust-toolchain.toml");
     println!("cargo:rerun-if-changed={toolchain_file}");
-    let text = fs::read_to_string(&toolchain_file)
-        .with_context(|| format!("reading {toolchain_file}"))?;
+    let text =
+        fs::read_to_string(&toolchain_file).with_context(|| format!("reading {toolchain_file}"))?;
     let toolchain = text
         .lines()
         .find_map(|line| line.trim().strip_prefix("channel = "))

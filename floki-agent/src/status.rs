@@ -110,6 +110,9 @@ pub struct ChannelStatus {
     pub duration_secs: Option<f64>,
     /// What went wrong (failed channels).
     pub error: Option<String>,
+    /// Anything else an operator should know (e.g. why a channel meant to be
+    /// spliced went over TCP).
+    pub note: Option<String>,
 }
 
 /// Totals since the agent started.

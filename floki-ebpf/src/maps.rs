@@ -17,8 +17,7 @@ use floki_common::{ChannelEnd, ChannelRecord, DatapathCounters, EndpointKey};
 const MAX_CHANNELS: usize = 16384;
 
 #[btf_map]
-pub static FLOKI_ENDPOINTS: HashMap<EndpointKey, ChannelEnd, { 2 * MAX_CHANNELS }> =
-    HashMap::new();
+pub static FLOKI_ENDPOINTS: HashMap<EndpointKey, ChannelEnd, { 2 * MAX_CHANNELS }> = HashMap::new();
 
 #[btf_map]
 pub static FLOKI_SOCKETS: SockHash<ChannelEnd, { 2 * MAX_CHANNELS }> = SockHash::new();
@@ -40,7 +39,9 @@ pub fn socket_end(sk: *mut bpf_sock, init: Option<&mut ChannelEnd>) -> Option<*m
         Some(end) => (core::ptr::from_mut(end).cast::<c_void>(), 1u64), // BPF_SK_STORAGE_GET_F_CREATE
         None => (core::ptr::null_mut(), 0),
     };
-    let map = core::ptr::from_ref(&FLOKI_SOCKET_ENDS).cast_mut().cast::<c_void>();
+    let map = core::ptr::from_ref(&FLOKI_SOCKET_ENDS)
+        .cast_mut()
+        .cast::<c_void>();
     // SAFETY: `sk` comes from the program context; the helper checks it.
     let end = unsafe { bpf_sk_storage_get(map, sk.cast(), value, flags) };
     (!end.is_null()).then_some(end.cast())

@@ -15,9 +15,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use floki_common::{EndpointKey, SIDE_ACCEPT, SIDE_CONNECT};
 
-use crate::maps::{
-    FLOKI_CHANNELS, FLOKI_ENDPOINTS, FLOKI_SOCKETS, add, socket_end, with_counters,
-};
+use crate::maps::{FLOKI_CHANNELS, FLOKI_ENDPOINTS, FLOKI_SOCKETS, add, socket_end, with_counters};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -51,9 +49,15 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
     // SAFETY: `ctx.ops` is the live context of this program run.
     let ops = unsafe { &mut *ctx.ops };
     // NOEXIST: a second socket can never take over an end that is in use.
-    if FLOKI_SOCKETS.update(end, &mut *ops, BPF_NOEXIST.into()).is_err() {
+    if FLOKI_SOCKETS
+        .update(end, &mut *ops, BPF_NOEXIST.into())
+        .is_err()
+    {
         with_counters(|c| add(unsafe { &raw mut (*c).insert_errors }, 1));
-        debug!(ctx, "channel {} role {}: socket map insert refused", end.channel, end.role);
+        debug!(
+            ctx,
+            "channel {} role {}: socket map insert refused", end.channel, end.role
+        );
         return;
     }
     if socket_end(sk, Some(&mut end)).is_none() {
@@ -69,7 +73,10 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
         unsafe { (*record).cookies[(end.role & 1) as usize] = cookie };
     }
     with_counters(|c| add(unsafe { &raw mut (*c).sockets_inserted }, 1));
-    debug!(ctx, "channel {} role {}: socket spliced", end.channel, end.role);
+    debug!(
+        ctx,
+        "channel {} role {}: socket spliced", end.channel, end.role
+    );
 }
 
 fn on_state_change(ctx: &SockOpsContext) {

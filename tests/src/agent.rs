@@ -39,6 +39,9 @@ pub struct TestAgent {
     /// bpffs pin directory.
     pub pin_dir: PathBuf,
     dir: PathBuf,
+    /// Whether dropping this handle removes the directories (not when a
+    /// relaunched agent took them over).
+    owns_files: bool,
 }
 
 impl TestAgent {
@@ -47,11 +50,36 @@ impl TestAgent {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("floki-test-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
+        Self::launch(cgroup, opts, dir, pin_dir)
+    }
+
+    /// Starts a new agent process in the place of this one (same admin socket
+    /// and pin directory), as a restart after a crash would; the old process
+    /// is reaped (killed first if still running).
+    pub fn relaunch(&mut self, cgroup: &TestCgroup, opts: AgentOptions) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let next = Self::launch(cgroup, opts, self.dir.clone(), self.pin_dir.clone());
+        let mut previous = std::mem::replace(self, next);
+        previous.owns_files = false;
+    }
+
+    fn launch(cgroup: &TestCgroup, opts: AgentOptions, dir: PathBuf, pin_dir: PathBuf) -> Self {
         fs::create_dir_all(&dir).expect("test dir");
         let admin = dir.join("agent.sock");
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
-        let log = fs::File::create(dir.join("agent.log")).expect("agent log");
-        let listen = if opts.listen_all { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        let listen = if opts.listen_all {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
         let mut cmd = Command::new(agent_binary());
         cmd.args(["run", "--listen", listen, "--node", "test-node"])
             .arg("--admin")
@@ -78,6 +106,7 @@ impl TestAgent {
             admin,
             pin_dir,
             dir,
+            owns_files: true,
         };
         let status = agent.wait_ready();
         let port: u16 = status["listen"]
@@ -95,8 +124,15 @@ impl TestAgent {
             if let Some(status) = self.try_status() {
                 return status;
             }
-            if let Some(exit) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("floki-agent exited ({exit}) before serving:\n{}", self.log());
+            if let Some(exit) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "floki-agent exited ({exit}) before serving:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -198,7 +234,9 @@ impl Drop for TestAgent {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = fs::remove_dir_all(&self.pin_dir);
-        let _ = fs::remove_dir_all(&self.dir);
+        if self.owns_files {
+            let _ = fs::remove_dir_all(&self.pin_dir);
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }

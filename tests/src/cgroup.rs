@@ -61,7 +61,10 @@ impl TestCgroup {
     /// Moves the calling process into this cgroup (for in-process clients;
     /// one test per process, as cargo-nextest runs them).
     pub fn enter(&self) -> io::Result<()> {
-        fs::write(self.path.join("cgroup.procs"), std::process::id().to_string())
+        fs::write(
+            self.path.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
     }
 
     fn evacuate(&self) {

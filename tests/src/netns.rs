@@ -14,7 +14,10 @@ pub struct NetNs {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -44,7 +47,9 @@ impl NetNs {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let host_if = format!("fkh{}{n}", std::process::id() % 10000);
         let ns_if = format!("fkn{}{n}", std::process::id() % 10000);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name,
+        ]);
         ip(&["addr", "add", host_addr, "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
         ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
@@ -62,6 +67,8 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }

@@ -1,12 +1,7 @@
 //! Streams arrive byte-identical over both transports, whichever end comes
 //! first; spliced streams really bypass TCP/IP.
 
-use std::{
-    fs,
-    path::PathBuf,
-    process::Stdio,
-    time::Duration,
-};
+use std::{fs, path::PathBuf, process::Stdio, time::Duration};
 
 use floki_tests::{
     Pattern,
@@ -23,7 +18,10 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(tag: &str) -> Self {
-        Self(PathBuf::from(format!("/dev/shm/floki-test-{}-{tag}", std::process::id())))
+        Self(PathBuf::from(format!(
+            "/dev/shm/floki-test-{}-{tag}",
+            std::process::id()
+        )))
     }
 
     fn with_pattern(tag: &str, size: u64, seed: u64) -> Self {
@@ -89,7 +87,10 @@ fn cli_transfer(node: &TestNode, channel: &str, size: u64, receiver_first: bool)
 }
 
 fn sizes_arrive_identical(node: &TestNode, transport: &str) {
-    for (i, size) in [0, 1, 64 * 1024 - 1, MIB, 256 * MIB].into_iter().enumerate() {
+    for (i, size) in [0, 1, 64 * 1024 - 1, MIB, 256 * MIB]
+        .into_iter()
+        .enumerate()
+    {
         for receiver_first in [true, false] {
             let channel = format!("size-{i}-{}", if receiver_first { "rf" } else { "sf" });
             cli_transfer(node, &channel, size, receiver_first);
@@ -116,7 +117,10 @@ fn sizes_arrive_identical(node: &TestNode, transport: &str) {
         let second = spawn(if receiver_first { "send" } else { "recv" });
         assert_success(&wait_within(first, LIMIT), "first probe");
         assert_success(&wait_within(second, LIMIT), "second probe");
-        assert_eq!(node.agent.wait_finished(&channel, LIMIT)["transport"], transport);
+        assert_eq!(
+            node.agent.wait_finished(&channel, LIMIT)["transport"],
+            transport
+        );
     }
 }
 
@@ -142,7 +146,10 @@ fn fallback_streams_arrive_identical() {
     sizes_arrive_identical(&node, "tcp");
     let totals = &node.agent.status()["totals"];
     assert_eq!(totals["spliced_bytes"], 0);
-    assert!(totals["fallback_bytes"].as_u64().unwrap() >= 512 * MIB, "{totals:#}");
+    assert!(
+        totals["fallback_bytes"].as_u64().unwrap() >= 512 * MIB,
+        "{totals:#}"
+    );
 }
 
 #[test]
@@ -150,14 +157,19 @@ fn spliced_stream_bypasses_tcp() {
     let node = TestNode::start_ebpf("bypass");
     let bytes = 256 * MIB;
     let before_segments = tcp_out_segments();
-    let before_spliced = node.agent.status()["totals"]["spliced_bytes"].as_u64().unwrap();
+    let before_spliced = node.agent.status()["totals"]["spliced_bytes"]
+        .as_u64()
+        .unwrap();
     let recv = node
         .probe("recv", "bypass", bytes)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert_success(&run_within(&mut node.probe("send", "bypass", bytes), LIMIT), "send");
+    assert_success(
+        &run_within(&mut node.probe("send", "bypass", bytes), LIMIT),
+        "send",
+    );
     assert_success(&wait_within(recv, LIMIT), "recv");
     let segments = tcp_out_segments() - before_segments;
 
@@ -166,7 +178,10 @@ fn spliced_stream_bypasses_tcp() {
     // Counted by the kernel program: the whole stream, framing included.
     assert!(channel["bytes"].as_u64().unwrap() >= bytes, "{channel:#}");
     let totals = &node.agent.status()["totals"];
-    assert!(totals["spliced_bytes"].as_u64().unwrap() - before_spliced >= bytes, "{totals:#}");
+    assert!(
+        totals["spliced_bytes"].as_u64().unwrap() - before_spliced >= bytes,
+        "{totals:#}"
+    );
     // Plain TCP needs one segment per 64 KiB at best: 4096 for 256 MiB. The
     // splice needs only the handshakes (and whatever else the machine sends).
     assert!(

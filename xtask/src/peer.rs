@@ -103,7 +103,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn tcp_sink(args: &Stream) -> anyhow::Result<Measured> {
-    let listener = TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
+    let listener =
+        TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
     let (mut stream, _) = listener.accept()?;
     let mut buf = vec![0u8; args.chunk];
     let mut got = 0u64;
@@ -200,7 +201,8 @@ async fn floki_send(args: &Stream) -> anyhow::Result<Measured> {
 }
 
 fn tcp_pong(args: &PingPong) -> anyhow::Result<Measured> {
-    let listener = TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
+    let listener =
+        TcpListener::bind(&args.addr).with_context(|| format!("binding {}", args.addr))?;
     let (mut stream, _) = listener.accept()?;
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; args.size];

@@ -13,7 +13,12 @@ use anyhow::{Context as _, bail};
 /// bpf-linker release that matches LLVM 22 and the pinned nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -26,7 +31,8 @@ pub fn workspace_root() -> PathBuf {
 /// The pinned nightly for the eBPF crate (floki-ebpf/rust-toolchain.toml).
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
     let file = workspace_root().join("floki-ebpf/rust-toolchain.toml");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
         .find_map(|line| line.trim().strip_prefix("channel = "))
         .map(|value| value.trim_matches('"').to_owned())
@@ -74,7 +80,10 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
-        eprintln!("xtask: installing LLVM 22 ({}) for bpf-linker", LLVM_PACKAGES.join(" "));
+        eprintln!(
+            "xtask: installing LLVM 22 ({}) for bpf-linker",
+            LLVM_PACKAGES.join(" ")
+        );
         apt_install(LLVM_PACKAGES)?;
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
@@ -109,16 +118,17 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
         .with_context(|| format!("running apt-get install {}", packages.join(" ")))?
         .success()
     {
-        bail!("apt-get install {} failed (are you root?)", packages.join(" "));
+        bail!(
+            "apt-get install {} failed (are you root?)",
+            packages.join(" ")
+        );
     }
     Ok(())
 }
 
 /// Runs `cmd`, failing with its command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }

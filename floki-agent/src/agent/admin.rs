@@ -81,7 +81,11 @@ impl AdminServer {
     }
 }
 
-async fn answer(stream: UnixStream, registry: &Registry, identity: &Identity) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    registry: &Registry,
+    identity: &Identity,
+) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(5), async {

@@ -25,6 +25,10 @@ use crate::{
 /// Smallest and largest flow-control window a receiver may ask for.
 pub const WINDOW_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 
+/// Why a channel registered for splicing went over TCP.
+const NOT_SPLICED: &str = "not spliced: the kernel saw no write of the sender's data socket; \
+     are both ends in the agent's cgroup (see --cgroup)?";
+
 /// A refusal with its explanation.
 pub type Refused = (Refusal, String);
 
@@ -138,7 +142,12 @@ fn slot(role: Role) -> usize {
 
 impl Registry {
     /// An empty registry.
-    pub fn new(node: String, datapath: Arc<Datapath>, default_window: u64, history_limit: usize) -> Self {
+    pub fn new(
+        node: String,
+        datapath: Arc<Datapath>,
+        default_window: u64,
+        history_limit: usize,
+    ) -> Self {
         Self {
             node,
             datapath,
@@ -190,7 +199,11 @@ impl Registry {
                 Live {
                     id,
                     created: Instant::now(),
-                    stage: Stage::Waiting { role, hello, notify },
+                    stage: Stage::Waiting {
+                        role,
+                        hello,
+                        notify,
+                    },
                     ends,
                 },
             );
@@ -206,7 +219,9 @@ impl Registry {
             Stage::Waiting { .. } => {
                 return Err((
                     Refusal::Busy,
-                    format!("channel '{name}' already has a {role} waiting; one {role} per channel"),
+                    format!(
+                        "channel '{name}' already has a {role} waiting; one {role} per channel"
+                    ),
                 ));
             }
             Stage::Active { .. } => {
@@ -373,20 +388,27 @@ impl Registry {
             .map(|role| role.to_string())
             .collect();
         let stream_bytes = live.ends.iter().map(|end| end.bytes).max().unwrap_or(0);
-        let (state, error, transport, bytes, duration) = match &live.stage {
-            Stage::Waiting { .. } => (ChannelState::Waiting, None, None, 0, None),
+        let (state, error, transport, bytes, duration, note) = match &live.stage {
+            Stage::Waiting { .. } => (ChannelState::Waiting, None, None, 0, None, None),
             Stage::Active {
                 transport,
                 splice,
                 paired_at,
             } => {
-                let bytes = match splice {
+                let received = live.ends[slot(Role::Recv)].bytes;
+                let spliced = splice
+                    .as_ref()
+                    .and_then(|handle| self.datapath.record(handle))
+                    .map(|record| record.bytes[ROLE_SENDER as usize]);
+                // Proof over claims: a splice the kernel never carried a byte
+                // of (an end outside the agent's cgroup) is reported as TCP.
+                let (transport, bytes, note) = match spliced {
+                    Some(0) if stream_bytes > 0 => {
+                        (Transport::Tcp, received, Some(NOT_SPLICED.to_owned()))
+                    }
                     // Counted by the kernel program, framing included.
-                    Some(handle) => self
-                        .datapath
-                        .record(handle)
-                        .map_or(0, |record| record.bytes[ROLE_SENDER as usize]),
-                    None => live.ends[slot(Role::Recv)].bytes,
+                    Some(bytes) => (*transport, bytes, None),
+                    None => (*transport, received, None),
                 };
                 let over = live.ends.iter().all(|end| end.outcome.is_some());
                 let (state, error) = match over.then(|| verdict(&live.ends)) {
@@ -395,7 +417,7 @@ impl Registry {
                     Some(Err(err)) => (ChannelState::Failed, Some(err)),
                 };
                 let duration = over.then(|| paired_at.elapsed().as_secs_f64());
-                (state, error, Some(*transport), bytes, duration)
+                (state, error, Some(transport), bytes, duration, note)
             }
         };
         ChannelStatus {
@@ -409,6 +431,7 @@ impl Registry {
             age_secs: live.created.elapsed().as_secs_f64(),
             duration_secs: duration,
             error,
+            note,
         }
     }
 
@@ -510,14 +533,26 @@ mod tests {
 
     #[test]
     fn one_complete_end_proves_the_stream() {
-        assert_eq!(verdict(&ends(Some(Outcome::Complete), Some(Outcome::Left))), Ok(()));
-        assert_eq!(verdict(&ends(Some(Outcome::Left), Some(Outcome::Complete))), Ok(()));
-        assert_eq!(verdict(&ends(Some(Outcome::Complete), Some(Outcome::Complete))), Ok(()));
+        assert_eq!(
+            verdict(&ends(Some(Outcome::Complete), Some(Outcome::Left))),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(&ends(Some(Outcome::Left), Some(Outcome::Complete))),
+            Ok(())
+        );
+        assert_eq!(
+            verdict(&ends(Some(Outcome::Complete), Some(Outcome::Complete))),
+            Ok(())
+        );
     }
 
     #[test]
     fn failures_and_silence_fail_the_channel() {
-        let failed = verdict(&ends(Some(Outcome::Complete), Some(Outcome::Failed("x".into()))));
+        let failed = verdict(&ends(
+            Some(Outcome::Complete),
+            Some(Outcome::Failed("x".into())),
+        ));
         assert_eq!(failed, Err("receiver: x".into()));
         assert!(verdict(&ends(Some(Outcome::Left), Some(Outcome::Left))).is_err());
     }

@@ -130,7 +130,9 @@ fn validate(hello: &Hello) -> Result<(), Refused> {
             if listen.port() == 0 || listen.ip().is_unspecified() {
                 return Err((
                     Refusal::BadRequest,
-                    format!("data address {listen} is not connectable: give a concrete IP and port"),
+                    format!(
+                        "data address {listen} is not connectable: give a concrete IP and port"
+                    ),
                 ));
             }
             if let Some(window) = hello.window

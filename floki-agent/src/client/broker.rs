@@ -58,7 +58,9 @@ pub(crate) async fn pair(
         window: opts.window,
     };
     write_preamble(&mut control).await.map_err(protocol)?;
-    write_message(&mut control, &hello).await.map_err(protocol)?;
+    write_message(&mut control, &hello)
+        .await
+        .map_err(protocol)?;
 
     let channel_id = match read_message(&mut control).await.map_err(protocol)? {
         Some(AgentMessage::Accepted { channel_id, .. }) => channel_id,
@@ -70,7 +72,11 @@ pub(crate) async fn pair(
             });
         }
         Some(other) => return Err(unexpected(channel, &other)),
-        None => return Err(ClientError::AgentClosed { channel: channel.clone() }),
+        None => {
+            return Err(ClientError::AgentClosed {
+                channel: channel.clone(),
+            });
+        }
     };
 
     let answer = read_message(&mut control);
@@ -96,7 +102,9 @@ pub(crate) async fn pair(
             transport,
             peer,
             key: decode_key(&key).ok_or_else(|| {
-                protocol(ProtocolError::BadFrame(format!("pairing key {key:?} is not 32 hex digits")))
+                protocol(ProtocolError::BadFrame(format!(
+                    "pairing key {key:?} is not 32 hex digits"
+                )))
             })?,
             window,
         }),
@@ -106,7 +114,9 @@ pub(crate) async fn pair(
             message,
         }),
         Some(other) => Err(unexpected(channel, &other)),
-        None => Err(ClientError::AgentClosed { channel: channel.clone() }),
+        None => Err(ClientError::AgentClosed {
+            channel: channel.clone(),
+        }),
     }
 }
 
@@ -116,4 +126,3 @@ fn unexpected(channel: &str, message: &AgentMessage) -> ClientError {
         source: ProtocolError::BadFrame(format!("unexpected agent message {message:?}")),
     }
 }
-

@@ -11,7 +11,9 @@ use crate::protocol::{
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The agent could not be reached.
-    #[error("cannot reach the Floki agent at {agent} (is `floki-agent run` listening there? see --agent)")]
+    #[error(
+        "cannot reach the Floki agent at {agent} (is `floki-agent run` listening there? see --agent)"
+    )]
     AgentUnreachable {
         /// Address tried.
         agent: String,

@@ -36,9 +36,18 @@ const STAGING: usize = 8 * 1024;
 
 #[derive(Debug)]
 enum State {
-    Header { buf: [u8; HEADER_LEN], have: usize },
-    Payload { left: usize },
-    Control { kind: FrameKind, buf: Vec<u8>, need: usize },
+    Header {
+        buf: [u8; HEADER_LEN],
+        have: usize,
+    },
+    Payload {
+        left: usize,
+    },
+    Control {
+        kind: FrameKind,
+        buf: Vec<u8>,
+        need: usize,
+    },
     /// Verified; the `Ack` is being written.
     Acking,
     Done,
@@ -203,7 +212,8 @@ impl Receiver {
             return self.truncated();
         }
         let bytes = self.received;
-        self.fail(StreamError::io("reading the stream", bytes, err)).into()
+        self.fail(StreamError::io("reading the stream", bytes, err))
+            .into()
     }
 
     /// Reads what the socket has, up to the staging size; `Ok(false)` at EOF.
@@ -274,7 +284,10 @@ impl Receiver {
                 expected_bytes: total,
                 expected_checksum: checksum,
             };
-            self.queue(&control_frame(FrameKind::Reject, err.to_string().as_bytes()));
+            self.queue(&control_frame(
+                FrameKind::Reject,
+                err.to_string().as_bytes(),
+            ));
             return Err(self.fail(err).into());
         }
         self.queue(&control_frame(FrameKind::Ack, &seal(total, checksum)));
@@ -309,7 +322,11 @@ impl AsyncRead for Receiver {
                             Err(err) => return Poll::Ready(Err(err)),
                         }
                     }
-                    let State::Header { buf: mut header, mut have } = this.state else {
+                    let State::Header {
+                        buf: mut header,
+                        mut have,
+                    } = this.state
+                    else {
                         unreachable!("matched above");
                     };
                     let taken = this.take_staged(HEADER_LEN - have).len();
@@ -377,7 +394,11 @@ impl AsyncRead for Receiver {
                     let _ = this.poll_flush_out(cx);
                     return Poll::Ready(Ok(()));
                 }
-                State::Control { kind, buf: payload, need } => {
+                State::Control {
+                    kind,
+                    buf: payload,
+                    need,
+                } => {
                     let (kind, need) = (*kind, *need);
                     let mut payload = std::mem::take(payload);
                     if payload.len() < need && this.staged.is_empty() {
@@ -386,7 +407,11 @@ impl AsyncRead for Receiver {
                             Poll::Ready(Ok(false)) => return Poll::Ready(Err(this.truncated())),
                             Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                             Poll::Pending => {
-                                this.state = State::Control { kind, buf: payload, need };
+                                this.state = State::Control {
+                                    kind,
+                                    buf: payload,
+                                    need,
+                                };
                                 return Poll::Pending;
                             }
                         }
@@ -395,7 +420,11 @@ impl AsyncRead for Receiver {
                     let start = this.staged.start - taken;
                     payload.extend_from_slice(&this.staging[start..start + taken]);
                     if payload.len() < need {
-                        this.state = State::Control { kind, buf: payload, need };
+                        this.state = State::Control {
+                            kind,
+                            buf: payload,
+                            need,
+                        };
                         continue;
                     }
                     if let Err(err) = this.on_control(kind, &payload) {

@@ -315,7 +315,9 @@ impl Sender {
                 return Poll::Ready(Err(self.fail(StreamError::ReceiverGone { bytes })));
             }
             Ok(()) => self.inbox.extend_from_slice(buf.filled()),
-            Err(err) => return Poll::Ready(Err(self.io_failure("reading the receiver's credit", &err))),
+            Err(err) => {
+                return Poll::Ready(Err(self.io_failure("reading the receiver's credit", &err)));
+            }
         }
         Poll::Ready(self.parse_inbox())
     }

@@ -31,7 +31,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             Err(err) => {
                 let reason = format!("reading the sender's input failed: {err}");
                 tx.abort(&reason).await;
-                bail!("channel '{}': {reason}; the receiver was told", args.channel);
+                bail!(
+                    "channel '{}': {reason}; the receiver was told",
+                    args.channel
+                );
             }
         };
         if n == 0 {

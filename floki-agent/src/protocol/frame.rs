@@ -98,8 +98,9 @@ impl FrameHeader {
 
     /// Parses and validates 8 bytes from the wire.
     pub fn decode(bytes: [u8; HEADER_LEN]) -> Result<Self, ProtocolError> {
-        let kind = FrameKind::from_byte(bytes[0])
-            .ok_or_else(|| ProtocolError::BadFrame(format!("unknown frame kind {:#04x}", bytes[0])))?;
+        let kind = FrameKind::from_byte(bytes[0]).ok_or_else(|| {
+            ProtocolError::BadFrame(format!("unknown frame kind {:#04x}", bytes[0]))
+        })?;
         if bytes[1..4] != [0, 0, 0] {
             return Err(ProtocolError::BadFrame(format!(
                 "non-zero flags or reserved bytes in a {kind:?} header"

@@ -30,7 +30,9 @@ pub enum ProtocolError {
     #[error("the peer does not speak the Floki protocol (first bytes {0:02x?}, expected \"FLKI\")")]
     BadMagic([u8; 4]),
     /// The peer speaks another version.
-    #[error("unsupported protocol version {0} (this side speaks version {VERSION}); upgrade the older side")]
+    #[error(
+        "unsupported protocol version {0} (this side speaks version {VERSION}); upgrade the older side"
+    )]
     UnsupportedVersion(u16),
     /// A control message is larger than allowed.
     #[error("control message of {0} bytes exceeds the {MAX_MESSAGE_LEN}-byte limit")]

@@ -27,11 +27,15 @@ struct Args {
     window: Option<u64>,
     data_addr: Option<std::net::SocketAddr>,
     chunk: usize,
+    /// Flush after every write (small messages go out one by one).
+    flush_each: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
-    let verb = args.next().context("usage: floki-probe send|recv --agent A --channel C --bytes N ...")?;
+    let verb = args
+        .next()
+        .context("usage: floki-probe send|recv --agent A --channel C --bytes N ...")?;
     let mut out = Args {
         verb,
         agent: String::new(),
@@ -44,9 +48,16 @@ fn parse() -> anyhow::Result<Args> {
         window: None,
         data_addr: None,
         chunk: 1 << 20,
+        flush_each: false,
     };
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        if flag == "--flush-each" {
+            out.flush_each = true;
+            continue;
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--agent" => out.agent = value,
             "--channel" => out.channel = value,
@@ -91,7 +102,11 @@ async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     let mut tx = Sender::connect(opts).await?;
     let pattern = Pattern::new(args.seed);
     let mut sizes = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
-    let fixed = args.writes.strip_prefix("fixed:").map(str::parse::<usize>).transpose()?;
+    let fixed = args
+        .writes
+        .strip_prefix("fixed:")
+        .map(str::parse::<usize>)
+        .transpose()?;
     let mut buf = vec![0u8; fixed.unwrap_or(1 << 20).max(1)];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -111,6 +126,9 @@ async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         }
         pattern.fill(sent, &mut buf[..n]);
         tx.write_all(&buf[..n]).await?;
+        if args.flush_each {
+            tx.flush().await?;
+        }
         sent += n as u64;
         pace(args.rate, sent, started).await;
     }
@@ -136,8 +154,15 @@ async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         }
         pattern.fill(got, &mut expected[..n]);
         if buf[..n] != expected[..n] {
-            let at = buf[..n].iter().zip(&expected[..n]).position(|(a, b)| a != b).unwrap_or(0);
-            bail!("byte {} differs from what the sender wrote", got + at as u64);
+            let at = buf[..n]
+                .iter()
+                .zip(&expected[..n])
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            bail!(
+                "byte {} differs from what the sender wrote",
+                got + at as u64
+            );
         }
         got += n as u64;
         if args.stall_after.is_some_and(|limit| got >= limit) {

@@ -112,7 +112,10 @@ impl EbpfDatapath {
         let link_id = sock_ops
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(program_err(program::SOCK_OPS))?;
-        let sock_ops_id = sock_ops.info().map_err(program_err(program::SOCK_OPS))?.id();
+        let sock_ops_id = sock_ops
+            .info()
+            .map_err(program_err(program::SOCK_OPS))?
+            .id();
         let link = sock_ops
             .take_link(link_id)
             .map_err(program_err(program::SOCK_OPS))?;
@@ -172,11 +175,17 @@ impl EbpfDatapath {
     /// Registers the two data endpoints of channel `id`, so that `sock_ops`
     /// splices exactly the sender's connecting socket and the socket the
     /// receiver's listener accepts from it.
-    pub fn install(&self, id: u32, sender: &Hello, receiver: &Hello) -> Result<SpliceHandle, String> {
+    pub fn install(
+        &self,
+        id: u32,
+        sender: &Hello,
+        receiver: &Hello,
+    ) -> Result<SpliceHandle, String> {
         let listen = receiver
             .listen
             .ok_or("the receiver advertised no data address")?;
-        let (Some(sender_netns), Some(receiver_netns)) = (sender.netns_cookie, receiver.netns_cookie)
+        let (Some(sender_netns), Some(receiver_netns)) =
+            (sender.netns_cookie, receiver.netns_cookie)
         else {
             return Err(
                 "a client did not report its network namespace (SO_NETNS_COOKIE needs Linux 5.14+)"
@@ -209,8 +218,22 @@ impl EbpfDatapath {
                 .expect("channels lock")
                 .insert(id, ChannelRecord::default(), 0)?;
             let mut endpoints = self.endpoints.lock().expect("endpoints lock");
-            endpoints.insert(keys[0], ChannelEnd { channel: id, role: ROLE_SENDER }, 0)?;
-            endpoints.insert(keys[1], ChannelEnd { channel: id, role: ROLE_RECEIVER }, 0)
+            endpoints.insert(
+                keys[0],
+                ChannelEnd {
+                    channel: id,
+                    role: ROLE_SENDER,
+                },
+                0,
+            )?;
+            endpoints.insert(
+                keys[1],
+                ChannelEnd {
+                    channel: id,
+                    role: ROLE_RECEIVER,
+                },
+                0,
+            )
         })();
         match result {
             Ok(()) => {
@@ -219,7 +242,9 @@ impl EbpfDatapath {
             }
             Err(err) => {
                 self.remove(&handle);
-                Err(format!("registering the splice in the kernel maps failed: {err}"))
+                Err(format!(
+                    "registering the splice in the kernel maps failed: {err}"
+                ))
             }
         }
     }

@@ -28,7 +28,9 @@ pub enum DatapathError {
         source: io::Error,
     },
     /// No cgroup v2 hierarchy.
-    #[error("no cgroup v2 hierarchy is mounted (fstype cgroup2 in /proc/mounts); pass --cgroup PATH")]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (fstype cgroup2 in /proc/mounts); pass --cgroup PATH"
+    )]
     NoCgroup2,
     /// The cgroup could not be opened.
     #[error("cannot open cgroup {path} (pass an existing cgroup v2 directory with --cgroup)")]
@@ -39,7 +41,9 @@ pub enum DatapathError {
         source: io::Error,
     },
     /// The pin directory is not on bpffs.
-    #[error("pin directory {pin_dir} is not on a bpffs mount; mount one there or use --pin-dir under /sys/fs/bpf")]
+    #[error(
+        "pin directory {pin_dir} is not on a bpffs mount; mount one there or use --pin-dir under /sys/fs/bpf"
+    )]
     NotOnBpffs {
         /// Path.
         pin_dir: PathBuf,
@@ -211,7 +215,12 @@ impl Datapath {
 
     /// Prepares the splice of channel `id`; `Err` explains why it will use
     /// plain TCP instead.
-    pub fn install(&self, id: u32, sender: &Hello, receiver: &Hello) -> Result<SpliceHandle, String> {
+    pub fn install(
+        &self,
+        id: u32,
+        sender: &Hello,
+        receiver: &Hello,
+    ) -> Result<SpliceHandle, String> {
         match self {
             Self::Ebpf(ebpf) => ebpf.install(id, sender, receiver),
             Self::Fallback { .. } => Err("fallback datapath".into()),

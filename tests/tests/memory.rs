@@ -1,0 +1,74 @@
+//! A slow receiver holds the sender back: the kernel's redirect has no
+//! backpressure of its own (KERNEL-NOTES, behaviour 1), Floki's credit window
+//! bounds what is in flight. This test reads machine-wide TCP memory, so
+//! `cargo xtask test` runs this binary alone.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use floki_tests::{
+    node::{TestNode, assert_success},
+    proc_stats::{rss_bytes, tcp_memory_bytes},
+};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn slow_receiver_keeps_memory_within_the_window() {
+    let node = TestNode::start_ebpf("slow-receiver");
+    let window = 8 * MIB; // the agent's default
+    let bytes = 1 << 30;
+    let tcp_before = tcp_memory_bytes();
+    let agent_before = rss_bytes(node.agent.pid());
+
+    let mut recv = node
+        .probe("recv", "slow", bytes)
+        .args([
+            "--rate",
+            &(64 * MIB).to_string(),
+            "--chunk",
+            &(256 * 1024).to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let send = node
+        .probe("send", "slow", bytes)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let (mut tcp_peak, mut agent_peak) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while recv.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the slow transfer did not finish in 90 s"
+        );
+        tcp_peak = tcp_peak.max(tcp_memory_bytes().saturating_sub(tcp_before));
+        agent_peak = agent_peak.max(rss_bytes(node.agent.pid()).saturating_sub(agent_before));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_success(&send.wait_with_output().unwrap(), "sender");
+    assert_success(&recv.wait_with_output().unwrap(), "slow receiver");
+
+    // Unbounded, ~1 GiB would sit in the receiver's queue (the sender is ~100x
+    // faster). Allowed: the window plus a small constant for page rounding of
+    // the queued messages and the machine's other sockets.
+    let slack = 4 * MIB;
+    eprintln!("peak TCP memory above baseline: {tcp_peak} B; agent RSS growth: {agent_peak} B");
+    assert!(
+        tcp_peak <= window + slack,
+        "TCP memory rose by {tcp_peak} B (window {window} B)"
+    );
+    assert!(
+        agent_peak <= 2 * MIB,
+        "the agent's RSS grew by {agent_peak} B"
+    );
+    let channel = node.agent.wait_finished("slow", Duration::from_secs(10));
+    assert_eq!(channel["transport"], "splice", "{channel:#}");
+}
