@@ -39,7 +39,7 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
         return;
     };
     // SAFETY: a lookup result is only copied out.
-    let Some(end) = (unsafe { FLOKI_ENDPOINTS.get(&key) }) else {
+    let Some(end) = (unsafe { FLOKI_ENDPOINTS.get(key) }) else {
         return; // not a Floki data socket: leave it alone
     };
     let mut end = *end;

@@ -1,6 +1,10 @@
-//! `cargo xtask`: Floki's developer tasks.
+//! `cargo xtask`: Floki's developer tasks. It installs what the build needs
+//! (the pinned nightly, LLVM 22, bpf-linker), drives cargo, and hands the demo
+//! and the benchmarks to `floki-lab` once everything is built.
 
-mod peer;
+mod ebpf;
+mod lab;
+mod test;
 mod toolchain;
 
 use clap::{Parser, Subcommand};
@@ -14,21 +18,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build the kernel programs (installs the pinned nightly, LLVM 22 and bpf-linker when missing).
+    /// Build the kernel programs (installs the pinned nightly, LLVM 22 and
+    /// bpf-linker when missing).
     BuildEbpf,
-    /// A benchmark or demo endpoint (internal: xtask spawns itself).
-    #[command(subcommand, hide = true)]
-    Peer(peer::Peer),
+    /// Build everything, start an agent on this machine and stream 1 GiB from
+    /// a producer to a consumer through a spliced channel (as root).
+    Demo {
+        /// Options for `floki-lab demo` (e.g. --size 4GiB).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// What CI runs: formatting, clippy (warnings denied), unit and kernel
+    /// tests (as root).
+    Test(test::Options),
+    /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`.
+    Bench {
+        /// Which benchmark and its options (see `floki-lab bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::BuildEbpf => build_ebpf(),
-        Task::Peer(p) => peer::run(p),
+        Task::BuildEbpf => ebpf::build().map(drop),
+        Task::Demo { args } => lab::run("demo", &args),
+        Task::Test(opts) => test::all(&opts),
+        Task::Bench { args } => lab::run("bench", &args),
     }
-}
-
-fn build_ebpf() -> anyhow::Result<()> {
-    toolchain::ensure()?;
-    Ok(())
 }

@@ -56,20 +56,19 @@ fn render(status: &Status) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{:>6}  {:<24} {:<8} {:<9} {:>12} {:>12}  {}",
-            "ID", "CHANNEL", "STATE", "TRANSPORT", "BYTES", "STREAM", "NOTE"
+            "{:>6}  {:<24} {:<8} {:<9} {:>12} {:>12}  NOTE",
+            "ID", "CHANNEL", "STATE", "TRANSPORT", "BYTES", "STREAM"
         );
         for channel in &status.channels {
             let transport = channel
                 .transport
                 .map_or_else(|| "-".to_owned(), |t| t.to_string());
-            let note = channel.error.clone().unwrap_or_else(|| {
-                if channel.ends.len() == 1 {
-                    format!("{} waiting", channel.ends[0])
-                } else {
-                    String::new()
-                }
-            });
+            let note = match (&channel.error, &channel.note) {
+                (Some(error), _) => error.clone(),
+                (None, Some(note)) => note.clone(),
+                (None, None) if channel.ends.len() == 1 => format!("{} waiting", channel.ends[0]),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "{:>6}  {:<24} {:<8} {:<9} {:>12} {:>12}  {}",

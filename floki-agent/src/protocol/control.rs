@@ -62,7 +62,6 @@ impl std::fmt::Display for Transport {
 
 /// First message of a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hello {
     /// Channel name, 1 to 255 bytes of `[A-Za-z0-9._:/-]`.
     pub channel: String,

@@ -114,14 +114,13 @@ fn summarize(detail: &str) -> String {
     let verdict = log
         .lines()
         .map(str::trim)
-        .filter(|line| {
+        .rfind(|line| {
             !line.is_empty()
                 && !line.starts_with("verification time")
                 && !line.starts_with("stack depth")
                 && !line.starts_with("processed ")
                 && !line.starts_with(')')
         })
-        .next_back()
         .unwrap_or("");
     format!("{} verifier: {verdict}", head.trim_end_matches(['.', ' ']))
 }
@@ -140,24 +139,12 @@ pub struct DatapathConfig {
 /// The datapath of this node.
 pub enum Datapath {
     /// Kernel programs attached.
-    Ebpf(EbpfDatapath),
+    Ebpf(Box<EbpfDatapath>),
     /// Plain TCP, and why.
     Fallback {
         /// Why eBPF is not in use.
         reason: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn summarizes_verifier_logs() {
-        let detail = "program x: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output: 0: r1 = 1\n77: (61) r7 = *(u32 *)(r4 +0)\ndereference of modified ctx ptr R4 off=40 disallowed\nverification time 441 usec\nstack depth 0+88\n";
-        assert_eq!(
-            super::summarize(detail),
-            "program x: the BPF_PROG_LOAD syscall returned Permission denied verifier: dereference of modified ctx ptr R4 off=40 disallowed"
-        );
-    }
 }
 
 impl Datapath {
@@ -173,7 +160,7 @@ impl Datapath {
         match EbpfDatapath::load(config) {
             Ok(datapath) => {
                 info!(cgroup = %datapath.cgroup().display(), "eBPF datapath attached: same-node channels are spliced in the kernel");
-                Self::Ebpf(datapath)
+                Self::Ebpf(Box::new(datapath))
             }
             Err(err) => {
                 let detail = with_causes(&err);
@@ -255,5 +242,17 @@ impl Datapath {
         if let Self::Ebpf(ebpf) = self {
             ebpf.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summarizes_verifier_logs() {
+        let detail = "program x: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output: 0: r1 = 1\n77: (61) r7 = *(u32 *)(r4 +0)\ndereference of modified ctx ptr R4 off=40 disallowed\nverification time 441 usec\nstack depth 0+88\n";
+        assert_eq!(
+            super::summarize(detail),
+            "program x: the BPF_PROG_LOAD syscall returned Permission denied verifier: dereference of modified ctx ptr R4 off=40 disallowed"
+        );
     }
 }

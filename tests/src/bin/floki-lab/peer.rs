@@ -1,7 +1,7 @@
 //! The processes a benchmark or the demo measures: plain TCP endpoints (no
 //! agent), Floki channel ends through the client library, and ping-pong
 //! pairs for latency. Each prints one JSON line with what it measured.
-//! (`cargo xtask peer ...`, hidden: xtask spawns itself.)
+//! (`floki-lab peer ...`: the lab spawns itself.)
 
 use std::{
     io::{Read as _, Write as _},
@@ -49,6 +49,9 @@ pub struct Stream {
     /// Size of each write (and read).
     #[arg(long)]
     pub chunk: usize,
+    /// Flow-control window (Floki receivers; the agent's default if absent).
+    #[arg(long)]
+    pub window: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -158,7 +161,9 @@ fn connect_retrying(addr: &str) -> anyhow::Result<TcpStream> {
 }
 
 async fn floki_recv(args: &Stream) -> anyhow::Result<Measured> {
-    let mut rx = Receiver::connect(&ChannelOptions::new(&args.addr, &args.channel)).await?;
+    let mut opts = ChannelOptions::new(&args.addr, &args.channel);
+    opts.window = args.window;
+    let mut rx = Receiver::connect(&opts).await?;
     let mut buf = vec![0u8; args.chunk];
     let mut started = None;
     loop {

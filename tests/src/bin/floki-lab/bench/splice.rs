@@ -1,0 +1,285 @@
+//! `cargo xtask bench splice`: plain TCP loopback between two processes (no
+//! agent), Floki spliced, and Floki without eBPF, all in one run, runs
+//! interleaved so that the machine's noise falls on all three alike.
+
+use std::{net::TcpListener, str::FromStr as _};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use super::report::{self, Spread};
+use crate::lab::{self, Lab, measured};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Bytes per throughput run.
+    #[arg(long, default_value = "1GiB")]
+    pub size: String,
+    /// Runs per measurement; the table shows medians and the range.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Round trips per latency run.
+    #[arg(long, default_value_t = 20_000)]
+    pub round_trips: usize,
+    /// Print only; leave docs/BENCHMARKS.md alone.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Tcp,
+    Splice,
+    Fallback,
+}
+
+impl System {
+    const ALL: [Self; 3] = [Self::Tcp, Self::Splice, Self::Fallback];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "plain TCP",
+            Self::Splice => "Floki splice",
+            Self::Fallback => "Floki, no eBPF",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Splice => "splice",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+struct Labs {
+    splice: Lab,
+    fallback: Lab,
+}
+
+impl Labs {
+    fn of(&self, system: System) -> &Lab {
+        match system {
+            System::Splice => &self.splice,
+            // Plain TCP peers run in the fallback lab's cgroup: no programs there.
+            System::Tcp | System::Fallback => &self.fallback,
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The receiving and sending peers' arguments: each verb followed by `common`.
+fn peers(verbs: [&str; 2], common: &[String]) -> [Vec<String>; 2] {
+    verbs.map(|verb| {
+        std::iter::once(verb.to_owned())
+            .chain(common.iter().cloned())
+            .collect()
+    })
+}
+
+/// `--addr` and, for Floki, `--channel`: where the peers meet.
+fn meeting(lab: &Lab, system: System, channel: String) -> anyhow::Result<Vec<String>> {
+    Ok(match system {
+        System::Tcp => vec!["--addr".into(), format!("127.0.0.1:{}", free_port()?)],
+        System::Splice | System::Fallback => {
+            vec!["--addr".into(), lab.addr(), "--channel".into(), channel]
+        }
+    })
+}
+
+/// Receiver-side throughput in GB/s.
+fn throughput(
+    labs: &Labs,
+    system: System,
+    bytes: u64,
+    write: usize,
+    run: usize,
+) -> anyhow::Result<f64> {
+    let lab = labs.of(system);
+    let mut common = meeting(lab, system, format!("bench-{}-{write}-{run}", system.key()))?;
+    common.extend([
+        "--bytes".into(),
+        bytes.to_string(),
+        "--chunk".into(),
+        write.to_string(),
+    ]);
+    let verbs = match system {
+        System::Tcp => ["tcp-sink", "tcp-source"],
+        System::Splice | System::Fallback => ["floki-recv", "floki-send"],
+    };
+    let [recv_args, send_args] = peers(verbs, &common);
+    // Each end on its own CPU, for every system alike: left to the scheduler
+    // (this kernel packs vCPUs), both ends sometimes share one CPU and a run
+    // measures that instead.
+    let receiver = lab.peer(&recv_args, Some(0))?;
+    let sender = lab.peer(&send_args, Some(1))?;
+    let got = measured(receiver)?;
+    measured(sender)?;
+    if let Some(transport) = &got.transport {
+        let expected = if system == System::Splice {
+            "splice"
+        } else {
+            "tcp"
+        };
+        anyhow::ensure!(
+            transport == expected,
+            "{} ran over {transport}",
+            system.label()
+        );
+    }
+    Ok(got.bytes as f64 / got.seconds / 1e9)
+}
+
+/// Round-trip p50 in µs, ping and pong on the given CPUs.
+fn round_trip(
+    labs: &Labs,
+    system: System,
+    count: usize,
+    cpus: (usize, usize),
+    run: usize,
+) -> anyhow::Result<f64> {
+    let lab = labs.of(system);
+    let channel = format!("rtt-{}-{}{}-{run}", system.key(), cpus.0, cpus.1);
+    let mut common = meeting(lab, system, channel)?;
+    common.extend(["--count".into(), count.to_string()]);
+    let verbs = match system {
+        System::Tcp => ["tcp-pong", "tcp-ping"],
+        System::Splice | System::Fallback => ["floki-pong", "floki-ping"],
+    };
+    let [pong, ping] = peers(verbs, &common);
+    let ponger = lab.peer(&pong, Some(cpus.0))?;
+    let pinger = lab.peer(&ping, Some(cpus.1))?;
+    let got = measured(pinger)?;
+    measured(ponger)?;
+    let rtt = got.rtt_us;
+    anyhow::ensure!(!rtt.is_empty(), "no round trips measured");
+    Ok(rtt[rtt.len() / 2])
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let bytes = bytesize::ByteSize::from_str(&opts.size)
+        .map_err(|err| anyhow::anyhow!("--size {}: {err}", opts.size))?
+        .as_u64();
+    let binaries = lab::Binaries::beside_me()?;
+    let labs = Labs {
+        splice: Lab::start(&binaries, "bench-splice", false)?,
+        fallback: Lab::start(&binaries, "bench-fallback", true)?,
+    };
+    let writes = [64 << 10, 1 << 20];
+    let placements = [(0, 0), (0, 1)];
+
+    // Warm-up: page cache, binaries, first-connection costs.
+    for system in System::ALL {
+        throughput(&labs, system, 64 << 20, 1 << 20, usize::MAX)?;
+    }
+
+    let mut rates = vec![vec![Vec::new(); System::ALL.len()]; writes.len()];
+    let mut rtts = vec![vec![Vec::new(); System::ALL.len()]; placements.len()];
+    for run in 0..opts.runs {
+        eprintln!("xtask: bench splice, run {} of {}", run + 1, opts.runs);
+        for (w, &write) in writes.iter().enumerate() {
+            for (s, &system) in System::ALL.iter().enumerate() {
+                let rate = throughput(&labs, system, bytes, write, run)
+                    .with_context(|| format!("{} with {write}-byte writes", system.label()))?;
+                rates[w][s].push(rate);
+            }
+        }
+        for (p, &cpus) in placements.iter().enumerate() {
+            for (s, &system) in System::ALL.iter().enumerate() {
+                let rtt = round_trip(&labs, system, opts.round_trips, cpus, run)
+                    .with_context(|| format!("{} round trips", system.label()))?;
+                rtts[p][s].push(rtt);
+            }
+        }
+    }
+
+    let size_label = bytesize::ByteSize(bytes).display().iec().to_string();
+    let mut table = String::from(
+        "| measure | plain TCP | Floki splice | Floki, no eBPF | splice / TCP |\n|---|---|---|---|---|\n",
+    );
+    let cell = |s: &Spread, digits: usize| {
+        format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits, s.median, digits, s.min, digits, s.max
+        )
+    };
+    let mut json_rows = Vec::new();
+    let mut throughput_ratio_1m = 0.0;
+    for (w, write) in writes.iter().enumerate() {
+        let spreads: Vec<Spread> = rates[w].iter().map(|r| Spread::of(r)).collect();
+        let ratio = spreads[1].median / spreads[0].median;
+        if *write == 1 << 20 {
+            throughput_ratio_1m = ratio;
+        }
+        table.push_str(&format!(
+            "| {size_label}, {} KiB writes, GB/s | {} | {} | {} | **{ratio:.2}x** |\n",
+            write >> 10,
+            cell(&spreads[0], 2),
+            cell(&spreads[1], 2),
+            cell(&spreads[2], 2)
+        ));
+        json_rows.push(json!({"measure": "throughput_gb_s", "write_bytes": write, "bytes": bytes,
+            "tcp": spreads[0], "splice": spreads[1], "fallback": spreads[2], "splice_over_tcp": ratio,
+            "runs": {"tcp": rates[w][0], "splice": rates[w][1], "fallback": rates[w][2]}}));
+    }
+    let mut rtt_ratio = [0.0; 2];
+    for (p, cpus) in placements.iter().enumerate() {
+        let spreads: Vec<Spread> = rtts[p].iter().map(|r| Spread::of(r)).collect();
+        let ratio = spreads[1].median / spreads[0].median;
+        rtt_ratio[p] = ratio;
+        let placement = if cpus.0 == cpus.1 {
+            "both on one CPU"
+        } else {
+            "on two CPUs"
+        };
+        table.push_str(&format!(
+            "| 64 B round trip p50, {placement}, µs | {} | {} | {} | **{ratio:.2}x** |\n",
+            cell(&spreads[0], 1),
+            cell(&spreads[1], 1),
+            cell(&spreads[2], 1)
+        ));
+        json_rows.push(json!({"measure": "round_trip_p50_us", "cpus": [cpus.0, cpus.1],
+            "tcp": spreads[0], "splice": spreads[1], "fallback": spreads[2], "splice_over_tcp": ratio,
+            "runs": {"tcp": rtts[p][0], "splice": rtts[p][1], "fallback": rtts[p][2]}}));
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let floors = format!(
+        "- splice throughput at 1 MiB writes at least 2x plain TCP: {:.2}x, {}\n\
+         - 64 B round-trip p50 at most 0.7x plain TCP: {:.2}x on one CPU ({}), {:.2}x on two CPUs ({})\n",
+        throughput_ratio_1m,
+        verdict(throughput_ratio_1m >= 2.0),
+        rtt_ratio[0],
+        verdict(rtt_ratio[0] <= 0.7),
+        rtt_ratio[1],
+        verdict(rtt_ratio[1] <= 0.7),
+    );
+    println!("{table}\n{floors}");
+
+    if !opts.no_write {
+        let markdown = format!(
+            "## Splice: Floki against plain TCP on one node\n\n\
+             Measured {} on {}.\n\
+             Reproduce: `cargo xtask bench splice` (as root; {} runs, medians with the range in brackets).\n\n\
+             Throughput is what the receiving process reads, first byte to last; both ends are \
+             separate processes moving in-memory data, pinned to CPUs 0 and 1 (Floki through the \
+             client library, with its framing, flow control and end-to-end XXH3 check; plain TCP \
+             raw, blocking). Round trips are {} ping-pongs of 64 bytes, ping and pong pinned as \
+             stated.\n\n\
+             {table}\n\
+             Floors (issue 2):\n{floors}",
+            report::today(),
+            report::machine(),
+            opts.runs,
+            opts.round_trips,
+        );
+        let json = json!({"bench": "splice", "date": report::today(), "machine": report::machine(),
+            "runs": opts.runs, "results": json_rows});
+        report::write_section("splice", &markdown, &json)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask demo`: builds everything, starts an agent on this machine,
+//! streams 1 GiB from a producer to a consumer through a spliced channel,
+//! shows the CLI and the agent's status, and compares with plain TCP.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    str::FromStr as _,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::lab::{self, Lab, measured};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Bytes to stream.
+    #[arg(long, default_value = "1GiB")]
+    pub size: String,
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let bytes = bytesize::ByteSize::from_str(&opts.size)
+        .map_err(|err| anyhow::anyhow!("--size {}: {err}", opts.size))?
+        .as_u64();
+    let size = bytesize::ByteSize(bytes).display().iec().to_string();
+    eprintln!("== starting floki-agent on a cgroup of its own");
+    let binaries = lab::Binaries::beside_me()?;
+    let lab = Lab::start(&binaries, "demo", false)?;
+    let agent = lab.addr();
+
+    eprintln!("\n== the CLI: `floki-agent send greeting` | `floki-agent recv greeting`");
+    let cli = |verb: &str| {
+        let mut cmd = Command::new(&binaries.agent);
+        cmd.args([verb, "greeting", "--agent", &agent]);
+        lab.cgroup.spawn_inside(&mut cmd);
+        cmd
+    };
+    let recv = cli("recv")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting recv")?;
+    let mut send = cli("send")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting send")?;
+    send.stdin
+        .take()
+        .context("send's stdin")?
+        .write_all(b"hello from the producer\n")?;
+    if !send.wait()?.success() {
+        bail!("floki-agent send failed");
+    }
+    let out = recv.wait_with_output()?;
+    if !out.status.success() {
+        bail!("floki-agent recv failed");
+    }
+    eprint!("consumer got: {}", String::from_utf8_lossy(&out.stdout));
+
+    eprintln!("\n== {size} from a producer to a consumer through channel 'demo'");
+    let (addr, bytes_s, chunk) = (agent.as_str(), bytes.to_string(), (1 << 20).to_string());
+    let common = [
+        "--addr",
+        addr,
+        "--channel",
+        "demo",
+        "--bytes",
+        &bytes_s,
+        "--chunk",
+        &chunk,
+    ];
+    let consumer = lab.peer(&strings(&[&["floki-recv"][..], &common].concat()), None)?;
+    let producer = lab.peer(&strings(&[&["floki-send"][..], &common].concat()), None)?;
+    let floki = measured(consumer)?;
+    measured(producer)?;
+    let floki_rate = floki.bytes as f64 / floki.seconds / 1e9;
+    eprintln!(
+        "consumer verified {size} (length and XXH3) in {:.2} s: {floki_rate:.2} GB/s over {}",
+        floki.seconds,
+        floki.transport.as_deref().unwrap_or("?")
+    );
+
+    eprintln!("\n== the same {size} over plain TCP loopback, no agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let tcp_addr = format!("127.0.0.1:{port}");
+    let common = ["--addr", &tcp_addr, "--bytes", &bytes_s, "--chunk", &chunk];
+    let sink = lab.peer(&strings(&[&["tcp-sink"][..], &common].concat()), None)?;
+    let source = lab.peer(&strings(&[&["tcp-source"][..], &common].concat()), None)?;
+    let tcp = measured(sink)?;
+    measured(source)?;
+    let tcp_rate = tcp.bytes as f64 / tcp.seconds / 1e9;
+    eprintln!("{:.2} s: {tcp_rate:.2} GB/s", tcp.seconds);
+
+    eprintln!("\n== floki-agent status");
+    let status = Command::new(&binaries.agent)
+        .arg("status")
+        .arg("--admin")
+        .arg(&lab.agent.admin)
+        .output()
+        .context("running floki-agent status")?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+
+    println!(
+        "\n{size} through Floki: {floki_rate:.2} GB/s spliced in the kernel, against {tcp_rate:.2} GB/s over plain TCP: {:.2}x.",
+        floki_rate / tcp_rate
+    );
+    Ok(())
+}

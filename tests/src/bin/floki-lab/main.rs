@@ -1,0 +1,37 @@
+//! `floki-lab`: the demo and the benchmarks, run by `cargo xtask demo` and
+//! `cargo xtask bench ...` once everything is built (as root: the agent loads
+//! eBPF programs). Every endpoint is this program too (`floki-lab peer ...`).
+
+mod bench;
+mod demo;
+mod lab;
+mod peer;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "floki-lab", about = "Floki's demo and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Start an agent on this machine and stream through a spliced channel.
+    Demo(demo::Options),
+    /// Benchmarks; results go to docs/BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// A benchmark or demo endpoint (the lab spawns itself).
+    #[command(subcommand, hide = true)]
+    Peer(peer::Peer),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Demo(opts) => demo::run(&opts),
+        Task::Bench(bench) => bench::run(bench),
+        Task::Peer(peer) => peer::run(peer),
+    }
+}

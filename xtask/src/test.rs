@@ -1,0 +1,128 @@
+//! `cargo xtask test`: what CI runs. Formatting, clippy with warnings denied
+//! (the eBPF crate on its own, as aya-template does), unit tests, then the
+//! kernel tests (real programs in the real kernel, as root).
+
+use std::process::Command;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::toolchain::{self, run, workspace_root};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Skip formatting and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(workspace_root());
+    cmd
+}
+
+pub fn all(opts: &Options) -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        let message = "the kernel tests load eBPF programs and need root";
+        if ci {
+            bail!("{message}: under CI=true they fail rather than skip");
+        }
+        eprintln!("xtask: {message}; they will fail");
+    }
+    toolchain::ensure()?;
+    if !opts.no_lint {
+        eprintln!("xtask: cargo fmt --check");
+        run(&mut cargo(&["fmt", "--all", "--check"]))?;
+        eprintln!("xtask: clippy (workspace)");
+        run(&mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "floki-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        eprintln!("xtask: clippy (floki-ebpf, pinned nightly)");
+        let nightly = toolchain::ebpf_toolchain()?;
+        run(Command::new("rustup")
+            .args([
+                "run",
+                &nightly,
+                "cargo",
+                "clippy",
+                "--package",
+                "floki-ebpf",
+                "--all-targets",
+            ])
+            .args([
+                "--",
+                "-D",
+                "warnings",
+                "-C",
+                "panic=abort",
+                "-Zpanic_abort_tests",
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .current_dir(workspace_root()))?;
+    }
+    ensure_nextest()?;
+    // The kernel tests start the agent and probe binaries: build them first.
+    run(&mut cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "floki-ebpf",
+        "--bins",
+    ]))?;
+    eprintln!("xtask: unit and kernel tests");
+    run(&mut cargo(&[
+        "nextest",
+        "run",
+        "--workspace",
+        "--exclude",
+        "floki-ebpf",
+        "--no-fail-fast",
+        "-E",
+        "not binary(memory)",
+    ]))?;
+    eprintln!("xtask: memory test (alone: it reads machine-wide TCP memory)");
+    run(&mut cargo(&[
+        "nextest",
+        "run",
+        "-p",
+        "floki-tests",
+        "--test",
+        "memory",
+        "--test-threads",
+        "1",
+    ]))?;
+    run(&mut cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "floki-ebpf",
+        "--doc",
+        "--quiet",
+    ]))?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn ensure_nextest() -> anyhow::Result<()> {
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-nextest");
+    run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
+}
