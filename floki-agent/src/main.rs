@@ -10,17 +10,7 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     commands::init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("floki-agent: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(commands::dispatch(cli)) {
+    match commands::dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("floki-agent: {err:#}");

@@ -2,12 +2,13 @@
 
 use std::{io, net::SocketAddr, time::Duration};
 
+pub use crate::protocol::stream::StreamError;
 use crate::protocol::{
     ProtocolError,
     control::{Refusal, Role},
 };
 
-/// Setting a channel up failed.
+/// Setting a channel up, or finishing it, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The agent could not be reached.
@@ -94,98 +95,21 @@ pub enum ClientError {
     },
 }
 
-/// A stream failed. Returned inside `io::Error` by the `AsyncRead` /
-/// `AsyncWrite` implementations (`io::Error::get_ref` gives it back).
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The connection ended before the end mark.
-    #[error(
-        "stream truncated: the sender's connection ended after {bytes} bytes without the end mark (sender killed or connection reset)"
-    )]
-    Truncated {
-        /// Bytes received before the end.
-        bytes: u64,
-    },
-    /// The end mark does not match what arrived.
-    #[error(
-        "stream corrupted: the end mark announces {expected_bytes} bytes with xxh3 {expected_checksum:016x}, but {bytes} bytes with xxh3 {checksum:016x} arrived"
-    )]
-    Corrupted {
-        /// Bytes received.
-        bytes: u64,
-        /// Checksum of what was received.
-        checksum: u64,
-        /// Bytes the sender sent.
-        expected_bytes: u64,
-        /// Checksum the sender computed.
-        expected_checksum: u64,
-    },
-    /// The sender aborted.
-    #[error("the sender aborted the stream after {bytes} bytes: {reason}")]
-    Aborted {
-        /// Bytes received before the abort.
-        bytes: u64,
-        /// The sender's reason.
-        reason: String,
-    },
-    /// The receiver went away before confirming the end.
-    #[error(
-        "the receiver closed the channel after {bytes} bytes were sent, without confirming the end (receiver gone or failed)"
-    )]
-    ReceiverGone {
-        /// Bytes sent.
-        bytes: u64,
-    },
-    /// The receiver refused the stream.
-    #[error("the receiver rejected the stream: {reason}")]
-    Rejected {
-        /// The receiver's reason.
-        reason: String,
-    },
-    /// The peer broke the frame protocol.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// The socket failed.
-    #[error("{context} after {bytes} bytes: {kind:?}: {message}")]
-    Io {
-        /// What we were doing.
+impl ClientError {
+    /// A stream failure of `channel`, from the `io::Error` a read or write
+    /// returned (`context` if it carries no [`StreamError`]).
+    pub(crate) fn stream(
+        channel: &str,
+        err: &io::Error,
         context: &'static str,
-        /// Bytes moved before the failure.
         bytes: u64,
-        /// The I/O error kind.
-        kind: io::ErrorKind,
-        /// The I/O error text.
-        message: String,
-    },
-    /// The stream was already finished or failed.
-    #[error("the stream is closed")]
-    Closed,
-}
-
-impl StreamError {
-    pub(crate) fn io(context: &'static str, bytes: u64, err: &io::Error) -> Self {
-        Self::Io {
-            context,
-            bytes,
-            kind: err.kind(),
-            message: err.to_string(),
+    ) -> Self {
+        let source = StreamError::from_io(err)
+            .cloned()
+            .unwrap_or_else(|| StreamError::io(context, bytes, err));
+        Self::Stream {
+            channel: channel.to_owned(),
+            source,
         }
-    }
-
-    fn kind(&self) -> io::ErrorKind {
-        match self {
-            Self::Truncated { .. } => io::ErrorKind::UnexpectedEof,
-            Self::Corrupted { .. } | Self::Protocol(_) => io::ErrorKind::InvalidData,
-            Self::Aborted { .. } => io::ErrorKind::ConnectionAborted,
-            Self::ReceiverGone { .. } | Self::Closed => io::ErrorKind::BrokenPipe,
-            Self::Rejected { .. } => io::ErrorKind::ConnectionRefused,
-            Self::Io { kind, .. } => *kind,
-        }
-    }
-}
-
-impl From<StreamError> for io::Error {
-    fn from(err: StreamError) -> Self {
-        io::Error::new(err.kind(), err)
     }
 }

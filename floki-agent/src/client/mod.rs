@@ -20,8 +20,13 @@
 //!
 //! A stream that ends without the sender's end mark, or whose checksum does not
 //! match, is an error at the receiver, never a short success.
+//!
+//! [`blocking`] has the same for code without an async runtime
+//! (`std::io::Write` / `std::io::Read`).
 
+pub mod blocking;
 mod broker;
+mod connect;
 mod error;
 mod receiver;
 mod reporter;
@@ -33,6 +38,16 @@ use std::{net::SocketAddr, time::Duration};
 pub use error::{ClientError, StreamError};
 pub use receiver::Receiver;
 pub use sender::Sender;
+
+/// Writes smaller than this are gathered into one frame (like a `BufWriter`):
+/// call `flush` to push them out early.
+const COALESCE_BELOW: usize = 16 * 1024;
+/// Size of the gathering buffer.
+const COALESCE_CAP: usize = 64 * 1024;
+/// Receivers read headers and small payloads through a buffer of this size,
+/// so that a small message costs one read; bulk payloads go straight to the
+/// caller's buffer.
+const STAGING: usize = 8 * 1024;
 
 pub use crate::protocol::control::Transport;
 

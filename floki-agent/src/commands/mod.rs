@@ -10,14 +10,22 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, LogFormat};
 
-/// Runs the chosen subcommand.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Runs the chosen subcommand. `send` and `recv` use the blocking client;
+/// the agent and `status` run on a tokio runtime.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args).await,
-        Command::Send(args) => send::send(args).await,
-        Command::Recv(args) => recv::recv(args).await,
-        Command::Status(args) => status::status(args).await,
+        Command::Send(args) => send::send(args),
+        Command::Recv(args) => recv::recv(args),
+        Command::Run(args) => runtime()?.block_on(run::run(args)),
+        Command::Status(args) => runtime()?.block_on(status::status(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))
 }
 
 /// Logs to stderr: `info` for the agent, `warn` for the client commands,

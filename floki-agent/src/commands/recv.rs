@@ -1,20 +1,21 @@
-//! `floki-agent recv CHANNEL [-o FILE]`.
+//! `floki-agent recv CHANNEL [-o FILE]` (blocking client: plain reads and writes).
 
 use std::{
+    fs::{self, File},
+    io::{self, Read as _, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use floki_agent::client::{ChannelOptions, Receiver};
-use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use floki_agent::client::{ChannelOptions, Summary, blocking::Receiver};
 
 use super::{human, rate};
 use crate::cli::RecvArgs;
 
 const CHUNK: usize = 1 << 20;
 
-pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
+pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let mut opts = ChannelOptions::new(&args.agent, &args.channel);
     opts.window = args.window.map(|size| size.0);
     opts.data_addr = args.data_addr;
@@ -22,21 +23,19 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
 
     // A file output appears under its name only once verified complete.
     let partial = args.output.as_deref().map(partial_path);
-    let mut output: Box<dyn AsyncWrite + Unpin> = match &partial {
-        Some(path) => Box::new(
-            tokio::fs::File::create(path)
-                .await
-                .with_context(|| format!("creating {}", path.display()))?,
-        ),
-        None => Box::new(tokio::io::stdout()),
+    let mut output: Box<dyn Write> = match &partial {
+        Some(path) => {
+            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
+        None => Box::new(io::stdout().lock()),
     };
-    let result = receive(&args.channel, &opts, &mut output).await;
+    let result = receive(&args.channel, &opts, &mut output);
     drop(output);
     match (&result, &partial, &args.output) {
-        (Ok(_), Some(partial), Some(output)) => std::fs::rename(partial, output)
+        (Ok(_), Some(partial), Some(output)) => fs::rename(partial, output)
             .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?,
         (Err(_), Some(partial), _) => {
-            let _ = std::fs::remove_file(partial);
+            let _ = fs::remove_file(partial);
         }
         _ => {}
     }
@@ -52,32 +51,31 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn receive(
+fn receive(
     channel: &str,
     opts: &ChannelOptions,
-    output: &mut (dyn AsyncWrite + Unpin),
-) -> anyhow::Result<(floki_agent::client::Summary, f64)> {
-    let mut rx = Receiver::connect(opts).await?;
+    output: &mut dyn Write,
+) -> anyhow::Result<(Summary, f64)> {
+    let mut rx = Receiver::connect(opts)?;
     let started = Instant::now();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = rx
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("channel '{channel}'"))?;
+        let n = match rx.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).with_context(|| format!("channel '{channel}'")),
+        };
         if n == 0 {
             break;
         }
         output
             .write_all(&buf[..n])
-            .await
             .context("writing the received stream to the output")?;
     }
     output
         .flush()
-        .await
         .context("writing the received stream to the output")?;
-    let summary = rx.finish().await?;
+    let summary = rx.finish()?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 

@@ -5,9 +5,12 @@
 //!   preamble, then length-prefixed JSON messages.
 //! * [`frame`]: the data stream between a sender and its receiver, on their
 //!   own point-to-point socket: binary frames, credits, the end mark.
+//! * [`stream`]: each direction's state (framing, credits, checksum), without
+//!   I/O; the clients move bytes between sockets and it.
 
 pub mod control;
 pub mod frame;
+pub mod stream;
 
 use std::io;
 

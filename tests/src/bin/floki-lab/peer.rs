@@ -10,8 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand};
-use floki_agent::client::{ChannelOptions, Receiver, Sender};
+use clap::{Args, Subcommand, ValueEnum};
+use floki_agent::client::{ChannelOptions, Receiver, Sender, blocking};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -52,6 +52,18 @@ pub struct Stream {
     /// Flow-control window (Floki receivers; the agent's default if absent).
     #[arg(long)]
     pub window: Option<u64>,
+    /// Which Floki client to use.
+    #[arg(long, value_enum, default_value_t = Client::Blocking)]
+    pub client: Client,
+}
+
+/// The Floki client library flavour a peer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Client {
+    /// `floki_agent::client::blocking` (std::io).
+    Blocking,
+    /// `floki_agent::client` (tokio).
+    Async,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +80,9 @@ pub struct PingPong {
     /// Message size.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Which Floki client to use.
+    #[arg(long, value_enum, default_value_t = Client::Blocking)]
+    pub client: Client,
 }
 
 /// What a peer measured.
@@ -89,6 +104,10 @@ pub fn run(peer: Peer) -> anyhow::Result<()> {
         Peer::TcpSource(args) => tcp_source(&args)?,
         Peer::TcpPong(args) => tcp_pong(&args)?,
         Peer::TcpPing(args) => tcp_ping(&args)?,
+        Peer::FlokiRecv(args) if args.client == Client::Blocking => floki_recv_blocking(&args)?,
+        Peer::FlokiSend(args) if args.client == Client::Blocking => floki_send_blocking(&args)?,
+        Peer::FlokiPong(args) if args.client == Client::Blocking => floki_pong_blocking(&args)?,
+        Peer::FlokiPing(args) if args.client == Client::Blocking => floki_ping_blocking(&args)?,
         Peer::FlokiRecv(args) => runtime()?.block_on(floki_recv(&args))?,
         Peer::FlokiSend(args) => runtime()?.block_on(floki_send(&args))?,
         Peer::FlokiPong(args) => runtime()?.block_on(floki_pong(&args))?,
@@ -161,9 +180,7 @@ fn connect_retrying(addr: &str) -> anyhow::Result<TcpStream> {
 }
 
 async fn floki_recv(args: &Stream) -> anyhow::Result<Measured> {
-    let mut opts = ChannelOptions::new(&args.addr, &args.channel);
-    opts.window = args.window;
-    let mut rx = Receiver::connect(&opts).await?;
+    let mut rx = Receiver::connect(&recv_options(args)).await?;
     let mut buf = vec![0u8; args.chunk];
     let mut started = None;
     loop {
@@ -271,6 +288,97 @@ async fn floki_ping(args: &PingPong) -> anyhow::Result<Measured> {
     let mut sink = Vec::new();
     rx.read_to_end(&mut sink).await?;
     rx.finish().await?;
+    rtt.sort_by(f64::total_cmp);
+    Ok(Measured {
+        rtt_us: rtt,
+        transport: Some(transport),
+        ..Measured::default()
+    })
+}
+
+fn recv_options(args: &Stream) -> ChannelOptions {
+    let mut opts = ChannelOptions::new(&args.addr, &args.channel);
+    opts.window = args.window;
+    opts
+}
+
+fn floki_recv_blocking(args: &Stream) -> anyhow::Result<Measured> {
+    let mut rx = blocking::Receiver::connect(&recv_options(args))?;
+    let mut buf = vec![0u8; args.chunk];
+    let mut started = None;
+    loop {
+        let n = rx.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        started.get_or_insert_with(Instant::now);
+    }
+    let seconds = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let summary = rx.finish()?;
+    if summary.bytes != args.bytes {
+        bail!("received {} bytes, expected {}", summary.bytes, args.bytes);
+    }
+    Ok(Measured {
+        bytes: summary.bytes,
+        seconds,
+        transport: Some(summary.transport.to_string()),
+        ..Measured::default()
+    })
+}
+
+fn floki_send_blocking(args: &Stream) -> anyhow::Result<Measured> {
+    let mut tx = blocking::Sender::connect(&ChannelOptions::new(&args.addr, &args.channel))?;
+    let buf = floki_tests::pattern(args.chunk, 7);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        tx.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    let summary = tx.finish()?;
+    Ok(Measured {
+        bytes: summary.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        transport: Some(summary.transport.to_string()),
+        ..Measured::default()
+    })
+}
+
+fn floki_pong_blocking(args: &PingPong) -> anyhow::Result<Measured> {
+    let opts = |suffix: &str| ChannelOptions::new(&args.addr, format!("{}.{suffix}", args.channel));
+    let mut rx = blocking::Receiver::connect(&opts("ping"))?;
+    let mut tx = blocking::Sender::connect(&opts("pong"))?;
+    let mut buf = vec![0u8; args.size];
+    for _ in 0..args.count {
+        rx.read_exact(&mut buf)?;
+        tx.write_all(&buf)?;
+        tx.flush()?;
+    }
+    // As in the async pong: drain the pinger's channel before finishing ours.
+    std::io::copy(&mut rx, &mut std::io::sink())?;
+    tx.finish()?;
+    rx.finish()?;
+    Ok(Measured::default())
+}
+
+fn floki_ping_blocking(args: &PingPong) -> anyhow::Result<Measured> {
+    let opts = |suffix: &str| ChannelOptions::new(&args.addr, format!("{}.{suffix}", args.channel));
+    let mut tx = blocking::Sender::connect(&opts("ping"))?;
+    let mut rx = blocking::Receiver::connect(&opts("pong"))?;
+    let mut buf = floki_tests::pattern(args.size, 3);
+    let mut rtt = Vec::with_capacity(args.count);
+    for _ in 0..args.count {
+        let t = Instant::now();
+        tx.write_all(&buf)?;
+        tx.flush()?;
+        rx.read_exact(&mut buf)?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let transport = tx.transport().to_string();
+    tx.finish()?;
+    std::io::copy(&mut rx, &mut std::io::sink())?;
+    rx.finish()?;
     rtt.sort_by(f64::total_cmp);
     Ok(Measured {
         rtt_us: rtt,

@@ -30,17 +30,22 @@ pub struct Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
     Tcp,
+    /// Floki spliced, blocking client.
     Splice,
+    /// Floki spliced, async (tokio) client.
+    SpliceAsync,
+    /// Floki without eBPF, blocking client.
     Fallback,
 }
 
 impl System {
-    const ALL: [Self; 3] = [Self::Tcp, Self::Splice, Self::Fallback];
+    const ALL: [Self; 4] = [Self::Tcp, Self::Splice, Self::SpliceAsync, Self::Fallback];
 
     fn label(self) -> &'static str {
         match self {
             Self::Tcp => "plain TCP",
             Self::Splice => "Floki splice",
+            Self::SpliceAsync => "Floki splice, async client",
             Self::Fallback => "Floki, no eBPF",
         }
     }
@@ -49,7 +54,17 @@ impl System {
         match self {
             Self::Tcp => "tcp",
             Self::Splice => "splice",
+            Self::SpliceAsync => "splice_async",
             Self::Fallback => "fallback",
+        }
+    }
+
+    /// `--client` for Floki peers.
+    fn client(self) -> &'static str {
+        if self == Self::SpliceAsync {
+            "async"
+        } else {
+            "blocking"
         }
     }
 }
@@ -62,7 +77,7 @@ struct Labs {
 impl Labs {
     fn of(&self, system: System) -> &Lab {
         match system {
-            System::Splice => &self.splice,
+            System::Splice | System::SpliceAsync => &self.splice,
             // Plain TCP peers run in the fallback lab's cgroup: no programs there.
             System::Tcp | System::Fallback => &self.fallback,
         }
@@ -82,13 +97,18 @@ fn peers(verbs: [&str; 2], common: &[String]) -> [Vec<String>; 2] {
     })
 }
 
-/// `--addr` and, for Floki, `--channel`: where the peers meet.
+/// `--addr` and, for Floki, `--channel` and `--client`: where the peers meet.
 fn meeting(lab: &Lab, system: System, channel: String) -> anyhow::Result<Vec<String>> {
     Ok(match system {
         System::Tcp => vec!["--addr".into(), format!("127.0.0.1:{}", free_port()?)],
-        System::Splice | System::Fallback => {
-            vec!["--addr".into(), lab.addr(), "--channel".into(), channel]
-        }
+        _ => vec![
+            "--addr".into(),
+            lab.addr(),
+            "--channel".into(),
+            channel,
+            "--client".into(),
+            system.client().into(),
+        ],
     })
 }
 
@@ -110,7 +130,7 @@ fn throughput(
     ]);
     let verbs = match system {
         System::Tcp => ["tcp-sink", "tcp-source"],
-        System::Splice | System::Fallback => ["floki-recv", "floki-send"],
+        _ => ["floki-recv", "floki-send"],
     };
     let [recv_args, send_args] = peers(verbs, &common);
     // Each end on its own CPU, for every system alike: left to the scheduler
@@ -149,7 +169,7 @@ fn round_trip(
     common.extend(["--count".into(), count.to_string()]);
     let verbs = match system {
         System::Tcp => ["tcp-pong", "tcp-ping"],
-        System::Splice | System::Fallback => ["floki-pong", "floki-ping"],
+        _ => ["floki-pong", "floki-ping"],
     };
     let [pong, ping] = peers(verbs, &common);
     let ponger = lab.peer(&pong, Some(cpus.0))?;
@@ -200,7 +220,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     let size_label = bytesize::ByteSize(bytes).display().iec().to_string();
     let mut table = String::from(
-        "| measure | plain TCP | Floki splice | Floki, no eBPF | splice / TCP |\n|---|---|---|---|---|\n",
+        "| measure | plain TCP | Floki splice | Floki splice, async client | Floki, no eBPF | splice / TCP |\n|---|---|---|---|---|---|\n",
     );
     let cell = |s: &Spread, digits: usize| {
         format!(
@@ -217,15 +237,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             throughput_ratio_1m = ratio;
         }
         table.push_str(&format!(
-            "| {size_label}, {} KiB writes, GB/s | {} | {} | {} | **{ratio:.2}x** |\n",
+            "| {size_label}, {} KiB writes, GB/s | {} | {} | {} | {} | **{ratio:.2}x** |\n",
             write >> 10,
             cell(&spreads[0], 2),
             cell(&spreads[1], 2),
-            cell(&spreads[2], 2)
+            cell(&spreads[2], 2),
+            cell(&spreads[3], 2)
         ));
         json_rows.push(json!({"measure": "throughput_gb_s", "write_bytes": write, "bytes": bytes,
-            "tcp": spreads[0], "splice": spreads[1], "fallback": spreads[2], "splice_over_tcp": ratio,
-            "runs": {"tcp": rates[w][0], "splice": rates[w][1], "fallback": rates[w][2]}}));
+            "tcp": spreads[0], "splice": spreads[1], "splice_async": spreads[2], "fallback": spreads[3],
+            "splice_over_tcp": ratio,
+            "runs": {"tcp": rates[w][0], "splice": rates[w][1], "splice_async": rates[w][2], "fallback": rates[w][3]}}));
     }
     let mut rtt_ratio = [0.0; 2];
     for (p, cpus) in placements.iter().enumerate() {
@@ -238,14 +260,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "on two CPUs"
         };
         table.push_str(&format!(
-            "| 64 B round trip p50, {placement}, µs | {} | {} | {} | **{ratio:.2}x** |\n",
+            "| 64 B round trip p50, {placement}, µs | {} | {} | {} | {} | **{ratio:.2}x** |\n",
             cell(&spreads[0], 1),
             cell(&spreads[1], 1),
-            cell(&spreads[2], 1)
+            cell(&spreads[2], 1),
+            cell(&spreads[3], 1)
         ));
         json_rows.push(json!({"measure": "round_trip_p50_us", "cpus": [cpus.0, cpus.1],
-            "tcp": spreads[0], "splice": spreads[1], "fallback": spreads[2], "splice_over_tcp": ratio,
-            "runs": {"tcp": rtts[p][0], "splice": rtts[p][1], "fallback": rtts[p][2]}}));
+            "tcp": spreads[0], "splice": spreads[1], "splice_async": spreads[2], "fallback": spreads[3],
+            "splice_over_tcp": ratio,
+            "runs": {"tcp": rtts[p][0], "splice": rtts[p][1], "splice_async": rtts[p][2], "fallback": rtts[p][3]}}));
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let floors = format!(
@@ -266,10 +290,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              Measured {} on {}.\n\
              Reproduce: `cargo xtask bench splice` (as root; {} runs, medians with the range in brackets).\n\n\
              Throughput is what the receiving process reads, first byte to last; both ends are \
-             separate processes moving in-memory data, pinned to CPUs 0 and 1 (Floki through the \
-             client library, with its framing, flow control and end-to-end XXH3 check; plain TCP \
-             raw, blocking). Round trips are {} ping-pongs of 64 bytes, ping and pong pinned as \
-             stated.\n\n\
+             separate processes moving in-memory data, pinned to CPUs 0 and 1. Floki goes through \
+             the client library with its framing, flow control and end-to-end XXH3 check: the \
+             blocking client (`floki_agent::client::blocking`, what `floki-agent send/recv` use) \
+             and, for comparison, the tokio client; plain TCP is raw, blocking. Round trips are \
+             {} ping-pongs of 64 bytes, ping and pong pinned as stated. `splice / TCP` compares \
+             the blocking Floki client with blocking TCP.\n\n\
              {table}\n\
              Floors (issue 2):\n{floors}",
             report::today(),

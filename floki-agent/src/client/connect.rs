@@ -1,0 +1,213 @@
+//! Setting a channel end up, for both clients: pairing through the agent,
+//! then the data connection between the two ends and the key check.
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    time::{Instant, timeout, timeout_at},
+};
+use tracing::warn;
+
+use super::{ChannelOptions, ClientError, StreamError, Transport, broker, reporter::Reporter};
+use crate::protocol::{
+    KEY_LEN, ProtocolError,
+    control::Role,
+    frame::{FrameHeader, FrameKind, HEADER_LEN, control_frame},
+    stream::Inbound,
+};
+
+/// How long a connection to the data listener may take to present its key.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A paired channel end with its data connection open.
+pub(crate) struct Established {
+    pub channel: String,
+    pub channel_id: u32,
+    pub transport: Transport,
+    pub data: TcpStream,
+    pub reporter: Reporter,
+    /// Sender: the receiver's initial credit. Receiver: its window.
+    pub credit: u64,
+}
+
+/// Opens `opts.channel` as its sender: pairs, connects to the receiver,
+/// reads its first credit and presents the pairing key.
+pub(crate) async fn sender(opts: &ChannelOptions) -> Result<Established, ClientError> {
+    let control = broker::connect(opts).await?;
+    let pairing = broker::pair(control, opts, Role::Send, None).await?;
+    let channel = opts.channel.clone();
+    let addr = pairing.peer.ok_or_else(|| ClientError::Protocol {
+        channel: channel.clone(),
+        source: ProtocolError::BadFrame("paired without the receiver's address".into()),
+    })?;
+    let unreachable = |source| ClientError::ReceiverUnreachable {
+        channel: channel.clone(),
+        addr,
+        source,
+    };
+    let mut data = timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+    data.set_nodelay(true).ok();
+
+    // The receiver speaks first, once both sockets are spliced: only then
+    // may the first byte of ours go out (see docs/PROTOCOL.md).
+    let credit = timeout(opts.connect_timeout, initial_credit(&mut data))
+        .await
+        .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
+        .map_err(|source| ClientError::Stream {
+            channel: channel.clone(),
+            source,
+        })?;
+    data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: channel.clone(),
+            context: "sending the pairing key to the receiver",
+            source,
+        })?;
+    Ok(Established {
+        channel,
+        channel_id: pairing.channel_id,
+        transport: pairing.transport,
+        data,
+        reporter: Reporter::spawn(pairing.control),
+        credit,
+    })
+}
+
+/// Opens `opts.channel` as its receiver: binds the data listener, pairs, and
+/// accepts the paired sender's connection.
+pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, ClientError> {
+    let control = broker::connect(opts).await?;
+    let channel = opts.channel.clone();
+    let io_err = |context, source| ClientError::Io {
+        channel: channel.clone(),
+        context,
+        source,
+    };
+    let bind = match opts.data_addr {
+        Some(addr) => addr,
+        None => {
+            let local = control
+                .local_addr()
+                .map_err(|e| io_err("reading the control connection's address", e))?;
+            SocketAddr::new(local.ip(), 0)
+        }
+    };
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| io_err("binding the data listener", e))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| io_err("reading the data listener's address", e))?;
+    let pairing = broker::pair(control, opts, Role::Recv, Some(listen)).await?;
+    let data = accept_sender(&listener, &pairing.key, pairing.window, opts).await?;
+    Ok(Established {
+        channel,
+        channel_id: pairing.channel_id,
+        transport: pairing.transport,
+        data,
+        reporter: Reporter::spawn(pairing.control),
+        credit: pairing.window,
+    })
+}
+
+/// Reads the receiver's first frame: its initial credit.
+async fn initial_credit(stream: &mut TcpStream) -> Result<u64, StreamError> {
+    let context = "waiting for the receiver's first credit";
+    let mut header = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|err| StreamError::io(context, 0, &err))?;
+    let header =
+        FrameHeader::decode(header).map_err(|err| StreamError::Protocol(err.to_string()))?;
+    let mut payload = vec![0u8; header.len as usize];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|err| StreamError::io(context, 0, &err))?;
+    match header.kind {
+        FrameKind::Credit => Ok(u64::from_be_bytes(payload.try_into().expect("8 bytes"))),
+        FrameKind::Reject => Err(StreamError::Rejected {
+            reason: String::from_utf8_lossy(&payload).into_owned(),
+        }),
+        other => Err(StreamError::Protocol(format!(
+            "expected the receiver's credit, got a {other:?} frame"
+        ))),
+    }
+}
+
+/// Accepts the paired sender's data connection: the first connection that
+/// presents the pairing key. Others are rejected and closed.
+async fn accept_sender(
+    listener: &TcpListener,
+    key: &[u8; KEY_LEN],
+    window: u64,
+    opts: &ChannelOptions,
+) -> Result<TcpStream, ClientError> {
+    let deadline = Instant::now() + opts.connect_timeout;
+    loop {
+        let (mut stream, from) = timeout_at(deadline, listener.accept())
+            .await
+            .map_err(|_| ClientError::SenderTimeout {
+                channel: opts.channel.clone(),
+                timeout: opts.connect_timeout,
+            })?
+            .map_err(|source| ClientError::Io {
+                channel: opts.channel.clone(),
+                context: "accepting the sender's data connection",
+                source,
+            })?;
+        stream.set_nodelay(true).ok();
+        // Speak first: accept() returning means this socket is in the socket
+        // map already, and the sender's was inserted when its connect
+        // completed, so from here on every byte either way is spliced.
+        if stream
+            .write_all(&Inbound::initial_credit(window))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        match timeout(HELLO_TIMEOUT, read_hello(&mut stream)).await {
+            Ok(Ok(presented)) if presented == *key => return Ok(stream),
+            Ok(Ok(_)) => reject(stream, from, opts, "wrong pairing key").await,
+            Ok(Err(reason)) => reject(stream, from, opts, &reason).await,
+            Err(_) => reject(stream, from, opts, "no pairing key within 10 s").await,
+        }
+    }
+}
+
+async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
+    let mut header = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| format!("no hello frame: {e}"))?;
+    match FrameHeader::decode(header) {
+        Ok(FrameHeader {
+            kind: FrameKind::Hello,
+            ..
+        }) => {}
+        Ok(other) => return Err(format!("expected a hello frame, got {:?}", other.kind)),
+        Err(err) => return Err(err.to_string()),
+    }
+    let mut key = [0u8; KEY_LEN];
+    stream
+        .read_exact(&mut key)
+        .await
+        .map_err(|e| format!("truncated hello frame: {e}"))?;
+    Ok(key)
+}
+
+async fn reject(mut stream: TcpStream, from: SocketAddr, opts: &ChannelOptions, reason: &str) {
+    warn!(channel = %opts.channel, %from, reason, "rejected a data connection");
+    let _ = stream
+        .write_all(&control_frame(FrameKind::Reject, reason.as_bytes()))
+        .await;
+}
