@@ -13,7 +13,9 @@ use floki_agent::client::{ChannelOptions, Summary, blocking::Receiver};
 use super::{human, rate};
 use crate::cli::RecvArgs;
 
-const CHUNK: usize = 1 << 20;
+/// Read size: small enough to stay in cache between the copy out of the
+/// kernel and the checksum pass over it (measured faster than 1 MiB reads).
+const CHUNK: usize = 128 << 10;
 
 pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let mut opts = ChannelOptions::new(&args.agent, &args.channel);

@@ -141,10 +141,10 @@ fn throughput(
     let got = measured(receiver)?;
     measured(sender)?;
     if let Some(transport) = &got.transport {
-        let expected = if system == System::Splice {
-            "splice"
-        } else {
+        let expected = if system == System::Fallback {
             "tcp"
+        } else {
+            "splice"
         };
         anyhow::ensure!(
             transport == expected,
@@ -290,7 +290,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              Measured {} on {}.\n\
              Reproduce: `cargo xtask bench splice` (as root; {} runs, medians with the range in brackets).\n\n\
              Throughput is what the receiving process reads, first byte to last; both ends are \
-             separate processes moving in-memory data, pinned to CPUs 0 and 1. Floki goes through \
+             separate processes moving in-memory data, pinned to CPUs 0 and 1, every receiver \
+             reading 128 KiB at a time. Floki goes through \
              the client library with its framing, flow control and end-to-end XXH3 check: the \
              blocking client (`floki_agent::client::blocking`, what `floki-agent send/recv` use) \
              and, for comparison, the tokio client; plain TCP is raw, blocking. Round trips are \
