@@ -27,7 +27,9 @@ use tokio::runtime::Runtime;
 
 use super::{
     COALESCE_BELOW, COALESCE_CAP, ChannelOptions, ClientError, STAGING, StreamError, Summary,
-    Transport, connect, reporter::Reporter,
+    Transport, connect,
+    end::{EndState, read_failure, write_failure},
+    receiver::finished,
 };
 use crate::protocol::{
     frame::{FrameKind, control_frame},
@@ -72,13 +74,9 @@ fn read_retrying(stream: &mut TcpStream, into: &mut [u8]) -> io::Result<usize> {
 /// The sending end of a channel, blocking. Write the stream, then call
 /// [`Sender::finish`]. Small writes are gathered like a `BufWriter`'s.
 pub struct Sender {
-    channel: String,
-    channel_id: u32,
-    transport: Transport,
+    end: EndState,
     stream: TcpStream,
-    reporter: Reporter,
     outbound: Outbound,
-    failed: Option<StreamError>,
     pending: Vec<u8>,
 }
 
@@ -87,46 +85,33 @@ impl Sender {
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = background().block_on(connect::sender(opts))?;
         Ok(Self {
-            stream: into_blocking(open.data, &open.channel)?,
-            channel: open.channel,
-            channel_id: open.channel_id,
-            transport: open.transport,
-            reporter: open.reporter,
+            stream: into_blocking(open.data, &open.end.channel)?,
+            end: open.end,
             outbound: Outbound::new(open.credit),
-            failed: None,
             pending: Vec::with_capacity(COALESCE_CAP),
         })
     }
 
     /// How the bytes travel.
     pub fn transport(&self) -> Transport {
-        self.transport
+        self.end.transport
     }
 
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
-        self.channel_id
+        self.end.channel_id
     }
 
     /// Ends the stream: sends the end mark and waits until the receiver has
     /// verified length and checksum.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
-        let result = self.end();
-        background().block_on(self.reporter.flushed());
+        let result = self.end_stream();
+        background().block_on(self.end.reporter.flushed());
+        let sent = self.outbound.sent();
         result.map_err(|err| {
-            ClientError::stream(
-                &self.channel,
-                &err,
-                "finishing the stream",
-                self.outbound.sent(),
-            )
+            ClientError::stream(&self.end.channel, &err, "finishing the stream", sent)
         })?;
-        Ok(Summary {
-            channel_id: self.channel_id,
-            transport: self.transport,
-            bytes: self.outbound.sent(),
-            checksum: self.outbound.checksum(),
-        })
+        Ok(self.end.summary(sent, self.outbound.checksum()))
     }
 
     /// Gives up on the stream: the receiver fails with `reason`.
@@ -136,24 +121,29 @@ impl Sender {
                 .stream
                 .write_all(&control_frame(FrameKind::Abort, reason.as_bytes()));
         }
-        self.fail(StreamError::Aborted {
-            bytes: self.outbound.sent(),
-            reason: reason.to_owned(),
-        });
-        background().block_on(self.reporter.flushed());
+        let sent = self.outbound.sent();
+        let reason = reason.to_owned();
+        self.end.fail(
+            StreamError::Aborted {
+                bytes: sent,
+                reason,
+            },
+            sent,
+        );
+        background().block_on(self.end.reporter.flushed());
     }
 
-    fn end(&mut self) -> io::Result<()> {
-        self.check()?;
+    fn end_stream(&mut self) -> io::Result<()> {
+        self.end.check()?;
         self.flush()?;
         if self.outbound.mid_frame() {
             let err = StreamError::Protocol("the stream was ended in the middle of a write".into());
             return Err(self.fail(err));
         }
-        let end = self.outbound.end_frame();
+        let mark = self.outbound.end_frame();
         self.stream
-            .write_all(&end)
-            .map_err(|err| self.io_failure("sending the end mark", &err))?;
+            .write_all(&mark)
+            .map_err(|err| self.write_failed("sending the end mark", &err))?;
         loop {
             match self.outbound.acked() {
                 Some(Ok(())) => break,
@@ -161,35 +151,17 @@ impl Sender {
                 None => self.read_inbox()?,
             }
         }
-        self.reporter.finish(self.outbound.sent(), None);
+        self.end.reporter.finish(self.outbound.sent(), None);
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         Ok(())
     }
 
-    fn check(&self) -> io::Result<()> {
-        match &self.failed {
-            Some(err) => Err(err.clone().into()),
-            None => Ok(()),
-        }
-    }
-
     fn fail(&mut self, err: StreamError) -> io::Error {
-        if self.failed.is_none() {
-            self.reporter
-                .finish(self.outbound.sent(), Some(err.to_string()));
-            self.failed = Some(err.clone());
-        }
-        err.into()
+        self.end.fail(err, self.outbound.sent()).into()
     }
 
-    fn io_failure(&mut self, context: &'static str, err: &io::Error) -> io::Error {
-        let sent = self.outbound.sent();
-        self.fail(match err.kind() {
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::PermissionDenied => StreamError::ReceiverGone { bytes: sent },
-            _ => StreamError::io(context, sent, err),
-        })
+    fn write_failed(&mut self, context: &'static str, err: &io::Error) -> io::Error {
+        self.fail(write_failure(context, self.outbound.sent(), err))
     }
 
     fn read_inbox(&mut self) -> io::Result<()> {
@@ -203,7 +175,7 @@ impl Sender {
                 .outbound
                 .receive(&chunk[..n])
                 .map_err(|err| self.fail(err)),
-            Err(err) => Err(self.io_failure("reading the receiver's credit", &err)),
+            Err(err) => Err(self.write_failed("reading the receiver's credit", &err)),
         }
     }
 
@@ -221,14 +193,14 @@ impl Sender {
             let n = match self.stream.write_vectored(&bufs) {
                 Ok(0) => {
                     let err = io::ErrorKind::WriteZero.into();
-                    return Err(self.io_failure("writing", &err));
+                    return Err(self.write_failed("writing", &err));
                 }
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(self.io_failure("writing", &err)),
+                Err(err) => return Err(self.write_failed("writing", &err)),
             };
             let written = self.outbound.wrote(n, src);
-            self.reporter.progress(self.outbound.sent());
+            self.end.reporter.progress(self.outbound.sent());
             if written > 0 {
                 return Ok(written);
             }
@@ -238,7 +210,7 @@ impl Sender {
 
 impl Write for Sender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.check()?;
+        self.end.check()?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -276,15 +248,11 @@ impl Write for Sender {
 /// sender's end mark and checksum were verified; a stream cut short is an
 /// error (kind `UnexpectedEof`, carrying a [`StreamError`]).
 pub struct Receiver {
-    channel: String,
-    channel_id: u32,
-    transport: Transport,
+    end: EndState,
     stream: TcpStream,
-    reporter: Reporter,
     inbound: Inbound,
     staging: Box<[u8; STAGING]>,
     staged: Range<usize>,
-    failed: Option<StreamError>,
     reported: bool,
 }
 
@@ -293,65 +261,34 @@ impl Receiver {
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = background().block_on(connect::receiver(opts))?;
         Ok(Self {
-            stream: into_blocking(open.data, &open.channel)?,
-            channel: open.channel,
-            channel_id: open.channel_id,
-            transport: open.transport,
-            reporter: open.reporter,
+            stream: into_blocking(open.data, &open.end.channel)?,
+            end: open.end,
             inbound: Inbound::new(open.credit),
             staging: Box::new([0; STAGING]),
             staged: 0..0,
-            failed: None,
             reported: false,
         })
     }
 
     /// How the bytes travel.
     pub fn transport(&self) -> Transport {
-        self.transport
+        self.end.transport
     }
 
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
-        self.channel_id
+        self.end.channel_id
     }
 
     /// After end of stream: what arrived, once the agent has been told.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
-        let result = match (&self.failed, self.reported) {
-            (Some(err), _) => Err(err.clone()),
-            (None, true) => Ok(Summary {
-                channel_id: self.channel_id,
-                transport: self.transport,
-                bytes: self.inbound.received(),
-                checksum: self.inbound.checksum(),
-            }),
-            (None, false) => Err(self.fail(StreamError::Protocol(
-                "finish() called before the end of the stream".into(),
-            ))),
-        };
-        background().block_on(self.reporter.flushed());
-        result.map_err(|source| ClientError::Stream {
-            channel: self.channel.clone(),
-            source,
-        })
+        let result = finished(&mut self.end, &self.inbound, self.reported);
+        background().block_on(self.end.reporter.flushed());
+        result.map_err(|source| self.end.error(source))
     }
 
-    fn fail(&mut self, err: StreamError) -> StreamError {
-        if self.failed.is_none() {
-            self.reporter
-                .finish(self.inbound.received(), Some(err.to_string()));
-            self.failed = Some(err.clone());
-        }
-        err
-    }
-
-    fn read_failed(&mut self, err: &io::Error) -> io::Error {
-        let err = match err.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => self.inbound.eof(),
-            _ => StreamError::io("reading the stream", self.inbound.received(), err),
-        };
-        self.fail(err).into()
+    fn fail(&mut self, err: StreamError) -> io::Error {
+        self.end.fail(err, self.inbound.received()).into()
     }
 
     /// Writes what the stream owes the sender. A failure here means the
@@ -370,28 +307,23 @@ impl Receiver {
     /// before the end mark is a truncation).
     fn read_outcome(&mut self, read: io::Result<usize>) -> io::Result<usize> {
         match read {
-            Ok(0) => {
-                let err = self.inbound.eof();
-                Err(self.fail(err).into())
-            }
+            Ok(0) => Err(self.fail(self.inbound.eof())),
             Ok(n) => Ok(n),
-            Err(err) => Err(self.read_failed(&err)),
+            Err(err) => Err(self.fail(read_failure(self.inbound.received(), &err))),
         }
     }
 }
 
 impl Read for Receiver {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(err) = &self.failed {
-            return Err(err.clone().into());
-        }
+        self.end.check()?;
         loop {
             self.flush_out();
             match self.inbound.want() {
                 Want::Finished => {
                     if !self.reported {
                         self.reported = true;
-                        self.reporter.finish(self.inbound.received(), None);
+                        self.end.reporter.finish(self.inbound.received(), None);
                         let _ = self.stream.shutdown(std::net::Shutdown::Write);
                     }
                     return Ok(0);
@@ -406,14 +338,13 @@ impl Read for Receiver {
                         self.read_outcome(read)?
                     } else {
                         let n = self.staged.len().min(limit);
-                        buf[..n].copy_from_slice(
-                            &self.staging[self.staged.start..self.staged.start + n],
-                        );
+                        let start = self.staged.start;
+                        buf[..n].copy_from_slice(&self.staging[start..start + n]);
                         self.staged.start += n;
                         n
                     };
                     self.inbound.payload(&buf[..n]);
-                    self.reporter.progress(self.inbound.received());
+                    self.end.reporter.progress(self.inbound.received());
                     return Ok(n);
                 }
                 Want::Framing => {
@@ -425,7 +356,7 @@ impl Read for Receiver {
                         Ok(n) => self.staged.start += n,
                         Err(err) => {
                             self.flush_out();
-                            return Err(self.fail(err).into());
+                            return Err(self.fail(err));
                         }
                     }
                 }

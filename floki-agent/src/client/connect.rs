@@ -10,7 +10,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::{ChannelOptions, ClientError, StreamError, Transport, broker, reporter::Reporter};
+use super::{ChannelOptions, ClientError, StreamError, broker, end::EndState, reporter::Reporter};
 use crate::protocol::{
     KEY_LEN, ProtocolError,
     control::Role,
@@ -23,11 +23,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A paired channel end with its data connection open.
 pub(crate) struct Established {
-    pub channel: String,
-    pub channel_id: u32,
-    pub transport: Transport,
+    pub end: EndState,
     pub data: TcpStream,
-    pub reporter: Reporter,
     /// Sender: the receiver's initial credit. Receiver: its window.
     pub credit: u64,
 }
@@ -69,12 +66,10 @@ pub(crate) async fn sender(opts: &ChannelOptions) -> Result<Established, ClientE
             context: "sending the pairing key to the receiver",
             source,
         })?;
+    let reporter = Reporter::spawn(pairing.control);
     Ok(Established {
-        channel,
-        channel_id: pairing.channel_id,
-        transport: pairing.transport,
+        end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
         data,
-        reporter: Reporter::spawn(pairing.control),
         credit,
     })
 }
@@ -106,12 +101,10 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
         .map_err(|e| io_err("reading the data listener's address", e))?;
     let pairing = broker::pair(control, opts, Role::Recv, Some(listen)).await?;
     let data = accept_sender(&listener, &pairing.key, pairing.window, opts).await?;
+    let reporter = Reporter::spawn(pairing.control);
     Ok(Established {
-        channel,
-        channel_id: pairing.channel_id,
-        transport: pairing.transport,
+        end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
         data,
-        reporter: Reporter::spawn(pairing.control),
         credit: pairing.window,
     })
 }

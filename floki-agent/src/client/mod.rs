@@ -27,6 +27,7 @@
 pub mod blocking;
 mod broker;
 mod connect;
+mod end;
 mod error;
 mod receiver;
 mod reporter;

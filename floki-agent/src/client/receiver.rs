@@ -15,7 +15,7 @@ use tokio::{
 
 use super::{
     ChannelOptions, ClientError, STAGING, StreamError, Summary, Transport, connect,
-    reporter::Reporter,
+    end::{EndState, read_failure},
 };
 use crate::protocol::stream::{Inbound, Want};
 
@@ -23,17 +23,13 @@ use crate::protocol::stream::{Inbound, Want};
 /// only after the sender's end mark and checksum were verified; a stream cut
 /// short is an `io::Error` (kind `UnexpectedEof`, carrying a [`StreamError`]).
 pub struct Receiver {
-    channel: String,
-    channel_id: u32,
-    transport: Transport,
+    end: EndState,
     stream: TcpStream,
-    reporter: Reporter,
     inbound: Inbound,
     /// Headers and small payloads are read through this buffer, so that a
     /// small message costs one read; bulk payloads go straight to the caller.
     staging: Box<[u8; STAGING]>,
     staged: Range<usize>,
-    failed: Option<StreamError>,
     reported: bool,
 }
 
@@ -43,27 +39,23 @@ impl Receiver {
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = connect::receiver(opts).await?;
         Ok(Self {
-            channel: open.channel,
-            channel_id: open.channel_id,
-            transport: open.transport,
+            end: open.end,
             stream: open.data,
-            reporter: open.reporter,
             inbound: Inbound::new(open.credit),
             staging: Box::new([0; STAGING]),
             staged: 0..0,
-            failed: None,
             reported: false,
         })
     }
 
     /// How the bytes travel.
     pub fn transport(&self) -> Transport {
-        self.transport
+        self.end.transport
     }
 
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
-        self.channel_id
+        self.end.channel_id
     }
 
     /// Stream bytes received so far.
@@ -73,41 +65,13 @@ impl Receiver {
 
     /// After end of stream: what arrived, once the agent has been told.
     pub async fn finish(mut self) -> Result<Summary, ClientError> {
-        let result = match (&self.failed, self.reported) {
-            (Some(err), _) => Err(err.clone()),
-            (None, true) => Ok(Summary {
-                channel_id: self.channel_id,
-                transport: self.transport,
-                bytes: self.inbound.received(),
-                checksum: self.inbound.checksum(),
-            }),
-            (None, false) => Err(self.fail(StreamError::Protocol(
-                "finish() called before the end of the stream".into(),
-            ))),
-        };
-        self.reporter.flushed().await;
-        result.map_err(|source| ClientError::Stream {
-            channel: self.channel.clone(),
-            source,
-        })
+        let result = finished(&mut self.end, &self.inbound, self.reported);
+        self.end.reporter.flushed().await;
+        result.map_err(|source| self.end.error(source))
     }
 
-    fn fail(&mut self, err: StreamError) -> StreamError {
-        if self.failed.is_none() {
-            self.reporter
-                .finish(self.inbound.received(), Some(err.to_string()));
-            self.failed = Some(err.clone());
-        }
-        err
-    }
-
-    fn read_failed(&mut self, err: &io::Error) -> io::Error {
-        let err = match err.kind() {
-            // A reset connection without the end mark is a truncated stream.
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => self.inbound.eof(),
-            _ => StreamError::io("reading the stream", self.inbound.received(), err),
-        };
-        self.fail(err).into()
+    fn fail(&mut self, err: StreamError) -> io::Error {
+        self.end.fail(err, self.inbound.received()).into()
     }
 
     /// Writes what the stream owes the sender (credits, ack, rejection);
@@ -123,16 +87,34 @@ impl Receiver {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads into the staging buffer; `Ok(false)` at end of stream.
-    fn poll_stage(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Reads into the staging buffer.
+    fn poll_stage(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut rb = ReadBuf::new(&mut self.staging[..]);
-        match ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb)) {
+        let read = ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb));
+        let n = rb.filled().len();
+        Poll::Ready(match read {
+            Ok(()) if n == 0 => Err(self.fail(self.inbound.eof())),
             Ok(()) => {
-                let n = rb.filled().len();
                 self.staged = 0..n;
-                Poll::Ready(Ok(n > 0))
+                Ok(())
             }
-            Err(err) => Poll::Ready(Err(self.read_failed(&err))),
+            Err(err) => Err(self.fail(read_failure(self.inbound.received(), &err))),
+        })
+    }
+}
+
+/// A receiver's summary at `finish`: complete only after end of stream.
+pub(crate) fn finished(
+    end: &mut EndState,
+    inbound: &Inbound,
+    reported: bool,
+) -> Result<Summary, StreamError> {
+    match (end.failure(), reported) {
+        (Some(err), _) => Err(err.clone()),
+        (None, true) => Ok(end.summary(inbound.received(), inbound.checksum())),
+        (None, false) => {
+            let err = StreamError::Protocol("finish() called before the end of the stream".into());
+            Err(end.fail(err, inbound.received()))
         }
     }
 }
@@ -144,9 +126,7 @@ impl AsyncRead for Receiver {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(err) = &this.failed {
-            return Poll::Ready(Err(err.clone().into()));
-        }
+        this.end.check()?;
         loop {
             // Credits go out as soon as the socket takes them; a full send
             // buffer must not hold reading up.
@@ -158,7 +138,7 @@ impl AsyncRead for Receiver {
                     let _ = ready!(flushed);
                     if !this.reported {
                         this.reported = true;
-                        this.reporter.finish(this.inbound.received(), None);
+                        this.end.reporter.finish(this.inbound.received(), None);
                         let _ = Pin::new(&mut this.stream).poll_shutdown(cx);
                     }
                     return Poll::Ready(Ok(()));
@@ -174,13 +154,17 @@ impl AsyncRead for Receiver {
                         let unfilled = unsafe { buf.unfilled_mut() };
                         let limit = unfilled.len().min(left);
                         let mut sub = ReadBuf::uninit(&mut unfilled[..limit]);
-                        let n = match ready!(Pin::new(&mut this.stream).poll_read(cx, &mut sub)) {
-                            Ok(()) => sub.filled().len(),
-                            Err(err) => return Poll::Ready(Err(this.read_failed(&err))),
-                        };
-                        if n == 0 {
-                            let err = this.inbound.eof();
-                            return Poll::Ready(Err(this.fail(err).into()));
+                        let read = ready!(Pin::new(&mut this.stream).poll_read(cx, &mut sub));
+                        let n = sub.filled().len();
+                        match read {
+                            Ok(()) if n == 0 => {
+                                return Poll::Ready(Err(this.fail(this.inbound.eof())));
+                            }
+                            Ok(()) => {}
+                            Err(err) => {
+                                let err = read_failure(this.inbound.received(), &err);
+                                return Poll::Ready(Err(this.fail(err)));
+                            }
                         }
                         // SAFETY: `sub` filled (initialised) the first `n` unfilled bytes.
                         unsafe { buf.assume_init(n) };
@@ -195,20 +179,13 @@ impl AsyncRead for Receiver {
                     };
                     let filled = buf.filled();
                     this.inbound.payload(&filled[filled.len() - n..]);
-                    this.reporter.progress(this.inbound.received());
+                    this.end.reporter.progress(this.inbound.received());
                     let _ = this.poll_flush_out(cx);
                     return Poll::Ready(Ok(()));
                 }
                 Want::Framing => {
                     if this.staged.is_empty() {
-                        match ready!(this.poll_stage(cx)) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                let err = this.inbound.eof();
-                                return Poll::Ready(Err(this.fail(err).into()));
-                            }
-                            Err(err) => return Poll::Ready(Err(err)),
-                        }
+                        ready!(this.poll_stage(cx))?;
                     }
                     let staged = &this.staging[this.staged.clone()];
                     match this.inbound.frame_bytes(staged) {
@@ -216,7 +193,7 @@ impl AsyncRead for Receiver {
                         Err(err) => {
                             // Tell the sender why (a rejection), best effort.
                             let _ = this.poll_flush_out(cx);
-                            return Poll::Ready(Err(this.fail(err).into()));
+                            return Poll::Ready(Err(this.fail(err)));
                         }
                     }
                 }

@@ -15,22 +15,22 @@ use tokio::{
 
 use super::{
     COALESCE_BELOW, COALESCE_CAP, ChannelOptions, ClientError, StreamError, Summary, Transport,
-    connect, reporter::Reporter,
+    connect,
+    end::{EndState, write_failure},
 };
 use crate::protocol::{
     frame::{FrameKind, control_frame},
     stream::Outbound,
 };
 
-enum State {
+enum Stage {
     Open,
     /// The end mark is being written (`pos` bytes of it so far), then the ack awaited.
     Ending {
-        end: Vec<u8>,
+        mark: Vec<u8>,
         pos: usize,
     },
     Done,
-    Failed(StreamError),
 }
 
 /// The sending end of a channel. Write the stream, then call
@@ -39,13 +39,10 @@ enum State {
 /// truncation error, as a crash would. Writes smaller than 16 KiB are gathered
 /// into larger frames, like a `BufWriter`: `flush` sends them at once.
 pub struct Sender {
-    channel: String,
-    channel_id: u32,
-    transport: Transport,
+    end: EndState,
     stream: TcpStream,
-    reporter: Reporter,
     outbound: Outbound,
-    state: State,
+    stage: Stage,
     pending: Vec<u8>,
     pending_pos: usize,
 }
@@ -56,13 +53,10 @@ impl Sender {
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = connect::sender(opts).await?;
         Ok(Self {
-            channel: open.channel,
-            channel_id: open.channel_id,
-            transport: open.transport,
+            end: open.end,
             stream: open.data,
-            reporter: open.reporter,
             outbound: Outbound::new(open.credit),
-            state: State::Open,
+            stage: Stage::Open,
             pending: Vec::with_capacity(COALESCE_CAP),
             pending_pos: 0,
         })
@@ -70,12 +64,12 @@ impl Sender {
 
     /// How the bytes travel.
     pub fn transport(&self) -> Transport {
-        self.transport
+        self.end.transport
     }
 
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
-        self.channel_id
+        self.end.channel_id
     }
 
     /// Stream bytes written so far.
@@ -87,21 +81,12 @@ impl Sender {
     /// verified length and checksum.
     pub async fn finish(mut self) -> Result<Summary, ClientError> {
         let result = self.shutdown().await;
-        self.reporter.flushed().await;
+        self.end.reporter.flushed().await;
+        let sent = self.outbound.sent();
         result.map_err(|err| {
-            ClientError::stream(
-                &self.channel,
-                &err,
-                "finishing the stream",
-                self.outbound.sent(),
-            )
+            ClientError::stream(&self.end.channel, &err, "finishing the stream", sent)
         })?;
-        Ok(Summary {
-            channel_id: self.channel_id,
-            transport: self.transport,
-            bytes: self.outbound.sent(),
-            checksum: self.outbound.checksum(),
-        })
+        Ok(self.end.summary(sent, self.outbound.checksum()))
     }
 
     /// Gives up on the stream: the receiver fails with `reason`.
@@ -112,31 +97,24 @@ impl Sender {
                 .write_all(&control_frame(FrameKind::Abort, reason.as_bytes()))
                 .await;
         }
-        self.fail(StreamError::Aborted {
-            bytes: self.outbound.sent(),
-            reason: reason.to_owned(),
-        });
-        self.reporter.flushed().await;
+        let sent = self.outbound.sent();
+        let reason = reason.to_owned();
+        self.end.fail(
+            StreamError::Aborted {
+                bytes: sent,
+                reason,
+            },
+            sent,
+        );
+        self.end.reporter.flushed().await;
     }
 
     fn fail(&mut self, err: StreamError) -> io::Error {
-        if !matches!(self.state, State::Failed(_)) {
-            self.reporter
-                .finish(self.outbound.sent(), Some(err.to_string()));
-            self.state = State::Failed(err.clone());
-        }
-        err.into()
+        self.end.fail(err, self.outbound.sent()).into()
     }
 
-    fn io_failure(&mut self, context: &'static str, err: &io::Error) -> io::Error {
-        let sent = self.outbound.sent();
-        self.fail(match err.kind() {
-            // EPIPE/ECONNRESET from TCP, EACCES from a refused redirect.
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::PermissionDenied => StreamError::ReceiverGone { bytes: sent },
-            _ => StreamError::io(context, sent, err),
-        })
+    fn write_failed(&mut self, context: &'static str, err: &io::Error) -> io::Error {
+        self.fail(write_failure(context, self.outbound.sent(), err))
     }
 
     /// Sends at least one byte of `src` (`src` not empty).
@@ -156,13 +134,13 @@ impl Sender {
             let n = match ready!(Pin::new(stream).poll_write_vectored(cx, &bufs)) {
                 Ok(0) => {
                     let err = io::ErrorKind::WriteZero.into();
-                    return Poll::Ready(Err(self.io_failure("writing", &err)));
+                    return Poll::Ready(Err(self.write_failed("writing", &err)));
                 }
                 Ok(n) => n,
-                Err(err) => return Poll::Ready(Err(self.io_failure("writing", &err))),
+                Err(err) => return Poll::Ready(Err(self.write_failed("writing", &err))),
             };
             let written = self.outbound.wrote(n, src);
-            self.reporter.progress(self.outbound.sent());
+            self.end.reporter.progress(self.outbound.sent());
             if written > 0 {
                 return Poll::Ready(Ok(written));
             }
@@ -179,10 +157,10 @@ impl Sender {
                 Poll::Ready(Err(self.fail(StreamError::ReceiverGone { bytes })))
             }
             Ok(()) => {
-                let filled = buf.filled().to_vec();
-                Poll::Ready(self.outbound.receive(&filled).map_err(|err| self.fail(err)))
+                let received = self.outbound.receive(buf.filled());
+                Poll::Ready(received.map_err(|err| self.fail(err)))
             }
-            Err(err) => Poll::Ready(Err(self.io_failure("reading the receiver's credit", &err))),
+            Err(err) => Poll::Ready(Err(self.write_failed("reading the receiver's credit", &err))),
         }
     }
 
@@ -220,12 +198,9 @@ impl AsyncWrite for Sender {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match &this.state {
-            State::Open => {}
-            State::Failed(err) => return Poll::Ready(Err(err.clone().into())),
-            State::Ending { .. } | State::Done => {
-                return Poll::Ready(Err(StreamError::Closed.into()));
-            }
+        this.end.check()?;
+        if !matches!(this.stage, Stage::Open) {
+            return Poll::Ready(Err(StreamError::Closed.into()));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -249,7 +224,8 @@ impl AsyncWrite for Sender {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let State::Open = this.state {
+        this.end.check()?;
+        if let Stage::Open = this.stage {
             ready!(this.poll_drain_pending(cx))?;
             if this.outbound.mid_frame() {
                 let err = StreamError::Protocol(
@@ -257,34 +233,37 @@ impl AsyncWrite for Sender {
                 );
                 return Poll::Ready(Err(this.fail(err)));
             }
-            this.state = State::Ending {
-                end: this.outbound.end_frame(),
+            this.stage = Stage::Ending {
+                mark: this.outbound.end_frame(),
                 pos: 0,
             };
         }
         loop {
-            match &mut this.state {
-                State::Done => return Poll::Ready(Ok(())),
-                State::Failed(err) => return Poll::Ready(Err(err.clone().into())),
-                State::Open => unreachable!("left above"),
-                State::Ending { end, pos } if *pos < end.len() => {
-                    match ready!(Pin::new(&mut this.stream).poll_write(cx, &end[*pos..])) {
+            match &mut this.stage {
+                Stage::Done => return Poll::Ready(Ok(())),
+                Stage::Open => unreachable!("left above"),
+                Stage::Ending { mark, pos } if *pos < mark.len() => {
+                    match ready!(Pin::new(&mut this.stream).poll_write(cx, &mark[*pos..])) {
                         Ok(n) if n > 0 => *pos += n,
                         Ok(_) => {
                             let err = io::ErrorKind::WriteZero.into();
-                            return Poll::Ready(Err(this.io_failure("sending the end mark", &err)));
+                            return Poll::Ready(Err(
+                                this.write_failed("sending the end mark", &err)
+                            ));
                         }
                         Err(err) => {
-                            return Poll::Ready(Err(this.io_failure("sending the end mark", &err)));
+                            return Poll::Ready(Err(
+                                this.write_failed("sending the end mark", &err)
+                            ));
                         }
                     }
                 }
-                State::Ending { .. } => match this.outbound.acked() {
+                Stage::Ending { .. } => match this.outbound.acked() {
                     None => ready!(this.poll_inbox(cx))?,
                     Some(Err(err)) => return Poll::Ready(Err(this.fail(err))),
                     Some(Ok(())) => {
-                        this.state = State::Done;
-                        this.reporter.finish(this.outbound.sent(), None);
+                        this.stage = Stage::Done;
+                        this.end.reporter.finish(this.outbound.sent(), None);
                         let _ = Pin::new(&mut this.stream).poll_shutdown(cx);
                     }
                 },

@@ -50,6 +50,23 @@ fn human(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
+/// The line `send` and `recv` print on stderr for a verified stream.
+fn print_summary(
+    verb: &str,
+    channel: &str,
+    summary: &floki_agent::client::Summary,
+    seconds: f64,
+    verified: &str,
+) {
+    eprintln!(
+        "floki: {verb} {} on channel '{channel}' via {} in {seconds:.2} s ({}); {verified} (xxh3 {:016x})",
+        human(summary.bytes),
+        summary.transport,
+        rate(summary.bytes, seconds),
+        summary.checksum,
+    );
+}
+
 /// Throughput of `bytes` over `seconds`, in GB/s or MB/s.
 fn rate(bytes: u64, seconds: f64) -> String {
     let per_second = bytes as f64 / seconds.max(1e-9);

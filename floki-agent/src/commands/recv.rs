@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use floki_agent::client::{ChannelOptions, Summary, blocking::Receiver};
 
-use super::{human, rate};
+use super::print_summary;
 use crate::cli::RecvArgs;
 
 /// Read size: small enough to stay in cache between the copy out of the
@@ -42,13 +42,12 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
         _ => {}
     }
     let (summary, seconds) = result?;
-    eprintln!(
-        "floki: received {} on channel '{}' via {} in {seconds:.2} s ({}); end mark and checksum verified (xxh3 {:016x})",
-        human(summary.bytes),
-        args.channel,
-        summary.transport,
-        rate(summary.bytes, seconds),
-        summary.checksum,
+    print_summary(
+        "received",
+        &args.channel,
+        &summary,
+        seconds,
+        "end mark and checksum verified",
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use floki_agent::client::{ChannelOptions, blocking::Sender};
 
-use super::{human, rate};
+use super::print_summary;
 use crate::cli::SendArgs;
 
 const CHUNK: usize = 1 << 20;
@@ -47,13 +47,12 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
     }
     let summary = tx.finish()?;
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "floki: sent {} on channel '{}' via {} in {seconds:.2} s ({}); the receiver verified it (xxh3 {:016x})",
-        human(summary.bytes),
-        args.channel,
-        summary.transport,
-        rate(summary.bytes, seconds),
-        summary.checksum,
+    print_summary(
+        "sent",
+        &args.channel,
+        &summary,
+        seconds,
+        "the receiver verified it",
     );
     Ok(())
 }
