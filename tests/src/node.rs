@@ -62,15 +62,18 @@ impl TestNode {
     }
 }
 
+/// Starts `cmd` with its output captured.
+pub fn spawn(cmd: &mut Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning a client")
+}
+
 /// Runs `cmd` to completion with captured output, failing the test if it
 /// takes longer than `limit` (a hang is a failure, not a slow pass).
 pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning a client");
-    wait_within(child, limit)
+    wait_within(spawn(cmd), limit)
 }
 
 /// Waits for `child` with captured output, killing it and failing after `limit`.

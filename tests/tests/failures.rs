@@ -5,22 +5,15 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use floki_tests::node::{TestNode, assert_success, wait_within};
+use floki_tests::node::{TestNode, assert_success, spawn, wait_within};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn spawn(cmd: &mut Command) -> std::process::Child {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning a client")
-}
 
 /// Waits until the channel has moved at least `bytes`.
 fn wait_progress(node: &TestNode, channel: &str, bytes: u64) {

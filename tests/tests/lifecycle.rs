@@ -2,14 +2,11 @@
 //! finish byte-identical if it is killed, and a graceful stop lets them finish
 //! before it detaches.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use floki_tests::{
     agent::{AgentOptions, TestAgent},
-    node::{TestNode, assert_success, wait_within},
+    node::{TestNode, assert_success, spawn, wait_within},
 };
 
 const MIB: u64 = 1 << 20;
@@ -38,19 +35,11 @@ fn wait_active(agent: &TestAgent, channel: &str) {
 fn killing_the_agent_does_not_break_a_spliced_stream() {
     let mut node = TestNode::start_ebpf("kill-agent");
     let bytes = 512 * MIB;
-    let recv = node
-        .probe("recv", "survivor", bytes)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let send = node
-        .probe("send", "survivor", bytes)
-        .args(["--rate", &(256 * MIB).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recv = spawn(&mut node.probe("recv", "survivor", bytes));
+    let send = spawn(
+        node.probe("send", "survivor", bytes)
+            .args(["--rate", &(256 * MIB).to_string()]),
+    );
     wait_active(&node.agent, "survivor");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(node.agent.pid() as i32),
@@ -72,21 +61,9 @@ fn killing_the_agent_does_not_break_a_spliced_stream() {
     // pins and splices new channels.
     node.agent.relaunch(&node.cgroup, AgentOptions::default());
     assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
-    let recv = node
-        .probe("recv", "after", 16 * MIB)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recv = spawn(&mut node.probe("recv", "after", 16 * MIB));
     assert_success(
-        &wait_within(
-            node.probe("send", "after", 16 * MIB)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-            LIMIT,
-        ),
+        &wait_within(spawn(&mut node.probe("send", "after", 16 * MIB)), LIMIT),
         "sender on the restarted agent",
     );
     assert_success(&wait_within(recv, LIMIT), "receiver on the restarted agent");
@@ -100,27 +77,14 @@ fn killing_the_agent_does_not_break_a_spliced_stream() {
 fn sigterm_lets_active_streams_finish_then_detaches() {
     let mut node = TestNode::start_ebpf("sigterm");
     let bytes = 256 * MIB;
-    let recv = node
-        .probe("recv", "inflight", bytes)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let send = node
-        .probe("send", "inflight", bytes)
-        .args(["--rate", &(128 * MIB).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recv = spawn(&mut node.probe("recv", "inflight", bytes));
+    let send = spawn(
+        node.probe("send", "inflight", bytes)
+            .args(["--rate", &(128 * MIB).to_string()]),
+    );
     wait_active(&node.agent, "inflight");
     // A receiver still waiting for its sender is told the agent is stopping.
-    let waiting = node
-        .cli("recv", "never-paired")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = spawn(&mut node.cli("recv", "never-paired"));
     std::thread::sleep(Duration::from_millis(300));
 
     assert!(

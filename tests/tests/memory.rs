@@ -3,13 +3,10 @@
 //! bounds what is in flight. This test reads machine-wide TCP memory, so
 //! `cargo xtask test` runs this binary alone.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use floki_tests::{
-    node::{TestNode, assert_success},
+    node::{TestNode, assert_success, spawn},
     proc_stats::{rss_bytes, tcp_memory_bytes},
 };
 
@@ -23,24 +20,13 @@ fn slow_receiver_keeps_memory_within_the_window() {
     let tcp_before = tcp_memory_bytes();
     let agent_before = rss_bytes(node.agent.pid());
 
-    let mut recv = node
-        .probe("recv", "slow", bytes)
-        .args([
-            "--rate",
-            &(64 * MIB).to_string(),
-            "--chunk",
-            &(256 * 1024).to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let send = node
-        .probe("send", "slow", bytes)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut recv = spawn(node.probe("recv", "slow", bytes).args([
+        "--rate",
+        &(64 * MIB).to_string(),
+        "--chunk",
+        &(256 * 1024).to_string(),
+    ]));
+    let send = spawn(&mut node.probe("send", "slow", bytes));
 
     let (mut tcp_peak, mut agent_peak) = (0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(90);

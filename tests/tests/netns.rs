@@ -1,12 +1,12 @@
 //! Two pods with identical addresses and ports never get each other's data:
 //! the kernel endpoints carry the network namespace (KERNEL-NOTES, behaviour 5).
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use floki_tests::{
     agent::AgentOptions,
     netns::NetNs,
-    node::{TestNode, assert_success, wait_within},
+    node::{TestNode, assert_success, spawn, wait_within},
     probe_binary,
 };
 
@@ -51,23 +51,13 @@ fn identical_addresses_in_two_namespaces_stay_apart() {
             node.cgroup.spawn_inside(&mut cmd);
             cmd
         };
-        receivers.push(
-            client("recv", 1000 + i as u64)
-                .args(["--data-addr", "127.0.0.1:45000"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        receivers.push(spawn(
+            client("recv", 1000 + i as u64).args(["--data-addr", "127.0.0.1:45000"]),
+        ));
         std::thread::sleep(Duration::from_millis(200));
-        senders.push(
-            client("send", 1000 + i as u64)
-                .args(["--rate", &(64 * MIB).to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        senders.push(spawn(
+            client("send", 1000 + i as u64).args(["--rate", &(64 * MIB).to_string()]),
+        ));
     }
     for child in senders.into_iter().chain(receivers) {
         assert_success(

@@ -3,13 +3,10 @@
 //! 6.18.14+) break for sockets in a sockhash: bytes that reach an enrolled
 //! socket over TCP instead of the splice.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use floki_tests::{
-    node::{TestNode, assert_success, wait_within},
+    node::{TestNode, assert_success, spawn, wait_within},
     probe_binary,
 };
 
@@ -18,13 +15,7 @@ use floki_tests::{
 /// shows up as a stall (the test's time limit), not as slowness.
 fn small_messages(node: &TestNode, channel: &str, sender_in_cgroup: bool) -> serde_json::Value {
     let bytes = 5_000 * 200;
-    let recv = node
-        .probe("recv", channel, bytes)
-        .args(["--chunk", "256"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recv = spawn(node.probe("recv", channel, bytes).args(["--chunk", "256"]));
     let mut send = if sender_in_cgroup {
         node.probe("send", channel, bytes)
     } else {
@@ -36,12 +27,7 @@ fn small_messages(node: &TestNode, channel: &str, sender_in_cgroup: bool) -> ser
             .args(["--bytes", &bytes.to_string()]);
         cmd
     };
-    let send = send
-        .args(["--writes", "fixed:200", "--flush-each", "--rate", "2000000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let send = spawn(send.args(["--writes", "fixed:200", "--flush-each", "--rate", "2000000"]));
     assert_success(&wait_within(send, Duration::from_secs(30)), "sender");
     assert_success(
         &wait_within(recv, Duration::from_secs(30)),

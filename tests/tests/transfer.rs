@@ -1,12 +1,12 @@
 //! Streams arrive byte-identical over both transports, whichever end comes
 //! first; spliced streams really bypass TCP/IP.
 
-use std::{fs, path::PathBuf, process::Stdio, time::Duration};
+use std::{fs, path::PathBuf, time::Duration};
 
 use floki_tests::{
     Pattern,
     agent::AgentOptions,
-    node::{TestNode, assert_success, file_digest, run_within, wait_within},
+    node::{TestNode, assert_success, file_digest, run_within, spawn, wait_within},
     proc_stats::tcp_out_segments,
 };
 
@@ -50,23 +50,8 @@ impl Drop for TempFile {
 fn cli_transfer(node: &TestNode, channel: &str, size: u64, receiver_first: bool) {
     let input = TempFile::with_pattern(&format!("{channel}.in"), size, size ^ 0xf10c1);
     let output = TempFile::new(&format!("{channel}.out"));
-    let spawn_recv = || {
-        node.cli("recv", channel)
-            .arg("-o")
-            .arg(&output.0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning recv")
-    };
-    let spawn_send = || {
-        node.cli("send", channel)
-            .arg(&input.0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning send")
-    };
+    let spawn_recv = || spawn(node.cli("recv", channel).arg("-o").arg(&output.0));
+    let spawn_send = || spawn(node.cli("send", channel).arg(&input.0));
     let (recv, send) = if receiver_first {
         let recv = spawn_recv();
         std::thread::sleep(Duration::from_millis(200));
@@ -104,17 +89,15 @@ fn sizes_arrive_identical(node: &TestNode, transport: &str) {
     for receiver_first in [true, false] {
         let channel = format!("mixed-{receiver_first}");
         let bytes = 64 * MIB;
-        let spawn = |verb| {
-            node.probe(verb, &channel, bytes)
-                .args(["--writes", "mixed", "--seed", "99"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawning a probe")
+        let probe = |verb| {
+            spawn(
+                node.probe(verb, &channel, bytes)
+                    .args(["--writes", "mixed", "--seed", "99"]),
+            )
         };
-        let first = spawn(if receiver_first { "recv" } else { "send" });
+        let first = probe(if receiver_first { "recv" } else { "send" });
         std::thread::sleep(Duration::from_millis(200));
-        let second = spawn(if receiver_first { "send" } else { "recv" });
+        let second = probe(if receiver_first { "send" } else { "recv" });
         assert_success(&wait_within(first, LIMIT), "first probe");
         assert_success(&wait_within(second, LIMIT), "second probe");
         assert_eq!(
@@ -160,12 +143,7 @@ fn spliced_stream_bypasses_tcp() {
     let before_spliced = node.agent.status()["totals"]["spliced_bytes"]
         .as_u64()
         .unwrap();
-    let recv = node
-        .probe("recv", "bypass", bytes)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recv = spawn(&mut node.probe("recv", "bypass", bytes));
     assert_success(
         &run_within(&mut node.probe("send", "bypass", bytes), LIMIT),
         "send",
