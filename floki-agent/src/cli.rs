@@ -34,8 +34,12 @@ pub enum Command {
     Send(SendArgs),
     /// Receive the stream of CHANNEL into FILE (or standard output).
     Recv(RecvArgs),
-    /// Show the agent's datapath, programs and channels.
+    /// Show the agent's datapath, programs, channels, workflows and peers.
     Status(StatusArgs),
+    /// Apply a workflow spec (YAML) on every node it names; prints its token.
+    Apply(ApplyArgs),
+    /// Remove a workflow from every node it was applied on.
+    Delete(DeleteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,14 +73,47 @@ pub struct RunArgs {
     /// Seconds a graceful stop (SIGTERM/SIGINT) waits for active channels.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// A peer agent, NAME=HOST:PORT (repeatable).
+    #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
+    pub peers: Vec<String>,
+    /// A file of peers, one NAME=HOST:PORT per line.
+    #[arg(long, env = "FLOKI_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
+    /// Serve only channels of applied workflows (with their token).
+    #[arg(long)]
+    pub workflow_channels_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The workflow spec (YAML).
+    pub file: PathBuf,
+    /// The agent's admin socket.
+    #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
+    pub admin: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Workflow name.
+    pub name: String,
+    /// The agent's admin socket.
+    #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
+    pub admin: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Channel name.
-    pub channel: String,
-    /// File to send [default: standard input].
-    pub file: Option<PathBuf>,
+    /// `CHANNEL [FILE]` for a plain channel; `[FILE]` with --workflow.
+    /// FILE defaults to standard input.
+    #[arg(num_args = 0..=2, value_name = "CHANNEL] [FILE")]
+    pub positionals: Vec<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    /// Shuffle producers: a directory with one file per consumer, named
+    /// after it (partition j goes to consumer j).
+    #[arg(long, value_name = "DIR")]
+    pub partition_dir: Option<PathBuf>,
     /// The agent's channel address.
     #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
@@ -87,12 +124,18 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct RecvArgs {
-    /// Channel name.
-    pub channel: String,
+    /// Channel name (plain channels; omit with --workflow).
+    pub channel: Option<String>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Write the stream to FILE [default: standard output]. The file appears
     /// only once the whole stream is verified.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Consumers with several producers (gather, shuffle): one file per
+    /// producer in DIR, named after it.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     /// The agent's channel address.
     #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
@@ -106,6 +149,23 @@ pub struct RecvArgs {
     /// [default: the address this client reaches the agent from].
     #[arg(long)]
     pub data_addr: Option<SocketAddr>,
+}
+
+/// A function's place in an applied workflow.
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Workflow name (from `floki-agent apply`).
+    #[arg(long, requires_all = ["edge", "function"])]
+    pub workflow: Option<String>,
+    /// Edge name.
+    #[arg(long, requires = "workflow")]
+    pub edge: Option<String>,
+    /// This function's name in the workflow.
+    #[arg(long = "as", value_name = "FUNCTION", requires = "workflow")]
+    pub function: Option<String>,
+    /// The workflow's token (printed by `floki-agent apply`).
+    #[arg(long, env = "FLOKI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]

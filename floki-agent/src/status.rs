@@ -32,6 +32,10 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     /// Channels: waiting, active, then recently finished (newest first).
     pub channels: Vec<ChannelStatus>,
+    /// Applied workflows, their edges and streams.
+    pub workflows: Vec<WorkflowStatus>,
+    /// The other agents and this agent's link to each.
+    pub peers: Vec<PeerStatus>,
     /// Totals since the agent started.
     pub totals: Totals,
 }
@@ -115,6 +119,63 @@ pub struct ChannelStatus {
     pub note: Option<String>,
 }
 
+/// An applied workflow, as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkflowStatus {
+    /// Workflow name.
+    pub name: String,
+    /// Nodes hosting its functions.
+    pub nodes: Vec<String>,
+    /// Its edges.
+    pub edges: Vec<EdgeStatus>,
+}
+
+/// One edge of a workflow.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    /// Edge name.
+    pub name: String,
+    /// `one-to-one`, `broadcast`, `gather` or `shuffle`.
+    pub pattern: String,
+    /// Buffer (window) per stream, in bytes.
+    pub buffer: u64,
+    /// `ready` once every stream touching this node is prepared, else `preparing`.
+    pub state: String,
+    /// Its point-to-point streams.
+    pub streams: Vec<StreamStatus>,
+}
+
+/// One stream of an edge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// Producing function.
+    pub producer: String,
+    /// Consuming function.
+    pub consumer: String,
+    /// `same-node` (both here), `outgoing`, `incoming` (one end here) or
+    /// `elsewhere`.
+    pub placement: String,
+    /// How its bytes will travel (`splice` or `tcp`); null if elsewhere.
+    pub transport: Option<Transport>,
+    /// `ready`, `preparing`, or `elsewhere`.
+    pub state: String,
+}
+
+/// A peer agent and this agent's link to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Node name.
+    pub node: String,
+    /// Its address.
+    pub addr: String,
+    /// `connected` or `disconnected`.
+    pub state: String,
+    /// Seconds in this state.
+    pub since_secs: f64,
+    /// The last failure, when disconnected.
+    pub error: Option<String>,
+}
+
 /// Totals since the agent started.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Totals {
@@ -167,6 +228,18 @@ pub enum AdminError {
 
 /// Asks the agent at `admin` for its status.
 pub async fn fetch(admin: &Path) -> Result<Status, AdminError> {
+    let answer = request(admin, &serde_json::json!({"request": "status"})).await?;
+    serde_json::from_value(answer).map_err(|source| AdminError::BadAnswer {
+        path: admin.display().to_string(),
+        source,
+    })
+}
+
+/// Sends one request on the admin socket and returns the JSON answer.
+pub async fn request(
+    admin: &Path,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, AdminError> {
     let path = admin.display().to_string();
     let stream = UnixStream::connect(admin)
         .await
@@ -179,15 +252,14 @@ pub async fn fetch(admin: &Path) -> Result<Status, AdminError> {
         source,
     };
     let mut stream = BufReader::new(stream);
-    stream
-        .get_mut()
-        .write_all(b"{\"request\":\"status\"}\n")
-        .await
-        .map_err(io_err)?;
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+    let mut line = serde_json::to_vec(request).expect("JSON values serialise");
+    line.push(b'\n');
+    stream.get_mut().write_all(&line).await.map_err(io_err)?;
+    let mut answer = String::new();
+    // An apply waits for every node of the workflow.
+    tokio::time::timeout(Duration::from_secs(60), stream.read_line(&mut answer))
         .await
         .map_err(|_| io_err(io::ErrorKind::TimedOut.into()))?
         .map_err(io_err)?;
-    serde_json::from_str(&line).map_err(|source| AdminError::BadAnswer { path, source })
+    serde_json::from_str(&answer).map_err(|source| AdminError::BadAnswer { path, source })
 }

@@ -25,6 +25,12 @@ pub struct AgentOptions {
     pub window: Option<String>,
     /// Listen on all addresses (for clients in other network namespaces).
     pub listen_all: bool,
+    /// Run inside this network namespace (`nsenter --net`).
+    pub netns: Option<String>,
+    /// `--listen` (default `127.0.0.1:0`, or `0.0.0.0:0` with `listen_all`).
+    pub listen: Option<String>,
+    /// `--node` (default `test-node`).
+    pub node: Option<String>,
     /// More arguments.
     pub extra: Vec<String>,
 }
@@ -75,13 +81,29 @@ impl TestAgent {
             .append(true)
             .open(dir.join("agent.log"))
             .expect("agent log");
-        let listen = if opts.listen_all {
-            "0.0.0.0:0"
-        } else {
-            "127.0.0.1:0"
+        let listen = match &opts.listen {
+            Some(listen) => listen.as_str(),
+            None if opts.listen_all => "0.0.0.0:0",
+            None => "127.0.0.1:0",
         };
-        let mut cmd = Command::new(agent_binary());
-        cmd.args(["run", "--listen", listen, "--node", "test-node"])
+        let mut cmd = match &opts.netns {
+            Some(netns) => {
+                // Never start a namespaced agent anywhere else: its peers'
+                // private addresses must not leave the namespaces.
+                assert!(
+                    std::path::Path::new("/var/run/netns").join(netns).exists(),
+                    "network namespace {netns} does not exist"
+                );
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/var/run/netns/{netns}"))
+                    .arg("--")
+                    .arg(agent_binary());
+                cmd
+            }
+            None => Command::new(agent_binary()),
+        };
+        let node = opts.node.as_deref().unwrap_or("test-node");
+        cmd.args(["run", "--listen", listen, "--node", node])
             .arg("--admin")
             .arg(&admin)
             .arg("--cgroup")

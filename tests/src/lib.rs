@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cluster;
 pub mod netns;
 pub mod node;
 pub mod proc_stats;

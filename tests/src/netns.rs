@@ -56,12 +56,66 @@ impl NetNs {
         ip(&["-n", &self.name, "link", "set", &ns_if, "up"]);
     }
 
-    /// `program` run inside the namespace (`ip netns exec`). Join a cgroup
-    /// before: `ip netns exec` remounts /sys.
+    /// `program` run inside the namespace. `nsenter --net` switches the
+    /// network namespace only: /sys and the cgroup paths stay the host's
+    /// (`ip netns exec` would remount /sys).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         cmd
+    }
+
+    /// Adds a veth pair between this namespace and bridge `bridge` of the
+    /// caller's namespace, with `ns_addr` (CIDR) inside.
+    pub fn veth_to_bridge(&self, bridge: &str, ns_addr: &str) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let host_if = format!("fkv{}{n}", std::process::id() % 10000);
+        let ns_if = format!("fkw{}{n}", std::process::id() % 10000);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name,
+        ]);
+        ip(&["link", "set", &host_if, "master", bridge]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
+        ip(&["-n", &self.name, "link", "set", &ns_if, "up"]);
+    }
+}
+
+/// A Linux bridge in the caller's namespace, deleted on drop.
+pub struct Bridge {
+    name: String,
+}
+
+impl Bridge {
+    /// Creates an up bridge without addresses: traffic between namespaces
+    /// stays on it.
+    pub fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("fkb{}{n}", std::process::id() % 10000);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        ip(&["link", "set", &name, "up"]);
+        Self { name }
+    }
+
+    /// Its interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.name])
+            .output();
     }
 }
 

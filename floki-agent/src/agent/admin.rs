@@ -16,14 +16,20 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{AgentError, registry::Registry};
-use crate::status::Status;
+use super::{Agent, AgentError, apply};
+use crate::{
+    protocol::control::Transport,
+    status::{EdgeStatus, Status, StreamStatus, WorkflowStatus},
+    workflow::StreamId,
+};
 
 /// A request on the admin socket.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 enum Request {
     Status,
+    Apply { yaml: String },
+    Delete { name: String },
 }
 
 /// The bound admin socket.
@@ -60,15 +66,15 @@ impl AdminServer {
     }
 
     /// Serves requests until the task is dropped.
-    pub async fn serve(self, registry: Arc<Registry>, identity: Arc<Identity>) {
+    pub async fn serve(self, agent: Arc<Agent>, identity: Arc<Identity>) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else {
                 continue;
             };
-            let registry = registry.clone();
+            let agent = agent.clone();
             let identity = identity.clone();
             tokio::spawn(async move {
-                if let Err(err) = answer(stream, &registry, &identity).await {
+                if let Err(err) = answer(stream, &agent, &identity).await {
                     debug!(%err, "admin request failed");
                 }
             });
@@ -83,21 +89,36 @@ impl AdminServer {
 
 async fn answer(
     stream: UnixStream,
-    registry: &Registry,
+    agent: &Arc<Agent>,
     identity: &Identity,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(5), async {
-        // Bounded: a request is a short line.
-        let mut limited = (&mut stream).take(4096);
+        // Bounded: a request is one line (a workflow spec at most).
+        let mut limited = (&mut stream).take(1 << 20);
         limited.read_line(&mut line).await
     })
     .await;
-    let reply = match (read, serde_json::from_str::<Request>(&line)) {
-        (Ok(Ok(_)), Ok(Request::Status)) => serde_json::to_string(&status(registry, identity))?,
-        _ => r#"{"error":"unknown request; send {\"request\":\"status\"}"}"#.to_owned(),
+    let request = match read {
+        Ok(Ok(_)) => serde_json::from_str::<Request>(&line).ok(),
+        _ => None,
     };
+    let reply = match request {
+        Some(Request::Status) => serde_json::to_value(status(agent, identity))?,
+        Some(Request::Apply { yaml }) => match apply::apply(agent, &yaml).await {
+            Ok(outcome) => serde_json::json!({ "applied": outcome }),
+            Err(failure) => serde_json::json!({ "error": failure }),
+        },
+        Some(Request::Delete { name }) => match apply::delete(agent, &name).await {
+            Ok(outcome) => serde_json::json!({ "deleted": outcome }),
+            Err(failure) => serde_json::json!({ "error": failure }),
+        },
+        None => serde_json::json!({
+            "error": {"message": "unknown request; send {\"request\":\"status\"}", "errors": []}
+        }),
+    };
+    let reply = serde_json::to_string(&reply)?;
     let stream = stream.get_mut();
     stream.write_all(reply.as_bytes()).await?;
     stream.write_all(b"\n").await
@@ -112,7 +133,8 @@ pub struct Identity {
 }
 
 /// The agent's status now.
-pub fn status(registry: &Registry, identity: &Identity) -> Status {
+pub fn status(agent: &Agent, identity: &Identity) -> Status {
+    let registry = &agent.registry;
     let (datapath, programs) = registry.datapath().status();
     let (channels, mut totals) = registry.snapshot();
     let counters = registry.datapath().counters();
@@ -127,6 +149,78 @@ pub fn status(registry: &Registry, identity: &Identity) -> Status {
         datapath,
         programs,
         channels,
+        workflows: workflows(agent),
+        peers: agent.peers.status(),
         totals,
     }
+}
+
+/// Applied workflows as this node sees them: which streams touch it, and
+/// whether they are prepared.
+fn workflows(agent: &Agent) -> Vec<WorkflowStatus> {
+    let local_transport = match agent.registry.datapath() {
+        super::datapath::Datapath::Ebpf(_) => Transport::Splice,
+        super::datapath::Datapath::Fallback { .. } => Transport::Tcp,
+    };
+    agent
+        .workflows
+        .all()
+        .into_iter()
+        .map(|applied| {
+            let workflow = &applied.workflow;
+            let here = |function: &str| workflow.node_of(function) == Some(agent.node.as_str());
+            let edges = workflow
+                .edges
+                .iter()
+                .map(|edge| {
+                    let streams: Vec<StreamStatus> = workflow
+                        .streams()
+                        .filter(|(e, _)| e.name == edge.name)
+                        .map(|(_, stream)| {
+                            let StreamId {
+                                producer, consumer, ..
+                            } = &stream;
+                            let (placement, transport, state) =
+                                match (here(producer), here(consumer)) {
+                                    (true, true) => ("same-node", Some(local_transport), "ready"),
+                                    (false, false) => ("elsewhere", None, "elsewhere"),
+                                    (producer_here, _) => {
+                                        let ready = agent.crossnode.ready(&stream, producer_here);
+                                        (
+                                            if producer_here {
+                                                "outgoing"
+                                            } else {
+                                                "incoming"
+                                            },
+                                            Some(Transport::Tcp),
+                                            if ready { "ready" } else { "preparing" },
+                                        )
+                                    }
+                                };
+                            StreamStatus {
+                                producer: producer.clone(),
+                                consumer: consumer.clone(),
+                                placement: placement.into(),
+                                transport,
+                                state: state.into(),
+                            }
+                        })
+                        .collect();
+                    let ready = streams.iter().all(|s| s.state != "preparing");
+                    EdgeStatus {
+                        name: edge.name.clone(),
+                        pattern: edge.pattern.to_string(),
+                        buffer: edge.buffer,
+                        state: if ready { "ready" } else { "preparing" }.into(),
+                        streams,
+                    }
+                })
+                .collect();
+            WorkflowStatus {
+                name: workflow.name.clone(),
+                nodes: workflow.nodes().into_iter().map(str::to_owned).collect(),
+                edges,
+            }
+        })
+        .collect()
 }

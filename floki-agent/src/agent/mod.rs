@@ -8,9 +8,14 @@
 //! owns the kernel programs; [`admin`] serves status.
 
 mod admin;
+pub mod apply;
+mod crossnode;
 pub mod datapath;
+pub mod peers;
 mod registry;
+mod relay;
 mod session;
+mod workflows;
 
 use std::{
     net::SocketAddr,
@@ -20,10 +25,13 @@ use std::{
 };
 
 pub use admin::{Identity, status};
+use crossnode::CrossNode;
 use datapath::{Datapath, DatapathConfig};
+use peers::{PeerDirectory, Peers, protocol::PeerRequest};
 use registry::Registry;
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{info, warn};
+use workflows::Workflows;
 
 /// Settings of `floki-agent run`.
 #[derive(Clone, Debug)]
@@ -42,6 +50,42 @@ pub struct AgentConfig {
     pub history: usize,
     /// How long a graceful stop waits for active channels.
     pub shutdown_grace: Duration,
+    /// Where the other agents are.
+    pub peers: Arc<dyn PeerDirectory>,
+    /// Refuse channels that belong to no workflow.
+    pub workflow_channels_only: bool,
+}
+
+/// What every connection of the agent works with.
+pub struct Agent {
+    /// This node's name.
+    pub node: String,
+    /// Channels and their pairing.
+    pub registry: Arc<Registry>,
+    /// Applied workflows.
+    pub workflows: Arc<Workflows>,
+    /// The other agents.
+    pub peers: Arc<Peers>,
+    /// Prepared cross-node streams.
+    pub crossnode: Arc<CrossNode>,
+    /// The kernel programs (or the fallback).
+    pub datapath: Arc<Datapath>,
+    /// Default flow-control window.
+    pub default_window: u64,
+    /// Refuse channels that belong to no workflow.
+    pub workflow_channels_only: bool,
+}
+
+/// An error and its causes, `: `-separated, for logs and answers.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
 }
 
 /// Why the agent could not run.
@@ -91,9 +135,37 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         config.window,
         config.history,
     ));
+    let workflows = Arc::new(Workflows::default());
+    let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
+    let crossnode = CrossNode::new(config.node.clone(), peers.clone(), workflows.clone());
+    let agent = Arc::new(Agent {
+        node: config.node.clone(),
+        registry: registry.clone(),
+        workflows: workflows.clone(),
+        peers: peers.clone(),
+        crossnode,
+        datapath: datapath.clone(),
+        default_window: config.window,
+        workflow_channels_only: config.workflow_channels_only,
+    });
+    // On every (re)connection a peer gets the workflows it is part of.
+    let sync_workflows = workflows.clone();
+    peers::spawn_links(
+        peers,
+        Arc::new(move |peer: &str| {
+            sync_workflows
+                .involving(peer)
+                .into_iter()
+                .map(|applied| PeerRequest::Install {
+                    yaml: applied.yaml,
+                    token: applied.token,
+                })
+                .collect()
+        }),
+    );
     let listen = listener.local_addr().unwrap_or(config.listen);
     let identity = Arc::new(Identity { listen, started });
-    let admin_task = tokio::spawn(admin.serve(registry.clone(), identity));
+    let admin_task = tokio::spawn(admin.serve(agent.clone(), identity));
     info!(
         node = %config.node,
         %listen,
@@ -106,7 +178,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             _ = signals.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
-                    tokio::spawn(session::serve(stream, from, registry.clone()));
+                    tokio::spawn(session::serve(stream, from, agent.clone()));
                 }
                 Err(err) => warn!(%err, "accepting a channel connection failed"),
             },

@@ -4,7 +4,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -103,6 +106,8 @@ enum Stage {
         transport: Transport,
         splice: Option<SpliceHandle>,
         paired_at: Instant,
+        /// Bytes an agent relay moved (cross-node streams).
+        relayed: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -177,7 +182,8 @@ impl Registry {
     }
 
     /// Adds a client to its channel, pairing it if its peer is waiting.
-    pub fn join(&self, hello: Hello) -> Result<Joined, Refused> {
+    /// `window` overrides the receiver's (workflow edges have their own).
+    pub fn join(&self, hello: Hello, window: Option<u64>) -> Result<Joined, Refused> {
         let role = hello.role;
         let mut inner = self.inner.lock().expect("registry lock");
         if inner.closing {
@@ -243,6 +249,7 @@ impl Registry {
                 transport: Transport::Tcp,
                 splice: None,
                 paired_at: Instant::now(),
+                relayed: None,
             },
         )
         else {
@@ -267,11 +274,12 @@ impl Registry {
             transport,
             splice,
             paired_at: Instant::now(),
+            relayed: None,
         };
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
         let key = encode_key(&key);
-        let window = receiver.window.unwrap_or(self.default_window);
+        let window = window.or(receiver.window).unwrap_or(self.default_window);
         let to_sender = AgentMessage::Paired {
             transport,
             peer: receiver.listen,
@@ -298,6 +306,52 @@ impl Registry {
             role,
             pairing: Pairing::Now(mine),
         })
+    }
+
+    /// Adds the local end of a cross-node stream: its other end is on another
+    /// node, reached through an agent relay that counts into `relayed`.
+    pub fn join_remote(
+        &self,
+        name: &str,
+        role: Role,
+        relayed: Arc<AtomicU64>,
+    ) -> Result<u32, Refused> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if inner.closing {
+            return Err((
+                Refusal::ShuttingDown,
+                "the agent is shutting down and takes no new channels; retry on the restarted agent".into(),
+            ));
+        }
+        if inner.live.contains_key(name) {
+            return Err((
+                Refusal::Busy,
+                format!("channel '{name}' already has a {role} on this node"),
+            ));
+        }
+        let id = inner.next_id;
+        inner.next_id = inner.next_id.wrapping_add(1).max(1);
+        let mut ends: [End; 2] = Default::default();
+        ends[slot(role)].joined = true;
+        // The far end reports to its own agent.
+        ends[slot(role.peer())].outcome = Some(Outcome::Left);
+        inner.live.insert(
+            name.to_owned(),
+            Live {
+                id,
+                created: Instant::now(),
+                stage: Stage::Active {
+                    transport: Transport::Tcp,
+                    splice: None,
+                    paired_at: Instant::now(),
+                    relayed: Some(relayed),
+                },
+                ends,
+            },
+        );
+        info!(channel = %name, id, %role, "cross-node stream opened");
+        self.changed.notify_waiters();
+        Ok(id)
     }
 
     /// Records a report of an end.
@@ -394,8 +448,12 @@ impl Registry {
                 transport,
                 splice,
                 paired_at,
+                relayed,
             } => {
-                let received = live.ends[slot(Role::Recv)].bytes;
+                let received = match relayed {
+                    Some(counter) => counter.load(Ordering::Relaxed),
+                    None => live.ends[slot(Role::Recv)].bytes,
+                };
                 let spliced = splice
                     .as_ref()
                     .and_then(|handle| self.datapath.record(handle))

@@ -1,30 +1,104 @@
-//! One client's control connection, agent side: handshake, pairing, then the
-//! client's reports until it hangs up. Bad input gets a refusal with a reason
-//! and never disturbs other channels.
+//! One connection to the agent's channel port: a client (`FLKI`: handshake,
+//! pairing, reports) or another agent (`FLKA`: links, applies, stream
+//! connections). Bad input gets a refusal with a reason and never disturbs
+//! other channels.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
-use tokio::{io::AsyncReadExt as _, net::TcpStream, time::timeout};
-use tracing::{debug, info};
+use tokio::{
+    io::AsyncReadExt as _,
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+use tracing::{debug, info, warn};
 
-use super::registry::{Pairing, Refused, Registry, WINDOW_RANGE};
-use crate::protocol::{
-    ProtocolError,
-    control::{
-        AgentMessage, ClientReport, Hello, Refusal, Role, read_message, read_preamble,
-        valid_channel_name, write_message,
+use super::{
+    Agent,
+    peers::protocol::{PEER_MAGIC, PeerAnswer, PeerRequest, read_request},
+    registry::{Pairing, Refused, WINDOW_RANGE},
+    relay,
+    workflows::{Applied, Denied, Resolved},
+};
+use crate::{
+    protocol::{
+        MAGIC, ProtocolError, VERSION,
+        control::{
+            AgentMessage, ClientReport, ClientRequest, EdgeRef, Hello, Refusal, Role, Transport,
+            encode_key, read_message, valid_channel_name, write_message,
+        },
     },
+    workflow::Workflow,
 };
 
 /// How long a client has to complete its hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an agent waits for a function's data connection after pairing.
+const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one control connection to its end.
-pub async fn serve(mut stream: TcpStream, from: SocketAddr, registry: Arc<Registry>) {
+/// Serves one connection to its end.
+pub async fn serve(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
     stream.set_nodelay(true).ok();
-    let hello = match timeout(HANDSHAKE_TIMEOUT, read_hello(&mut stream)).await {
-        Ok(Ok(hello)) => hello,
-        Ok(Err((refusal, message))) => return refuse(&mut stream, from, refusal, message).await,
+    let mut preamble = [0u8; 6];
+    let read = timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut preamble)).await;
+    let version = u16::from_be_bytes([preamble[4], preamble[5]]);
+    let refusal = match read {
+        Err(_) => Some((
+            Refusal::BadHandshake,
+            format!(
+                "no complete hello within {HANDSHAKE_TIMEOUT:?}; send the preamble and the hello message at once"
+            ),
+        )),
+        Ok(Err(err)) => Some((
+            Refusal::BadHandshake,
+            ProtocolError::from_read(err).to_string(),
+        )),
+        Ok(Ok(_)) if preamble[..4] == PEER_MAGIC && version == VERSION => {
+            return peer(stream, from, agent).await;
+        }
+        Ok(Ok(_)) if preamble[..4] != MAGIC => {
+            let magic: [u8; 4] = preamble[..4].try_into().expect("4 bytes");
+            Some((
+                Refusal::BadHandshake,
+                ProtocolError::BadMagic(magic).to_string(),
+            ))
+        }
+        Ok(Ok(_)) if version != VERSION => Some((
+            Refusal::UnsupportedVersion,
+            ProtocolError::UnsupportedVersion(version).to_string(),
+        )),
+        Ok(Ok(_)) => None,
+    };
+    if let Some((refusal, message)) = refusal {
+        return refuse(&mut stream, from, refusal, message).await;
+    }
+    client(stream, from, agent).await;
+}
+
+async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
+    let request = match timeout(
+        HANDSHAKE_TIMEOUT,
+        read_message::<_, ClientRequest>(&mut stream),
+    )
+    .await
+    {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => {
+            let message = "connection closed before the hello message".to_owned();
+            return refuse(&mut stream, from, Refusal::BadHandshake, message).await;
+        }
+        Ok(Err(err)) => {
+            return refuse(
+                &mut stream,
+                from,
+                Refusal::BadHandshake,
+                format!("bad hello: {err}"),
+            )
+            .await;
+        }
         Err(_) => {
             let message = format!(
                 "no complete hello within {HANDSHAKE_TIMEOUT:?}; send the preamble and the hello message at once"
@@ -32,21 +106,94 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, registry: Arc<Regist
             return refuse(&mut stream, from, Refusal::BadHandshake, message).await;
         }
     };
+    let hello = match request {
+        ClientRequest::Describe { describe } => {
+            return answer_describe(&mut stream, from, &agent, describe).await;
+        }
+        ClientRequest::Open(hello) => hello,
+    };
     if let Err((refusal, message)) = validate(&hello) {
         return refuse(&mut stream, from, refusal, message).await;
     }
+    let Some(stream_ref) = hello.stream.clone() else {
+        if agent.workflow_channels_only {
+            let message = "this agent serves only workflow channels (--workflow-channels-only); \
+                           open the channel with --workflow, --edge, --as and its token"
+                .to_owned();
+            return refuse(&mut stream, from, Refusal::WorkflowOnly, message).await;
+        }
+        return local(stream, hello, None, &agent).await;
+    };
+    let resolved = agent.workflows.resolve(
+        &agent.node,
+        &stream_ref.workflow,
+        &stream_ref.token,
+        &stream_ref.edge,
+        &stream_ref.function,
+        &stream_ref.peer,
+        hello.role,
+    );
+    match resolved {
+        Err(Denied::NotAllowed) => {
+            let message = "no such workflow channel for this token".to_owned();
+            refuse(&mut stream, from, Refusal::NotAllowed, message).await;
+        }
+        Err(Denied::WrongNode(node)) => {
+            let message = format!(
+                "function {:?} runs on node {node}; connect to that node's agent",
+                stream_ref.function
+            );
+            refuse(&mut stream, from, Refusal::WrongNode, message).await;
+        }
+        Ok(resolved) if resolved.peer_node == agent.node => {
+            let mut hello = hello;
+            hello.channel = resolved.stream.to_string();
+            local(stream, hello, Some(resolved.edge.buffer), &agent).await;
+        }
+        Ok(resolved) => cross_node(stream, hello, resolved, &agent).await,
+    }
+}
+
+async fn answer_describe(stream: &mut TcpStream, from: SocketAddr, agent: &Agent, edge: EdgeRef) {
+    match agent
+        .workflows
+        .describe(&edge.workflow, &edge.token, &edge.edge, &edge.function)
+    {
+        Ok((edge, role)) => {
+            let peers = match role {
+                Role::Send => edge.consumers,
+                Role::Recv => edge.producers,
+            };
+            let answer = AgentMessage::Edge {
+                pattern: edge.pattern,
+                role,
+                peers,
+                buffer: edge.buffer,
+            };
+            let _ = write_message(stream, &answer).await;
+        }
+        Err(_) => {
+            let message = "no such workflow channel for this token".to_owned();
+            refuse(stream, from, Refusal::NotAllowed, message).await;
+        }
+    }
+}
+
+/// Both ends on this node: pair them; the kernel splices their sockets.
+async fn local(mut stream: TcpStream, hello: Hello, window: Option<u64>, agent: &Agent) {
     let name = hello.channel.clone();
-    let joined = match registry.join(hello) {
+    let joined = match agent.registry.join(hello, window) {
         Ok(joined) => joined,
-        Err((refusal, message)) => return refuse(&mut stream, from, refusal, message).await,
+        Err((refusal, message)) => return refuse_quietly(&mut stream, refusal, message).await,
     };
     let (id, role) = (joined.id, joined.role);
     let accepted = AgentMessage::Accepted {
         channel_id: id,
-        node: registry.node().to_owned(),
+        node: agent.node.clone(),
+        window: Some(window.unwrap_or(agent.default_window)),
     };
     if write_message(&mut stream, &accepted).await.is_err() {
-        registry.left(&name, role, id);
+        agent.registry.left(&name, role, id);
         return;
     }
     let paired = match joined.pairing {
@@ -59,17 +206,145 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, registry: Arc<Regist
         }
     };
     let Some(paired) = paired else {
-        registry.left(&name, role, id);
+        agent.registry.left(&name, role, id);
         return;
     };
     let is_refusal = matches!(paired, AgentMessage::Refused { .. });
     if write_message(&mut stream, &paired).await.is_err() || is_refusal {
-        registry.left(&name, role, id);
+        agent.registry.left(&name, role, id);
         return;
     }
+    reports(stream, agent, &name, role, id).await;
+}
+
+/// The other end is on another node: relay this function's data connection
+/// over the stream's prepared connection between the two agents.
+async fn cross_node(mut control: TcpStream, hello: Hello, resolved: Resolved, agent: &Arc<Agent>) {
+    let role = hello.role;
+    let name = resolved.stream.to_string();
+    let window = resolved.edge.buffer;
+    let relayed = Arc::new(AtomicU64::new(0));
+    let id = match agent.registry.join_remote(&name, role, relayed.clone()) {
+        Ok(id) => id,
+        Err((refusal, message)) => return refuse_quietly(&mut control, refusal, message).await,
+    };
+    let accepted = AgentMessage::Accepted {
+        channel_id: id,
+        node: agent.node.clone(),
+        window: Some(window),
+    };
+    if write_message(&mut control, &accepted).await.is_err() {
+        agent.registry.left(&name, role, id);
+        return;
+    }
+    let prepared = match role {
+        // Producer side: the connection this agent keeps to the consumer's.
+        Role::Send => tokio::select! {
+            prepared = agent.crossnode.take(&resolved.stream) => prepared.ok(),
+            () = closed(&mut control) => None,
+        },
+        // Consumer side: a connection the producer's agent started.
+        Role::Recv => tokio::select! {
+            prepared = agent.crossnode.started(&resolved.stream) => Some(prepared),
+            () = closed(&mut control) => None,
+        },
+    };
+    let Some(mut prepared) = prepared else {
+        agent.registry.left(&name, role, id);
+        return;
+    };
+    let joined = match role {
+        Role::Send => accept_producer(&mut control, &mut prepared, window).await,
+        Role::Recv => connect_consumer(&mut control, &hello, &prepared, window).await,
+    };
+    let data = match joined {
+        Ok(data) => data,
+        Err(err) => {
+            warn!(channel = %name, %err, "cross-node stream not started");
+            agent.registry.left(&name, role, id);
+            return;
+        }
+    };
+    let (a, b) = match role {
+        Role::Send => (data, prepared.conn),
+        Role::Recv => (prepared.conn, data),
+    };
+    let stream_name = name.clone();
+    tokio::spawn(async move {
+        let relayed = relay::relay(a, b, relayed).await;
+        let (forward, backward) = (relayed.forward, relayed.backward);
+        match relayed.error {
+            None => debug!(channel = %stream_name, forward, backward, "relay done"),
+            Some(err) => info!(channel = %stream_name, forward, backward, %err, "relay broken"),
+        }
+    });
+    reports(control, agent, &name, role, id).await;
+}
+
+/// Producer side: tells the producer where to connect, accepts it, and
+/// starts the prepared connection.
+async fn accept_producer(
+    control: &mut TcpStream,
+    prepared: &mut super::crossnode::Prepared,
+    window: u64,
+) -> Result<TcpStream, String> {
+    let ip = control.local_addr().map_err(|e| e.to_string())?.ip();
+    let listener = TcpListener::bind((ip, 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let peer = listener.local_addr().map_err(|e| e.to_string())?;
+    let paired = AgentMessage::Paired {
+        transport: Transport::Tcp,
+        peer: Some(peer),
+        key: encode_key(&prepared.key),
+        window,
+    };
+    write_message(control, &paired)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (data, _) = timeout(DATA_CONNECT_TIMEOUT, listener.accept())
+        .await
+        .map_err(|_| "the producer did not connect".to_owned())?
+        .map_err(|e| e.to_string())?;
+    data.set_nodelay(true).ok();
+    relay::start(&mut prepared.conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(data)
+}
+
+/// Consumer side: pairs the consumer and connects to its data listener.
+async fn connect_consumer(
+    control: &mut TcpStream,
+    hello: &Hello,
+    prepared: &super::crossnode::Prepared,
+    window: u64,
+) -> Result<TcpStream, String> {
+    let listen = hello
+        .listen
+        .ok_or("the consumer advertised no data address")?;
+    let paired = AgentMessage::Paired {
+        transport: Transport::Tcp,
+        peer: None,
+        key: encode_key(&prepared.key),
+        window,
+    };
+    write_message(control, &paired)
+        .await
+        .map_err(|e| e.to_string())?;
+    let data = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(listen))
+        .await
+        .map_err(|_| format!("the consumer's listener {listen} did not answer"))?
+        .map_err(|e| format!("connecting to the consumer at {listen}: {e}"))?;
+    data.set_nodelay(true).ok();
+    Ok(data)
+}
+
+/// Reads an end's reports until it hangs up.
+async fn reports(mut stream: TcpStream, agent: &Agent, name: &str, role: Role, id: u32) {
     loop {
         match read_message::<_, ClientReport>(&mut stream).await {
-            Ok(Some(report)) => registry.report(&name, role, report),
+            Ok(Some(report)) => agent.registry.report(name, role, report),
             Ok(None) => break,
             Err(err) => {
                 debug!(channel = %name, %role, %err, "control connection ended with an error");
@@ -77,7 +352,7 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, registry: Arc<Regist
             }
         }
     }
-    registry.left(&name, role, id);
+    agent.registry.left(name, role, id);
 }
 
 /// Resolves when the client closes a connection on which it should be
@@ -93,23 +368,8 @@ async fn closed(stream: &mut TcpStream) {
     }
 }
 
-async fn read_hello(stream: &mut TcpStream) -> Result<Hello, Refused> {
-    read_preamble(stream).await.map_err(|err| match err {
-        ProtocolError::UnsupportedVersion(_) => (Refusal::UnsupportedVersion, err.to_string()),
-        other => (Refusal::BadHandshake, other.to_string()),
-    })?;
-    match read_message::<_, Hello>(stream).await {
-        Ok(Some(hello)) => Ok(hello),
-        Ok(None) => Err((
-            Refusal::BadHandshake,
-            "connection closed before the hello message".into(),
-        )),
-        Err(err) => Err((Refusal::BadHandshake, format!("bad hello: {err}"))),
-    }
-}
-
 fn validate(hello: &Hello) -> Result<(), Refused> {
-    if !valid_channel_name(&hello.channel) {
+    if hello.stream.is_none() && !valid_channel_name(&hello.channel) {
         let shown: String = hello.channel.chars().take(64).collect();
         return Err((
             Refusal::BadChannelName,
@@ -162,5 +422,119 @@ fn validate(hello: &Hello) -> Result<(), Refused> {
 
 async fn refuse(stream: &mut TcpStream, from: SocketAddr, error: Refusal, message: String) {
     info!(%from, ?error, %message, "refused a client");
+    refuse_quietly(stream, error, message).await;
+}
+
+async fn refuse_quietly(stream: &mut TcpStream, error: Refusal, message: String) {
     let _ = write_message(stream, &AgentMessage::Refused { error, message }).await;
+}
+
+/// A connection from another agent.
+async fn peer(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
+    let request = match timeout(HANDSHAKE_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(Some(request))) => request,
+        _ => return debug!(%from, "peer connection without a request"),
+    };
+    match request {
+        PeerRequest::Hello { node } => {
+            debug!(%from, peer = %node, "peer link opened");
+            let hello = PeerAnswer::Hello {
+                node: agent.node.clone(),
+            };
+            if write_message(&mut stream, &hello).await.is_err() {
+                return;
+            }
+            // The link: installs and keep-alives until it closes.
+            while let Ok(Some(request)) = read_request(&mut stream).await {
+                let answer = answer_peer(&agent, request);
+                if write_message(&mut stream, &answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+        PeerRequest::OpenStream { stream: id, key } => {
+            // Answer before handing the connection over.
+            let staged = agent.workflows.get(&id.workflow).is_some();
+            let answer = if staged {
+                PeerAnswer::Ok
+            } else {
+                PeerAnswer::Error {
+                    message: format!("no workflow {:?} on node {}", id.workflow, agent.node),
+                }
+            };
+            if write_message(&mut stream, &answer).await.is_err() || !staged {
+                return;
+            }
+            if let Err(err) = agent.crossnode.accept(id, &key, stream) {
+                warn!(%from, %err, "refused a stream connection");
+            }
+        }
+        other => {
+            let answer = answer_peer(&agent, other);
+            let _ = write_message(&mut stream, &answer).await;
+        }
+    }
+}
+
+/// Applies one request from another agent.
+fn answer_peer(agent: &Arc<Agent>, request: PeerRequest) -> PeerAnswer {
+    match request {
+        PeerRequest::Ping => PeerAnswer::Pong,
+        PeerRequest::Prepare { yaml, token } => {
+            match Workflow::parse(&yaml, &agent.peers.known_nodes()) {
+                Err(errors) => PeerAnswer::Invalid { errors: errors.0 },
+                Ok(workflow) => match agent.workflows.prepare(Applied {
+                    workflow,
+                    yaml,
+                    token,
+                }) {
+                    Ok(()) => PeerAnswer::Ok,
+                    Err(message) => PeerAnswer::Error { message },
+                },
+            }
+        }
+        PeerRequest::Commit { name } => {
+            if agent.workflows.commit(&name) {
+                agent.crossnode.refresh();
+                info!(workflow = %name, "workflow applied");
+                PeerAnswer::Ok
+            } else {
+                PeerAnswer::Error {
+                    message: format!("workflow {name:?} was not prepared here (prepare expired?)"),
+                }
+            }
+        }
+        PeerRequest::Abort { name } => {
+            agent.workflows.abort(&name);
+            PeerAnswer::Ok
+        }
+        PeerRequest::Delete { name } => {
+            agent.workflows.delete(&name);
+            agent.crossnode.forget(&name);
+            agent.crossnode.refresh();
+            info!(workflow = %name, "workflow deleted");
+            PeerAnswer::Ok
+        }
+        PeerRequest::Install { yaml, token } => {
+            match Workflow::parse(&yaml, &agent.peers.known_nodes()) {
+                Ok(workflow) => {
+                    let name = workflow.name.clone();
+                    if agent.workflows.get(&name).is_none() {
+                        info!(workflow = %name, "workflow installed from a peer");
+                    }
+                    agent.workflows.install(Applied {
+                        workflow,
+                        yaml,
+                        token,
+                    });
+                    agent.crossnode.refresh();
+                    PeerAnswer::Ok
+                }
+                Err(errors) => PeerAnswer::Invalid { errors: errors.0 },
+            }
+        }
+        PeerRequest::Hello { .. } | PeerRequest::OpenStream { .. } => PeerAnswer::Error {
+            message: "this request opens its own connection".into(),
+        },
+    }
 }

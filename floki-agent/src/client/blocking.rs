@@ -37,7 +37,7 @@ use crate::protocol::{
 };
 
 /// Runs channel set-up and the agent reports for blocking clients.
-fn background() -> &'static Runtime {
+pub(crate) fn background() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -72,70 +72,154 @@ fn read_retrying(stream: &mut TcpStream, into: &mut [u8]) -> io::Result<usize> {
 }
 
 /// The sending end of a channel, blocking. Write the stream, then call
-/// [`Sender::finish`]. Small writes are gathered like a `BufWriter`'s.
+/// [`Sender::finish`]. [`Sender::open`] returns once the agent accepted the
+/// channel; until the receiver is there, writes fill a buffer of the
+/// channel's window and then wait. Small writes are gathered like a
+/// `BufWriter`'s.
 pub struct Sender {
+    channel: String,
+    channel_id: u32,
+    link: Link,
+    pending: Vec<u8>,
+    /// Bytes `pending` may hold while pairing.
+    prebuffer: usize,
+}
+
+enum Link {
+    Pairing(tokio::task::JoinHandle<Result<connect::Established, ClientError>>),
+    Open(Box<Open>),
+    Unpaired(StreamError),
+}
+
+struct Open {
     end: EndState,
     stream: TcpStream,
     outbound: Outbound,
-    pending: Vec<u8>,
 }
 
 impl Sender {
-    /// Opens `opts.channel` as its sender (waits for the receiver).
-    pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let open = background().block_on(connect::sender(opts))?;
+    /// Opens `opts.channel` as its sender and returns once the agent has
+    /// accepted it; the stream is set up in the background.
+    pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        let accepted = background().block_on(connect::sender_hello(opts))?;
+        let channel_id = accepted.channel_id;
+        let prebuffer = accepted.window.unwrap_or(0) as usize;
+        let task_opts = opts.clone();
+        let pairing =
+            background().spawn(async move { connect::sender(accepted, &task_opts).await });
         Ok(Self {
-            stream: into_blocking(open.data, &open.end.channel)?,
-            end: open.end,
-            outbound: Outbound::new(open.credit),
-            pending: Vec::with_capacity(COALESCE_CAP),
+            channel: opts.channel.clone(),
+            channel_id,
+            link: Link::Pairing(pairing),
+            pending: Vec::new(),
+            prebuffer,
         })
     }
 
-    /// How the bytes travel.
-    pub fn transport(&self) -> Transport {
-        self.end.transport
+    /// Opens `opts.channel` as its sender and waits until the receiver is
+    /// there and the stream can be written.
+    pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        let mut sender = Self::open(opts)?;
+        sender
+            .open_stream()
+            .map_err(|err| ClientError::stream(&opts.channel, &err, "setting up the stream", 0))?;
+        Ok(sender)
+    }
+
+    /// How the bytes travel (`None` until the stream is set up).
+    pub fn transport(&self) -> Option<Transport> {
+        match &self.link {
+            Link::Open(open) => Some(open.end.transport),
+            _ => None,
+        }
     }
 
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
-        self.end.channel_id
+        self.channel_id
     }
 
     /// Ends the stream: sends the end mark and waits until the receiver has
     /// verified length and checksum.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
-        let result = self.end_stream();
-        background().block_on(self.end.reporter.flushed());
-        let sent = self.outbound.sent();
-        result.map_err(|err| {
-            ClientError::stream(&self.end.channel, &err, "finishing the stream", sent)
-        })?;
-        Ok(self.end.summary(sent, self.outbound.checksum()))
+        let result = self.flush().and_then(|()| self.open_stream()?.end_stream());
+        let channel = self.channel.clone();
+        match &mut self.link {
+            Link::Open(open) => {
+                background().block_on(open.end.reporter.flushed());
+                let sent = open.outbound.sent();
+                result.map_err(|err| {
+                    ClientError::stream(&channel, &err, "finishing the stream", sent)
+                })?;
+                Ok(open.end.summary(sent, open.outbound.checksum()))
+            }
+            _ => Err(ClientError::stream(
+                &channel,
+                &result.expect_err("a stream that never opened cannot finish"),
+                "setting up the stream",
+                0,
+            )),
+        }
     }
 
     /// Gives up on the stream: the receiver fails with `reason`.
     pub fn abort(mut self, reason: &str) {
-        if !self.outbound.mid_frame() {
-            let _ = self
-                .stream
-                .write_all(&control_frame(FrameKind::Abort, reason.as_bytes()));
+        match &mut self.link {
+            Link::Pairing(task) => task.abort(),
+            Link::Open(open) => {
+                if !open.outbound.mid_frame() {
+                    let _ = open
+                        .stream
+                        .write_all(&control_frame(FrameKind::Abort, reason.as_bytes()));
+                }
+                let sent = open.outbound.sent();
+                let reason = reason.to_owned();
+                open.end.fail(
+                    StreamError::Aborted {
+                        bytes: sent,
+                        reason,
+                    },
+                    sent,
+                );
+                background().block_on(open.end.reporter.flushed());
+            }
+            Link::Unpaired(_) => {}
         }
-        let sent = self.outbound.sent();
-        let reason = reason.to_owned();
-        self.end.fail(
-            StreamError::Aborted {
-                bytes: sent,
-                reason,
-            },
-            sent,
-        );
-        background().block_on(self.end.reporter.flushed());
     }
 
+    /// The established stream, waiting for the set-up if needed.
+    fn open_stream(&mut self) -> io::Result<&mut Open> {
+        if let Link::Pairing(task) = &mut self.link {
+            self.link = match background().block_on(task) {
+                Ok(Ok(established)) => match into_blocking(established.data, &self.channel) {
+                    Ok(stream) => Link::Open(Box::new(Open {
+                        end: established.end,
+                        stream,
+                        outbound: Outbound::new(established.credit),
+                    })),
+                    Err(err) => Link::Unpaired(StreamError::NotPaired {
+                        reason: crate::agent::error_chain(&err),
+                    }),
+                },
+                Ok(Err(err)) => Link::Unpaired(StreamError::NotPaired {
+                    reason: crate::agent::error_chain(&err),
+                }),
+                Err(err) => Link::Unpaired(StreamError::NotPaired {
+                    reason: err.to_string(),
+                }),
+            };
+        }
+        match &mut self.link {
+            Link::Open(open) => Ok(open),
+            Link::Unpaired(err) => Err(err.clone().into()),
+            Link::Pairing(_) => unreachable!("resolved above"),
+        }
+    }
+}
+
+impl Open {
     fn end_stream(&mut self) -> io::Result<()> {
         self.end.check()?;
-        self.flush()?;
         if self.outbound.mid_frame() {
             let err = StreamError::Protocol("the stream was ended in the middle of a write".into());
             return Err(self.fail(err));
@@ -210,11 +294,21 @@ impl Sender {
 
 impl Write for Sender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.end.check()?;
         if buf.is_empty() {
             return Ok(0);
         }
-        if !self.outbound.mid_frame() && buf.len() < COALESCE_BELOW {
+        if let Link::Pairing(_) = self.link {
+            // The receiver is not there yet: buffer up to the window.
+            let room = self.prebuffer.saturating_sub(self.pending.len());
+            if room > 0 {
+                let take = room.min(buf.len());
+                self.pending.extend_from_slice(&buf[..take]);
+                return Ok(take);
+            }
+        }
+        let open = self.open_stream()?;
+        open.end.check()?;
+        if !open.outbound.mid_frame() && buf.len() < COALESCE_BELOW {
             if self.pending.len() + buf.len() > COALESCE_CAP {
                 self.flush()?;
             }
@@ -222,14 +316,24 @@ impl Write for Sender {
             return Ok(buf.len());
         }
         self.flush()?;
-        self.send(buf)
+        self.open_stream()?.send(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let pending = std::mem::take(&mut self.pending);
+        let open = match self.open_stream() {
+            Ok(open) => open,
+            Err(err) => {
+                self.pending = pending;
+                return Err(err);
+            }
+        };
         let mut pos = 0;
         while pos < pending.len() {
-            match self.send(&pending[pos..]) {
+            match open.send(&pending[pos..]) {
                 Ok(n) => pos += n,
                 Err(err) => {
                     self.pending = pending;

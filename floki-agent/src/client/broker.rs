@@ -38,13 +38,21 @@ pub(crate) async fn connect(opts: &ChannelOptions) -> Result<TcpStream, ClientEr
     Ok(control)
 }
 
-/// Says hello and waits until the agent pairs this end with its peer.
-pub(crate) async fn pair(
+/// A channel end the agent accepted, not paired yet.
+pub(crate) struct Accepted {
+    pub control: TcpStream,
+    pub channel_id: u32,
+    /// The channel's window: what a sender may buffer before pairing.
+    pub window: Option<u64>,
+}
+
+/// Says hello and reads the agent's acceptance.
+pub(crate) async fn hello(
     mut control: TcpStream,
     opts: &ChannelOptions,
     role: Role,
     listen: Option<SocketAddr>,
-) -> Result<Pairing, ClientError> {
+) -> Result<Accepted, ClientError> {
     let channel = &opts.channel;
     let protocol = |source: ProtocolError| ClientError::Protocol {
         channel: channel.clone(),
@@ -56,29 +64,49 @@ pub(crate) async fn pair(
         netns_cookie: netns_cookie(&control).ok(),
         listen,
         window: opts.window,
+        stream: opts.stream.clone(),
     };
     write_preamble(&mut control).await.map_err(protocol)?;
     write_message(&mut control, &hello)
         .await
         .map_err(protocol)?;
+    match read_message(&mut control).await.map_err(protocol)? {
+        Some(AgentMessage::Accepted {
+            channel_id, window, ..
+        }) => Ok(Accepted {
+            control,
+            channel_id,
+            window,
+        }),
+        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
+            channel: channel.clone(),
+            reason: error,
+            message,
+        }),
+        Some(other) => Err(unexpected(channel, &other)),
+        None => Err(ClientError::AgentClosed {
+            channel: channel.clone(),
+        }),
+    }
+}
 
-    let channel_id = match read_message(&mut control).await.map_err(protocol)? {
-        Some(AgentMessage::Accepted { channel_id, .. }) => channel_id,
-        Some(AgentMessage::Refused { error, message }) => {
-            return Err(ClientError::Refused {
-                channel: channel.clone(),
-                reason: error,
-                message,
-            });
-        }
-        Some(other) => return Err(unexpected(channel, &other)),
-        None => {
-            return Err(ClientError::AgentClosed {
-                channel: channel.clone(),
-            });
-        }
+/// Waits until the agent pairs an accepted end with its peer (within
+/// `opts.pair_timeout` if set).
+pub(crate) async fn paired(
+    accepted: Accepted,
+    opts: &ChannelOptions,
+    role: Role,
+) -> Result<Pairing, ClientError> {
+    let Accepted {
+        mut control,
+        channel_id,
+        ..
+    } = accepted;
+    let channel = &opts.channel;
+    let protocol = |source: ProtocolError| ClientError::Protocol {
+        channel: channel.clone(),
+        source,
     };
-
     let answer = read_message(&mut control);
     let answer = match opts.pair_timeout {
         Some(limit) => timeout(limit, answer)

@@ -29,11 +29,21 @@ pub(crate) struct Established {
     pub credit: u64,
 }
 
-/// Opens `opts.channel` as its sender: pairs, connects to the receiver,
-/// reads its first credit and presents the pairing key.
-pub(crate) async fn sender(opts: &ChannelOptions) -> Result<Established, ClientError> {
+/// Says hello as the sender of `opts.channel`; the agent's acceptance says
+/// how much may be buffered until the stream is established.
+pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<broker::Accepted, ClientError> {
     let control = broker::connect(opts).await?;
-    let pairing = broker::pair(control, opts, Role::Send, None).await?;
+    broker::hello(control, opts, Role::Send, None).await
+}
+
+/// Establishes an accepted sender's stream: pairing, the receiver's first
+/// credit (waited for within the pair timeout: across nodes the receiver may
+/// come later), then the pairing key.
+pub(crate) async fn sender(
+    accepted: broker::Accepted,
+    opts: &ChannelOptions,
+) -> Result<Established, ClientError> {
+    let pairing = broker::paired(accepted, opts, Role::Send).await?;
     let channel = opts.channel.clone();
     let addr = pairing.peer.ok_or_else(|| ClientError::Protocol {
         channel: channel.clone(),
@@ -52,13 +62,20 @@ pub(crate) async fn sender(opts: &ChannelOptions) -> Result<Established, ClientE
 
     // The receiver speaks first, once both sockets are spliced: only then
     // may the first byte of ours go out (see docs/PROTOCOL.md).
-    let credit = timeout(opts.connect_timeout, initial_credit(&mut data))
-        .await
-        .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
-        .map_err(|source| ClientError::Stream {
-            channel: channel.clone(),
-            source,
-        })?;
+    let credit = match opts.pair_timeout {
+        Some(limit) => timeout(limit, initial_credit(&mut data))
+            .await
+            .map_err(|_| ClientError::PairTimeout {
+                channel: channel.clone(),
+                peer: Role::Recv,
+                timeout: limit,
+            })?,
+        None => initial_credit(&mut data).await,
+    }
+    .map_err(|source| ClientError::Stream {
+        channel: channel.clone(),
+        source,
+    })?;
     data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
         .await
         .map_err(|source| ClientError::Io {
@@ -99,7 +116,8 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
     let listen = listener
         .local_addr()
         .map_err(|e| io_err("reading the data listener's address", e))?;
-    let pairing = broker::pair(control, opts, Role::Recv, Some(listen)).await?;
+    let accepted = broker::hello(control, opts, Role::Recv, Some(listen)).await?;
+    let pairing = broker::paired(accepted, opts, Role::Recv).await?;
     let data = accept_sender(&listener, &pairing.key, pairing.window, opts).await?;
     let reporter = Reporter::spawn(pairing.control);
     Ok(Established {

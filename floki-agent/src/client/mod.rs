@@ -33,6 +33,7 @@ mod receiver;
 mod reporter;
 mod sender;
 mod socket;
+pub mod workflow;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -50,7 +51,7 @@ const COALESCE_CAP: usize = 64 * 1024;
 /// caller's buffer.
 const STAGING: usize = 8 * 1024;
 
-pub use crate::protocol::control::Transport;
+pub use crate::protocol::control::{StreamRef, Transport};
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT: &str = "127.0.0.1:7878";
@@ -71,6 +72,8 @@ pub struct ChannelOptions {
     pub pair_timeout: Option<Duration>,
     /// Receivers: how long to wait for the paired sender's data connection.
     pub connect_timeout: Duration,
+    /// A workflow stream (set by [`workflow`]'s helpers).
+    pub stream: Option<StreamRef>,
 }
 
 impl ChannelOptions {
@@ -83,6 +86,7 @@ impl ChannelOptions {
             data_addr: None,
             pair_timeout: None,
             connect_timeout: Duration::from_secs(30),
+            stream: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The subcommands: each turns its arguments into library calls and the
 //! outcome into text for humans (errors with `anyhow` context).
 
+mod apply;
+mod channel;
 mod recv;
 mod run;
 mod send;
@@ -18,6 +20,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Recv(args) => recv::recv(args),
         Command::Run(args) => runtime()?.block_on(run::run(args)),
         Command::Status(args) => runtime()?.block_on(status::status(args)),
+        Command::Apply(args) => runtime()?.block_on(apply::apply(args)),
+        Command::Delete(args) => runtime()?.block_on(apply::delete(args)),
     }
 }
 

@@ -3,7 +3,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use floki_agent::agent::{self, AgentConfig, datapath::DatapathConfig};
+use floki_agent::agent::{
+    self, AgentConfig,
+    datapath::DatapathConfig,
+    peers::{StaticPeers, parse_peer, parse_peers_file},
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -19,6 +23,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    let mut peers = args
+        .peers
+        .iter()
+        .map(|text| parse_peer(text).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--peer")?;
+    if let Some(path) = &args.peers_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the peers file {}", path.display()))?;
+        peers.extend(
+            parse_peers_file(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("peers file {}", path.display()))?,
+        );
+    }
     let config = AgentConfig {
         node,
         listen: args.listen,
@@ -31,6 +50,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         window: args.window.0,
         history: args.history,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        peers: std::sync::Arc::new(StaticPeers(peers)),
+        workflow_channels_only: args.workflow_channels_only,
     };
     let (tx, rx) = mpsc::channel(2);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

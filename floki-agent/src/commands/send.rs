@@ -1,58 +1,76 @@
-//! `floki-agent send CHANNEL [FILE]` (blocking client: plain reads and writes).
+//! `floki-agent send`: a plain channel, or this function's streams on a
+//! workflow edge (blocking client: plain reads and writes).
 
 use std::{
     fs::File,
-    io::{self, Read, Write as _},
+    io::{self, Read},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use floki_agent::client::{ChannelOptions, blocking::Sender};
+use floki_agent::{
+    client::{ChannelOptions, blocking::Sender, workflow},
+    workflow::Pattern,
+};
 
-use super::print_summary;
+use super::{
+    channel::{edge_options, send_to_all},
+    print_summary,
+};
 use crate::cli::SendArgs;
 
-const CHUNK: usize = 1 << 20;
-
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
-    let mut input: Box<dyn Read> = match &args.file {
-        Some(path) => {
-            Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    let edge = edge_options(&args.edge, &args.agent, args.timeout)?;
+    let (channel, file) = match (&edge, args.positionals.as_slice()) {
+        (Some(_), [file]) => (None, Some(file.clone())),
+        (Some(_), []) => (None, None),
+        (Some(_), _) => bail!("with --workflow, give at most a FILE (the channel is the edge)"),
+        (None, [channel]) => (Some(channel.clone()), None),
+        (None, [channel, file]) => (Some(channel.clone()), Some(file.clone())),
+        (None, _) => {
+            bail!("give a CHANNEL (and optionally a FILE), or --workflow, --edge and --as")
         }
-        None => Box::new(io::stdin().lock()),
     };
-    let mut opts = ChannelOptions::new(&args.agent, &args.channel);
-    opts.pair_timeout = args.timeout.map(Duration::from_secs);
-    let mut tx = Sender::connect(&opts)?;
+    let input = || -> anyhow::Result<Box<dyn Read>> {
+        Ok(match &file {
+            Some(path) => Box::new(File::open(path).with_context(|| format!("opening {path}"))?),
+            None => Box::new(io::stdin().lock()),
+        })
+    };
     let started = Instant::now();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                let reason = format!("reading the sender's input failed: {err}");
-                tx.abort(&reason);
-                bail!(
-                    "channel '{}': {reason}; the receiver was told",
-                    args.channel
-                );
+    let summaries = match (edge, channel) {
+        (Some(opts), _) => {
+            let (info, senders) = workflow::blocking::senders(&opts)?;
+            if info.pattern == Pattern::Shuffle {
+                let dir = args.partition_dir.as_ref().context(
+                    "a shuffle producer sends one partition per consumer: give --partition-dir DIR",
+                )?;
+                let mut summaries = Vec::new();
+                for (consumer, sender) in senders {
+                    let path = dir.join(&consumer);
+                    let part = File::open(&path).with_context(|| {
+                        format!(
+                            "opening the partition for consumer {consumer}: {}",
+                            path.display()
+                        )
+                    })?;
+                    summaries.extend(send_to_all(part, vec![(consumer, sender)])?);
+                }
+                summaries
+            } else {
+                send_to_all(input()?, senders)?
             }
-        };
-        if n == 0 {
-            break;
         }
-        tx.write_all(&buf[..n])
-            .with_context(|| format!("channel '{}'", args.channel))?;
-    }
-    let summary = tx.finish()?;
+        (None, Some(channel)) => {
+            let mut opts = ChannelOptions::new(&args.agent, &channel);
+            opts.pair_timeout = args.timeout.map(Duration::from_secs);
+            send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
+        }
+        (None, None) => unreachable!("checked above"),
+    };
     let seconds = started.elapsed().as_secs_f64();
-    print_summary(
-        "sent",
-        &args.channel,
-        &summary,
-        seconds,
-        "the receiver verified it",
-    );
+    for (peer, summary) in &summaries {
+        print_summary("sent", peer, summary, seconds, "the receiver verified it");
+    }
     Ok(())
 }

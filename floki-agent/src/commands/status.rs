@@ -82,6 +82,51 @@ fn render(status: &Status) -> String {
             );
         }
     }
+    if !status.peers.is_empty() {
+        let _ = writeln!(out, "peers:");
+        for peer in &status.peers {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<22} {} for {:.0} s{}",
+                peer.node,
+                peer.addr,
+                peer.state,
+                peer.since_secs,
+                peer.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for workflow in &status.workflows {
+        let _ = writeln!(
+            out,
+            "workflow {} on {}:",
+            workflow.name,
+            workflow.nodes.join(", ")
+        );
+        for edge in &workflow.edges {
+            let _ = writeln!(
+                out,
+                "  edge {:<20} {:<10} buffer {:>10}  {}",
+                edge.name,
+                edge.pattern,
+                human(edge.buffer),
+                edge.state
+            );
+            for stream in &edge.streams {
+                let transport = stream
+                    .transport
+                    .map_or_else(|| "-".to_owned(), |t| t.to_string());
+                let _ = writeln!(
+                    out,
+                    "    {:>16} > {:<16} {:<10} {:<7} {}",
+                    stream.producer, stream.consumer, stream.placement, transport, stream.state
+                );
+            }
+        }
+    }
     let totals = &status.totals;
     let _ = writeln!(
         out,

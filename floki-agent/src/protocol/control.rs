@@ -60,10 +60,38 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// First message of a client.
+/// First message of a client: open a channel end, or describe an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientRequest {
+    /// What an edge of a workflow looks like to one of its functions.
+    Describe {
+        /// The edge.
+        describe: EdgeRef,
+    },
+    /// Open a channel end.
+    Open(Hello),
+}
+
+/// A function's place on an edge of a workflow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRef {
+    /// Workflow name.
+    pub workflow: String,
+    /// The token `floki-agent apply` printed.
+    pub token: String,
+    /// Edge name.
+    pub edge: String,
+    /// The calling function.
+    pub function: String,
+}
+
+/// Opens one end of a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Channel name, 1 to 255 bytes of `[A-Za-z0-9._:/-]`.
+    /// Channel name, 1 to 255 bytes of `[A-Za-z0-9._:/-]` (ignored for a
+    /// workflow stream, whose name the agent derives).
+    #[serde(default)]
     pub channel: String,
     /// Which end this client is.
     pub role: Role,
@@ -78,6 +106,24 @@ pub struct Hello {
     /// Receivers: flow-control window in bytes (the agent's default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// Workflow streams: which edge, which function this is, and its peer.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRef>,
+}
+
+/// A workflow stream: one producer and one consumer of an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// Workflow name.
+    pub workflow: String,
+    /// The token `floki-agent apply` printed.
+    pub token: String,
+    /// Edge name.
+    pub edge: String,
+    /// This end's function.
+    pub function: String,
+    /// The other end's function.
+    pub peer: String,
 }
 
 /// Why the agent refused or dropped a client.
@@ -96,6 +142,13 @@ pub enum Refusal {
     Busy,
     /// The agent is stopping and takes no new channels.
     ShuttingDown,
+    /// Not a channel of a workflow this client may use (unknown workflow,
+    /// edge or function, or a wrong token: one answer for all, on purpose).
+    NotAllowed,
+    /// The function runs on another node: use that node's agent.
+    WrongNode,
+    /// Only workflow channels are served (`--workflow-channels-only`).
+    WorkflowOnly,
     /// The agent could not set the channel up.
     Internal,
 }
@@ -110,6 +163,21 @@ pub enum AgentMessage {
         channel_id: u32,
         /// Node the agent runs on.
         node: String,
+        /// The channel's window: a sender may buffer this much before its
+        /// peer is there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u64>,
+    },
+    /// Answer to a describe request.
+    Edge {
+        /// `one-to-one`, `broadcast`, `gather` or `shuffle`.
+        pattern: crate::workflow::Pattern,
+        /// The caller's role on the edge.
+        role: Role,
+        /// The functions at the other end, in spec order.
+        peers: Vec<String>,
+        /// The edge's buffer (window per stream).
+        buffer: u64,
     },
     /// The hello was refused, or a waiting client is dropped. The agent closes
     /// the connection after this message.
@@ -262,6 +330,7 @@ mod tests {
             netns_cookie: Some(4096),
             listen: Some("127.0.0.1:4000".parse().unwrap()),
             window: Some(1 << 20),
+            stream: None,
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();
@@ -299,6 +368,23 @@ mod tests {
             read_message::<_, Hello>(&mut r).await,
             Err(ProtocolError::Truncated)
         ));
+    }
+
+    #[test]
+    fn first_messages_are_hellos_or_describes() {
+        let open: ClientRequest = serde_json::from_str(
+            r#"{"role":"send","workflow":"w","token":"t","edge":"e","function":"f","peer":"g"}"#,
+        )
+        .unwrap();
+        let ClientRequest::Open(hello) = open else {
+            panic!("not a hello: {open:?}");
+        };
+        assert_eq!(hello.stream.unwrap().peer, "g");
+        let describe: ClientRequest = serde_json::from_str(
+            r#"{"describe":{"workflow":"w","token":"t","edge":"e","function":"f"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(describe, ClientRequest::Describe { .. }));
     }
 
     #[test]

@@ -73,6 +73,13 @@ pub enum StreamError {
         /// The I/O error text.
         message: String,
     },
+    /// The stream could not be set up (no receiver within the timeout, the
+    /// agent refused it or went away).
+    #[error("the stream could not be set up: {reason}")]
+    NotPaired {
+        /// Why.
+        reason: String,
+    },
     /// The stream was already finished or failed.
     #[error("the stream is closed")]
     Closed,
@@ -95,6 +102,7 @@ impl StreamError {
             Self::Corrupted { .. } | Self::Protocol(_) => io::ErrorKind::InvalidData,
             Self::Aborted { .. } => io::ErrorKind::ConnectionAborted,
             Self::ReceiverGone { .. } | Self::Closed => io::ErrorKind::BrokenPipe,
+            Self::NotPaired { .. } => io::ErrorKind::NotConnected,
             Self::Rejected { .. } => io::ErrorKind::ConnectionRefused,
             Self::Io { kind, .. } => *kind,
         }

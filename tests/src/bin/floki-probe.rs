@@ -6,8 +6,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use floki_agent::client::{ChannelOptions, Receiver, Sender};
-use floki_tests::Pattern;
+use floki_agent::{
+    client::{
+        ChannelOptions, Receiver, Sender,
+        workflow::{self, EdgeOptions},
+    },
+    workflow::Pattern,
+};
+use floki_tests::Pattern as DataPattern;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -29,6 +35,10 @@ struct Args {
     chunk: usize,
     /// Flush after every write (small messages go out one by one).
     flush_each: bool,
+    /// Workflow edge: workflow, edge, this function, token.
+    workflow: Option<(String, String, String, String)>,
+    /// Print `wrote N` on stderr once all bytes are written (before finishing).
+    report_written: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -49,10 +59,17 @@ fn parse() -> anyhow::Result<Args> {
         data_addr: None,
         chunk: 1 << 20,
         flush_each: false,
+        workflow: None,
+        report_written: false,
     };
+    let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
         if flag == "--flush-each" {
             out.flush_each = true;
+            continue;
+        }
+        if flag == "--report-written" {
+            out.report_written = true;
             continue;
         }
         let value = args
@@ -69,8 +86,15 @@ fn parse() -> anyhow::Result<Args> {
             "--window" => out.window = Some(value.parse()?),
             "--data-addr" => out.data_addr = Some(value.parse()?),
             "--chunk" => out.chunk = value.parse()?,
+            "--workflow" => edge.0 = value,
+            "--edge" => edge.1 = value,
+            "--as" => edge.2 = value,
+            "--token" => edge.3 = value,
             other => bail!("unknown flag {other}"),
         }
+    }
+    if !edge.0.is_empty() {
+        out.workflow = Some(edge);
     }
     Ok(out)
 }
@@ -81,11 +105,121 @@ async fn main() -> anyhow::Result<()> {
     let mut opts = ChannelOptions::new(&args.agent, &args.channel);
     opts.window = args.window;
     opts.data_addr = args.data_addr;
-    match args.verb.as_str() {
-        "send" => send(&args, &opts).await,
-        "recv" => recv(&args, &opts).await,
-        other => bail!("unknown verb {other}"),
+    match (args.verb.as_str(), &args.workflow) {
+        ("send", None) => send(&args, &opts).await,
+        ("recv", None) => recv(&args, &opts).await,
+        ("send", Some(edge)) => send_edge(&args, edge_options(&args, edge)).await,
+        ("recv", Some(edge)) => recv_edge(&args, edge_options(&args, edge)).await,
+        (other, _) => bail!("unknown verb {other}"),
     }
+}
+
+fn edge_options(
+    args: &Args,
+    (workflow, edge, function, token): &(String, String, String, String),
+) -> EdgeOptions {
+    let mut opts = EdgeOptions::new(&args.agent, workflow, token, edge, function);
+    opts.pair_timeout = Some(Duration::from_secs(60));
+    opts
+}
+
+/// The seed of a stream's data: broadcast and gather streams carry their
+/// producer's data, shuffle streams a partition of their own.
+pub fn stream_seed(base: u64, pattern: Pattern, producer: &str, consumer: &str) -> u64 {
+    let name = |s: &str| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    match pattern {
+        Pattern::Shuffle => base ^ name(producer) ^ name(consumer).rotate_left(17),
+        _ => base ^ name(producer),
+    }
+}
+
+/// A producer's streams on an edge: `--bytes` of its pattern on each.
+async fn send_edge(args: &Args, opts: EdgeOptions) -> anyhow::Result<()> {
+    let (info, mut senders) = workflow::senders(&opts).await?;
+    let patterns: Vec<DataPattern> = senders
+        .iter()
+        .map(|(consumer, _)| {
+            DataPattern::new(stream_seed(
+                args.seed,
+                info.pattern,
+                &opts.function,
+                consumer,
+            ))
+        })
+        .collect();
+    let mut buf = vec![0u8; args.chunk];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        for ((_, tx), pattern) in senders.iter_mut().zip(&patterns) {
+            pattern.fill(sent, &mut buf[..n]);
+            tx.write_all(&buf[..n]).await?;
+        }
+        sent += n as u64;
+        pace(args.rate, sent, started).await;
+    }
+    if args.report_written {
+        eprintln!("floki-probe: wrote {sent}");
+    }
+    let mut report = Vec::new();
+    for (consumer, tx) in senders {
+        let summary = tx.finish().await?;
+        report.push(serde_json::json!({"peer": consumer, "bytes": summary.bytes, "transport": summary.transport.to_string()}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"streams": report, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// A consumer's streams on an edge, all at once, each checked byte by byte.
+async fn recv_edge(args: &Args, opts: EdgeOptions) -> anyhow::Result<()> {
+    let (info, receivers) = workflow::receivers(&opts).await?;
+    let started = Instant::now();
+    let tasks: Vec<_> = receivers
+        .into_iter()
+        .map(|(producer, mut rx)| {
+            let pattern = DataPattern::new(stream_seed(args.seed, info.pattern, &producer, &opts.function));
+            let (expect, chunk, rate) = (args.bytes, args.chunk, args.rate);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; chunk];
+                let mut expected = vec![0u8; chunk];
+                let mut got = 0u64;
+                loop {
+                    let n = rx.read(&mut buf).await.with_context(|| format!("stream from {producer}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    pattern.fill(got, &mut expected[..n]);
+                    if buf[..n] != expected[..n] {
+                        bail!("stream from {producer}: byte {got}.. differs from what it sent");
+                    }
+                    got += n as u64;
+                    pace(rate, got, started).await;
+                }
+                let summary = rx.finish().await?;
+                if got != expect {
+                    bail!("stream from {producer}: {got} bytes, expected {expect}");
+                }
+                anyhow::Ok(serde_json::json!({"peer": producer, "bytes": summary.bytes, "transport": summary.transport.to_string()}))
+            })
+        })
+        .collect();
+    let mut report = Vec::new();
+    for task in tasks {
+        report.push(task.await??);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"streams": report, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
 }
 
 /// Sleeps as needed to keep `done` bytes at `rate` bytes/s since `started`.
@@ -100,7 +234,7 @@ async fn pace(rate: u64, done: u64, started: Instant) {
 
 async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     let mut tx = Sender::connect(opts).await?;
-    let pattern = Pattern::new(args.seed);
+    let pattern = DataPattern::new(args.seed);
     let mut sizes = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
     let fixed = args
         .writes
@@ -142,7 +276,7 @@ async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
 
 async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     let mut rx = Receiver::connect(opts).await?;
-    let pattern = Pattern::new(args.seed);
+    let pattern = DataPattern::new(args.seed);
     let mut buf = vec![0u8; args.chunk];
     let mut expected = vec![0u8; args.chunk];
     let started = Instant::now();

@@ -93,18 +93,6 @@ pub enum DatapathError {
     },
 }
 
-/// An error and its causes, `: `-separated.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        cause = err.source();
-    }
-    text
-}
-
 /// One line out of a load error: the verifier's log can run to thousands of
 /// lines; its last line says what it refused.
 fn summarize(detail: &str) -> String {
@@ -163,7 +151,7 @@ impl Datapath {
                 Self::Ebpf(Box::new(datapath))
             }
             Err(err) => {
-                let detail = with_causes(&err);
+                let detail = super::error_chain(&err);
                 let reason = format!(
                     "eBPF unavailable ({}); the agent needs CAP_BPF and CAP_NET_ADMIN (privileged) \
                      and a kernel with sockmap, sk_msg and sock_ops",

@@ -283,7 +283,7 @@ async fn floki_ping(args: &PingPong) -> anyhow::Result<Measured> {
         rx.read_exact(&mut buf).await?;
         rtt.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let transport = tx.transport().to_string();
+    let transport = tx.transport().map(|t| t.to_string()).unwrap_or_default();
     tx.finish().await?;
     let mut sink = Vec::new();
     rx.read_to_end(&mut sink).await?;
@@ -375,7 +375,7 @@ fn floki_ping_blocking(args: &PingPong) -> anyhow::Result<Measured> {
         rx.read_exact(&mut buf)?;
         rtt.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let transport = tx.transport().to_string();
+    let transport = tx.transport().map(|t| t.to_string()).unwrap_or_default();
     tx.finish()?;
     std::io::copy(&mut rx, &mut std::io::sink())?;
     rx.finish()?;

@@ -1,0 +1,114 @@
+//! Joins two TCP connections byte for byte, both ways, with `splice(2)`
+//! through a pipe per direction: the agent forwards a cross-node stream
+//! without copying it through user space. Memory per relay: two pipes.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use nix::{
+    fcntl::{OFlag, SpliceFFlags, splice},
+    unistd::pipe2,
+};
+use tokio::{
+    io::{AsyncWriteExt as _, Interest},
+    net::TcpStream,
+};
+
+/// Most bytes moved per `splice` call (a pipe's default capacity).
+const CHUNK: usize = 64 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes from the first connection to the second.
+    pub forward: u64,
+    /// Bytes from the second to the first.
+    pub backward: u64,
+    /// The first failure, if either direction failed (the other end is then
+    /// closed at once, so that both sides see the break).
+    pub error: Option<io::Error>,
+}
+
+/// Relays `a` and `b` until both directions end. A clean end of one
+/// direction is passed on as a half close; a failure ends both.
+pub async fn relay(a: TcpStream, b: TcpStream, forward: Arc<AtomicU64>) -> Relayed {
+    let a = Arc::new(a);
+    let b = Arc::new(b);
+    let backward = Arc::new(AtomicU64::new(0));
+    let (ab, ba) = tokio::join!(
+        pump(a.clone(), b.clone(), forward.clone()),
+        pump(b.clone(), a.clone(), backward.clone())
+    );
+    // Both connections close when this returns: the far ends see the end
+    // (or, after a failure, an end without the end mark: an error for them).
+    let error = ab.err().or(ba.err());
+    Relayed {
+        forward: forward.load(Ordering::Relaxed),
+        backward: backward.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then half-closes `to`.
+async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -> io::Result<()> {
+    let (pipe_out, pipe_in): (OwnedFd, OwnedFd) =
+        pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        // Socket -> pipe.
+        let filled = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, pipe_in.as_fd(), None, CHUNK, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        if filled == 0 {
+            // End of stream: pass the half close on.
+            let mut to = ShutdownHandle(to.as_raw_fd());
+            to.shutdown_write();
+            return Ok(());
+        }
+        // Pipe -> socket.
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe_out.as_fd(), None, to.as_fd(), None, left, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => {
+                    left -= n;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// Half-closes a socket shared by both directions of a relay.
+struct ShutdownHandle(std::os::fd::RawFd);
+
+impl ShutdownHandle {
+    fn shutdown_write(&mut self) {
+        // SAFETY: the fd belongs to a TcpStream that outlives this call.
+        unsafe { libc::shutdown(self.0, libc::SHUT_WR) };
+    }
+}
+
+/// Sends the byte that starts a prepared stream connection.
+pub async fn start(stream: &mut TcpStream) -> io::Result<()> {
+    stream.write_all(&[super::peers::protocol::START]).await
+}

@@ -1,0 +1,128 @@
+//! What `send` and `recv` share: streaming between a file and channel ends,
+//! and the function's place in a workflow.
+
+use std::{
+    fs::{self, File},
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use floki_agent::client::{
+    Summary,
+    blocking::{Receiver, Sender},
+    workflow::EdgeOptions,
+};
+
+use crate::cli::EdgeArgs;
+
+/// Read size: small enough to stay in cache between the copy out of the
+/// kernel and the checksum pass over it (measured faster than 1 MiB reads).
+pub const READ_CHUNK: usize = 128 << 10;
+/// Write size for inputs.
+pub const WRITE_CHUNK: usize = 1 << 20;
+
+/// The workflow edge named on the command line, if any.
+pub fn edge_options(
+    edge: &EdgeArgs,
+    agent: &str,
+    timeout: Option<u64>,
+) -> anyhow::Result<Option<EdgeOptions>> {
+    let Some(workflow) = &edge.workflow else {
+        return Ok(None);
+    };
+    let token = edge
+        .token
+        .clone()
+        .context("--workflow needs the workflow's token: --token or FLOKI_TOKEN (printed by `floki-agent apply`)")?;
+    let mut opts = EdgeOptions::new(
+        agent,
+        workflow,
+        token,
+        edge.edge.clone().unwrap_or_default(),
+        edge.function.clone().unwrap_or_default(),
+    );
+    opts.pair_timeout = timeout.map(Duration::from_secs);
+    Ok(Some(opts))
+}
+
+/// Streams `input` into every sender (one for a plain channel, one per
+/// consumer for a broadcast), then finishes them.
+pub fn send_to_all(
+    mut input: impl Read,
+    senders: Vec<(String, Sender)>,
+) -> anyhow::Result<Vec<(String, Summary)>> {
+    let mut senders = senders;
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                let reason = format!("reading the sender's input failed: {err}");
+                for (_, sender) in senders {
+                    sender.abort(&reason);
+                }
+                bail!("{reason}; the receivers were told");
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        for (peer, sender) in &mut senders {
+            sender
+                .write_all(&buf[..n])
+                .with_context(|| format!("stream to {peer}"))?;
+        }
+    }
+    senders
+        .into_iter()
+        .map(|(peer, sender)| Ok((peer, sender.finish()?)))
+        .collect()
+}
+
+/// Reads a channel end to its verified end into `output`.
+pub fn receive_into(rx: &mut Receiver, output: &mut dyn Write) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match rx.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err.into()),
+        };
+        if n == 0 {
+            break;
+        }
+        output
+            .write_all(&buf[..n])
+            .context("writing the received stream to the output")?;
+    }
+    output
+        .flush()
+        .context("writing the received stream to the output")
+}
+
+/// Receives into `path`, which appears only once the stream is verified.
+pub fn receive_to_file(rx: Receiver, path: &Path) -> anyhow::Result<Summary> {
+    let partial = partial_path(path);
+    let mut rx = rx;
+    let result = File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))
+        .and_then(|mut file| receive_into(&mut rx, &mut file))
+        .and_then(|()| Ok(rx.finish()?));
+    match &result {
+        Ok(_) => fs::rename(&partial, path)
+            .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?,
+        Err(_) => {
+            let _ = fs::remove_file(&partial);
+        }
+    }
+    result
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".floki-partial");
+    output.with_file_name(name)
+}

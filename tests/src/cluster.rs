@@ -1,0 +1,271 @@
+//! Several hosts on one machine: network namespaces joined by veth to a
+//! bridge, private addresses that exist only inside them, an agent in each
+//! (its own cgroup, its peers), functions started inside a node.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::{
+    agent::{AgentOptions, TestAgent},
+    agent_binary,
+    cgroup::TestCgroup,
+    netns::{Bridge, NetNs},
+    probe_binary, require_root,
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The port every agent listens on, inside its own namespace.
+pub const AGENT_PORT: u16 = 7878;
+
+/// One node: a namespace, its address, a cgroup and an agent.
+pub struct ClusterNode {
+    /// Node name.
+    pub name: String,
+    /// Address inside the namespace.
+    pub ip: String,
+    /// The agent (declared first: it stops before its cgroup goes away).
+    pub agent: TestAgent,
+    /// The node's cgroup.
+    pub cgroup: TestCgroup,
+    /// The node's network namespace.
+    pub ns: NetNs,
+    opts: AgentOptions,
+}
+
+/// Nodes on a bridge.
+pub struct Cluster {
+    /// The nodes, in the order given.
+    pub nodes: Vec<ClusterNode>,
+    _bridge: Bridge,
+}
+
+impl Cluster {
+    /// Starts `names.len()` nodes, each agent knowing all others as peers.
+    pub fn start(names: &[&str]) -> Self {
+        Self::start_with(names, &[])
+    }
+
+    /// As [`Cluster::start`], with more `floki-agent run` arguments.
+    pub fn start_with(names: &[&str], extra: &[&str]) -> Self {
+        require_root();
+        let bridge = Bridge::new();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let subnet = format!("10.{}.{}", 20 + std::process::id() % 200, n % 250);
+        let nets: Vec<(NetNs, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let ns = NetNs::new(name);
+                let ip = format!("{subnet}.{}", i + 1);
+                ns.veth_to_bridge(bridge.name(), &format!("{ip}/24"));
+                (ns, ip)
+            })
+            .collect();
+        let nodes = names
+            .iter()
+            .zip(nets)
+            .map(|(name, (ns, ip))| {
+                let cgroup = TestCgroup::new(name).expect("creating a node cgroup");
+                let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+                for (other, i) in names.iter().zip(1..) {
+                    if other != name {
+                        extra.push("--peer".into());
+                        extra.push(format!("{other}={subnet}.{i}:{AGENT_PORT}"));
+                    }
+                }
+                let opts = AgentOptions {
+                    netns: Some(ns.name().to_owned()),
+                    listen: Some(format!("0.0.0.0:{AGENT_PORT}")),
+                    node: Some((*name).to_owned()),
+                    extra,
+                    ..AgentOptions::default()
+                };
+                let agent = TestAgent::start(&cgroup, opts.clone());
+                assert_in_namespace(agent.pid(), ns.name());
+                ClusterNode {
+                    name: (*name).to_owned(),
+                    ip,
+                    agent,
+                    cgroup,
+                    ns,
+                    opts,
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            _bridge: bridge,
+        }
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// A node by name, mutable.
+    pub fn node_mut(&mut self, name: &str) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
+            .find(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Waits until every agent's links to its peers are up.
+    pub fn wait_connected(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let status = node.agent.status();
+                let peers = status["peers"].as_array().cloned().unwrap_or_default();
+                if peers.iter().all(|peer| peer["state"] == "connected") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "peers of {} not connected: {status:#}",
+                    node.name
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Fails unless process `pid` runs in network namespace `name`: a node's
+/// traffic (private addresses) must never leave the namespaces.
+fn assert_in_namespace(pid: u32, name: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = |path: String| std::fs::metadata(&path).map(|m| (m.dev(), m.ino()));
+    let process = ns(format!("/proc/{pid}/ns/net")).expect("the agent's network namespace");
+    let wanted = ns(format!("/var/run/netns/{name}")).expect("the node's network namespace");
+    assert_eq!(
+        process, wanted,
+        "agent {pid} is not in network namespace {name}"
+    );
+}
+
+impl ClusterNode {
+    /// Starts the node's agent again, as after a crash (same options).
+    pub fn restart_agent(&mut self) {
+        self.agent.relaunch(&self.cgroup, self.opts.clone());
+        assert_in_namespace(self.agent.pid(), self.ns.name());
+    }
+
+    /// `floki-agent ARGS` inside this node (namespace and cgroup).
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = self.ns.command(agent_binary());
+        cmd.args(args);
+        self.cgroup.spawn_inside(&mut cmd);
+        cmd
+    }
+
+    /// `floki-probe ARGS` inside this node, aimed at its agent.
+    pub fn probe(&self, args: &[&str]) -> Command {
+        let mut cmd = self.ns.command(probe_binary());
+        cmd.args(args)
+            .args(["--agent", &format!("127.0.0.1:{AGENT_PORT}")]);
+        self.cgroup.spawn_inside(&mut cmd);
+        cmd
+    }
+
+    /// `floki-agent apply` of `yaml` on this node; returns the token.
+    pub fn apply(&self, yaml: &str) -> Result<String, String> {
+        let path = std::env::temp_dir().join(format!(
+            "floki-wf-{}-{}.yaml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, yaml).expect("writing the spec");
+        let out = Command::new(agent_binary())
+            .arg("apply")
+            .arg(&path)
+            .arg("--admin")
+            .arg(&self.agent.admin)
+            .output()
+            .expect("running floki-agent apply");
+        let _ = std::fs::remove_file(&path);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `floki-agent delete NAME` on this node.
+    pub fn delete(&self, name: &str) -> Result<(), String> {
+        let out = Command::new(agent_binary())
+            .args(["delete", name, "--admin"])
+            .arg(&self.agent.admin)
+            .output()
+            .expect("running floki-agent delete");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// Builds a workflow spec for tests.
+#[derive(Default)]
+pub struct Spec {
+    name: String,
+    functions: Vec<(String, String)>,
+    edges: Vec<String>,
+}
+
+impl Spec {
+    /// A workflow called `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds `function` on `node`.
+    pub fn function(mut self, function: &str, node: &str) -> Self {
+        self.functions.push((function.to_owned(), node.to_owned()));
+        self
+    }
+
+    /// Adds an edge.
+    pub fn edge(
+        mut self,
+        name: &str,
+        from: &[&str],
+        to: &[&str],
+        pattern: &str,
+        buffer: &str,
+    ) -> Self {
+        self.edges.push(format!(
+            "    - name: {name}\n      from: [{}]\n      to: [{}]\n      pattern: {pattern}\n      buffer: {buffer}\n",
+            from.join(", "),
+            to.join(", ")
+        ));
+        self
+    }
+
+    /// The YAML.
+    pub fn yaml(&self) -> String {
+        let mut yaml = format!(
+            "apiVersion: floki.dev/v1\nkind: Workflow\nmetadata:\n  name: {}\nspec:\n  functions:\n",
+            self.name
+        );
+        for (function, node) in &self.functions {
+            yaml.push_str(&format!("    - {{ name: {function}, node: {node} }}\n"));
+        }
+        yaml.push_str("  edges:\n");
+        for edge in &self.edges {
+            yaml.push_str(edge);
+        }
+        yaml
+    }
+}
