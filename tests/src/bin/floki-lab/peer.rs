@@ -4,7 +4,7 @@
 //! (`floki-lab peer ...`: the lab spawns itself.)
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{Read, Write as _},
     net::{TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -33,6 +33,55 @@ pub enum Peer {
     FlokiPong(PingPong),
     /// Times COUNT round trips over channels `<name>.ping` / `<name>.pong`.
     FlokiPing(PingPong),
+    /// A producer on a workflow edge: BYTES on each of its streams.
+    EdgeSend(EdgePeer),
+    /// A consumer on a workflow edge: reads all its streams at once.
+    EdgeRecv(EdgePeer),
+    /// Plain TCP producer: BYTES to each address in --to, a chunk to each in turn.
+    TcpFanSend(TcpFan),
+    /// Plain TCP consumer: accepts --from connections, reads them all at once.
+    TcpFanRecv(TcpFan),
+}
+
+#[derive(Debug, Args)]
+pub struct EdgePeer {
+    /// The agent's address on this node.
+    #[arg(long)]
+    pub addr: String,
+    /// Workflow.
+    #[arg(long)]
+    pub workflow: String,
+    /// Its token.
+    #[arg(long)]
+    pub token: String,
+    /// Edge.
+    #[arg(long)]
+    pub edge: String,
+    /// This function.
+    #[arg(long = "as")]
+    pub function: String,
+    /// Bytes per stream.
+    #[arg(long)]
+    pub bytes: u64,
+    /// Write (and read) size.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub chunk: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TcpFan {
+    /// Producer: addresses to send to. Consumer: address to listen on.
+    #[arg(long, num_args = 1..)]
+    pub addr: Vec<String>,
+    /// Consumer: how many producers connect.
+    #[arg(long, default_value_t = 1)]
+    pub from: usize,
+    /// Bytes per stream.
+    #[arg(long)]
+    pub bytes: u64,
+    /// Write (and read) size.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub chunk: usize,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +153,10 @@ pub fn run(peer: Peer) -> anyhow::Result<()> {
         Peer::TcpSource(args) => tcp_source(&args)?,
         Peer::TcpPong(args) => tcp_pong(&args)?,
         Peer::TcpPing(args) => tcp_ping(&args)?,
+        Peer::EdgeSend(args) => edge_send(&args)?,
+        Peer::EdgeRecv(args) => edge_recv(&args)?,
+        Peer::TcpFanSend(args) => tcp_fan_send(&args)?,
+        Peer::TcpFanRecv(args) => tcp_fan_recv(&args)?,
         Peer::FlokiRecv(args) if args.client == Client::Blocking => floki_recv_blocking(&args)?,
         Peer::FlokiSend(args) if args.client == Client::Blocking => floki_send_blocking(&args)?,
         Peer::FlokiPong(args) if args.client == Client::Blocking => floki_pong_blocking(&args)?,
@@ -385,4 +438,147 @@ fn floki_ping_blocking(args: &PingPong) -> anyhow::Result<Measured> {
         transport: Some(transport),
         ..Measured::default()
     })
+}
+
+fn edge_options(args: &EdgePeer) -> floki_agent::client::workflow::EdgeOptions {
+    floki_agent::client::workflow::EdgeOptions::new(
+        &args.addr,
+        &args.workflow,
+        &args.token,
+        &args.edge,
+        &args.function,
+    )
+}
+
+/// Every stream of a producer gets `bytes`, a chunk to each in turn (a
+/// broadcast writes the same data; the benchmark only measures).
+fn edge_send(args: &EdgePeer) -> anyhow::Result<Measured> {
+    let (_, mut senders) = floki_agent::client::workflow::blocking::senders(&edge_options(args))?;
+    let buf = floki_tests::pattern(args.chunk, 7);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        for (_, tx) in &mut senders {
+            tx.write_all(&buf[..n])?;
+        }
+        sent += n as u64;
+    }
+    let mut total = 0;
+    for (_, tx) in senders {
+        total += tx.finish()?.bytes;
+    }
+    Ok(Measured {
+        bytes: total,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Measured::default()
+    })
+}
+
+/// All of a consumer's streams at once; measures from the first byte of any
+/// to the last byte of all.
+fn edge_recv(args: &EdgePeer) -> anyhow::Result<Measured> {
+    let (_, receivers) = floki_agent::client::workflow::blocking::receivers(&edge_options(args))?;
+    read_all(
+        receivers
+            .into_iter()
+            .map(|(_, rx)| Box::new(FinishOnEof(Some(rx))) as Box<dyn Read + Send>)
+            .collect(),
+        args.chunk,
+    )
+}
+
+/// Reads a Floki receiver to its end, then finishes it (reports to the agent).
+struct FinishOnEof(Option<blocking::Receiver>);
+
+impl Read for FinishOnEof {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(rx) = &mut self.0 else { return Ok(0) };
+        let n = rx.read(buf)?;
+        if n == 0 {
+            self.0
+                .take()
+                .expect("present")
+                .finish()
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Reads every source to its end in parallel; first byte to last.
+fn read_all(sources: Vec<Box<dyn Read + Send>>, chunk: usize) -> anyhow::Result<Measured> {
+    let first = std::sync::OnceLock::new();
+    let results: Vec<std::io::Result<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .into_iter()
+            .map(|mut source| {
+                let first = &first;
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; chunk];
+                    let mut got = 0u64;
+                    loop {
+                        let n = source.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(got);
+                        }
+                        first.get_or_init(Instant::now);
+                        got += n as u64;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader"))
+            .collect()
+    });
+    let mut bytes = 0;
+    for result in results {
+        bytes += result?;
+    }
+    Ok(Measured {
+        bytes,
+        seconds: first.get().map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        ..Measured::default()
+    })
+}
+
+fn tcp_fan_send(args: &TcpFan) -> anyhow::Result<Measured> {
+    let mut streams: Vec<TcpStream> = args
+        .addr
+        .iter()
+        .map(|a| connect_retrying(a))
+        .collect::<anyhow::Result<_>>()?;
+    let buf = floki_tests::pattern(args.chunk, 7);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        let n = (args.bytes - sent).min(buf.len() as u64) as usize;
+        for stream in &mut streams {
+            stream.write_all(&buf[..n])?;
+        }
+        sent += n as u64;
+    }
+    for stream in &mut streams {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
+    Ok(Measured {
+        bytes: sent * streams.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Measured::default()
+    })
+}
+
+fn tcp_fan_recv(args: &TcpFan) -> anyhow::Result<Measured> {
+    let listener =
+        TcpListener::bind(&args.addr[0]).with_context(|| format!("binding {}", args.addr[0]))?;
+    let sources = (0..args.from)
+        .map(|_| {
+            listener
+                .accept()
+                .map(|(s, _)| Box::new(s) as Box<dyn Read + Send>)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    read_all(sources, args.chunk)
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks whose results are written into
 //! docs/BENCHMARKS.md with the machine they ran on.
 
+pub mod patterns;
 pub mod report;
 pub mod splice;
 
@@ -11,10 +12,14 @@ pub enum Bench {
     /// Floki splice against plain TCP and Floki without eBPF: throughput at
     /// 64 KiB and 1 MiB writes, 64-byte round trips.
     Splice(splice::Options),
+    /// Every communication pattern across three namespace nodes, Floki
+    /// against the same traffic over plain TCP.
+    Patterns(patterns::Options),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Splice(opts) => splice::run(&opts),
+        Bench::Patterns(opts) => patterns::run(&opts),
     }
 }

@@ -1,0 +1,287 @@
+//! `cargo xtask bench patterns`: each communication pattern across three
+//! network-namespace nodes, through Floki (a workflow applied to the agents)
+//! and as the same traffic between plain TCP processes, runs interleaved.
+
+use std::{process::Child, str::FromStr as _};
+
+use anyhow::Context as _;
+use clap::Args;
+use floki_tests::cluster::{AGENT_PORT, Cluster, ClusterNode, Spec};
+use serde_json::json;
+
+use super::report::{self, Spread};
+use crate::{lab::measured, peer::Measured};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Bytes per stream.
+    #[arg(long, default_value = "512MiB")]
+    pub size: String,
+    /// Runs per measurement; the table shows medians and the range.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print only; leave docs/BENCHMARKS.md alone.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// One scenario: an edge, its producers and consumers as (function, node).
+struct Scenario {
+    edge: &'static str,
+    label: &'static str,
+    pattern: &'static str,
+    producers: Vec<(&'static str, &'static str)>,
+    consumers: Vec<(&'static str, &'static str)>,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let (a, b, c) = ("node-a", "node-b", "node-c");
+    vec![
+        Scenario {
+            edge: "near",
+            label: "one-to-one, same node",
+            pattern: "one-to-one",
+            producers: vec![("p-near", a)],
+            consumers: vec![("c-near", a)],
+        },
+        Scenario {
+            edge: "far",
+            label: "one-to-one, across nodes",
+            pattern: "one-to-one",
+            producers: vec![("p-far", a)],
+            consumers: vec![("c-far", b)],
+        },
+        Scenario {
+            edge: "fan",
+            label: "broadcast 1 to 3 (1 same node, 2 across)",
+            pattern: "broadcast",
+            producers: vec![("p-fan", a)],
+            consumers: vec![("x", a), ("y", b), ("z", c)],
+        },
+        Scenario {
+            edge: "collect",
+            label: "gather 3 to 1 (1 same node, 2 across)",
+            pattern: "gather",
+            producers: vec![("g1", a), ("g2", b), ("g3", c)],
+            consumers: vec![("sink", a)],
+        },
+        Scenario {
+            edge: "mix",
+            label: "shuffle 2 by 2 (1 of 4 same node)",
+            pattern: "shuffle",
+            producers: vec![("s1", a), ("s2", b)],
+            consumers: vec![("t1", a), ("t2", c)],
+        },
+    ]
+}
+
+fn spec(scenarios: &[Scenario]) -> String {
+    let mut spec = Spec::new("bench");
+    for scenario in scenarios {
+        for (function, node) in scenario.producers.iter().chain(&scenario.consumers) {
+            spec = spec.function(function, node);
+        }
+        let from: Vec<&str> = scenario.producers.iter().map(|(f, _)| *f).collect();
+        let to: Vec<&str> = scenario.consumers.iter().map(|(f, _)| *f).collect();
+        spec = spec.edge(scenario.edge, &from, &to, scenario.pattern, "8MiB");
+    }
+    spec.yaml()
+}
+
+/// `floki-lab peer ARGS` inside `node`.
+fn peer(node: &ClusterNode, args: &[String]) -> anyhow::Result<Child> {
+    let lab = std::env::current_exe().context("locating floki-lab")?;
+    let mut cmd = node.ns.command(lab);
+    cmd.arg("peer").args(args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    node.cgroup.spawn_inside(&mut cmd);
+    cmd.spawn().context("starting a peer")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Aggregate GB/s of all consumers: bytes over the longest read time.
+fn aggregate(results: &[Measured]) -> f64 {
+    let bytes: u64 = results.iter().map(|m| m.bytes).sum();
+    let seconds = results.iter().map(|m| m.seconds).fold(0.0, f64::max);
+    bytes as f64 / seconds / 1e9
+}
+
+fn floki(cluster: &Cluster, token: &str, scenario: &Scenario, bytes: u64) -> anyhow::Result<f64> {
+    let agent = format!("127.0.0.1:{AGENT_PORT}");
+    let args = |verb: &str, function: &str| {
+        strings(&[
+            verb,
+            "--addr",
+            &agent,
+            "--workflow",
+            "bench",
+            "--token",
+            token,
+            "--edge",
+            scenario.edge,
+            "--as",
+            function,
+            "--bytes",
+            &bytes.to_string(),
+        ])
+    };
+    let consumers: Vec<Child> = scenario
+        .consumers
+        .iter()
+        .map(|(f, n)| peer(cluster.node(n), &args("edge-recv", f)))
+        .collect::<anyhow::Result<_>>()?;
+    let producers: Vec<Child> = scenario
+        .producers
+        .iter()
+        .map(|(f, n)| peer(cluster.node(n), &args("edge-send", f)))
+        .collect::<anyhow::Result<_>>()?;
+    let results: Vec<Measured> = consumers
+        .into_iter()
+        .map(measured)
+        .collect::<anyhow::Result<_>>()?;
+    for producer in producers {
+        measured(producer)?;
+    }
+    Ok(aggregate(&results))
+}
+
+fn tcp(cluster: &Cluster, scenario: &Scenario, bytes: u64, run: usize) -> anyhow::Result<f64> {
+    // Each consumer listens on its own port; each producer connects to all.
+    let port = |i: usize| 20000 + (run % 50) * 10 + i;
+    let consumers: Vec<Child> = scenario
+        .consumers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, node))| {
+            peer(
+                cluster.node(node),
+                &strings(&[
+                    "tcp-fan-recv",
+                    "--addr",
+                    &format!("0.0.0.0:{}", port(i)),
+                    "--from",
+                    &scenario.producers.len().to_string(),
+                    "--bytes",
+                    &bytes.to_string(),
+                ]),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let targets: Vec<String> = scenario
+        .consumers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, node))| format!("{}:{}", cluster.node(node).ip, port(i)))
+        .collect();
+    let producers: Vec<Child> = scenario
+        .producers
+        .iter()
+        .map(|(_, node)| {
+            let mut args = strings(&["tcp-fan-send", "--bytes", &bytes.to_string(), "--addr"]);
+            args.extend(targets.iter().cloned());
+            peer(cluster.node(node), &args)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let results: Vec<Measured> = consumers
+        .into_iter()
+        .map(measured)
+        .collect::<anyhow::Result<_>>()?;
+    for producer in producers {
+        measured(producer)?;
+    }
+    Ok(aggregate(&results))
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let bytes = bytesize::ByteSize::from_str(&opts.size)
+        .map_err(|err| anyhow::anyhow!("--size {}: {err}", opts.size))?
+        .as_u64();
+    let cluster = Cluster::start(&["node-a", "node-b", "node-c"]);
+    cluster.wait_connected();
+    let scenarios = scenarios();
+    let token = cluster
+        .node("node-a")
+        .apply(&spec(&scenarios))
+        .map_err(anyhow::Error::msg)
+        .context("applying the benchmark workflow")?;
+    // Warm-up.
+    floki(&cluster, &token, &scenarios[1], 64 << 20)?;
+    tcp(&cluster, &scenarios[1], 64 << 20, 99)?;
+
+    let mut floki_rates = vec![Vec::new(); scenarios.len()];
+    let mut tcp_rates = vec![Vec::new(); scenarios.len()];
+    for run in 0..opts.runs {
+        eprintln!(
+            "floki-lab: bench patterns, run {} of {}",
+            run + 1,
+            opts.runs
+        );
+        for (i, scenario) in scenarios.iter().enumerate() {
+            floki_rates[i].push(
+                floki(&cluster, &token, scenario, bytes)
+                    .with_context(|| format!("Floki, {}", scenario.label))?,
+            );
+            tcp_rates[i].push(
+                tcp(&cluster, scenario, bytes, run)
+                    .with_context(|| format!("plain TCP, {}", scenario.label))?,
+            );
+        }
+    }
+
+    let size_label = bytesize::ByteSize(bytes).display().iec().to_string();
+    let mut table = String::from(
+        "| pattern (GB/s, all consumers together) | plain TCP | Floki | Floki / TCP |\n|---|---|---|---|\n",
+    );
+    let cell = |s: &Spread| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max);
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let (t, f) = (Spread::of(&tcp_rates[i]), Spread::of(&floki_rates[i]));
+        let ratio = f.median / t.median;
+        ratios.push(ratio);
+        table.push_str(&format!(
+            "| {} | {} | {} | **{ratio:.2}x** |\n",
+            scenario.label,
+            cell(&t),
+            cell(&f)
+        ));
+        rows.push(
+            json!({"pattern": scenario.pattern, "scenario": scenario.label, "tcp": t, "floki": f,
+            "floki_over_tcp": ratio, "runs": {"tcp": tcp_rates[i], "floki": floki_rates[i]}}),
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let floors = format!(
+        "- a cross-node edge at least 0.9x plain TCP between the same namespaces: {:.2}x, {}\n\
+         - a same-node edge at least 2x plain TCP: {:.2}x, {}\n",
+        ratios[1],
+        verdict(ratios[1] >= 0.9),
+        ratios[0],
+        verdict(ratios[0] >= 2.0)
+    );
+    println!("{table}\n{floors}");
+    if !opts.no_write {
+        let markdown = format!(
+            "## Patterns: Floki workflows against plain TCP across nodes\n\n\
+             Measured {} on {}.\n\
+             Reproduce: `cargo xtask bench patterns` (as root; {} runs, medians with the range in brackets).\n\n\
+             Three nodes are network namespaces on a bridge, an agent in each. Every stream carries \
+             {size_label}; a consumer reads all its streams at once and the figure is all consumers' \
+             bytes over the longest read. Floki runs the workflow's functions (blocking client, \
+             same-node streams spliced, cross-node streams relayed by both agents); plain TCP runs \
+             the same topology, each producer connected straight to its consumers.\n\n\
+             {table}\nFloors (issue 3):\n{floors}",
+            report::today(),
+            report::machine(),
+            opts.runs,
+        );
+        let json = json!({"bench": "patterns", "date": report::today(), "machine": report::machine(),
+            "bytes_per_stream": bytes, "runs": opts.runs, "results": rows});
+        report::write_section("patterns", &markdown, &json)?;
+    }
+    Ok(())
+}
