@@ -86,14 +86,19 @@ pub struct ChannelRecord {
     pub bytes: [u64; 2],
     /// Messages (sendmsg chunks) redirected from each end, indexed by role.
     pub msgs: [u64; 2],
+    /// Per sending role: non-zero to redirect into the peer socket's send
+    /// queue (a link to another node's agent) instead of its receive queue.
+    pub egress: [u32; 2],
 }
 
 /// Totals since the programs were loaded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathCounters {
-    /// Bytes redirected socket to socket.
+    /// Bytes redirected socket to socket (into the peer's receive queue).
     pub spliced_bytes: u64,
+    /// Bytes redirected into a link to another node (the peer's send queue).
+    pub forwarded_bytes: u64,
     /// Messages (sendmsg chunks) redirected.
     pub spliced_msgs: u64,
     /// Messages of channel sockets that went over TCP because the peer was absent.

@@ -1,5 +1,7 @@
 //! `floki_sk_msg`: redirects a channel socket's writes into its peer's receive
-//! queue, bypassing TCP/IP, and counts the bytes it moved.
+//! queue, bypassing TCP/IP (or, for a producer whose consumer is on another
+//! node, into the send queue of the agents' link), and counts the bytes it
+//! moved.
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
@@ -33,7 +35,12 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     }
     let size = u64::from(ctx.size());
-    let verdict = FLOKI_SOCKETS.redirect_msg(&ctx, end.peer(), BPF_F_INGRESS.into()) as u32;
+    // SAFETY: as above.
+    let egress = unsafe { (*record).egress[role] } != 0;
+    // Ingress: into the peer's receive queue (a function on this node).
+    // Egress: out of the peer's send queue (the link to another node's agent).
+    let flags = if egress { 0 } else { u64::from(BPF_F_INGRESS) };
+    let verdict = FLOKI_SOCKETS.redirect_msg(&ctx, end.peer(), flags) as u32;
     if verdict == SK_PASS {
         // SAFETY: as above.
         unsafe {
@@ -41,7 +48,11 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
             add(&raw mut (*record).msgs[role], 1);
         }
         with_counters(|c| unsafe {
-            add(&raw mut (*c).spliced_bytes, size);
+            if egress {
+                add(&raw mut (*c).forwarded_bytes, size);
+            } else {
+                add(&raw mut (*c).spliced_bytes, size);
+            }
             add(&raw mut (*c).spliced_msgs, 1);
         });
     } else {

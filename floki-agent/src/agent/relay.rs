@@ -1,6 +1,11 @@
-//! Joins two TCP connections byte for byte, both ways, with `splice(2)`
-//! through a pipe per direction: the agent forwards a cross-node stream
-//! without copying it through user space. Memory per relay: two pipes.
+//! Joins two TCP connections byte for byte, both ways: the stream's
+//! direction with `splice(2)` through a pipe, so the agent forwards a
+//! cross-node stream without copying it through user space; the reverse
+//! direction (credits and the final ack, a few bytes) through a small buffer.
+//! That direction is read with `recv`: on the consumer's node the kernel
+//! program delivers the consumer's answers into the socket map's queue of the
+//! agent's socket, which `splice(2)` does not see. Memory per relay: one pipe
+//! and one buffer.
 
 use std::{
     io,
@@ -22,6 +27,8 @@ use tokio::{
 
 /// Most bytes moved per `splice` call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
+/// Buffer of the reverse direction, which carries only frame headers.
+const COPY_BUFFER: usize = 4096;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -43,7 +50,7 @@ pub async fn relay(a: TcpStream, b: TcpStream, forward: Arc<AtomicU64>) -> Relay
     let backward = Arc::new(AtomicU64::new(0));
     let (ab, ba) = tokio::join!(
         pump(a.clone(), b.clone(), forward.clone()),
-        pump(b.clone(), a.clone(), backward.clone())
+        copy(b.clone(), a.clone(), backward.clone())
     );
     // Both connections close when this returns: the far ends see the end
     // (or, after a failure, an end without the end mark: an error for them).
@@ -75,8 +82,7 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -
         };
         if filled == 0 {
             // End of stream: pass the half close on.
-            let mut to = ShutdownHandle(to.as_raw_fd());
-            to.shutdown_write();
+            shutdown_write(&to);
             return Ok(());
         }
         // Pipe -> socket.
@@ -98,14 +104,40 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -
     }
 }
 
-/// Half-closes a socket shared by both directions of a relay.
-struct ShutdownHandle(std::os::fd::RawFd);
-
-impl ShutdownHandle {
-    fn shutdown_write(&mut self) {
-        // SAFETY: the fd belongs to a TcpStream that outlives this call.
-        unsafe { libc::shutdown(self.0, libc::SHUT_WR) };
+/// Moves bytes from `from` to `to` through a buffer until `from` ends, then
+/// half-closes `to`.
+async fn copy(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = loop {
+            from.readable().await?;
+            match from.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        if n == 0 {
+            shutdown_write(&to);
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < n {
+            to.writable().await?;
+            match to.try_write(&buf[written..n]) {
+                Ok(w) => written += w,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Half-closes a socket shared by both directions of a relay: the far end
+/// sees the end of this direction while the other keeps flowing.
+fn shutdown_write(stream: &TcpStream) {
+    let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
 /// Sends the byte that starts a prepared stream connection.

@@ -4,7 +4,8 @@
 
 use std::{
     fs::{self, File},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -21,7 +22,7 @@ use floki_common::{
     ChannelEnd, ChannelRecord, DatapathCounters, EndpointKey, ROLE_RECEIVER, ROLE_SENDER,
     SIDE_ACCEPT, SIDE_CONNECT, map, program,
 };
-use tokio::{io::unix::AsyncFd, task::JoinHandle};
+use tokio::{io::unix::AsyncFd, net::TcpStream, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::{DatapathConfig, DatapathError, mounts};
@@ -38,7 +39,9 @@ const SOCK_OPS_LINK_PIN: &str = "sock_ops_link";
 pub struct SpliceHandle {
     /// Channel id.
     pub channel: u32,
-    keys: [EndpointKey; 2],
+    keys: Vec<EndpointKey>,
+    /// An end the agent put into the socket map itself (a link to a peer).
+    link: Option<ChannelEnd>,
 }
 
 /// Floki's programs, loaded and attached.
@@ -47,8 +50,9 @@ pub struct EbpfDatapath {
     channels: Mutex<HashMap<MapData, u32, ChannelRecord>>,
     counters: Array<MapData, DatapathCounters>,
     sock_ops_link: Mutex<Option<PinnedLink>>,
-    // Held for their lifetime: the sk_msg attachment lives on the socket map.
-    _sockets: SockHash<MapData, ChannelEnd>,
+    // The sk_msg attachment lives on the socket map; the agent inserts its
+    // links to peers itself.
+    sockets: Mutex<SockHash<MapData, ChannelEnd>>,
     _ebpf: Mutex<Ebpf>,
     logger: Mutex<Option<JoinHandle<()>>>,
     programs: Vec<ProgramStatus>,
@@ -148,7 +152,7 @@ impl EbpfDatapath {
             channels: Mutex::new(channels),
             counters,
             sock_ops_link: Mutex::new(Some(sock_ops_link)),
-            _sockets: sockets,
+            sockets: Mutex::new(sockets),
             _ebpf: Mutex::new(ebpf),
             logger: Mutex::new(logger),
             programs,
@@ -178,24 +182,17 @@ impl EbpfDatapath {
     pub fn install(
         &self,
         id: u32,
-        sender: &Hello,
-        receiver: &Hello,
+        sender_netns: Option<u64>,
+        receiver_netns: Option<u64>,
+        listen: SocketAddr,
     ) -> Result<SpliceHandle, String> {
-        let listen = receiver
-            .listen
-            .ok_or("the receiver advertised no data address")?;
-        let (Some(sender_netns), Some(receiver_netns)) =
-            (sender.netns_cookie, receiver.netns_cookie)
-        else {
+        let (Some(sender_netns), Some(receiver_netns)) = (sender_netns, receiver_netns) else {
             return Err(
                 "a client did not report its network namespace (SO_NETNS_COOKIE needs Linux 5.14+)"
                     .into(),
             );
         };
-        let addr = match listen.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        };
+        let addr = mapped(listen.ip());
         let port = u32::from(listen.port());
         let keys = [
             EndpointKey {
@@ -211,29 +208,19 @@ impl EbpfDatapath {
                 side: SIDE_ACCEPT,
             },
         ];
-        let handle = SpliceHandle { channel: id, keys };
+        let handle = SpliceHandle {
+            channel: id,
+            keys: keys.to_vec(),
+            link: None,
+        };
         let result = (|| {
             self.channels
                 .lock()
                 .expect("channels lock")
                 .insert(id, ChannelRecord::default(), 0)?;
             let mut endpoints = self.endpoints.lock().expect("endpoints lock");
-            endpoints.insert(
-                keys[0],
-                ChannelEnd {
-                    channel: id,
-                    role: ROLE_SENDER,
-                },
-                0,
-            )?;
-            endpoints.insert(
-                keys[1],
-                ChannelEnd {
-                    channel: id,
-                    role: ROLE_RECEIVER,
-                },
-                0,
-            )
+            endpoints.insert(keys[0], end(id, ROLE_SENDER), 0)?;
+            endpoints.insert(keys[1], end(id, ROLE_RECEIVER), 0)
         })();
         match result {
             Ok(()) => {
@@ -244,6 +231,67 @@ impl EbpfDatapath {
                 self.remove(&handle);
                 Err(format!(
                     "registering the splice in the kernel maps failed: {err}"
+                ))
+            }
+        }
+    }
+
+    /// Registers a producer whose consumer is on another node: its data
+    /// socket, connecting to `listener` (this agent's), is redirected by
+    /// `floki_sk_msg` straight into the send queue of `link`, the prepared
+    /// connection to the consumer's agent.
+    pub fn install_outbound(
+        &self,
+        id: u32,
+        producer: &Hello,
+        listener: SocketAddr,
+        link: &TcpStream,
+    ) -> Result<SpliceHandle, String> {
+        let netns_cookie = producer
+            .netns_cookie
+            .ok_or("the producer did not report its network namespace")?;
+        let key = EndpointKey {
+            netns_cookie,
+            addr: mapped(listener.ip()),
+            port: u32::from(listener.port()),
+            side: SIDE_CONNECT,
+        };
+        let link_end = end(id, ROLE_RECEIVER);
+        let handle = SpliceHandle {
+            channel: id,
+            keys: vec![key],
+            link: Some(link_end),
+        };
+        let cookie = socket2::SockRef::from(link)
+            .cookie()
+            .map_err(|err| format!("reading the link's socket cookie: {err}"))?;
+        let mut record = ChannelRecord::default();
+        record.cookies[ROLE_RECEIVER as usize] = cookie;
+        record.egress[ROLE_SENDER as usize] = 1;
+        let result = (|| {
+            // The link first: the producer's first write may follow at once.
+            self.sockets
+                .lock()
+                .expect("sockets lock")
+                .insert(link_end, link.as_raw_fd(), 0)?;
+            self.channels
+                .lock()
+                .expect("channels lock")
+                .insert(id, record, 0)?;
+            self.endpoints
+                .lock()
+                .expect("endpoints lock")
+                .insert(key, end(id, ROLE_SENDER), 0)
+        })();
+        match result {
+            Ok(()) => {
+                debug!(channel = id, %listener, "producer redirect into the peer link registered");
+                Ok(handle)
+            }
+            Err(err) => {
+                self.remove(&handle);
+                Err(format!(
+                    "registering the redirect into the peer link failed: {err}"
                 ))
             }
         }
@@ -263,6 +311,10 @@ impl EbpfDatapath {
         let mut endpoints = self.endpoints.lock().expect("endpoints lock");
         for key in &handle.keys {
             let _ = endpoints.remove(key);
+        }
+        drop(endpoints);
+        if let Some(link) = &handle.link {
+            let _ = self.sockets.lock().expect("sockets lock").remove(link);
         }
         let _ = self
             .channels
@@ -290,6 +342,18 @@ impl EbpfDatapath {
         if let Some(logger) = self.logger.lock().expect("logger lock").take() {
             logger.abort();
         }
+    }
+}
+
+const fn end(channel: u32, role: u32) -> ChannelEnd {
+    ChannelEnd { channel, role }
+}
+
+/// An address as the kernel programs see it: IPv6, or IPv4 mapped.
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 

@@ -6,11 +6,12 @@
 mod ebpf;
 mod mounts;
 
-use std::{io, path::PathBuf};
+use std::{io, net::SocketAddr, path::PathBuf};
 
 pub use ebpf::{EbpfDatapath, SpliceHandle};
 use floki_common::{ChannelRecord, DatapathCounters};
 pub use mounts::cgroup2_root;
+use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::{
@@ -188,16 +189,34 @@ impl Datapath {
         }
     }
 
-    /// Prepares the splice of channel `id`; `Err` explains why it will use
-    /// plain TCP instead.
+    /// Prepares the splice of channel `id`: the sender's socket connecting to
+    /// `addr` from one namespace, the socket a listener accepts from it in
+    /// the other; `Err` explains why it will use plain TCP instead.
     pub fn install(
         &self,
         id: u32,
-        sender: &Hello,
-        receiver: &Hello,
+        sender_netns: Option<u64>,
+        receiver_netns: Option<u64>,
+        addr: SocketAddr,
     ) -> Result<SpliceHandle, String> {
         match self {
-            Self::Ebpf(ebpf) => ebpf.install(id, sender, receiver),
+            Self::Ebpf(ebpf) => ebpf.install(id, sender_netns, receiver_netns, addr),
+            Self::Fallback { .. } => Err("fallback datapath".into()),
+        }
+    }
+
+    /// Prepares the redirect of a producer's writes into `link`, the
+    /// connection to its consumer's agent; `Err` explains why the agent
+    /// relays them instead.
+    pub fn install_outbound(
+        &self,
+        id: u32,
+        producer: &Hello,
+        listener: SocketAddr,
+        link: &TcpStream,
+    ) -> Result<SpliceHandle, String> {
+        match self {
+            Self::Ebpf(ebpf) => ebpf.install_outbound(id, producer, listener, link),
             Self::Fallback { .. } => Err("fallback datapath".into()),
         }
     }
