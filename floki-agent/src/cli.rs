@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use floki_agent::client::DEFAULT_AGENT;
+use floki_agent::client::{DEFAULT_AGENT, DEFAULT_SOCKET};
 
 /// Floki node agent: kernel-spliced data channels between serverless functions.
 #[derive(Debug, Parser)]
@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// Admin socket (status), created with mode 0600.
     #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
     pub admin: PathBuf,
+    /// Unix socket for functions on this node (mode 0666; workflow tokens
+    /// guard the channels). The agent hands its clients here their data
+    /// sockets, and across nodes the agents' link itself.
+    #[arg(long, env = "FLOKI_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// cgroup v2 directory to attach sock_ops to [default: the cgroup v2 root
     /// found in /proc/mounts]. Only sockets of processes in it are spliced.
     #[arg(long, env = "FLOKI_CGROUP")]
@@ -114,7 +119,9 @@ pub struct SendArgs {
     /// after it (partition j goes to consumer j).
     #[arg(long, value_name = "DIR")]
     pub partition_dir: Option<PathBuf>,
-    /// The agent's channel address.
+    /// The agent: HOST:PORT, or unix:PATH for its Unix socket (the agent's
+    /// default is unix:/run/floki/floki.sock), where it hands over the data
+    /// sockets and no byte passes through an agent.
     #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
     /// Give up if no receiver joins within this many seconds [default: wait].
@@ -136,7 +143,9 @@ pub struct RecvArgs {
     /// producer in DIR, named after it.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// The agent's channel address.
+    /// The agent: HOST:PORT, or unix:PATH for its Unix socket (the agent's
+    /// default is unix:/run/floki/floki.sock), where it hands over the data
+    /// sockets and no byte passes through an agent.
     #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
     /// Flow-control window [default: the agent's].

@@ -106,6 +106,15 @@ pub struct ChannelStatus {
     pub bytes: u64,
     /// Stream bytes (payload) the ends reported.
     pub stream_bytes: u64,
+    /// Bytes the kernel program itself moved for this channel on this node
+    /// (frames included): spliced into the receiver, redirected into the
+    /// link to another node, or delivered from that link into the consumer.
+    /// Null when the kernel took no part (no eBPF, or not registered).
+    #[serde(default)]
+    pub kernel_bytes: Option<u64>,
+    /// Cross-node streams: the node of the other end.
+    #[serde(default)]
+    pub peer_node: Option<String>,
     /// Which ends have joined (`sender`, `receiver`).
     pub ends: Vec<String>,
     /// Seconds since the first end joined.
@@ -181,8 +190,13 @@ pub struct PeerStatus {
 pub struct Totals {
     /// Bytes the kernel program redirected socket to socket.
     pub spliced_bytes: u64,
-    /// Bytes of channels that went over plain TCP.
+    /// Bytes of channels whose transport is `tcp` (no splice, or across
+    /// nodes).
     pub fallback_bytes: u64,
+    /// Bytes the kernel program redirected from producers' sockets into
+    /// links to other nodes' agents.
+    #[serde(default)]
+    pub forwarded_bytes: u64,
     /// Channels paired and not finished.
     pub active_channels: u64,
     /// Channels finished complete.

@@ -42,6 +42,8 @@ pub struct TestAgent {
     pub addr: SocketAddr,
     /// Admin socket.
     pub admin: PathBuf,
+    /// The clients' Unix socket.
+    pub socket: PathBuf,
     /// bpffs pin directory.
     pub pin_dir: PathBuf,
     dir: PathBuf,
@@ -76,6 +78,7 @@ impl TestAgent {
     fn launch(cgroup: &TestCgroup, opts: AgentOptions, dir: PathBuf, pin_dir: PathBuf) -> Self {
         fs::create_dir_all(&dir).expect("test dir");
         let admin = dir.join("agent.sock");
+        let socket = dir.join("floki.sock");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,6 +109,8 @@ impl TestAgent {
         cmd.args(["run", "--listen", listen, "--node", node])
             .arg("--admin")
             .arg(&admin)
+            .arg("--socket")
+            .arg(&socket)
             .arg("--cgroup")
             .arg(cgroup.path())
             .arg("--pin-dir")
@@ -121,11 +126,15 @@ impl TestAgent {
             cmd.args(["--window", window]);
         }
         cmd.args(&opts.extra);
+        // As on a node where sock_ops sits at the cgroup root: the agent's own
+        // sockets (those it connects to consumers) are in the cgroup too.
+        cgroup.spawn_inside(&mut cmd);
         let child = cmd.spawn().expect("spawning floki-agent run");
         let mut agent = Self {
             child: Some(child),
             addr: "127.0.0.1:0".parse().expect("addr"),
             admin,
+            socket,
             pin_dir,
             dir,
             owns_files: true,
@@ -219,6 +228,16 @@ impl TestAgent {
             .arg(channel)
             .arg("--agent")
             .arg(self.addr.to_string());
+        cmd
+    }
+
+    /// A `floki-agent` client command aimed at this agent's Unix socket.
+    pub fn local_client(&self, verb: &str, channel: &str) -> Command {
+        let mut cmd = Command::new(agent_binary());
+        cmd.arg(verb)
+            .arg(channel)
+            .arg("--agent")
+            .arg(format!("unix:{}", self.socket.display()));
         cmd
     }
 

@@ -167,10 +167,21 @@ impl ClusterNode {
     }
 
     /// `floki-probe ARGS` inside this node, aimed at its agent.
-    pub fn probe(&self, args: &[&str]) -> Command {
+    pub fn probe(&self, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
         let mut cmd = self.ns.command(probe_binary());
         cmd.args(args)
             .args(["--agent", &format!("127.0.0.1:{AGENT_PORT}")]);
+        self.cgroup.spawn_inside(&mut cmd);
+        cmd
+    }
+
+    /// `floki-probe ARGS` inside this node, aimed at its agent's Unix socket
+    /// (where the agent hands the data sockets over).
+    pub fn probe_local(&self, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        let mut cmd = self.ns.command(probe_binary());
+        cmd.args(args)
+            .arg("--agent")
+            .arg(format!("unix:{}", self.agent.socket.display()));
         self.cgroup.spawn_inside(&mut cmd);
         cmd
     }

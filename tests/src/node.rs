@@ -50,11 +50,29 @@ impl TestNode {
         cmd
     }
 
+    /// `floki-agent send|recv CHANNEL` on the agent's Unix socket, started
+    /// inside the node's cgroup.
+    pub fn local_cli(&self, verb: &str, channel: &str) -> Command {
+        let mut cmd = self.agent.local_client(verb, channel);
+        self.cgroup.spawn_inside(&mut cmd);
+        cmd
+    }
+
     /// `floki-probe send|recv`, started inside the node's cgroup.
     pub fn probe(&self, verb: &str, channel: &str, bytes: u64) -> Command {
+        self.probe_via(&self.agent.addr.to_string(), verb, channel, bytes)
+    }
+
+    /// `floki-probe send|recv` on the agent's Unix socket.
+    pub fn local_probe(&self, verb: &str, channel: &str, bytes: u64) -> Command {
+        let agent = format!("unix:{}", self.agent.socket.display());
+        self.probe_via(&agent, verb, channel, bytes)
+    }
+
+    fn probe_via(&self, agent: &str, verb: &str, channel: &str, bytes: u64) -> Command {
         let mut cmd = Command::new(probe_binary());
         cmd.arg(verb)
-            .args(["--agent", &self.agent.addr.to_string()])
+            .args(["--agent", agent])
             .args(["--channel", channel])
             .args(["--bytes", &bytes.to_string()]);
         self.cgroup.spawn_inside(&mut cmd);

@@ -16,7 +16,8 @@ use serde_json::Value;
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// A probe for `function` on `edge` of workflow `wf`.
+/// A probe for `function` on `edge` of workflow `wf`, on its agent's TCP
+/// port.
 fn probe(
     node: &ClusterNode,
     verb: &str,
@@ -26,6 +27,30 @@ fn probe(
     bytes: u64,
     extra: &[&str],
 ) -> std::process::Child {
+    spawn(&mut node.probe(&probe_args(verb, token, edge, function, bytes, extra)))
+}
+
+/// The same on its agent's Unix socket (the agent hands the link over).
+fn local_probe(
+    node: &ClusterNode,
+    verb: &str,
+    token: &str,
+    edge: &str,
+    function: &str,
+    bytes: u64,
+    extra: &[&str],
+) -> std::process::Child {
+    spawn(&mut node.probe_local(&probe_args(verb, token, edge, function, bytes, extra)))
+}
+
+fn probe_args(
+    verb: &str,
+    token: &str,
+    edge: &str,
+    function: &str,
+    bytes: u64,
+    extra: &[&str],
+) -> Vec<String> {
     let bytes = bytes.to_string();
     let mut args = vec![
         verb,
@@ -41,7 +66,7 @@ fn probe(
         &bytes,
     ];
     args.extend_from_slice(extra);
-    spawn(&mut node.probe(&args))
+    args.into_iter().map(str::to_owned).collect()
 }
 
 /// Runs every function of an edge (producers send `bytes` on each stream,
@@ -97,9 +122,25 @@ fn wait_edge_ready(node: &ClusterNode, edge: &str) -> Value {
 
 /// The transport a finished stream used, from the status of `node`.
 fn transport(node: &ClusterNode, stream: &str) -> String {
+    finished(node, stream)["transport"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The status of a stream that finished complete on `node`.
+fn finished(node: &ClusterNode, stream: &str) -> serde_json::Value {
     let channel = node.agent.wait_finished(stream, Duration::from_secs(10));
     assert_eq!(channel["state"], "done", "{channel:#}");
-    channel["transport"].as_str().unwrap_or_default().to_owned()
+    channel
+}
+
+/// Bytes the kernel program moved for a finished stream on `node`.
+fn kernel_bytes(node: &ClusterNode, stream: &str) -> u64 {
+    let channel = finished(node, stream);
+    channel["kernel_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no kernel bytes on {}: {channel:#}", node.name))
 }
 
 #[test]
@@ -189,6 +230,28 @@ fn every_pattern_with_mixed_placement_arrives_identical() {
     }
     // The consumer's agent sees the cross-node ones arrive over TCP too.
     assert_eq!(transport(cluster.node(c), "wf/mix/s2>t2"), "tcp");
+    // Across nodes the kernel did the moving at both ends: it redirected the
+    // producer's writes into the agents' link, and delivered the link's
+    // bytes into the consumer's socket (frames included, so at least the
+    // stream).
+    for (producer_node, consumer_node, stream) in [
+        (a, b, "wf/one/src>far"),
+        (a, c, "wf/fan/src>farther"),
+        (b, a, "wf/collect/g2>sink"),
+        (b, c, "wf/mix/s2>t2"),
+    ] {
+        for node in [producer_node, consumer_node] {
+            let moved = kernel_bytes(cluster.node(node), stream);
+            assert!(
+                moved >= 32 * MIB,
+                "{stream} on {node}: kernel moved {moved} B"
+            );
+        }
+    }
+    let forwarded = cluster.node(a).agent.status()["totals"]["forwarded_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(forwarded >= 4 * 32 * MIB, "node-a forwarded {forwarded} B");
 }
 
 #[test]
@@ -256,6 +319,77 @@ fn a_killed_peer_fails_its_streams_then_the_edge_recovers() {
         &[("q", "node-b")],
         16 * MIB,
     );
+}
+
+#[test]
+fn a_handed_over_link_carries_the_stream_even_through_agent_crashes() {
+    let mut cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_edge_ready(cluster.node("node-a"), "e");
+    wait_edge_ready(cluster.node("node-b"), "e");
+
+    // Both functions on their agent's Unix socket: each is handed its end of
+    // the link the agents prepared, and the agents carry none of the bytes.
+    let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let rate = (32 * MIB).to_string();
+    let recv = local_probe(b, "recv", &token, "e", "q", 96 * MIB, &[]);
+    let send = local_probe(a, "send", &token, "e", "p", 96 * MIB, &["--rate", &rate]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let streaming = a.agent.channel("wf/e/p>q");
+    assert_eq!(streaming["state"], "active", "{streaming:#}");
+    assert!(
+        streaming["note"].as_str().unwrap_or("").contains("handed"),
+        "{streaming:#}"
+    );
+    // Both agents die mid-stream; the stream does not notice.
+    for node in [a, b] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(node.agent.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    // The probes check every byte; the sender's success means the receiver
+    // verified the end mark and the checksum.
+    assert_success(&wait_within(send, LIMIT), "producer");
+    assert_success(&wait_within(recv, LIMIT), "consumer");
+
+    // Restarted, the agents serve the workflow again once it is applied
+    // again (workflows live in the agents' memory: with every agent of a
+    // workflow gone, so is the workflow).
+    cluster.node_mut("node-a").restart_agent();
+    cluster.node_mut("node-b").restart_agent();
+    cluster.wait_connected();
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_edge_ready(cluster.node("node-a"), "e");
+    let recv = local_probe(
+        cluster.node("node-b"),
+        "recv",
+        &token,
+        "e",
+        "q",
+        8 * MIB,
+        &[],
+    );
+    let send = local_probe(
+        cluster.node("node-a"),
+        "send",
+        &token,
+        "e",
+        "p",
+        8 * MIB,
+        &[],
+    );
+    assert_success(&wait_within(send, LIMIT), "producer after the restarts");
+    assert_success(&wait_within(recv, LIMIT), "consumer after the restarts");
+    let done = finished(cluster.node("node-b"), "wf/e/p>q");
+    assert_eq!(done["stream_bytes"], 8 * MIB, "{done:#}");
+    assert_eq!(done["peer_node"], "node-a", "{done:#}");
 }
 
 #[test]

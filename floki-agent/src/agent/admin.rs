@@ -2,8 +2,6 @@
 //! Requests and answers are one JSON object per line.
 
 use std::{
-    fs,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -16,7 +14,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Agent, AgentError, apply};
+use super::{Agent, AgentError, apply, unix_socket};
 use crate::{
     protocol::control::Transport,
     status::{EdgeStatus, Status, StreamStatus, WorkflowStatus},
@@ -42,23 +40,9 @@ impl AdminServer {
     /// Binds `path` (creating its directory), refusing to steal the socket of
     /// an agent that is still running.
     pub async fn bind(path: &Path) -> Result<Self, AgentError> {
-        let err = |source| AgentError::Admin {
-            path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(err)?;
-        }
-        if path.exists() {
-            if UnixStream::connect(path).await.is_ok() {
-                return Err(AgentError::AdminInUse {
-                    path: path.to_owned(),
-                });
-            }
-            fs::remove_file(path).map_err(err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(err)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+        let listener = unix_socket::bind(path, 0o600)
+            .await
+            .map_err(|source| AgentError::Admin { source })?;
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -139,6 +123,7 @@ pub fn status(agent: &Agent, identity: &Identity) -> Status {
     let (channels, mut totals) = registry.snapshot();
     let counters = registry.datapath().counters();
     totals.spliced_bytes = counters.spliced_bytes;
+    totals.forwarded_bytes = counters.forwarded_bytes;
     totals.passed_msgs = counters.passed_msgs;
     totals.redirect_errors = counters.redirect_errors;
     Status {

@@ -15,6 +15,7 @@ pub mod peers;
 mod registry;
 mod relay;
 mod session;
+mod unix_socket;
 mod workflows;
 
 use std::{
@@ -42,6 +43,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Admin socket path.
     pub admin: PathBuf,
+    /// The clients' Unix socket, where the agent can hand sockets over.
+    pub socket: PathBuf,
     /// Datapath settings.
     pub datapath: DatapathConfig,
     /// Default flow-control window per channel, in bytes.
@@ -72,6 +75,9 @@ pub struct Agent {
     pub datapath: Arc<Datapath>,
     /// Default flow-control window.
     pub default_window: u64,
+    /// Cookie of the agent's network namespace: the namespace of the data
+    /// sockets it opens for clients on its Unix socket.
+    pub netns_cookie: Option<u64>,
     /// Refuse channels that belong to no workflow.
     pub workflow_channels_only: bool,
 }
@@ -100,18 +106,16 @@ pub enum AgentError {
         source: std::io::Error,
     },
     /// The admin socket could not be set up.
-    #[error("cannot set up the admin socket {path} (see --admin)")]
+    #[error("admin socket (stop the other agent, or pick another path with --admin)")]
     Admin {
-        /// Path.
-        path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: unix_socket::BindError,
     },
-    /// Another agent serves the admin socket.
-    #[error("another agent is serving the admin socket {path}; stop it or use --admin")]
-    AdminInUse {
-        /// Path.
-        path: PathBuf,
+    /// The clients' Unix socket could not be set up.
+    #[error("clients' socket (stop the other agent, or pick another path with --socket)")]
+    Socket {
+        /// Why.
+        source: unix_socket::BindError,
     },
 }
 
@@ -127,6 +131,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             source,
         })?;
     let admin = admin::AdminServer::bind(&config.admin).await?;
+    let local = unix_socket::bind(&config.socket, 0o666)
+        .await
+        .map_err(|source| AgentError::Socket { source })?;
     let admin_path = admin.path().to_owned();
     let datapath = Arc::new(Datapath::start(&config.datapath));
     let registry = Arc::new(Registry::new(
@@ -146,6 +153,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         crossnode,
         datapath: datapath.clone(),
         default_window: config.window,
+        netns_cookie: crate::client::socket::netns_cookie(&listener).ok(),
         workflow_channels_only: config.workflow_channels_only,
     });
     // On every (re)connection a peer gets the workflows it is part of.
@@ -170,6 +178,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         node = %config.node,
         %listen,
         admin = %admin_path.display(),
+        socket = %config.socket.display(),
         "floki-agent ready"
     );
 
@@ -182,11 +191,19 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
                 }
                 Err(err) => warn!(%err, "accepting a channel connection failed"),
             },
+            accepted = local.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(session::serve_unix(stream, agent.clone()));
+                }
+                Err(err) => warn!(%err, "accepting a local channel connection failed"),
+            },
         }
     }
 
     info!("stopping: no new channels; active channels may finish");
     drop(listener);
+    drop(local);
+    let _ = std::fs::remove_file(&config.socket);
     registry.close();
     tokio::select! {
         left = registry.drain(config.shutdown_grace) => if left > 0 {

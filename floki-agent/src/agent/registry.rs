@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -100,15 +101,76 @@ enum Stage {
     Waiting {
         role: Role,
         hello: Hello,
+        /// The agent's address as this end reaches it.
+        reach: IpAddr,
         notify: oneshot::Sender<AgentMessage>,
     },
     Active {
         transport: Transport,
         splice: Option<SpliceHandle>,
         paired_at: Instant,
-        /// Bytes an agent relay moved (cross-node streams).
-        relayed: Option<Arc<AtomicU64>>,
+        /// Cross-node streams: this end's side of the link to the peer agent.
+        remote: Option<Remote>,
     },
+}
+
+/// The local end of a stream whose other end is on another node.
+struct Remote {
+    /// The function took the agents' link itself (its Unix socket): the
+    /// agent moves none of the bytes.
+    handed: bool,
+    /// Bytes the agent relay moved towards the consumer.
+    relayed: Arc<AtomicU64>,
+    /// The local end's role: `Send` on the producer's node.
+    role: Role,
+    /// The peer agent's node.
+    peer_node: String,
+}
+
+impl Remote {
+    /// Bytes this node moved towards the consumer, and the path they took,
+    /// given what the kernel program counted for the stream.
+    fn path(&self, kernel: Option<u64>, reported: u64) -> (u64, String) {
+        let relayed = self.relayed.load(Ordering::Relaxed);
+        let peer = &self.peer_node;
+        if self.handed {
+            let (direction, function) = match self.role {
+                Role::Send => ("to", "producer"),
+                Role::Recv => ("from", "consumer"),
+            };
+            return (
+                reported,
+                format!(
+                    "{direction} node {peer}: the agents' link was handed to the {function}; \
+                     no byte passes through the agent (bytes as the {function} reports them)"
+                ),
+            );
+        }
+        match (self.role, kernel) {
+            (Role::Send, Some(kernel)) => (
+                kernel + relayed,
+                format!(
+                    "to node {peer}: {kernel} B redirected by the kernel from the producer's socket \
+                     into the agents' link, {relayed} B relayed by the agent"
+                ),
+            ),
+            (Role::Recv, Some(kernel)) => (
+                relayed,
+                format!(
+                    "from node {peer}: relayed from the agents' link with splice(2), {kernel} B \
+                     delivered by the kernel into the consumer's socket"
+                ),
+            ),
+            (Role::Send, None) => (
+                relayed,
+                format!("to node {peer}: relayed by the agent with splice(2)"),
+            ),
+            (Role::Recv, None) => (
+                relayed,
+                format!("from node {peer}: relayed by the agent with splice(2)"),
+            ),
+        }
+    }
 }
 
 struct Live {
@@ -183,7 +245,15 @@ impl Registry {
 
     /// Adds a client to its channel, pairing it if its peer is waiting.
     /// `window` overrides the receiver's (workflow edges have their own).
-    pub fn join(&self, hello: Hello, window: Option<u64>) -> Result<Joined, Refused> {
+    /// `reach` is the agent's address as the client reaches it: where a
+    /// sender connects when the receiver's listener is the agent's own,
+    /// bound to every address.
+    pub fn join(
+        &self,
+        hello: Hello,
+        window: Option<u64>,
+        reach: IpAddr,
+    ) -> Result<Joined, Refused> {
         let role = hello.role;
         let mut inner = self.inner.lock().expect("registry lock");
         if inner.closing {
@@ -208,6 +278,7 @@ impl Registry {
                     stage: Stage::Waiting {
                         role,
                         hello,
+                        reach,
                         notify,
                     },
                     ends,
@@ -241,6 +312,7 @@ impl Registry {
         }
         let Stage::Waiting {
             hello: waiting_hello,
+            reach: waiting_reach,
             notify,
             ..
         } = std::mem::replace(
@@ -249,7 +321,7 @@ impl Registry {
                 transport: Transport::Tcp,
                 splice: None,
                 paired_at: Instant::now(),
-                relayed: None,
+                remote: None,
             },
         )
         else {
@@ -257,11 +329,27 @@ impl Registry {
         };
         live.ends[slot(role)].joined = true;
         let id = live.id;
-        let (sender, receiver) = match role {
-            Role::Send => (&hello, &waiting_hello),
-            Role::Recv => (&waiting_hello, &hello),
+        let (sender, receiver, sender_reach) = match role {
+            Role::Send => (&hello, &waiting_hello, reach),
+            Role::Recv => (&waiting_hello, &hello, waiting_reach),
         };
-        let (transport, splice) = match self.datapath.install(id, sender, receiver) {
+        // Where the sender connects: the receiver's listener, or the agent's
+        // (bound to every address) as the sender reaches the agent.
+        let connect_to = receiver.listen.map(|listen| {
+            if listen.ip().is_unspecified() {
+                SocketAddr::new(sender_reach, listen.port())
+            } else {
+                listen
+            }
+        });
+        let installed = match connect_to {
+            Some(addr) => {
+                self.datapath
+                    .install(id, sender.netns_cookie, receiver.netns_cookie, addr)
+            }
+            None => Err("the receiver has no data address".into()),
+        };
+        let (transport, splice) = match installed {
             Ok(handle) => (Transport::Splice, Some(handle)),
             Err(reason) => {
                 if matches!(*self.datapath, Datapath::Ebpf(_)) {
@@ -274,7 +362,7 @@ impl Registry {
             transport,
             splice,
             paired_at: Instant::now(),
-            relayed: None,
+            remote: None,
         };
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
@@ -282,15 +370,17 @@ impl Registry {
         let window = window.or(receiver.window).unwrap_or(self.default_window);
         let to_sender = AgentMessage::Paired {
             transport,
-            peer: receiver.listen,
+            peer: connect_to,
             key: key.clone(),
             window,
+            socket: None,
         };
         let to_receiver = AgentMessage::Paired {
             transport,
             peer: None,
             key,
             window,
+            socket: None,
         };
         let (mine, theirs) = match role {
             Role::Send => (to_sender, to_receiver),
@@ -308,13 +398,16 @@ impl Registry {
         })
     }
 
-    /// Adds the local end of a cross-node stream: its other end is on another
-    /// node, reached through an agent relay that counts into `relayed`.
+    /// Adds the local end of a cross-node stream: its other end is on
+    /// `peer_node`, reached through the link between the two agents (the
+    /// agent relay counts into `relayed`).
     pub fn join_remote(
         &self,
         name: &str,
         role: Role,
+        peer_node: &str,
         relayed: Arc<AtomicU64>,
+        handed: bool,
     ) -> Result<u32, Refused> {
         let mut inner = self.inner.lock().expect("registry lock");
         if inner.closing {
@@ -344,7 +437,12 @@ impl Registry {
                     transport: Transport::Tcp,
                     splice: None,
                     paired_at: Instant::now(),
-                    relayed: Some(relayed),
+                    remote: Some(Remote {
+                        handed,
+                        relayed,
+                        role,
+                        peer_node: peer_node.to_owned(),
+                    }),
                 },
                 ends,
             },
@@ -352,6 +450,21 @@ impl Registry {
         info!(channel = %name, id, %role, "cross-node stream opened");
         self.changed.notify_waiters();
         Ok(id)
+    }
+
+    /// Records the kernel's part in cross-node stream `id`: the producer's
+    /// writes redirected into the link, or the link's bytes delivered into
+    /// the consumer's socket. Undone when the stream ends.
+    pub fn attach_splice(&self, name: &str, id: u32, handle: SpliceHandle) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        match inner.live.get_mut(name) {
+            Some(Live {
+                id: live_id,
+                stage: Stage::Active { splice, .. },
+                ..
+            }) if *live_id == id => *splice = Some(handle),
+            _ => self.datapath.remove(&handle),
+        }
     }
 
     /// Records a report of an end.
@@ -436,61 +549,72 @@ impl Registry {
     }
 
     fn describe(&self, name: &str, live: &Live) -> ChannelStatus {
-        let ends = [Role::Send, Role::Recv]
-            .into_iter()
-            .filter(|role| live.ends[slot(*role)].joined)
-            .map(|role| role.to_string())
-            .collect();
-        let stream_bytes = live.ends.iter().map(|end| end.bytes).max().unwrap_or(0);
-        let (state, error, transport, bytes, duration, note) = match &live.stage {
-            Stage::Waiting { .. } => (ChannelState::Waiting, None, None, 0, None, None),
-            Stage::Active {
-                transport,
-                splice,
-                paired_at,
-                relayed,
-            } => {
-                let received = match relayed {
-                    Some(counter) => counter.load(Ordering::Relaxed),
-                    None => live.ends[slot(Role::Recv)].bytes,
-                };
-                let spliced = splice
-                    .as_ref()
-                    .and_then(|handle| self.datapath.record(handle))
-                    .map(|record| record.bytes[ROLE_SENDER as usize]);
-                // Proof over claims: a splice the kernel never carried a byte
-                // of (an end outside the agent's cgroup) is reported as TCP.
-                let (transport, bytes, note) = match spliced {
-                    Some(0) if stream_bytes > 0 => {
-                        (Transport::Tcp, received, Some(NOT_SPLICED.to_owned()))
-                    }
-                    // Counted by the kernel program, framing included.
-                    Some(bytes) => (*transport, bytes, None),
-                    None => (*transport, received, None),
-                };
-                let over = live.ends.iter().all(|end| end.outcome.is_some());
-                let (state, error) = match over.then(|| verdict(&live.ends)) {
-                    None => (ChannelState::Active, None),
-                    Some(Ok(())) => (ChannelState::Done, None),
-                    Some(Err(err)) => (ChannelState::Failed, Some(err)),
-                };
-                let duration = over.then(|| paired_at.elapsed().as_secs_f64());
-                (state, error, Some(transport), bytes, duration, note)
-            }
-        };
-        ChannelStatus {
+        let mut status = ChannelStatus {
             id: live.id,
             name: name.to_owned(),
-            state,
-            transport,
-            bytes,
-            stream_bytes,
-            ends,
+            state: ChannelState::Waiting,
+            transport: None,
+            bytes: 0,
+            stream_bytes: live.ends.iter().map(|end| end.bytes).max().unwrap_or(0),
+            kernel_bytes: None,
+            peer_node: None,
+            ends: [Role::Send, Role::Recv]
+                .into_iter()
+                .filter(|role| live.ends[slot(*role)].joined)
+                .map(|role| role.to_string())
+                .collect(),
             age_secs: live.created.elapsed().as_secs_f64(),
-            duration_secs: duration,
-            error,
-            note,
+            duration_secs: None,
+            error: None,
+            note: None,
+        };
+        let Stage::Active {
+            transport,
+            splice,
+            paired_at,
+            remote,
+        } = &live.stage
+        else {
+            return status;
+        };
+        // Counted by the kernel program, framing included.
+        let kernel = splice
+            .as_ref()
+            .and_then(|handle| self.datapath.record(handle))
+            .map(|record| record.bytes[ROLE_SENDER as usize]);
+        status.kernel_bytes = kernel;
+        status.transport = Some(*transport);
+        let received = live.ends[slot(Role::Recv)].bytes;
+        match remote {
+            Some(remote) => {
+                let (bytes, note) = remote.path(kernel, live.ends[slot(remote.role)].bytes);
+                status.bytes = bytes;
+                status.note = Some(note);
+                status.peer_node = Some(remote.peer_node.clone());
+            }
+            // Proof over claims: a splice the kernel never carried a byte of
+            // (an end outside the agent's cgroup) is reported as TCP.
+            None => match kernel {
+                Some(0) if status.stream_bytes > 0 => {
+                    status.transport = Some(Transport::Tcp);
+                    status.bytes = received;
+                    status.note = Some(NOT_SPLICED.to_owned());
+                }
+                Some(bytes) => status.bytes = bytes,
+                None => status.bytes = received,
+            },
         }
+        let over = live.ends.iter().all(|end| end.outcome.is_some());
+        status.state = match over.then(|| verdict(&live.ends)) {
+            None => ChannelState::Active,
+            Some(Ok(())) => ChannelState::Done,
+            Some(Err(err)) => {
+                status.error = Some(err);
+                ChannelState::Failed
+            }
+        };
+        status.duration_secs = over.then(|| paired_at.elapsed().as_secs_f64());
+        status
     }
 
     /// Channels (live first, then history) and the registry's totals.

@@ -4,16 +4,19 @@
 //! other channels.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd as _,
     sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::{
     io::AsyncReadExt as _,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixStream},
     time::timeout,
 };
+use tokio_util::either::Either;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -27,9 +30,11 @@ use crate::{
     protocol::{
         MAGIC, ProtocolError, VERSION,
         control::{
-            AgentMessage, ClientReport, ClientRequest, EdgeRef, Hello, Refusal, Role, Transport,
-            encode_key, read_message, valid_channel_name, write_message,
+            AgentMessage, ClientReport, ClientRequest, ControlStream, EdgeRef, Handoff, Hello,
+            Refusal, Role, Transport, encode_key, read_message, read_preamble, valid_channel_name,
+            write_message,
         },
+        handoff::send_socket,
     },
     workflow::Workflow,
 };
@@ -72,13 +77,38 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
         )),
         Ok(Ok(_)) => None,
     };
+    let mut stream = Either::Left(stream);
+    let from = from.to_string();
     if let Some((refusal, message)) = refusal {
-        return refuse(&mut stream, from, refusal, message).await;
+        return refuse(&mut stream, &from, refusal, message).await;
     }
     client(stream, from, agent).await;
 }
 
-async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
+/// Serves one connection to the agent's Unix socket: a client on this node
+/// (never another agent), which may be handed its data sockets.
+pub async fn serve_unix(stream: UnixStream, agent: Arc<Agent>) {
+    let mut stream = Either::Right(stream);
+    let from = "the local socket".to_owned();
+    match timeout(HANDSHAKE_TIMEOUT, read_preamble(&mut stream)).await {
+        Ok(Ok(())) => client(stream, from, agent).await,
+        Ok(Err(err)) => {
+            let refusal = match err {
+                ProtocolError::UnsupportedVersion(_) => Refusal::UnsupportedVersion,
+                _ => Refusal::BadHandshake,
+            };
+            refuse(&mut stream, &from, refusal, err.to_string()).await;
+        }
+        Err(_) => {
+            let message = format!(
+                "no complete hello within {HANDSHAKE_TIMEOUT:?}; send the preamble and the hello message at once"
+            );
+            refuse(&mut stream, &from, Refusal::BadHandshake, message).await;
+        }
+    }
+}
+
+async fn client(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
     let request = match timeout(
         HANDSHAKE_TIMEOUT,
         read_message::<_, ClientRequest>(&mut stream),
@@ -88,12 +118,12 @@ async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
         Ok(Ok(Some(request))) => request,
         Ok(Ok(None)) => {
             let message = "connection closed before the hello message".to_owned();
-            return refuse(&mut stream, from, Refusal::BadHandshake, message).await;
+            return refuse(&mut stream, &from, Refusal::BadHandshake, message).await;
         }
         Ok(Err(err)) => {
             return refuse(
                 &mut stream,
-                from,
+                &from,
                 Refusal::BadHandshake,
                 format!("bad hello: {err}"),
             )
@@ -103,24 +133,24 @@ async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
             let message = format!(
                 "no complete hello within {HANDSHAKE_TIMEOUT:?}; send the preamble and the hello message at once"
             );
-            return refuse(&mut stream, from, Refusal::BadHandshake, message).await;
+            return refuse(&mut stream, &from, Refusal::BadHandshake, message).await;
         }
     };
     let hello = match request {
         ClientRequest::Describe { describe } => {
-            return answer_describe(&mut stream, from, &agent, describe).await;
+            return answer_describe(&mut stream, &from, &agent, describe).await;
         }
         ClientRequest::Open(hello) => hello,
     };
-    if let Err((refusal, message)) = validate(&hello) {
-        return refuse(&mut stream, from, refusal, message).await;
+    if let Err((refusal, message)) = validate(&hello, is_unix(&stream)) {
+        return refuse(&mut stream, &from, refusal, message).await;
     }
     let Some(stream_ref) = hello.stream.clone() else {
         if agent.workflow_channels_only {
             let message = "this agent serves only workflow channels (--workflow-channels-only); \
                            open the channel with --workflow, --edge, --as and its token"
                 .to_owned();
-            return refuse(&mut stream, from, Refusal::WorkflowOnly, message).await;
+            return refuse(&mut stream, &from, Refusal::WorkflowOnly, message).await;
         }
         return local(stream, hello, None, &agent).await;
     };
@@ -136,14 +166,14 @@ async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
     match resolved {
         Err(Denied::NotAllowed) => {
             let message = "no such workflow channel for this token".to_owned();
-            refuse(&mut stream, from, Refusal::NotAllowed, message).await;
+            refuse(&mut stream, &from, Refusal::NotAllowed, message).await;
         }
         Err(Denied::WrongNode(node)) => {
             let message = format!(
                 "function {:?} runs on node {node}; connect to that node's agent",
                 stream_ref.function
             );
-            refuse(&mut stream, from, Refusal::WrongNode, message).await;
+            refuse(&mut stream, &from, Refusal::WrongNode, message).await;
         }
         Ok(resolved) if resolved.peer_node == agent.node => {
             let mut hello = hello;
@@ -154,7 +184,7 @@ async fn client(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
     }
 }
 
-async fn answer_describe(stream: &mut TcpStream, from: SocketAddr, agent: &Agent, edge: EdgeRef) {
+async fn answer_describe(stream: &mut ControlStream, from: &str, agent: &Agent, edge: EdgeRef) {
     match agent
         .workflows
         .describe(&edge.workflow, &edge.token, &edge.edge, &edge.function)
@@ -180,19 +210,53 @@ async fn answer_describe(stream: &mut TcpStream, from: SocketAddr, agent: &Agent
 }
 
 /// Both ends on this node: pair them; the kernel splices their sockets.
-async fn local(mut stream: TcpStream, hello: Hello, window: Option<u64>, agent: &Agent) {
+/// A client on the Unix socket gets its data socket from the agent: a
+/// receiver the listener (bound in the agent's namespace, so any sender on
+/// the node reaches it), a sender the connection to its receiver.
+async fn local(mut control: ControlStream, mut hello: Hello, window: Option<u64>, agent: &Agent) {
     let name = hello.channel.clone();
-    let joined = match agent.registry.join(hello, window) {
+    let reach = match &control {
+        Either::Left(tcp) => tcp
+            .local_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |addr| addr.ip()),
+        Either::Right(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let mut listener = None;
+    if is_unix(&control) {
+        match hello.role {
+            // The agent connects for it: from the agent's namespace.
+            Role::Send => hello.netns_cookie = agent.netns_cookie,
+            Role::Recv if hello.listen.is_none() => match bind_any() {
+                Ok(bound) => {
+                    hello.netns_cookie = agent.netns_cookie;
+                    hello.listen = bound.local_addr().ok();
+                    listener = Some(bound);
+                }
+                Err(err) => {
+                    let message = format!("the agent could not open a data listener: {err}");
+                    return refuse_quietly(&mut control, Refusal::Internal, message).await;
+                }
+            },
+            Role::Recv => {}
+        }
+    }
+    let joined = match agent.registry.join(hello, window, reach) {
         Ok(joined) => joined,
-        Err((refusal, message)) => return refuse_quietly(&mut stream, refusal, message).await,
+        Err((refusal, message)) => return refuse_quietly(&mut control, refusal, message).await,
     };
     let (id, role) = (joined.id, joined.role);
     let accepted = AgentMessage::Accepted {
         channel_id: id,
         node: agent.node.clone(),
         window: Some(window.unwrap_or(agent.default_window)),
+        socket: listener.as_ref().map(|_| Handoff::Listener),
     };
-    if write_message(&mut stream, &accepted).await.is_err() {
+    let mut sent = write_message(&mut control, &accepted).await.is_ok();
+    if let (Some(listener), Either::Right(unix)) = (&listener, &control) {
+        sent = sent && send_socket(unix, listener.as_fd()).await.is_ok();
+    }
+    drop(listener);
+    if !sent {
         agent.registry.left(&name, role, id);
         return;
     }
@@ -201,37 +265,96 @@ async fn local(mut stream: TcpStream, hello: Hello, window: Option<u64>, agent: 
         Pairing::Later(wait) => {
             tokio::select! {
                 message = wait => message.ok(),
-                () = closed(&mut stream) => None,
+                () = closed(&mut control) => None,
             }
         }
     };
-    let Some(paired) = paired else {
+    let Some(mut paired) = paired else {
         agent.registry.left(&name, role, id);
         return;
     };
     let is_refusal = matches!(paired, AgentMessage::Refused { .. });
-    if write_message(&mut stream, &paired).await.is_err() || is_refusal {
+    let mut data = None;
+    if let (Either::Right(_), Role::Send, AgentMessage::Paired { peer, socket, .. }) =
+        (&control, role, &mut paired)
+    {
+        match connect_for_sender(peer.take()).await {
+            Ok(stream) => {
+                *socket = Some(Handoff::Connection);
+                data = Some(stream);
+            }
+            Err(err) => {
+                warn!(channel = %name, %err, "could not connect a local sender to its receiver");
+                let failed = ClientReport::Done {
+                    ok: false,
+                    bytes: 0,
+                    error: Some(format!(
+                        "the agent could not connect to the receiver: {err}"
+                    )),
+                };
+                agent.registry.report(&name, role, failed);
+                let message = format!("the agent could not connect to the receiver: {err}");
+                return refuse_quietly(&mut control, Refusal::Internal, message).await;
+            }
+        }
+    }
+    let mut sent = write_message(&mut control, &paired).await.is_ok();
+    if let (Some(data), Either::Right(unix)) = (&data, &control) {
+        sent = sent && send_socket(unix, data.as_fd()).await.is_ok();
+    }
+    drop(data);
+    if !sent || is_refusal {
         agent.registry.left(&name, role, id);
         return;
     }
-    reports(stream, agent, &name, role, id).await;
+    reports(control, agent, &name, role, id).await;
 }
 
-/// The other end is on another node: relay this function's data connection
-/// over the stream's prepared connection between the two agents.
-async fn cross_node(mut control: TcpStream, hello: Hello, resolved: Resolved, agent: &Arc<Agent>) {
+/// A listener in the agent's namespace on every address (both families
+/// where the node has IPv6), for a receiver on the Unix socket.
+fn bind_any() -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .or_else(|_| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+}
+
+/// The data connection of a sender on the Unix socket, opened by the agent.
+async fn connect_for_sender(peer: Option<SocketAddr>) -> Result<TcpStream, String> {
+    let peer = peer.ok_or("the receiver has no data address")?;
+    let stream = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| format!("{peer} did not answer"))?
+        .map_err(|err| format!("connecting to {peer}: {err}"))?;
+    stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
+/// The other end is on another node: the stream's prepared connection
+/// between the two agents carries it. A function on the Unix socket is handed
+/// that connection; otherwise the agent relays its data connection over it.
+async fn cross_node(
+    mut control: ControlStream,
+    hello: Hello,
+    resolved: Resolved,
+    agent: &Arc<Agent>,
+) {
     let role = hello.role;
     let name = resolved.stream.to_string();
     let window = resolved.edge.buffer;
     let relayed = Arc::new(AtomicU64::new(0));
-    let id = match agent.registry.join_remote(&name, role, relayed.clone()) {
-        Ok(id) => id,
-        Err((refusal, message)) => return refuse_quietly(&mut control, refusal, message).await,
-    };
+    let handed = is_unix(&control);
+    let id =
+        match agent
+            .registry
+            .join_remote(&name, role, &resolved.peer_node, relayed.clone(), handed)
+        {
+            Ok(id) => id,
+            Err((refusal, message)) => return refuse_quietly(&mut control, refusal, message).await,
+        };
     let accepted = AgentMessage::Accepted {
         channel_id: id,
         node: agent.node.clone(),
         window: Some(window),
+        socket: None,
     };
     if write_message(&mut control, &accepted).await.is_err() {
         agent.registry.left(&name, role, id);
@@ -253,9 +376,28 @@ async fn cross_node(mut control: TcpStream, hello: Hello, resolved: Resolved, ag
         agent.registry.left(&name, role, id);
         return;
     };
+    if let Either::Right(unix) = &mut control {
+        if let Err(err) = hand_over(unix, role, &mut prepared, window).await {
+            warn!(channel = %name, %err, "cross-node stream not handed over");
+            agent.registry.left(&name, role, id);
+            return;
+        }
+        drop(prepared);
+        return reports(control, agent, &name, role, id).await;
+    }
+    let Either::Left(mut control) = control else {
+        unreachable!("handled above");
+    };
+    let end = LocalEnd {
+        agent,
+        name: &name,
+        id,
+        hello: &hello,
+        window,
+    };
     let joined = match role {
-        Role::Send => accept_producer(&mut control, &mut prepared, window).await,
-        Role::Recv => connect_consumer(&mut control, &hello, &prepared, window).await,
+        Role::Send => end.accept_producer(&mut control, &mut prepared).await,
+        Role::Recv => end.connect_consumer(&mut control, &prepared).await,
     };
     let data = match joined {
         Ok(data) => data,
@@ -278,70 +420,154 @@ async fn cross_node(mut control: TcpStream, hello: Hello, resolved: Resolved, ag
             Some(err) => info!(channel = %stream_name, forward, backward, %err, "relay broken"),
         }
     });
-    reports(control, agent, &name, role, id).await;
+    reports(Either::Left(control), agent, &name, role, id).await;
 }
 
-/// Producer side: tells the producer where to connect, accepts it, and
-/// starts the prepared connection.
-async fn accept_producer(
-    control: &mut TcpStream,
+/// Hands the agents' link to the function on the Unix socket: its bytes then
+/// go between the function's socket and the other node's, never through
+/// this agent. The producer's side starts the link first.
+async fn hand_over(
+    unix: &mut UnixStream,
+    role: Role,
     prepared: &mut super::crossnode::Prepared,
     window: u64,
-) -> Result<TcpStream, String> {
-    let ip = control.local_addr().map_err(|e| e.to_string())?.ip();
-    let listener = TcpListener::bind((ip, 0))
-        .await
-        .map_err(|e| e.to_string())?;
-    let peer = listener.local_addr().map_err(|e| e.to_string())?;
-    let paired = AgentMessage::Paired {
-        transport: Transport::Tcp,
-        peer: Some(peer),
-        key: encode_key(&prepared.key),
-        window,
-    };
-    write_message(control, &paired)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (data, _) = timeout(DATA_CONNECT_TIMEOUT, listener.accept())
-        .await
-        .map_err(|_| "the producer did not connect".to_owned())?
-        .map_err(|e| e.to_string())?;
-    data.set_nodelay(true).ok();
-    relay::start(&mut prepared.conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(data)
-}
-
-/// Consumer side: pairs the consumer and connects to its data listener.
-async fn connect_consumer(
-    control: &mut TcpStream,
-    hello: &Hello,
-    prepared: &super::crossnode::Prepared,
-    window: u64,
-) -> Result<TcpStream, String> {
-    let listen = hello
-        .listen
-        .ok_or("the consumer advertised no data address")?;
+) -> Result<(), String> {
+    if role == Role::Send {
+        relay::start(&mut prepared.conn)
+            .await
+            .map_err(|e| format!("starting the link: {e}"))?;
+    }
     let paired = AgentMessage::Paired {
         transport: Transport::Tcp,
         peer: None,
         key: encode_key(&prepared.key),
         window,
+        socket: Some(Handoff::Connection),
     };
-    write_message(control, &paired)
+    write_message(unix, &paired)
         .await
         .map_err(|e| e.to_string())?;
-    let data = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(listen))
+    send_socket(unix, prepared.conn.as_fd())
         .await
-        .map_err(|_| format!("the consumer's listener {listen} did not answer"))?
-        .map_err(|e| format!("connecting to the consumer at {listen}: {e}"))?;
-    data.set_nodelay(true).ok();
-    Ok(data)
+        .map_err(|e| format!("handing the link over: {e}"))
+}
+
+/// The function end of a cross-node stream on this node.
+struct LocalEnd<'a> {
+    agent: &'a Arc<Agent>,
+    name: &'a str,
+    id: u32,
+    hello: &'a Hello,
+    window: u64,
+}
+
+impl LocalEnd<'_> {
+    /// Producer side: tells the producer where to connect, has the kernel
+    /// redirect its writes into the prepared link, accepts it, and starts the
+    /// link.
+    async fn accept_producer(
+        &self,
+        control: &mut TcpStream,
+        prepared: &mut super::crossnode::Prepared,
+    ) -> Result<TcpStream, String> {
+        let ip = control.local_addr().map_err(|e| e.to_string())?.ip();
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .map_err(|e| e.to_string())?;
+        let peer = listener.local_addr().map_err(|e| e.to_string())?;
+        // The producer writes only after the consumer's first credit, which
+        // comes back over the link: by then its socket is in the map.
+        match self
+            .agent
+            .datapath
+            .install_outbound(self.id, self.hello, peer, &prepared.conn)
+        {
+            Ok(handle) => {
+                // The redirect cannot wait for room in the link (a producer
+                // with a non-blocking socket would get a short write and no
+                // wake-up): give it room for the whole window, which the
+                // credits never let the stream exceed.
+                let room = usize::try_from(self.window.saturating_mul(2)).unwrap_or(usize::MAX);
+                if let Err(err) = setsockopt(&prepared.conn, sockopt::SndBufForce, &room) {
+                    warn!(channel = %self.name, %err, "sizing the link's send buffer failed");
+                }
+                self.agent
+                    .registry
+                    .attach_splice(self.name, self.id, handle);
+            }
+            Err(reason) => {
+                debug!(channel = %self.name, %reason, "producer relayed by the agent");
+            }
+        }
+        let paired = AgentMessage::Paired {
+            transport: Transport::Tcp,
+            peer: Some(peer),
+            key: encode_key(&prepared.key),
+            window: self.window,
+            socket: None,
+        };
+        write_message(control, &paired)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (data, _) = timeout(DATA_CONNECT_TIMEOUT, listener.accept())
+            .await
+            .map_err(|_| "the producer did not connect".to_owned())?
+            .map_err(|e| e.to_string())?;
+        data.set_nodelay(true).ok();
+        relay::start(&mut prepared.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(data)
+    }
+
+    /// Consumer side: pairs the consumer, has the kernel deliver what the
+    /// agent writes into the consumer's socket, and connects to its data
+    /// listener.
+    async fn connect_consumer(
+        &self,
+        control: &mut TcpStream,
+        prepared: &super::crossnode::Prepared,
+    ) -> Result<TcpStream, String> {
+        let listen = self
+            .hello
+            .listen
+            .ok_or("the consumer advertised no data address")?;
+        let installed = self.agent.datapath.install(
+            self.id,
+            self.agent.netns_cookie,
+            self.hello.netns_cookie,
+            listen,
+        );
+        match installed {
+            Ok(handle) => self
+                .agent
+                .registry
+                .attach_splice(self.name, self.id, handle),
+            Err(reason) => {
+                debug!(channel = %self.name, %reason, "consumer fed over TCP by the agent");
+            }
+        }
+        let paired = AgentMessage::Paired {
+            transport: Transport::Tcp,
+            peer: None,
+            key: encode_key(&prepared.key),
+            window: self.window,
+            socket: None,
+        };
+        write_message(control, &paired)
+            .await
+            .map_err(|e| e.to_string())?;
+        let data = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(listen))
+            .await
+            .map_err(|_| format!("the consumer's listener {listen} did not answer"))?
+            .map_err(|e| format!("connecting to the consumer at {listen}: {e}"))?;
+        data.set_nodelay(true).ok();
+        Ok(data)
+    }
 }
 
 /// Reads an end's reports until it hangs up.
-async fn reports(mut stream: TcpStream, agent: &Agent, name: &str, role: Role, id: u32) {
+async fn reports(mut stream: ControlStream, agent: &Agent, name: &str, role: Role, id: u32) {
     loop {
         match read_message::<_, ClientReport>(&mut stream).await {
             Ok(Some(report)) => agent.registry.report(name, role, report),
@@ -357,7 +583,7 @@ async fn reports(mut stream: TcpStream, agent: &Agent, name: &str, role: Role, i
 
 /// Resolves when the client closes a connection on which it should be
 /// silent (waiting for its peer).
-async fn closed(stream: &mut TcpStream) {
+async fn closed(stream: &mut ControlStream) {
     let mut byte = [0u8; 1];
     loop {
         match stream.read(&mut byte).await {
@@ -368,7 +594,15 @@ async fn closed(stream: &mut TcpStream) {
     }
 }
 
-fn validate(hello: &Hello) -> Result<(), Refused> {
+/// Whether the client is on the agent's Unix socket (where the agent hands
+/// sockets over).
+fn is_unix(control: &ControlStream) -> bool {
+    matches!(control, Either::Right(_))
+}
+
+/// `unix`: a receiver on the agent's Unix socket may leave its data address
+/// out; the agent then opens the listener for it.
+fn validate(hello: &Hello, unix: bool) -> Result<(), Refused> {
     if hello.stream.is_none() && !valid_channel_name(&hello.channel) {
         let shown: String = hello.channel.chars().take(64).collect();
         return Err((
@@ -381,13 +615,19 @@ fn validate(hello: &Hello) -> Result<(), Refused> {
     }
     match hello.role {
         Role::Recv => {
-            let Some(listen) = hello.listen else {
-                return Err((
-                    Refusal::BadRequest,
-                    "a receiver must advertise its data address (`listen`)".into(),
-                ));
+            let listen = match (hello.listen, unix) {
+                (Some(listen), _) => Some(listen),
+                (None, true) => None,
+                (None, false) => {
+                    return Err((
+                        Refusal::BadRequest,
+                        "a receiver must advertise its data address (`listen`)".into(),
+                    ));
+                }
             };
-            if listen.port() == 0 || listen.ip().is_unspecified() {
+            if let Some(listen) = listen
+                && (listen.port() == 0 || listen.ip().is_unspecified())
+            {
                 return Err((
                     Refusal::BadRequest,
                     format!(
@@ -420,12 +660,12 @@ fn validate(hello: &Hello) -> Result<(), Refused> {
     Ok(())
 }
 
-async fn refuse(stream: &mut TcpStream, from: SocketAddr, error: Refusal, message: String) {
+async fn refuse(stream: &mut ControlStream, from: &str, error: Refusal, message: String) {
     info!(%from, ?error, %message, "refused a client");
     refuse_quietly(stream, error, message).await;
 }
 
-async fn refuse_quietly(stream: &mut TcpStream, error: Refusal, message: String) {
+async fn refuse_quietly(stream: &mut ControlStream, error: Refusal, message: String) {
     let _ = write_message(stream, &AgentMessage::Refused { error, message }).await;
 }
 

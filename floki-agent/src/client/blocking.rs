@@ -27,12 +27,14 @@ use tokio::runtime::Runtime;
 
 use super::{
     COALESCE_BELOW, COALESCE_CAP, ChannelOptions, ClientError, STAGING, StreamError, Summary,
-    Transport, connect,
+    Transport,
+    beside::Beside,
+    connect,
     end::{EndState, read_failure, write_failure},
     receiver::finished,
 };
 use crate::protocol::{
-    frame::{FrameKind, control_frame},
+    frame::{FrameKind, HEADER_LEN, control_frame},
     stream::{Inbound, Outbound, Want},
 };
 
@@ -48,6 +50,9 @@ pub(crate) fn background() -> &'static Runtime {
             .expect("starting the Floki client's background runtime")
     })
 }
+
+/// Writes at least this large get their checksum computed beside the write.
+const HASH_BESIDE_ABOVE: usize = 256 * 1024;
 
 /// Turns an established (tokio) data connection into a blocking one.
 fn into_blocking(data: tokio::net::TcpStream, channel: &str) -> Result<TcpStream, ClientError> {
@@ -95,6 +100,9 @@ struct Open {
     end: EndState,
     stream: TcpStream,
     outbound: Outbound,
+    /// Computes the checksum of large writes beside them (`None`: inline,
+    /// if the helper thread could not start).
+    beside: Option<Beside>,
 }
 
 impl Sender {
@@ -193,6 +201,14 @@ impl Sender {
             self.link = match background().block_on(task) {
                 Ok(Ok(established)) => match into_blocking(established.data, &self.channel) {
                     Ok(stream) => Link::Open(Box::new(Open {
+                        // Over TCP the sender's core also runs the stack
+                        // (the receiving side too, on one machine), so it
+                        // is the one to unload; spliced, both ends do one
+                        // copy each and the hash is cheapest inline, on data
+                        // still in cache.
+                        beside: (established.end.transport == Transport::Tcp)
+                            .then(Beside::start)
+                            .and_then(Result::ok),
                         end: established.end,
                         stream,
                         outbound: Outbound::new(established.credit),
@@ -270,11 +286,23 @@ impl Open {
                 self.read_inbox()?;
                 continue;
             };
-            let bufs = [
-                IoSlice::new(next.header),
-                IoSlice::new(&src[..next.payload]),
-            ];
-            let n = match self.stream.write_vectored(&bufs) {
+            let mut header = [0u8; HEADER_LEN];
+            let header_len = next.header.len();
+            header[..header_len].copy_from_slice(next.header);
+            let payload = &src[..next.payload];
+            let bufs = [IoSlice::new(&header[..header_len]), IoSlice::new(payload)];
+            // Large writes: the checksum is computed beside the write, on a
+            // helper thread, off the sender's critical path.
+            let (result, ahead) = match &self.beside {
+                Some(beside) if payload.len() >= HASH_BESIDE_ABOVE => {
+                    let stream = &mut self.stream;
+                    beside.run(self.outbound.ahead(), payload, || {
+                        stream.write_vectored(&bufs)
+                    })
+                }
+                _ => (self.stream.write_vectored(&bufs), None),
+            };
+            let n = match result {
                 Ok(0) => {
                     let err = io::ErrorKind::WriteZero.into();
                     return Err(self.write_failed("writing", &err));
@@ -283,7 +311,10 @@ impl Open {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(self.write_failed("writing", &err)),
             };
-            let written = self.outbound.wrote(n, src);
+            let written = match ahead {
+                Some(ahead) => self.outbound.wrote_ahead(n, src, ahead),
+                None => self.outbound.wrote(n, src),
+            };
             self.end.reporter.progress(self.outbound.sent());
             if written > 0 {
                 return Ok(written);

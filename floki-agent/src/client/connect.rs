@@ -43,21 +43,27 @@ pub(crate) async fn sender(
     accepted: broker::Accepted,
     opts: &ChannelOptions,
 ) -> Result<Established, ClientError> {
-    let pairing = broker::paired(accepted, opts, Role::Send).await?;
+    let (mut pairing, _) = broker::paired(accepted, opts, Role::Send).await?;
     let channel = opts.channel.clone();
-    let addr = pairing.peer.ok_or_else(|| ClientError::Protocol {
-        channel: channel.clone(),
-        source: ProtocolError::BadFrame("paired without the receiver's address".into()),
-    })?;
-    let unreachable = |source| ClientError::ReceiverUnreachable {
-        channel: channel.clone(),
-        addr,
-        source,
+    let mut data = match pairing.handed.take() {
+        // The agent connected on our behalf (its Unix socket).
+        Some(data) => data,
+        None => {
+            let addr = pairing.peer.ok_or_else(|| ClientError::Protocol {
+                channel: channel.clone(),
+                source: ProtocolError::BadFrame("paired without the receiver's address".into()),
+            })?;
+            let unreachable = |source| ClientError::ReceiverUnreachable {
+                channel: channel.clone(),
+                addr,
+                source,
+            };
+            timeout(opts.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
+                .map_err(unreachable)?
+        }
     };
-    let mut data = timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
-        .map_err(unreachable)?;
     data.set_nodelay(true).ok();
 
     // The receiver speaks first, once both sockets are spliced: only then
@@ -91,8 +97,10 @@ pub(crate) async fn sender(
     })
 }
 
-/// Opens `opts.channel` as its receiver: binds the data listener, pairs, and
-/// accepts the paired sender's connection.
+/// Opens `opts.channel` as its receiver: binds the data listener (or takes
+/// the one the agent hands over on its Unix socket), pairs, and accepts the
+/// paired sender's connection (or takes the connection the agent hands over:
+/// the link from another node).
 pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, ClientError> {
     let control = broker::connect(opts).await?;
     let channel = opts.channel.clone();
@@ -101,24 +109,41 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
         context,
         source,
     };
-    let bind = match opts.data_addr {
-        Some(addr) => addr,
-        None => {
-            let local = control
+    let bind = match (opts.data_addr, broker::is_unix(&control)) {
+        (Some(addr), _) => Some(addr),
+        (None, true) => None,
+        (None, false) => broker::local_ip(&control)
+            .map_err(|e| io_err("reading the control connection's address", e))?
+            .map(|ip| SocketAddr::new(ip, 0)),
+    };
+    let (own, listen) = match bind {
+        Some(bind) => {
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|e| io_err("binding the data listener", e))?;
+            let listen = listener
                 .local_addr()
-                .map_err(|e| io_err("reading the control connection's address", e))?;
-            SocketAddr::new(local.ip(), 0)
+                .map_err(|e| io_err("reading the data listener's address", e))?;
+            (Some(listener), Some(listen))
+        }
+        None => (None, None),
+    };
+    let accepted = broker::hello(control, opts, Role::Recv, listen).await?;
+    let (mut pairing, handed_listener) = broker::paired(accepted, opts, Role::Recv).await?;
+    let data = match (pairing.handed.take(), own.or(handed_listener)) {
+        (Some(link), _) => verify_sender(link, &pairing.key, pairing.window, opts).await?,
+        (None, Some(listener)) => {
+            accept_sender(&listener, &pairing.key, pairing.window, opts).await?
+        }
+        (None, None) => {
+            return Err(ClientError::Protocol {
+                channel,
+                source: ProtocolError::BadFrame(
+                    "paired without a data listener or connection".into(),
+                ),
+            });
         }
     };
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|e| io_err("binding the data listener", e))?;
-    let listen = listener
-        .local_addr()
-        .map_err(|e| io_err("reading the data listener's address", e))?;
-    let accepted = broker::hello(control, opts, Role::Recv, Some(listen)).await?;
-    let pairing = broker::paired(accepted, opts, Role::Recv).await?;
-    let data = accept_sender(&listener, &pairing.key, pairing.window, opts).await?;
     let reporter = Reporter::spawn(pairing.control);
     Ok(Established {
         end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
@@ -192,6 +217,50 @@ async fn accept_sender(
             Err(_) => reject(stream, from, opts, "no pairing key within 10 s").await,
         }
     }
+}
+
+/// Opens a data connection the agent handed over (the link from the
+/// producer's node): speaks first, then checks the key. There is no other
+/// connection to wait for: a wrong key fails the channel.
+async fn verify_sender(
+    mut stream: TcpStream,
+    key: &[u8; KEY_LEN],
+    window: u64,
+    opts: &ChannelOptions,
+) -> Result<TcpStream, ClientError> {
+    let failed = |reason: String| ClientError::Stream {
+        channel: opts.channel.clone(),
+        source: StreamError::Rejected { reason },
+    };
+    stream.set_nodelay(true).ok();
+    stream
+        .write_all(&Inbound::initial_credit(window))
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context: "sending the first credit on the handed-over connection",
+            source,
+        })?;
+    // The producer may come much later: wait as long as for a pairing.
+    let presented =
+        match opts.pair_timeout {
+            Some(limit) => timeout(limit, read_hello(&mut stream)).await.map_err(|_| {
+                ClientError::PairTimeout {
+                    channel: opts.channel.clone(),
+                    peer: Role::Send,
+                    timeout: limit,
+                }
+            })?,
+            None => read_hello(&mut stream).await,
+        }
+        .map_err(failed)?;
+    if presented != *key {
+        let _ = stream
+            .write_all(&control_frame(FrameKind::Reject, b"wrong pairing key"))
+            .await;
+        return Err(failed("the sender presented a wrong pairing key".into()));
+    }
+    Ok(stream)
 }
 
 async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {

@@ -24,6 +24,7 @@
 //! [`blocking`] has the same for code without an async runtime
 //! (`std::io::Write` / `std::io::Read`).
 
+mod beside;
 pub mod blocking;
 mod broker;
 mod connect;
@@ -32,7 +33,7 @@ mod error;
 mod receiver;
 mod reporter;
 mod sender;
-mod socket;
+pub(crate) mod socket;
 pub mod workflow;
 
 use std::{net::SocketAddr, time::Duration};
@@ -55,11 +56,15 @@ pub use crate::protocol::control::{StreamRef, Transport};
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT: &str = "127.0.0.1:7878";
+/// The agent's Unix socket by default. Reach it as `unix:/run/floki/floki.sock`:
+/// there the agent hands a client its data socket, and across nodes the
+/// agents' link itself, so no byte of the stream passes through an agent.
+pub const DEFAULT_SOCKET: &str = "/run/floki/floki.sock";
 
 /// How to open a channel.
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
-    /// The agent's channel address, `host:port`.
+    /// The agent: `host:port`, or `unix:PATH` for its Unix socket.
     pub agent: String,
     /// Channel name.
     pub channel: String,

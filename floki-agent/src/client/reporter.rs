@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
+use tokio::{sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
 
-use crate::protocol::control::{ClientReport, write_message};
+use crate::protocol::control::{ClientReport, ControlStream, write_message};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How long finishing waits for the last report to reach the agent.
@@ -33,7 +33,7 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     /// Starts reporting on `control`.
-    pub fn spawn(control: TcpStream) -> Self {
+    pub fn spawn(control: ControlStream) -> Self {
         let progress = Arc::new(AtomicU64::new(0));
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let task = tokio::spawn(report(control, progress.clone(), outcome_rx));
@@ -69,7 +69,7 @@ impl Reporter {
 }
 
 async fn report(
-    mut control: TcpStream,
+    mut control: ControlStream,
     progress: Arc<AtomicU64>,
     mut outcome: oneshot::Receiver<Outcome>,
 ) {

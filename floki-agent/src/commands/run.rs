@@ -42,6 +42,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         node,
         listen: args.listen,
         admin: args.admin,
+        socket: args.socket,
         datapath: DatapathConfig {
             cgroup: args.cgroup,
             pin_dir: args.pin_dir,

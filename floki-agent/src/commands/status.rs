@@ -130,8 +130,9 @@ fn render(status: &Status) -> String {
     let totals = &status.totals;
     let _ = writeln!(
         out,
-        "totals: spliced {} · fallback {} · active {} · done {} · failed {}",
+        "totals: spliced {} · forwarded by the kernel {} · tcp {} · active {} · done {} · failed {}",
         human(totals.spliced_bytes),
+        human(totals.forwarded_bytes),
         human(totals.fallback_bytes),
         totals.active_channels,
         totals.done_channels,

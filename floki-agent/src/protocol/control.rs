@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+pub use super::handoff::Handoff;
 use super::{MAGIC, MAX_MESSAGE_LEN, ProtocolError, VERSION};
+
+/// A control connection: TCP, or the agent's Unix socket (where the agent can
+/// hand sockets over, see [`super::handoff`]).
+pub type ControlStream = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
 /// Which end of a channel a client is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,7 +52,7 @@ impl std::fmt::Display for Role {
 pub enum Transport {
     /// Sender and receiver sockets spliced in the kernel (sockmap redirect).
     Splice,
-    /// Plain TCP between sender and receiver (no eBPF).
+    /// Plain TCP: no eBPF on this node, or the other end is on another node.
     Tcp,
 }
 
@@ -167,6 +172,9 @@ pub enum AgentMessage {
         /// peer is there.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         window: Option<u64>,
+        /// Unix-socket receivers: a data listener follows (see [`Handoff`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket: Option<Handoff>,
     },
     /// Answer to a describe request.
     Edge {
@@ -198,6 +206,9 @@ pub enum AgentMessage {
         key: String,
         /// Flow-control window in bytes.
         window: u64,
+        /// Unix-socket clients: the data connection follows (see [`Handoff`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket: Option<Handoff>,
     },
 }
 

@@ -1,8 +1,9 @@
 //! Floki's wire protocol, shared by the agent and the client library.
 //! `docs/PROTOCOL.md` is the description for implementers in other languages.
 //!
-//! * [`control`]: the handshake between a client and its agent (TCP): a
-//!   preamble, then length-prefixed JSON messages.
+//! * [`control`]: the handshake between a client and its agent (TCP, or the
+//!   agent's Unix socket): a preamble, then length-prefixed JSON messages.
+//! * [`handoff`]: on the Unix socket, sockets the agent hands to a client.
 //! * [`frame`]: the data stream between a sender and its receiver, on their
 //!   own point-to-point socket: binary frames, credits, the end mark.
 //! * [`stream`]: each direction's state (framing, credits, checksum), without
@@ -10,6 +11,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod handoff;
 pub mod stream;
 
 use std::io;

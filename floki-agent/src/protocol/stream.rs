@@ -130,6 +130,25 @@ pub struct NextWrite<'a> {
     pub payload: usize,
 }
 
+/// A checksum state computed ahead of a write ([`Outbound::ahead`]).
+pub struct HashedAhead {
+    hasher: XxHash3_64,
+    len: usize,
+}
+
+impl HashedAhead {
+    /// Advances the state over `payload`, the next bytes to go out.
+    pub fn hash(&mut self, payload: &[u8]) {
+        self.hasher.write(payload);
+        self.len += payload.len();
+    }
+
+    /// The checksum of everything hashed so far.
+    pub fn checksum(&self) -> u64 {
+        self.hasher.finish()
+    }
+}
+
 /// The sender's side of a stream.
 pub struct Outbound {
     limit: u64,
@@ -192,6 +211,30 @@ impl Outbound {
         self.hasher.write(&payload[..stream]);
         self.sent += stream as u64;
         stream
+    }
+
+    /// The checksum state so far, to be advanced over the next payload on
+    /// another thread while the write is in flight ([`HashedAhead::hash`]),
+    /// then handed to [`Outbound::wrote_ahead`].
+    pub fn ahead(&self) -> HashedAhead {
+        HashedAhead {
+            hasher: self.hasher.clone(),
+            len: 0,
+        }
+    }
+
+    /// [`Outbound::wrote`], with the checksum computed ahead for the whole
+    /// payload: taken if the whole payload went out, recomputed otherwise.
+    pub fn wrote_ahead(&mut self, n: usize, payload: &[u8], ahead: HashedAhead) -> usize {
+        let from_header = n.min(HEADER_LEN - self.header_pos);
+        if n - from_header != ahead.len {
+            return self.wrote(n, payload);
+        }
+        self.header_pos += from_header;
+        self.frame_left -= ahead.len;
+        self.hasher = ahead.hasher;
+        self.sent += ahead.len as u64;
+        ahead.len
     }
 
     /// Whether a frame is partly written (its rest must come next).
@@ -551,6 +594,34 @@ mod tests {
         }
         let (received, verdict) = transfer(&[], 64 << 10, 3);
         assert_eq!((received.len(), verdict), (0, Ok(())));
+    }
+
+    #[test]
+    fn a_checksum_computed_ahead_equals_the_one_computed_after() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let (mut plain, mut ahead) = (Outbound::new(1 << 20), Outbound::new(1 << 20));
+        let mut pos = 0;
+        for (i, step) in [50_000, 1, 80_000, 69_999].into_iter().enumerate() {
+            let next = plain.next_write(step).expect("credit");
+            let n = next.header.len() + next.payload;
+            plain.wrote(n, &data[pos..pos + step]);
+            let next = ahead.next_write(step).expect("credit");
+            let n = next.header.len() + next.payload;
+            let mut hashed = ahead.ahead();
+            hashed.hash(&data[pos..pos + step]);
+            // Every other write goes out short: the ahead state is dropped.
+            let n = if i % 2 == 1 { n } else { n - 10 };
+            let moved = ahead.wrote_ahead(n, &data[pos..pos + step], hashed);
+            if moved < step {
+                let rest = step - moved;
+                let next = ahead.next_write(rest).expect("mid frame");
+                assert_eq!(next.header.len(), 0);
+                ahead.wrote(rest, &data[pos + moved..pos + step]);
+            }
+            pos += step;
+        }
+        assert_eq!(plain.checksum(), ahead.checksum());
+        assert_eq!(plain.sent(), ahead.sent());
     }
 
     #[test]

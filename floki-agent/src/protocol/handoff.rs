@@ -1,0 +1,125 @@
+//! Socket hand-off on the agent's Unix socket: after an `accepted` or
+//! `paired` message that names a [`Handoff`], the agent sends one byte that
+//! carries a socket descriptor (`SCM_RIGHTS`). The client then owns that
+//! socket: the data path runs between the functions' own sockets, and the
+//! agent keeps no copy.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+use tokio::{io::Interest, net::UnixStream};
+
+/// What kind of socket follows a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handoff {
+    /// A listening TCP socket: the receiver accepts its sender's data
+    /// connection on it (same node).
+    Listener,
+    /// A connected TCP socket: the data connection itself (a sender's, or
+    /// either end of the link between two nodes' agents).
+    Connection,
+}
+
+/// The byte that carries the descriptor.
+const CARRIER: u8 = 0;
+
+/// Sends `socket` to the client at the other end of `stream`.
+pub async fn send_socket(stream: &UnixStream, socket: BorrowedFd<'_>) -> io::Result<()> {
+    let fds = [socket.as_raw_fd()];
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[IoSlice::new(&[CARRIER])],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
+        })
+        .await?;
+    if sent == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the socket hand-off was not sent",
+        ))
+    }
+}
+
+/// Receives the socket the agent sends after a message naming a hand-off.
+pub async fn recv_socket(stream: &UnixStream) -> io::Result<OwnedFd> {
+    stream
+        .async_io(Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            let mut iov = [IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!(RawFd);
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            if msg.bytes == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut received = None;
+            for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for fd in fds {
+                        // SAFETY: the kernel just installed `fd` in this
+                        // process for us; nothing else owns it.
+                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                        received.get_or_insert(owned);
+                    }
+                }
+            }
+            received.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the agent announced a socket but sent none",
+                )
+            })
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_crosses_and_works() {
+        let (agent, client) = UnixStream::pair().expect("pair");
+        let (mut kept, handed) = UnixStream::pair().expect("pair");
+        send_socket(&agent, handed.as_fd()).await.expect("send");
+        drop(handed);
+        let fd = recv_socket(&client).await.expect("receive");
+        let std = std::os::unix::net::UnixStream::from(fd);
+        std.set_nonblocking(true).expect("nonblocking");
+        let mut received = UnixStream::from_std(std).expect("tokio");
+        received.write_all(b"over").await.expect("write");
+        let mut buf = [0u8; 4];
+        kept.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"over");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_an_error() {
+        let (mut agent, client) = UnixStream::pair().expect("pair");
+        agent.write_all(&[CARRIER]).await.expect("write");
+        let err = recv_socket(&client).await.expect_err("no descriptor");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

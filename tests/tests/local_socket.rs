@@ -1,0 +1,104 @@
+//! Functions on the agent's Unix socket: the agent hands them their data
+//! sockets (the receiver a listener, the sender a connection), in any mix
+//! with clients on the TCP port, and the kernel still splices the stream.
+
+use std::time::Duration;
+
+use floki_tests::{
+    node::{TestNode, assert_success, spawn, wait_within},
+    proc_stats::tcp_out_segments,
+};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn local_clients_are_spliced_in_any_mix_with_tcp_clients() {
+    let node = TestNode::start_ebpf("local-socket");
+    let bytes = 128 * MIB;
+    for (sender_local, receiver_local) in [(true, true), (true, false), (false, true)] {
+        for receiver_first in [true, false] {
+            let channel = format!("mix-{sender_local}-{receiver_local}-{receiver_first}");
+            let probe = |verb: &str, local: bool| {
+                let mut cmd = if local {
+                    node.local_probe(verb, &channel, bytes)
+                } else {
+                    node.probe(verb, &channel, bytes)
+                };
+                spawn(cmd.args(["--writes", "mixed", "--seed", "7"]))
+            };
+            let before = tcp_out_segments();
+            let (first, second) = if receiver_first {
+                let recv = probe("recv", receiver_local);
+                std::thread::sleep(Duration::from_millis(200));
+                (recv, probe("send", sender_local))
+            } else {
+                let send = probe("send", sender_local);
+                std::thread::sleep(Duration::from_millis(200));
+                (send, probe("recv", receiver_local))
+            };
+            // The probes check every byte against the pattern.
+            assert_success(&wait_within(first, LIMIT), &format!("{channel}: first"));
+            assert_success(&wait_within(second, LIMIT), &format!("{channel}: second"));
+            let segments = tcp_out_segments() - before;
+            let status = node.agent.wait_finished(&channel, LIMIT);
+            assert_eq!(status["state"], "done", "{status:#}");
+            assert_eq!(status["transport"], "splice", "{status:#}");
+            assert!(
+                status["kernel_bytes"].as_u64().unwrap_or(0) >= bytes,
+                "{status:#}"
+            );
+            assert!(
+                segments < 400,
+                "{channel}: {segments} TCP segments for a spliced 128 MiB stream"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_local_file_transfer_with_the_cli() {
+    let node = TestNode::start_ebpf("local-cli");
+    let input = std::env::temp_dir().join(format!("floki-local-{}.in", std::process::id()));
+    let output = std::env::temp_dir().join(format!("floki-local-{}.out", std::process::id()));
+    let data: Vec<u8> = (0..3 * MIB + 17).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&input, &data).expect("input");
+    let recv = spawn(node.local_cli("recv", "files").arg("-o").arg(&output));
+    let send = spawn(node.local_cli("send", "files").arg(&input));
+    assert_success(&wait_within(send, LIMIT), "send");
+    assert_success(&wait_within(recv, LIMIT), "recv");
+    let received = std::fs::read(&output).expect("output");
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+    assert!(
+        received == data,
+        "the received file differs from the sent one"
+    );
+    assert_eq!(
+        node.agent.wait_finished("files", LIMIT)["transport"],
+        "splice"
+    );
+}
+
+#[test]
+fn the_local_socket_refuses_what_the_tcp_port_refuses() {
+    let node = TestNode::start_ebpf("local-refusals");
+    // A bad channel name gets the same clear refusal on either door.
+    let out = std::process::Command::new(floki_tests::agent_binary())
+        .args(["send", "bad name!"])
+        .arg("--agent")
+        .arg(format!("unix:{}", node.agent.socket.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running send");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BadChannelName"), "{stderr}");
+    // And the agent keeps serving.
+    let recv = spawn(&mut node.local_probe("recv", "after", MIB));
+    assert_success(
+        &wait_within(spawn(&mut node.local_probe("send", "after", MIB)), LIMIT),
+        "send",
+    );
+    assert_success(&wait_within(recv, LIMIT), "recv");
+}
