@@ -54,16 +54,17 @@ fn human(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
-/// The line `send` and `recv` print on stderr for a verified stream.
+/// The line `send` and `recv` print on stderr for a verified stream; `what`
+/// says which (`on channel 'x'`, `to f on edge w/e`).
 fn print_summary(
     verb: &str,
-    channel: &str,
+    what: &str,
     summary: &floki_agent::client::Summary,
     seconds: f64,
     verified: &str,
 ) {
     eprintln!(
-        "floki: {verb} {} on channel '{channel}' via {} in {seconds:.2} s ({}); {verified} (xxh3 {:016x})",
+        "floki: {verb} {} {what} via {} in {seconds:.2} s ({}); {verified} (xxh3 {:016x})",
         human(summary.bytes),
         summary.transport,
         rate(summary.bytes, seconds),

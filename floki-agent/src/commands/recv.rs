@@ -72,9 +72,16 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     };
     let seconds = started.elapsed().as_secs_f64();
     for (peer, summary) in &summaries {
+        let what = match &args.edge.workflow {
+            Some(workflow) => format!(
+                "from {peer} on edge {workflow}/{}",
+                args.edge.edge.as_deref().unwrap_or_default()
+            ),
+            None => format!("on channel '{peer}'"),
+        };
         print_summary(
             "received",
-            peer,
+            &what,
             summary,
             seconds,
             "end mark and checksum verified",

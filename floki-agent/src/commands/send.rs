@@ -70,7 +70,14 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
     };
     let seconds = started.elapsed().as_secs_f64();
     for (peer, summary) in &summaries {
-        print_summary("sent", peer, summary, seconds, "the receiver verified it");
+        let what = match &args.edge.workflow {
+            Some(workflow) => format!(
+                "to {peer} on edge {workflow}/{}",
+                args.edge.edge.as_deref().unwrap_or_default()
+            ),
+            None => format!("on channel '{peer}'"),
+        };
+        print_summary("sent", &what, summary, seconds, "the receiver verified it");
     }
     Ok(())
 }

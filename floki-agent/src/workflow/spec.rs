@@ -400,6 +400,24 @@ fn valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_examples_are_valid() {
+        let nodes: BTreeSet<String> = ["node-a".into(), "node-b".into()].into();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|ext| ext == "yaml") {
+                let yaml = std::fs::read_to_string(&path).expect("readable");
+                if let Err(errors) = Workflow::parse(&yaml, &nodes) {
+                    panic!("{}: {errors}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "only {checked} examples");
+    }
+
     fn nodes() -> BTreeSet<String> {
         ["node-a", "node-b"].map(String::from).into()
     }

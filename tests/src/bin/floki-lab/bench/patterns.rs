@@ -15,10 +15,10 @@ use crate::{lab::measured, peer::Measured};
 #[derive(Debug, Args)]
 pub struct Options {
     /// Bytes per stream.
-    #[arg(long, default_value = "512MiB")]
+    #[arg(long, default_value = "1GiB")]
     pub size: String,
     /// Runs per measurement; the table shows medians and the range.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
