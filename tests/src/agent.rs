@@ -116,7 +116,13 @@ impl TestAgent {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .args(["--shutdown-grace", "10"])
-            .env("RUST_LOG", "info,floki_agent=debug")
+            // Benchmarks that count the agents' disk writes quiet them
+            // (FLOKI_TEST_AGENT_LOG=warn): a log line is a disk write too.
+            .env(
+                "RUST_LOG",
+                std::env::var("FLOKI_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,floki_agent=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         if opts.no_ebpf {

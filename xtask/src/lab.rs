@@ -4,7 +4,10 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::toolchain::{self, workspace_root};
+use crate::{
+    baselines,
+    toolchain::{self, workspace_root},
+};
 
 /// Builds the release binaries and runs `floki-lab TASK ARGS`.
 pub fn run(task: &str, args: &[String]) -> anyhow::Result<()> {
@@ -13,6 +16,10 @@ pub fn run(task: &str, args: &[String]) -> anyhow::Result<()> {
         bail!("the agent loads eBPF programs: run `cargo xtask {task}` as root");
     }
     toolchain::ensure()?;
+    // The demo and the paper benchmark compare with object storage.
+    if task == "demo" || args.first().is_some_and(|bench| bench == "paper") {
+        baselines::ensure()?;
+    }
     eprintln!("xtask: building floki-agent and floki-lab (release)");
     toolchain::run(
         Command::new("cargo")

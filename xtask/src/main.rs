@@ -2,6 +2,7 @@
 //! (the pinned nightly, LLVM 22, bpf-linker), drives cargo, and hands the demo
 //! and the benchmarks to `floki-lab` once everything is built.
 
+mod baselines;
 mod ebpf;
 mod lab;
 mod test;
@@ -31,7 +32,8 @@ enum Task {
     /// What CI runs: formatting, clippy (warnings denied), unit and kernel
     /// tests (as root).
     Test(test::Options),
-    /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`.
+    /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`,
+    /// `patterns`, `paper`.
     Bench {
         /// Which benchmark and its options (see `floki-lab bench --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]

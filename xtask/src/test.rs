@@ -34,6 +34,8 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         eprintln!("xtask: {message}; they will fail");
     }
     toolchain::ensure()?;
+    // The quick object-storage comparison is part of the suite.
+    crate::baselines::ensure()?;
     if !opts.no_lint {
         eprintln!("xtask: cargo fmt --check");
         run(&mut cargo(&["fmt", "--all", "--check"]))?;

@@ -1,17 +1,23 @@
 //! `cargo xtask demo`: builds everything, starts an agent on this machine,
 //! streams 1 GiB from a producer to a consumer through a spliced channel,
-//! shows the CLI and the agent's status, and compares with plain TCP.
+//! shows the CLI and the agent's status, and compares with plain TCP and
+//! with the same bytes passed through an object store (s3s-fs, PUT then
+//! GET), as serverless platforms do.
 
 use std::{
     io::Write as _,
     process::{Command, Stdio},
     str::FromStr as _,
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::lab::{self, Lab, measured};
+use crate::{
+    bench::paper::{Place, Server, endpoint::Plan, scenario::Stream, usage},
+    lab::{self, Lab, measured},
+};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -74,10 +80,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "--chunk",
         &chunk,
     ];
+    let started = Instant::now();
     let consumer = lab.peer(&strings(&[&["floki-recv"][..], &common].concat()), None)?;
     let producer = lab.peer(&strings(&[&["floki-send"][..], &common].concat()), None)?;
     let floki = measured(consumer)?;
     measured(producer)?;
+    let floki_e2e = started.elapsed().as_secs_f64();
     let floki_rate = floki.bytes as f64 / floki.seconds / 1e9;
     eprintln!(
         "consumer verified {size} (length and XXH3) in {:.2} s: {floki_rate:.2} GB/s over {}",
@@ -98,6 +106,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let tcp_rate = tcp.bytes as f64 / tcp.seconds / 1e9;
     eprintln!("{:.2} s: {tcp_rate:.2} GB/s", tcp.seconds);
 
+    eprintln!(
+        "\n== the same {size} through an S3 object store (s3s-fs, files on local disk): PUT, then GET"
+    );
+    let store = object_store_round(&lab, bytes)?;
+    eprintln!(
+        "{:.2} s end to end ({} written to disk)",
+        store.seconds,
+        bytesize::ByteSize(store.disk_bytes).display().iec()
+    );
+
     eprintln!("\n== floki-agent status");
     let status = Command::new(&binaries.agent)
         .arg("status")
@@ -111,5 +129,60 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "\n{size} through Floki: {floki_rate:.2} GB/s spliced in the kernel, against {tcp_rate:.2} GB/s over plain TCP: {:.2}x.",
         floki_rate / tcp_rate
     );
+    println!(
+        "{size} end to end: {floki_e2e:.2} s through Floki, {:.2} s through the object store: {:.0}x faster, with 0 B written to disk against {}.",
+        store.seconds,
+        store.seconds / floki_e2e,
+        bytesize::ByteSize(store.disk_bytes).display().iec()
+    );
     Ok(())
+}
+
+/// What passing the bytes through the object store cost.
+struct StoreRound {
+    seconds: f64,
+    disk_bytes: u64,
+}
+
+/// A producer PUTs `bytes` into a fresh s3s-fs on this host, then a
+/// consumer GETs and checks them, as a serverless platform passes data.
+fn object_store_round(lab: &Lab, bytes: u64) -> anyhow::Result<StoreRound> {
+    // On the local disk, where an object store keeps its data (not /tmp,
+    // which may be memory).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/demo-s3");
+    let server = Server::s3s_fs(&Place::Host(&lab.cgroup), &root)?;
+    let before = usage::read(server.pid);
+    let stream = Stream {
+        producer: "producer".into(),
+        consumer: "consumer".into(),
+        bytes,
+        seed: 42,
+        key: "demo/object".into(),
+    };
+    let plan = |produce: bool| -> anyhow::Result<Vec<String>> {
+        let plan = Plan {
+            access: server.s3_access("host"),
+            function: if produce { "producer" } else { "consumer" }.into(),
+            produce,
+            streams: vec![stream.clone()],
+        };
+        Ok(vec!["paper-endpoint".into(), serde_json::to_string(&plan)?])
+    };
+    let started = Instant::now();
+    let put = lab.peer(&plan(true)?, None)?.wait_with_output()?;
+    if !put.status.success() {
+        bail!("the PUT failed: {}", String::from_utf8_lossy(&put.stderr));
+    }
+    let get = lab.peer(&plan(false)?, None)?.wait_with_output()?;
+    if !get.status.success() {
+        bail!("the GET failed: {}", String::from_utf8_lossy(&get.stderr));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let disk_bytes = usage::since(before, usage::read(server.pid)).write_bytes;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(StoreRound {
+        seconds,
+        disk_bytes,
+    })
 }

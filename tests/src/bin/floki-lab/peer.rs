@@ -41,6 +41,10 @@ pub enum Peer {
     TcpFanSend(TcpFan),
     /// Plain TCP consumer: accepts --from connections, reads them all at once.
     TcpFanRecv(TcpFan),
+    /// A function of the paper benchmark: PLAN (JSON) says what it does.
+    PaperEndpoint { plan: String },
+    /// Deletes a paper benchmark run's objects: ACCESS and KEYS (JSON).
+    PaperClean { access: String, keys: String },
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +153,10 @@ pub struct Measured {
 
 pub fn run(peer: Peer) -> anyhow::Result<()> {
     let measured = match peer {
+        Peer::PaperEndpoint { plan } => return crate::bench::paper::endpoint::run(&plan),
+        Peer::PaperClean { access, keys } => {
+            return crate::bench::paper::endpoint::clean(&access, &keys);
+        }
         Peer::TcpSink(args) => tcp_sink(&args)?,
         Peer::TcpSource(args) => tcp_source(&args)?,
         Peer::TcpPong(args) => tcp_pong(&args)?,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks whose results are written into
 //! docs/BENCHMARKS.md with the machine they ran on.
 
+pub mod paper;
 pub mod patterns;
 pub mod report;
 pub mod splice;
@@ -15,11 +16,15 @@ pub enum Bench {
     /// Every communication pattern across three namespace nodes, Floki
     /// against the same traffic over plain TCP.
     Patterns(patterns::Options),
+    /// The Floki paper's comparison: the same workflows through Floki, an S3
+    /// object store and Redis, 1 MiB to 4 GiB, one node and two.
+    Paper(paper::Options),
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Splice(opts) => splice::run(&opts),
         Bench::Patterns(opts) => patterns::run(&opts),
+        Bench::Paper(opts) => paper::run(&opts),
     }
 }

@@ -332,7 +332,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              redirected by the kernel into the link and the consumer's agent relays them with \
              splice(2)); plain TCP runs the same topology, each producer connected straight to its \
              consumers.\n\n\
-             {table}\nFloors (issue 3):\n{floors}",
+             {table}\nFloors (issue 3):\n{floors}\n\
+             Where the time goes. Across nodes on the Unix socket the stream is one TCP \
+             connection between the two functions: it costs what plain TCP costs, plus the \
+             framing and the end-to-end XXH3 at both ends (the sender's computed beside its \
+             writes on a helper thread). With two shared vCPUs and TCP itself varying by 2x \
+             from run to run, repeat runs of this row land on both sides of 0.9x. Relayed, the \
+             consumer's agent copies every byte once more (into the consumer's spliced socket) \
+             and competes for the same two vCPUs. On one node the splice saves the TCP/IP \
+             stack but not the two copies (into the kernel, out of it), which dominate here. \
+             Broadcast and shuffle producers write, and hash, each stream separately.\n",
             report::today(),
             report::machine(),
             opts.runs,

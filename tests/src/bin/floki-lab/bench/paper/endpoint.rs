@@ -1,0 +1,387 @@
+//! The functions of the paper benchmark, one process each
+//! (`floki-lab peer paper-endpoint PLAN`): a producer writes its streams and
+//! a consumer reads and checks its streams, through Floki, an S3 object store
+//! or Redis. Each prints one JSON line: when it started and ended (the
+//! monotonic clock, the same for every process of the machine), the bytes it
+//! moved, its CPU time and its peak memory.
+
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use floki_agent::client::workflow::{self, EdgeOptions};
+use futures::StreamExt as _;
+use object_store::{
+    ObjectStore as _, PutPayload, WriteMultipart, aws::AmazonS3Builder, path::Path as ObjectPath,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    content::{Checker, Content},
+    scenario::Stream,
+};
+
+/// How a function reaches the system under test.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "system", rename_all = "snake_case")]
+pub enum Access {
+    Floki {
+        agent: String,
+        workflow: String,
+        token: String,
+        edge: String,
+    },
+    S3 {
+        endpoint: String,
+        bucket: String,
+        /// `None`: the usual AWS environment variables.
+        credentials: Option<(String, String)>,
+    },
+    Redis {
+        url: String,
+    },
+}
+
+/// What one function does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub access: Access,
+    pub function: String,
+    pub produce: bool,
+    /// Its streams (out of it for a producer, into it for a consumer).
+    pub streams: Vec<Stream>,
+}
+
+/// What one function measured.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Monotonic clock, nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes: u64,
+    pub cpu_seconds: f64,
+    pub max_rss_bytes: u64,
+    /// Bytes it caused to be written to storage.
+    pub write_bytes: u64,
+}
+
+/// Object stores get parts of this size.
+const PART: usize = 16 << 20;
+/// Redis values are chunks of this size (a value may not exceed 512 MB).
+const REDIS_CHUNK: usize = 64 << 20;
+
+/// Runs the plan given as JSON and prints its report.
+pub fn run(plan_json: &str) -> anyhow::Result<()> {
+    let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
+    let start_ns = monotonic_ns();
+    let bytes = match (&plan.access, plan.produce) {
+        (Access::Floki { .. }, true) => floki_produce(&plan)?,
+        (Access::Floki { .. }, false) => floki_consume(&plan)?,
+        (Access::S3 { .. }, produce) => object_store_run(&plan, produce)?,
+        (Access::Redis { url }, true) => redis_produce(url, &plan.streams)?,
+        (Access::Redis { url }, false) => redis_consume(url, &plan.streams)?,
+    };
+    let end_ns = monotonic_ns();
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let report = Report {
+        start_ns,
+        end_ns,
+        bytes,
+        cpu_seconds: seconds(usage.user_time()) + seconds(usage.system_time()),
+        max_rss_bytes: usage.max_rss() as u64 * 1024,
+        write_bytes: super::usage::read(std::process::id()).write_bytes,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Deletes what a run left in an object store or Redis (not timed).
+pub fn clean(access_json: &str, keys_json: &str) -> anyhow::Result<()> {
+    let access: Access = serde_json::from_str(access_json)?;
+    let keys: Vec<(String, u64)> = serde_json::from_str(keys_json)?;
+    match access {
+        Access::S3 { .. } => runtime()?.block_on(async {
+            let store = object_store(&access)?;
+            for (key, _) in &keys {
+                let _ = store.delete(&ObjectPath::from(key.as_str())).await;
+            }
+            anyhow::Ok(())
+        }),
+        Access::Redis { url } => {
+            let mut con = redis::Client::open(url.as_str())?.get_connection()?;
+            for (key, bytes) in &keys {
+                for chunk in 0..chunks(*bytes) {
+                    redis::cmd("DEL")
+                        .arg(format!("{key}:{chunk}"))
+                        .query::<()>(&mut con)?;
+                }
+            }
+            Ok(())
+        }
+        Access::Floki { .. } => Ok(()),
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+fn stream_for<'a>(plan: &'a Plan, peer: &str) -> anyhow::Result<&'a Stream> {
+    plan.streams
+        .iter()
+        .find(|s| {
+            if plan.produce {
+                s.consumer == peer
+            } else {
+                s.producer == peer
+            }
+        })
+        .with_context(|| format!("no stream with {peer} in the plan"))
+}
+
+fn edge_options(plan: &Plan) -> anyhow::Result<EdgeOptions> {
+    let Access::Floki {
+        agent,
+        workflow,
+        token,
+        edge,
+    } = &plan.access
+    else {
+        bail!("not a Floki plan");
+    };
+    Ok(EdgeOptions::new(
+        agent,
+        workflow,
+        token,
+        edge,
+        &plan.function,
+    ))
+}
+
+/// Every stream at once, a thread each, as a function with several
+/// consumers would write them.
+fn floki_produce(plan: &Plan) -> anyhow::Result<u64> {
+    let (_, senders) = workflow::blocking::senders(&edge_options(plan)?)?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = senders
+            .into_iter()
+            .map(|(peer, mut tx)| {
+                let stream = stream_for(plan, &peer).cloned();
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let stream = stream?;
+                    let content = Content::new(stream.seed);
+                    let mut sent = 0;
+                    while sent < stream.bytes {
+                        let piece = content.piece(sent, stream.bytes - sent);
+                        tx.write_all(piece)?;
+                        sent += piece.len() as u64;
+                    }
+                    Ok(tx.finish()?.bytes)
+                })
+            })
+            .collect();
+        join_sum(handles)
+    })
+}
+
+fn floki_consume(plan: &Plan) -> anyhow::Result<u64> {
+    let (_, receivers) = workflow::blocking::receivers(&edge_options(plan)?)?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = receivers
+            .into_iter()
+            .map(|(peer, mut rx)| {
+                let stream = stream_for(plan, &peer).cloned();
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let stream = stream?;
+                    let content = Content::new(stream.seed);
+                    let mut checker = Checker::new(&content, stream.bytes);
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = rx.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        checker.take(&buf[..n])?;
+                    }
+                    rx.finish()?;
+                    checker.done()
+                })
+            })
+            .collect();
+        join_sum(handles)
+    })
+}
+
+fn join_sum(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, anyhow::Result<u64>>>,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for handle in handles {
+        total += handle.join().expect("a stream thread does not panic")?;
+    }
+    Ok(total)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn object_store(access: &Access) -> anyhow::Result<object_store::aws::AmazonS3> {
+    let Access::S3 {
+        endpoint,
+        bucket,
+        credentials,
+    } = access
+    else {
+        bail!("not an S3 plan");
+    };
+    let mut builder = AmazonS3Builder::from_env()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false);
+    if let Some((key, secret)) = credentials {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .with_region("us-east-1");
+    }
+    builder.build().context("configuring the S3 client")
+}
+
+/// A producer writes each of its objects once (a broadcast's consumers
+/// share one); a consumer reads each of its objects, all at once.
+fn object_store_run(plan: &Plan, produce: bool) -> anyhow::Result<u64> {
+    let store = object_store(&plan.access)?;
+    let mut objects: Vec<&Stream> = Vec::new();
+    for stream in &plan.streams {
+        if !(produce && objects.iter().any(|o| o.key == stream.key)) {
+            objects.push(stream);
+        }
+    }
+    runtime()?.block_on(async {
+        let work = objects.iter().map(|stream| {
+            let store = &store;
+            async move {
+                if produce {
+                    put(store, stream).await
+                } else {
+                    get(store, stream).await
+                }
+                .with_context(|| format!("object {}", stream.key))
+            }
+        });
+        let results = futures::future::join_all(work).await;
+        results.into_iter().sum::<anyhow::Result<u64>>()
+    })
+}
+
+async fn put(store: &object_store::aws::AmazonS3, stream: &Stream) -> anyhow::Result<u64> {
+    let content = Content::new(stream.seed);
+    let path = ObjectPath::from(stream.key.as_str());
+    if stream.bytes <= PART as u64 {
+        let mut data = vec![0u8; stream.bytes as usize];
+        content.fill(0, &mut data);
+        store.put(&path, PutPayload::from(data)).await?;
+        return Ok(stream.bytes);
+    }
+    let upload = store.put_multipart(&path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut sent = 0;
+    while sent < stream.bytes {
+        // At most a few parts in flight: memory stays bounded.
+        writer.wait_for_capacity(4).await?;
+        let piece = content.piece(sent, stream.bytes - sent);
+        writer.write(piece);
+        sent += piece.len() as u64;
+    }
+    writer.finish().await?;
+    Ok(sent)
+}
+
+async fn get(store: &object_store::aws::AmazonS3, stream: &Stream) -> anyhow::Result<u64> {
+    let content = Content::new(stream.seed);
+    let mut checker = Checker::new(&content, stream.bytes);
+    let mut body = store
+        .get(&ObjectPath::from(stream.key.as_str()))
+        .await?
+        .into_stream();
+    while let Some(chunk) = body.next().await {
+        checker.take(&chunk?)?;
+    }
+    checker.done()
+}
+
+fn chunks(bytes: u64) -> u64 {
+    bytes.div_ceil(REDIS_CHUNK as u64).max(1)
+}
+
+fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
+    let client = redis::Client::open(url).context("the Redis URL")?;
+    let mut last = None;
+    for _ in 0..50 {
+        match client.get_connection() {
+            Ok(con) => return Ok(con),
+            Err(err) => last = Some(err),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last.expect("tried").into())
+}
+
+/// Each object as chunks `KEY:0`, `KEY:1`, ...
+fn redis_produce(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
+    let mut con = redis_connection(url)?;
+    let mut written: Vec<&str> = Vec::new();
+    let mut total = 0;
+    let mut chunk = Vec::with_capacity(REDIS_CHUNK);
+    for stream in streams {
+        if written.contains(&stream.key.as_str()) {
+            continue;
+        }
+        let content = Content::new(stream.seed);
+        for index in 0..chunks(stream.bytes) {
+            let offset = index * REDIS_CHUNK as u64;
+            let len = (stream.bytes - offset).min(REDIS_CHUNK as u64) as usize;
+            chunk.resize(len, 0);
+            content.fill(offset, &mut chunk);
+            redis::cmd("SET")
+                .arg(format!("{}:{index}", stream.key))
+                .arg(&chunk[..])
+                .query::<()>(&mut con)?;
+            total += len as u64;
+        }
+        written.push(&stream.key);
+    }
+    Ok(total)
+}
+
+fn redis_consume(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|stream| {
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let mut con = redis_connection(url)?;
+                    let content = Content::new(stream.seed);
+                    let mut checker = Checker::new(&content, stream.bytes);
+                    for index in 0..chunks(stream.bytes) {
+                        let value: Vec<u8> = redis::cmd("GET")
+                            .arg(format!("{}:{index}", stream.key))
+                            .query(&mut con)?;
+                        checker.take(&value)?;
+                    }
+                    checker.done()
+                })
+            })
+            .collect();
+        join_sum(handles)
+    })
+}

@@ -1,0 +1,532 @@
+//! `cargo xtask bench paper`: the Floki paper's comparison, reproducible. The
+//! same workflows run through Floki, through an S3 object store (the
+//! benchmark's own s3s-fs, files on local disk, or `--s3-endpoint`) and
+//! through Redis, on one node and across two network-namespace nodes, for
+//! data sets of 1 MiB to 4 GiB (16 GiB with `--huge`). Every transfer is
+//! checked byte for byte. Through the stores, a consumer starts once its
+//! producers' objects are complete, as on a serverless platform; through
+//! Floki, producers and consumers start together and the consumer reads
+//! while the producer writes.
+
+pub mod endpoint;
+mod plots;
+mod results;
+pub mod scenario;
+
+mod content;
+mod servers;
+pub mod usage;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Stdio},
+    str::FromStr as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use floki_tests::cluster::{Cluster, ClusterNode, Spec};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use endpoint::{Access, Plan, Report};
+use results::{Key, Sample};
+use scenario::{PRODUCER_NODE, Pattern, Placement, Scenario};
+pub use servers::{Place, Server};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Data set sizes [default: 1MiB,16MiB,256MiB,1GiB,4GiB].
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<String>,
+    /// Add a 16 GiB data set.
+    #[arg(long)]
+    pub huge: bool,
+    /// The smallest sizes (1 MiB, 16 MiB), one run, nothing written: what
+    /// the test suite runs so that the benchmark cannot rot.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs per measurement; tables show medians and the range.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Only these patterns [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub patterns: Vec<Pattern>,
+    /// Only these placements [default: both].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub placements: Vec<Placement>,
+    /// Another S3 service instead of the benchmark's own s3s-fs (a MinIO,
+    /// a cloud bucket); credentials from the usual AWS environment variables.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Bucket on `--s3-endpoint`.
+    #[arg(long, default_value = servers::BUCKET)]
+    pub s3_bucket: String,
+    /// Where the benchmark's s3s-fs keeps its objects (a local disk)
+    /// [default: target/paper-s3 in the workspace].
+    #[arg(long)]
+    pub s3_dir: Option<PathBuf>,
+    /// Leave Redis out.
+    #[arg(long)]
+    pub no_redis: bool,
+    /// Print only; leave docs/ alone.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// The systems compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    Floki,
+    S3,
+    Redis,
+}
+
+impl System {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Floki => "Floki",
+            Self::S3 => "S3 (s3s-fs)",
+            Self::Redis => "Redis",
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let sizes = sizes(opts)?;
+    let runs = if opts.quick { 1 } else { opts.runs.max(1) };
+    let patterns = if opts.patterns.is_empty() {
+        Pattern::ALL.to_vec()
+    } else {
+        opts.patterns.clone()
+    };
+    let placements = if opts.placements.is_empty() {
+        Placement::ALL.to_vec()
+    } else {
+        opts.placements.clone()
+    };
+    let mut systems = vec![System::Floki, System::S3];
+    if !opts.no_redis {
+        systems.push(System::Redis);
+    }
+
+    let lab = Lab::start(opts, &placements)?;
+    let mut scenarios = Vec::new();
+    for &size in &sizes {
+        for &placement in &placements {
+            for &pattern in &patterns {
+                scenarios.push(Scenario {
+                    pattern,
+                    placement,
+                    size,
+                });
+            }
+        }
+    }
+    let progress = ProgressBar::new((scenarios.len() * runs * systems.len()) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut samples: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
+    for scenario in &scenarios {
+        for run in 0..runs {
+            for &system in &systems {
+                progress.set_message(format!(
+                    "{} · {} · {} · {} · run {}",
+                    system.label(),
+                    scenario.pattern,
+                    scenario.placement,
+                    human(scenario.size),
+                    run + 1
+                ));
+                let sample = lab.run_once(system, scenario).with_context(|| {
+                    format!(
+                        "{} {} {} {}",
+                        system.label(),
+                        scenario.pattern,
+                        scenario.placement,
+                        human(scenario.size)
+                    )
+                })?;
+                samples
+                    .entry(Key::new(system, scenario))
+                    .or_default()
+                    .push(sample);
+                progress.inc(1);
+            }
+        }
+    }
+    progress.finish_and_clear();
+
+    let summary = results::Summary::new(&scenarios, &systems, &samples);
+    let tables = summary.tables();
+    let floors = summary.floors();
+    println!("{tables}\n{floors}");
+    if opts.quick || opts.no_write {
+        return Ok(());
+    }
+    let plots = plots::draw(&summary)?;
+    summary.write(&tables, &floors, &plots, runs, opts)
+}
+
+fn sizes(opts: &Options) -> anyhow::Result<Vec<u64>> {
+    let mut sizes: Vec<u64> = if opts.quick {
+        vec![MIB, 16 * MIB]
+    } else if opts.sizes.is_empty() {
+        vec![MIB, 16 * MIB, 256 * MIB, 1024 * MIB, 4096 * MIB]
+    } else {
+        opts.sizes
+            .iter()
+            .map(|text| {
+                bytesize::ByteSize::from_str(text)
+                    .map(|size| size.as_u64())
+                    .map_err(|err| anyhow::anyhow!("--sizes {text}: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if opts.huge {
+        sizes.push(16384 * MIB);
+    }
+    for size in &sizes {
+        if size % (16 * 1024) != 0 {
+            bail!(
+                "size {size} does not split into 16 equal shuffle partitions of whole KiB: use multiples of 16 KiB"
+            );
+        }
+    }
+    Ok(sizes)
+}
+
+pub fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// Two namespace nodes with their agents, the workflows applied, and the
+/// baselines' servers on the producers' node.
+struct Lab {
+    cluster: Cluster,
+    /// Workflow name and token per placement.
+    workflows: BTreeMap<Placement, (String, String)>,
+    s3: Option<Server>,
+    /// `--s3-endpoint`, when given.
+    external_s3: Option<Access>,
+    redis: Option<Server>,
+}
+
+impl Lab {
+    fn start(opts: &Options, placements: &[Placement]) -> anyhow::Result<Self> {
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!("the benchmark starts agents (eBPF) and network namespaces: run it as root");
+        }
+        // The agents' disk writes are measured: keep their logs to warnings.
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("FLOKI_TEST_AGENT_LOG", "warn") };
+        let cluster = Cluster::start(&[PRODUCER_NODE, "node-b"]);
+        cluster.wait_connected();
+        let mut workflows = BTreeMap::new();
+        for &placement in placements {
+            let name = format!("paper-{}", placement.short());
+            let mut spec = Spec::new(&name);
+            for pattern in Pattern::ALL {
+                let scenario = Scenario {
+                    pattern,
+                    placement,
+                    size: MIB,
+                };
+                for producer in scenario.producers() {
+                    spec = spec.function(&producer, PRODUCER_NODE);
+                }
+                for consumer in scenario.consumers() {
+                    spec = spec.function(&consumer, placement.consumer_node());
+                }
+                let from = scenario.producers();
+                let to = scenario.consumers();
+                let from: Vec<&str> = from.iter().map(String::as_str).collect();
+                let to: Vec<&str> = to.iter().map(String::as_str).collect();
+                spec = spec.edge(pattern.short(), &from, &to, pattern.spec_name(), "16MiB");
+            }
+            let token = cluster
+                .node(PRODUCER_NODE)
+                .apply(&spec.yaml())
+                .map_err(anyhow::Error::msg)
+                .context("applying the benchmark's workflow")?;
+            workflows.insert(placement, (name, token));
+        }
+        let (s3, external_s3) = match &opts.s3_endpoint {
+            Some(endpoint) => (
+                None,
+                Some(Access::S3 {
+                    endpoint: endpoint.clone(),
+                    bucket: opts.s3_bucket.clone(),
+                    credentials: None,
+                }),
+            ),
+            None => {
+                let root = opts.s3_dir.clone().unwrap_or_else(|| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/paper-s3")
+                });
+                let _ = std::fs::remove_dir_all(&root);
+                (
+                    Some(Server::s3s_fs(
+                        &Place::Node(cluster.node(PRODUCER_NODE)),
+                        &root,
+                    )?),
+                    None,
+                )
+            }
+        };
+        let redis = if opts.no_redis {
+            None
+        } else {
+            Some(Server::redis(&Place::Node(cluster.node(PRODUCER_NODE)))?)
+        };
+        let lab = Self {
+            cluster,
+            workflows,
+            s3,
+            external_s3,
+            redis,
+        };
+        lab.wait_edges_ready()?;
+        Ok(lab)
+    }
+
+    /// Proactive set-up: every cross-node stream's link is open.
+    fn wait_edges_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.cluster.node(PRODUCER_NODE).agent.status();
+            let ready = status["workflows"].as_array().is_some_and(|workflows| {
+                workflows.iter().all(|w| {
+                    w["edges"]
+                        .as_array()
+                        .is_some_and(|edges| edges.iter().all(|e| e["state"] == "ready"))
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the workflows' edges are not ready after 30 s: {status:#}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn node(&self, name: &str) -> &ClusterNode {
+        self.cluster.node(name)
+    }
+
+    fn access(&self, system: System, scenario: &Scenario, node: &ClusterNode) -> Access {
+        match system {
+            System::Floki => {
+                let (workflow, token) = &self.workflows[&scenario.placement];
+                Access::Floki {
+                    agent: format!("unix:{}", node.agent.socket.display()),
+                    workflow: workflow.clone(),
+                    token: token.clone(),
+                    edge: scenario.pattern.short().to_owned(),
+                }
+            }
+            System::S3 => match (&self.s3, &self.external_s3) {
+                (Some(server), _) => server.s3_access(&node.name),
+                (None, Some(external)) => external.clone(),
+                (None, None) => unreachable!("one of them is set"),
+            },
+            System::Redis => self
+                .redis
+                .as_ref()
+                .expect("Redis runs when measured")
+                .redis_access(&node.name),
+        }
+    }
+
+    /// The processes whose usage counts for `system`, besides the functions.
+    fn servers(&self, system: System, scenario: &Scenario) -> Vec<u32> {
+        match system {
+            System::Floki => {
+                let mut nodes = vec![PRODUCER_NODE, scenario.placement.consumer_node()];
+                nodes.dedup();
+                nodes
+                    .into_iter()
+                    .map(|n| self.node(n).agent.pid())
+                    .collect()
+            }
+            System::S3 => self.s3.iter().map(|s| s.pid).collect(),
+            System::Redis => self.redis.iter().map(|s| s.pid).collect(),
+        }
+    }
+
+    fn spawn(&self, node: &ClusterNode, args: &[String]) -> anyhow::Result<Child> {
+        let lab = std::env::current_exe().context("locating floki-lab")?;
+        let mut cmd = node.ns.command(lab);
+        cmd.arg("peer")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        node.cgroup.spawn_inside(&mut cmd);
+        cmd.spawn().context("starting a function")
+    }
+
+    /// Starts one function per name in `functions`, on `node`.
+    fn start_functions(
+        &self,
+        system: System,
+        scenario: &Scenario,
+        functions: &[String],
+        produce: bool,
+    ) -> anyhow::Result<Vec<Child>> {
+        let node = if produce {
+            self.node(PRODUCER_NODE)
+        } else {
+            self.node(scenario.placement.consumer_node())
+        };
+        let all = scenario.streams();
+        functions
+            .iter()
+            .map(|function| {
+                let streams = all
+                    .iter()
+                    .filter(|s| {
+                        if produce {
+                            &s.producer == function
+                        } else {
+                            &s.consumer == function
+                        }
+                    })
+                    .cloned()
+                    .collect();
+                let plan = Plan {
+                    access: self.access(system, scenario, node),
+                    function: function.clone(),
+                    produce,
+                    streams,
+                };
+                self.spawn(
+                    node,
+                    &["paper-endpoint".to_owned(), serde_json::to_string(&plan)?],
+                )
+            })
+            .collect()
+    }
+
+    /// One run of `scenario` through `system`.
+    fn run_once(&self, system: System, scenario: &Scenario) -> anyhow::Result<Sample> {
+        let servers = self.servers(system, scenario);
+        for &pid in &servers {
+            usage::reset_peak(pid);
+        }
+        let before: Vec<usage::Reading> = servers.iter().map(|&pid| usage::read(pid)).collect();
+
+        let (producers, consumers) = (scenario.producers(), scenario.consumers());
+        let (produced, consumed) = if system == System::Floki {
+            // Together: the consumers read while the producers write.
+            let consuming = self.start_functions(system, scenario, &consumers, false)?;
+            let producing = self.start_functions(system, scenario, &producers, true)?;
+            (reports(producing)?, reports(consuming)?)
+        } else {
+            // A consumer starts once its producers' objects are complete.
+            let produced = reports(self.start_functions(system, scenario, &producers, true)?)?;
+            let consuming = self.start_functions(system, scenario, &consumers, false)?;
+            (produced, reports(consuming)?)
+        };
+        let first = produced.iter().map(|r| r.start_ns).min().unwrap_or(0);
+        let last = consumed.iter().map(|r| r.end_ns).max().unwrap_or(0);
+        let received: u64 = consumed.iter().map(|r| r.bytes).sum();
+        if received != scenario.delivered() {
+            bail!(
+                "the consumers received {received} bytes of the {} sent",
+                scenario.delivered()
+            );
+        }
+
+        let after: Vec<usage::Reading> = servers.iter().map(|&pid| usage::read(pid)).collect();
+        let used: Vec<usage::Reading> = before
+            .into_iter()
+            .zip(after)
+            .map(|(b, a)| usage::since(b, a))
+            .collect();
+        let functions = produced.iter().chain(&consumed);
+        let stored_bytes = self
+            .s3
+            .as_ref()
+            .filter(|_| system == System::S3)
+            .and_then(|s| s.data_dir.as_deref())
+            .map_or(0, usage::dir_bytes);
+        let sample = Sample {
+            seconds: last.saturating_sub(first) as f64 / 1e9,
+            disk_bytes: used.iter().map(|u| u.write_bytes).sum::<u64>()
+                + functions.clone().map(|r| r.write_bytes).sum::<u64>(),
+            stored_bytes,
+            server_peak_rss: servers
+                .iter()
+                .map(|&pid| usage::peak_rss(pid))
+                .max()
+                .unwrap_or(0),
+            function_peak_rss: functions
+                .clone()
+                .map(|r| r.max_rss_bytes)
+                .max()
+                .unwrap_or(0),
+            cpu_seconds: used.iter().map(|u| u.cpu_seconds).sum::<f64>()
+                + functions.map(|r| r.cpu_seconds).sum::<f64>(),
+        };
+        self.clean(system, scenario)?;
+        Ok(sample)
+    }
+
+    /// Removes a run's objects (not timed).
+    fn clean(&self, system: System, scenario: &Scenario) -> anyhow::Result<()> {
+        if system == System::Floki {
+            return Ok(());
+        }
+        let node = self.node(PRODUCER_NODE);
+        let mut keys: Vec<(String, u64)> = scenario
+            .streams()
+            .into_iter()
+            .map(|s| (s.key, s.bytes))
+            .collect();
+        keys.dedup();
+        let access = serde_json::to_string(&self.access(system, scenario, node))?;
+        let cleaning = self.spawn(
+            node,
+            &[
+                "paper-clean".to_owned(),
+                access,
+                serde_json::to_string(&keys)?,
+            ],
+        )?;
+        let out = cleaning.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "cleaning up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Waits for functions and reads their reports.
+fn reports(children: Vec<Child>) -> anyhow::Result<Vec<Report>> {
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().context("waiting for a function")?;
+            if !out.status.success() {
+                bail!(
+                    "a function failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            serde_json::from_slice(&out.stdout).context("reading a function's report")
+        })
+        .collect()
+}
