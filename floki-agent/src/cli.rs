@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use floki_agent::client::{DEFAULT_AGENT, DEFAULT_SOCKET};
+use floki_agent::client::{DEFAULT_AGENT, DEFAULT_SOCKET, Transport};
 
 /// Floki node agent: kernel-spliced data channels between serverless functions.
 #[derive(Debug, Parser)]
@@ -127,6 +127,10 @@ pub struct SendArgs {
     /// Give up if no receiver joins within this many seconds [default: wait].
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Insist on a transport: shm, splice or tcp (experiments; the agent
+    /// refuses the channel if it cannot provide it) [default: the agent picks].
+    #[arg(long)]
+    pub transport: Option<Transport>,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +158,10 @@ pub struct RecvArgs {
     /// Give up if no sender joins within this many seconds [default: wait].
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Insist on a transport: shm, splice or tcp (experiments; the agent
+    /// refuses the channel if it cannot provide it) [default: the agent picks].
+    #[arg(long)]
+    pub transport: Option<Transport>,
     /// Address to bind the data listener to and advertise to the sender
     /// [default: the address this client reaches the agent from].
     #[arg(long)]

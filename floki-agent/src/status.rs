@@ -126,6 +126,9 @@ pub struct ChannelStatus {
     /// Anything else an operator should know (e.g. why a channel meant to be
     /// spliced went over TCP).
     pub note: Option<String>,
+    /// Why the agent chose this transport.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// An applied workflow, as this node sees it.

@@ -13,6 +13,17 @@ use crate::{
     probe_binary, require_root,
 };
 
+/// Which door of the agent a test's clients use: its TCP port (socket
+/// clients: `splice`, or `tcp` without eBPF) or its Unix socket with clients
+/// that take a ring (`shm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// The channel port.
+    Tcp,
+    /// The Unix socket.
+    Unix,
+}
+
 /// A cgroup and its agent.
 pub struct TestNode {
     /// The agent (declared first: it stops before its cgroup goes away).
@@ -67,6 +78,27 @@ impl TestNode {
     pub fn local_probe(&self, verb: &str, channel: &str, bytes: u64) -> Command {
         let agent = format!("unix:{}", self.agent.socket.display());
         self.probe_via(&agent, verb, channel, bytes)
+    }
+
+    /// `floki-agent send|recv CHANNEL` through `door`.
+    pub fn cli_at(&self, door: Door, verb: &str, channel: &str) -> Command {
+        match door {
+            Door::Tcp => self.cli(verb, channel),
+            Door::Unix => self.local_cli(verb, channel),
+        }
+    }
+
+    /// `floki-probe send|recv` through `door`: the async client on the TCP
+    /// port, the blocking one (which takes rings) on the Unix socket.
+    pub fn probe_at(&self, door: Door, verb: &str, channel: &str, bytes: u64) -> Command {
+        match door {
+            Door::Tcp => self.probe(verb, channel, bytes),
+            Door::Unix => {
+                let mut cmd = self.local_probe(verb, channel, bytes);
+                cmd.arg("--blocking");
+                cmd
+            }
+        }
     }
 
     fn probe_via(&self, agent: &str, verb: &str, channel: &str, bytes: u64) -> Command {

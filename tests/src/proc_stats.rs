@@ -52,3 +52,15 @@ fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
+
+/// Shared memory in use on the machine (`Shmem` in /proc/meminfo, bytes):
+/// memory files such as the rings of the `shm` transport count here.
+pub fn shmem_bytes() -> u64 {
+    let text = fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    text.lines()
+        .find(|line| line.starts_with("Shmem:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("Shmem in /proc/meminfo")
+        * 1024
+}

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use floki_tests::node::{TestNode, assert_success, spawn, wait_within};
+use floki_tests::node::{Door, TestNode, assert_success, spawn, wait_within};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -23,7 +23,10 @@ fn wait_progress(node: &TestNode, channel: &str, bytes: u64) {
         let moved = status["channels"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == channel))
-            .and_then(|c| c["stream_bytes"].as_u64())
+            .map(|c| {
+                let reported = c["stream_bytes"].as_u64().unwrap_or(0);
+                reported.max(c["bytes"].as_u64().unwrap_or(0))
+            })
             .unwrap_or(0);
         if moved >= bytes {
             return;
@@ -39,11 +42,23 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[test]
 fn killed_sender_fails_the_receiver() {
-    let node = TestNode::start_ebpf("killed-sender");
-    let output = std::env::temp_dir().join(format!("floki-killed-sender-{}", std::process::id()));
-    let recv = spawn(node.cli("recv", "victim").arg("-o").arg(&output));
+    killed_sender(Door::Tcp, "splice");
+}
+
+#[test]
+fn killed_sender_fails_the_receiver_over_shm() {
+    killed_sender(Door::Unix, "shm");
+}
+
+fn killed_sender(door: Door, transport: &str) {
+    let node = TestNode::start_ebpf(&format!("killed-sender-{transport}"));
+    let output = std::env::temp_dir().join(format!(
+        "floki-killed-sender-{transport}-{}",
+        std::process::id()
+    ));
+    let recv = spawn(node.cli_at(door, "recv", "victim").arg("-o").arg(&output));
     let mut send = spawn(
-        node.probe("send", "victim", 1 << 30)
+        node.probe_at(door, "send", "victim", 1 << 30)
             .args(["--stall-after", &(64 * MIB).to_string()]),
     );
     wait_progress(&node, "victim", 64 * MIB);
@@ -63,6 +78,7 @@ fn killed_sender_fails_the_receiver() {
     );
     let channel = node.agent.wait_finished("victim", LIMIT);
     assert_eq!(channel["state"], "failed", "{channel:#}");
+    assert_eq!(channel["transport"], transport, "{channel:#}");
     assert!(
         channel["error"].as_str().unwrap().contains("truncated"),
         "{channel:#}"
@@ -71,12 +87,21 @@ fn killed_sender_fails_the_receiver() {
 
 #[test]
 fn vanished_receiver_fails_the_sender() {
-    let node = TestNode::start_ebpf("vanished-receiver");
+    vanished_receiver(Door::Tcp, "splice");
+}
+
+#[test]
+fn vanished_receiver_fails_the_sender_over_shm() {
+    vanished_receiver(Door::Unix, "shm");
+}
+
+fn vanished_receiver(door: Door, transport: &str) {
+    let node = TestNode::start_ebpf(&format!("vanished-receiver-{transport}"));
     let mut recv = spawn(
-        node.probe("recv", "orphan", 1 << 30)
+        node.probe_at(door, "recv", "orphan", 1 << 30)
             .args(["--stall-after", &(16 * MIB).to_string()]),
     );
-    let send = spawn(&mut node.probe("send", "orphan", 1 << 30));
+    let send = spawn(&mut node.probe_at(door, "send", "orphan", 1 << 30));
     wait_progress(&node, "orphan", 16 * MIB);
     // The receiver stopped reading: the sender is now held by its credit.
     std::thread::sleep(Duration::from_millis(300));
@@ -89,6 +114,7 @@ fn vanished_receiver_fails_the_sender() {
     assert!(message.contains("receiver"), "send said: {message}");
     let channel = node.agent.wait_finished("orphan", LIMIT);
     assert_eq!(channel["state"], "failed", "{channel:#}");
+    assert_eq!(channel["transport"], transport, "{channel:#}");
 }
 
 /// Sends raw bytes to the agent and returns its answer (a refusal) and how

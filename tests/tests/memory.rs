@@ -1,13 +1,13 @@
 //! A slow receiver holds the sender back: the kernel's redirect has no
 //! backpressure of its own (KERNEL-NOTES, behaviour 1), Floki's credit window
-//! bounds what is in flight. This test reads machine-wide TCP memory, so
+//! bounds what is in flight; over shm, the ring's size does. This test reads machine-wide TCP memory, so
 //! `cargo xtask test` runs this binary alone.
 
 use std::time::{Duration, Instant};
 
 use floki_tests::{
-    node::{TestNode, assert_success, spawn},
-    proc_stats::{rss_bytes, tcp_memory_bytes},
+    node::{Door, TestNode, assert_success, spawn},
+    proc_stats::{rss_bytes, shmem_bytes, tcp_memory_bytes},
 };
 
 const MIB: u64 = 1 << 20;
@@ -57,4 +57,54 @@ fn slow_receiver_keeps_memory_within_the_window() {
     );
     let channel = node.agent.wait_finished("slow", Duration::from_secs(10));
     assert_eq!(channel["transport"], "splice", "{channel:#}");
+}
+
+#[test]
+fn slow_receiver_keeps_an_shm_channel_within_its_ring() {
+    let node = TestNode::start_ebpf("slow-receiver-shm");
+    let window = 8 * MIB; // the agent's default: the ring's size
+    let bytes = 512 * MIB;
+    let shmem_before = shmem_bytes();
+    let agent_before = rss_bytes(node.agent.pid());
+
+    let mut recv = spawn(node.probe_at(Door::Unix, "recv", "slow-shm", bytes).args([
+        "--rate",
+        &(64 * MIB).to_string(),
+        "--chunk",
+        &(256 * 1024).to_string(),
+    ]));
+    let send = spawn(&mut node.probe_at(Door::Unix, "send", "slow-shm", bytes));
+
+    let (mut shmem_peak, mut agent_peak) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while recv.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the slow transfer did not finish in 90 s"
+        );
+        shmem_peak = shmem_peak.max(shmem_bytes().saturating_sub(shmem_before));
+        agent_peak = agent_peak.max(rss_bytes(node.agent.pid()).saturating_sub(agent_before));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_success(&send.wait_with_output().unwrap(), "sender");
+    assert_success(&recv.wait_with_output().unwrap(), "slow receiver");
+
+    // The ring (and its 4 KiB header) is all the shared memory the channel
+    // takes, however far the sender is ahead; the rest is the machine's noise.
+    let slack = 4 * MIB;
+    eprintln!(
+        "peak shared memory above baseline: {shmem_peak} B; agent RSS growth: {agent_peak} B"
+    );
+    assert!(
+        shmem_peak <= window + slack,
+        "shared memory rose by {shmem_peak} B (ring {window} B)"
+    );
+    assert!(
+        agent_peak <= 2 * MIB,
+        "the agent's RSS grew by {agent_peak} B"
+    );
+    let channel = node
+        .agent
+        .wait_finished("slow-shm", Duration::from_secs(10));
+    assert_eq!(channel["transport"], "shm", "{channel:#}");
 }

@@ -1,12 +1,12 @@
-//! Streams arrive byte-identical over both transports, whichever end comes
-//! first; spliced streams really bypass TCP/IP.
+//! Streams arrive byte-identical over every transport (splice, shm, tcp),
+//! whichever end comes first; spliced streams really bypass TCP/IP.
 
 use std::{fs, path::PathBuf, time::Duration};
 
 use floki_tests::{
     Pattern,
     agent::AgentOptions,
-    node::{TestNode, assert_success, file_digest, run_within, spawn, wait_within},
+    node::{Door, TestNode, assert_success, file_digest, run_within, spawn, wait_within},
     proc_stats::tcp_out_segments,
 };
 
@@ -47,11 +47,11 @@ impl Drop for TempFile {
 }
 
 /// Sends a file with `floki-agent send` and receives it with `recv -o`.
-fn cli_transfer(node: &TestNode, channel: &str, size: u64, receiver_first: bool) {
+fn cli_transfer(node: &TestNode, door: Door, channel: &str, size: u64, receiver_first: bool) {
     let input = TempFile::with_pattern(&format!("{channel}.in"), size, size ^ 0xf10c1);
     let output = TempFile::new(&format!("{channel}.out"));
-    let spawn_recv = || spawn(node.cli("recv", channel).arg("-o").arg(&output.0));
-    let spawn_send = || spawn(node.cli("send", channel).arg(&input.0));
+    let spawn_recv = || spawn(node.cli_at(door, "recv", channel).arg("-o").arg(&output.0));
+    let spawn_send = || spawn(node.cli_at(door, "send", channel).arg(&input.0));
     let (recv, send) = if receiver_first {
         let recv = spawn_recv();
         std::thread::sleep(Duration::from_millis(200));
@@ -71,14 +71,14 @@ fn cli_transfer(node: &TestNode, channel: &str, size: u64, receiver_first: bool)
     assert_eq!(fs::metadata(&output.0).unwrap().len(), size);
 }
 
-fn sizes_arrive_identical(node: &TestNode, transport: &str) {
+fn sizes_arrive_identical(node: &TestNode, door: Door, transport: &str) {
     for (i, size) in [0, 1, 64 * 1024 - 1, MIB, 256 * MIB]
         .into_iter()
         .enumerate()
     {
         for receiver_first in [true, false] {
             let channel = format!("size-{i}-{}", if receiver_first { "rf" } else { "sf" });
-            cli_transfer(node, &channel, size, receiver_first);
+            cli_transfer(node, door, &channel, size, receiver_first);
             let status = node.agent.wait_finished(&channel, LIMIT);
             assert_eq!(status["state"], "done", "{status:#}");
             assert_eq!(status["transport"], transport, "{status:#}");
@@ -91,7 +91,7 @@ fn sizes_arrive_identical(node: &TestNode, transport: &str) {
         let bytes = 64 * MIB;
         let probe = |verb| {
             spawn(
-                node.probe(verb, &channel, bytes)
+                node.probe_at(door, verb, &channel, bytes)
                     .args(["--writes", "mixed", "--seed", "99"]),
             )
         };
@@ -110,7 +110,20 @@ fn sizes_arrive_identical(node: &TestNode, transport: &str) {
 #[test]
 fn spliced_streams_arrive_identical() {
     let node = TestNode::start_ebpf("sizes-splice");
-    sizes_arrive_identical(&node, "splice");
+    sizes_arrive_identical(&node, Door::Tcp, "splice");
+}
+
+#[test]
+fn shm_streams_arrive_identical() {
+    let node = TestNode::start_ebpf("sizes-shm");
+    sizes_arrive_identical(&node, Door::Unix, "shm");
+    // The ring's header says what the sender published: status shows it.
+    let status = node.agent.channel("size-4-rf");
+    assert_eq!(status["bytes"], 256 * MIB, "{status:#}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("ring"),
+        "{status:#}"
+    );
 }
 
 #[test]
@@ -126,13 +139,17 @@ fn fallback_streams_arrive_identical() {
     assert_eq!(status["datapath"]["mode"], "fallback");
     assert_eq!(status["datapath"]["reason"], "disabled with --no-ebpf");
     assert_eq!(status["programs"].as_array().map(Vec::len), Some(0));
-    sizes_arrive_identical(&node, "tcp");
+    sizes_arrive_identical(&node, Door::Tcp, "tcp");
     let totals = &node.agent.status()["totals"];
     assert_eq!(totals["spliced_bytes"], 0);
     assert!(
         totals["fallback_bytes"].as_u64().unwrap() >= 512 * MIB,
         "{totals:#}"
     );
+    // Without eBPF, shm is still the transport of clients that take a ring.
+    cli_transfer(&node, Door::Unix, "no-ebpf-shm", 3 * MIB + 17, true);
+    let status = node.agent.wait_finished("no-ebpf-shm", LIMIT);
+    assert_eq!(status["transport"], "shm", "{status:#}");
 }
 
 #[test]

@@ -94,7 +94,7 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         "-E",
         "not binary(memory)",
     ]))?;
-    eprintln!("xtask: memory test (alone: it reads machine-wide TCP memory)");
+    eprintln!("xtask: memory tests (alone: they read machine-wide TCP and shared memory)");
     run(&mut cargo(&[
         "nextest",
         "run",

@@ -15,6 +15,7 @@ pub mod peers;
 mod registry;
 mod relay;
 mod session;
+mod transport;
 mod unix_socket;
 mod workflows;
 

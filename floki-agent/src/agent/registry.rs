@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
+    os::fd::{AsFd as _, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -17,11 +18,17 @@ use rand::RngCore as _;
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
 
-use super::datapath::{Datapath, SpliceHandle};
+use super::{
+    datapath::{Datapath, SpliceHandle},
+    transport::{self, Plan},
+};
 use crate::{
     protocol::{
         KEY_LEN,
-        control::{AgentMessage, ClientReport, Hello, Refusal, Role, Transport, encode_key},
+        control::{
+            AgentMessage, ClientReport, Handoff, Hello, Refusal, Role, Transport, encode_key,
+        },
+        ring::{self, RingObserver},
     },
     status::{ChannelState, ChannelStatus, Totals},
 };
@@ -49,9 +56,27 @@ pub struct Joined {
 /// When the pairing comes.
 pub enum Pairing {
     /// The peer was waiting: here it is.
-    Now(AgentMessage),
-    /// Wait for the peer (or a refusal if the agent stops).
-    Later(oneshot::Receiver<AgentMessage>),
+    Now(PairedEnd),
+    /// Wait for the peer (or a refusal if the agent stops or the two ends
+    /// cannot agree on a transport).
+    Later(oneshot::Receiver<PairedEnd>),
+}
+
+/// What the agent tells an end once paired (or refused).
+pub struct PairedEnd {
+    /// The message.
+    pub message: AgentMessage,
+    /// Descriptors handed with it (`shm`: the ring and this end's socket).
+    pub fds: Vec<OwnedFd>,
+}
+
+impl From<AgentMessage> for PairedEnd {
+    fn from(message: AgentMessage) -> Self {
+        Self {
+            message,
+            fds: Vec::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -103,15 +128,127 @@ enum Stage {
         hello: Hello,
         /// The agent's address as this end reaches it.
         reach: IpAddr,
-        notify: oneshot::Sender<AgentMessage>,
+        notify: oneshot::Sender<PairedEnd>,
     },
     Active {
         transport: Transport,
+        /// Why this transport (same-node channels).
+        reason: Option<String>,
         splice: Option<SpliceHandle>,
+        /// `shm`: the ring's header, for the bytes it carried.
+        ring: Option<RingObserver>,
         paired_at: Instant,
         /// Cross-node streams: this end's side of the link to the peer agent.
         remote: Option<Remote>,
     },
+}
+
+impl Stage {
+    fn active(transport: Transport, reason: Option<String>) -> Self {
+        Self::Active {
+            transport,
+            reason,
+            splice: None,
+            ring: None,
+            paired_at: Instant::now(),
+            remote: None,
+        }
+    }
+}
+
+/// A same-node channel's transport, set up: its stage, and what each end
+/// is told.
+struct SetUp {
+    stage: Stage,
+    /// Senders on sockets: where to connect.
+    connect_to: Option<SocketAddr>,
+    /// `shm`: each end's descriptors (sender's first).
+    ring_fds: Option<[Vec<OwnedFd>; 2]>,
+}
+
+impl SetUp {
+    fn socket(
+        transport: Transport,
+        splice: Option<SpliceHandle>,
+        connect_to: Option<SocketAddr>,
+        plan: &Plan,
+    ) -> Self {
+        let mut stage = Stage::active(transport, Some(plan.reason.clone()));
+        if let Stage::Active { splice: slot, .. } = &mut stage {
+            *slot = splice;
+        }
+        Self {
+            stage,
+            connect_to,
+            ring_fds: None,
+        }
+    }
+
+    /// A ring of `window` bytes and the socket pair beside it.
+    fn ring(window: u64, reason: String) -> Result<Self, String> {
+        let (memory, _) =
+            ring::create(window).map_err(|err| format!("creating the ring: {err}"))?;
+        let observer =
+            RingObserver::new(&memory).map_err(|err| format!("mapping the ring: {err}"))?;
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|err| format!("creating the socket pair: {err}"))?;
+        let second = memory
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| format!("duplicating the ring: {err}"))?;
+        let mut stage = Stage::active(Transport::Shm, Some(reason));
+        if let Stage::Active { ring, .. } = &mut stage {
+            *ring = Some(observer);
+        }
+        Ok(Self {
+            stage,
+            connect_to: None,
+            ring_fds: Some([vec![memory, a], vec![second, b]]),
+        })
+    }
+
+    fn stage_transport(&self) -> Transport {
+        match &self.stage {
+            Stage::Active { transport, .. } => *transport,
+            Stage::Waiting { .. } => unreachable!("a set-up stage is active"),
+        }
+    }
+
+    /// The `paired` messages (sender's, receiver's), with their descriptors.
+    fn messages(&mut self, window: u64) -> (PairedEnd, PairedEnd) {
+        let transport = self.stage_transport();
+        let mut key = [0u8; KEY_LEN];
+        rand::rng().fill_bytes(&mut key);
+        let key = encode_key(&key);
+        let message = |peer, socket| AgentMessage::Paired {
+            transport,
+            peer,
+            key: key.clone(),
+            window,
+            socket,
+        };
+        match self.ring_fds.take() {
+            Some([sender, receiver]) => (
+                PairedEnd {
+                    message: message(None, Some(Handoff::Ring)),
+                    fds: sender,
+                },
+                PairedEnd {
+                    message: message(None, Some(Handoff::Ring)),
+                    fds: receiver,
+                },
+            ),
+            None => (
+                message(self.connect_to, None).into(),
+                message(None, None).into(),
+            ),
+        }
+    }
 }
 
 /// The local end of a stream whose other end is on another node.
@@ -315,15 +452,7 @@ impl Registry {
             reach: waiting_reach,
             notify,
             ..
-        } = std::mem::replace(
-            &mut live.stage,
-            Stage::Active {
-                transport: Transport::Tcp,
-                splice: None,
-                paired_at: Instant::now(),
-                remote: None,
-            },
-        )
+        } = std::mem::replace(&mut live.stage, Stage::active(Transport::Tcp, None))
         else {
             unreachable!("checked above");
         };
@@ -333,6 +462,59 @@ impl Registry {
             Role::Send => (&hello, &waiting_hello, reach),
             Role::Recv => (&waiting_hello, &hello, waiting_reach),
         };
+        let window = window.or(receiver.window).unwrap_or(self.default_window);
+        let set_up = transport::plan(sender, receiver, self.datapath.is_ebpf())
+            .and_then(|plan| self.set_up(&name, id, plan, sender, receiver, sender_reach, window));
+        let mut set_up = match set_up {
+            Ok(set_up) => set_up,
+            Err(reason) => {
+                inner.live.remove(&name);
+                warn!(channel = %name, id, %reason, "channel refused at pairing");
+                let message = reason;
+                let _ = notify.send(
+                    AgentMessage::Refused {
+                        error: Refusal::TransportUnavailable,
+                        message: message.clone(),
+                    }
+                    .into(),
+                );
+                self.changed.notify_waiters();
+                return Err((Refusal::TransportUnavailable, message));
+            }
+        };
+        let transport = set_up.stage_transport();
+        let (to_sender, to_receiver) = set_up.messages(window);
+        live.stage = set_up.stage;
+        let (mine, theirs) = match role {
+            Role::Send => (to_sender, to_receiver),
+            Role::Recv => (to_receiver, to_sender),
+        };
+        // If the waiting end just left, its session reports it and the
+        // channel fails: the newcomer learns it from its data connection
+        // (or, over a ring, from the socket beside it).
+        let _ = notify.send(theirs);
+        info!(channel = %name, id, %transport, "paired");
+        self.changed.notify_waiters();
+        Ok(Joined {
+            id,
+            role,
+            pairing: Pairing::Now(mine),
+        })
+    }
+
+    /// Sets up the transport `plan` names; a transport the ends did not insist
+    /// on falls back to TCP if it cannot be set up.
+    #[allow(clippy::too_many_arguments)]
+    fn set_up(
+        &self,
+        name: &str,
+        id: u32,
+        plan: Plan,
+        sender: &Hello,
+        receiver: &Hello,
+        sender_reach: IpAddr,
+        window: u64,
+    ) -> Result<SetUp, String> {
         // Where the sender connects: the receiver's listener, or the agent's
         // (bound to every address) as the sender reaches the agent.
         let connect_to = receiver.listen.map(|listen| {
@@ -342,60 +524,33 @@ impl Registry {
                 listen
             }
         });
-        let installed = match connect_to {
-            Some(addr) => {
-                self.datapath
+        let attempt = match plan.transport {
+            Transport::Shm => SetUp::ring(window, plan.reason.clone()),
+            Transport::Splice => match connect_to {
+                Some(addr) => self
+                    .datapath
                     .install(id, sender.netns_cookie, receiver.netns_cookie, addr)
-            }
-            None => Err("the receiver has no data address".into()),
+                    .map(|handle| {
+                        SetUp::socket(Transport::Splice, Some(handle), connect_to, &plan)
+                    }),
+                None => Err("the receiver has no data address".into()),
+            },
+            Transport::Tcp => Ok(SetUp::socket(Transport::Tcp, None, connect_to, &plan)),
         };
-        let (transport, splice) = match installed {
-            Ok(handle) => (Transport::Splice, Some(handle)),
+        match attempt {
+            Ok(set_up) => Ok(set_up),
+            Err(reason) if plan.insisted => {
+                Err(format!("transport {} failed: {reason}", plan.transport))
+            }
             Err(reason) => {
-                if matches!(*self.datapath, Datapath::Ebpf(_)) {
-                    warn!(channel = %name, id, %reason, "channel not spliced: plain TCP");
-                }
-                (Transport::Tcp, None)
+                warn!(channel = %name, id, %reason, transport = %plan.transport, "not set up: plain TCP");
+                let plan = Plan {
+                    reason: format!("{} could not be set up ({reason})", plan.transport),
+                    ..plan
+                };
+                Ok(SetUp::socket(Transport::Tcp, None, connect_to, &plan))
             }
-        };
-        live.stage = Stage::Active {
-            transport,
-            splice,
-            paired_at: Instant::now(),
-            remote: None,
-        };
-        let mut key = [0u8; KEY_LEN];
-        rand::rng().fill_bytes(&mut key);
-        let key = encode_key(&key);
-        let window = window.or(receiver.window).unwrap_or(self.default_window);
-        let to_sender = AgentMessage::Paired {
-            transport,
-            peer: connect_to,
-            key: key.clone(),
-            window,
-            socket: None,
-        };
-        let to_receiver = AgentMessage::Paired {
-            transport,
-            peer: None,
-            key,
-            window,
-            socket: None,
-        };
-        let (mine, theirs) = match role {
-            Role::Send => (to_sender, to_receiver),
-            Role::Recv => (to_receiver, to_sender),
-        };
-        // If the waiting end just left, its session reports it and the
-        // channel fails: the newcomer learns it from its data connection.
-        let _ = notify.send(theirs);
-        info!(channel = %name, id, %transport, "paired");
-        self.changed.notify_waiters();
-        Ok(Joined {
-            id,
-            role,
-            pairing: Pairing::Now(mine),
-        })
+        }
     }
 
     /// Adds the local end of a cross-node stream: its other end is on
@@ -428,22 +583,24 @@ impl Registry {
         ends[slot(role)].joined = true;
         // The far end reports to its own agent.
         ends[slot(role.peer())].outcome = Some(Outcome::Left);
+        let mut stage = Stage::active(
+            Transport::Tcp,
+            Some(format!("the other end is on node {peer_node}")),
+        );
+        if let Stage::Active { remote, .. } = &mut stage {
+            *remote = Some(Remote {
+                handed,
+                relayed,
+                role,
+                peer_node: peer_node.to_owned(),
+            });
+        }
         inner.live.insert(
             name.to_owned(),
             Live {
                 id,
                 created: Instant::now(),
-                stage: Stage::Active {
-                    transport: Transport::Tcp,
-                    splice: None,
-                    paired_at: Instant::now(),
-                    remote: Some(Remote {
-                        handed,
-                        relayed,
-                        role,
-                        peer_node: peer_node.to_owned(),
-                    }),
-                },
+                stage,
                 ends,
             },
         );
@@ -567,10 +724,13 @@ impl Registry {
             duration_secs: None,
             error: None,
             note: None,
+            reason: None,
         };
         let Stage::Active {
             transport,
+            reason,
             splice,
+            ring,
             paired_at,
             remote,
         } = &live.stage
@@ -584,8 +744,13 @@ impl Registry {
             .map(|record| record.bytes[ROLE_SENDER as usize]);
         status.kernel_bytes = kernel;
         status.transport = Some(*transport);
+        status.reason.clone_from(reason);
         let received = live.ends[slot(Role::Recv)].bytes;
         match remote {
+            // What the sender published into the ring, read from its header.
+            _ if ring.is_some() => {
+                status.bytes = ring.as_ref().map_or(0, RingObserver::sent).max(received);
+            }
             Some(remote) => {
                 let (bytes, note) = remote.path(kernel, live.ends[slot(remote.role)].bytes);
                 status.bytes = bytes;
@@ -661,12 +826,15 @@ impl Registry {
                 ..
             }) = inner.live.remove(&name)
             {
-                let _ = notify.send(AgentMessage::Refused {
-                    error: Refusal::ShuttingDown,
-                    message: format!(
-                        "the agent is shutting down before channel '{name}' was paired; retry on the restarted agent"
-                    ),
-                });
+                let _ = notify.send(
+                    AgentMessage::Refused {
+                        error: Refusal::ShuttingDown,
+                        message: format!(
+                            "the agent is shutting down before channel '{name}' was paired; retry on the restarted agent"
+                        ),
+                    }
+                    .into(),
+                );
             }
         }
         self.changed.notify_waiters();

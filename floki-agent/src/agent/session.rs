@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::{
     Agent,
     peers::protocol::{PEER_MAGIC, PeerAnswer, PeerRequest, read_request},
-    registry::{Pairing, Refused, WINDOW_RANGE},
+    registry::{PairedEnd, Pairing, Refused, WINDOW_RANGE},
     relay,
     workflows::{Applied, Denied, Resolved},
 };
@@ -34,7 +34,7 @@ use crate::{
             Refusal, Role, Transport, encode_key, read_message, read_preamble, valid_channel_name,
             write_message,
         },
-        handoff::send_socket,
+        handoff::{send_fds, send_socket},
     },
     workflow::Workflow,
 };
@@ -222,6 +222,8 @@ async fn local(mut control: ControlStream, mut hello: Hello, window: Option<u64>
         Either::Right(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let mut listener = None;
+    // Rings are handed over the Unix socket only.
+    hello.shm &= is_unix(&control);
     if is_unix(&control) {
         match hello.role {
             // The agent connects for it: from the agent's namespace.
@@ -261,15 +263,19 @@ async fn local(mut control: ControlStream, mut hello: Hello, window: Option<u64>
         return;
     }
     let paired = match joined.pairing {
-        Pairing::Now(message) => Some(message),
+        Pairing::Now(paired) => Some(paired),
         Pairing::Later(wait) => {
             tokio::select! {
-                message = wait => message.ok(),
+                paired = wait => paired.ok(),
                 () = closed(&mut control) => None,
             }
         }
     };
-    let Some(mut paired) = paired else {
+    let Some(PairedEnd {
+        message: mut paired,
+        fds,
+    }) = paired
+    else {
         agent.registry.left(&name, role, id);
         return;
     };
@@ -277,6 +283,7 @@ async fn local(mut control: ControlStream, mut hello: Hello, window: Option<u64>
     let mut data = None;
     if let (Either::Right(_), Role::Send, AgentMessage::Paired { peer, socket, .. }) =
         (&control, role, &mut paired)
+        && socket.is_none()
     {
         match connect_for_sender(peer.take()).await {
             Ok(stream) => {
@@ -299,10 +306,17 @@ async fn local(mut control: ControlStream, mut hello: Hello, window: Option<u64>
         }
     }
     let mut sent = write_message(&mut control, &paired).await.is_ok();
-    if let (Some(data), Either::Right(unix)) = (&data, &control) {
-        sent = sent && send_socket(unix, data.as_fd()).await.is_ok();
+    if let Either::Right(unix) = &control {
+        let handed: Vec<_> = match &data {
+            Some(data) => vec![data.as_fd()],
+            None => fds.iter().map(|fd| fd.as_fd()).collect(),
+        };
+        if !handed.is_empty() {
+            sent = sent && send_fds(unix, &handed).await.is_ok();
+        }
     }
     drop(data);
+    drop(fds);
     if !sent || is_refusal {
         agent.registry.left(&name, role, id);
         return;
@@ -340,6 +354,15 @@ async fn cross_node(
     let role = hello.role;
     let name = resolved.stream.to_string();
     let window = resolved.edge.buffer;
+    if let Some(transport @ (Transport::Shm | Transport::Splice)) = hello.transport {
+        let message = format!(
+            "transport {transport} works between two ends on one node; the {} runs on node {}, \
+             so this stream goes over tcp: drop --transport",
+            role.peer(),
+            resolved.peer_node
+        );
+        return refuse_quietly(&mut control, Refusal::TransportUnavailable, message).await;
+    }
     let relayed = Arc::new(AtomicU64::new(0));
     let handed = is_unix(&control);
     let id =

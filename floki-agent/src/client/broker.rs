@@ -20,7 +20,7 @@ use crate::protocol::{
         AgentMessage, ControlStream, Handoff, Hello, Role, Transport, decode_key, read_message,
         write_message, write_preamble,
     },
-    handoff::recv_socket,
+    handoff::recv_fds,
 };
 
 /// A channel end the agent has paired.
@@ -33,6 +33,8 @@ pub(crate) struct Pairing {
     pub window: u64,
     /// The data connection, when the agent handed it over.
     pub handed: Option<TcpStream>,
+    /// The shared-memory ring and this end's socket beside it (`shm`).
+    pub ring: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -114,6 +116,8 @@ pub(crate) async fn hello(
         listen,
         window: opts.window,
         stream: opts.stream.clone(),
+        shm: opts.ring_capable && is_unix(&control),
+        transport: opts.transport,
     };
     write_preamble(&mut control).await.map_err(protocol)?;
     write_message(&mut control, &hello)
@@ -132,7 +136,9 @@ pub(crate) async fn hello(
                         .await
                         .and_then(|fd| listener(fd, channel))?,
                 ),
-                Some(Handoff::Connection) => return Err(unexpected_socket(channel)),
+                Some(Handoff::Connection | Handoff::Ring) => {
+                    return Err(unexpected_socket(channel));
+                }
                 None => None,
             };
             Ok(Accepted {
@@ -191,14 +197,23 @@ pub(crate) async fn paired(
             window,
             socket,
         }) => {
-            let handed = match socket {
-                Some(Handoff::Connection) => Some(
-                    handed(&control, channel)
-                        .await
-                        .and_then(|fd| connection(fd, channel))?,
+            let (handed, ring) = match socket {
+                Some(Handoff::Connection) => (
+                    Some(
+                        handed(&control, channel)
+                            .await
+                            .and_then(|fd| connection(fd, channel))?,
+                    ),
+                    None,
                 ),
+                Some(Handoff::Ring) => {
+                    let mut fds = handed_fds(&control, channel, 2).await?;
+                    let peer = fds.pop().expect("two descriptors");
+                    let memory = fds.pop().expect("two descriptors");
+                    (None, Some((memory, peer)))
+                }
                 Some(Handoff::Listener) => return Err(unexpected_socket(channel)),
-                None => None,
+                None => None.unzip(),
             };
             let key = decode_key(&key).ok_or_else(|| {
                 protocol(ProtocolError::BadFrame(format!(
@@ -213,6 +228,7 @@ pub(crate) async fn paired(
                 key,
                 window,
                 handed,
+                ring,
             };
             Ok((pairing, listener))
         }
@@ -230,14 +246,25 @@ pub(crate) async fn paired(
 
 /// Receives the socket announced by the last message.
 async fn handed(control: &ControlStream, channel: &str) -> Result<OwnedFd, ClientError> {
+    Ok(handed_fds(control, channel, 1).await?.remove(0))
+}
+
+/// Receives the `count` descriptors announced by the last message.
+async fn handed_fds(
+    control: &ControlStream,
+    channel: &str,
+    count: usize,
+) -> Result<Vec<OwnedFd>, ClientError> {
     let Either::Right(unix) = control else {
         return Err(unexpected_socket(channel));
     };
-    recv_socket(unix).await.map_err(|source| ClientError::Io {
-        channel: channel.to_owned(),
-        context: "receiving the socket the agent handed over",
-        source,
-    })
+    recv_fds(unix, count)
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: channel.to_owned(),
+            context: "receiving what the agent handed over",
+            source,
+        })
 }
 
 fn listener(fd: OwnedFd, channel: &str) -> Result<TcpListener, ClientError> {

@@ -1,7 +1,7 @@
 //! Setting a channel end up, for both clients: pairing through the agent,
 //! then the data connection between the two ends and the key check.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, os::fd::OwnedFd, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -24,9 +24,34 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A paired channel end with its data connection open.
 pub(crate) struct Established {
     pub end: EndState,
-    pub data: TcpStream,
+    pub data: DataPath,
     /// Sender: the receiver's initial credit. Receiver: its window.
     pub credit: u64,
+}
+
+/// Where an established end's bytes go.
+pub(crate) enum DataPath {
+    /// A TCP connection to the other end (spliced or not).
+    Socket(TcpStream),
+    /// A shared-memory ring (its memory file) and this end's socket to the
+    /// other end beside it.
+    Ring(OwnedFd, OwnedFd),
+}
+
+impl DataPath {
+    /// The TCP connection, for clients that cannot take a ring (the agent
+    /// only gives rings to clients that announced they can).
+    pub fn socket(self, channel: &str) -> Result<TcpStream, ClientError> {
+        match self {
+            Self::Socket(stream) => Ok(stream),
+            Self::Ring(..) => Err(ClientError::Protocol {
+                channel: channel.to_owned(),
+                source: ProtocolError::BadFrame(
+                    "the agent handed a shared-memory ring to a client that cannot use one".into(),
+                ),
+            }),
+        }
+    }
 }
 
 /// Says hello as the sender of `opts.channel`; the agent's acceptance says
@@ -45,6 +70,15 @@ pub(crate) async fn sender(
 ) -> Result<Established, ClientError> {
     let (mut pairing, _) = broker::paired(accepted, opts, Role::Send).await?;
     let channel = opts.channel.clone();
+    if let Some((memory, peer)) = pairing.ring.take() {
+        // The agent made the ring for these two ends: no key to check.
+        let reporter = Reporter::spawn(pairing.control);
+        return Ok(Established {
+            end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
+            data: DataPath::Ring(memory, peer),
+            credit: 0,
+        });
+    }
     let mut data = match pairing.handed.take() {
         // The agent connected on our behalf (its Unix socket).
         Some(data) => data,
@@ -92,7 +126,7 @@ pub(crate) async fn sender(
     let reporter = Reporter::spawn(pairing.control);
     Ok(Established {
         end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
-        data,
+        data: DataPath::Socket(data),
         credit,
     })
 }
@@ -130,6 +164,14 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
     };
     let accepted = broker::hello(control, opts, Role::Recv, listen).await?;
     let (mut pairing, handed_listener) = broker::paired(accepted, opts, Role::Recv).await?;
+    if let Some((memory, peer)) = pairing.ring.take() {
+        let reporter = Reporter::spawn(pairing.control);
+        return Ok(Established {
+            end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
+            data: DataPath::Ring(memory, peer),
+            credit: pairing.window,
+        });
+    }
     let data = match (pairing.handed.take(), own.or(handed_listener)) {
         (Some(link), _) => verify_sender(link, &pairing.key, pairing.window, opts).await?,
         (None, Some(listener)) => {
@@ -147,7 +189,7 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
     let reporter = Reporter::spawn(pairing.control);
     Ok(Established {
         end: EndState::new(channel, pairing.channel_id, pairing.transport, reporter),
-        data,
+        data: DataPath::Socket(data),
         credit: pairing.window,
     })
 }

@@ -79,6 +79,11 @@ pub struct ChannelOptions {
     pub connect_timeout: Duration,
     /// A workflow stream (set by [`workflow`]'s helpers).
     pub stream: Option<StreamRef>,
+    /// Insist on a transport (experiments): the agent refuses the channel
+    /// if it cannot provide it. Default: the agent picks.
+    pub transport: Option<Transport>,
+    /// Whether this client can take a shared-memory ring (the blocking one).
+    pub(crate) ring_capable: bool,
 }
 
 impl ChannelOptions {
@@ -92,7 +97,15 @@ impl ChannelOptions {
             pair_timeout: None,
             connect_timeout: Duration::from_secs(30),
             stream: None,
+            transport: None,
+            ring_capable: false,
         }
+    }
+
+    /// Insists on `transport` (experiments).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
+        self
     }
 
     /// Sets the flow-control window (receivers).

@@ -39,8 +39,8 @@ impl Receiver {
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = connect::receiver(opts).await?;
         Ok(Self {
+            stream: open.data.socket(&opts.channel)?,
             end: open.end,
-            stream: open.data,
             inbound: Inbound::new(open.credit),
             staging: Box::new([0; STAGING]),
             staged: 0..0,
@@ -65,7 +65,12 @@ impl Receiver {
 
     /// After end of stream: what arrived, once the agent has been told.
     pub async fn finish(mut self) -> Result<Summary, ClientError> {
-        let result = finished(&mut self.end, &self.inbound, self.reported);
+        let result = finished(
+            &mut self.end,
+            self.inbound.received(),
+            self.inbound.checksum(),
+            self.reported,
+        );
         self.end.reporter.flushed().await;
         result.map_err(|source| self.end.error(source))
     }
@@ -106,15 +111,16 @@ impl Receiver {
 /// A receiver's summary at `finish`: complete only after end of stream.
 pub(crate) fn finished(
     end: &mut EndState,
-    inbound: &Inbound,
+    received: u64,
+    checksum: u64,
     reported: bool,
 ) -> Result<Summary, StreamError> {
     match (end.failure(), reported) {
         (Some(err), _) => Err(err.clone()),
-        (None, true) => Ok(end.summary(inbound.received(), inbound.checksum())),
+        (None, true) => Ok(end.summary(received, checksum)),
         (None, false) => {
             let err = StreamError::Protocol("finish() called before the end of the stream".into());
-            Err(end.fail(err, inbound.received()))
+            Err(end.fail(err, received))
         }
     }
 }

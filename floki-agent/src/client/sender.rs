@@ -179,13 +179,19 @@ impl Sender {
                 _ => Ok(()),
             });
         };
+        let channel = self.channel.clone();
         self.link = match ready!(Pin::new(task).poll(cx)) {
-            Ok(Ok(established)) => Link::Open(Box::new(Open {
-                outbound: Outbound::new(established.credit),
-                end: established.end,
-                stream: established.data,
-                stage: Stage::Streaming,
-            })),
+            Ok(Ok(established)) => match established.data.socket(&channel) {
+                Ok(stream) => Link::Open(Box::new(Open {
+                    outbound: Outbound::new(established.credit),
+                    end: established.end,
+                    stream,
+                    stage: Stage::Streaming,
+                })),
+                Err(err) => Link::Unpaired(StreamError::NotPaired {
+                    reason: crate::agent::error_chain(&err),
+                }),
+            },
             Ok(Err(err)) => Link::Unpaired(StreamError::NotPaired {
                 reason: crate::agent::error_chain(&err),
             }),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use super::{ChannelOptions, ClientError, Receiver, Sender, StreamRef, broker};
+use super::{ChannelOptions, ClientError, Receiver, Sender, StreamRef, Transport, broker};
 use crate::{
     protocol::{
         ProtocolError,
@@ -35,6 +35,8 @@ pub struct EdgeOptions {
     pub function: String,
     /// Give up if a peer has not come within this time (default: wait).
     pub pair_timeout: Option<Duration>,
+    /// Insist on a transport (experiments; see [`ChannelOptions::transport`]).
+    pub transport: Option<Transport>,
 }
 
 /// What an edge looks like to one of its functions.
@@ -66,6 +68,7 @@ impl EdgeOptions {
             edge: edge.into(),
             function: function.into(),
             pair_timeout: None,
+            transport: None,
         }
     }
 
@@ -73,6 +76,7 @@ impl EdgeOptions {
     pub fn stream(&self, peer: &str) -> ChannelOptions {
         let mut opts = ChannelOptions::new(&self.agent, format!("{}/{}", self.workflow, self.edge));
         opts.pair_timeout = self.pair_timeout;
+        opts.transport = self.transport;
         opts.stream = Some(StreamRef {
             workflow: self.workflow.clone(),
             token: self.token.clone(),

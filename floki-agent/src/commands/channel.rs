@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use floki_agent::client::{
-    Summary,
+    Summary, Transport,
     blocking::{Receiver, Sender},
     workflow::EdgeOptions,
 };
@@ -28,6 +28,7 @@ pub fn edge_options(
     edge: &EdgeArgs,
     agent: &str,
     timeout: Option<u64>,
+    transport: Option<Transport>,
 ) -> anyhow::Result<Option<EdgeOptions>> {
     let Some(workflow) = &edge.workflow else {
         return Ok(None);
@@ -44,6 +45,7 @@ pub fn edge_options(
         edge.function.clone().unwrap_or_default(),
     );
     opts.pair_timeout = timeout.map(Duration::from_secs);
+    opts.transport = transport;
     Ok(Some(opts))
 }
 

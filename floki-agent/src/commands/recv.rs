@@ -18,7 +18,7 @@ use crate::cli::RecvArgs;
 pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let streams: Vec<(String, Receiver)> = match (
-        edge_options(&args.edge, &args.agent, args.timeout)?,
+        edge_options(&args.edge, &args.agent, args.timeout, args.transport)?,
         &args.channel,
     ) {
         (Some(_), Some(_)) => bail!("give a CHANNEL or --workflow, not both"),
@@ -28,6 +28,7 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
             opts.window = args.window.map(|size| size.0);
             opts.data_addr = args.data_addr;
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
+            opts.transport = args.transport;
             vec![(channel.clone(), Receiver::connect(&opts)?)]
         }
         (None, None) => bail!("give a CHANNEL, or --workflow, --edge and --as"),

@@ -20,7 +20,7 @@ use super::{
 use crate::cli::SendArgs;
 
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
-    let edge = edge_options(&args.edge, &args.agent, args.timeout)?;
+    let edge = edge_options(&args.edge, &args.agent, args.timeout, args.transport)?;
     let (channel, file) = match (&edge, args.positionals.as_slice()) {
         (Some(_), [file]) => (None, Some(file.clone())),
         (Some(_), []) => (None, None),
@@ -64,6 +64,7 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
         (None, Some(channel)) => {
             let mut opts = ChannelOptions::new(&args.agent, &channel);
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
+            opts.transport = args.transport;
             send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
         }
         (None, None) => unreachable!("checked above"),

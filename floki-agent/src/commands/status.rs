@@ -63,11 +63,14 @@ fn render(status: &Status) -> String {
             let transport = channel
                 .transport
                 .map_or_else(|| "-".to_owned(), |t| t.to_string());
-            let note = match (&channel.error, &channel.note) {
-                (Some(error), _) => error.clone(),
-                (None, Some(note)) => note.clone(),
-                (None, None) if channel.ends.len() == 1 => format!("{} waiting", channel.ends[0]),
-                (None, None) => String::new(),
+            let note = match (&channel.error, &channel.note, &channel.reason) {
+                (Some(error), _, _) => error.clone(),
+                (None, Some(note), _) => note.clone(),
+                (None, None, Some(reason)) => reason.clone(),
+                (None, None, None) if channel.ends.len() == 1 => {
+                    format!("{} waiting", channel.ends[0])
+                }
+                (None, None, None) => String::new(),
             };
             let _ = writeln!(
                 out,

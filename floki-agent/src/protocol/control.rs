@@ -50,15 +50,32 @@ impl std::fmt::Display for Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// A ring in shared memory between the two ends (both on this node, on
+    /// the agent's Unix socket).
+    Shm,
     /// Sender and receiver sockets spliced in the kernel (sockmap redirect).
     Splice,
     /// Plain TCP: no eBPF on this node, or the other end is on another node.
     Tcp,
 }
 
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shm" => Ok(Self::Shm),
+            "splice" => Ok(Self::Splice),
+            "tcp" => Ok(Self::Tcp),
+            _ => Err(format!("unknown transport {s:?}: use shm, splice or tcp")),
+        }
+    }
+}
+
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Shm => "shm",
             Self::Splice => "splice",
             Self::Tcp => "tcp",
         })
@@ -114,6 +131,13 @@ pub struct Hello {
     /// Workflow streams: which edge, which function this is, and its peer.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamRef>,
+    /// The client can take a shared-memory ring (`shm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shm: bool,
+    /// A transport the client insists on (experiments); the agent refuses
+    /// the channel if it cannot provide it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -154,6 +178,8 @@ pub enum Refusal {
     WrongNode,
     /// Only workflow channels are served (`--workflow-channels-only`).
     WorkflowOnly,
+    /// The two ends cannot have the transport one of them insists on.
+    TransportUnavailable,
     /// The agent could not set the channel up.
     Internal,
 }
@@ -342,6 +368,8 @@ mod tests {
             listen: Some("127.0.0.1:4000".parse().unwrap()),
             window: Some(1 << 20),
             stream: None,
+            shm: true,
+            transport: Some(Transport::Shm),
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

@@ -1,8 +1,8 @@
-//! Socket hand-off on the agent's Unix socket: after an `accepted` or
+//! Descriptor hand-off on the agent's Unix socket: after an `accepted` or
 //! `paired` message that names a [`Handoff`], the agent sends one byte that
-//! carries a socket descriptor (`SCM_RIGHTS`). The client then owns that
-//! socket: the data path runs between the functions' own sockets, and the
-//! agent keeps no copy.
+//! carries the descriptors (`SCM_RIGHTS`). The client then owns them: the
+//! data path runs between the functions' own sockets (or their shared ring),
+//! and the agent keeps no copy.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -23,6 +23,19 @@ pub enum Handoff {
     /// A connected TCP socket: the data connection itself (a sender's, or
     /// either end of the link between two nodes' agents).
     Connection,
+    /// Two descriptors: the shared-memory ring of the `shm` transport (a
+    /// memory file) and this end of the socket pair beside it.
+    Ring,
+}
+
+impl Handoff {
+    /// How many descriptors follow.
+    pub fn descriptors(self) -> usize {
+        match self {
+            Self::Listener | Self::Connection => 1,
+            Self::Ring => 2,
+        }
+    }
 }
 
 /// The byte that carries the descriptor.
@@ -30,7 +43,13 @@ const CARRIER: u8 = 0;
 
 /// Sends `socket` to the client at the other end of `stream`.
 pub async fn send_socket(stream: &UnixStream, socket: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [socket.as_raw_fd()];
+    send_fds(stream, &[socket]).await
+}
+
+/// Sends descriptors to the client at the other end of `stream`, in one
+/// message.
+pub async fn send_fds(stream: &UnixStream, descriptors: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let fds: Vec<RawFd> = descriptors.iter().map(|fd| fd.as_raw_fd()).collect();
     let sent = stream
         .async_io(Interest::WRITABLE, || {
             sendmsg::<()>(
@@ -55,11 +74,18 @@ pub async fn send_socket(stream: &UnixStream, socket: BorrowedFd<'_>) -> io::Res
 
 /// Receives the socket the agent sends after a message naming a hand-off.
 pub async fn recv_socket(stream: &UnixStream) -> io::Result<OwnedFd> {
+    let mut fds = recv_fds(stream, 1).await?;
+    Ok(fds.remove(0))
+}
+
+/// Receives the `count` descriptors the agent sends after a message naming
+/// a hand-off.
+pub async fn recv_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<OwnedFd>> {
     stream
         .async_io(Interest::READABLE, || {
             let mut byte = [0u8; 1];
             let mut iov = [IoSliceMut::new(&mut byte)];
-            let mut space = nix::cmsg_space!(RawFd);
+            let mut space = nix::cmsg_space!([RawFd; 2]);
             let msg = recvmsg::<()>(
                 stream.as_raw_fd(),
                 &mut iov,
@@ -70,23 +96,27 @@ pub async fn recv_socket(stream: &UnixStream) -> io::Result<OwnedFd> {
             if msg.bytes == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let mut received = None;
+            let mut received = Vec::new();
             for cmsg in msg.cmsgs().map_err(io::Error::from)? {
                 if let ControlMessageOwned::ScmRights(fds) = cmsg {
                     for fd in fds {
                         // SAFETY: the kernel just installed `fd` in this
                         // process for us; nothing else owns it.
-                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                        received.get_or_insert(owned);
+                        received.push(unsafe { OwnedFd::from_raw_fd(fd) });
                     }
                 }
             }
-            received.ok_or_else(|| {
-                io::Error::new(
+            if received.len() == count {
+                Ok(received)
+            } else {
+                Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "the agent announced a socket but sent none",
-                )
-            })
+                    format!(
+                        "the agent announced {count} descriptors but sent {}",
+                        received.len()
+                    ),
+                ))
+            }
         })
         .await
 }

@@ -4,6 +4,7 @@
 //! * [`control`]: the handshake between a client and its agent (TCP, or the
 //!   agent's Unix socket): a preamble, then length-prefixed JSON messages.
 //! * [`handoff`]: on the Unix socket, sockets the agent hands to a client.
+//! * [`ring`]: the `shm` transport, a ring in shared memory.
 //! * [`frame`]: the data stream between a sender and its receiver, on their
 //!   own point-to-point socket: binary frames, credits, the end mark.
 //! * [`stream`]: each direction's state (framing, credits, checksum), without
@@ -12,6 +13,7 @@
 pub mod control;
 pub mod frame;
 pub mod handoff;
+pub mod ring;
 pub mod stream;
 
 use std::io;

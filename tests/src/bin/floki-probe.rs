@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use floki_agent::{
     client::{
-        ChannelOptions, Receiver, Sender,
+        ChannelOptions, Receiver, Sender, Summary, Transport, blocking,
         workflow::{self, EdgeOptions},
     },
     workflow::Pattern,
@@ -39,6 +39,10 @@ struct Args {
     workflow: Option<(String, String, String, String)>,
     /// Print `wrote N` on stderr once all bytes are written (before finishing).
     report_written: bool,
+    /// Use the blocking client (which takes shared-memory rings).
+    blocking: bool,
+    /// Insist on a transport.
+    transport: Option<Transport>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -61,6 +65,8 @@ fn parse() -> anyhow::Result<Args> {
         flush_each: false,
         workflow: None,
         report_written: false,
+        blocking: false,
+        transport: None,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -70,6 +76,10 @@ fn parse() -> anyhow::Result<Args> {
         }
         if flag == "--report-written" {
             out.report_written = true;
+            continue;
+        }
+        if flag == "--blocking" {
+            out.blocking = true;
             continue;
         }
         let value = args
@@ -90,6 +100,7 @@ fn parse() -> anyhow::Result<Args> {
             "--edge" => edge.1 = value,
             "--as" => edge.2 = value,
             "--token" => edge.3 = value,
+            "--transport" => out.transport = Some(value.parse().map_err(anyhow::Error::msg)?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -99,17 +110,29 @@ fn parse() -> anyhow::Result<Args> {
     Ok(out)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let mut opts = ChannelOptions::new(&args.agent, &args.channel);
     opts.window = args.window;
     opts.data_addr = args.data_addr;
+    opts.transport = args.transport;
+    match (args.verb.as_str(), args.blocking) {
+        ("send", true) => return blocking_send(&args, &opts),
+        ("recv", true) => return blocking_recv(&args, &opts),
+        _ => {}
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main(&args, &opts))
+}
+
+async fn async_main(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     match (args.verb.as_str(), &args.workflow) {
-        ("send", None) => send(&args, &opts).await,
-        ("recv", None) => recv(&args, &opts).await,
-        ("send", Some(edge)) => send_edge(&args, edge_options(&args, edge)).await,
-        ("recv", Some(edge)) => recv_edge(&args, edge_options(&args, edge)).await,
+        ("send", None) => send(args, opts).await,
+        ("recv", None) => recv(args, opts).await,
+        ("send", Some(edge)) => send_edge(args, edge_options(args, edge)).await,
+        ("recv", Some(edge)) => recv_edge(args, edge_options(args, edge)).await,
         (other, _) => bail!("unknown verb {other}"),
     }
 }
@@ -120,6 +143,7 @@ fn edge_options(
 ) -> EdgeOptions {
     let mut opts = EdgeOptions::new(&args.agent, workflow, token, edge, function);
     opts.pair_timeout = Some(Duration::from_secs(60));
+    opts.transport = args.transport;
     opts
 }
 
@@ -222,26 +246,137 @@ async fn recv_edge(args: &Args, opts: EdgeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long to wait to keep `done` bytes at `rate` bytes/s since `started`.
+fn pace_delay(rate: u64, done: u64, started: Instant) -> Option<Duration> {
+    (rate > 0)
+        .then(|| Duration::from_secs_f64(done as f64 / rate as f64))
+        .and_then(|due| due.checked_sub(started.elapsed()))
+}
+
 /// Sleeps as needed to keep `done` bytes at `rate` bytes/s since `started`.
 async fn pace(rate: u64, done: u64, started: Instant) {
-    if rate > 0 {
-        let due = Duration::from_secs_f64(done as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
+    if let Some(wait) = pace_delay(rate, done, started) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The sizes of a sender's writes: `fixed:N`, or `mixed` (1 B to 1 MiB,
+/// seeded).
+struct WriteSizes {
+    fixed: Option<usize>,
+    mixed: rand::rngs::StdRng,
+}
+
+impl WriteSizes {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        let fixed = args
+            .writes
+            .strip_prefix("fixed:")
+            .map(str::parse::<usize>)
+            .transpose()?;
+        Ok(Self {
+            fixed,
+            mixed: rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed),
+        })
+    }
+
+    fn next(&mut self) -> usize {
+        self.fixed
+            .unwrap_or_else(|| self.mixed.random_range(1..=(1usize << 20)))
+    }
+}
+
+/// Checks `got` received bytes against the pattern at `offset`.
+fn check(
+    pattern: &DataPattern,
+    offset: u64,
+    got: &[u8],
+    expected: &mut [u8],
+) -> anyhow::Result<()> {
+    let expected = &mut expected[..got.len()];
+    pattern.fill(offset, expected);
+    match got.iter().zip(expected.iter()).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => bail!(
+            "byte {} differs from what the sender wrote",
+            offset + at as u64
+        ),
+    }
+}
+
+fn print_summary(summary: &Summary, started: Instant) {
+    println!(
+        "{}",
+        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
+    );
+}
+
+/// `send` with the blocking client.
+fn blocking_send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut tx = blocking::Sender::connect(opts)?;
+    let pattern = DataPattern::new(args.seed);
+    let mut sizes = WriteSizes::new(args)?;
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.bytes {
+        if args.stall_after.is_some_and(|limit| sent >= limit) {
+            tx.flush()?;
+            eprintln!("floki-probe: stalling after {sent} bytes");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        let n = (args.bytes - sent).min(sizes.next() as u64) as usize;
+        buf.resize(buf.len().max(n), 0);
+        pattern.fill(sent, &mut buf[..n]);
+        tx.write_all(&buf[..n])?;
+        sent += n as u64;
+        if let Some(wait) = pace_delay(args.rate, sent, started) {
+            std::thread::sleep(wait);
         }
     }
+    let summary = tx.finish()?;
+    print_summary(&summary, started);
+    Ok(())
+}
+
+/// `recv` with the blocking client.
+fn blocking_recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut rx = blocking::Receiver::connect(opts)?;
+    let pattern = DataPattern::new(args.seed);
+    let mut buf = vec![0u8; args.chunk];
+    let mut expected = vec![0u8; args.chunk];
+    let started = Instant::now();
+    let mut got = 0u64;
+    loop {
+        let n = rx.read(&mut buf).context("reading the channel")?;
+        if n == 0 {
+            break;
+        }
+        check(&pattern, got, &buf[..n], &mut expected)?;
+        got += n as u64;
+        if args.stall_after.is_some_and(|limit| got >= limit) {
+            eprintln!("floki-probe: stalling after {got} bytes");
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        if let Some(wait) = pace_delay(args.rate, got, started) {
+            std::thread::sleep(wait);
+        }
+    }
+    let summary = rx.finish()?;
+    if got != args.bytes {
+        bail!("received {got} bytes, the test expected {}", args.bytes);
+    }
+    print_summary(&summary, started);
+    Ok(())
 }
 
 async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     let mut tx = Sender::connect(opts).await?;
     let pattern = DataPattern::new(args.seed);
-    let mut sizes = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
-    let fixed = args
-        .writes
-        .strip_prefix("fixed:")
-        .map(str::parse::<usize>)
-        .transpose()?;
-    let mut buf = vec![0u8; fixed.unwrap_or(1 << 20).max(1)];
+    let mut sizes = WriteSizes::new(args)?;
+    let mut buf = Vec::new();
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < args.bytes {
@@ -250,14 +385,8 @@ async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
             eprintln!("floki-probe: stalling after {sent} bytes");
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        let size = match fixed {
-            Some(size) => size,
-            None => sizes.random_range(1..=(1usize << 20)),
-        };
-        let n = (args.bytes - sent).min(size as u64) as usize;
-        if buf.len() < n {
-            buf.resize(n, 0);
-        }
+        let n = (args.bytes - sent).min(sizes.next() as u64) as usize;
+        buf.resize(buf.len().max(n), 0);
         pattern.fill(sent, &mut buf[..n]);
         tx.write_all(&buf[..n]).await?;
         if args.flush_each {
@@ -267,10 +396,7 @@ async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         pace(args.rate, sent, started).await;
     }
     let summary = tx.finish().await?;
-    println!(
-        "{}",
-        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
-    );
+    print_summary(&summary, started);
     Ok(())
 }
 
@@ -286,18 +412,7 @@ async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         if n == 0 {
             break;
         }
-        pattern.fill(got, &mut expected[..n]);
-        if buf[..n] != expected[..n] {
-            let at = buf[..n]
-                .iter()
-                .zip(&expected[..n])
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            bail!(
-                "byte {} differs from what the sender wrote",
-                got + at as u64
-            );
-        }
+        check(&pattern, got, &buf[..n], &mut expected)?;
         got += n as u64;
         if args.stall_after.is_some_and(|limit| got >= limit) {
             eprintln!("floki-probe: stalling after {got} bytes");
@@ -309,9 +424,6 @@ async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     if got != args.bytes {
         bail!("received {got} bytes, the test expected {}", args.bytes);
     }
-    println!(
-        "{}",
-        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
-    );
+    print_summary(&summary, started);
     Ok(())
 }

@@ -189,6 +189,11 @@ impl Datapath {
         }
     }
 
+    /// Whether the kernel programs are attached.
+    pub fn is_ebpf(&self) -> bool {
+        matches!(self, Self::Ebpf(_))
+    }
+
     /// Prepares the splice of channel `id`: the sender's socket connecting to
     /// `addr` from one namespace, the socket a listener accepts from it in
     /// the other; `Err` explains why it will use plain TCP instead.
