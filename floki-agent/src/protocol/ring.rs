@@ -42,6 +42,9 @@ const MAGIC: u64 = 0x464c_4b52_0000_0001;
 pub const CAPACITY_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 /// How often a waiting end checks that its peer is alive.
 pub const LIVENESS: Duration = Duration::from_millis(50);
+/// Bytes hashed and copied at a time: small enough to stay in the L1/L2
+/// cache between the two passes.
+const PIECE: usize = 32 << 10;
 /// `sched_yield`s before sleeping on the futex.
 const YIELDS: u32 = 16;
 
@@ -306,15 +309,21 @@ impl RingWriter {
             )?;
         }
         let n = (room() as usize).min(buf.len());
-        let at = (head % capacity) as usize;
-        let first = n.min(capacity as usize - at);
-        // SAFETY: `[at, at + first)` and `[0, n - first)` lie in the data
-        // area, in the part the receiver does not read until `head` moves.
-        unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ring.data().add(at), first);
-            std::ptr::copy_nonoverlapping(buf[first..].as_ptr(), self.ring.data(), n - first);
+        // Hash and copy piece by piece: the copy reads what the hash just
+        // brought into the cache (one pass over memory instead of two).
+        let mut done = 0;
+        while done < n {
+            let at = ((head + done as u64) % capacity) as usize;
+            let len = (n - done).min(PIECE).min(capacity as usize - at);
+            let piece = &buf[done..done + len];
+            self.hasher.write(piece);
+            // SAFETY: `[at, at + len)` lies in the data area, in the part the
+            // receiver does not read until `head` moves past it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
+            }
+            done += len;
         }
-        self.hasher.write(&buf[..n]);
         self.head += n as u64;
         header.head.0.store(self.head, Ordering::Release);
         Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
@@ -442,7 +451,26 @@ impl RingReader {
     /// Marks `n` bytes of the last [`RingReader::fill`] as read.
     pub fn consume(&mut self, data_read: &[u8]) {
         self.hasher.write(data_read);
-        self.tail += data_read.len() as u64;
+        self.advance(data_read.len() as u64);
+    }
+
+    /// Marks the first `n` bytes of the last [`RingReader::fill`] as read
+    /// (at most what it returned).
+    pub fn consume_len(&mut self, n: usize) {
+        let capacity = self.ring.capacity;
+        let at = (self.tail % capacity) as usize;
+        let published = self.ring.header().head.0.load(Ordering::Acquire) - self.tail;
+        let n = n.min(published as usize).min(capacity as usize - at);
+        // SAFETY: published bytes below `head`, not reused by the sender
+        // until the tail moves past them.
+        let data = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };
+        self.hasher.write(data);
+        self.advance(n as u64);
+    }
+
+    /// Hands `n` read (and hashed) bytes back to the sender.
+    fn advance(&mut self, n: u64) {
+        self.tail += n;
         let header = self.ring.header();
         header.tail.0.store(self.tail, Ordering::Release);
         Mapped::wake(&header.space_seq.0, &header.sender_waiting.0);
@@ -450,14 +478,24 @@ impl RingReader {
 
     /// Copies the next bytes into `buf`; 0 once the stream ended verified.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let available = self.fill()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        // Re-borrow for consume: the slice above is into shared memory.
-        let at = (self.tail % self.ring.capacity) as usize;
-        // SAFETY: the same published range as `fill` returned.
-        let read = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };
-        self.consume(read);
+        let (at, len) = {
+            let available = self.fill()?;
+            (available.as_ptr(), available.len())
+        };
+        let n = len.min(buf.len());
+        // SAFETY: the published range `fill` just returned; the sender does
+        // not reuse it until `advance` moves the tail past it.
+        let available = unsafe { std::slice::from_raw_parts(at, n) };
+        let mut done = 0;
+        // Copy and hash piece by piece: the hash reads the copy while it is
+        // still in the cache (and never reads the shared ring twice).
+        while done < n {
+            let len = (n - done).min(PIECE);
+            buf[done..done + len].copy_from_slice(&available[done..done + len]);
+            self.hasher.write(&buf[done..done + len]);
+            done += len;
+        }
+        self.advance(n as u64);
         Ok(n)
     }
 

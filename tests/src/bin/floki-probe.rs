@@ -340,21 +340,23 @@ fn blocking_send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `recv` with the blocking client.
+/// `recv` with the blocking client, through `BufRead` (over shm: in place
+/// in the ring).
 fn blocking_recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
-    use std::io::Read as _;
+    use std::io::BufRead as _;
     let mut rx = blocking::Receiver::connect(opts)?;
     let pattern = DataPattern::new(args.seed);
-    let mut buf = vec![0u8; args.chunk];
     let mut expected = vec![0u8; args.chunk];
     let started = Instant::now();
     let mut got = 0u64;
     loop {
-        let n = rx.read(&mut buf).context("reading the channel")?;
-        if n == 0 {
+        let data = rx.fill_buf().context("reading the channel")?;
+        if data.is_empty() {
             break;
         }
-        check(&pattern, got, &buf[..n], &mut expected)?;
+        let n = data.len().min(args.chunk);
+        check(&pattern, got, &data[..n], &mut expected)?;
+        rx.consume(n);
         got += n as u64;
         if args.stall_after.is_some_and(|limit| got >= limit) {
             eprintln!("floki-probe: stalling after {got} bytes");

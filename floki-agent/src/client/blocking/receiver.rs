@@ -2,7 +2,7 @@
 //! shared-memory ring.
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, BufRead, Read, Write},
     net::TcpStream,
     ops::Range,
 };
@@ -24,10 +24,17 @@ use crate::{
 /// The receiving end of a channel, blocking. `read` returns 0 only after the
 /// sender's end mark and checksum were verified; a stream cut short is an
 /// error (kind `UnexpectedEof`, carrying a [`StreamError`]).
+///
+/// It is also a [`BufRead`]: over `shm`, `fill_buf` hands out the bytes in
+/// place in the shared ring (no copy at all); over a socket, from a buffer
+/// of its own.
 pub struct Receiver {
     end: EndState,
     path: Path,
     reported: bool,
+    /// `BufRead` over a socket: what was read and not consumed yet.
+    buffer: Vec<u8>,
+    buffered: Range<usize>,
 }
 
 enum Path {
@@ -69,6 +76,8 @@ impl Receiver {
             end: open.end,
             path,
             reported: false,
+            buffer: Vec::new(),
+            buffered: 0..0,
         })
     }
 
@@ -183,8 +192,59 @@ impl SocketPath {
     }
 }
 
+impl BufRead for Receiver {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Path::Ring(_) = self.path {
+            self.end.check()?;
+            let filled = match &mut self.path {
+                Path::Ring(ring) => ring.fill().map(|data| (data.as_ptr(), data.len())),
+                Path::Socket(_) => unreachable!("matched above"),
+            };
+            return match filled {
+                Ok((_, 0)) => {
+                    self.ended();
+                    Ok(&[])
+                }
+                // SAFETY: published bytes in the ring, which lives as long as
+                // `self`; the sender does not reuse them until `consume`.
+                Ok((at, len)) => Ok(unsafe { std::slice::from_raw_parts(at, len) }),
+                Err(err) => Err(self.fail(err)),
+            };
+        }
+        if self.buffered.is_empty() {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            buffer.resize(STAGING, 0);
+            let n = self.read(&mut buffer);
+            self.buffer = buffer;
+            self.buffered = 0..n?;
+        }
+        Ok(&self.buffer[self.buffered.clone()])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        match &mut self.path {
+            Path::Ring(ring) => {
+                ring.consume_len(amt);
+                let received = ring.received();
+                self.end.reporter.progress(received);
+            }
+            Path::Socket(_) => {
+                self.buffered.start = (self.buffered.start + amt).min(self.buffered.end);
+            }
+        }
+    }
+}
+
 impl Read for Receiver {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bytes `fill_buf` buffered come first.
+        if !self.buffered.is_empty() {
+            let n = self.buffered.len().min(buf.len());
+            let start = self.buffered.start;
+            buf[..n].copy_from_slice(&self.buffer[start..start + n]);
+            self.buffered.start += n;
+            return Ok(n);
+        }
         self.end.check()?;
         let read = match &mut self.path {
             Path::Socket(socket) => socket.read(buf),

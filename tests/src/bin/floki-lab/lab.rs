@@ -75,6 +75,11 @@ impl Lab {
     pub fn addr(&self) -> String {
         self.agent.addr.to_string()
     }
+
+    /// The agent's Unix socket, as clients name it (`unix:PATH`).
+    pub fn socket_addr(&self) -> String {
+        format!("unix:{}", self.agent.socket.display())
+    }
 }
 
 /// `floki-lab peer ARGS` inside `cgroup`.

@@ -363,12 +363,22 @@ fn recv_options(args: &Stream) -> ChannelOptions {
     opts
 }
 
+/// Reads as a consumer that processes bytes where they are would: over shm
+/// in place in the ring (`BufRead`), over a socket into its own buffer.
 fn floki_recv_blocking(args: &Stream) -> anyhow::Result<Measured> {
+    use std::io::BufRead as _;
     let mut rx = blocking::Receiver::connect(&recv_options(args))?;
+    let in_place = rx.transport() == floki_agent::client::Transport::Shm;
     let mut buf = vec![0u8; args.chunk];
     let mut started = None;
     loop {
-        let n = rx.read(&mut buf)?;
+        let n = if in_place {
+            let n = rx.fill_buf()?.len().min(args.chunk);
+            rx.consume(n);
+            n
+        } else {
+            rx.read(&mut buf)?
+        };
         if n == 0 {
             break;
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench splice`: plain TCP loopback between two processes (no
-//! agent), Floki spliced, and Floki without eBPF, all in one run, runs
-//! interleaved so that the machine's noise falls on all three alike.
+//! agent), Floki spliced, Floki over a shared-memory ring and Floki without
+//! eBPF, all in one run, runs interleaved so that the machine's noise falls
+//! on all of them alike.
 
 use std::{net::TcpListener, str::FromStr as _};
 
@@ -36,10 +37,19 @@ enum System {
     SpliceAsync,
     /// Floki without eBPF, blocking client.
     Fallback,
+    /// Floki over a shared-memory ring: blocking client on the agent's Unix
+    /// socket.
+    Shm,
 }
 
 impl System {
-    const ALL: [Self; 4] = [Self::Tcp, Self::Splice, Self::SpliceAsync, Self::Fallback];
+    const ALL: [Self; 5] = [
+        Self::Tcp,
+        Self::Splice,
+        Self::SpliceAsync,
+        Self::Fallback,
+        Self::Shm,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -47,6 +57,7 @@ impl System {
             Self::Splice => "Floki splice",
             Self::SpliceAsync => "Floki splice, async client",
             Self::Fallback => "Floki, no eBPF",
+            Self::Shm => "Floki shm",
         }
     }
 
@@ -56,6 +67,7 @@ impl System {
             Self::Splice => "splice",
             Self::SpliceAsync => "splice_async",
             Self::Fallback => "fallback",
+            Self::Shm => "shm",
         }
     }
 
@@ -77,7 +89,7 @@ struct Labs {
 impl Labs {
     fn of(&self, system: System) -> &Lab {
         match system {
-            System::Splice | System::SpliceAsync => &self.splice,
+            System::Splice | System::SpliceAsync | System::Shm => &self.splice,
             // Plain TCP peers run in the fallback lab's cgroup: no programs there.
             System::Tcp | System::Fallback => &self.fallback,
         }
@@ -101,6 +113,13 @@ fn peers(verbs: [&str; 2], common: &[String]) -> [Vec<String>; 2] {
 fn meeting(lab: &Lab, system: System, channel: String) -> anyhow::Result<Vec<String>> {
     Ok(match system {
         System::Tcp => vec!["--addr".into(), format!("127.0.0.1:{}", free_port()?)],
+        // The Unix socket: the agent hands both ends the ring there.
+        System::Shm => vec![
+            "--addr".into(),
+            lab.socket_addr(),
+            "--channel".into(),
+            channel,
+        ],
         _ => vec![
             "--addr".into(),
             lab.addr(),
@@ -141,10 +160,10 @@ fn throughput(
     let got = measured(receiver)?;
     measured(sender)?;
     if let Some(transport) = &got.transport {
-        let expected = if system == System::Fallback {
-            "tcp"
-        } else {
-            "splice"
+        let expected = match system {
+            System::Fallback => "tcp",
+            System::Shm => "shm",
+            _ => "splice",
         };
         anyhow::ensure!(
             transport == expected,
@@ -220,7 +239,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     let size_label = bytesize::ByteSize(bytes).display().iec().to_string();
     let mut table = String::from(
-        "| measure | plain TCP | Floki splice | Floki splice, async client | Floki, no eBPF | splice / TCP |\n|---|---|---|---|---|---|\n",
+        "| measure | plain TCP | Floki shm | Floki splice | Floki splice, async client | Floki, no eBPF | splice / TCP | shm / splice | shm / TCP |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |s: &Spread, digits: usize| {
         format!(
@@ -228,59 +247,107 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             digits, s.median, digits, s.min, digits, s.max
         )
     };
+    // Columns in table order, by their index in System::ALL.
+    let shown = [0, 4, 1, 2, 3];
+    let idx = |system: System| {
+        System::ALL
+            .iter()
+            .position(|s| *s == system)
+            .expect("listed")
+    };
+    let (tcp, splice, shm) = (idx(System::Tcp), idx(System::Splice), idx(System::Shm));
+    let by_key = |values: &[Spread]| -> serde_json::Map<String, serde_json::Value> {
+        System::ALL
+            .iter()
+            .zip(values)
+            .map(|(system, value)| (system.key().to_owned(), json!(value)))
+            .collect()
+    };
+    let runs_by_key = |values: &[Vec<f64>]| -> serde_json::Map<String, serde_json::Value> {
+        System::ALL
+            .iter()
+            .zip(values)
+            .map(|(system, value)| (system.key().to_owned(), json!(value)))
+            .collect()
+    };
     let mut json_rows = Vec::new();
-    let mut throughput_ratio_1m = 0.0;
+    // [splice / TCP, shm / splice, shm / TCP] at 1 MiB writes, and for round
+    // trips per placement.
+    let mut at_1m = [0.0; 3];
     for (w, write) in writes.iter().enumerate() {
         let spreads: Vec<Spread> = rates[w].iter().map(|r| Spread::of(r)).collect();
-        let ratio = spreads[1].median / spreads[0].median;
+        let ratios = [
+            spreads[splice].median / spreads[tcp].median,
+            spreads[shm].median / spreads[splice].median,
+            spreads[shm].median / spreads[tcp].median,
+        ];
         if *write == 1 << 20 {
-            throughput_ratio_1m = ratio;
+            at_1m = ratios;
         }
+        let cells: Vec<String> = shown.iter().map(|&i| cell(&spreads[i], 2)).collect();
         table.push_str(&format!(
-            "| {size_label}, {} KiB writes, GB/s | {} | {} | {} | {} | **{ratio:.2}x** |\n",
+            "| {size_label}, {} KiB writes, GB/s | {} | **{:.2}x** | **{:.2}x** | **{:.2}x** |\n",
             write >> 10,
-            cell(&spreads[0], 2),
-            cell(&spreads[1], 2),
-            cell(&spreads[2], 2),
-            cell(&spreads[3], 2)
+            cells.join(" | "),
+            ratios[0],
+            ratios[1],
+            ratios[2],
         ));
-        json_rows.push(json!({"measure": "throughput_gb_s", "write_bytes": write, "bytes": bytes,
-            "tcp": spreads[0], "splice": spreads[1], "splice_async": spreads[2], "fallback": spreads[3],
-            "splice_over_tcp": ratio,
-            "runs": {"tcp": rates[w][0], "splice": rates[w][1], "splice_async": rates[w][2], "fallback": rates[w][3]}}));
+        let mut row = by_key(&spreads);
+        row.insert("measure".into(), json!("throughput_gb_s"));
+        row.insert("write_bytes".into(), json!(write));
+        row.insert("bytes".into(), json!(bytes));
+        row.insert("splice_over_tcp".into(), json!(ratios[0]));
+        row.insert("shm_over_splice".into(), json!(ratios[1]));
+        row.insert("shm_over_tcp".into(), json!(ratios[2]));
+        row.insert("runs".into(), json!(runs_by_key(&rates[w])));
+        json_rows.push(serde_json::Value::Object(row));
     }
-    let mut rtt_ratio = [0.0; 2];
+    let mut rtt_ratio = [[0.0; 2]; 2];
     for (p, cpus) in placements.iter().enumerate() {
         let spreads: Vec<Spread> = rtts[p].iter().map(|r| Spread::of(r)).collect();
-        let ratio = spreads[1].median / spreads[0].median;
-        rtt_ratio[p] = ratio;
+        let splice_ratio = spreads[splice].median / spreads[tcp].median;
+        let shm_ratio = spreads[shm].median / spreads[tcp].median;
+        rtt_ratio[p] = [splice_ratio, shm_ratio];
         let placement = if cpus.0 == cpus.1 {
             "both on one CPU"
         } else {
             "on two CPUs"
         };
+        let cells: Vec<String> = shown.iter().map(|&i| cell(&spreads[i], 1)).collect();
         table.push_str(&format!(
-            "| 64 B round trip p50, {placement}, µs | {} | {} | {} | {} | **{ratio:.2}x** |\n",
-            cell(&spreads[0], 1),
-            cell(&spreads[1], 1),
-            cell(&spreads[2], 1),
-            cell(&spreads[3], 1)
+            "| 64 B round trip p50, {placement}, µs | {} | **{splice_ratio:.2}x** | | **{shm_ratio:.2}x** |\n",
+            cells.join(" | "),
         ));
-        json_rows.push(json!({"measure": "round_trip_p50_us", "cpus": [cpus.0, cpus.1],
-            "tcp": spreads[0], "splice": spreads[1], "splice_async": spreads[2], "fallback": spreads[3],
-            "splice_over_tcp": ratio,
-            "runs": {"tcp": rtts[p][0], "splice": rtts[p][1], "splice_async": rtts[p][2], "fallback": rtts[p][3]}}));
+        let mut row = by_key(&spreads);
+        row.insert("measure".into(), json!("round_trip_p50_us"));
+        row.insert("cpus".into(), json!([cpus.0, cpus.1]));
+        row.insert("splice_over_tcp".into(), json!(splice_ratio));
+        row.insert("shm_over_tcp".into(), json!(shm_ratio));
+        row.insert("runs".into(), json!(runs_by_key(&rtts[p])));
+        json_rows.push(serde_json::Value::Object(row));
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let floors = format!(
-        "- splice throughput at 1 MiB writes at least 2x plain TCP: {:.2}x, {}\n\
-         - 64 B round-trip p50 at most 0.7x plain TCP: {:.2}x on one CPU ({}), {:.2}x on two CPUs ({})\n",
-        throughput_ratio_1m,
-        verdict(throughput_ratio_1m >= 2.0),
-        rtt_ratio[0],
-        verdict(rtt_ratio[0] <= 0.7),
-        rtt_ratio[1],
-        verdict(rtt_ratio[1] <= 0.7),
+        "- splice throughput at 1 MiB writes at least 2x plain TCP (issue 2): {:.2}x, {}\n\
+         - splice 64 B round-trip p50 at most 0.7x plain TCP (issue 2): {:.2}x on one CPU ({}), {:.2}x on two CPUs ({})\n\
+         - shm throughput at 1 MiB writes at least 2x splice (issue 6): {:.2}x, {}\n\
+         - shm throughput at 1 MiB writes at least 5x plain TCP (issue 6): {:.2}x, {}\n\
+         - shm 64 B round-trip p50 at most 0.2x plain TCP (issue 6): {:.2}x on one CPU ({}), {:.2}x on two CPUs ({})\n",
+        at_1m[0],
+        verdict(at_1m[0] >= 2.0),
+        rtt_ratio[0][0],
+        verdict(rtt_ratio[0][0] <= 0.7),
+        rtt_ratio[1][0],
+        verdict(rtt_ratio[1][0] <= 0.7),
+        at_1m[1],
+        verdict(at_1m[1] >= 2.0),
+        at_1m[2],
+        verdict(at_1m[2] >= 5.0),
+        rtt_ratio[0][1],
+        verdict(rtt_ratio[0][1] <= 0.2),
+        rtt_ratio[1][1],
+        verdict(rtt_ratio[1][1] <= 0.2),
     );
     println!("{table}\n{floors}");
 
@@ -296,9 +363,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              blocking client (`floki_agent::client::blocking`, what `floki-agent send/recv` use) \
              and, for comparison, the tokio client; plain TCP is raw, blocking. Round trips are \
              {} ping-pongs of 64 bytes, ping and pong pinned as stated. `splice / TCP` compares \
-             the blocking Floki client with blocking TCP.\n\n\
+             the blocking Floki client with blocking TCP. `Floki shm` is the same blocking client \
+             on the agent's Unix socket, where the agent hands both ends a ring in shared memory \
+             (the channel's window, 8 MiB by default); its reader and writer wait on a futex after \
+             a few `sched_yield`s, never spinning.\n\n\
              {table}\n\
-             Floors (issue 2):\n{floors}",
+             Floors:\n{floors}",
             report::today(),
             report::machine(),
             opts.runs,
