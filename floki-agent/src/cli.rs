@@ -87,6 +87,13 @@ pub struct RunArgs {
     /// Serve only channels of applied workflows (with their token).
     #[arg(long)]
     pub workflow_channels_only: bool,
+    /// Expose the edges of applied workflows as named pipes (FIFOs) in DIR,
+    /// for functions that only do file I/O: `DIR/<workflow>/<edge>.in` for
+    /// the producer, `DIR/<workflow>/<edge>.out` for the consumer, and a
+    /// `.status` file beside each with the verdict of its last stream
+    /// (docs/WORKFLOWS.md) [default: no pipes].
+    #[arg(long, value_name = "DIR")]
+    pub pipes_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

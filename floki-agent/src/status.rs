@@ -167,7 +167,9 @@ pub struct StreamStatus {
     /// `same-node` (both here), `outgoing`, `incoming` (one end here) or
     /// `elsewhere`.
     pub placement: String,
-    /// How its bytes will travel (`splice` or `tcp`); null if elsewhere.
+    /// How its bytes travel: for a same-node stream, what its latest
+    /// channel took (`shm`, `splice` or `tcp`), or before any, what socket
+    /// clients get; `tcp` across nodes; null if elsewhere.
     pub transport: Option<Transport>,
     /// `ready`, `preparing`, or `elsewhere`.
     pub state: String,

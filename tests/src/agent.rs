@@ -247,6 +247,28 @@ impl TestAgent {
         cmd
     }
 
+    /// `floki-agent apply` of `yaml` on this agent; returns the token.
+    pub fn apply(&self, yaml: &str) -> Result<String, String> {
+        let path = self.dir.join(format!(
+            "workflow-{}.yaml",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&path, yaml).expect("writing the spec");
+        let out = Command::new(agent_binary())
+            .arg("apply")
+            .arg(&path)
+            .arg("--admin")
+            .arg(&self.admin)
+            .output()
+            .expect("running floki-agent apply");
+        let _ = fs::remove_file(&path);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

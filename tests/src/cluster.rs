@@ -50,6 +50,11 @@ impl Cluster {
 
     /// As [`Cluster::start`], with more `floki-agent run` arguments.
     pub fn start_with(names: &[&str], extra: &[&str]) -> Self {
+        Self::start_with_each(names, |_| extra.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// As [`Cluster::start`], with more `floki-agent run` arguments per node.
+    pub fn start_with_each(names: &[&str], extra_of: impl Fn(&str) -> Vec<String>) -> Self {
         require_root();
         let bridge = Bridge::new();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -69,7 +74,7 @@ impl Cluster {
             .zip(nets)
             .map(|(name, (ns, ip))| {
                 let cgroup = TestCgroup::new(name).expect("creating a node cgroup");
-                let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+                let mut extra = extra_of(name);
                 for (other, i) in names.iter().zip(1..) {
                     if other != name {
                         extra.push("--peer".into());
@@ -188,25 +193,7 @@ impl ClusterNode {
 
     /// `floki-agent apply` of `yaml` on this node; returns the token.
     pub fn apply(&self, yaml: &str) -> Result<String, String> {
-        let path = std::env::temp_dir().join(format!(
-            "floki-wf-{}-{}.yaml",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, yaml).expect("writing the spec");
-        let out = Command::new(agent_binary())
-            .arg("apply")
-            .arg(&path)
-            .arg("--admin")
-            .arg(&self.agent.admin)
-            .output()
-            .expect("running floki-agent apply");
-        let _ = std::fs::remove_file(&path);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.agent.apply(yaml)
     }
 
     /// `floki-agent delete NAME` on this node.

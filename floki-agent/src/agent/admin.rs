@@ -143,9 +143,21 @@ pub fn status(agent: &Agent, identity: &Identity) -> Status {
 /// Applied workflows as this node sees them: which streams touch it, and
 /// whether they are prepared.
 fn workflows(agent: &Agent) -> Vec<WorkflowStatus> {
-    let local_transport = match agent.registry.datapath() {
+    let socket_transport = match agent.registry.datapath() {
         super::datapath::Datapath::Ebpf(_) => Transport::Splice,
         super::datapath::Datapath::Fallback { .. } => Transport::Tcp,
+    };
+    // Same-node streams: what their latest channel took (clients that take
+    // a ring get shm), else what socket clients get.
+    let (channels, _) = agent.registry.snapshot();
+    let local_transport = |stream: &StreamId| {
+        let name = stream.to_string();
+        channels
+            .iter()
+            .filter(|channel| channel.name == name)
+            .max_by_key(|channel| channel.id)
+            .and_then(|channel| channel.transport)
+            .unwrap_or(socket_transport)
     };
     agent
         .workflows
@@ -167,7 +179,9 @@ fn workflows(agent: &Agent) -> Vec<WorkflowStatus> {
                             } = &stream;
                             let (placement, transport, state) =
                                 match (here(producer), here(consumer)) {
-                                    (true, true) => ("same-node", Some(local_transport), "ready"),
+                                    (true, true) => {
+                                        ("same-node", Some(local_transport(&stream)), "ready")
+                                    }
                                     (false, false) => ("elsewhere", None, "elsewhere"),
                                     (producer_here, _) => {
                                         let ready = agent.crossnode.ready(&stream, producer_here);

@@ -12,6 +12,7 @@ pub mod apply;
 mod crossnode;
 pub mod datapath;
 pub mod peers;
+mod pipes;
 mod registry;
 mod relay;
 mod session;
@@ -58,6 +59,8 @@ pub struct AgentConfig {
     pub peers: Arc<dyn PeerDirectory>,
     /// Refuse channels that belong to no workflow.
     pub workflow_channels_only: bool,
+    /// Expose workflow edges as named pipes in this directory.
+    pub pipes_dir: Option<PathBuf>,
 }
 
 /// What every connection of the agent works with.
@@ -172,6 +175,15 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
                 .collect()
         }),
     );
+    let pipes = config.pipes_dir.clone().map(|dir| {
+        tokio::spawn(pipes::serve(
+            dir,
+            config.socket.clone(),
+            config.node.clone(),
+            workflows.clone(),
+            registry.clone(),
+        ))
+    });
     let listen = listener.local_addr().unwrap_or(config.listen);
     let identity = Arc::new(Identity { listen, started });
     let admin_task = tokio::spawn(admin.serve(agent.clone(), identity));
@@ -213,6 +225,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         _ = signals.recv() => warn!("second signal: stopping now"),
     }
     admin_task.abort();
+    if let Some(pipes) = pipes {
+        pipes.abort();
+    }
     let _ = std::fs::remove_file(&admin_path);
     datapath.shutdown();
     info!("stopped");

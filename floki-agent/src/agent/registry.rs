@@ -840,6 +840,39 @@ impl Registry {
         self.changed.notify_waiters();
     }
 
+    /// Refuses the waiting ends of channels named `prefix...` (a deleted
+    /// workflow's): they hear it at once instead of waiting for a peer that
+    /// can no longer come.
+    pub fn refuse_waiting(&self, prefix: &str) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let waiting: Vec<String> = inner
+            .live
+            .iter()
+            .filter(|(name, live)| {
+                name.starts_with(prefix) && matches!(live.stage, Stage::Waiting { .. })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in waiting {
+            if let Some(Live {
+                stage: Stage::Waiting { notify, .. },
+                ..
+            }) = inner.live.remove(&name)
+            {
+                let _ = notify.send(
+                    AgentMessage::Refused {
+                        error: Refusal::NotAllowed,
+                        message: format!(
+                            "the workflow of channel '{name}' was deleted before its other end came"
+                        ),
+                    }
+                    .into(),
+                );
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Number of paired channels not finished yet.
     pub fn active(&self) -> usize {
         self.inner.lock().expect("registry lock").live.len()

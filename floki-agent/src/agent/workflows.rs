@@ -57,6 +57,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Workflows {
     inner: Mutex<Inner>,
+    /// Bumped whenever the applied set changes (for the named pipes).
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Workflows {
@@ -85,10 +87,20 @@ impl Workflows {
         match inner.prepared.remove(name) {
             Some((applied, _)) => {
                 inner.applied.insert(name.to_owned(), applied);
+                self.changed();
                 true
             }
             None => inner.applied.contains_key(name),
         }
+    }
+
+    /// Watches the applied set: the value changes with it.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|version| *version += 1);
     }
 
     /// Drops a prepared workflow.
@@ -105,13 +117,18 @@ impl Workflows {
     pub fn install(&self, applied: Applied) {
         let mut inner = self.inner.lock().expect("workflows lock");
         inner.applied.insert(applied.workflow.name.clone(), applied);
+        self.changed();
     }
 
     /// Removes a workflow; returns it if it was applied.
     pub fn delete(&self, name: &str) -> Option<Applied> {
         let mut inner = self.inner.lock().expect("workflows lock");
         inner.prepared.remove(name);
-        inner.applied.remove(name)
+        let removed = inner.applied.remove(name);
+        if removed.is_some() {
+            self.changed();
+        }
+        removed
     }
 
     /// One applied workflow.

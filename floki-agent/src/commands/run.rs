@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         peers: std::sync::Arc::new(StaticPeers(peers)),
         workflow_channels_only: args.workflow_channels_only,
+        pipes_dir: args.pipes_dir,
     };
     let (tx, rx) = mpsc::channel(2);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
