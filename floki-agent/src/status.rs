@@ -198,6 +198,10 @@ pub struct Totals {
     /// Bytes of channels whose transport is `tcp` (no splice, or across
     /// nodes).
     pub fallback_bytes: u64,
+    /// Bytes of channels whose transport is `shm` (as their rings'
+    /// headers count them).
+    #[serde(default)]
+    pub shm_bytes: u64,
     /// Bytes the kernel program redirected from producers' sockets into
     /// links to other nodes' agents.
     #[serde(default)]

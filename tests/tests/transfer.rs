@@ -124,6 +124,12 @@ fn shm_streams_arrive_identical() {
         status["reason"].as_str().unwrap().contains("ring"),
         "{status:#}"
     );
+    let totals = &node.agent.status()["totals"];
+    assert!(
+        totals["shm_bytes"].as_u64().unwrap() >= 2 * 256 * MIB,
+        "{totals:#}"
+    );
+    assert_eq!(totals["spliced_bytes"], 0, "{totals:#}");
 }
 
 #[test]

@@ -322,6 +322,7 @@ struct Inner {
     live: HashMap<String, Live>,
     history: VecDeque<ChannelStatus>,
     fallback_bytes_finished: u64,
+    shm_bytes_finished: u64,
     done: u64,
     failed: u64,
     closing: bool,
@@ -362,6 +363,7 @@ impl Registry {
                 live: HashMap::new(),
                 history: VecDeque::new(),
                 fallback_bytes_finished: 0,
+                shm_bytes_finished: 0,
                 done: 0,
                 failed: 0,
                 closing: false,
@@ -685,8 +687,10 @@ impl Registry {
         {
             self.datapath.remove(handle);
         }
-        if status.transport == Some(Transport::Tcp) {
-            inner.fallback_bytes_finished += status.bytes;
+        match status.transport {
+            Some(Transport::Tcp) => inner.fallback_bytes_finished += status.bytes,
+            Some(Transport::Shm) => inner.shm_bytes_finished += status.bytes,
+            _ => {}
         }
         match status.state {
             ChannelState::Done => inner.done += 1,
@@ -791,13 +795,15 @@ impl Registry {
             .map(|(name, live)| self.describe(name, live))
             .collect();
         live.sort_by_key(|status| status.id);
-        let active_fallback: u64 = live
-            .iter()
-            .filter(|status| status.transport == Some(Transport::Tcp))
-            .map(|status| status.bytes)
-            .sum();
+        let active = |transport| -> u64 {
+            live.iter()
+                .filter(|status| status.transport == Some(transport))
+                .map(|status| status.bytes)
+                .sum()
+        };
         let totals = Totals {
-            fallback_bytes: inner.fallback_bytes_finished + active_fallback,
+            fallback_bytes: inner.fallback_bytes_finished + active(Transport::Tcp),
+            shm_bytes: inner.shm_bytes_finished + active(Transport::Shm),
             active_channels: live
                 .iter()
                 .filter(|status| status.state == ChannelState::Active)

@@ -133,8 +133,9 @@ fn render(status: &Status) -> String {
     let totals = &status.totals;
     let _ = writeln!(
         out,
-        "totals: spliced {} · forwarded by the kernel {} · tcp {} · active {} · done {} · failed {}",
+        "totals: spliced {} · shm {} · forwarded by the kernel {} · tcp {} · active {} · done {} · failed {}",
         human(totals.spliced_bytes),
+        human(totals.shm_bytes),
         human(totals.forwarded_bytes),
         human(totals.fallback_bytes),
         totals.active_channels,

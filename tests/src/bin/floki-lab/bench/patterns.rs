@@ -326,7 +326,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              Three nodes are network namespaces on a bridge, an agent in each. Every stream carries \
              {size_label}; a consumer reads all its streams at once and the figure is all consumers' \
              bytes over the longest read. Floki runs the workflow's functions (blocking client on \
-             their agent's Unix socket: same-node streams spliced, cross-node streams over the \
+             their agent's Unix socket: same-node streams through a shared-memory ring (`shm`), cross-node streams over the \
              link the agents prepared at apply and handed to the functions; the `relayed` row has \
              the functions on the agents' TCP port instead, so the producer's writes are \
              redirected by the kernel into the link and the consumer's agent relays them with \
