@@ -365,8 +365,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              {} ping-pongs of 64 bytes, ping and pong pinned as stated. `splice / TCP` compares \
              the blocking Floki client with blocking TCP. `Floki shm` is the same blocking client \
              on the agent's Unix socket, where the agent hands both ends a ring in shared memory \
-             (the channel's window, 8 MiB by default); its reader and writer wait on a futex after \
-             a few `sched_yield`s, never spinning.\n\n\
+             (the channel's window, 8 MiB by default); its receiver reads the bytes in place in the \
+             ring (`BufRead`), and reader and writer wait on a futex after a few `sched_yield`s, \
+             never spinning.\n\n\
              {table}\n\
              Floors:\n{floors}",
             report::today(),
