@@ -246,13 +246,16 @@ fn object_store(access: &Access) -> anyhow::Result<object_store::aws::AmazonS3> 
         bail!("not an S3 plan");
     };
     let mut builder = AmazonS3Builder::from_env()
+        // A request is a whole object: a GB-sized GET from a slow server takes
+        // minutes (the 30 s default would cut it off and retry with a range).
+        // First: client options replace all earlier ones, `allow_http` too.
+        .with_client_options(
+            object_store::ClientOptions::new().with_timeout(std::time::Duration::from_secs(3600)),
+        )
         .with_endpoint(endpoint)
         .with_bucket_name(bucket)
         .with_allow_http(true)
-        .with_virtual_hosted_style_request(false)
-        // A request is a whole object: a GB-sized GET from a slow server takes
-        // minutes (the 30 s default would cut it off and retry with a range).
-        .with_client_options(object_store::ClientOptions::new().with_timeout_disabled());
+        .with_virtual_hosted_style_request(false);
     if let Some((key, secret)) = credentials {
         builder = builder
             .with_access_key_id(key)
