@@ -301,8 +301,9 @@ impl Summary {
              `--huge` adds 16 GiB, `--s3-endpoint URL` measures another S3 service).\n\n\
              The same workflows run three ways. **Floki**: the workflow is applied to the agents of \
              two network-namespace nodes; producers and consumers start together on their agent's \
-             Unix socket, and the consumer reads while the producer writes (same node: kernel \
-             splice; across nodes: the link the agents prepared, handed to the functions). **S3**: \
+             Unix socket, and the consumer reads while the producer writes (same node: a \
+             shared-memory ring the agent hands to both, the consumer checking the bytes in \
+             place; across nodes: the link the agents prepared, handed to the functions). **S3**: \
              {baseline}; producers PUT (multipart, 16 MiB parts) and consumers GET with the \
              `object_store` crate, a consumer starting once its producers' objects are complete, \
              as on a serverless platform. **Redis**: Debian's redis-server without persistence, \
