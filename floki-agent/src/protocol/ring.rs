@@ -45,8 +45,6 @@ pub const LIVENESS: Duration = Duration::from_millis(50);
 /// Bytes hashed and copied at a time: small enough to stay in the L1/L2
 /// cache between the two passes.
 const PIECE: usize = 32 << 10;
-/// How often a long write wakes a sleeping receiver.
-const WAKE_EVERY: usize = 256 << 10;
 /// `sched_yield`s before sleeping on the futex.
 const YIELDS: u32 = 16;
 
@@ -325,16 +323,10 @@ impl RingWriter {
                 std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
             }
             done += len;
-            // Published piece by piece, so that a receiver still looking
-            // (yielding) starts on the first piece while the rest is copied;
-            // one sleeping is woken only every WAKE_EVERY bytes and at the
-            // end (a futex wake per piece costs more than it gains).
-            self.head += len as u64;
-            header.head.0.store(self.head, Ordering::Release);
-            if done == n || done % WAKE_EVERY < len {
-                Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
-            }
         }
+        self.head += n as u64;
+        header.head.0.store(self.head, Ordering::Release);
+        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
         Ok(n)
     }
 
