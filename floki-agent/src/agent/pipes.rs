@@ -119,6 +119,13 @@ pub fn fifos(workflow: &Workflow, node: &str) -> Vec<Fifo> {
     out
 }
 
+/// Where the verdict of `fifo`'s last stream is written.
+fn status_path(fifo: &Path) -> PathBuf {
+    let mut name = fifo.as_os_str().to_owned();
+    name.push(".status");
+    PathBuf::from(name)
+}
+
 /// A FIFO being served, and how to stop its bridge.
 struct Bridge {
     stop: Arc<AtomicBool>,
@@ -137,9 +144,7 @@ impl Bridge {
             .custom_flags(libc::O_NONBLOCK)
             .open(&self.path);
         let _ = fs::remove_file(&self.path);
-        let mut status = self.path.as_os_str().to_owned();
-        status.push(".status");
-        let _ = fs::remove_file(status);
+        let _ = fs::remove_file(status_path(&self.path));
         // The workflow's directory goes with its last FIFO.
         if let Some(parent) = self.path.parent() {
             let _ = fs::remove_dir(parent);
@@ -278,9 +283,7 @@ impl BridgeThread {
     }
 
     fn status_path(&self) -> PathBuf {
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(".status");
-        PathBuf::from(name)
+        status_path(&self.path)
     }
 
     /// Writes the stream's verdict beside the FIFO, atomically.

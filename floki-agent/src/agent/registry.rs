@@ -190,13 +190,8 @@ impl SetUp {
             ring::create(window).map_err(|err| format!("creating the ring: {err}"))?;
         let observer =
             RingObserver::new(&memory).map_err(|err| format!("mapping the ring: {err}"))?;
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|err| format!("creating the socket pair: {err}"))?;
+        let (a, b) =
+            ring::socket_pair().map_err(|err| format!("creating the socket pair: {err}"))?;
         let second = memory
             .as_fd()
             .try_clone_to_owned()
@@ -820,30 +815,11 @@ impl Registry {
     pub fn close(&self) {
         let mut inner = self.inner.lock().expect("registry lock");
         inner.closing = true;
-        let waiting: Vec<String> = inner
-            .live
-            .iter()
-            .filter(|(_, live)| matches!(live.stage, Stage::Waiting { .. }))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in waiting {
-            if let Some(Live {
-                stage: Stage::Waiting { notify, .. },
-                ..
-            }) = inner.live.remove(&name)
-            {
-                let _ = notify.send(
-                    AgentMessage::Refused {
-                        error: Refusal::ShuttingDown,
-                        message: format!(
-                            "the agent is shutting down before channel '{name}' was paired; retry on the restarted agent"
-                        ),
-                    }
-                    .into(),
-                );
-            }
-        }
-        self.changed.notify_waiters();
+        self.refuse_waiting_in(&mut inner, "", Refusal::ShuttingDown, |name| {
+            format!(
+                "the agent is shutting down before channel '{name}' was paired; retry on the restarted agent"
+            )
+        });
     }
 
     /// Refuses the waiting ends of channels named `prefix...` (a deleted
@@ -851,6 +827,20 @@ impl Registry {
     /// can no longer come.
     pub fn refuse_waiting(&self, prefix: &str) {
         let mut inner = self.inner.lock().expect("registry lock");
+        self.refuse_waiting_in(&mut inner, prefix, Refusal::NotAllowed, |name| {
+            format!("the workflow of channel '{name}' was deleted before its other end came")
+        });
+    }
+
+    /// Drops the waiting ends of channels named `prefix...`, telling each
+    /// why.
+    fn refuse_waiting_in(
+        &self,
+        inner: &mut Inner,
+        prefix: &str,
+        error: Refusal,
+        message: impl Fn(&str) -> String,
+    ) {
         let waiting: Vec<String> = inner
             .live
             .iter()
@@ -865,15 +855,11 @@ impl Registry {
                 ..
             }) = inner.live.remove(&name)
             {
-                let _ = notify.send(
-                    AgentMessage::Refused {
-                        error: Refusal::NotAllowed,
-                        message: format!(
-                            "the workflow of channel '{name}' was deleted before its other end came"
-                        ),
-                    }
-                    .into(),
-                );
+                let refused = AgentMessage::Refused {
+                    error,
+                    message: message(&name),
+                };
+                let _ = notify.send(refused.into());
             }
         }
         self.changed.notify_waiters();

@@ -102,6 +102,17 @@ pub fn create(capacity: u64) -> io::Result<(OwnedFd, u64)> {
     Ok((file.into(), capacity))
 }
 
+/// The socket pair beside a ring: one end for each side, whose hang-up
+/// tells the other that its peer died.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
 /// A mapped ring and the end's socket to its peer.
 struct Mapped {
     map: MmapMut,
@@ -584,13 +595,7 @@ mod tests {
 
     fn pair(capacity: u64) -> (RingWriter, RingReader, RingObserver) {
         let (memory, _) = create(capacity).expect("ring");
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socket pair");
+        let (a, b) = socket_pair().expect("socket pair");
         let observer = RingObserver::new(&memory).expect("observer");
         let second = memory.as_fd().try_clone_to_owned().expect("dup");
         (
@@ -680,66 +685,5 @@ mod tests {
             .0
             .store(10 << 20, Ordering::Release);
         assert!(matches!(reader.fill(), Err(StreamError::Protocol(_))));
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use std::os::fd::AsFd;
-
-    use super::*;
-
-    #[test]
-    #[ignore = "a measurement: cargo test --release -p floki-agent ring_speed -- --ignored --nocapture"]
-    fn ring_speed() {
-        for capacity in [1u64 << 20, 4 << 20, 8 << 20] {
-            let (memory, _) = create(capacity).expect("ring");
-            let (a, b) = nix::sys::socket::socketpair(
-                nix::sys::socket::AddressFamily::Unix,
-                nix::sys::socket::SockType::Stream,
-                None,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .expect("pair");
-            let second = memory.as_fd().try_clone_to_owned().expect("dup");
-            let mut writer = RingWriter::open(memory, a).expect("writer");
-            let mut reader = RingReader::open(second, b).expect("reader");
-            let total = 4u64 << 30;
-            let start = std::time::Instant::now();
-            let sender = std::thread::spawn(move || {
-                let chunk = vec![7u8; 1 << 20];
-                let mut sent = 0u64;
-                while sent < total {
-                    let mut pos = 0;
-                    while pos < chunk.len() {
-                        pos += writer.write(&chunk[pos..]).expect("write");
-                    }
-                    sent += chunk.len() as u64;
-                }
-                writer.finish().expect("finish");
-            });
-            let mut got = 0u64;
-            loop {
-                let n = {
-                    let data = reader.fill().expect("fill");
-                    if data.is_empty() {
-                        break;
-                    }
-                    data.len()
-                };
-                let at = (reader.tail % reader.ring.capacity) as usize;
-                // SAFETY: the range `fill` just returned.
-                let data = unsafe { std::slice::from_raw_parts(reader.ring.data().add(at), n) };
-                reader.consume(data);
-                got += n as u64;
-            }
-            sender.join().expect("sender");
-            let secs = start.elapsed().as_secs_f64();
-            println!(
-                "ring {} MiB: {:.1} GB/s",
-                capacity >> 20,
-                got as f64 / secs / 1e9
-            );
-        }
     }
 }
