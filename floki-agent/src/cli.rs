@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Don't load eBPF: every channel uses plain TCP.
     #[arg(long)]
     pub no_ebpf: bool,
+    /// Behave as if the kernel lacked FEATURE (a name `status` lists under
+    /// kernel features), to rehearse the fallback on a kernel that has it.
+    #[arg(long, value_name = "FEATURE", hide = true, value_parser = kernel_feature)]
+    pub pretend_kernel_lacks: Vec<String>,
     /// Node name [default: the hostname].
     #[arg(long, env = "FLOKI_NODE")]
     pub node: Option<String>,
@@ -213,5 +217,17 @@ impl FromStr for Size {
         bytesize::ByteSize::from_str(s)
             .map(|size| Self(size.as_u64()))
             .map_err(|err| format!("{s:?} is not a byte size like 8MiB or 1048576: {err}"))
+    }
+}
+
+fn kernel_feature(name: &str) -> Result<String, String> {
+    use floki_agent::agent::datapath::kernel_support::feature_names;
+    if feature_names().any(|known| known == name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "unknown kernel feature; one of: {}",
+            feature_names().collect::<Vec<_>>().join(", ")
+        ))
     }
 }

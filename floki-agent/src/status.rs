@@ -61,6 +61,31 @@ pub struct DatapathStatus {
     pub cgroup: Option<String>,
     /// bpffs directory holding the agent's pins.
     pub pin_dir: Option<String>,
+    /// The running kernel and what it offers the kernel programs.
+    pub kernel: KernelStatus,
+}
+
+/// The running kernel, as the agent probed it at start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KernelStatus {
+    /// `uname -r`.
+    pub release: String,
+    /// Each program type, map type and helper the kernel programs use (empty
+    /// with `--no-ebpf`: nothing is probed).
+    pub features: Vec<KernelFeature>,
+}
+
+/// One feature the kernel programs need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelFeature {
+    /// Short name (`sk_msg`, `sockhash`, `msg_redirect_hash`, ...).
+    pub name: String,
+    /// What it is, in the kernel's terms.
+    pub what: String,
+    /// Whether the kernel has it (null when the probe itself failed).
+    pub supported: Option<bool>,
+    /// Why the answer is not the kernel's own, if it is not.
+    pub note: Option<String>,
 }
 
 /// One kernel program.

@@ -201,6 +201,21 @@ impl TestAgent {
             .unwrap_or_else(|| panic!("status failed; agent log:\n{}", self.log()))
     }
 
+    /// `floki-agent status` as an operator reads it.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(agent_binary())
+            .args(["status", "--admin"])
+            .arg(&self.admin)
+            .output()
+            .expect("running floki-agent status");
+        assert!(
+            out.status.success(),
+            "status failed; agent log:\n{}",
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The status entry of the newest channel called `name`.
     pub fn channel(&self, name: &str) -> Value {
         let status = self.status();

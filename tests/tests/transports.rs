@@ -127,12 +127,7 @@ fn the_agent_picks_shm_then_splice_and_says_why() {
         "{status:#}"
     );
     // `floki-agent status` prints the choice and the reason.
-    let text = std::process::Command::new(floki_tests::agent_binary())
-        .args(["status", "--admin"])
-        .arg(&node.agent.admin)
-        .output()
-        .expect("status");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = node.agent.status_text();
     assert!(
         text.contains("shm") && text.contains("take a shared-memory ring"),
         "{text}"
@@ -254,5 +249,59 @@ fn without_ebpf_splice_is_refused_and_shm_still_serves() {
             .unwrap()
             .contains("eBPF datapath not active"),
         "{status:#}"
+    );
+}
+
+#[test]
+fn the_agent_probes_the_kernel_and_falls_back_on_a_missing_feature() {
+    let node = TestNode::start_ebpf("kernel-probe");
+    let kernel = &node.agent.status()["datapath"]["kernel"];
+    let release = nix::sys::utsname::uname().unwrap();
+    assert_eq!(kernel["release"], release.release().to_str().unwrap());
+    let features = kernel["features"].as_array().unwrap();
+    for name in ["sock_ops", "sk_msg", "sockhash", "msg_redirect_hash"] {
+        let feature = features.iter().find(|f| f["name"] == name);
+        assert_eq!(
+            feature.map(|f| &f["supported"]),
+            Some(&serde_json::Value::Bool(true)),
+            "{kernel:#}"
+        );
+    }
+    drop(node);
+
+    // A kernel without sk_msg: the agent says so at start, loads nothing and
+    // still serves every channel.
+    let node = TestNode::start(
+        "kernel-lacks",
+        AgentOptions {
+            extra: vec!["--pretend-kernel-lacks".into(), "sk_msg".into()],
+            ..AgentOptions::default()
+        },
+    );
+    let status = node.agent.status();
+    assert_eq!(status["datapath"]["mode"], "fallback", "{status:#}");
+    let reason = status["datapath"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("lacks BPF_PROG_TYPE_SK_MSG programs (sk_msg)"),
+        "{reason}"
+    );
+    assert_eq!(status["programs"].as_array().map(Vec::len), Some(0));
+    let sk_msg = status["datapath"]["kernel"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "sk_msg")
+        .cloned()
+        .unwrap();
+    assert_eq!(sk_msg["supported"], false, "{sk_msg:#}");
+    let none: &[&str] = &[];
+    let result = transfer(&node, "lacks-tcp", (Door::Tcp, none), (Door::Tcp, none));
+    assert_over(&node, "lacks-tcp", &result, "tcp");
+    let result = transfer(&node, "lacks-shm", (Door::Unix, none), (Door::Unix, none));
+    assert_over(&node, "lacks-shm", &result, "shm");
+    let human = node.agent.status_text();
+    assert!(
+        human.contains("lacks or could not probe: sk_msg"),
+        "{human}"
     );
 }

@@ -144,7 +144,7 @@ pub fn status(agent: &Agent, identity: &Identity) -> Status {
 /// whether they are prepared.
 fn workflows(agent: &Agent) -> Vec<WorkflowStatus> {
     let socket_transport = match agent.registry.datapath() {
-        super::datapath::Datapath::Ebpf(_) => Transport::Splice,
+        super::datapath::Datapath::Ebpf(..) => Transport::Splice,
         super::datapath::Datapath::Fallback { .. } => Transport::Tcp,
     };
     // Same-node streams: what their latest channel took (clients that take

@@ -47,6 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             cgroup: args.cgroup,
             pin_dir: args.pin_dir,
             disabled: args.no_ebpf.then(|| "disabled with --no-ebpf".to_owned()),
+            pretend_missing: args.pretend_kernel_lacks,
         },
         window: args.window.0,
         history: args.history,

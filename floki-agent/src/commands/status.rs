@@ -41,6 +41,28 @@ fn render(status: &Status) -> String {
             let _ = writeln!(out, "datapath: fallback: {reason}");
         }
     }
+    let kernel = &datapath.kernel;
+    let lacking: Vec<&str> = kernel
+        .features
+        .iter()
+        .filter(|f| f.supported != Some(true))
+        .map(|f| f.name.as_str())
+        .collect();
+    let _ = match (kernel.features.is_empty(), lacking.is_empty()) {
+        (true, _) => writeln!(out, "kernel: {} (not probed)", kernel.release),
+        (false, true) => writeln!(
+            out,
+            "kernel: {} (all {} features the programs use)",
+            kernel.release,
+            kernel.features.len()
+        ),
+        (false, false) => writeln!(
+            out,
+            "kernel: {} (lacks or could not probe: {})",
+            kernel.release,
+            lacking.join(", ")
+        ),
+    };
     if !status.programs.is_empty() {
         let _ = writeln!(out, "programs:");
         for program in &status.programs {

@@ -67,6 +67,7 @@ impl EbpfDatapath {
             Some(path) => path.clone(),
             None => mounts::cgroup2_root()?,
         };
+        mounts::check_cgroup2(&cgroup)?;
         let cgroup_dir = File::open(&cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.clone(),
             source,

@@ -4,6 +4,7 @@
 //! itself in either mode.
 
 mod ebpf;
+pub mod kernel_support;
 mod mounts;
 
 use std::{io, net::SocketAddr, path::PathBuf};
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     protocol::control::Hello,
-    status::{DatapathMode, DatapathStatus, ProgramStatus},
+    status::{DatapathMode, DatapathStatus, KernelStatus, ProgramStatus},
 };
 
 /// Why the kernel datapath could not start.
@@ -40,6 +41,18 @@ pub enum DatapathError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// `--cgroup` names a directory outside the cgroup v2 hierarchy.
+    #[error(
+        "{} is not a cgroup v2 directory; pass one under the cgroup v2 root ({})",
+        path.display(),
+        root.as_deref().map_or_else(|| "none mounted".to_owned(), |r| r.display().to_string())
+    )]
+    NotCgroup2 {
+        /// Path.
+        path: PathBuf,
+        /// Where cgroup v2 is mounted, if it is.
+        root: Option<PathBuf>,
     },
     /// The pin directory is not on bpffs.
     #[error(
@@ -123,16 +136,20 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// `Some(reason)` to stay in fallback mode (`--no-ebpf`).
     pub disabled: Option<String>,
+    /// Kernel features to treat as missing (`--pretend-kernel-lacks`).
+    pub pretend_missing: Vec<String>,
 }
 
 /// The datapath of this node.
 pub enum Datapath {
     /// Kernel programs attached.
-    Ebpf(Box<EbpfDatapath>),
+    Ebpf(Box<EbpfDatapath>, KernelStatus),
     /// Plain TCP, and why.
     Fallback {
         /// Why eBPF is not in use.
         reason: String,
+        /// What the kernel offers.
+        kernel: KernelStatus,
     },
 }
 
@@ -142,14 +159,22 @@ impl Datapath {
     pub fn start(config: &DatapathConfig) -> Self {
         if let Some(reason) = &config.disabled {
             warn!(%reason, "eBPF datapath disabled: channels use plain TCP");
+            let mut kernel = kernel_support::probe(&[]);
+            kernel.features.clear();
             return Self::Fallback {
                 reason: reason.clone(),
+                kernel,
             };
+        }
+        let kernel = kernel_support::probe(&config.pretend_missing);
+        if let Some(reason) = kernel_support::missing_reason(&kernel) {
+            warn!(%reason, "falling back to plain TCP");
+            return Self::Fallback { reason, kernel };
         }
         match EbpfDatapath::load(config) {
             Ok(datapath) => {
-                info!(cgroup = %datapath.cgroup().display(), "eBPF datapath attached: same-node channels are spliced in the kernel");
-                Self::Ebpf(Box::new(datapath))
+                info!(cgroup = %datapath.cgroup().display(), kernel = %kernel.release, "eBPF datapath attached: same-node channels are spliced in the kernel");
+                Self::Ebpf(Box::new(datapath), kernel)
             }
             Err(err) => {
                 let detail = super::error_chain(&err);
@@ -160,7 +185,7 @@ impl Datapath {
                 );
                 warn!(%reason, "falling back to plain TCP");
                 tracing::debug!(%detail, "eBPF load failure in full");
-                Self::Fallback { reason }
+                Self::Fallback { reason, kernel }
             }
         }
     }
@@ -168,21 +193,23 @@ impl Datapath {
     /// Datapath and programs, for status.
     pub fn status(&self) -> (DatapathStatus, Vec<ProgramStatus>) {
         match self {
-            Self::Ebpf(ebpf) => (
+            Self::Ebpf(ebpf, kernel) => (
                 DatapathStatus {
                     mode: DatapathMode::Ebpf,
                     reason: None,
                     cgroup: Some(ebpf.cgroup().display().to_string()),
                     pin_dir: Some(ebpf.pin_dir().display().to_string()),
+                    kernel: kernel.clone(),
                 },
                 ebpf.programs().to_vec(),
             ),
-            Self::Fallback { reason } => (
+            Self::Fallback { reason, kernel } => (
                 DatapathStatus {
                     mode: DatapathMode::Fallback,
                     reason: Some(reason.clone()),
                     cgroup: None,
                     pin_dir: None,
+                    kernel: kernel.clone(),
                 },
                 Vec::new(),
             ),
@@ -191,7 +218,7 @@ impl Datapath {
 
     /// Whether the kernel programs are attached.
     pub fn is_ebpf(&self) -> bool {
-        matches!(self, Self::Ebpf(_))
+        matches!(self, Self::Ebpf(..))
     }
 
     /// Prepares the splice of channel `id`: the sender's socket connecting to
@@ -205,7 +232,7 @@ impl Datapath {
         addr: SocketAddr,
     ) -> Result<SpliceHandle, String> {
         match self {
-            Self::Ebpf(ebpf) => ebpf.install(id, sender_netns, receiver_netns, addr),
+            Self::Ebpf(ebpf, _) => ebpf.install(id, sender_netns, receiver_netns, addr),
             Self::Fallback { .. } => Err("fallback datapath".into()),
         }
     }
@@ -221,7 +248,7 @@ impl Datapath {
         link: &TcpStream,
     ) -> Result<SpliceHandle, String> {
         match self {
-            Self::Ebpf(ebpf) => ebpf.install_outbound(id, producer, listener, link),
+            Self::Ebpf(ebpf, _) => ebpf.install_outbound(id, producer, listener, link),
             Self::Fallback { .. } => Err("fallback datapath".into()),
         }
     }
@@ -229,14 +256,14 @@ impl Datapath {
     /// The kernel's record of a spliced channel.
     pub fn record(&self, handle: &SpliceHandle) -> Option<ChannelRecord> {
         match self {
-            Self::Ebpf(ebpf) => ebpf.record(handle),
+            Self::Ebpf(ebpf, _) => ebpf.record(handle),
             Self::Fallback { .. } => None,
         }
     }
 
     /// Forgets a spliced channel.
     pub fn remove(&self, handle: &SpliceHandle) {
-        if let Self::Ebpf(ebpf) = self {
+        if let Self::Ebpf(ebpf, _) = self {
             ebpf.remove(handle);
         }
     }
@@ -244,14 +271,14 @@ impl Datapath {
     /// The kernel programs' totals.
     pub fn counters(&self) -> DatapathCounters {
         match self {
-            Self::Ebpf(ebpf) => ebpf.counters(),
+            Self::Ebpf(ebpf, _) => ebpf.counters(),
             Self::Fallback { .. } => DatapathCounters::default(),
         }
     }
 
     /// Detaches and unpins everything (graceful stop).
     pub fn shutdown(&self) {
-        if let Self::Ebpf(ebpf) = self {
+        if let Self::Ebpf(ebpf, _) = self {
             ebpf.shutdown();
         }
     }

@@ -47,6 +47,22 @@ pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
         .ok_or(DatapathError::NoCgroup2)
 }
 
+/// Refuses a `--cgroup` that is not a cgroup v2 directory: the kernel would
+/// only answer EBADF when the program is attached.
+pub fn check_cgroup2(path: &Path) -> Result<(), DatapathError> {
+    let fs = nix::sys::statfs::statfs(path).map_err(|errno| DatapathError::Cgroup {
+        path: path.to_owned(),
+        source: errno.into(),
+    })?;
+    if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok(());
+    }
+    Err(DatapathError::NotCgroup2 {
+        path: path.to_owned(),
+        root: cgroup2_root().ok(),
+    })
+}
+
 /// Makes sure `pin_dir` sits on a bpffs mount (mounting one at /sys/fs/bpf if
 /// none is there) and exists.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), DatapathError> {
