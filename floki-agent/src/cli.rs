@@ -40,6 +40,19 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Remove a workflow from every node it was applied on.
     Delete(DeleteArgs),
+    /// Probe what the running kernel offers the eBPF datapath (as root);
+    /// exits 1 if it lacks something the kernel programs use.
+    Kernel(KernelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    /// Print JSON (the `datapath.kernel` object of `status --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Report FEATURE as missing (as `run --pretend-kernel-lacks`).
+    #[arg(long, value_name = "FEATURE", hide = true, value_parser = kernel_feature)]
+    pub pretend_kernel_lacks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

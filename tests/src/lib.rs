@@ -41,6 +41,18 @@ fn binary(name: &str, env: &str) -> PathBuf {
     );
 }
 
+/// A large test size divided by `FLOKI_TEST_SCALE` (default 1): the kernel
+/// matrix (`cargo xtask test`, guests under emulation) runs the same
+/// assertions on smaller streams.
+pub fn scaled(bytes: u64) -> u64 {
+    let divisor = std::env::var("FLOKI_TEST_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&d| d > 0)
+        .unwrap_or(1);
+    bytes / divisor
+}
+
 /// Fails (never skips) when the test cannot run as it must: under CI a
 /// missing privilege is a red build, not a silent pass.
 pub fn require_root() {

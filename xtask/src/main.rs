@@ -4,6 +4,7 @@
 
 mod baselines;
 mod ebpf;
+mod kernels;
 mod lab;
 mod test;
 mod toolchain;
@@ -30,7 +31,8 @@ enum Task {
         args: Vec<String>,
     },
     /// What CI runs: formatting, clippy (warnings denied), unit and kernel
-    /// tests (as root).
+    /// tests (as root) on this machine's kernel, then the data-path tests on
+    /// Debian's 6.1 and 6.12 kernels under QEMU.
     Test(test::Options),
     /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`,
     /// `patterns`, `paper`.

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Formatting, clippy with warnings denied
 //! (the eBPF crate on its own, as aya-template does), unit tests, then the
-//! kernel tests (real programs in the real kernel, as root).
+//! kernel tests (real programs in the real kernel, as root), then the
+//! kernel matrix (the data-path tests inside other kernels, under QEMU).
 
 use std::process::Command;
 
@@ -14,6 +15,13 @@ pub struct Options {
     /// Skip formatting and clippy.
     #[arg(long)]
     pub no_lint: bool,
+    /// Kernels of the matrix, booted under QEMU after the host's run
+    /// (`none` for none).
+    #[arg(long, value_delimiter = ',', default_value = "6.1,6.12")]
+    pub kernels: Vec<String>,
+    /// Only the kernel matrix: no lint, no tests on the host's kernel.
+    #[arg(long)]
+    pub kernels_only: bool,
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -34,6 +42,10 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         eprintln!("xtask: {message}; they will fail");
     }
     toolchain::ensure()?;
+    if opts.kernels_only {
+        build_bins()?;
+        return kernel_matrix(opts);
+    }
     // The quick object-storage comparison is part of the suite.
     crate::baselines::ensure()?;
     if !opts.no_lint {
@@ -75,14 +87,7 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
             .current_dir(workspace_root()))?;
     }
     ensure_nextest()?;
-    // The kernel tests start the agent and probe binaries: build them first.
-    run(&mut cargo(&[
-        "build",
-        "--workspace",
-        "--exclude",
-        "floki-ebpf",
-        "--bins",
-    ]))?;
+    build_bins()?;
     eprintln!("xtask: unit and kernel tests");
     run(&mut cargo(&[
         "nextest",
@@ -113,8 +118,35 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         "--doc",
         "--quiet",
     ]))?;
+    eprintln!("xtask: tests on the host's kernel passed");
+    kernel_matrix(opts)?;
     eprintln!("xtask: all tests passed");
     Ok(())
+}
+
+/// The kernel tests start the agent and probe binaries: build them first.
+fn build_bins() -> anyhow::Result<()> {
+    run(&mut cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "floki-ebpf",
+        "--bins",
+    ]))
+}
+
+fn kernel_matrix(opts: &Options) -> anyhow::Result<()> {
+    let labels: Vec<String> = opts
+        .kernels
+        .iter()
+        .filter(|k| k.as_str() != "none")
+        .cloned()
+        .collect();
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let outcomes = crate::kernels::run_matrix(&labels)?;
+    crate::kernels::report(&outcomes)
 }
 
 fn ensure_nextest() -> anyhow::Result<()> {

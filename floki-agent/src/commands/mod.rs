@@ -3,6 +3,7 @@
 
 mod apply;
 mod channel;
+mod kernel;
 mod recv;
 mod run;
 mod send;
@@ -22,6 +23,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => runtime()?.block_on(status::status(args)),
         Command::Apply(args) => runtime()?.block_on(apply::apply(args)),
         Command::Delete(args) => runtime()?.block_on(apply::delete(args)),
+        Command::Kernel(args) => kernel::kernel(&args),
     }
 }
 
