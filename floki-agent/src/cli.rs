@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// bpffs directory for the agent's pins.
     #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]
     pub pin_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9478).
+    #[arg(long, env = "FLOKI_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Finished channels kept in status.
     #[arg(long, default_value_t = 256)]
     pub history: usize,
@@ -217,6 +220,13 @@ pub struct StatusArgs {
     /// Print JSON (stable keys, for tools).
     #[arg(long)]
     pub json: bool,
+    /// Refresh in place every `--interval` seconds until interrupted (with
+    /// `--json`: one JSON document per line).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with `--watch`.
+    #[arg(long, default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
 }
 
 /// A byte size: `1048576`, `64KiB`, `8MiB`, `1GB`.

@@ -26,6 +26,9 @@ pub struct Status {
     pub version: String,
     /// Seconds since the agent started.
     pub uptime_secs: u64,
+    /// Where Prometheus metrics are served (`--metrics`), if they are.
+    #[serde(default)]
+    pub metrics: Option<String>,
     /// Whether channels are spliced, and why not.
     pub datapath: DatapathStatus,
     /// Kernel programs attached.
@@ -63,6 +66,9 @@ pub struct DatapathStatus {
     pub pin_dir: Option<String>,
     /// The running kernel and what it offers the kernel programs.
     pub kernel: KernelStatus,
+    /// The names pinned in `pin_dir` (maps and the `sock_ops` link).
+    #[serde(default)]
+    pub pins: Vec<String>,
 }
 
 /// The running kernel, as the agent probed it at start.

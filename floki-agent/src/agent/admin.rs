@@ -114,6 +114,8 @@ pub struct Identity {
     pub listen: std::net::SocketAddr,
     /// When the agent started.
     pub started: Instant,
+    /// The metrics listener's bound address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The agent's status now.
@@ -131,6 +133,9 @@ pub fn status(agent: &Agent, identity: &Identity) -> Status {
         listen: identity.listen.to_string(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: identity.started.elapsed().as_secs(),
+        metrics: identity
+            .metrics
+            .map(|addr| format!("http://{addr}/metrics")),
         datapath,
         programs,
         channels,

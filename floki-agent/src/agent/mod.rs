@@ -11,6 +11,7 @@ mod admin;
 pub mod apply;
 mod crossnode;
 pub mod datapath;
+mod metrics;
 pub mod peers;
 mod pipes;
 mod registry;
@@ -61,6 +62,8 @@ pub struct AgentConfig {
     pub workflow_channels_only: bool,
     /// Expose workflow edges as named pipes in this directory.
     pub pipes_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What every connection of the agent works with.
@@ -115,6 +118,14 @@ pub enum AgentError {
         /// Why.
         source: unix_socket::BindError,
     },
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr} (pick another address with --metrics)")]
+    Metrics {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The clients' Unix socket could not be set up.
     #[error("clients' socket (stop the other agent, or pick another path with --socket)")]
     Socket {
@@ -139,6 +150,10 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         .await
         .map_err(|source| AgentError::Socket { source })?;
     let admin_path = admin.path().to_owned();
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let datapath = Arc::new(Datapath::start(&config.datapath));
     let registry = Arc::new(Registry::new(
         config.node.clone(),
@@ -185,8 +200,21 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         ))
     });
     let listen = listener.local_addr().unwrap_or(config.listen);
-    let identity = Arc::new(Identity { listen, started });
+    let identity = Arc::new(Identity {
+        listen,
+        started,
+        metrics: metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok()),
+    });
+    let metrics_addr = identity.metrics;
     let admin_task = tokio::spawn(admin.serve(agent.clone(), identity));
+    let metrics_task = metrics_listener.map(|listener| {
+        if let Some(addr) = metrics_addr {
+            info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        tokio::spawn(metrics::serve(listener, agent.clone()))
+    });
     info!(
         node = %config.node,
         %listen,
@@ -225,6 +253,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         _ = signals.recv() => warn!("second signal: stopping now"),
     }
     admin_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let Some(pipes) = pipes {
         pipes.abort();
     }

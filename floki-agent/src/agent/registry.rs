@@ -460,6 +460,7 @@ impl Registry {
             Role::Recv => (&waiting_hello, &hello, waiting_reach),
         };
         let window = window.or(receiver.window).unwrap_or(self.default_window);
+        let setup_started = Instant::now();
         let set_up = transport::plan(sender, receiver, self.datapath.is_ebpf())
             .and_then(|plan| self.set_up(&name, id, plan, sender, receiver, sender_reach, window));
         let mut set_up = match set_up {
@@ -490,6 +491,7 @@ impl Registry {
         // channel fails: the newcomer learns it from its data connection
         // (or, over a ring, from the socket beside it).
         let _ = notify.send(theirs);
+        super::metrics::observe_setup(setup_started.elapsed());
         info!(channel = %name, id, %transport, "paired");
         self.changed.notify_waiters();
         Ok(Joined {
@@ -689,7 +691,10 @@ impl Registry {
         }
         match status.state {
             ChannelState::Done => inner.done += 1,
-            _ => inner.failed += 1,
+            _ => {
+                inner.failed += 1;
+                super::metrics::count_failed_channel();
+            }
         }
         info!(
             channel = %name,

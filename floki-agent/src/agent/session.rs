@@ -689,6 +689,7 @@ async fn refuse(stream: &mut ControlStream, from: &str, error: Refusal, message:
 }
 
 async fn refuse_quietly(stream: &mut ControlStream, error: Refusal, message: String) {
+    super::metrics::count_refusal(error);
     let _ = write_message(stream, &AgentMessage::Refused { error, message }).await;
 }
 

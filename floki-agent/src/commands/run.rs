@@ -55,6 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         peers: std::sync::Arc::new(StaticPeers(peers)),
         workflow_channels_only: args.workflow_channels_only,
         pipes_dir: args.pipes_dir,
+        metrics: args.metrics,
     };
     let (tx, rx) = mpsc::channel(2);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -7,16 +7,38 @@ use super::human;
 use crate::cli::StatusArgs;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let status = fetch(&args.admin).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).context("encoding the status as JSON")?
-        );
-    } else {
-        print!("{}", render(&status));
+    if !args.watch {
+        let status = fetch(&args.admin).await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).context("encoding the status as JSON")?
+            );
+        } else {
+            print!("{}", render(&status));
+        }
+        return Ok(());
     }
-    Ok(())
+    if !(args.interval.is_finite() && args.interval >= 0.05) {
+        anyhow::bail!("--interval must be at least 0.05 seconds");
+    }
+    let interval = std::time::Duration::from_secs_f64(args.interval);
+    loop {
+        // A stopped agent ends the watch with the reason, like a single call.
+        let status = fetch(&args.admin).await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&status).context("encoding the status as JSON")?
+            );
+        } else {
+            // Home the cursor and clear the screen, then redraw.
+            print!("\x1b[H\x1b[2J{}", render(&status));
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(interval).await;
+    }
 }
 
 fn render(status: &Status) -> String {
@@ -27,14 +49,18 @@ fn render(status: &Status) -> String {
         "node {} · floki-agent {} · up {} s",
         status.node, status.version, status.uptime_secs
     );
+    if let Some(metrics) = &status.metrics {
+        let _ = writeln!(out, "metrics: {metrics}");
+    }
     let datapath = &status.datapath;
     match &datapath.reason {
         None => {
             let _ = writeln!(
                 out,
-                "datapath: ebpf (cgroup {}, pins {})",
+                "datapath: ebpf (cgroup {}, pins {}: {})",
                 datapath.cgroup.as_deref().unwrap_or("?"),
-                datapath.pin_dir.as_deref().unwrap_or("?")
+                datapath.pin_dir.as_deref().unwrap_or("?"),
+                datapath.pins.join(", ")
             );
         }
         Some(reason) => {

@@ -172,6 +172,20 @@ impl EbpfDatapath {
         &self.pin_dir
     }
 
+    /// What is pinned in the pin directory now, sorted.
+    pub fn pins(&self) -> Vec<String> {
+        let mut pins: Vec<String> = fs::read_dir(&self.pin_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pins.sort();
+        pins
+    }
+
     /// The programs, for status.
     pub fn programs(&self) -> &[ProgramStatus] {
         &self.programs

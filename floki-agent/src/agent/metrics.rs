@@ -1,0 +1,249 @@
+//! Prometheus metrics (`floki-agent run --metrics ADDR`, served at
+//! `/metrics`). Totals are read from the registry and the kernel programs at
+//! each scrape, so they agree with `floki-agent status`; set-up latencies and
+//! errors are recorded as they happen.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use super::Agent;
+use crate::{
+    protocol::control::Refusal,
+    status::{DatapathMode, Totals},
+};
+
+/// What is recorded as it happens, process-wide (refusals are decided deep
+/// in the session code, which has no agent handle).
+struct Events {
+    /// Channel set-up: from the second end's arrival to both ends told
+    /// where their bytes go.
+    setup_seconds: Histogram,
+    /// Refused clients and failed channels, by kind.
+    errors: Family<[(&'static str, String); 1], Counter>,
+}
+
+static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
+    // 10 µs to ~2.6 s: a splice or ring set-up takes tens of µs, a
+    // cross-node one a round trip.
+    setup_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1e-5, 4.0, 10,
+    )),
+    errors: Family::default(),
+});
+
+/// Records how long a channel took to set up once both ends were there.
+pub fn observe_setup(took: Duration) {
+    EVENTS.setup_seconds.observe(took.as_secs_f64());
+}
+
+/// Records a refused client.
+pub fn count_refusal(refusal: Refusal) {
+    let kind = serde_json::to_value(refusal)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    EVENTS.errors.get_or_create(&[("kind", kind)]).inc();
+}
+
+/// Records a channel that ended failed.
+pub fn count_failed_channel() {
+    EVENTS
+        .errors
+        .get_or_create(&[("kind", "channel_failed".to_owned())])
+        .inc();
+}
+
+/// The metrics read at scrape time from the agent.
+struct Snapshot(Arc<Agent>);
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let agent = &self.0;
+        let (_, mut totals) = agent.registry.snapshot();
+        let counters = agent.datapath.counters();
+        totals.spliced_bytes = counters.spliced_bytes;
+        totals.forwarded_bytes = counters.forwarded_bytes;
+        let Totals {
+            spliced_bytes,
+            fallback_bytes,
+            shm_bytes,
+            forwarded_bytes,
+            active_channels,
+            done_channels,
+            failed_channels,
+            ..
+        } = totals;
+
+        let bytes = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "floki_bytes",
+            "Channel bytes by transport: splice (kernel-redirected), shm, tcp, and forwarded (producer writes the kernel redirected into a link to another node)",
+            None,
+            bytes.metric_type(),
+        )?;
+        for (transport, value) in [
+            ("splice", spliced_bytes),
+            ("shm", shm_bytes),
+            ("tcp", fallback_bytes),
+            ("forwarded", forwarded_bytes),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&[("transport", transport)])?)?;
+        }
+
+        let active = ConstGauge::new(active_channels as i64);
+        active.encode(encoder.encode_descriptor(
+            "floki_channels_active",
+            "Channels paired and not finished",
+            None,
+            active.metric_type(),
+        )?)?;
+
+        let mut family = encoder.encode_descriptor(
+            "floki_channels_finished",
+            "Channels finished, by outcome",
+            None,
+            bytes.metric_type(),
+        )?;
+        for (outcome, value) in [("done", done_channels), ("failed", failed_channels)] {
+            ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
+
+        let (datapath, _) = agent.datapath.status();
+        let mut family = encoder.encode_descriptor(
+            "floki_datapath_mode",
+            "1 for the datapath mode in use (ebpf or fallback)",
+            None,
+            active.metric_type(),
+        )?;
+        for (mode, on) in [
+            ("ebpf", datapath.mode == DatapathMode::Ebpf),
+            ("fallback", datapath.mode == DatapathMode::Fallback),
+        ] {
+            ConstGauge::new(i64::from(on)).encode(family.encode_family(&[("mode", mode)])?)?;
+        }
+
+        let passed = ConstCounter::new(counters.passed_msgs);
+        passed.encode(encoder.encode_descriptor(
+            "floki_kernel_passed_messages",
+            "Writes of channel sockets the kernel program let through TCP (peer socket absent)",
+            None,
+            passed.metric_type(),
+        )?)?;
+        let refused = ConstCounter::new(counters.redirect_errors);
+        refused.encode(encoder.encode_descriptor(
+            "floki_kernel_redirect_errors",
+            "Redirects the kernel refused",
+            None,
+            refused.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// The registry of one agent's metrics.
+fn registry(agent: Arc<Agent>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register(
+        "floki_channel_setup_seconds",
+        "Channel set-up latency: from the second end's arrival to both ends told where their bytes go",
+        EVENTS.setup_seconds.clone(),
+    );
+    registry.register(
+        "floki_errors",
+        "Refused clients (by refusal kind) and failed channels (channel_failed)",
+        EVENTS.errors.clone(),
+    );
+    registry.register_collector(Box::new(Snapshot(agent)));
+    registry
+}
+
+/// Serves `/metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
+    let registry = Arc::new(registry(agent));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, "accepting a metrics connection failed");
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(answer(&registry, &request)) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%from, %err, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn answer<B>(registry: &Registry, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status, kind: &'static str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "Floki serves its metrics at /metrics\n".into(),
+        );
+    }
+    let mut text = String::new();
+    match encode(&mut text, registry) {
+        Ok(()) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(err) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the metrics failed: {err}\n"),
+        ),
+    }
+}
+
+/// Binds the metrics address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, super::AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| super::AgentError::Metrics { addr, source })
+}

@@ -1,0 +1,171 @@
+//! What an operator sees: Prometheus metrics that agree with what happened,
+//! and a status that refreshes in place.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use floki_tests::{
+    agent::AgentOptions,
+    agent_binary,
+    node::{Door, TestNode, assert_success, spawn, wait_within},
+};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `GET path` over HTTP/1.1: (status line, body).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connecting to the metrics address");
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `series` (name with labels, as exposed).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
+}
+
+#[test]
+fn metrics_count_bytes_channels_errors_and_setup_latency() {
+    let node = TestNode::start(
+        "metrics",
+        AgentOptions {
+            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
+            ..AgentOptions::default()
+        },
+    );
+    let status = node.agent.status();
+    assert_eq!(status["datapath"]["mode"], "ebpf", "{status:#}");
+    let url = status["metrics"]
+        .as_str()
+        .expect("status names the metrics URL");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+
+    // One spliced and one shm channel, then a client that is not Floki.
+    for (door, channel) in [(Door::Tcp, "m-splice"), (Door::Unix, "m-shm")] {
+        let recv = spawn(&mut node.probe_at(door, "recv", channel, 16 * MIB));
+        let send = spawn(&mut node.probe_at(door, "send", channel, 16 * MIB));
+        assert_success(&wait_within(send, LIMIT), "send");
+        assert_success(&wait_within(recv, LIMIT), "recv");
+        node.agent.wait_finished(channel, LIMIT);
+    }
+    let mut stranger = TcpStream::connect(node.agent.addr).unwrap();
+    stranger.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stranger.set_read_timeout(Some(LIMIT)).unwrap();
+    let _ = stranger.read_to_end(&mut answer);
+
+    let (line, body) = get(&addr, "/metrics");
+    assert!(line.contains("200"), "{line}");
+    assert!(
+        sample(&body, r#"floki_bytes_total{transport="splice"}"#) >= (16 * MIB) as f64,
+        "{body}"
+    );
+    assert!(
+        sample(&body, r#"floki_bytes_total{transport="shm"}"#) >= (16 * MIB) as f64,
+        "{body}"
+    );
+    assert_eq!(sample(&body, r#"floki_bytes_total{transport="tcp"}"#), 0.0);
+    assert_eq!(
+        sample(&body, r#"floki_channels_finished_total{outcome="done"}"#),
+        2.0
+    );
+    assert_eq!(sample(&body, "floki_channels_active"), 0.0);
+    assert_eq!(sample(&body, r#"floki_datapath_mode{mode="ebpf"}"#), 1.0);
+    assert_eq!(
+        sample(&body, r#"floki_datapath_mode{mode="fallback"}"#),
+        0.0
+    );
+    assert_eq!(sample(&body, "floki_channel_setup_seconds_count"), 2.0);
+    assert!(sample(&body, "floki_channel_setup_seconds_sum") > 0.0);
+    assert_eq!(
+        sample(&body, r#"floki_errors_total{kind="bad_handshake"}"#),
+        1.0
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+
+    let (line, _) = get(&addr, "/");
+    assert!(line.contains("404"), "{line}");
+    // The agent keeps serving channels after all that.
+    let recv = spawn(&mut node.probe("recv", "m-after", MIB));
+    assert_success(
+        &wait_within(spawn(&mut node.probe("send", "m-after", MIB)), LIMIT),
+        "send after scrapes",
+    );
+    assert_success(&wait_within(recv, LIMIT), "recv after scrapes");
+}
+
+#[test]
+fn status_shows_what_an_operator_checks_and_watch_refreshes_it() {
+    let node = TestNode::start_ebpf("operator-status");
+    let status = node.agent.status();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_secs"].is_u64());
+    let datapath = &status["datapath"];
+    assert_eq!(
+        datapath["cgroup"].as_str(),
+        node.cgroup.path().to_str(),
+        "{datapath:#}"
+    );
+    let pins: Vec<&str> = datapath["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for pin in ["FLOKI_CHANNELS", "FLOKI_SOCKETS", "sock_ops_link"] {
+        assert!(pins.contains(&pin), "{pins:?}");
+    }
+    assert!(
+        datapath["kernel"]["release"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    let text = node.agent.status_text();
+    assert!(
+        text.contains("sock_ops_link") && text.contains("kernel:"),
+        "{text}"
+    );
+
+    // --watch redraws until interrupted: several screens in 1.5 s.
+    let mut watch = Command::new(agent_binary())
+        .args(["status", "--watch", "--interval", "0.2", "--admin"])
+        .arg(&node.agent.admin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.kill().unwrap();
+    let mut out = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let screens = out.matches("\x1b[H\x1b[2J").count();
+    assert!(screens >= 3, "{screens} redraws in 1.5 s:\n{out}");
+    assert!(out.contains("datapath: ebpf"), "{out}");
+}
