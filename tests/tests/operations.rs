@@ -158,13 +158,8 @@ fn status_shows_what_an_operator_checks_and_watch_refreshes_it() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     watch.kill().unwrap();
-    let mut out = String::new();
-    watch
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
     let screens = out.matches("\x1b[H\x1b[2J").count();
     assert!(screens >= 3, "{screens} redraws in 1.5 s:\n{out}");
     assert!(out.contains("datapath: ebpf"), "{out}");
