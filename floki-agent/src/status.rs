@@ -119,6 +119,10 @@ pub enum ChannelState {
     Done,
     /// An end reported a failure or went away before the end.
     Failed,
+    /// Adopted after the agent restarted, and its sockets have closed: the
+    /// ends checked the stream themselves (their exit status is the
+    /// verdict); the agent saw the bytes the kernel spliced.
+    Closed,
 }
 
 /// One channel.

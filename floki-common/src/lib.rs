@@ -75,9 +75,15 @@ pub struct EndpointKey {
     pub side: u32,
 }
 
-/// Per-channel state that the kernel programs keep and the agent reads.
+/// Bytes of a channel's name its kernel record keeps (longer names are cut at
+/// a character boundary).
+pub const RECORD_NAME_LEN: usize = 64;
+
+/// Per-channel state that the kernel programs keep and the agent reads. It
+/// outlives the agent process (the maps are pinned), so a restarted agent
+/// finds its channels here.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelRecord {
     /// Socket cookie of each end while it is in the socket map (0: absent),
     /// indexed by role.
@@ -89,6 +95,48 @@ pub struct ChannelRecord {
     /// Per sending role: non-zero to redirect into the peer socket's send
     /// queue (a link to another node's agent) instead of its receive queue.
     pub egress: [u32; 2],
+    /// The channel's name, NUL-padded (written by the agent only).
+    pub name: [u8; RECORD_NAME_LEN],
+}
+
+impl Default for ChannelRecord {
+    fn default() -> Self {
+        Self {
+            cookies: [0; 2],
+            bytes: [0; 2],
+            msgs: [0; 2],
+            egress: [0; 2],
+            name: [0; RECORD_NAME_LEN],
+        }
+    }
+}
+
+impl ChannelRecord {
+    /// An empty record for channel `name`.
+    pub fn named(name: &str) -> Self {
+        let mut record = Self::default();
+        let mut len = name.len().min(RECORD_NAME_LEN);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        record.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+        record
+    }
+
+    /// The name as recorded (possibly cut).
+    pub fn name(&self) -> &str {
+        let len = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(RECORD_NAME_LEN);
+        core::str::from_utf8(&self.name[..len]).unwrap_or("")
+    }
+
+    /// Whether either end's socket is still in the socket map.
+    pub fn in_flight(&self) -> bool {
+        self.cookies != [0; 2]
+    }
 }
 
 /// Totals since the programs were loaded.
@@ -121,4 +169,18 @@ mod pod {
     unsafe impl aya::Pod for super::ChannelRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DatapathCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_names_are_cut_at_a_character_boundary() {
+        assert_eq!(ChannelRecord::named("wf/edge").name(), "wf/edge");
+        let long = "é".repeat(40); // 80 bytes
+        let record = ChannelRecord::named(&long);
+        assert_eq!(record.name(), "é".repeat(32));
+        assert!(!record.in_flight());
+    }
 }

@@ -225,6 +225,24 @@ impl TestAgent {
             .unwrap_or_else(|| panic!("channel {name} not in status: {status:#}"))
     }
 
+    /// Waits until adopted channel `name` is `closed` (its sockets closed
+    /// after a restart), and returns its entry.
+    pub fn wait_closed(&self, name: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let channel = self.channel(name);
+            if channel["state"] != "active" {
+                assert_eq!(channel["state"], "closed", "{channel:#}");
+                return channel;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "channel {name} still active after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until channel `name` is done or failed, and returns its entry.
     pub fn wait_finished(&self, name: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;

@@ -10,6 +10,7 @@ use floki_tests::{
 };
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn wait_active(agent: &TestAgent, channel: &str) {
@@ -32,45 +33,79 @@ fn wait_active(agent: &TestAgent, channel: &str) {
 }
 
 #[test]
-fn killing_the_agent_does_not_break_a_spliced_stream() {
+fn a_killed_agent_restarts_and_adopts_a_spliced_stream_in_flight() {
     let mut node = TestNode::start_ebpf("kill-agent");
-    let bytes = 512 * MIB;
+    let before = node.agent.status();
+    let ids = |status: &serde_json::Value| -> Vec<u64> {
+        status["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect()
+    };
+    let bytes = GIB;
     let recv = spawn(&mut node.probe("recv", "survivor", bytes));
     let send = spawn(
         node.probe("send", "survivor", bytes)
-            .args(["--rate", &(256 * MIB).to_string()]),
+            .args(["--rate", &(192 * MIB).to_string()]),
     );
     wait_active(&node.agent, "survivor");
+    let survivor_id = node.agent.channel("survivor")["id"].as_u64().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(node.agent.pid() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
 
-    // Both ends still complete and verify every byte.
-    assert_success(
-        &wait_within(send, LIMIT),
-        "sender after the agent was killed",
+    // A new agent on the same cgroup and pin directory, while the stream is
+    // still flowing: it adopts the pinned programs and maps instead of
+    // loading new ones, and lists the stream with the kernel's count.
+    node.agent.relaunch(&node.cgroup, AgentOptions::default());
+    let after = node.agent.status();
+    assert_eq!(after["datapath"]["mode"], "ebpf", "{after:#}");
+    assert_eq!(ids(&after), ids(&before), "the same programs stay attached");
+    assert!(
+        node.agent.log().contains("adopted the programs and maps"),
+        "{}",
+        node.agent.log()
     );
-    assert_success(
-        &wait_within(recv, LIMIT),
-        "receiver after the agent was killed",
+    let adopted = node.agent.channel("survivor");
+    assert_eq!(adopted["id"].as_u64(), Some(survivor_id), "{adopted:#}");
+    assert_eq!(adopted["transport"], "splice", "{adopted:#}");
+    assert!(
+        adopted["reason"].as_str().unwrap_or("").contains("adopted"),
+        "{adopted:#}"
+    );
+    assert!(
+        adopted["state"] == "active" && adopted["bytes"].as_u64().unwrap() < bytes,
+        "the stream was not in flight at the restart: {adopted:#}"
     );
 
-    // A new agent on the same cgroup and pin directory takes over the stale
-    // pins and splices new channels.
-    node.agent.relaunch(&node.cgroup, AgentOptions::default());
-    assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+    // Both ends complete and verify every byte.
+    assert_success(&wait_within(send, LIMIT), "sender across the restart");
+    assert_success(&wait_within(recv, LIMIT), "receiver across the restart");
+    let closed = node.agent.wait_closed("survivor", LIMIT);
+    assert!(
+        closed["bytes"].as_u64().unwrap() >= bytes,
+        "the kernel's count of the whole stream: {closed:#}"
+    );
+    let totals = &node.agent.status()["totals"];
+    assert!(
+        totals["spliced_bytes"].as_u64().unwrap() >= bytes,
+        "the counters survive the restart: {totals:#}"
+    );
+
+    // New channels are spliced, numbered after the adopted one.
     let recv = spawn(&mut node.probe("recv", "after", 16 * MIB));
     assert_success(
         &wait_within(spawn(&mut node.probe("send", "after", 16 * MIB)), LIMIT),
         "sender on the restarted agent",
     );
     assert_success(&wait_within(recv, LIMIT), "receiver on the restarted agent");
-    assert_eq!(
-        node.agent.wait_finished("after", LIMIT)["transport"],
-        "splice"
-    );
+    let after = node.agent.wait_finished("after", LIMIT);
+    assert_eq!(after["transport"], "splice", "{after:#}");
+    assert!(after["id"].as_u64().unwrap() > survivor_id, "{after:#}");
 }
 
 #[test]

@@ -161,6 +161,17 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         config.window,
         config.history,
     ));
+    // Spliced streams a previous agent left in flight (pins adopted): listed
+    // until the kernel sees their sockets close.
+    registry.adopt(&datapath.adopted());
+    let reaper = (!datapath.adopted().is_empty()).then(|| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            while registry.reap_adopted() > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
     let workflows = Arc::new(Workflows::default());
     let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
     let crossnode = CrossNode::new(config.node.clone(), peers.clone(), workflows.clone());
@@ -253,6 +264,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         _ = signals.recv() => warn!("second signal: stopping now"),
     }
     admin_task.abort();
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use floki_common::ROLE_SENDER;
+use floki_common::{ChannelRecord, ROLE_SENDER};
 use rand::RngCore as _;
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, warn};
@@ -310,6 +310,9 @@ struct Live {
     created: Instant,
     stage: Stage,
     ends: [End; 2],
+    /// Found in the pinned maps after a restart: its ends report to no one,
+    /// so the kernel record says when it is over.
+    adopted: bool,
 }
 
 struct Inner {
@@ -416,6 +419,7 @@ impl Registry {
                         notify,
                     },
                     ends,
+                    adopted: false,
                 },
             );
             info!(channel = %name, id, %role, "waiting for the other end");
@@ -528,7 +532,7 @@ impl Registry {
             Transport::Splice => match connect_to {
                 Some(addr) => self
                     .datapath
-                    .install(id, sender.netns_cookie, receiver.netns_cookie, addr)
+                    .install(id, name, sender.netns_cookie, receiver.netns_cookie, addr)
                     .map(|handle| {
                         SetUp::socket(Transport::Splice, Some(handle), connect_to, &plan)
                     }),
@@ -601,6 +605,7 @@ impl Registry {
                 created: Instant::now(),
                 stage,
                 ends,
+                adopted: false,
             },
         );
         info!(channel = %name, id, %role, "cross-node stream opened");
@@ -621,6 +626,87 @@ impl Registry {
             }) if *live_id == id => *splice = Some(handle),
             _ => self.datapath.remove(&handle),
         }
+    }
+
+    /// Lists the spliced channels a previous agent left in flight (found in
+    /// the pinned maps) as active, and numbers new channels after them.
+    pub fn adopt(&self, channels: &[(u32, ChannelRecord)]) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        for (id, record) in channels {
+            let mut name = record.name().to_owned();
+            if name.is_empty() || inner.live.contains_key(&name) {
+                name = format!("adopted-{id}");
+            }
+            let mut stage = Stage::active(
+                Transport::Splice,
+                Some("adopted from the pinned maps after the agent restarted".into()),
+            );
+            if let Stage::Active { splice, .. } = &mut stage {
+                *splice = Some(SpliceHandle::adopted(*id));
+            }
+            let mut ends: [End; 2] = Default::default();
+            for end in &mut ends {
+                end.joined = true;
+            }
+            info!(channel = %name, id, bytes = record.bytes[ROLE_SENDER as usize], "adopted a spliced channel in flight");
+            inner.live.insert(
+                name,
+                Live {
+                    id: *id,
+                    created: Instant::now(),
+                    stage,
+                    ends,
+                    adopted: true,
+                },
+            );
+            inner.next_id = inner.next_id.max(id.wrapping_add(1).max(1));
+        }
+    }
+
+    /// Moves adopted channels whose sockets have both closed to the
+    /// history (`closed`); returns how many are still in flight.
+    pub fn reap_adopted(&self) -> usize {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let over: Vec<String> = inner
+            .live
+            .iter()
+            .filter(|(_, live)| live.adopted)
+            .filter(|(_, live)| match &live.stage {
+                Stage::Active {
+                    splice: Some(handle),
+                    ..
+                } => self
+                    .datapath
+                    .record(handle)
+                    .is_none_or(|record| !record.in_flight()),
+                _ => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in over {
+            let live = inner.live.remove(&name).expect("listed above");
+            let mut status = self.describe(&name, &live);
+            status.state = ChannelState::Closed;
+            status.note = Some(
+                "its sockets closed after the agent restarted: the ends checked the stream \
+                 themselves; bytes as the kernel spliced them"
+                    .into(),
+            );
+            if let Stage::Active {
+                splice: Some(handle),
+                paired_at,
+                ..
+            } = &live.stage
+            {
+                status.duration_secs = Some(paired_at.elapsed().as_secs_f64());
+                self.datapath.remove(handle);
+            }
+            info!(channel = %name, id = status.id, bytes = status.bytes, "adopted channel closed");
+            inner.history.push_front(status);
+            inner.history.truncate(self.history_limit);
+        }
+        self.changed.notify_waiters();
+        inner.live.values().filter(|live| live.adopted).count()
     }
 
     /// Records a report of an end.

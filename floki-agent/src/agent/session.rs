@@ -557,6 +557,7 @@ impl LocalEnd<'_> {
             .ok_or("the consumer advertised no data address")?;
         let installed = self.agent.datapath.install(
             self.id,
+            self.name,
             self.agent.netns_cookie,
             self.hello.netns_cookie,
             listen,

@@ -12,9 +12,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, SockHash},
+    maps::{Array, HashMap, Map, MapData, SockHash},
     programs::{
-        CgroupAttachMode, SkMsg, SockOps,
+        CgroupAttachMode, ProgramInfo, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -23,7 +23,7 @@ use floki_common::{
     SIDE_ACCEPT, SIDE_CONNECT, map, program,
 };
 use tokio::{io::unix::AsyncFd, net::TcpStream, task::JoinHandle};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{DatapathConfig, DatapathError, mounts};
 use crate::{protocol::control::Hello, status::ProgramStatus};
@@ -33,6 +33,16 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fl
 
 /// Pin name of the `sock_ops` cgroup link.
 const SOCK_OPS_LINK_PIN: &str = "sock_ops_link";
+
+/// The pin directory's marker: a directory (bpffs holds no regular files)
+/// named after the kernel object and the cgroup it is attached to. A
+/// restarted agent adopts the pins only if both are the same.
+fn marker(cgroup: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let object = twox_hash::XxHash3_64::oneshot(OBJECT);
+    let cgroup = fs::metadata(cgroup).map_or(0, |m| m.ino());
+    format!("floki-{object:016x}-cgroup-{cgroup}")
+}
 
 /// What the kernel knows about one spliced channel.
 #[derive(Clone, Debug)]
@@ -44,6 +54,17 @@ pub struct SpliceHandle {
     link: Option<ChannelEnd>,
 }
 
+impl SpliceHandle {
+    /// A channel found in the pinned maps by a restarted agent.
+    pub fn adopted(channel: u32) -> Self {
+        Self {
+            channel,
+            keys: Vec::new(),
+            link: None,
+        }
+    }
+}
+
 /// Floki's programs, loaded and attached.
 pub struct EbpfDatapath {
     endpoints: Mutex<HashMap<MapData, EndpointKey, ChannelEnd>>,
@@ -53,7 +74,10 @@ pub struct EbpfDatapath {
     // The sk_msg attachment lives on the socket map; the agent inserts its
     // links to peers itself.
     sockets: Mutex<SockHash<MapData, ChannelEnd>>,
-    _ebpf: Mutex<Ebpf>,
+    /// The loaded object (`None` when the programs were adopted).
+    _ebpf: Mutex<Option<Ebpf>>,
+    /// Spliced channels in flight when the agent adopted the pins.
+    adopted: Vec<(u32, ChannelRecord)>,
     logger: Mutex<Option<JoinHandle<()>>>,
     programs: Vec<ProgramStatus>,
     cgroup: PathBuf,
@@ -74,10 +98,27 @@ impl EbpfDatapath {
         })?;
         let pin_dir = config.pin_dir.clone();
         mounts::ensure_bpffs(&pin_dir)?;
+        let marker = pin_dir.join(marker(&cgroup));
+        if marker.is_dir() {
+            match Self::adopt(cgroup.clone(), pin_dir.clone()) {
+                Ok(datapath) => {
+                    info!(
+                        pin_dir = %pin_dir.display(),
+                        in_flight = datapath.adopted.len(),
+                        "adopted the programs and maps a previous agent pinned"
+                    );
+                    return Ok(datapath);
+                }
+                Err(err) => warn!(
+                    error = %crate::agent::error_chain(&err),
+                    "cannot adopt the pinned programs; loading them afresh"
+                ),
+            }
+        }
         clear_stale_pins(&pin_dir);
 
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-        let logger = start_kernel_logs(&mut ebpf);
+        let logger = start_kernel_logs(aya_log::EbpfLogger::init(&mut ebpf));
 
         for name in [map::ENDPOINTS, map::SOCKETS, map::CHANNELS, map::COUNTERS] {
             let path = pin_dir.join(name);
@@ -109,6 +150,11 @@ impl EbpfDatapath {
             .attach(sockets.fd())
             .map_err(program_err(program::SK_MSG))?;
         let sk_msg_id = sk_msg.info().map_err(program_err(program::SK_MSG))?.id();
+        let pin = |what: &'static str, path: PathBuf| {
+            move |source| DatapathError::Pin { what, path, source }
+        };
+        let path = pin_dir.join(program::SK_MSG);
+        sk_msg.pin(&path).map_err(pin(program::SK_MSG, path))?;
 
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, program::SOCK_OPS)?
             .try_into()
@@ -121,6 +167,8 @@ impl EbpfDatapath {
             .info()
             .map_err(program_err(program::SOCK_OPS))?
             .id();
+        let path = pin_dir.join(program::SOCK_OPS);
+        sock_ops.pin(&path).map_err(pin(program::SOCK_OPS, path))?;
         let link = sock_ops
             .take_link(link_id)
             .map_err(program_err(program::SOCK_OPS))?;
@@ -134,32 +182,86 @@ impl EbpfDatapath {
             source,
         })?;
 
-        let programs = vec![
-            ProgramStatus {
-                name: program::SOCK_OPS.into(),
-                kind: "sock_ops".into(),
-                id: sock_ops_id,
-                attached_to: format!("cgroup {}", cgroup.display()),
-            },
-            ProgramStatus {
-                name: program::SK_MSG.into(),
-                kind: "sk_msg".into(),
-                id: sk_msg_id,
-                attached_to: format!("sockhash {}", map::SOCKETS),
-            },
-        ];
+        // Last: only a complete set of pins is ever adopted.
+        fs::create_dir(&marker).map_err(|source| DatapathError::Bpffs {
+            path: marker.clone(),
+            source,
+        })?;
         Ok(Self {
             endpoints: Mutex::new(endpoints),
             channels: Mutex::new(channels),
             counters,
             sock_ops_link: Mutex::new(Some(sock_ops_link)),
             sockets: Mutex::new(sockets),
-            _ebpf: Mutex::new(ebpf),
+            _ebpf: Mutex::new(Some(ebpf)),
+            adopted: Vec::new(),
             logger: Mutex::new(logger),
-            programs,
+            programs: program_statuses(&cgroup, sock_ops_id, sk_msg_id),
             cgroup,
             pin_dir,
         })
+    }
+
+    /// Takes over what a previous agent pinned for the same object and
+    /// cgroup: the programs stay attached, spliced streams keep flowing, the
+    /// maps keep their channels and counters.
+    fn adopt(cgroup: PathBuf, pin_dir: PathBuf) -> Result<Self, DatapathError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(pin_dir.join(name))
+                .map_err(|source| DatapathError::Map { name, source })
+        };
+        let typed = |name: &'static str| move |source| DatapathError::Map { name, source };
+        let sockets: SockHash<MapData, ChannelEnd> =
+            SockHash::try_from(Map::SockHash(open(map::SOCKETS)?)).map_err(typed(map::SOCKETS))?;
+        let endpoints: HashMap<MapData, EndpointKey, ChannelEnd> =
+            HashMap::try_from(Map::HashMap(open(map::ENDPOINTS)?))
+                .map_err(typed(map::ENDPOINTS))?;
+        let mut channels: HashMap<MapData, u32, ChannelRecord> =
+            HashMap::try_from(Map::HashMap(open(map::CHANNELS)?)).map_err(typed(map::CHANNELS))?;
+        let counters: Array<MapData, DatapathCounters> =
+            Array::try_from(Map::Array(open(map::COUNTERS)?)).map_err(typed(map::COUNTERS))?;
+        let link = PinnedLink::from_pin(pin_dir.join(SOCK_OPS_LINK_PIN))
+            .map_err(|source| DatapathError::Link { source })?;
+        let info = |name: &'static str| {
+            ProgramInfo::from_pin(pin_dir.join(name))
+                .map_err(|source| DatapathError::Program { name, source })
+        };
+        let sock_ops_id = info(program::SOCK_OPS)?.id();
+        let sk_msg_id = info(program::SK_MSG)?.id();
+
+        // Keep the channels whose sockets are still spliced; the rest were
+        // pending with clients of the previous agent, which have given up.
+        let records: Vec<(u32, ChannelRecord)> = channels.iter().filter_map(Result::ok).collect();
+        let (adopted, stale): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(_, record)| record.in_flight());
+        for (id, _) in &stale {
+            let _ = channels.remove(id);
+        }
+        let mut endpoints = endpoints;
+        let keys: Vec<EndpointKey> = endpoints.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = endpoints.remove(&key);
+        }
+        let logger = start_kernel_logs(aya_log::EbpfLogger::init_from_id(sock_ops_id));
+        Ok(Self {
+            endpoints: Mutex::new(endpoints),
+            channels: Mutex::new(channels),
+            counters,
+            sock_ops_link: Mutex::new(Some(link)),
+            sockets: Mutex::new(sockets),
+            _ebpf: Mutex::new(None),
+            adopted,
+            logger: Mutex::new(logger),
+            programs: program_statuses(&cgroup, sock_ops_id, sk_msg_id),
+            cgroup,
+            pin_dir,
+        })
+    }
+
+    /// Spliced channels that were in flight when the pins were adopted.
+    pub fn adopted(&self) -> &[(u32, ChannelRecord)] {
+        &self.adopted
     }
 
     /// The cgroup `sock_ops` is attached to.
@@ -197,6 +299,7 @@ impl EbpfDatapath {
     pub fn install(
         &self,
         id: u32,
+        name: &str,
         sender_netns: Option<u64>,
         receiver_netns: Option<u64>,
         listen: SocketAddr,
@@ -229,10 +332,11 @@ impl EbpfDatapath {
             link: None,
         };
         let result = (|| {
-            self.channels
-                .lock()
-                .expect("channels lock")
-                .insert(id, ChannelRecord::default(), 0)?;
+            self.channels.lock().expect("channels lock").insert(
+                id,
+                ChannelRecord::named(name),
+                0,
+            )?;
             let mut endpoints = self.endpoints.lock().expect("endpoints lock");
             endpoints.insert(keys[0], end(id, ROLE_SENDER), 0)?;
             endpoints.insert(keys[1], end(id, ROLE_RECEIVER), 0)
@@ -280,7 +384,7 @@ impl EbpfDatapath {
         let cookie = socket2::SockRef::from(link)
             .cookie()
             .map_err(|err| format!("reading the link's socket cookie: {err}"))?;
-        let mut record = ChannelRecord::default();
+        let mut record = ChannelRecord::named(&producer.channel);
         record.cookies[ROLE_RECEIVER as usize] = cookie;
         record.egress[ROLE_SENDER as usize] = 1;
         let result = (|| {
@@ -411,15 +515,37 @@ fn clear_stale_pins_quietly(pin_dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(pin_dir) else {
         return 0;
     };
+    // Pins are files; the marker is a directory.
     entries
         .filter_map(Result::ok)
-        .filter(|entry| fs::remove_file(entry.path()).is_ok())
+        .filter(|entry| {
+            fs::remove_file(entry.path()).is_ok() || fs::remove_dir(entry.path()).is_ok()
+        })
         .count()
 }
 
+fn program_statuses(cgroup: &Path, sock_ops_id: u32, sk_msg_id: u32) -> Vec<ProgramStatus> {
+    vec![
+        ProgramStatus {
+            name: program::SOCK_OPS.into(),
+            kind: "sock_ops".into(),
+            id: sock_ops_id,
+            attached_to: format!("cgroup {}", cgroup.display()),
+        },
+        ProgramStatus {
+            name: program::SK_MSG.into(),
+            kind: "sk_msg".into(),
+            id: sk_msg_id,
+            attached_to: format!("sockhash {}", map::SOCKETS),
+        },
+    ]
+}
+
 /// Forwards the kernel programs' aya-log records to tracing.
-fn start_kernel_logs(ebpf: &mut Ebpf) -> Option<JoinHandle<()>> {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
+fn start_kernel_logs(
+    logger: Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error>,
+) -> Option<JoinHandle<()>> {
+    let logger = match logger {
         Ok(logger) => logger,
         Err(err) => {
             debug!(%err, "kernel-side logs unavailable");

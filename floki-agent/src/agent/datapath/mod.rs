@@ -229,12 +229,13 @@ impl Datapath {
     pub fn install(
         &self,
         id: u32,
+        name: &str,
         sender_netns: Option<u64>,
         receiver_netns: Option<u64>,
         addr: SocketAddr,
     ) -> Result<SpliceHandle, String> {
         match self {
-            Self::Ebpf(ebpf, _) => ebpf.install(id, sender_netns, receiver_netns, addr),
+            Self::Ebpf(ebpf, _) => ebpf.install(id, name, sender_netns, receiver_netns, addr),
             Self::Fallback { .. } => Err("fallback datapath".into()),
         }
     }
@@ -267,6 +268,15 @@ impl Datapath {
     pub fn remove(&self, handle: &SpliceHandle) {
         if let Self::Ebpf(ebpf, _) = self {
             ebpf.remove(handle);
+        }
+    }
+
+    /// Spliced channels in flight that the agent found in the pinned maps of
+    /// a previous agent (empty after a fresh load).
+    pub fn adopted(&self) -> Vec<(u32, ChannelRecord)> {
+        match self {
+            Self::Ebpf(ebpf, _) => ebpf.adopted().to_vec(),
+            Self::Fallback { .. } => Vec::new(),
         }
     }
 
