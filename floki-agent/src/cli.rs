@@ -43,6 +43,19 @@ pub enum Command {
     /// Probe what the running kernel offers the eBPF datapath (as root);
     /// exits 1 if it lacks something the kernel programs use.
     Kernel(KernelArgs),
+    /// Detach and unpin everything a stopped (or crashed) agent left in its
+    /// pin directory. Refuses while an agent answers on the admin socket.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// bpffs directory of the agent's pins.
+    #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]
+    pub pin_dir: PathBuf,
+    /// The agent's admin socket (checked: a running agent is not cleaned up).
+    #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
+    pub admin: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -146,3 +146,79 @@ fn sigterm_lets_active_streams_finish_then_detaches() {
     );
     assert!(!node.agent.admin.exists(), "admin socket left behind");
 }
+
+/// `bpftool` (the kernel's own listing), JSON.
+fn bpftool(args: &[&str]) -> Option<serde_json::Value> {
+    let out = std::process::Command::new("bpftool")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("running bpftool (cargo xtask test installs it)");
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn cleanup(node: &TestNode) -> std::process::Output {
+    std::process::Command::new(floki_tests::agent_binary())
+        .args(["cleanup", "--pin-dir"])
+        .arg(&node.agent.pin_dir)
+        .arg("--admin")
+        .arg(&node.agent.admin)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cleanup_detaches_and_unpins_what_a_killed_agent_left() {
+    let node = TestNode::start_ebpf("cleanup");
+    let cgroup = node.cgroup.path().to_str().unwrap().to_owned();
+    let ids: Vec<u64> = node.agent.status()["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    let attached = || -> Vec<u64> {
+        bpftool(&["cgroup", "show", &cgroup])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect()
+    };
+    assert!(attached().contains(&ids[0]), "sock_ops not on {cgroup}");
+
+    // A running agent is not cleaned up under its feet.
+    let refused = cleanup(&node);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("stop it first"), "{message}");
+    assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+
+    // Killed, the agent leaves its programs attached through the pins.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.agent.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(attached().contains(&ids[0]));
+    let out = cleanup(&node);
+    assert_success(&out, "floki-agent cleanup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sock_ops_link"), "{text}");
+    assert!(!node.agent.pin_dir.exists());
+    assert!(attached().is_empty(), "still attached to {cgroup}");
+    // The kernel frees the programs once nothing references them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in &ids {
+        while bpftool(&["prog", "show", "id", &id.to_string()]).is_some() {
+            assert!(Instant::now() < deadline, "program {id} still loaded");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Nothing left to do the second time.
+    assert_success(&cleanup(&node), "a second cleanup");
+}

@@ -3,6 +3,7 @@
 
 mod apply;
 mod channel;
+mod cleanup;
 mod kernel;
 mod recv;
 mod run;
@@ -24,6 +25,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => runtime()?.block_on(apply::apply(args)),
         Command::Delete(args) => runtime()?.block_on(apply::delete(args)),
         Command::Kernel(args) => kernel::kernel(&args),
+        Command::Cleanup(args) => runtime()?.block_on(cleanup::cleanup(args)),
     }
 }
 

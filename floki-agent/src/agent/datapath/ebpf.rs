@@ -511,6 +511,26 @@ fn clear_stale_pins(pin_dir: &Path) {
     }
 }
 
+/// Removes every pin in `pin_dir` and the directory itself, detaching what
+/// only the pins kept attached (`floki-agent cleanup`); returns the names
+/// removed. The kernel frees the programs once nothing references them.
+pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(pin_dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+        removed.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    fs::remove_dir(pin_dir)?;
+    removed.sort();
+    Ok(removed)
+}
+
 fn clear_stale_pins_quietly(pin_dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(pin_dir) else {
         return 0;

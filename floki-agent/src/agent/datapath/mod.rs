@@ -9,7 +9,7 @@ mod mounts;
 
 use std::{io, net::SocketAddr, path::PathBuf};
 
-pub use ebpf::{EbpfDatapath, SpliceHandle};
+pub use ebpf::{EbpfDatapath, SpliceHandle, unpin_all};
 use floki_common::{ChannelRecord, DatapathCounters};
 pub use mounts::cgroup2_root;
 use tokio::net::TcpStream;
