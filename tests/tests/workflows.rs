@@ -322,6 +322,85 @@ fn a_killed_peer_fails_its_streams_then_the_edge_recovers() {
 }
 
 #[test]
+fn a_graceful_restart_mid_stream_gives_whole_streams_or_clear_errors() {
+    let mut cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_edge_ready(cluster.node("node-a"), "e");
+    // Functions on the agents' TCP ports: the agents relay the stream, so a
+    // stopping agent is in its path.
+    let stream = |cluster: &Cluster, bytes: u64, rate: u64| {
+        let rate = rate.to_string();
+        let recv = probe(cluster.node("node-b"), "recv", &token, "e", "q", bytes, &[]);
+        let send = probe(
+            cluster.node("node-a"),
+            "send",
+            &token,
+            "e",
+            "p",
+            bytes,
+            &["--rate", &rate],
+        );
+        (send, recv)
+    };
+
+    // SIGTERM while a stream can still finish within the grace period (10 s
+    // in the tests): it finishes whole, then the agent exits.
+    let (send, recv) = stream(&cluster, 128 * MIB, 64 * MIB);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        cluster.node_mut("node-b").agent.stop(),
+        "the consumer's agent did not stop cleanly"
+    );
+    assert_success(&wait_within(recv, LIMIT), "consumer across a graceful stop");
+    assert_success(&wait_within(send, LIMIT), "producer across a graceful stop");
+
+    cluster.node_mut("node-b").restart_agent();
+    cluster.wait_connected();
+    wait_edge_ready(cluster.node("node-b"), "e");
+
+    // SIGTERM while a stream needs longer than the grace period: both ends
+    // fail and say so; neither takes the cut stream for a whole one.
+    let (send, recv) = stream(&cluster, 512 * MIB, 16 * MIB);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cluster.node_mut("node-b").agent.stop());
+    let recv = wait_within(recv, LIMIT);
+    let send = wait_within(send, LIMIT);
+    assert!(
+        !recv.status.success(),
+        "the consumer took a cut stream for a whole one"
+    );
+    assert!(
+        !send.status.success(),
+        "the producer succeeded without its consumer"
+    );
+    let said = String::from_utf8_lossy(&recv.stderr);
+    assert!(said.contains("truncated"), "consumer said: {said}");
+    let said = String::from_utf8_lossy(&send.stderr);
+    assert!(
+        !said.trim().is_empty(),
+        "the producer failed without a word"
+    );
+
+    cluster.node_mut("node-b").restart_agent();
+    cluster.wait_connected();
+    wait_edge_ready(cluster.node("node-a"), "e");
+    wait_edge_ready(cluster.node("node-b"), "e");
+    run_edge(
+        &cluster,
+        &token,
+        "e",
+        &[("p", "node-a")],
+        &[("q", "node-b")],
+        16 * MIB,
+    );
+}
+
+#[test]
 fn a_handed_over_link_carries_the_stream_even_through_agent_crashes() {
     let mut cluster = Cluster::start(&["node-a", "node-b"]);
     cluster.wait_connected();
