@@ -117,6 +117,22 @@ pub struct RunArgs {
     /// A file of peers, one NAME=HOST:PORT per line.
     #[arg(long, env = "FLOKI_PEERS_FILE")]
     pub peers_file: Option<PathBuf>,
+    /// Find peers through DNS: every address NAME resolves to is an agent
+    /// (on Kubernetes, the DaemonSet's headless Service, e.g.
+    /// floki-agent.floki-system.svc.cluster.local). Adds to --peer.
+    #[arg(long, env = "FLOKI_DISCOVER_DNS", value_name = "NAME")]
+    pub discover_dns: Option<String>,
+    /// DNS server for --discover-dns [default: the system's resolver].
+    #[arg(
+        long,
+        env = "FLOKI_DISCOVER_DNS_SERVER",
+        value_name = "IP:PORT",
+        requires = "discover_dns"
+    )]
+    pub discover_dns_server: Option<SocketAddr>,
+    /// Seconds between DNS lookups for --discover-dns.
+    #[arg(long, default_value_t = 10, requires = "discover_dns")]
+    pub discover_every: u64,
     /// Serve only channels of applied workflows (with their token).
     #[arg(long)]
     pub workflow_channels_only: bool,

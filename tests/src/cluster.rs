@@ -55,6 +55,23 @@ impl Cluster {
 
     /// As [`Cluster::start`], with more `floki-agent run` arguments per node.
     pub fn start_with_each(names: &[&str], extra_of: impl Fn(&str) -> Vec<String>) -> Self {
+        Self::build(names, true, |name, _| extra_of(name))
+    }
+
+    /// Nodes whose agents are given no peers: `extra_of(node, addresses of
+    /// all nodes)` says how they find each other.
+    pub fn start_unlisted(
+        names: &[&str],
+        extra_of: impl Fn(&str, &[String]) -> Vec<String>,
+    ) -> Self {
+        Self::build(names, false, extra_of)
+    }
+
+    fn build(
+        names: &[&str],
+        list_peers: bool,
+        extra_of: impl Fn(&str, &[String]) -> Vec<String>,
+    ) -> Self {
         require_root();
         let bridge = Bridge::new();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -69,14 +86,15 @@ impl Cluster {
                 (ns, ip)
             })
             .collect();
+        let ips: Vec<String> = nets.iter().map(|(_, ip)| ip.clone()).collect();
         let nodes = names
             .iter()
             .zip(nets)
             .map(|(name, (ns, ip))| {
                 let cgroup = TestCgroup::new(name).expect("creating a node cgroup");
-                let mut extra = extra_of(name);
+                let mut extra = extra_of(name, &ips);
                 for (other, i) in names.iter().zip(1..) {
-                    if other != name {
+                    if list_peers && other != name {
                         extra.push("--peer".into());
                         extra.push(format!("{other}={subnet}.{i}:{AGENT_PORT}"));
                     }

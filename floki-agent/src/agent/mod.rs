@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub pipes_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics: Option<SocketAddr>,
+    /// Find peers through DNS, into this directory (the one in `peers`).
+    pub discovery: Option<(peers::dns::DnsDiscovery, Arc<peers::dns::DiscoveredPeers>)>,
 }
 
 /// What every connection of the agent works with.
@@ -186,6 +188,15 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         netns_cookie: crate::client::socket::netns_cookie(&listener).ok(),
         workflow_channels_only: config.workflow_channels_only,
     });
+    let discovery = config.discovery.clone().map(|(discovery, directory)| {
+        info!(name = %discovery.name, "discovering peers through DNS");
+        let node = config.node.clone();
+        tokio::spawn(async move {
+            if let Err(err) = peers::dns::run(discovery, node, directory).await {
+                warn!(error = %error_chain(&err), "peer discovery stopped");
+            }
+        })
+    });
     // On every (re)connection a peer gets the workflows it is part of.
     let sync_workflows = workflows.clone();
     peers::spawn_links(
@@ -264,8 +275,8 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         _ = signals.recv() => warn!("second signal: stopping now"),
     }
     admin_task.abort();
-    if let Some(reaper) = reaper {
-        reaper.abort();
+    for task in [reaper, discovery].into_iter().flatten() {
+        task.abort();
     }
     if let Some(task) = metrics_task {
         task.abort();

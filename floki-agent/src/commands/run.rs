@@ -1,12 +1,16 @@
 //! `floki-agent run`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use floki_agent::agent::{
     self, AgentConfig,
     datapath::DatapathConfig,
-    peers::{StaticPeers, parse_peer, parse_peers_file},
+    peers::{
+        PeerDirectory, StaticPeers,
+        dns::{DiscoveredPeers, DnsDiscovery},
+        parse_peer, parse_peers_file,
+    },
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -38,6 +42,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("peers file {}", path.display()))?,
         );
     }
+    // Discovered peers come on top of the listed ones; the agents' channel
+    // port is this agent's own.
+    let (directory, discovery): (Arc<dyn PeerDirectory>, _) = match args.discover_dns {
+        Some(name) => {
+            let directory = Arc::new(DiscoveredPeers::new(peers));
+            let discovery = DnsDiscovery {
+                name,
+                port: args.listen.port(),
+                server: args.discover_dns_server,
+                every: Duration::from_secs(args.discover_every.max(1)),
+            };
+            (directory.clone(), Some((discovery, directory)))
+        }
+        None => (Arc::new(StaticPeers(peers)), None),
+    };
     let config = AgentConfig {
         node,
         listen: args.listen,
@@ -52,7 +71,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         window: args.window.0,
         history: args.history,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        peers: std::sync::Arc::new(StaticPeers(peers)),
+        peers: directory,
+        discovery,
         workflow_channels_only: args.workflow_channels_only,
         pipes_dir: args.pipes_dir,
         metrics: args.metrics,

@@ -1,6 +1,7 @@
 //! The other agents: where they are (a [`PeerDirectory`]), whether this
 //! agent is connected to them (links), and one-shot requests to them.
 
+pub mod dns;
 pub mod protocol;
 
 use std::{
@@ -32,8 +33,9 @@ pub struct Peer {
     pub addr: String,
 }
 
-/// Where peers come from. Static for now (`--peer`, a peers file);
-/// Kubernetes discovery plugs in here.
+/// Where peers come from: a static list (`--peer`, a peers file), or DNS
+/// (`--discover-dns`, a Kubernetes headless Service) on top of it. The set
+/// may change while the agent runs.
 pub trait PeerDirectory: Send + Sync + std::fmt::Debug {
     /// The current peers.
     fn peers(&self) -> Vec<Peer>;
@@ -234,17 +236,38 @@ pub type Resync = Arc<dyn Fn(&str) -> Vec<PeerRequest> + Send + Sync>;
 /// every (re)connection hands the peer the workflows it is part of, so that
 /// a restarted agent learns them again.
 pub fn spawn_links(peers: Arc<Peers>, resync: Resync) {
-    for peer in peers.directory.peers() {
-        let peers = peers.clone();
-        let resync = resync.clone();
-        tokio::spawn(async move {
-            loop {
-                let error = link(&peers, &peer, &resync).await;
-                peers.set_link(&peer.node, false, Some(error));
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    // Peers may come and go (discovery): look for new ones every second.
+    tokio::spawn(async move {
+        let running: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        loop {
+            for peer in peers.directory.peers() {
+                if !running
+                    .lock()
+                    .expect("links lock")
+                    .insert(peer.node.clone())
+                {
+                    continue;
+                }
+                let peers = peers.clone();
+                let resync = resync.clone();
+                let running = running.clone();
+                tokio::spawn(async move {
+                    let node = peer.node;
+                    // Each attempt uses the peer's address as the directory
+                    // has it now; a peer that left ends its link.
+                    while let Some(peer) =
+                        peers.directory.peers().into_iter().find(|p| p.node == node)
+                    {
+                        let error = link(&peers, &peer, &resync).await;
+                        peers.set_link(&peer.node, false, Some(error));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    running.lock().expect("links lock").remove(&node);
+                });
             }
-        });
-    }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// One link session; returns why it ended.
