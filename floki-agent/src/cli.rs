@@ -10,7 +10,7 @@ use floki_agent::client::{DEFAULT_AGENT, DEFAULT_SOCKET, Transport};
 #[command(name = "floki-agent", version, propagate_version = true)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "FLOKI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

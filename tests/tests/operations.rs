@@ -106,6 +106,23 @@ fn metrics_count_bytes_channels_errors_and_setup_latency() {
     );
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
 
+    // The Grafana dashboard plots only series the agent serves.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let mut plotted = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("floki_") {
+            assert!(
+                body.contains(word),
+                "the dashboard plots {word}, which is not served"
+            );
+            plotted += 1;
+        }
+    }
+    assert!(plotted >= 6, "{plotted}");
+
     let (line, _) = get(&addr, "/");
     assert!(line.contains("404"), "{line}");
     // The agent keeps serving channels after all that.

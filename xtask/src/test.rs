@@ -87,6 +87,7 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
             .current_dir(workspace_root()))?;
     }
     ensure_nextest()?;
+    ensure_manifest_validator()?;
     build_bins()?;
     eprintln!("xtask: unit and kernel tests");
     run(&mut cargo(&[
@@ -147,6 +148,30 @@ fn kernel_matrix(opts: &Options) -> anyhow::Result<()> {
     }
     let outcomes = crate::kernels::run_matrix(&labels)?;
     crate::kernels::report(&outcomes)
+}
+
+/// The Kubernetes schema validator the manifest tests run (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn ensure_manifest_validator() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output()
+        .is_ok_and(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1.37.0")
+        });
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {KUBERNETES_VALIDATE} (the manifests' schema check)");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        KUBERNETES_VALIDATE,
+    ]))
 }
 
 fn ensure_nextest() -> anyhow::Result<()> {
