@@ -68,7 +68,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     .unwrap();
     let broken = std::env::temp_dir().join(format!("floki-broken-{}.yaml", std::process::id()));
     std::fs::write(&broken, daemonset.replace("hostNetwork:", "hostNetwrok:")).unwrap();
-    let out = validate(VERSIONS[0], &[broken.clone()]);
+    let out = validate(VERSIONS[0], std::slice::from_ref(&broken));
     let _ = std::fs::remove_file(&broken);
     assert!(!out.status.success(), "a misspelt field passed validation");
 }
