@@ -33,6 +33,9 @@ pub struct AgentOptions {
     pub node: Option<String>,
     /// More arguments.
     pub extra: Vec<String>,
+    /// `RUST_LOG` for the agent [default: `FLOKI_TEST_AGENT_LOG`, else
+    /// `info,floki_agent=debug`].
+    pub rust_log: Option<String>,
 }
 
 /// A running agent, killed on drop.
@@ -120,8 +123,10 @@ impl TestAgent {
             // (FLOKI_TEST_AGENT_LOG=warn): a log line is a disk write too.
             .env(
                 "RUST_LOG",
-                std::env::var("FLOKI_TEST_AGENT_LOG")
-                    .unwrap_or_else(|_| "info,floki_agent=debug".into()),
+                opts.rust_log.clone().unwrap_or_else(|| {
+                    std::env::var("FLOKI_TEST_AGENT_LOG")
+                        .unwrap_or_else(|_| "info,floki_agent=debug".into())
+                }),
             )
             .stdout(Stdio::null())
             .stderr(log);

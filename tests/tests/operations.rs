@@ -181,3 +181,58 @@ fn status_shows_what_an_operator_checks_and_watch_refreshes_it() {
     assert!(screens >= 3, "{screens} redraws in 1.5 s:\n{out}");
     assert!(out.contains("datapath: ebpf"), "{out}");
 }
+
+#[test]
+fn logs_are_json_lines_and_carry_the_kernel_programs_events() {
+    let node = TestNode::start(
+        "json-logs",
+        AgentOptions {
+            extra: vec!["--log-format".into(), "json".into()],
+            // The kernel programs log through aya-log under `floki::*`.
+            rust_log: Some("info,floki=debug".into()),
+            ..AgentOptions::default()
+        },
+    );
+    assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+    let recv = spawn(&mut node.probe("recv", "logged", MIB));
+    assert_success(
+        &wait_within(spawn(&mut node.probe("send", "logged", MIB)), LIMIT),
+        "send",
+    );
+    assert_success(&wait_within(recv, LIMIT), "recv");
+    node.agent.wait_finished("logged", LIMIT);
+
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let log = node.agent.log();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+            })
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["level"].is_string() && l["fields"].is_object())
+        );
+        let kernel = lines.iter().find(|l| {
+            l["target"] == "floki::sock_ops"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("socket spliced"))
+        });
+        let finished = lines.iter().any(|l| {
+            l["fields"]["message"] == "channel finished" && l["fields"]["channel"] == "logged"
+        });
+        if kernel.is_some() && finished {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel event or no finished channel in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
