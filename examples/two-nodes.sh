@@ -40,10 +40,13 @@ cleanup() {
 trap cleanup EXIT
 
 # Runs a command on a node: in the example's cgroup, in the node's namespace.
+# It replaces the shell that runs it: call it in the background (`on ... &`,
+# so that $! is the command itself and cleanup can stop it) or in a subshell.
 on() {
     local node=$1
     shift
-    (echo "$BASHPID" >"$cgroup/cgroup.procs" && exec nsenter --net="/var/run/netns/$tag-$node" -- "$@")
+    echo "$BASHPID" >"$cgroup/cgroup.procs"
+    exec nsenter --net="/var/run/netns/$tag-$node" -- "$@"
 }
 
 echo "== two nodes: namespaces $tag-a (10.213.0.1) and $tag-b (10.213.0.2)"
@@ -89,7 +92,7 @@ head -c "$size" /dev/urandom >"$work/input"
 edge=(--workflow hello --edge results --token "$token")
 on b "$bin" recv "${edge[@]}" --as consume --agent "unix:$work/b/floki.sock" -o "$work/output" &
 consumer=$!
-on a "$bin" send "${edge[@]}" --as produce --agent "unix:$work/a/floki.sock" "$work/input"
+(on a "$bin" send "${edge[@]}" --as produce --agent "unix:$work/a/floki.sock" "$work/input")
 wait "$consumer"
 cmp "$work/input" "$work/output"
 echo "== received byte-identical"

@@ -26,4 +26,19 @@ fn the_two_node_example_streams_byte_identical() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("received byte-identical"), "{stdout}");
     assert!(stdout.contains("handed to the consumer"), "{stdout}");
+    // The script stops what it started: no agent of its nodes outlives it.
+    let tag = stdout
+        .split_whitespace()
+        .find_map(|word| {
+            word.strip_suffix("-a")
+                .filter(|w| w.starts_with("floki-ex-"))
+        })
+        .expect("the script names its namespaces");
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains("floki-agent") && cmdline.contains(tag))
+        .collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
 }
