@@ -194,10 +194,12 @@ fn ensure_tools() -> anyhow::Result<()> {
 /// Test binary name -> executable, from cargo's own report.
 fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let out = Command::new("cargo")
+        // The host run's selection, so that cargo reuses its build.
         .args([
             "test",
-            "-p",
-            "floki-tests",
+            "--workspace",
+            "--exclude",
+            "floki-ebpf",
             "--no-run",
             "--message-format=json",
         ])
@@ -215,7 +217,10 @@ fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
         };
         let is_test = message["target"]["kind"]
             .as_array()
-            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"))
+            && message["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("#floki-tests@"));
         if let (true, Some(name), Some(exe)) = (
             is_test,
             message["target"]["name"].as_str(),
