@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -28,10 +28,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::Agent;
-use crate::{
-    protocol::control::Refusal,
-    status::{DatapathMode, Totals},
-};
+use crate::{protocol::control::Refusal, status::Totals};
 
 /// What is recorded as it happens, process-wide (refusals are decided deep
 /// in the session code, which has no agent handle).
@@ -101,70 +98,83 @@ impl Collector for Snapshot {
             ..
         } = totals;
 
-        let bytes = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
+        labelled(
+            &mut encoder,
             "floki_bytes",
             "Channel bytes by transport: splice (kernel-redirected), shm, tcp, and forwarded (producer writes the kernel redirected into a link to another node)",
-            None,
-            bytes.metric_type(),
+            "transport",
+            [
+                ("splice", spliced_bytes),
+                ("shm", shm_bytes),
+                ("tcp", fallback_bytes),
+                ("forwarded", forwarded_bytes),
+            ]
+            .map(|(label, value)| (label, ConstCounter::new(value))),
         )?;
-        for (transport, value) in [
-            ("splice", spliced_bytes),
-            ("shm", shm_bytes),
-            ("tcp", fallback_bytes),
-            ("forwarded", forwarded_bytes),
-        ] {
-            ConstCounter::new(value).encode(family.encode_family(&[("transport", transport)])?)?;
-        }
-
-        let active = ConstGauge::new(active_channels as i64);
-        active.encode(encoder.encode_descriptor(
+        single(
+            &mut encoder,
             "floki_channels_active",
             "Channels paired and not finished",
-            None,
-            active.metric_type(),
-        )?)?;
-
-        let mut family = encoder.encode_descriptor(
+            ConstGauge::new(active_channels as i64),
+        )?;
+        labelled(
+            &mut encoder,
             "floki_channels_finished",
             "Channels finished, by outcome",
-            None,
-            bytes.metric_type(),
+            "outcome",
+            [("done", done_channels), ("failed", failed_channels)]
+                .map(|(label, value)| (label, ConstCounter::new(value))),
         )?;
-        for (outcome, value) in [("done", done_channels), ("failed", failed_channels)] {
-            ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
-        }
-
-        let (datapath, _) = agent.datapath.status();
-        let mut family = encoder.encode_descriptor(
+        let ebpf = agent.datapath.is_ebpf();
+        labelled(
+            &mut encoder,
             "floki_datapath_mode",
             "1 for the datapath mode in use (ebpf or fallback)",
-            None,
-            active.metric_type(),
+            "mode",
+            [("ebpf", ebpf), ("fallback", !ebpf)]
+                .map(|(label, on)| (label, ConstGauge::new(i64::from(on)))),
         )?;
-        for (mode, on) in [
-            ("ebpf", datapath.mode == DatapathMode::Ebpf),
-            ("fallback", datapath.mode == DatapathMode::Fallback),
-        ] {
-            ConstGauge::new(i64::from(on)).encode(family.encode_family(&[("mode", mode)])?)?;
-        }
-
-        let passed = ConstCounter::new(counters.passed_msgs);
-        passed.encode(encoder.encode_descriptor(
+        single(
+            &mut encoder,
             "floki_kernel_passed_messages",
             "Writes of channel sockets the kernel program let through TCP (peer socket absent)",
-            None,
-            passed.metric_type(),
-        )?)?;
-        let refused = ConstCounter::new(counters.redirect_errors);
-        refused.encode(encoder.encode_descriptor(
+            ConstCounter::new(counters.passed_msgs),
+        )?;
+        single(
+            &mut encoder,
             "floki_kernel_redirect_errors",
             "Redirects the kernel refused",
-            None,
-            refused.metric_type(),
-        )?)?;
-        Ok(())
+            ConstCounter::new(counters.redirect_errors),
+        )
     }
+}
+
+/// One series of a metric without labels.
+fn single<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One series per value of `label`.
+fn labelled<M: EncodeMetric, const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    series: [(&'static str, M); N],
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = series.first() else {
+        return Ok(());
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (value, metric) in &series {
+        metric.encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
 }
 
 /// The registry of one agent's metrics.

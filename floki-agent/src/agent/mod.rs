@@ -165,8 +165,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
     ));
     // Spliced streams a previous agent left in flight (pins adopted): listed
     // until the kernel sees their sockets close.
-    registry.adopt(&datapath.adopted());
-    let reaper = (!datapath.adopted().is_empty()).then(|| {
+    let adopted = datapath.adopted();
+    registry.adopt(&adopted);
+    let reaper = (!adopted.is_empty()).then(|| {
         let registry = registry.clone();
         tokio::spawn(async move {
             while registry.reap_adopted() > 0 {

@@ -704,8 +704,8 @@ impl Registry {
             info!(channel = %name, id = status.id, bytes = status.bytes, "adopted channel closed");
             inner.history.push_front(status);
             inner.history.truncate(self.history_limit);
+            self.changed.notify_waiters();
         }
-        self.changed.notify_waiters();
         inner.live.values().filter(|live| live.adopted).count()
     }
 

@@ -8,16 +8,7 @@ use crate::cli::StatusArgs;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if !args.watch {
-        let status = fetch(&args.admin).await?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&status).context("encoding the status as JSON")?
-            );
-        } else {
-            print!("{}", render(&status));
-        }
-        return Ok(());
+        return show(&fetch(&args.admin).await?, args.json, false);
     }
     if !(args.interval.is_finite() && args.interval >= 0.05) {
         anyhow::bail!("--interval must be at least 0.05 seconds");
@@ -25,20 +16,33 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let interval = std::time::Duration::from_secs_f64(args.interval);
     loop {
         // A stopped agent ends the watch with the reason, like a single call.
-        let status = fetch(&args.admin).await?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&status).context("encoding the status as JSON")?
-            );
-        } else {
-            // Home the cursor and clear the screen, then redraw.
-            print!("\x1b[H\x1b[2J{}", render(&status));
-        }
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
+        show(&fetch(&args.admin).await?, args.json, true)?;
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Prints `status`: pretty JSON once, one JSON line per refresh, or the
+/// text, redrawn in place when `watching`.
+fn show(status: &Status, json: bool, watching: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let encoded = |status| {
+        if watching {
+            serde_json::to_string(status)
+        } else {
+            serde_json::to_string_pretty(status)
+        }
+    };
+    match (json, watching) {
+        (true, _) => println!(
+            "{}",
+            encoded(status).context("encoding the status as JSON")?
+        ),
+        // Home the cursor and clear the screen, then redraw.
+        (false, true) => print!("\x1b[H\x1b[2J{}", render(status)),
+        (false, false) => print!("{}", render(status)),
+    }
+    let _ = std::io::stdout().flush();
+    Ok(())
 }
 
 fn render(status: &Status) -> String {

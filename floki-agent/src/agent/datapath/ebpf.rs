@@ -456,8 +456,9 @@ impl EbpfDatapath {
                 Err(err) => warn!(%err, "unpinning the sock_ops link failed"),
             }
         }
-        clear_stale_pins_quietly(&self.pin_dir);
-        let _ = fs::remove_dir(&self.pin_dir);
+        if let Err(err) = unpin_all(&self.pin_dir) {
+            warn!(pin_dir = %self.pin_dir.display(), %err, "removing the pins failed; `floki-agent cleanup` removes them");
+        }
         if let Some(logger) = self.logger.lock().expect("logger lock").take() {
             logger.abort();
         }
@@ -501,7 +502,7 @@ where
 /// Pins left by an agent that did not stop cleanly. Removing them detaches
 /// its `sock_ops`; sockets it spliced stay spliced until they close.
 fn clear_stale_pins(pin_dir: &Path) {
-    let removed = clear_stale_pins_quietly(pin_dir);
+    let removed = remove_pins(pin_dir).map_or(0, |names| names.len());
     if removed > 0 {
         warn!(
             pin_dir = %pin_dir.display(),
@@ -515,6 +516,14 @@ fn clear_stale_pins(pin_dir: &Path) {
 /// only the pins kept attached (`floki-agent cleanup`); returns the names
 /// removed. The kernel frees the programs once nothing references them.
 pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let removed = remove_pins(pin_dir)?;
+    fs::remove_dir(pin_dir)?;
+    Ok(removed)
+}
+
+/// Removes what `pin_dir` holds (pins are files, the marker a directory);
+/// returns the names, sorted.
+fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
     for entry in fs::read_dir(pin_dir)? {
         let entry = entry?;
@@ -526,22 +535,8 @@ pub fn unpin_all(pin_dir: &Path) -> std::io::Result<Vec<String>> {
         }
         removed.push(entry.file_name().to_string_lossy().into_owned());
     }
-    fs::remove_dir(pin_dir)?;
     removed.sort();
     Ok(removed)
-}
-
-fn clear_stale_pins_quietly(pin_dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(pin_dir) else {
-        return 0;
-    };
-    // Pins are files; the marker is a directory.
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            fs::remove_file(entry.path()).is_ok() || fs::remove_dir(entry.path()).is_ok()
-        })
-        .count()
 }
 
 fn program_statuses(cgroup: &Path, sock_ops_id: u32, sk_msg_id: u32) -> Vec<ProgramStatus> {

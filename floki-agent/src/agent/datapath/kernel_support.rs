@@ -103,9 +103,6 @@ pub fn feature_names() -> impl Iterator<Item = &'static str> {
 /// absent whatever the kernel says: how tests exercise the fallback on a
 /// kernel that has everything.
 pub fn probe(pretend_missing: &[String]) -> KernelStatus {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_else(|err| format!("unknown ({err})"));
     let features = REQUIREMENTS
         .iter()
         .map(|req| {
@@ -130,7 +127,17 @@ pub fn probe(pretend_missing: &[String]) -> KernelStatus {
             }
         })
         .collect();
-    KernelStatus { release, features }
+    KernelStatus {
+        release: release(),
+        features,
+    }
+}
+
+/// The running kernel's release (`uname -r`), nothing probed.
+pub fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|err| format!("unknown ({err})"))
 }
 
 fn run(probe: Probe) -> Result<bool, String> {

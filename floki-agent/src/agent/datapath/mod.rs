@@ -159,11 +159,13 @@ impl Datapath {
     pub fn start(config: &DatapathConfig) -> Self {
         if let Some(reason) = &config.disabled {
             warn!(%reason, "eBPF datapath disabled: channels use plain TCP");
-            let mut kernel = kernel_support::probe(&[]);
-            kernel.features.clear();
+            // Disabled means no BPF at all, probes included.
             return Self::Fallback {
                 reason: reason.clone(),
-                kernel,
+                kernel: KernelStatus {
+                    release: kernel_support::release(),
+                    features: Vec::new(),
+                },
             };
         }
         let kernel = kernel_support::probe(&config.pretend_missing);
