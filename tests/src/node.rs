@@ -101,6 +101,17 @@ impl TestNode {
         }
     }
 
+    /// Streams `bytes` on `channel` through `door` with two probes (the
+    /// receiver started first, checking every byte) and asserts both
+    /// succeeded.
+    pub fn probe_stream(&self, door: Door, channel: &str, bytes: u64) {
+        const LIMIT: Duration = Duration::from_secs(60);
+        let recv = spawn(&mut self.probe_at(door, "recv", channel, bytes));
+        let send = spawn(&mut self.probe_at(door, "send", channel, bytes));
+        assert_success(&wait_within(send, LIMIT), &format!("sender on {channel}"));
+        assert_success(&wait_within(recv, LIMIT), &format!("receiver on {channel}"));
+    }
+
     fn probe_via(&self, agent: &str, verb: &str, channel: &str, bytes: u64) -> Command {
         let mut cmd = Command::new(probe_binary());
         cmd.arg(verb)

@@ -11,7 +11,7 @@ use std::{
 use floki_tests::{
     agent::AgentOptions,
     agent_binary,
-    node::{Door, TestNode, assert_success, spawn, wait_within},
+    node::{Door, TestNode},
 };
 
 const MIB: u64 = 1 << 20;
@@ -65,10 +65,7 @@ fn metrics_count_bytes_channels_errors_and_setup_latency() {
 
     // One spliced and one shm channel, then a client that is not Floki.
     for (door, channel) in [(Door::Tcp, "m-splice"), (Door::Unix, "m-shm")] {
-        let recv = spawn(&mut node.probe_at(door, "recv", channel, 16 * MIB));
-        let send = spawn(&mut node.probe_at(door, "send", channel, 16 * MIB));
-        assert_success(&wait_within(send, LIMIT), "send");
-        assert_success(&wait_within(recv, LIMIT), "recv");
+        node.probe_stream(door, channel, 16 * MIB);
         node.agent.wait_finished(channel, LIMIT);
     }
     let mut stranger = TcpStream::connect(node.agent.addr).unwrap();
@@ -126,12 +123,7 @@ fn metrics_count_bytes_channels_errors_and_setup_latency() {
     let (line, _) = get(&addr, "/");
     assert!(line.contains("404"), "{line}");
     // The agent keeps serving channels after all that.
-    let recv = spawn(&mut node.probe("recv", "m-after", MIB));
-    assert_success(
-        &wait_within(spawn(&mut node.probe("send", "m-after", MIB)), LIMIT),
-        "send after scrapes",
-    );
-    assert_success(&wait_within(recv, LIMIT), "recv after scrapes");
+    node.probe_stream(Door::Tcp, "m-after", MIB);
 }
 
 #[test]
@@ -194,12 +186,7 @@ fn logs_are_json_lines_and_carry_the_kernel_programs_events() {
         },
     );
     assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
-    let recv = spawn(&mut node.probe("recv", "logged", MIB));
-    assert_success(
-        &wait_within(spawn(&mut node.probe("send", "logged", MIB)), LIMIT),
-        "send",
-    );
-    assert_success(&wait_within(recv, LIMIT), "recv");
+    node.probe_stream(Door::Tcp, "logged", MIB);
     node.agent.wait_finished("logged", LIMIT);
 
     let deadline = std::time::Instant::now() + LIMIT;

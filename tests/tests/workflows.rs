@@ -121,6 +121,44 @@ fn wait_edge_ready(node: &ClusterNode, edge: &str) -> Value {
 }
 
 /// The transport a finished stream used, from the status of `node`.
+/// Two nodes and workflow `wf` with edge `e` from `p` on node-a to `q` on
+/// node-b (`buffer`), applied and ready on node-a; returns its token.
+fn edge_across_two_nodes(buffer: &str) -> (Cluster, String) {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let token = cluster
+        .node("node-a")
+        .apply(&edge_spec(buffer).yaml())
+        .expect("apply");
+    wait_edge_ready(cluster.node("node-a"), "e");
+    (cluster, token)
+}
+
+/// Workflow `wf`: edge `e` from `p` on node-a to `q` on node-b.
+fn edge_spec(buffer: &str) -> Spec {
+    Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", buffer)
+}
+
+/// Starts node-b's agent again, waits until both agents have prepared edge
+/// `e` anew, and streams 16 MiB over it.
+fn restart_consumer_agent_and_stream(cluster: &mut Cluster, token: &str) {
+    cluster.node_mut("node-b").restart_agent();
+    cluster.wait_connected();
+    wait_edge_ready(cluster.node("node-a"), "e");
+    wait_edge_ready(cluster.node("node-b"), "e");
+    run_edge(
+        cluster,
+        token,
+        "e",
+        &[("p", "node-a")],
+        &[("q", "node-b")],
+        16 * MIB,
+    );
+}
+
 fn transport(node: &ClusterNode, stream: &str) -> String {
     finished(node, stream)["transport"]
         .as_str()
@@ -256,14 +294,7 @@ fn every_pattern_with_mixed_placement_arrives_identical() {
 
 #[test]
 fn a_killed_peer_fails_its_streams_then_the_edge_recovers() {
-    let mut cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    wait_edge_ready(cluster.node("node-a"), "e");
+    let (mut cluster, token) = edge_across_two_nodes("4MiB");
 
     let rate = (16 * MIB).to_string();
     let recv = probe(
@@ -307,30 +338,12 @@ fn a_killed_peer_fails_its_streams_then_the_edge_recovers() {
     assert!(said.contains("truncated"), "consumer said: {said}");
 
     // Back up: the agents resynchronise and prepare the edge again.
-    cluster.node_mut("node-b").restart_agent();
-    cluster.wait_connected();
-    wait_edge_ready(cluster.node("node-a"), "e");
-    wait_edge_ready(cluster.node("node-b"), "e");
-    run_edge(
-        &cluster,
-        &token,
-        "e",
-        &[("p", "node-a")],
-        &[("q", "node-b")],
-        16 * MIB,
-    );
+    restart_consumer_agent_and_stream(&mut cluster, &token);
 }
 
 #[test]
 fn a_graceful_restart_mid_stream_gives_whole_streams_or_clear_errors() {
-    let mut cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    wait_edge_ready(cluster.node("node-a"), "e");
+    let (mut cluster, token) = edge_across_two_nodes("4MiB");
     // Functions on the agents' TCP ports: the agents relay the stream, so a
     // stopping agent is in its path.
     let stream = |cluster: &Cluster, bytes: u64, rate: u64| {
@@ -386,30 +399,12 @@ fn a_graceful_restart_mid_stream_gives_whole_streams_or_clear_errors() {
         "the producer failed without a word"
     );
 
-    cluster.node_mut("node-b").restart_agent();
-    cluster.wait_connected();
-    wait_edge_ready(cluster.node("node-a"), "e");
-    wait_edge_ready(cluster.node("node-b"), "e");
-    run_edge(
-        &cluster,
-        &token,
-        "e",
-        &[("p", "node-a")],
-        &[("q", "node-b")],
-        16 * MIB,
-    );
+    restart_consumer_agent_and_stream(&mut cluster, &token);
 }
 
 #[test]
 fn a_handed_over_link_carries_the_stream_even_through_agent_crashes() {
-    let mut cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    wait_edge_ready(cluster.node("node-a"), "e");
+    let (mut cluster, token) = edge_across_two_nodes("4MiB");
     wait_edge_ready(cluster.node("node-b"), "e");
 
     // Both functions on their agent's Unix socket: each is handed its end of
@@ -444,7 +439,10 @@ fn a_handed_over_link_carries_the_stream_even_through_agent_crashes() {
     cluster.node_mut("node-a").restart_agent();
     cluster.node_mut("node-b").restart_agent();
     cluster.wait_connected();
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let token = cluster
+        .node("node-a")
+        .apply(&edge_spec("4MiB").yaml())
+        .expect("apply");
     wait_edge_ready(cluster.node("node-a"), "e");
     let recv = local_probe(
         cluster.node("node-b"),
@@ -473,15 +471,8 @@ fn a_handed_over_link_carries_the_stream_even_through_agent_crashes() {
 
 #[test]
 fn a_slow_consumer_across_nodes_keeps_the_agents_small() {
-    let cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
     let buffer = 8 * MIB;
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "8MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    wait_edge_ready(cluster.node("node-a"), "e");
+    let (cluster, token) = edge_across_two_nodes("8MiB");
     let agents: Vec<u32> = cluster.nodes.iter().map(|n| n.agent.pid()).collect();
     let baseline: Vec<u64> = agents.iter().map(|pid| rss_bytes(*pid)).collect();
 
