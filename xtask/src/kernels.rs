@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::toolchain::{apt_install, run, workspace_root};
+use crate::toolchain::{apt_install, find_program, run, workspace_root};
 
 /// One kernel of the matrix.
 pub struct GuestKernel {
@@ -365,7 +365,8 @@ fn build_initramfs(
     fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/tmp:/bin/sh\n")?;
     for tool in TOOLS {
-        let path = which(tool)?;
+        let path = find_program(tool)
+            .with_context(|| format!("{tool} not found (install iproute2 and util-linux)"))?;
         copy_with_libraries(&path, &root)?;
     }
     let target = workspace_root().join("target/debug");
@@ -456,16 +457,6 @@ echo FLOKI-DONE
 poweroff -f
 "#
     )
-}
-
-fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let path = Path::new(dir).join(tool);
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
-    bail!("{tool} not found (install iproute2 and util-linux)")
 }
 
 /// Copies `path` to the same place under `root`, with the libraries it loads.

@@ -43,6 +43,7 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
     }
     toolchain::ensure()?;
     if opts.kernels_only {
+        ensure_test_tools()?;
         build_bins()?;
         return kernel_matrix(opts);
     }
@@ -87,6 +88,7 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
             .current_dir(workspace_root()))?;
     }
     ensure_nextest()?;
+    ensure_test_tools()?;
     ensure_manifest_validator()?;
     build_bins()?;
     eprintln!("xtask: unit and kernel tests");
@@ -172,6 +174,35 @@ fn ensure_manifest_validator() -> anyhow::Result<()> {
         "--root-user-action=ignore",
         KUBERNETES_VALIDATE,
     ]))
+}
+
+/// Programs the kernel tests drive, and the Debian packages that have them:
+/// network namespaces and sockets, CPU pinning, the kernel's own listing of
+/// BPF programs, a DNS server for peer discovery.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("taskset", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("bpftool", "bpftool"),
+    ("dnsmasq", "dnsmasq-base"),
+];
+
+fn ensure_test_tools() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(tool, _)| toolchain::find_program(tool).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} for the kernel tests",
+        missing.join(" ")
+    );
+    toolchain::apt_install(&missing)
 }
 
 fn ensure_nextest() -> anyhow::Result<()> {

@@ -126,6 +126,15 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `program` is installed, looking where Debian puts programs (root's
+/// PATH may lack the sbin directories).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
 /// Runs `cmd`, failing with its command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
