@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use floki_agent::client::{DEFAULT_AGENT, DEFAULT_SOCKET, Transport};
+use floki_client::{DEFAULT_AGENT, DEFAULT_SOCKET, Transport};
 
 /// Floki node agent: kernel-spliced data channels between serverless functions.
 #[derive(Debug, Parser)]

@@ -1,14 +1,14 @@
-//! Floki: an eBPF-accelerated data-forwarding layer for serverless workflows.
+//! Floki's node agent: the daemon behind `floki-agent run` and what the CLI
+//! shares with it. The wire format is `floki-proto`; what functions link is
+//! `floki-client`.
 //!
-//! * [`client`]: the library functions use to send and receive a channel's
-//!   stream (tokio `AsyncWrite` / `AsyncRead`).
-//! * [`agent`]: the node agent behind `floki-agent run`.
-//! * [`protocol`]: the wire format both speak (see docs/PROTOCOL.md).
+//! * [`agent`]: the daemon: the kernel datapath, the channel core, the
+//!   carriers, the sessions that adapt connections to the core, and the
+//!   control plane (workflows, peers, status, metrics).
 //! * [`status`]: what the agent reports on its admin socket.
 //! * [`workflow`]: workflow specs: functions on nodes, edges between them.
+#![deny(missing_docs)]
 
 pub mod agent;
-pub mod client;
-pub mod protocol;
 pub mod status;
 pub mod workflow;

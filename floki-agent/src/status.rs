@@ -13,7 +13,12 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::protocol::control::Transport;
+use floki_proto::control::Transport;
+
+pub use crate::agent::datapath::{
+    AttachedProgram as ProgramStatus,
+    kernel_support::{FeatureSupport as KernelFeature, KernelSupport as KernelStatus},
+};
 
 /// The agent's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,42 +74,6 @@ pub struct DatapathStatus {
     /// The names pinned in `pin_dir` (maps and the `sock_ops` link).
     #[serde(default)]
     pub pins: Vec<String>,
-}
-
-/// The running kernel, as the agent probed it at start.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct KernelStatus {
-    /// `uname -r`.
-    pub release: String,
-    /// Each program type, map type and helper the kernel programs use (empty
-    /// with `--no-ebpf`: nothing is probed).
-    pub features: Vec<KernelFeature>,
-}
-
-/// One feature the kernel programs need.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct KernelFeature {
-    /// Short name (`sk_msg`, `sockhash`, `msg_redirect_hash`, ...).
-    pub name: String,
-    /// What it is, in the kernel's terms.
-    pub what: String,
-    /// Whether the kernel has it (null when the probe itself failed).
-    pub supported: Option<bool>,
-    /// Why the answer is not the kernel's own, if it is not.
-    pub note: Option<String>,
-}
-
-/// One kernel program.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProgramStatus {
-    /// Program name (`floki_sock_ops`, `floki_sk_msg`).
-    pub name: String,
-    /// Program type (`sock_ops`, `sk_msg`).
-    pub kind: String,
-    /// Kernel program id (as `bpftool prog` lists it).
-    pub id: u32,
-    /// Where it is attached.
-    pub attached_to: String,
 }
 
 /// A channel's state.

@@ -57,10 +57,15 @@ pub fn add(counter: *mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
 }
 
-/// Applies `f` to the global counters.
+/// Adds `n` to the global counter at byte `offset` of [`DatapathCounters`]
+/// (`offset_of!`): no reference to the map value is ever made, as other
+/// CPUs and user space update it concurrently.
 #[inline(always)]
-pub fn with_counters(f: impl FnOnce(*mut DatapathCounters)) {
+pub fn count(offset: usize, n: u64) {
     if let Some(counters) = FLOKI_COUNTERS.get_ptr_mut(0) {
-        f(counters);
+        // SAFETY: `offset` is a field offset inside the map's only value,
+        // which stays valid for the whole program run.
+        let counter = unsafe { counters.cast::<u8>().add(offset) }.cast::<u64>();
+        add(counter, n);
     }
 }

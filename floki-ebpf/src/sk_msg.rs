@@ -3,13 +3,16 @@
 //! node, into the send queue of the agents' link), and counts the bytes it
 //! moved.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
     macros::sk_msg,
     programs::SkMsgContext,
 };
+use floki_common::DatapathCounters;
 
-use crate::maps::{FLOKI_CHANNELS, FLOKI_SOCKETS, add, socket_end, with_counters};
+use crate::maps::{FLOKI_CHANNELS, FLOKI_SOCKETS, add, count, socket_end};
 
 #[sk_msg]
 pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
@@ -31,7 +34,7 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
     if unsafe { (*record).cookies[role ^ 1] } == 0 {
         // The peer is not (or no longer) in the map: plain TCP delivers these
         // bytes intact, or reports the peer's absence to the writer.
-        with_counters(|c| add(unsafe { &raw mut (*c).passed_msgs }, 1));
+        count(offset_of!(DatapathCounters, passed_msgs), 1);
         return SK_PASS;
     }
     let size = u64::from(ctx.size());
@@ -47,16 +50,14 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
             add(&raw mut (*record).bytes[role], size);
             add(&raw mut (*record).msgs[role], 1);
         }
-        with_counters(|c| unsafe {
-            if egress {
-                add(&raw mut (*c).forwarded_bytes, size);
-            } else {
-                add(&raw mut (*c).spliced_bytes, size);
-            }
-            add(&raw mut (*c).spliced_msgs, 1);
-        });
+        if egress {
+            count(offset_of!(DatapathCounters, forwarded_bytes), size);
+        } else {
+            count(offset_of!(DatapathCounters, spliced_bytes), size);
+        }
+        count(offset_of!(DatapathCounters, spliced_msgs), 1);
     } else {
-        with_counters(|c| add(unsafe { &raw mut (*c).redirect_errors }, 1));
+        count(offset_of!(DatapathCounters, redirect_errors), 1);
     }
     verdict
 }

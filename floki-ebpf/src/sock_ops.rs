@@ -2,6 +2,8 @@
 //! into the socket map when they reach the established state, and takes them
 //! out of the channel's record when they leave it.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
@@ -13,9 +15,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::debug;
-use floki_common::{EndpointKey, SIDE_ACCEPT, SIDE_CONNECT};
+use floki_common::{DatapathCounters, EndpointKey, SIDE_ACCEPT, SIDE_CONNECT};
 
-use crate::maps::{FLOKI_CHANNELS, FLOKI_ENDPOINTS, FLOKI_SOCKETS, add, socket_end, with_counters};
+use crate::maps::{FLOKI_CHANNELS, FLOKI_ENDPOINTS, FLOKI_SOCKETS, count, socket_end};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -53,7 +55,7 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
         .update(end, &mut *ops, BPF_NOEXIST.into())
         .is_err()
     {
-        with_counters(|c| add(unsafe { &raw mut (*c).insert_errors }, 1));
+        count(offset_of!(DatapathCounters, insert_errors), 1);
         debug!(
             ctx,
             "channel {} role {}: socket map insert refused", end.channel, end.role
@@ -61,7 +63,7 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
         return;
     }
     if socket_end(sk, Some(&mut end)).is_none() {
-        with_counters(|c| add(unsafe { &raw mut (*c).insert_errors }, 1));
+        count(offset_of!(DatapathCounters, insert_errors), 1);
         return;
     }
     // Hear about the socket leaving ESTABLISHED, to clear its presence below.
@@ -72,7 +74,7 @@ fn on_established<const SIDE: u32>(ctx: &SockOpsContext) {
         // SAFETY: `record` points into the map value; role is 0 or 1.
         unsafe { (*record).cookies[(end.role & 1) as usize] = cookie };
     }
-    with_counters(|c| add(unsafe { &raw mut (*c).sockets_inserted }, 1));
+    count(offset_of!(DatapathCounters, sockets_inserted), 1);
     debug!(
         ctx,
         "channel {} role {}: socket spliced", end.channel, end.role

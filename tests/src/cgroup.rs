@@ -38,9 +38,9 @@ impl TestCgroup {
     /// socket the program creates belongs to it).
     pub fn spawn_inside<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         let procs = self.path.join("cgroup.procs");
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: the closure only calls async-signal-safe functions (open,
         // write, close) on a path prepared before fork.
-        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path");
         unsafe {
             cmd.pre_exec(move || {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);

@@ -1,25 +1,26 @@
-//! The node agent: brokers channels between co-located functions and sets
-//! up the kernel splice for each pair. It never carries channel bytes: if it
-//! stops, streams in flight carry on between the two functions' sockets.
+//! The node agent: brokers channels between functions and sets up how
+//! their bytes travel. On one node it is never in the data path: if it
+//! stops, streams in flight carry on between the two functions' sockets (or
+//! their ring).
 //!
-//! Structure (after tokio's mini-redis): [`run`] binds the listeners and runs
-//! the accept loop until a shutdown signal; each control connection is a
-//! [`session`]; [`registry`] pairs ends and tracks channels; [`datapath`]
-//! owns the kernel programs; [`admin`] serves status.
+//! The rooms (after tokio's mini-redis, [`run`] binds the listeners and runs
+//! the accept loop until a shutdown signal):
+//!
+//! * [`channels`]: the channel core: membership, pairing, carriers, history;
+//! * [`transport`]: the choice of carrier and each carrier's set-up;
+//! * [`sessions`]: protocol adapters from a connection to the core;
+//! * [`control`]: the control plane (workflows, apply, peers, links prepared
+//!   for cross-node streams, admin, status, metrics);
+//! * [`datapath`]: the kernel programs (or the fallback);
+//! * [`pipes`]: named pipes for functions that only do file I/O.
 
-mod admin;
-pub mod apply;
-mod crossnode;
+pub mod channels;
+pub mod control;
 pub mod datapath;
-mod metrics;
-pub mod peers;
 mod pipes;
-mod registry;
-mod relay;
-mod session;
-mod transport;
+mod sessions;
+pub mod transport;
 mod unix_socket;
-mod workflows;
 
 use std::{
     net::SocketAddr,
@@ -28,14 +29,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use admin::{Identity, status};
-use crossnode::CrossNode;
+use channels::Channels;
+use control::{
+    admin,
+    links::PreparedLinks,
+    metrics::{self, Metrics},
+    peers::{self, PeerDirectory, Peers, protocol::PeerRequest},
+    status::Identity,
+    workflows::Workflows,
+};
 use datapath::{Datapath, DatapathConfig};
-use peers::{PeerDirectory, Peers, protocol::PeerRequest};
-use registry::Registry;
+use floki_client::error_chain;
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{info, warn};
-use workflows::Workflows;
+use transport::NodeCarriers;
 
 /// Settings of `floki-agent run`.
 #[derive(Clone, Debug)]
@@ -72,35 +79,23 @@ pub struct AgentConfig {
 pub struct Agent {
     /// This node's name.
     pub node: String,
-    /// Channels and their pairing.
-    pub registry: Arc<Registry>,
+    /// The channel core.
+    pub channels: Arc<Channels>,
     /// Applied workflows.
     pub workflows: Arc<Workflows>,
     /// The other agents.
     pub peers: Arc<Peers>,
-    /// Prepared cross-node streams.
-    pub crossnode: Arc<CrossNode>,
+    /// The links prepared for cross-node streams.
+    pub links: Arc<PreparedLinks>,
     /// The kernel programs (or the fallback).
     pub datapath: Arc<Datapath>,
-    /// Default flow-control window.
-    pub default_window: u64,
+    /// Refusals, set-up latencies, failed channels.
+    pub metrics: Arc<Metrics>,
     /// Cookie of the agent's network namespace: the namespace of the data
     /// sockets it opens for clients on its Unix socket.
     pub netns_cookie: Option<u64>,
     /// Refuse channels that belong to no workflow.
     pub workflow_channels_only: bool,
-}
-
-/// An error and its causes, `: `-separated, for logs and answers.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        cause = err.source();
-    }
-    text
 }
 
 /// Why the agent could not run.
@@ -157,36 +152,35 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         None => None,
     };
     let datapath = Arc::new(Datapath::start(&config.datapath));
-    let registry = Arc::new(Registry::new(
-        config.node.clone(),
-        datapath.clone(),
-        config.window,
-        config.history,
-    ));
+    let carriers = Arc::new(NodeCarriers::new(datapath.clone()));
+    let channels = Arc::new(Channels::new(carriers, config.window, config.history));
+    let metrics = Arc::new(Metrics::default());
+    let observer = metrics.clone();
+    channels.subscribe(move |event| observer.observe(event));
     // Spliced streams a previous agent left in flight (pins adopted): listed
     // until the kernel sees their sockets close.
     let adopted = datapath.adopted();
-    registry.adopt(&adopted);
+    channels.adopt(&adopted);
     let reaper = (!adopted.is_empty()).then(|| {
-        let registry = registry.clone();
+        let channels = channels.clone();
         tokio::spawn(async move {
-            while registry.reap_adopted() > 0 {
+            while channels.reap_adopted() > 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     });
     let workflows = Arc::new(Workflows::default());
     let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
-    let crossnode = CrossNode::new(config.node.clone(), peers.clone(), workflows.clone());
+    let links = PreparedLinks::new(config.node.clone(), peers.clone(), workflows.clone());
     let agent = Arc::new(Agent {
         node: config.node.clone(),
-        registry: registry.clone(),
+        channels: channels.clone(),
         workflows: workflows.clone(),
         peers: peers.clone(),
-        crossnode,
+        links,
         datapath: datapath.clone(),
-        default_window: config.window,
-        netns_cookie: crate::client::socket::netns_cookie(&listener).ok(),
+        metrics,
+        netns_cookie: floki_proto::netns::netns_cookie(&listener).ok(),
         workflow_channels_only: config.workflow_channels_only,
     });
     let discovery = config.discovery.clone().map(|(discovery, directory)| {
@@ -219,7 +213,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             config.socket.clone(),
             config.node.clone(),
             workflows.clone(),
-            registry.clone(),
+            channels.clone(),
         ))
     });
     let listen = listener.local_addr().unwrap_or(config.listen);
@@ -251,13 +245,13 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             _ = signals.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
-                    tokio::spawn(session::serve(stream, from, agent.clone()));
+                    tokio::spawn(sessions::serve(stream, from, agent.clone()));
                 }
                 Err(err) => warn!(%err, "accepting a channel connection failed"),
             },
             accepted = local.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(session::serve_unix(stream, agent.clone()));
+                    tokio::spawn(sessions::serve_unix(stream, agent.clone()));
                 }
                 Err(err) => warn!(%err, "accepting a local channel connection failed"),
             },
@@ -268,9 +262,9 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
     drop(listener);
     drop(local);
     let _ = std::fs::remove_file(&config.socket);
-    registry.close();
+    channels.close();
     tokio::select! {
-        left = registry.drain(config.shutdown_grace) => if left > 0 {
+        left = channels.drain(config.shutdown_grace) => if left > 0 {
             warn!(left, grace = ?config.shutdown_grace, "channels still active at the end of the grace period; their ends will report failures if they do not complete");
         },
         _ = signals.recv() => warn!("second signal: stopping now"),

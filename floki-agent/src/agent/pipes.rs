@@ -33,18 +33,17 @@ use std::{
 
 use tracing::{info, warn};
 
+use floki_client::{
+    ClientError, Pattern, Summary,
+    blocking::{Receiver, Sender},
+    workflow::EdgeOptions,
+};
+
 use super::{
-    registry::Registry,
-    workflows::{Applied, Workflows},
+    channels::Channels,
+    control::workflows::{Applied, Workflows},
 };
-use crate::{
-    client::{
-        ClientError, Summary,
-        blocking::{Receiver, Sender},
-        workflow::EdgeOptions,
-    },
-    workflow::{Pattern, Workflow},
-};
+use crate::workflow::Workflow;
 
 /// Bytes moved per read between a FIFO and a channel.
 const CHUNK: usize = 1 << 20;
@@ -159,7 +158,7 @@ pub async fn serve(
     socket: PathBuf,
     node: String,
     workflows: Arc<Workflows>,
-    registry: Arc<Registry>,
+    channels: Arc<Channels>,
 ) {
     let mut changes = workflows.watch();
     let mut running: BTreeMap<(Fifo, String), Bridge> = BTreeMap::new();
@@ -181,8 +180,8 @@ pub async fn serve(
         for key in gone {
             if let Some(bridge) = running.remove(&key) {
                 info!(fifo = %bridge.path.display(), "workflow gone: named pipe removed");
-                // A bridge waiting for its peer hears it from the registry.
-                registry.refuse_waiting(&format!("{}/", key.0.workflow));
+                // A bridge waiting for its peer hears it from the channel core.
+                channels.refuse_waiting(&format!("{}/", key.0.workflow));
                 bridge.stop();
             }
         }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use floki_agent::client::{
+use floki_client::{
     Summary, Transport,
     blocking::{Receiver, Sender},
     workflow::EdgeOptions,

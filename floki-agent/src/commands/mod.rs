@@ -63,7 +63,7 @@ fn human(bytes: u64) -> String {
 fn print_summary(
     verb: &str,
     what: &str,
-    summary: &floki_agent::client::Summary,
+    summary: &floki_client::Summary,
     seconds: f64,
     verified: &str,
 ) {

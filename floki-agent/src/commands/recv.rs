@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use floki_agent::client::{ChannelOptions, Summary, blocking::Receiver, workflow};
+use floki_client::{ChannelOptions, Summary, blocking::Receiver, workflow};
 
 use super::{
     channel::{edge_options, receive_into, receive_to_file},

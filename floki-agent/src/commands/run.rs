@@ -5,12 +5,12 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context as _;
 use floki_agent::agent::{
     self, AgentConfig,
-    datapath::DatapathConfig,
-    peers::{
+    control::peers::{
         PeerDirectory, StaticPeers,
         dns::{DiscoveredPeers, DnsDiscovery},
         parse_peer, parse_peers_file,
     },
+    datapath::DatapathConfig,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},

@@ -8,10 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use floki_agent::{
-    client::{ChannelOptions, blocking::Sender, workflow},
-    workflow::Pattern,
-};
+use floki_client::{ChannelOptions, Pattern, blocking::Sender, workflow};
 
 use super::{
     channel::{edge_options, send_to_all},

@@ -23,6 +23,9 @@ use std::{
     str::FromStr as _,
 };
 
+/// How an edge's producers and consumers exchange data (the wire format
+/// carries it, in an edge's description).
+pub use floki_proto::control::Pattern;
 use serde::{Deserialize, Serialize};
 
 /// The only `apiVersion` this build understands.
@@ -31,34 +34,6 @@ pub const API_VERSION: &str = "floki.dev/v1";
 pub const DEFAULT_BUFFER: u64 = 8 << 20;
 /// Smallest and largest edge buffer.
 pub const BUFFER_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
-
-/// How an edge's producers and consumers exchange data. Every pattern is a
-/// set of point-to-point streams, one per (producer, consumer) pair; the
-/// pattern says what the ends do with them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pattern {
-    /// One producer, one consumer.
-    OneToOne,
-    /// One producer; every consumer gets the whole stream.
-    Broadcast,
-    /// Several producers, one consumer that receives each stream whole and
-    /// knows which producer it came from.
-    Gather,
-    /// Every producer writes partition j to consumer j.
-    Shuffle,
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::OneToOne => "one-to-one",
-            Self::Broadcast => "broadcast",
-            Self::Gather => "gather",
-            Self::Shuffle => "shuffle",
-        })
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -6,12 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use floki_agent::{
-    client::{
-        ChannelOptions, Receiver, Sender, Summary, Transport, blocking,
-        workflow::{self, EdgeOptions},
-    },
-    workflow::Pattern,
+use floki_client::{
+    ChannelOptions, Pattern, Receiver, Sender, Summary, Transport, blocking,
+    workflow::{self, EdgeOptions},
 };
 use floki_tests::Pattern as DataPattern;
 use rand::{Rng as _, SeedableRng as _};
@@ -39,8 +36,11 @@ struct Args {
     workflow: Option<(String, String, String, String)>,
     /// Print `wrote N` on stderr once all bytes are written (before finishing).
     report_written: bool,
-    /// Use the blocking client (which takes shared-memory rings).
+    /// Use the blocking client (the async one otherwise; both take
+    /// shared-memory rings).
     blocking: bool,
+    /// Don't offer to take a ring: a socket client.
+    no_ring: bool,
     /// Insist on a transport.
     transport: Option<Transport>,
 }
@@ -66,6 +66,7 @@ fn parse() -> anyhow::Result<Args> {
         workflow: None,
         report_written: false,
         blocking: false,
+        no_ring: false,
         transport: None,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
@@ -80,6 +81,10 @@ fn parse() -> anyhow::Result<Args> {
         }
         if flag == "--blocking" {
             out.blocking = true;
+            continue;
+        }
+        if flag == "--no-ring" {
+            out.no_ring = true;
             continue;
         }
         let value = args
@@ -116,6 +121,7 @@ fn main() -> anyhow::Result<()> {
     opts.window = args.window;
     opts.data_addr = args.data_addr;
     opts.transport = args.transport;
+    opts.ring = !args.no_ring;
     match (args.verb.as_str(), args.blocking) {
         ("send", true) => return blocking_send(&args, &opts),
         ("recv", true) => return blocking_recv(&args, &opts),

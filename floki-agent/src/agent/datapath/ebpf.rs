@@ -26,7 +26,8 @@ use tokio::{io::unix::AsyncFd, net::TcpStream, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{DatapathConfig, DatapathError, mounts};
-use crate::{protocol::control::Hello, status::ProgramStatus};
+use floki_proto::control::Hello;
+use serde::{Deserialize, Serialize};
 
 /// The kernel object, built by build.rs (aya-build) from `floki-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floki"));
@@ -65,6 +66,19 @@ impl SpliceHandle {
     }
 }
 
+/// One kernel program, attached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachedProgram {
+    /// Program name (`floki_sock_ops`, `floki_sk_msg`).
+    pub name: String,
+    /// Program type (`sock_ops`, `sk_msg`).
+    pub kind: String,
+    /// Kernel program id (as `bpftool prog` lists it).
+    pub id: u32,
+    /// Where it is attached.
+    pub attached_to: String,
+}
+
 /// Floki's programs, loaded and attached.
 pub struct EbpfDatapath {
     endpoints: Mutex<HashMap<MapData, EndpointKey, ChannelEnd>>,
@@ -79,7 +93,7 @@ pub struct EbpfDatapath {
     /// Spliced channels in flight when the agent adopted the pins.
     adopted: Vec<(u32, ChannelRecord)>,
     logger: Mutex<Option<JoinHandle<()>>>,
-    programs: Vec<ProgramStatus>,
+    programs: Vec<AttachedProgram>,
     cgroup: PathBuf,
     pin_dir: PathBuf,
 }
@@ -110,7 +124,7 @@ impl EbpfDatapath {
                     return Ok(datapath);
                 }
                 Err(err) => warn!(
-                    error = %crate::agent::error_chain(&err),
+                    error = %floki_client::error_chain(&err),
                     "cannot adopt the pinned programs; loading them afresh"
                 ),
             }
@@ -289,7 +303,7 @@ impl EbpfDatapath {
     }
 
     /// The programs, for status.
-    pub fn programs(&self) -> &[ProgramStatus] {
+    pub fn programs(&self) -> &[AttachedProgram] {
         &self.programs
     }
 
@@ -539,15 +553,15 @@ fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(removed)
 }
 
-fn program_statuses(cgroup: &Path, sock_ops_id: u32, sk_msg_id: u32) -> Vec<ProgramStatus> {
+fn program_statuses(cgroup: &Path, sock_ops_id: u32, sk_msg_id: u32) -> Vec<AttachedProgram> {
     vec![
-        ProgramStatus {
+        AttachedProgram {
             name: program::SOCK_OPS.into(),
             kind: "sock_ops".into(),
             id: sock_ops_id,
             attached_to: format!("cgroup {}", cgroup.display()),
         },
-        ProgramStatus {
+        AttachedProgram {
             name: program::SK_MSG.into(),
             kind: "sk_msg".into(),
             id: sk_msg_id,

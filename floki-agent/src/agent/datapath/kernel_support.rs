@@ -9,7 +9,30 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
 
-use crate::status::{KernelFeature, KernelStatus};
+use serde::{Deserialize, Serialize};
+
+/// The running kernel, as the agent probed it at start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KernelSupport {
+    /// `uname -r`.
+    pub release: String,
+    /// Each program type, map type and helper the kernel programs use (empty
+    /// with `--no-ebpf`: nothing is probed).
+    pub features: Vec<FeatureSupport>,
+}
+
+/// One feature the kernel programs need.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureSupport {
+    /// Short name (`sk_msg`, `sockhash`, `msg_redirect_hash`, ...).
+    pub name: String,
+    /// What it is, in the kernel's terms.
+    pub what: String,
+    /// Whether the kernel has it (null when the probe itself failed).
+    pub supported: Option<bool>,
+    /// Why the answer is not the kernel's own, if it is not.
+    pub note: Option<String>,
+}
 
 /// How a feature is probed.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +125,7 @@ pub fn feature_names() -> impl Iterator<Item = &'static str> {
 /// Probes every requirement. `pretend_missing` names features to report as
 /// absent whatever the kernel says: how tests exercise the fallback on a
 /// kernel that has everything.
-pub fn probe(pretend_missing: &[String]) -> KernelStatus {
+pub fn probe(pretend_missing: &[String]) -> KernelSupport {
     let features = REQUIREMENTS
         .iter()
         .map(|req| {
@@ -119,7 +142,7 @@ pub fn probe(pretend_missing: &[String]) -> KernelStatus {
                     Err(err) => (None, Some(format!("probe failed: {err}"))),
                 }
             };
-            KernelFeature {
+            FeatureSupport {
                 name: req.name.to_owned(),
                 what: req.what.to_owned(),
                 supported,
@@ -127,7 +150,7 @@ pub fn probe(pretend_missing: &[String]) -> KernelStatus {
             }
         })
         .collect();
-    KernelStatus {
+    KernelSupport {
         release: release(),
         features,
     }
@@ -149,7 +172,7 @@ fn run(probe: Probe) -> Result<bool, String> {
 }
 
 /// Why the kernel cannot run the datapath: every feature it lacks, or `None`.
-pub fn missing_reason(kernel: &KernelStatus) -> Option<String> {
+pub fn missing_reason(kernel: &KernelSupport) -> Option<String> {
     let missing: Vec<String> = kernel
         .features
         .iter()
@@ -171,9 +194,9 @@ mod tests {
 
     #[test]
     fn a_pretended_gap_is_named_in_the_reason() {
-        let kernel = KernelStatus {
+        let kernel = KernelSupport {
             release: "6.1.0".into(),
-            features: vec![KernelFeature {
+            features: vec![FeatureSupport {
                 name: "sk_msg".into(),
                 what: "BPF_PROG_TYPE_SK_MSG programs".into(),
                 supported: Some(false),
@@ -186,9 +209,9 @@ mod tests {
 
     #[test]
     fn unknown_features_are_not_reported_missing() {
-        let kernel = KernelStatus {
+        let kernel = KernelSupport {
             release: "6.1.0".into(),
-            features: vec![KernelFeature {
+            features: vec![FeatureSupport {
                 name: "sk_msg".into(),
                 what: "x".into(),
                 supported: None,

@@ -9,16 +9,14 @@ mod mounts;
 
 use std::{io, net::SocketAddr, path::PathBuf};
 
-pub use ebpf::{EbpfDatapath, SpliceHandle, unpin_all};
+pub use ebpf::{AttachedProgram, EbpfDatapath, SpliceHandle, unpin_all};
 use floki_common::{ChannelRecord, DatapathCounters};
 pub use mounts::cgroup2_root;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::{
-    protocol::control::Hello,
-    status::{DatapathMode, DatapathStatus, KernelStatus, ProgramStatus},
-};
+use floki_proto::control::Hello;
+use kernel_support::KernelSupport;
 
 /// Why the kernel datapath could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +141,13 @@ pub struct DatapathConfig {
 /// The datapath of this node.
 pub enum Datapath {
     /// Kernel programs attached.
-    Ebpf(Box<EbpfDatapath>, KernelStatus),
+    Ebpf(Box<EbpfDatapath>, KernelSupport),
     /// Plain TCP, and why.
     Fallback {
         /// Why eBPF is not in use.
         reason: String,
         /// What the kernel offers.
-        kernel: KernelStatus,
+        kernel: KernelSupport,
     },
 }
 
@@ -162,7 +160,7 @@ impl Datapath {
             // Disabled means no BPF at all, probes included.
             return Self::Fallback {
                 reason: reason.clone(),
-                kernel: KernelStatus {
+                kernel: KernelSupport {
                     release: kernel_support::release(),
                     features: Vec::new(),
                 },
@@ -179,7 +177,7 @@ impl Datapath {
                 Self::Ebpf(Box::new(datapath), kernel)
             }
             Err(err) => {
-                let detail = super::error_chain(&err);
+                let detail = floki_client::error_chain(&err);
                 let reason = format!(
                     "eBPF unavailable ({}); the agent needs CAP_BPF and CAP_NET_ADMIN (privileged) \
                      and a kernel with sockmap, sk_msg and sock_ops",
@@ -192,31 +190,26 @@ impl Datapath {
         }
     }
 
-    /// Datapath and programs, for status.
-    pub fn status(&self) -> (DatapathStatus, Vec<ProgramStatus>) {
+    /// Why eBPF is not in use (fallback mode).
+    pub fn fallback_reason(&self) -> Option<&str> {
         match self {
-            Self::Ebpf(ebpf, kernel) => (
-                DatapathStatus {
-                    mode: DatapathMode::Ebpf,
-                    reason: None,
-                    cgroup: Some(ebpf.cgroup().display().to_string()),
-                    pin_dir: Some(ebpf.pin_dir().display().to_string()),
-                    kernel: kernel.clone(),
-                    pins: ebpf.pins(),
-                },
-                ebpf.programs().to_vec(),
-            ),
-            Self::Fallback { reason, kernel } => (
-                DatapathStatus {
-                    mode: DatapathMode::Fallback,
-                    reason: Some(reason.clone()),
-                    cgroup: None,
-                    pin_dir: None,
-                    kernel: kernel.clone(),
-                    pins: Vec::new(),
-                },
-                Vec::new(),
-            ),
+            Self::Ebpf(..) => None,
+            Self::Fallback { reason, .. } => Some(reason),
+        }
+    }
+
+    /// What the kernel offers the programs, as probed at start.
+    pub fn kernel(&self) -> &KernelSupport {
+        match self {
+            Self::Ebpf(_, kernel) | Self::Fallback { kernel, .. } => kernel,
+        }
+    }
+
+    /// The attached programs' datapath, in `ebpf` mode.
+    pub fn ebpf(&self) -> Option<&EbpfDatapath> {
+        match self {
+            Self::Ebpf(ebpf, _) => Some(ebpf),
+            Self::Fallback { .. } => None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use floki_agent::client::{ChannelOptions, Receiver, Sender, blocking};
+use floki_client::{ChannelOptions, Receiver, Sender, blocking};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -113,9 +113,9 @@ pub struct Stream {
 /// The Floki client library flavour a peer uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Client {
-    /// `floki_agent::client::blocking` (std::io).
+    /// `floki_client::blocking` (std::io).
     Blocking,
-    /// `floki_agent::client` (tokio).
+    /// `floki_client` (tokio).
     Async,
 }
 
@@ -368,7 +368,7 @@ fn recv_options(args: &Stream) -> ChannelOptions {
 fn floki_recv_blocking(args: &Stream) -> anyhow::Result<Measured> {
     use std::io::BufRead as _;
     let mut rx = blocking::Receiver::connect(&recv_options(args))?;
-    let in_place = rx.transport() == floki_agent::client::Transport::Shm;
+    let in_place = rx.transport() == floki_client::Transport::Shm;
     let mut buf = vec![0u8; args.chunk];
     let mut started = None;
     loop {
@@ -458,8 +458,8 @@ fn floki_ping_blocking(args: &PingPong) -> anyhow::Result<Measured> {
     })
 }
 
-fn edge_options(args: &EdgePeer) -> floki_agent::client::workflow::EdgeOptions {
-    floki_agent::client::workflow::EdgeOptions::new(
+fn edge_options(args: &EdgePeer) -> floki_client::workflow::EdgeOptions {
+    floki_client::workflow::EdgeOptions::new(
         &args.addr,
         &args.workflow,
         &args.token,
@@ -471,7 +471,7 @@ fn edge_options(args: &EdgePeer) -> floki_agent::client::workflow::EdgeOptions {
 /// Every stream of a producer gets `bytes`, a chunk to each in turn (a
 /// broadcast writes the same data; the benchmark only measures).
 fn edge_send(args: &EdgePeer) -> anyhow::Result<Measured> {
-    let (_, mut senders) = floki_agent::client::workflow::blocking::senders(&edge_options(args))?;
+    let (_, mut senders) = floki_client::workflow::blocking::senders(&edge_options(args))?;
     let buf = floki_tests::pattern(args.chunk, 7);
     let started = Instant::now();
     let mut sent = 0u64;
@@ -496,7 +496,7 @@ fn edge_send(args: &EdgePeer) -> anyhow::Result<Measured> {
 /// All of a consumer's streams at once; measures from the first byte of any
 /// to the last byte of all.
 fn edge_recv(args: &EdgePeer) -> anyhow::Result<Measured> {
-    let (_, receivers) = floki_agent::client::workflow::blocking::receivers(&edge_options(args))?;
+    let (_, receivers) = floki_client::workflow::blocking::receivers(&edge_options(args))?;
     read_all(
         receivers
             .into_iter()

@@ -360,7 +360,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              separate processes moving in-memory data, pinned to CPUs 0 and 1, every receiver \
              reading 128 KiB at a time. Floki goes through \
              the client library with its framing, flow control and end-to-end XXH3 check: the \
-             blocking client (`floki_agent::client::blocking`, what `floki-agent send/recv` use) \
+             blocking client (`floki_client::blocking`, what `floki-agent send/recv` use) \
              and, for comparison, the tokio client; plain TCP is raw, blocking. Round trips are \
              {} ping-pongs of 64 bytes, ping and pong pinned as stated. `splice / TCP` compares \
              the blocking Floki client with blocking TCP. `Floki shm` is the same blocking client \

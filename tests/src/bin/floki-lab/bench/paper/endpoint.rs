@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use floki_agent::client::workflow::{self, EdgeOptions};
+use floki_client::workflow::{self, EdgeOptions};
 use futures::StreamExt as _;
 use object_store::{
     ObjectStore as _, PutPayload, WriteMultipart, aws::AmazonS3Builder, path::Path as ObjectPath,

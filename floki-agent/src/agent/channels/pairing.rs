@@ -1,0 +1,142 @@
+//! Joining a channel: who joins ([`JoinRequest`]), what they get back
+//! ([`Joined`]), and what the core needs from the node to pair two local
+//! ends ([`Carriers`]).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
+};
+
+use floki_common::ChannelRecord;
+use floki_proto::{
+    KEY_LEN,
+    control::{Hello, Role, Transport},
+};
+use rand::RngCore as _;
+use tokio::sync::oneshot;
+
+use super::{Carrier, Membership, Refused};
+use crate::agent::datapath::SpliceHandle;
+
+/// An end that asks to join a channel.
+pub struct JoinRequest {
+    /// The channel's name (a workflow stream's is derived from the stream).
+    pub name: String,
+    /// Which end.
+    pub role: Role,
+    /// What kind of end it is.
+    pub end: EndKind,
+    /// The channel's window, when it is not the receiver's to choose (a
+    /// workflow edge's buffer).
+    pub window: Option<u64>,
+}
+
+/// The kinds of ends.
+pub enum EndKind {
+    /// A function on this node whose peer is on this node too: the two are
+    /// paired, and a carrier is set up between them.
+    Local(LocalEnd),
+    /// A function on this node whose peer is on another node: the carrier
+    /// is the agents' link ([`Carrier::LinkHanded`] or
+    /// [`Carrier::LinkRelayed`]).
+    Remote(Carrier),
+}
+
+/// A function on this node, as it introduced itself.
+pub struct LocalEnd {
+    /// Its hello (as the agent completed it for clients on its Unix socket).
+    pub hello: Hello,
+    /// The agent's address as this end reaches it: where a sender connects
+    /// when the receiver's listener is the agent's own, bound to every
+    /// address.
+    pub reach: IpAddr,
+}
+
+/// A member of a channel, and how it learns its part.
+pub struct Joined {
+    /// The end's membership: dropping it leaves the channel.
+    pub membership: Membership,
+    /// When and how the end is paired.
+    pub pairing: Pairing,
+}
+
+/// When a joining end learns its part.
+pub enum Pairing {
+    /// Its peer was waiting: here is its part.
+    Now(Paired),
+    /// Wait for the peer (or a refusal, if the agent stops or the two ends
+    /// cannot agree on a transport).
+    Later(oneshot::Receiver<Result<Paired, Refused>>),
+    /// The peer is on another node: the link is the end's to take.
+    Elsewhere,
+}
+
+/// An end's part in a paired channel.
+pub struct Paired {
+    /// The carrier's transport.
+    pub transport: Transport,
+    /// Senders on sockets: where to connect.
+    pub connect_to: Option<SocketAddr>,
+    /// Pairing key: the sender presents it on the data connection.
+    pub key: [u8; KEY_LEN],
+    /// Flow-control window.
+    pub window: u64,
+    /// `shm`: the ring's memory file and this end's socket beside it.
+    pub ring: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// A same-node carrier, set up.
+pub struct SetUp {
+    /// The carrier.
+    pub carrier: Carrier,
+    /// Why this one, for status.
+    pub reason: String,
+    /// Senders on sockets: where to connect.
+    pub connect_to: Option<SocketAddr>,
+    /// `shm`: each end's ring descriptors (sender's, receiver's).
+    pub rings: Option<[(OwnedFd, OwnedFd); 2]>,
+}
+
+impl SetUp {
+    /// Each end's part (sender's, receiver's), under one fresh key.
+    pub(super) fn paired(&mut self, window: u64) -> (Paired, Paired) {
+        let mut key = [0u8; KEY_LEN];
+        rand::rng().fill_bytes(&mut key);
+        let transport = self.carrier.transport();
+        let part = |connect_to, ring| Paired {
+            transport,
+            connect_to,
+            key,
+            window,
+            ring,
+        };
+        match self.rings.take() {
+            Some([sender, receiver]) => (part(None, Some(sender)), part(None, Some(receiver))),
+            None => (part(self.connect_to, None), part(None, None)),
+        }
+    }
+}
+
+/// What the core needs from the node: setting up the carrier of two local
+/// ends when they meet, and the kernel's part of spliced channels. The
+/// agent's is [`crate::agent::transport::NodeCarriers`]; tests bring their
+/// own.
+pub trait Carriers: Send + Sync {
+    /// Sets up the carrier of channel `id` between `sender` and `receiver`
+    /// (both on this node), with a window of `window` bytes; `Err` says why
+    /// the two ends cannot have what they insist on.
+    fn set_up(
+        &self,
+        id: u32,
+        name: &str,
+        sender: &LocalEnd,
+        receiver: &LocalEnd,
+        window: u64,
+    ) -> Result<SetUp, String>;
+
+    /// The kernel's record of a spliced channel.
+    fn record(&self, handle: &SpliceHandle) -> Option<ChannelRecord>;
+
+    /// Forgets a spliced channel in the kernel.
+    fn release(&self, handle: &SpliceHandle);
+}

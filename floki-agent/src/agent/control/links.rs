@@ -1,0 +1,305 @@
+//! The links of cross-node streams, prepared before the functions run.
+//!
+//! The producer's agent keeps, for every stream of an applied workflow that
+//! leaves its node, one connection open to the consumer's agent (opened at
+//! apply, replaced when it breaks or after each use). When the producer
+//! connects, its agent takes that connection, sends one start byte and relays
+//! the producer's data connection over it; the consumer's agent, on the start
+//! byte, relays it to the consumer. No set-up round trip between agents
+//! happens once a function is there.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rand::RngCore as _;
+use tokio::{
+    io::AsyncReadExt as _,
+    net::TcpStream,
+    sync::{Notify, mpsc, oneshot},
+};
+use tracing::{debug, info};
+
+use super::{
+    peers::{
+        Peers,
+        protocol::{PeerAnswer, PeerRequest, START},
+    },
+    workflows::Workflows,
+};
+use floki_proto::{
+    KEY_LEN,
+    control::{decode_key, encode_key, read_message},
+};
+
+use crate::workflow::StreamId;
+
+/// A prepared stream connection and the key of this use of the stream.
+pub struct Prepared {
+    /// Connection between the two agents.
+    pub conn: TcpStream,
+    /// Pairing key both functions get.
+    pub key: [u8; KEY_LEN],
+}
+
+type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
+
+/// The cross-node streams of this agent.
+pub struct PreparedLinks {
+    node: String,
+    peers: Arc<Peers>,
+    workflows: Arc<Workflows>,
+    /// Producer side: one keeper per outgoing stream, reached through this.
+    keepers: Mutex<HashMap<StreamId, Taker>>,
+    /// Producer side: streams whose keeper holds a connection now.
+    spare: Mutex<HashSet<StreamId>>,
+    /// Consumer side: connections opened by the producer's agent, waiting
+    /// for their start byte.
+    pending: Mutex<HashMap<StreamId, usize>>,
+    /// Consumer side: started connections, for the consumer's session.
+    started: Mutex<HashMap<StreamId, Prepared>>,
+    changed: Notify,
+}
+
+impl PreparedLinks {
+    /// The cross-node streams of `node`.
+    pub fn new(node: String, peers: Arc<Peers>, workflows: Arc<Workflows>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            peers,
+            workflows,
+            keepers: Mutex::new(HashMap::new()),
+            spare: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Starts keepers for outgoing streams that have none (after an apply or
+    /// a resynchronisation); keepers of removed streams stop by themselves.
+    pub fn refresh(self: &Arc<Self>) {
+        let outgoing = self.workflows.outgoing_streams(&self.node);
+        let mut keepers = self.keepers.lock().expect("keepers lock");
+        keepers.retain(|stream, taker| {
+            !taker.is_closed() && outgoing.iter().any(|(s, _)| s == stream)
+        });
+        for (stream, peer_node) in outgoing {
+            if keepers.contains_key(&stream) {
+                continue;
+            }
+            let (taker, takes) = mpsc::channel(16);
+            keepers.insert(stream.clone(), taker);
+            tokio::spawn(self.clone().keep(stream, peer_node, takes));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether this node is ready for `stream`: a prepared connection held
+    /// (producer side) or received (consumer side).
+    pub fn ready(&self, stream: &StreamId, producer_side: bool) -> bool {
+        if producer_side {
+            self.spare.lock().expect("spare lock").contains(stream)
+        } else {
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .get(stream)
+                .is_some_and(|n| *n > 0)
+                || self
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .contains_key(stream)
+        }
+    }
+
+    fn applied_outgoing(&self, stream: &StreamId) -> bool {
+        self.workflows
+            .outgoing_streams(&self.node)
+            .iter()
+            .any(|(s, _)| s == stream)
+    }
+
+    /// Producer side: holds a connection for `stream`, hands it to whoever
+    /// asks, and opens the next.
+    async fn keep(
+        self: Arc<Self>,
+        stream: StreamId,
+        peer_node: String,
+        mut takes: mpsc::Receiver<oneshot::Sender<Prepared>>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while self.applied_outgoing(&stream) {
+            let mut prepared = match self.open(&stream, &peer_node).await {
+                Ok(prepared) => {
+                    backoff = Duration::from_millis(100);
+                    prepared
+                }
+                Err(err) => {
+                    debug!(%stream, peer = %peer_node, %err, "stream connection not ready yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.changed.notified() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            self.spare
+                .lock()
+                .expect("spare lock")
+                .insert(stream.clone());
+            self.changed.notify_waiters();
+            // Hold it until someone takes it, it breaks (the peer restarted,
+            // the workflow went away) or the stream is deleted.
+            enum Event {
+                Take(Option<oneshot::Sender<Prepared>>),
+                Broken,
+                Changed,
+            }
+            let mut probe = [0u8; 1];
+            let taken = loop {
+                let event = tokio::select! {
+                    take = takes.recv() => Event::Take(take),
+                    _ = prepared.conn.peek(&mut probe) => Event::Broken,
+                    () = self.changed.notified() => Event::Changed,
+                };
+                match event {
+                    Event::Take(Some(reply)) => match reply.send(prepared) {
+                        Ok(()) => break true,
+                        // The asker gave up: keep it for the next one.
+                        Err(back) => prepared = back,
+                    },
+                    Event::Take(None) => return,
+                    Event::Broken => break false,
+                    Event::Changed if !self.applied_outgoing(&stream) => break false,
+                    Event::Changed => {}
+                }
+            };
+            self.spare.lock().expect("spare lock").remove(&stream);
+            self.changed.notify_waiters();
+            if !taken {
+                debug!(%stream, "prepared stream connection dropped; opening another");
+            }
+        }
+        self.keepers.lock().expect("keepers lock").remove(&stream);
+    }
+
+    /// Opens a stream connection to the consumer's agent.
+    async fn open(&self, stream: &StreamId, peer_node: &str) -> Result<Prepared, String> {
+        let mut key = [0u8; KEY_LEN];
+        rand::rng().fill_bytes(&mut key);
+        let request = PeerRequest::OpenStream {
+            stream: stream.clone(),
+            key: encode_key(&key),
+        };
+        let mut conn = self
+            .peers
+            .connect(peer_node, &request)
+            .await
+            .map_err(|err| err.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(10), read_message(&mut conn)).await {
+            Ok(Ok(Some(PeerAnswer::Ok))) => {
+                info!(%stream, peer = peer_node, "stream prepared");
+                Ok(Prepared { conn, key })
+            }
+            Ok(Ok(Some(PeerAnswer::Error { message }))) => Err(message),
+            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("no answer".into()),
+        }
+    }
+
+    /// Producer side: the prepared connection of `stream`, as soon as there
+    /// is one.
+    pub async fn take(&self, stream: &StreamId) -> Result<Prepared, String> {
+        loop {
+            let taker = self
+                .keepers
+                .lock()
+                .expect("keepers lock")
+                .get(stream)
+                .cloned();
+            let Some(taker) = taker else {
+                return Err(format!("stream {stream} is not prepared on this node"));
+            };
+            let (reply, prepared) = oneshot::channel();
+            if taker.send(reply).await.is_err() {
+                continue;
+            }
+            if let Ok(prepared) = prepared.await {
+                return Ok(prepared);
+            }
+        }
+    }
+
+    /// Consumer side: the producer's agent opened `conn` for `stream`.
+    pub fn accept(
+        self: &Arc<Self>,
+        stream: StreamId,
+        key: &str,
+        mut conn: TcpStream,
+    ) -> Result<(), String> {
+        let applied = self
+            .workflows
+            .get(&stream.workflow)
+            .ok_or_else(|| format!("no workflow {:?} here", stream.workflow))?;
+        let consumer_here = applied.workflow.node_of(&stream.consumer) == Some(self.node.as_str());
+        let known = applied.workflow.streams().any(|(_, s)| s == stream);
+        if !known || !consumer_here {
+            return Err(format!(
+                "stream {stream} does not end on node {}",
+                self.node
+            ));
+        }
+        let key = decode_key(key).ok_or("bad key")?;
+        *self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .entry(stream.clone())
+            .or_default() += 1;
+        self.changed.notify_waiters();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut start = [0u8; 1];
+            let started = matches!(conn.read(&mut start).await, Ok(1) if start[0] == START);
+            if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
+                *n -= 1;
+            }
+            if started {
+                // A newer start replaces a stale one (its producer is gone).
+                this.started
+                    .lock()
+                    .expect("started lock")
+                    .insert(stream, Prepared { conn, key });
+            }
+            this.changed.notify_waiters();
+        });
+        Ok(())
+    }
+
+    /// Consumer side: a started connection of `stream` (its producer is
+    /// there), as soon as there is one.
+    pub async fn started(&self, stream: &StreamId) -> Prepared {
+        loop {
+            let changed = self.changed.notified();
+            if let Some(prepared) = self.started.lock().expect("started lock").remove(stream) {
+                return prepared;
+            }
+            changed.await;
+        }
+    }
+
+    /// Forgets the consumer-side connections of a deleted workflow.
+    pub fn forget(&self, workflow: &str) {
+        self.started
+            .lock()
+            .expect("started lock")
+            .retain(|stream, _| stream.workflow != workflow);
+        self.changed.notify_waiters();
+    }
+}

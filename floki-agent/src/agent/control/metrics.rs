@@ -1,0 +1,268 @@
+//! Prometheus metrics (`floki-agent run --metrics ADDR`, served at
+//! `/metrics`). Totals are read from the channel core and the kernel programs at
+//! each scrape, so they agree with `floki-agent status`; set-up latencies and
+//! errors are recorded as they happen.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use floki_proto::control::Refusal;
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::{
+    agent::{
+        Agent,
+        channels::{ChannelEvent, Phase},
+    },
+    status::Totals,
+};
+
+/// What is recorded as it happens: set-up latencies, refusals and failed
+/// channels. The sessions count refusals; the rest comes from the channel
+/// core's events ([`Metrics::observe`]).
+pub struct Metrics {
+    /// Channel set-up: from the second end's arrival to both ends told
+    /// where their bytes go.
+    setup_seconds: Histogram,
+    /// Refused clients and failed channels, by kind.
+    errors: Family<[(&'static str, String); 1], Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            // 10 µs to ~2.6 s: a splice or ring set-up takes tens of µs, a
+            // cross-node one a round trip.
+            setup_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 10),
+            ),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a refused client.
+    pub fn count_refusal(&self, refusal: Refusal) {
+        let kind = serde_json::to_value(refusal)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        self.errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Records what the channel core tells: set-up latencies, failed
+    /// channels.
+    pub fn observe(&self, event: &ChannelEvent) {
+        match event {
+            ChannelEvent::Paired { set_up, .. } => {
+                self.setup_seconds.observe(set_up.as_secs_f64());
+            }
+            ChannelEvent::Finished(view) if view.phase == Phase::Failed => {
+                self.errors
+                    .get_or_create(&[("kind", "channel_failed".to_owned())])
+                    .inc();
+            }
+            ChannelEvent::Finished(_) => {}
+        }
+    }
+}
+
+/// The metrics read at scrape time from the agent.
+struct Snapshot(Arc<Agent>);
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let agent = &self.0;
+        let totals = super::status::totals(agent);
+        let Totals {
+            spliced_bytes,
+            fallback_bytes,
+            shm_bytes,
+            forwarded_bytes,
+            active_channels,
+            done_channels,
+            failed_channels,
+            ..
+        } = totals;
+
+        labelled(
+            &mut encoder,
+            "floki_bytes",
+            "Channel bytes by transport: splice (kernel-redirected), shm, tcp, and forwarded (producer writes the kernel redirected into a link to another node)",
+            "transport",
+            [
+                ("splice", spliced_bytes),
+                ("shm", shm_bytes),
+                ("tcp", fallback_bytes),
+                ("forwarded", forwarded_bytes),
+            ]
+            .map(|(label, value)| (label, ConstCounter::new(value))),
+        )?;
+        single(
+            &mut encoder,
+            "floki_channels_active",
+            "Channels paired and not finished",
+            ConstGauge::new(active_channels as i64),
+        )?;
+        labelled(
+            &mut encoder,
+            "floki_channels_finished",
+            "Channels finished, by outcome",
+            "outcome",
+            [("done", done_channels), ("failed", failed_channels)]
+                .map(|(label, value)| (label, ConstCounter::new(value))),
+        )?;
+        let ebpf = agent.datapath.is_ebpf();
+        labelled(
+            &mut encoder,
+            "floki_datapath_mode",
+            "1 for the datapath mode in use (ebpf or fallback)",
+            "mode",
+            [("ebpf", ebpf), ("fallback", !ebpf)]
+                .map(|(label, on)| (label, ConstGauge::new(i64::from(on)))),
+        )?;
+        single(
+            &mut encoder,
+            "floki_kernel_passed_messages",
+            "Writes of channel sockets the kernel program let through TCP (peer socket absent)",
+            ConstCounter::new(totals.passed_msgs),
+        )?;
+        single(
+            &mut encoder,
+            "floki_kernel_redirect_errors",
+            "Redirects the kernel refused",
+            ConstCounter::new(totals.redirect_errors),
+        )
+    }
+}
+
+/// One series of a metric without labels.
+fn single<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One series per value of `label`.
+fn labelled<M: EncodeMetric, const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    series: [(&'static str, M); N],
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = series.first() else {
+        return Ok(());
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (value, metric) in &series {
+        metric.encode(family.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+/// The registry of one agent's metrics.
+fn registry(agent: Arc<Agent>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register(
+        "floki_channel_setup_seconds",
+        "Channel set-up latency: from the second end's arrival to both ends told where their bytes go",
+        agent.metrics.setup_seconds.clone(),
+    );
+    registry.register(
+        "floki_errors",
+        "Refused clients (by refusal kind) and failed channels (channel_failed)",
+        agent.metrics.errors.clone(),
+    );
+    registry.register_collector(Box::new(Snapshot(agent)));
+    registry
+}
+
+/// Serves `/metrics` on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
+    let registry = Arc::new(registry(agent));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, "accepting a metrics connection failed");
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(answer(&registry, &request)) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%from, %err, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn answer<B>(registry: &Registry, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status, kind: &'static str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "Floki serves its metrics at /metrics\n".into(),
+        );
+    }
+    let mut text = String::new();
+    match encode(&mut text, registry) {
+        Ok(()) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(err) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the metrics failed: {err}\n"),
+        ),
+    }
+}
+
+/// Binds the metrics address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::agent::AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::agent::AgentError::Metrics { addr, source })
+}

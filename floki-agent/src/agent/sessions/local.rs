@@ -1,0 +1,220 @@
+//! An end whose peer is on this node: it joins the channel core, is
+//! accepted, waits for its peer and is told its part (where to connect, or a
+//! ring), then reports until it hangs up. A client on the Unix socket gets
+//! its data socket from the agent: a receiver the listener (bound in the
+//! agent's namespace, so any sender on the node reaches it), a sender the
+//! connection to its receiver; or, over `shm`, both the ring.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd as _, BorrowedFd},
+    time::Duration,
+};
+
+use floki_proto::{
+    control::{
+        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Refusal, Role, encode_key,
+        write_message,
+    },
+    handoff::send_fds,
+};
+use tokio::{net::TcpStream, time::timeout};
+use tokio_util::either::Either;
+use tracing::warn;
+
+use super::{closed, handshake::refuse_quietly, is_unix, reports};
+use crate::agent::{
+    Agent,
+    channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing},
+};
+
+/// How long the agent waits to connect a Unix-socket sender to its receiver.
+const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves an end of a same-node channel. `window` overrides the
+/// receiver's (a workflow edge's buffer).
+pub async fn serve(
+    mut control: ControlStream,
+    mut hello: Hello,
+    window: Option<u64>,
+    agent: &Agent,
+) {
+    let name = hello.channel.clone();
+    let role = hello.role;
+    let reach = match &control {
+        Either::Left(tcp) => tcp
+            .local_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |addr| addr.ip()),
+        Either::Right(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let listener = match act_for_unix_client(&control, &mut hello, agent) {
+        Ok(listener) => listener,
+        Err(message) => {
+            return refuse_quietly(agent, &mut control, Refusal::Internal, message).await;
+        }
+    };
+    let request = JoinRequest {
+        name: name.clone(),
+        role,
+        end: EndKind::Local(LocalEnd { hello, reach }),
+        window,
+    };
+    let Joined {
+        membership,
+        pairing,
+    } = match agent.channels.join(request) {
+        Ok(joined) => joined,
+        Err((refusal, message)) => {
+            return refuse_quietly(agent, &mut control, refusal, message).await;
+        }
+    };
+    let accepted = AgentMessage::Accepted {
+        channel_id: membership.id(),
+        node: agent.node.clone(),
+        window: Some(window.unwrap_or(agent.channels.default_window())),
+        socket: listener.as_ref().map(|_| Handoff::Listener),
+    };
+    let handed: Vec<BorrowedFd<'_>> = listener.iter().map(|l| l.as_fd()).collect();
+    if !tell(&mut control, &accepted, &handed).await {
+        return;
+    }
+    drop(listener);
+    let paired = match pairing {
+        Pairing::Now(paired) => Ok(paired),
+        Pairing::Later(wait) => tokio::select! {
+            paired = wait => match paired {
+                Ok(paired) => paired,
+                Err(_) => return,
+            },
+            () = closed(&mut control) => return,
+        },
+        Pairing::Elsewhere => unreachable!("a local end pairs on this node"),
+    };
+    match paired {
+        Ok(paired) => {
+            if hand_over(&mut control, &membership, paired, agent, &name).await {
+                reports(control, membership, &name).await;
+            }
+        }
+        Err((error, message)) => {
+            let _ = write_message(&mut control, &AgentMessage::Refused { error, message }).await;
+        }
+    }
+}
+
+/// A client on the Unix socket: the agent acts for it in its own network
+/// namespace (it connects for senders, opens a receiver's listener); the
+/// ring is offered there only.
+fn act_for_unix_client(
+    control: &ControlStream,
+    hello: &mut Hello,
+    agent: &Agent,
+) -> Result<Option<std::net::TcpListener>, String> {
+    hello.shm &= is_unix(control);
+    if !is_unix(control) {
+        return Ok(None);
+    }
+    match hello.role {
+        Role::Send => hello.netns_cookie = agent.netns_cookie,
+        Role::Recv if hello.listen.is_none() => {
+            let bound = bind_any()
+                .map_err(|err| format!("the agent could not open a data listener: {err}"))?;
+            hello.netns_cookie = agent.netns_cookie;
+            hello.listen = bound.local_addr().ok();
+            return Ok(Some(bound));
+        }
+        Role::Recv => {}
+    }
+    Ok(None)
+}
+
+/// Tells the end its part: the `paired` message, with the ring or (for a
+/// sender on the Unix socket) the connection to its receiver. `false` if the
+/// end could not be told.
+async fn hand_over(
+    control: &mut ControlStream,
+    membership: &Membership,
+    paired: Paired,
+    agent: &Agent,
+    name: &str,
+) -> bool {
+    let unix_sender = is_unix(control) && membership.role() == Role::Send;
+    let mut message = paired_message(&paired);
+    let mut data = None;
+    if let Some((memory, peer)) = &paired.ring {
+        set_socket(&mut message, Handoff::Ring);
+        return tell(control, &message, &[memory.as_fd(), peer.as_fd()]).await;
+    }
+    if unix_sender {
+        match connect_for_sender(paired.connect_to).await {
+            Ok(stream) => {
+                set_socket(&mut message, Handoff::Connection);
+                if let AgentMessage::Paired { peer, .. } = &mut message {
+                    *peer = None;
+                }
+                data = Some(stream);
+            }
+            Err(err) => {
+                warn!(channel = %name, %err, "could not connect a local sender to its receiver");
+                let message = format!("the agent could not connect to the receiver: {err}");
+                membership.report(ClientReport::Done {
+                    ok: false,
+                    bytes: 0,
+                    error: Some(message.clone()),
+                });
+                refuse_quietly(agent, control, Refusal::Internal, message).await;
+                return false;
+            }
+        }
+    }
+    let handed: Vec<BorrowedFd<'_>> = data.iter().map(|d| d.as_fd()).collect();
+    tell(control, &message, &handed).await
+}
+
+/// The `paired` message of `paired`.
+fn paired_message(paired: &Paired) -> AgentMessage {
+    AgentMessage::Paired {
+        transport: paired.transport,
+        peer: paired.connect_to,
+        key: encode_key(&paired.key),
+        window: paired.window,
+        socket: None,
+    }
+}
+
+fn set_socket(message: &mut AgentMessage, handoff: Handoff) {
+    if let AgentMessage::Paired { socket, .. } = message {
+        *socket = Some(handoff);
+    }
+}
+
+/// Writes `message` and hands `fds` over after it (Unix socket only);
+/// `false` if the client is gone.
+async fn tell(control: &mut ControlStream, message: &AgentMessage, fds: &[BorrowedFd<'_>]) -> bool {
+    if write_message(control, message).await.is_err() {
+        return false;
+    }
+    match (&*control, fds.is_empty()) {
+        (_, true) => true,
+        (Either::Right(unix), false) => send_fds(unix, fds).await.is_ok(),
+        (Either::Left(_), false) => false,
+    }
+}
+
+/// A listener in the agent's namespace on every address (both families
+/// where the node has IPv6), for a receiver on the Unix socket.
+fn bind_any() -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .or_else(|_| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+}
+
+/// The data connection of a sender on the Unix socket, opened by the agent.
+async fn connect_for_sender(peer: Option<SocketAddr>) -> Result<TcpStream, String> {
+    let peer = peer.ok_or("the receiver has no data address")?;
+    let stream = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(peer))
+        .await
+        .map_err(|_| format!("{peer} did not answer"))?
+        .map_err(|err| format!("connecting to {peer}: {err}"))?;
+    stream.set_nodelay(true).ok();
+    Ok(stream)
+}

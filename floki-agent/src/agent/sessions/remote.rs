@@ -1,0 +1,207 @@
+//! An end whose peer is on another node: the stream's prepared link between
+//! the two agents carries it. A function on the Unix socket is handed that
+//! link; otherwise the agent relays its data connection over it.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use floki_proto::{
+    control::{
+        AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
+        write_message,
+    },
+    handoff::send_socket,
+};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
+use tracing::warn;
+
+use super::{closed, handshake::refuse_quietly, is_unix, reports};
+use crate::agent::{
+    Agent,
+    channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
+    control::{links::Prepared, workflows::Resolved},
+    transport::{self, CarrierKind, Placement, link, relay},
+};
+
+/// Serves the end on this node of a cross-node stream.
+pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved, agent: &Agent) {
+    let role = hello.role;
+    let name = resolved.stream.to_string();
+    let window = resolved.edge.buffer;
+    let placement = Placement::CrossNode {
+        end: &hello,
+        unix: is_unix(&control),
+        peer_node: &resolved.peer_node,
+    };
+    let plan = match transport::plan(placement, agent.datapath.is_ebpf()) {
+        Ok(plan) => plan,
+        Err(message) => {
+            let refusal = Refusal::TransportUnavailable;
+            return refuse_quietly(agent, &mut control, refusal, message).await;
+        }
+    };
+    let relayed = Arc::new(AtomicU64::new(0));
+    let end = LinkEnd {
+        role,
+        peer_node: resolved.peer_node.clone(),
+    };
+    let carrier = match plan.carrier {
+        CarrierKind::LinkHanded => Carrier::LinkHanded(end),
+        _ => Carrier::LinkRelayed {
+            end,
+            relayed: relayed.clone(),
+            splice: None,
+        },
+    };
+    let request = JoinRequest {
+        name: name.clone(),
+        role,
+        end: EndKind::Remote(carrier),
+        window: Some(window),
+    };
+    let membership = match agent.channels.join(request) {
+        Ok(joined) => joined.membership,
+        Err((refusal, message)) => {
+            return refuse_quietly(agent, &mut control, refusal, message).await;
+        }
+    };
+    let accepted = AgentMessage::Accepted {
+        channel_id: membership.id(),
+        node: agent.node.clone(),
+        window: Some(window),
+        socket: None,
+    };
+    if write_message(&mut control, &accepted).await.is_err() {
+        return;
+    }
+    let prepared = match role {
+        // Producer side: the connection this agent keeps to the consumer's.
+        Role::Send => tokio::select! {
+            prepared = agent.links.take(&resolved.stream) => prepared.ok(),
+            () = closed(&mut control) => None,
+        },
+        // Consumer side: a connection the producer's agent started.
+        Role::Recv => tokio::select! {
+            prepared = agent.links.started(&resolved.stream) => Some(prepared),
+            () = closed(&mut control) => None,
+        },
+    };
+    let Some(prepared) = prepared else {
+        return;
+    };
+    let started = match control {
+        Either::Right(mut unix) => match hand_over(&mut unix, role, prepared, window).await {
+            Ok(()) => Ok(Either::Right(unix)),
+            Err(err) => Err(format!("not handed over: {err}")),
+        },
+        Either::Left(tcp) => {
+            let end = RelayedEnd {
+                hello: &hello,
+                name: &name,
+                window,
+                membership: &membership,
+                agent,
+            };
+            end.start(tcp, prepared, relayed).await.map(Either::Left)
+        }
+    };
+    match started {
+        Ok(control) => reports(control, membership, &name).await,
+        Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
+    }
+}
+
+/// Hands the agents' link to the function on the Unix socket: its bytes then
+/// go between the function's socket and the other node's, never through
+/// this agent. The producer's side starts the link first.
+async fn hand_over(
+    unix: &mut UnixStream,
+    role: Role,
+    mut prepared: Prepared,
+    window: u64,
+) -> Result<(), String> {
+    if role == Role::Send {
+        relay::start(&mut prepared.conn)
+            .await
+            .map_err(|e| format!("starting the link: {e}"))?;
+    }
+    let paired = AgentMessage::Paired {
+        transport: Transport::Tcp,
+        peer: None,
+        key: encode_key(&prepared.key),
+        window,
+        socket: Some(Handoff::Connection),
+    };
+    write_message(unix, &paired)
+        .await
+        .map_err(|e| e.to_string())?;
+    send_socket(unix, std::os::fd::AsFd::as_fd(&prepared.conn))
+        .await
+        .map_err(|e| format!("handing the link over: {e}"))
+}
+
+/// A function on the TCP port whose stream the agent relays over the link.
+struct RelayedEnd<'a> {
+    hello: &'a Hello,
+    name: &'a str,
+    window: u64,
+    membership: &'a Membership,
+    agent: &'a Agent,
+}
+
+impl RelayedEnd<'_> {
+    /// The producer connects to a listener of the agent's, the agent to
+    /// the consumer's; then the relay runs. Returns the control connection,
+    /// for the end's reports.
+    async fn start(
+        &self,
+        mut control: TcpStream,
+        mut prepared: Prepared,
+        relayed: Arc<AtomicU64>,
+    ) -> Result<TcpStream, String> {
+        let (agent, id) = (self.agent, self.membership.id());
+        let key = encode_key(&prepared.key);
+        let paired = |peer| AgentMessage::Paired {
+            transport: Transport::Tcp,
+            peer,
+            key: key.clone(),
+            window: self.window,
+            socket: None,
+        };
+        let (producer, consumer) = match self.hello.role {
+            Role::Send => {
+                let ip = control.local_addr().map_err(|e| e.to_string())?.ip();
+                let side = link::producer_side(
+                    &agent.datapath,
+                    id,
+                    self.hello,
+                    ip,
+                    &prepared.conn,
+                    self.window,
+                )
+                .await?;
+                if let Some(handle) = side.splice.clone() {
+                    self.membership.attach_splice(handle);
+                }
+                write_message(&mut control, &paired(Some(side.connect_to)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (side.accept(&mut prepared.conn).await?, prepared.conn)
+            }
+            Role::Recv => {
+                let netns = agent.netns_cookie;
+                let (listen, splice) =
+                    link::consumer_side(&agent.datapath, id, self.name, netns, self.hello)?;
+                if let Some(handle) = splice {
+                    self.membership.attach_splice(handle);
+                }
+                write_message(&mut control, &paired(None))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (prepared.conn, link::connect_consumer(listen).await?)
+            }
+        };
+        link::spawn_relay(self.name.to_owned(), producer, consumer, relayed);
+        Ok(control)
+    }
+}

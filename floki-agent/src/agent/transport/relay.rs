@@ -1,0 +1,148 @@
+//! Joins two TCP connections byte for byte, both ways: the stream's
+//! direction with `splice(2)` through a pipe, so the agent forwards a
+//! cross-node stream without copying it through user space; the reverse
+//! direction (credits and the final ack, a few bytes) through a small buffer.
+//! That direction is read with `recv`: on the consumer's node the kernel
+//! program delivers the consumer's answers into the socket map's queue of the
+//! agent's socket, which `splice(2)` does not see. Memory per relay: one pipe
+//! and one buffer.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use nix::{
+    fcntl::{OFlag, SpliceFFlags, splice},
+    unistd::pipe2,
+};
+use tokio::{
+    io::{AsyncWriteExt as _, Interest},
+    net::TcpStream,
+};
+
+/// Most bytes moved per `splice` call (a pipe's default capacity).
+const CHUNK: usize = 64 * 1024;
+/// Buffer of the reverse direction, which carries only frame headers.
+const COPY_BUFFER: usize = 4096;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes from the first connection to the second.
+    pub forward: u64,
+    /// Bytes from the second to the first.
+    pub backward: u64,
+    /// The first failure, if either direction failed (the other end is then
+    /// closed at once, so that both sides see the break).
+    pub error: Option<io::Error>,
+}
+
+/// Relays `a` and `b` until both directions end. A clean end of one
+/// direction is passed on as a half close; a failure ends both.
+pub async fn relay(a: TcpStream, b: TcpStream, forward: Arc<AtomicU64>) -> Relayed {
+    let a = Arc::new(a);
+    let b = Arc::new(b);
+    let backward = Arc::new(AtomicU64::new(0));
+    let (ab, ba) = tokio::join!(
+        pump(a.clone(), b.clone(), forward.clone()),
+        copy(b.clone(), a.clone(), backward.clone())
+    );
+    // Both connections close when this returns: the far ends see the end
+    // (or, after a failure, an end without the end mark: an error for them).
+    let error = ab.err().or(ba.err());
+    Relayed {
+        forward: forward.load(Ordering::Relaxed),
+        backward: backward.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then half-closes `to`.
+async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -> io::Result<()> {
+    let (pipe_out, pipe_in): (OwnedFd, OwnedFd) =
+        pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        // Socket -> pipe.
+        let filled = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, pipe_in.as_fd(), None, CHUNK, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        if filled == 0 {
+            // End of stream: pass the half close on.
+            shutdown_write(&to);
+            return Ok(());
+        }
+        // Pipe -> socket.
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe_out.as_fd(), None, to.as_fd(), None, left, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => {
+                    left -= n;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// Moves bytes from `from` to `to` through a buffer until `from` ends, then
+/// half-closes `to`.
+async fn copy(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = loop {
+            from.readable().await?;
+            match from.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        };
+        if n == 0 {
+            shutdown_write(&to);
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < n {
+            to.writable().await?;
+            match to.try_write(&buf[written..n]) {
+                Ok(w) => written += w,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Half-closes a socket shared by both directions of a relay: the far end
+/// sees the end of this direction while the other keeps flowing.
+fn shutdown_write(stream: &TcpStream) {
+    let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+}
+
+/// Sends the byte that starts a prepared stream connection.
+pub async fn start(stream: &mut TcpStream) -> io::Result<()> {
+    stream
+        .write_all(&[crate::agent::control::peers::protocol::START])
+        .await
+}

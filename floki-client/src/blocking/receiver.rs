@@ -1,0 +1,264 @@
+//! The blocking receiver: frames over a socket (spliced or TCP), or a
+//! shared-memory ring.
+
+use std::{
+    io::{self, BufRead, Read, Write},
+    net::TcpStream,
+    ops::Range,
+};
+
+use floki_proto::{
+    ring::RingReader,
+    stream::{Inbound, Want},
+};
+
+use super::{background, into_blocking, read_retrying};
+use crate::{
+    ChannelOptions, ClientError, STAGING, StreamError, Summary, Transport,
+    end::{EndState, read_failure},
+    setup::{self, DataPath},
+};
+
+/// The receiving end of a channel, blocking. `read` returns 0 only after the
+/// sender's end mark and checksum were verified; a stream cut short is an
+/// error (kind `UnexpectedEof`, carrying a [`StreamError`]).
+///
+/// It is also a [`BufRead`]: over `shm`, `fill_buf` hands out the bytes in
+/// place in the shared ring (no copy at all); over a socket, from a buffer
+/// of its own.
+pub struct Receiver {
+    end: EndState,
+    path: Path,
+    reported: bool,
+    /// `BufRead` over a socket: what was read and not consumed yet.
+    buffer: Vec<u8>,
+    buffered: Range<usize>,
+}
+
+enum Path {
+    Socket(SocketPath),
+    Ring(RingReader),
+}
+
+/// Frames, credits and the end mark over a socket.
+struct SocketPath {
+    stream: TcpStream,
+    inbound: Inbound,
+    staging: Box<[u8; STAGING]>,
+    staged: Range<usize>,
+}
+
+impl Receiver {
+    /// Opens `opts.channel` as its receiver (waits for the sender).
+    pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        let open = background().block_on(setup::receiver(opts))?;
+        let path = match open.data {
+            DataPath::Socket(stream) => Path::Socket(SocketPath {
+                stream: into_blocking(stream, &open.end.channel)?,
+                inbound: Inbound::new(open.credit),
+                staging: Box::new([0; STAGING]),
+                staged: 0..0,
+            }),
+            DataPath::Ring(memory, peer) => {
+                Path::Ring(RingReader::open(memory, peer).map_err(|source| {
+                    ClientError::Stream {
+                        channel: opts.channel.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        Ok(Self {
+            end: open.end,
+            path,
+            reported: false,
+            buffer: Vec::new(),
+            buffered: 0..0,
+        })
+    }
+
+    /// How the bytes travel.
+    pub fn transport(&self) -> Transport {
+        self.end.transport
+    }
+
+    /// Agent-wide channel id.
+    pub fn channel_id(&self) -> u32 {
+        self.end.channel_id
+    }
+
+    /// After end of stream: what arrived, once the agent has been told.
+    pub fn finish(mut self) -> Result<Summary, ClientError> {
+        let (received, checksum) = self.path.progress();
+        let result = self.end.received(received, checksum, self.reported);
+        background().block_on(self.end.reporter.flushed());
+        result.map_err(|source| self.end.error(source))
+    }
+
+    fn fail(&mut self, err: StreamError) -> io::Error {
+        let received = self.path.progress().0;
+        self.end.fail(err, received).into()
+    }
+
+    /// The verified end of the stream: the agent is told once.
+    fn ended(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            let received = self.path.progress().0;
+            self.end.reporter.finish(received, None);
+            if let Path::Socket(socket) = &self.path {
+                let _ = socket.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+}
+
+impl Path {
+    /// Stream bytes read and their checksum.
+    fn progress(&self) -> (u64, u64) {
+        match self {
+            Self::Socket(socket) => (socket.inbound.received(), socket.inbound.checksum()),
+            Self::Ring(ring) => (ring.received(), ring.checksum()),
+        }
+    }
+}
+
+impl SocketPath {
+    /// Writes what the stream owes the sender. A failure here means the
+    /// sender is gone; reading will say how the stream ended.
+    fn flush_out(&mut self) {
+        let out = self.inbound.outgoing();
+        if !out.is_empty() {
+            let n = out.len();
+            if self.stream.write_all(out).is_ok() {
+                self.inbound.wrote_out(n);
+            }
+        }
+    }
+
+    /// The outcome of a socket read: bytes, or the stream's error (EOF
+    /// before the end mark is a truncation).
+    fn read_outcome(&self, read: io::Result<usize>) -> Result<usize, StreamError> {
+        match read {
+            Ok(0) => Err(self.inbound.eof()),
+            Ok(n) => Ok(n),
+            Err(err) => Err(read_failure(self.inbound.received(), &err)),
+        }
+    }
+
+    /// Reads into `buf`: `Ok(None)` at the verified end of the stream.
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, StreamError> {
+        loop {
+            self.flush_out();
+            match self.inbound.want() {
+                Want::Finished => return Ok(None),
+                Want::Payload(left) => {
+                    if buf.is_empty() {
+                        return Ok(Some(0));
+                    }
+                    let limit = buf.len().min(left);
+                    let n = if self.staged.is_empty() {
+                        let read = read_retrying(&mut self.stream, &mut buf[..limit]);
+                        self.read_outcome(read)?
+                    } else {
+                        let n = self.staged.len().min(limit);
+                        let start = self.staged.start;
+                        buf[..n].copy_from_slice(&self.staging[start..start + n]);
+                        self.staged.start += n;
+                        n
+                    };
+                    self.inbound.payload(&buf[..n]);
+                    return Ok(Some(n));
+                }
+                Want::Framing => {
+                    if self.staged.is_empty() {
+                        let read = read_retrying(&mut self.stream, &mut self.staging[..]);
+                        self.staged = 0..self.read_outcome(read)?;
+                    }
+                    match self.inbound.frame_bytes(&self.staging[self.staged.clone()]) {
+                        Ok(n) => self.staged.start += n,
+                        Err(err) => {
+                            self.flush_out();
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl BufRead for Receiver {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Path::Ring(_) = self.path {
+            self.end.check()?;
+            let filled = match &mut self.path {
+                Path::Ring(ring) => ring.fill().map(|data| (data.as_ptr(), data.len())),
+                Path::Socket(_) => unreachable!("matched above"),
+            };
+            return match filled {
+                Ok((_, 0)) => {
+                    self.ended();
+                    Ok(&[])
+                }
+                // SAFETY: published bytes in the ring, which lives as long as
+                // `self`; the sender does not reuse them until `consume`.
+                Ok((at, len)) => Ok(unsafe { std::slice::from_raw_parts(at, len) }),
+                Err(err) => Err(self.fail(err)),
+            };
+        }
+        if self.buffered.is_empty() {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            buffer.resize(STAGING, 0);
+            let n = self.read(&mut buffer);
+            self.buffer = buffer;
+            self.buffered = 0..n?;
+        }
+        Ok(&self.buffer[self.buffered.clone()])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        match &mut self.path {
+            Path::Ring(ring) => {
+                ring.consume_len(amt);
+                let received = ring.received();
+                self.end.reporter.progress(received);
+            }
+            Path::Socket(_) => {
+                self.buffered.start = (self.buffered.start + amt).min(self.buffered.end);
+            }
+        }
+    }
+}
+
+impl Read for Receiver {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bytes `fill_buf` buffered come first.
+        if !self.buffered.is_empty() {
+            let n = self.buffered.len().min(buf.len());
+            let start = self.buffered.start;
+            buf[..n].copy_from_slice(&self.buffer[start..start + n]);
+            self.buffered.start += n;
+            return Ok(n);
+        }
+        self.end.check()?;
+        let read = match &mut self.path {
+            Path::Socket(socket) => socket.read(buf),
+            Path::Ring(ring) => ring
+                .read(buf)
+                .map(|n| (n > 0 || buf.is_empty()).then_some(n)),
+        };
+        match read {
+            Ok(Some(n)) => {
+                let received = self.path.progress().0;
+                self.end.reporter.progress(received);
+                Ok(n)
+            }
+            Ok(None) => {
+                self.ended();
+                Ok(0)
+            }
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The blocking sender: frames over a socket (spliced or TCP), or a
+//! shared-memory ring.
+
+use std::{
+    io::{self, IoSlice, Write},
+    net::TcpStream,
+};
+
+use floki_proto::{
+    frame::{FrameKind, HEADER_LEN, control_frame},
+    ring::RingWriter,
+    stream::Outbound,
+};
+
+use super::{background, into_blocking, read_retrying};
+use crate::{
+    ChannelOptions, ClientError, StreamError, Summary, Transport,
+    checksum_beside::Beside,
+    end::{EndState, write_failure},
+    setup::{
+        self, DataPath, Established,
+        opening::{Opening, Pending},
+    },
+};
+
+/// Writes at least this large get their checksum computed beside the write.
+const HASH_BESIDE_ABOVE: usize = 256 * 1024;
+
+/// The sending end of a channel, blocking. Write the stream, then call
+/// [`Sender::finish`]. [`Sender::open`] returns once the agent accepted the
+/// channel; until the receiver is there, writes fill a buffer of the
+/// channel's window and then wait. Small writes are gathered like a
+/// `BufWriter`'s. On the agent's Unix socket, with its receiver there too,
+/// the stream goes through a ring in shared memory (`shm`).
+pub struct Sender {
+    channel: String,
+    channel_id: u32,
+    opening: Opening<Open>,
+    pending: Pending,
+}
+
+struct Open {
+    end: EndState,
+    path: Path,
+}
+
+/// Where the bytes go.
+enum Path {
+    Socket(SocketOut),
+    Ring(RingWriter),
+}
+
+/// Frames, credits and the end mark over a socket.
+struct SocketOut {
+    stream: TcpStream,
+    outbound: Outbound,
+    /// Computes the checksum of large writes beside them (`None`: inline).
+    beside: Option<Beside>,
+}
+
+impl Sender {
+    /// Opens `opts.channel` as its sender and returns once the agent has
+    /// accepted it; the stream is set up in the background.
+    pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        let accepted = background().block_on(setup::sender_hello(opts))?;
+        let channel_id = accepted.channel_id;
+        let pending = Pending::new(accepted.window.unwrap_or(0));
+        let task_opts = opts.clone();
+        let task = background().spawn(async move { setup::sender(accepted, &task_opts).await });
+        Ok(Self {
+            channel: opts.channel.clone(),
+            channel_id,
+            opening: Opening::Pairing(task),
+            pending,
+        })
+    }
+
+    /// Opens `opts.channel` as its sender and waits until the receiver is
+    /// there and the stream can be written.
+    pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        let mut sender = Self::open(opts)?;
+        sender
+            .open_stream()
+            .map_err(|err| ClientError::stream(&opts.channel, &err, "setting up the stream", 0))?;
+        Ok(sender)
+    }
+
+    /// How the bytes travel (`None` until the stream is set up).
+    pub fn transport(&self) -> Option<Transport> {
+        self.opening.open().map(|open| open.end.transport)
+    }
+
+    /// Agent-wide channel id.
+    pub fn channel_id(&self) -> u32 {
+        self.channel_id
+    }
+
+    /// Stream bytes written so far (buffered ones included).
+    pub fn bytes_sent(&self) -> u64 {
+        let sent = self.opening.open().map_or(0, |open| open.path.sent());
+        sent + self.pending.len() as u64
+    }
+
+    /// Ends the stream: sends the end mark and waits until the receiver has
+    /// verified length and checksum.
+    pub fn finish(mut self) -> Result<Summary, ClientError> {
+        let result = self.flush().and_then(|()| self.open_stream()?.end_stream());
+        let channel = self.channel.clone();
+        match self.opening.open_mut() {
+            Some(open) => {
+                background().block_on(open.end.reporter.flushed());
+                let sent = open.path.sent();
+                result.map_err(|err| {
+                    ClientError::stream(&channel, &err, "finishing the stream", sent)
+                })?;
+                Ok(open.end.summary(sent, open.path.checksum()))
+            }
+            None => Err(ClientError::stream(
+                &channel,
+                &result.expect_err("a stream that never opened cannot finish"),
+                "setting up the stream",
+                0,
+            )),
+        }
+    }
+
+    /// Gives up on the stream: the receiver fails with `reason`.
+    pub fn abort(mut self, reason: &str) {
+        self.opening.cancel();
+        let Some(open) = self.opening.open_mut() else {
+            return;
+        };
+        match &mut open.path {
+            Path::Socket(socket) if !socket.outbound.mid_frame() => {
+                let _ = socket
+                    .stream
+                    .write_all(&control_frame(FrameKind::Abort, reason.as_bytes()));
+            }
+            Path::Socket(_) => {}
+            Path::Ring(ring) => ring.abort(reason),
+        }
+        let sent = open.path.sent();
+        open.end.fail(
+            StreamError::Aborted {
+                bytes: sent,
+                reason: reason.to_owned(),
+            },
+            sent,
+        );
+        background().block_on(open.end.reporter.flushed());
+    }
+
+    /// The established stream, waiting for the set-up if needed.
+    fn open_stream(&mut self) -> io::Result<&mut Open> {
+        self.opening.wait_open(background(), Open::new)
+    }
+}
+
+impl Open {
+    fn new(established: Established) -> Result<Self, ClientError> {
+        let channel = &established.end.channel;
+        let path = match established.data {
+            DataPath::Socket(stream) => Path::Socket(SocketOut {
+                // Over TCP the sender's core also runs the stack (the
+                // receiving side too, on one machine), so it is the one to
+                // unload; spliced, both ends do one copy each and the hash
+                // is cheapest inline, on data still in cache.
+                beside: (established.end.transport == Transport::Tcp)
+                    .then(Beside::start)
+                    .and_then(Result::ok),
+                stream: into_blocking(stream, channel)?,
+                outbound: Outbound::new(established.credit),
+            }),
+            DataPath::Ring(memory, peer) => {
+                Path::Ring(RingWriter::open(memory, peer).map_err(|source| {
+                    ClientError::Stream {
+                        channel: channel.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        Ok(Self {
+            end: established.end,
+            path,
+        })
+    }
+
+    fn end_stream(&mut self) -> io::Result<()> {
+        self.end.check()?;
+        let ended = match &mut self.path {
+            Path::Socket(socket) => socket.end_stream(),
+            Path::Ring(ring) => ring.finish(),
+        };
+        let sent = self.path.sent();
+        match ended {
+            Ok(()) => {
+                self.end.reporter.finish(sent, None);
+                Ok(())
+            }
+            Err(err) => Err(self.end.fail(err, sent).into()),
+        }
+    }
+
+    /// Sends at least one byte of `src` (`src` not empty).
+    fn send(&mut self, src: &[u8]) -> io::Result<usize> {
+        let sent = match &mut self.path {
+            Path::Socket(socket) => socket.send(src),
+            Path::Ring(ring) => ring.write(src),
+        };
+        match sent {
+            Ok(n) => {
+                self.end.reporter.progress(self.path.sent());
+                Ok(n)
+            }
+            Err(err) => Err(self.end.fail(err, self.path.sent()).into()),
+        }
+    }
+
+    /// Whether a frame is partly written (small writes may not be gathered).
+    fn mid_frame(&self) -> bool {
+        match &self.path {
+            Path::Socket(socket) => socket.outbound.mid_frame(),
+            Path::Ring(_) => false,
+        }
+    }
+}
+
+impl Path {
+    fn sent(&self) -> u64 {
+        match self {
+            Self::Socket(socket) => socket.outbound.sent(),
+            Self::Ring(ring) => ring.sent(),
+        }
+    }
+
+    fn checksum(&self) -> u64 {
+        match self {
+            Self::Socket(socket) => socket.outbound.checksum(),
+            Self::Ring(ring) => ring.checksum(),
+        }
+    }
+}
+
+impl SocketOut {
+    fn end_stream(&mut self) -> Result<(), StreamError> {
+        if self.outbound.mid_frame() {
+            return Err(StreamError::Protocol(
+                "the stream was ended in the middle of a write".into(),
+            ));
+        }
+        let mark = self.outbound.end_frame();
+        self.stream
+            .write_all(&mark)
+            .map_err(|err| write_failure("sending the end mark", self.outbound.sent(), &err))?;
+        loop {
+            match self.outbound.acked() {
+                Some(result) => break result?,
+                None => self.read_inbox()?,
+            }
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    }
+
+    fn read_inbox(&mut self) -> Result<(), StreamError> {
+        let mut chunk = [0u8; 512];
+        match read_retrying(&mut self.stream, &mut chunk) {
+            Ok(0) => Err(StreamError::ReceiverGone {
+                bytes: self.outbound.sent(),
+            }),
+            Ok(n) => self.outbound.receive(&chunk[..n]),
+            Err(err) => Err(write_failure(
+                "reading the receiver's credit",
+                self.outbound.sent(),
+                &err,
+            )),
+        }
+    }
+
+    /// Sends at least one byte of `src` (`src` not empty).
+    fn send(&mut self, src: &[u8]) -> Result<usize, StreamError> {
+        loop {
+            let Some(next) = self.outbound.next_write(src.len()) else {
+                self.read_inbox()?;
+                continue;
+            };
+            let mut header = [0u8; HEADER_LEN];
+            let header_len = next.header.len();
+            header[..header_len].copy_from_slice(next.header);
+            let payload = &src[..next.payload];
+            let bufs = [IoSlice::new(&header[..header_len]), IoSlice::new(payload)];
+            // Large writes: the checksum is computed beside the write, on a
+            // helper thread, off the sender's critical path.
+            let (result, ahead) = match &self.beside {
+                Some(beside) if payload.len() >= HASH_BESIDE_ABOVE => {
+                    let stream = &mut self.stream;
+                    beside.run(self.outbound.ahead(), payload, || {
+                        stream.write_vectored(&bufs)
+                    })
+                }
+                _ => (self.stream.write_vectored(&bufs), None),
+            };
+            let n = match result {
+                Ok(0) => {
+                    let err = io::ErrorKind::WriteZero.into();
+                    return Err(write_failure("writing", self.outbound.sent(), &err));
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(write_failure("writing", self.outbound.sent(), &err)),
+            };
+            let written = match ahead {
+                Some(ahead) => self.outbound.wrote_ahead(n, src, ahead),
+                None => self.outbound.wrote(n, src),
+            };
+            if written > 0 {
+                return Ok(written);
+            }
+        }
+    }
+}
+
+impl Write for Sender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.opening.is_pairing() {
+            // The receiver is not there yet: buffer up to the window.
+            let held = self.pending.hold(buf);
+            if held > 0 {
+                return Ok(held);
+            }
+        }
+        let open = self.open_stream()?;
+        open.end.check()?;
+        if !open.mid_frame()
+            && let Some(full) = self.pending.gathers(buf.len())
+        {
+            if full {
+                self.flush()?;
+            }
+            self.pending.gather(buf);
+            return Ok(buf.len());
+        }
+        self.flush()?;
+        self.open_stream()?.send(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.pending.len() > 0 {
+            let open = self.opening.wait_open(background(), Open::new)?;
+            let n = open.send(self.pending.unsent())?;
+            self.pending.sent(n);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! The client's side of the control connection to its agent: hello,
+//! acceptance, pairing, and the sockets an agent hands over on its Unix
+//! socket.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream, UnixStream},
+    time::timeout,
+};
+use tokio_util::either::Either;
+
+use floki_proto::{
+    KEY_LEN, ProtocolError,
+    control::{
+        AgentMessage, ControlStream, Handoff, Hello, Role, Transport, decode_key, read_message,
+        write_message, write_preamble,
+    },
+    handoff::recv_fds,
+    netns::netns_cookie,
+};
+
+use super::{ChannelOptions, ClientError};
+
+/// A channel end the agent has paired.
+pub(crate) struct Pairing {
+    pub control: ControlStream,
+    pub channel_id: u32,
+    pub transport: Transport,
+    pub peer: Option<SocketAddr>,
+    pub key: [u8; KEY_LEN],
+    pub window: u64,
+    /// The data connection, when the agent handed it over.
+    pub handed: Option<TcpStream>,
+    /// The shared-memory ring and this end's socket beside it (`shm`).
+    pub ring: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// Where an agent address points: `host:port`, or `unix:PATH` (a path
+/// starting with `/` also means a Unix socket).
+fn unix_path(agent: &str) -> Option<&Path> {
+    agent
+        .strip_prefix("unix:")
+        .or_else(|| agent.starts_with('/').then_some(agent))
+        .map(Path::new)
+}
+
+/// Connects to the agent.
+pub(crate) async fn connect(opts: &ChannelOptions) -> Result<ControlStream, ClientError> {
+    let unreachable = |source| ClientError::AgentUnreachable {
+        agent: opts.agent.clone(),
+        source,
+    };
+    let connecting = async {
+        match unix_path(&opts.agent) {
+            Some(path) => UnixStream::connect(path).await.map(Either::Right),
+            None => {
+                let control = TcpStream::connect(&opts.agent).await?;
+                control.set_nodelay(true).ok();
+                Ok(Either::Left(control))
+            }
+        }
+    };
+    timeout(opts.connect_timeout, connecting)
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)
+}
+
+/// Whether the agent can hand sockets over on this connection.
+pub(crate) fn is_unix(control: &ControlStream) -> bool {
+    matches!(control, Either::Right(_))
+}
+
+/// Where a receiver's data listener goes by default: the address this
+/// client reaches the agent from (the agent hands Unix-socket clients a
+/// listener instead).
+pub(crate) fn local_ip(control: &ControlStream) -> std::io::Result<Option<std::net::IpAddr>> {
+    match control {
+        Either::Left(tcp) => tcp.local_addr().map(|addr| Some(addr.ip())),
+        Either::Right(_) => Ok(None),
+    }
+}
+
+/// A channel end the agent accepted, not paired yet.
+pub(crate) struct Accepted {
+    pub control: ControlStream,
+    pub channel_id: u32,
+    /// The channel's window: what a sender may buffer before pairing.
+    pub window: Option<u64>,
+    /// Unix-socket receivers: the data listener the agent handed over.
+    pub listener: Option<TcpListener>,
+}
+
+/// Says hello and reads the agent's acceptance.
+pub(crate) async fn hello(
+    mut control: ControlStream,
+    opts: &ChannelOptions,
+    role: Role,
+    listen: Option<SocketAddr>,
+) -> Result<Accepted, ClientError> {
+    let channel = &opts.channel;
+    let protocol = |source: ProtocolError| ClientError::Protocol {
+        channel: channel.clone(),
+        source,
+    };
+    let fd = match &control {
+        Either::Left(tcp) => tcp.as_raw_fd(),
+        Either::Right(unix) => unix.as_raw_fd(),
+    };
+    let hello = Hello {
+        channel: channel.clone(),
+        role,
+        netns_cookie: netns_cookie(&fd).ok(),
+        listen,
+        window: opts.window,
+        stream: opts.stream.clone(),
+        shm: opts.ring && is_unix(&control),
+        transport: opts.transport,
+    };
+    write_preamble(&mut control).await.map_err(protocol)?;
+    write_message(&mut control, &hello)
+        .await
+        .map_err(protocol)?;
+    match read_message(&mut control).await.map_err(protocol)? {
+        Some(AgentMessage::Accepted {
+            channel_id,
+            window,
+            socket,
+            ..
+        }) => {
+            let listener = match socket {
+                Some(Handoff::Listener) => Some(
+                    handed(&control, channel)
+                        .await
+                        .and_then(|fd| listener(fd, channel))?,
+                ),
+                Some(Handoff::Connection | Handoff::Ring) => {
+                    return Err(unexpected_socket(channel));
+                }
+                None => None,
+            };
+            Ok(Accepted {
+                control,
+                channel_id,
+                window,
+                listener,
+            })
+        }
+        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
+            channel: channel.clone(),
+            reason: error,
+            message,
+        }),
+        Some(other) => Err(unexpected(channel, &other)),
+        None => Err(ClientError::AgentClosed {
+            channel: channel.clone(),
+        }),
+    }
+}
+
+/// Waits until the agent pairs an accepted end with its peer (within
+/// `opts.pair_timeout` if set).
+pub(crate) async fn paired(
+    accepted: Accepted,
+    opts: &ChannelOptions,
+    role: Role,
+) -> Result<(Pairing, Option<TcpListener>), ClientError> {
+    let Accepted {
+        mut control,
+        channel_id,
+        listener,
+        ..
+    } = accepted;
+    let channel = &opts.channel;
+    let protocol = |source: ProtocolError| ClientError::Protocol {
+        channel: channel.clone(),
+        source,
+    };
+    let answer = read_message(&mut control);
+    let answer = match opts.pair_timeout {
+        Some(limit) => timeout(limit, answer)
+            .await
+            .map_err(|_| ClientError::PairTimeout {
+                channel: channel.clone(),
+                peer: role.peer(),
+                timeout: limit,
+            })?,
+        None => answer.await,
+    };
+    match answer.map_err(protocol)? {
+        Some(AgentMessage::Paired {
+            transport,
+            peer,
+            key,
+            window,
+            socket,
+        }) => {
+            let (handed, ring) = match socket {
+                Some(Handoff::Connection) => (
+                    Some(
+                        handed(&control, channel)
+                            .await
+                            .and_then(|fd| connection(fd, channel))?,
+                    ),
+                    None,
+                ),
+                Some(Handoff::Ring) => {
+                    let mut fds = handed_fds(&control, channel, 2).await?;
+                    let peer = fds.pop().expect("two descriptors");
+                    let memory = fds.pop().expect("two descriptors");
+                    (None, Some((memory, peer)))
+                }
+                Some(Handoff::Listener) => return Err(unexpected_socket(channel)),
+                None => None.unzip(),
+            };
+            let key = decode_key(&key).ok_or_else(|| {
+                protocol(ProtocolError::BadFrame(format!(
+                    "pairing key {key:?} is not 32 hex digits"
+                )))
+            })?;
+            let pairing = Pairing {
+                control,
+                channel_id,
+                transport,
+                peer,
+                key,
+                window,
+                handed,
+                ring,
+            };
+            Ok((pairing, listener))
+        }
+        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
+            channel: channel.clone(),
+            reason: error,
+            message,
+        }),
+        Some(other) => Err(unexpected(channel, &other)),
+        None => Err(ClientError::AgentClosed {
+            channel: channel.clone(),
+        }),
+    }
+}
+
+/// Receives the socket announced by the last message.
+async fn handed(control: &ControlStream, channel: &str) -> Result<OwnedFd, ClientError> {
+    Ok(handed_fds(control, channel, 1).await?.remove(0))
+}
+
+/// Receives the `count` descriptors announced by the last message.
+async fn handed_fds(
+    control: &ControlStream,
+    channel: &str,
+    count: usize,
+) -> Result<Vec<OwnedFd>, ClientError> {
+    let Either::Right(unix) = control else {
+        return Err(unexpected_socket(channel));
+    };
+    recv_fds(unix, count)
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: channel.to_owned(),
+            context: "receiving what the agent handed over",
+            source,
+        })
+}
+
+fn listener(fd: OwnedFd, channel: &str) -> Result<TcpListener, ClientError> {
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(std))
+        .map_err(|source| ClientError::Io {
+            channel: channel.to_owned(),
+            context: "taking over the data listener the agent handed over",
+            source,
+        })
+}
+
+fn connection(fd: OwnedFd, channel: &str) -> Result<TcpStream, ClientError> {
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(std))
+        .map_err(|source| ClientError::Io {
+            channel: channel.to_owned(),
+            context: "taking over the data connection the agent handed over",
+            source,
+        })
+}
+
+fn unexpected_socket(channel: &str) -> ClientError {
+    ClientError::Protocol {
+        channel: channel.to_owned(),
+        source: ProtocolError::BadFrame("the agent announced a socket this end cannot use".into()),
+    }
+}
+
+fn unexpected(channel: &str, message: &AgentMessage) -> ClientError {
+    ClientError::Protocol {
+        channel: channel.to_owned(),
+        source: ProtocolError::BadFrame(format!("unexpected agent message {message:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_path;
+
+    #[test]
+    fn agent_addresses() {
+        assert_eq!(
+            unix_path("unix:/run/floki/floki.sock"),
+            Some(std::path::Path::new("/run/floki/floki.sock"))
+        );
+        assert_eq!(
+            unix_path("/run/floki/floki.sock"),
+            Some(std::path::Path::new("/run/floki/floki.sock"))
+        );
+        assert_eq!(unix_path("127.0.0.1:7878"), None);
+    }
+}

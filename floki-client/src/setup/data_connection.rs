@@ -1,0 +1,163 @@
+//! The data connection between a sender and its receiver, before the
+//! stream: the receiver's first credit, the sender's pairing key, and the
+//! receiver's check of it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use floki_proto::{
+    KEY_LEN,
+    control::Role,
+    frame::{FrameHeader, FrameKind, HEADER_LEN, control_frame},
+    stream::{Inbound, StreamError},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    time::{Instant, timeout, timeout_at},
+};
+use tracing::warn;
+
+use crate::{ChannelOptions, ClientError};
+
+/// How long a connection to the data listener may take to present its key.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the receiver's first frame: its initial credit.
+pub(super) async fn initial_credit(stream: &mut TcpStream) -> Result<u64, StreamError> {
+    let context = "waiting for the receiver's first credit";
+    let mut header = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|err| StreamError::io(context, 0, &err))?;
+    let header =
+        FrameHeader::decode(header).map_err(|err| StreamError::Protocol(err.to_string()))?;
+    let mut payload = vec![0u8; header.len as usize];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .map_err(|err| StreamError::io(context, 0, &err))?;
+    match header.kind {
+        FrameKind::Credit => Ok(u64::from_be_bytes(payload.try_into().expect("8 bytes"))),
+        FrameKind::Reject => Err(StreamError::Rejected {
+            reason: String::from_utf8_lossy(&payload).into_owned(),
+        }),
+        other => Err(StreamError::Protocol(format!(
+            "expected the receiver's credit, got a {other:?} frame"
+        ))),
+    }
+}
+
+/// Accepts the paired sender's data connection: the first connection that
+/// presents the pairing key. Others are rejected and closed.
+pub(super) async fn accept_sender(
+    listener: &TcpListener,
+    key: &[u8; KEY_LEN],
+    window: u64,
+    opts: &ChannelOptions,
+) -> Result<TcpStream, ClientError> {
+    let deadline = Instant::now() + opts.connect_timeout;
+    loop {
+        let (mut stream, from) = timeout_at(deadline, listener.accept())
+            .await
+            .map_err(|_| ClientError::SenderTimeout {
+                channel: opts.channel.clone(),
+                timeout: opts.connect_timeout,
+            })?
+            .map_err(|source| ClientError::Io {
+                channel: opts.channel.clone(),
+                context: "accepting the sender's data connection",
+                source,
+            })?;
+        stream.set_nodelay(true).ok();
+        // Speak first: accept() returning means this socket is in the socket
+        // map already, and the sender's was inserted when its connect
+        // completed, so from here on every byte either way is spliced.
+        if stream
+            .write_all(&Inbound::initial_credit(window))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        match timeout(HELLO_TIMEOUT, read_hello(&mut stream)).await {
+            Ok(Ok(presented)) if presented == *key => return Ok(stream),
+            Ok(Ok(_)) => reject(stream, from, opts, "wrong pairing key").await,
+            Ok(Err(reason)) => reject(stream, from, opts, &reason).await,
+            Err(_) => reject(stream, from, opts, "no pairing key within 10 s").await,
+        }
+    }
+}
+
+/// Opens a data connection the agent handed over (the link from the
+/// producer's node): speaks first, then checks the key. There is no other
+/// connection to wait for: a wrong key fails the channel.
+pub(super) async fn verify_sender(
+    mut stream: TcpStream,
+    key: &[u8; KEY_LEN],
+    window: u64,
+    opts: &ChannelOptions,
+) -> Result<TcpStream, ClientError> {
+    let failed = |reason: String| ClientError::Stream {
+        channel: opts.channel.clone(),
+        source: StreamError::Rejected { reason },
+    };
+    stream.set_nodelay(true).ok();
+    stream
+        .write_all(&Inbound::initial_credit(window))
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context: "sending the first credit on the handed-over connection",
+            source,
+        })?;
+    // The producer may come much later: wait as long as for a pairing.
+    let presented =
+        match opts.pair_timeout {
+            Some(limit) => timeout(limit, read_hello(&mut stream)).await.map_err(|_| {
+                ClientError::PairTimeout {
+                    channel: opts.channel.clone(),
+                    peer: Role::Send,
+                    timeout: limit,
+                }
+            })?,
+            None => read_hello(&mut stream).await,
+        }
+        .map_err(failed)?;
+    if presented != *key {
+        let _ = stream
+            .write_all(&control_frame(FrameKind::Reject, b"wrong pairing key"))
+            .await;
+        return Err(failed("the sender presented a wrong pairing key".into()));
+    }
+    Ok(stream)
+}
+
+async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
+    let mut header = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| format!("no hello frame: {e}"))?;
+    match FrameHeader::decode(header) {
+        Ok(FrameHeader {
+            kind: FrameKind::Hello,
+            ..
+        }) => {}
+        Ok(other) => return Err(format!("expected a hello frame, got {:?}", other.kind)),
+        Err(err) => return Err(err.to_string()),
+    }
+    let mut key = [0u8; KEY_LEN];
+    stream
+        .read_exact(&mut key)
+        .await
+        .map_err(|e| format!("truncated hello frame: {e}"))?;
+    Ok(key)
+}
+
+async fn reject(mut stream: TcpStream, from: SocketAddr, opts: &ChannelOptions, reason: &str) {
+    warn!(channel = %opts.channel, %from, reason, "rejected a data connection");
+    let _ = stream
+        .write_all(&control_frame(FrameKind::Reject, reason.as_bytes()))
+        .await;
+}

@@ -1,0 +1,220 @@
+//! Setting a channel end up, for both clients: pairing through the agent,
+//! then the data connection between the two ends and the key check (or the
+//! ring the agent made for the two). [`opening`] is the state a sender is in
+//! meanwhile, shared by both clients.
+
+mod data_connection;
+pub(crate) mod opening;
+
+use std::{io, net::SocketAddr, os::fd::OwnedFd};
+
+use floki_proto::{
+    ProtocolError,
+    control::Role,
+    frame::{FrameKind, control_frame},
+};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    time::timeout,
+};
+
+use crate::{
+    ChannelOptions, ClientError,
+    control::{self, Accepted, Pairing},
+    end::EndState,
+    reporter::Reporter,
+};
+
+/// A paired channel end with its data path open.
+pub(crate) struct Established {
+    pub end: EndState,
+    pub data: DataPath,
+    /// Sender: the receiver's initial credit. Receiver: its window.
+    pub credit: u64,
+}
+
+/// Where an established end's bytes go.
+pub(crate) enum DataPath {
+    /// A TCP connection to the other end (spliced or not).
+    Socket(TcpStream),
+    /// A shared-memory ring (its memory file) and this end's socket to the
+    /// other end beside it.
+    Ring(OwnedFd, OwnedFd),
+}
+
+impl Established {
+    /// The end of `pairing`, whose data path is `data`; reports to the
+    /// agent on the control connection from now on.
+    fn new(opts: &ChannelOptions, pairing: Pairing, data: DataPath, credit: u64) -> Self {
+        let reporter = Reporter::spawn(pairing.control);
+        Self {
+            end: EndState::new(
+                opts.channel.clone(),
+                pairing.channel_id,
+                pairing.transport,
+                reporter,
+            ),
+            data,
+            credit,
+        }
+    }
+}
+
+/// Says hello as the sender of `opts.channel`; the agent's acceptance says
+/// how much may be buffered until the stream is established.
+pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, ClientError> {
+    let control = control::connect(opts).await?;
+    control::hello(control, opts, Role::Send, None).await
+}
+
+/// Establishes an accepted sender's stream: pairing, the receiver's first
+/// credit (waited for within the pair timeout: across nodes the receiver may
+/// come later), then the pairing key.
+pub(crate) async fn sender(
+    accepted: Accepted,
+    opts: &ChannelOptions,
+) -> Result<Established, ClientError> {
+    let (mut pairing, _) = control::paired(accepted, opts, Role::Send).await?;
+    if let Some((memory, peer)) = pairing.ring.take() {
+        // The agent made the ring for these two ends: no key to check.
+        return Ok(Established::new(
+            opts,
+            pairing,
+            DataPath::Ring(memory, peer),
+            0,
+        ));
+    }
+    let mut data = match pairing.handed.take() {
+        // The agent connected on our behalf (its Unix socket).
+        Some(data) => data,
+        None => connect_to_receiver(pairing.peer, opts).await?,
+    };
+    data.set_nodelay(true).ok();
+
+    // The receiver speaks first, once both sockets are spliced: only then
+    // may the first byte of ours go out (see docs/PROTOCOL.md).
+    let credit = match opts.pair_timeout {
+        Some(limit) => timeout(limit, data_connection::initial_credit(&mut data))
+            .await
+            .map_err(|_| ClientError::PairTimeout {
+                channel: opts.channel.clone(),
+                peer: Role::Recv,
+                timeout: limit,
+            })?,
+        None => data_connection::initial_credit(&mut data).await,
+    }
+    .map_err(|source| ClientError::Stream {
+        channel: opts.channel.clone(),
+        source,
+    })?;
+    data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context: "sending the pairing key to the receiver",
+            source,
+        })?;
+    Ok(Established::new(
+        opts,
+        pairing,
+        DataPath::Socket(data),
+        credit,
+    ))
+}
+
+/// The sender's data connection to the receiver's listener at `peer`.
+async fn connect_to_receiver(
+    peer: Option<SocketAddr>,
+    opts: &ChannelOptions,
+) -> Result<TcpStream, ClientError> {
+    let addr = peer.ok_or_else(|| ClientError::Protocol {
+        channel: opts.channel.clone(),
+        source: ProtocolError::BadFrame("paired without the receiver's address".into()),
+    })?;
+    let unreachable = |source| ClientError::ReceiverUnreachable {
+        channel: opts.channel.clone(),
+        addr,
+        source,
+    };
+    timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)
+}
+
+/// Opens `opts.channel` as its receiver: binds the data listener (or takes
+/// the one the agent hands over on its Unix socket), pairs, and accepts the
+/// paired sender's connection (or takes the connection the agent hands over:
+/// the link from another node, or a ring).
+pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, ClientError> {
+    let control = control::connect(opts).await?;
+    let own = bind_listener(&control, opts).await?;
+    let listen = match &own {
+        Some(listener) => Some(listener.local_addr().map_err(|source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context: "reading the data listener's address",
+            source,
+        })?),
+        None => None,
+    };
+    let accepted = control::hello(control, opts, Role::Recv, listen).await?;
+    let (mut pairing, handed_listener) = control::paired(accepted, opts, Role::Recv).await?;
+    let window = pairing.window;
+    if let Some((memory, peer)) = pairing.ring.take() {
+        return Ok(Established::new(
+            opts,
+            pairing,
+            DataPath::Ring(memory, peer),
+            window,
+        ));
+    }
+    let data = match (pairing.handed.take(), own.or(handed_listener)) {
+        (Some(link), _) => data_connection::verify_sender(link, &pairing.key, window, opts).await?,
+        (None, Some(listener)) => {
+            data_connection::accept_sender(&listener, &pairing.key, window, opts).await?
+        }
+        (None, None) => {
+            return Err(ClientError::Protocol {
+                channel: opts.channel.clone(),
+                source: ProtocolError::BadFrame(
+                    "paired without a data listener or connection".into(),
+                ),
+            });
+        }
+    };
+    Ok(Established::new(
+        opts,
+        pairing,
+        DataPath::Socket(data),
+        window,
+    ))
+}
+
+/// The receiver's own data listener: on `opts.data_addr`, else on the
+/// address this client reaches the agent from. None on the Unix socket
+/// without a `data_addr`: the agent hands one over.
+async fn bind_listener(
+    control: &floki_proto::control::ControlStream,
+    opts: &ChannelOptions,
+) -> Result<Option<TcpListener>, ClientError> {
+    let io_err = |context, source| ClientError::Io {
+        channel: opts.channel.clone(),
+        context,
+        source,
+    };
+    let bind = match (opts.data_addr, control::is_unix(control)) {
+        (Some(addr), _) => Some(addr),
+        (None, true) => None,
+        (None, false) => control::local_ip(control)
+            .map_err(|e| io_err("reading the control connection's address", e))?
+            .map(|ip| SocketAddr::new(ip, 0)),
+    };
+    match bind {
+        Some(bind) => TcpListener::bind(bind)
+            .await
+            .map(Some)
+            .map_err(|e| io_err("binding the data listener", e)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,175 @@
+//! A sender from `open` until its stream is established, for both clients:
+//! pairing and the data path are set up on a task while the sender's writes
+//! fill a buffer of the channel's window. The async client polls the task,
+//! the blocking one waits for it; everything else is this one state machine.
+
+use std::{
+    future::Future as _,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use tokio::{
+    runtime::Runtime,
+    task::{JoinError, JoinHandle},
+};
+
+use super::Established;
+use crate::{ClientError, StreamError, error_chain};
+
+/// The task that sets a sender's stream up.
+pub(crate) type SetupTask = JoinHandle<Result<Established, ClientError>>;
+
+/// Where a sender's stream is.
+pub(crate) enum Opening<T> {
+    /// Pairing and the data path are being set up.
+    Pairing(SetupTask),
+    /// The stream is established: `T` is the client's open stream.
+    Open(T),
+    /// Setting the stream up failed.
+    Failed(StreamError),
+}
+
+impl<T> Opening<T> {
+    /// The open stream, if it is.
+    pub fn open(&self) -> Option<&T> {
+        match self {
+            Self::Open(open) => Some(open),
+            _ => None,
+        }
+    }
+
+    /// The open stream, if it is.
+    pub fn open_mut(&mut self) -> Option<&mut T> {
+        match self {
+            Self::Open(open) => Some(open),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream is still being set up.
+    pub fn is_pairing(&self) -> bool {
+        matches!(self, Self::Pairing(_))
+    }
+
+    /// Stops setting the stream up.
+    pub fn cancel(&mut self) {
+        if let Self::Pairing(task) = self {
+            task.abort();
+        }
+    }
+
+    /// Drives the set-up to its end (async): `Ready(Ok)` once the stream is
+    /// open, turned into `T` by `start`.
+    pub fn poll_open(
+        &mut self,
+        cx: &mut Context<'_>,
+        start: impl FnOnce(Established) -> Result<T, ClientError>,
+    ) -> Poll<io::Result<&mut T>> {
+        if let Self::Pairing(task) = self {
+            let done = ready!(Pin::new(task).poll(cx));
+            self.settle(done, start);
+        }
+        Poll::Ready(self.outcome())
+    }
+
+    /// Waits for the set-up to end (blocking, on `runtime`).
+    pub fn wait_open(
+        &mut self,
+        runtime: &Runtime,
+        start: impl FnOnce(Established) -> Result<T, ClientError>,
+    ) -> io::Result<&mut T> {
+        if let Self::Pairing(task) = self {
+            let done = runtime.block_on(task);
+            self.settle(done, start);
+        }
+        self.outcome()
+    }
+
+    fn settle(
+        &mut self,
+        done: Result<Result<Established, ClientError>, JoinError>,
+        start: impl FnOnce(Established) -> Result<T, ClientError>,
+    ) {
+        let not_paired = |reason| Self::Failed(StreamError::NotPaired { reason });
+        *self = match done {
+            Ok(Ok(established)) => match start(established) {
+                Ok(open) => Self::Open(open),
+                Err(err) => not_paired(error_chain(&err)),
+            },
+            Ok(Err(err)) => not_paired(error_chain(&err)),
+            Err(err) => not_paired(err.to_string()),
+        };
+    }
+
+    fn outcome(&mut self) -> io::Result<&mut T> {
+        match self {
+            Self::Open(open) => Ok(open),
+            Self::Failed(err) => Err(err.clone().into()),
+            Self::Pairing(_) => unreachable!("settled before"),
+        }
+    }
+}
+
+/// Bytes a sender holds before they go out: written while the stream was
+/// being set up (up to the channel's window), or small writes gathered into
+/// one frame.
+pub(crate) struct Pending {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already sent.
+    sent: usize,
+    /// What may be held while the stream is being set up.
+    while_pairing: usize,
+}
+
+impl Pending {
+    /// A buffer that may hold `while_pairing` bytes before the stream opens.
+    pub fn new(while_pairing: u64) -> Self {
+        Self {
+            buf: Vec::new(),
+            sent: 0,
+            while_pairing: usize::try_from(while_pairing).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Before the stream opens: takes what fits of `data`; 0 when full.
+    pub fn hold(&mut self, data: &[u8]) -> usize {
+        let room = self.while_pairing.saturating_sub(self.buf.len());
+        let take = room.min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        take
+    }
+
+    /// Whether a write of `len` bytes should be gathered with others
+    /// rather than sent as a frame of its own; `Some(true)` if the buffer
+    /// must be sent first to make room.
+    pub fn gathers(&self, len: usize) -> Option<bool> {
+        (len < crate::COALESCE_BELOW)
+            .then(|| self.buf.len() - self.sent + len > crate::COALESCE_CAP)
+    }
+
+    /// Adds a small write.
+    pub fn gather(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// What is still to be sent.
+    pub fn unsent(&self) -> &[u8] {
+        &self.buf[self.sent..]
+    }
+
+    /// `n` more bytes were sent; the buffer is emptied once all were.
+    pub fn sent(&mut self, n: usize) {
+        self.sent += n;
+        if self.sent == self.buf.len() {
+            self.buf.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// Bytes held and not sent.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+}

@@ -1,0 +1,244 @@
+//! Workflow edges, for functions. An edge is a set of point-to-point streams,
+//! one per (producer, consumer) pair: [`describe`] says which peers this
+//! function has on an edge, and [`senders`] / [`receivers`] open one stream
+//! per peer. The pattern is what the function does with them: broadcast
+//! writes every byte to all its senders, shuffle writes partition j to the
+//! j-th, gather reads each producer's stream on its own.
+
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+use floki_proto::{
+    ProtocolError,
+    control::{
+        AgentMessage, ClientRequest, EdgeRef, Pattern, Refusal, Role, read_message, write_message,
+        write_preamble,
+    },
+};
+
+use crate::{ChannelOptions, ClientError, Receiver, Sender, StreamRef, Transport, control};
+
+/// A function's place on an edge of an applied workflow.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    /// The agent's channel address on this function's node.
+    pub agent: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// The token `floki-agent apply` printed.
+    pub token: String,
+    /// Edge name.
+    pub edge: String,
+    /// This function's name.
+    pub function: String,
+    /// Give up if a peer has not come within this time (default: wait).
+    pub pair_timeout: Option<Duration>,
+    /// Insist on a transport (experiments; see [`ChannelOptions::transport`]).
+    pub transport: Option<Transport>,
+}
+
+/// What an edge looks like to one of its functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeInfo {
+    /// The edge's pattern.
+    pub pattern: Pattern,
+    /// Whether this function produces or consumes.
+    pub role: Role,
+    /// The functions at the other end, in spec order.
+    pub peers: Vec<String>,
+    /// Buffer (window) per stream.
+    pub buffer: u64,
+}
+
+impl EdgeOptions {
+    /// This function, `function`, on `edge` of `workflow`.
+    pub fn new(
+        agent: impl Into<String>,
+        workflow: impl Into<String>,
+        token: impl Into<String>,
+        edge: impl Into<String>,
+        function: impl Into<String>,
+    ) -> Self {
+        Self {
+            agent: agent.into(),
+            workflow: workflow.into(),
+            token: token.into(),
+            edge: edge.into(),
+            function: function.into(),
+            pair_timeout: None,
+            transport: None,
+        }
+    }
+
+    /// Channel options for the stream between this function and `peer`.
+    pub fn stream(&self, peer: &str) -> ChannelOptions {
+        let mut opts = ChannelOptions::new(&self.agent, format!("{}/{}", self.workflow, self.edge));
+        opts.pair_timeout = self.pair_timeout;
+        opts.transport = self.transport;
+        opts.stream = Some(StreamRef {
+            workflow: self.workflow.clone(),
+            token: self.token.clone(),
+            edge: self.edge.clone(),
+            function: self.function.clone(),
+            peer: peer.to_owned(),
+        });
+        opts
+    }
+}
+
+/// Asks the agent what the edge looks like to this function.
+pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
+    let channel = format!("{}/{}", opts.workflow, opts.edge);
+    let protocol = |source: ProtocolError| ClientError::Protocol {
+        channel: channel.clone(),
+        source,
+    };
+    let mut control = control::connect(&ChannelOptions::new(&opts.agent, &channel)).await?;
+    let request = ClientRequest::Describe {
+        describe: EdgeRef {
+            workflow: opts.workflow.clone(),
+            token: opts.token.clone(),
+            edge: opts.edge.clone(),
+            function: opts.function.clone(),
+        },
+    };
+    write_preamble(&mut control).await.map_err(protocol)?;
+    write_message(&mut control, &request)
+        .await
+        .map_err(protocol)?;
+    let answer = timeout(Duration::from_secs(10), read_message(&mut control))
+        .await
+        .map_err(|_| ClientError::AgentClosed {
+            channel: channel.clone(),
+        })?
+        .map_err(protocol)?;
+    match answer {
+        Some(AgentMessage::Edge {
+            pattern,
+            role,
+            peers,
+            buffer,
+        }) => Ok(EdgeInfo {
+            pattern,
+            role,
+            peers,
+            buffer,
+        }),
+        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
+            channel,
+            reason: error,
+            message,
+        }),
+        _ => Err(ClientError::AgentClosed { channel }),
+    }
+}
+
+fn expect_role(opts: &EdgeOptions, info: &EdgeInfo, role: Role) -> Result<(), ClientError> {
+    if info.role == role {
+        return Ok(());
+    }
+    Err(ClientError::Refused {
+        channel: format!("{}/{}", opts.workflow, opts.edge),
+        reason: Refusal::BadRequest,
+        message: format!(
+            "function {:?} is a {} on edge {:?}, not a {role}",
+            opts.function, info.role, opts.edge
+        ),
+    })
+}
+
+/// Opens this producer's streams on the edge, one per consumer in spec
+/// order. Each returns once the agent accepted it (see [`Sender::open`]).
+pub async fn senders(opts: &EdgeOptions) -> Result<(EdgeInfo, Vec<(String, Sender)>), ClientError> {
+    let info = describe(opts).await?;
+    expect_role(opts, &info, Role::Send)?;
+    let mut senders = Vec::with_capacity(info.peers.len());
+    for peer in &info.peers {
+        senders.push((peer.clone(), Sender::open(&opts.stream(peer)).await?));
+    }
+    Ok((info, senders))
+}
+
+/// Opens this consumer's streams on the edge, one per producer in spec
+/// order; returns once every producer is there.
+pub async fn receivers(
+    opts: &EdgeOptions,
+) -> Result<(EdgeInfo, Vec<(String, Receiver)>), ClientError> {
+    let info = describe(opts).await?;
+    expect_role(opts, &info, Role::Recv)?;
+    let tasks: Vec<_> = info
+        .peers
+        .iter()
+        .map(|peer| {
+            let stream = opts.stream(peer);
+            tokio::spawn(async move { Receiver::connect(&stream).await })
+        })
+        .collect();
+    let mut receivers = Vec::with_capacity(tasks.len());
+    for (peer, task) in info.peers.iter().zip(tasks) {
+        let receiver = task.await.map_err(|err| ClientError::Io {
+            channel: format!("{}/{}", opts.workflow, opts.edge),
+            context: "opening a stream",
+            source: std::io::Error::other(err),
+        })??;
+        receivers.push((peer.clone(), receiver));
+    }
+    Ok((info, receivers))
+}
+
+/// The same for code without an async runtime.
+pub mod blocking {
+    use super::{EdgeInfo, EdgeOptions, Role, expect_role};
+    use crate::{
+        ClientError,
+        blocking::{Receiver, Sender, background},
+    };
+
+    /// Asks the agent what the edge looks like to this function.
+    pub fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
+        background().block_on(super::describe(opts))
+    }
+
+    /// Opens this producer's streams, one per consumer in spec order.
+    pub fn senders(opts: &EdgeOptions) -> Result<(EdgeInfo, Vec<(String, Sender)>), ClientError> {
+        let info = describe(opts)?;
+        expect_role(opts, &info, Role::Send)?;
+        let senders = info
+            .peers
+            .iter()
+            .map(|peer| Sender::open(&opts.stream(peer)).map(|sender| (peer.clone(), sender)))
+            .collect::<Result<_, _>>()?;
+        Ok((info, senders))
+    }
+
+    /// Opens this consumer's streams, one per producer in spec order; returns
+    /// once every producer is there.
+    pub fn receivers(
+        opts: &EdgeOptions,
+    ) -> Result<(EdgeInfo, Vec<(String, Receiver)>), ClientError> {
+        let info = describe(opts)?;
+        expect_role(opts, &info, Role::Recv)?;
+        let receivers = std::thread::scope(|scope| {
+            let handles: Vec<_> = info
+                .peers
+                .iter()
+                .map(|peer| {
+                    let stream = opts.stream(peer);
+                    scope.spawn(move || Receiver::connect(&stream))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(&info.peers)
+                .map(|(handle, peer)| {
+                    handle
+                        .join()
+                        .expect("a receiver's connect does not panic")
+                        .map(|receiver| (peer.clone(), receiver))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok((info, receivers))
+    }
+}

@@ -1,0 +1,483 @@
+//! The control connection: a client names a channel and its role, the agent
+//! answers and, once both ends are there, pairs them.
+//!
+//! Wire format: the client first sends the preamble (`FLKI` + version as u16
+//! big-endian), then each message in either direction is a u32 big-endian
+//! length followed by that many bytes of UTF-8 JSON.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+pub use super::handoff::Handoff;
+use super::{MAGIC, MAX_MESSAGE_LEN, ProtocolError, VERSION};
+
+/// A control connection: TCP, or the agent's Unix socket (where the agent can
+/// hand sockets over, see [`super::handoff`]).
+pub type ControlStream = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+
+/// Which end of a channel a client is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The producer: writes the stream.
+    Send,
+    /// The consumer: reads the stream.
+    Recv,
+}
+
+impl Role {
+    /// The other end.
+    pub fn peer(self) -> Self {
+        match self {
+            Self::Send => Self::Recv,
+            Self::Recv => Self::Send,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Send => "sender",
+            Self::Recv => "receiver",
+        })
+    }
+}
+
+/// How a channel's bytes travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A ring in shared memory between the two ends (both on this node, on
+    /// the agent's Unix socket).
+    Shm,
+    /// Sender and receiver sockets spliced in the kernel (sockmap redirect).
+    Splice,
+    /// Plain TCP: no eBPF on this node, or the other end is on another node.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shm" => Ok(Self::Shm),
+            "splice" => Ok(Self::Splice),
+            "tcp" => Ok(Self::Tcp),
+            _ => Err(format!("unknown transport {s:?}: use shm, splice or tcp")),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shm => "shm",
+            Self::Splice => "splice",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// What the functions of a workflow edge do with its streams (one per
+/// producer and consumer pair).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// One producer, one consumer.
+    OneToOne,
+    /// One producer; every consumer gets the whole stream.
+    Broadcast,
+    /// Several producers, one consumer that receives each stream whole and
+    /// knows which producer it came from.
+    Gather,
+    /// Every producer writes partition j to consumer j.
+    Shuffle,
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OneToOne => "one-to-one",
+            Self::Broadcast => "broadcast",
+            Self::Gather => "gather",
+            Self::Shuffle => "shuffle",
+        })
+    }
+}
+
+/// First message of a client: open a channel end, or describe an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClientRequest {
+    /// What an edge of a workflow looks like to one of its functions.
+    Describe {
+        /// The edge.
+        describe: EdgeRef,
+    },
+    /// Open a channel end.
+    Open(Hello),
+}
+
+/// A function's place on an edge of a workflow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRef {
+    /// Workflow name.
+    pub workflow: String,
+    /// The token `floki-agent apply` printed.
+    pub token: String,
+    /// Edge name.
+    pub edge: String,
+    /// The calling function.
+    pub function: String,
+}
+
+/// Opens one end of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Channel name, 1 to 255 bytes of `[A-Za-z0-9._:/-]` (ignored for a
+    /// workflow stream, whose name the agent derives).
+    #[serde(default)]
+    pub channel: String,
+    /// Which end this client is.
+    pub role: Role,
+    /// Cookie of the client's network namespace (`SO_NETNS_COOKIE`); without
+    /// it the agent cannot splice and uses plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// Receivers: the address their data listener is bound to, which the
+    /// sender will connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Receivers: flow-control window in bytes (the agent's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+    /// Workflow streams: which edge, which function this is, and its peer.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRef>,
+    /// The client can take a shared-memory ring (`shm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shm: bool,
+    /// A transport the client insists on (experiments); the agent refuses
+    /// the channel if it cannot provide it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+}
+
+/// A workflow stream: one producer and one consumer of an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// Workflow name.
+    pub workflow: String,
+    /// The token `floki-agent apply` printed.
+    pub token: String,
+    /// Edge name.
+    pub edge: String,
+    /// This end's function.
+    pub function: String,
+    /// The other end's function.
+    pub peer: String,
+}
+
+/// Why the agent refused or dropped a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Not a Floki handshake (bad magic, bad JSON, missing fields).
+    BadHandshake,
+    /// Another protocol version.
+    UnsupportedVersion,
+    /// Channel name empty, too long or with characters outside the allowed set.
+    BadChannelName,
+    /// Receiver without a listening address, window out of range, ...
+    BadRequest,
+    /// The channel already has an end of this role.
+    Busy,
+    /// The agent is stopping and takes no new channels.
+    ShuttingDown,
+    /// Not a channel of a workflow this client may use (unknown workflow,
+    /// edge or function, or a wrong token: one answer for all, on purpose).
+    NotAllowed,
+    /// The function runs on another node: use that node's agent.
+    WrongNode,
+    /// Only workflow channels are served (`--workflow-channels-only`).
+    WorkflowOnly,
+    /// The two ends cannot have the transport one of them insists on.
+    TransportUnavailable,
+    /// The agent could not set the channel up.
+    Internal,
+}
+
+/// Messages from the agent to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The hello is valid; the client now waits for its peer.
+    Accepted {
+        /// Agent-wide id of the channel.
+        channel_id: u32,
+        /// Node the agent runs on.
+        node: String,
+        /// The channel's window: a sender may buffer this much before its
+        /// peer is there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u64>,
+        /// Unix-socket receivers: a data listener follows (see [`Handoff`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket: Option<Handoff>,
+    },
+    /// Answer to a describe request.
+    Edge {
+        /// `one-to-one`, `broadcast`, `gather` or `shuffle`.
+        pattern: Pattern,
+        /// The caller's role on the edge.
+        role: Role,
+        /// The functions at the other end, in spec order.
+        peers: Vec<String>,
+        /// The edge's buffer (window per stream).
+        buffer: u64,
+    },
+    /// The hello was refused, or a waiting client is dropped. The agent closes
+    /// the connection after this message.
+    Refused {
+        /// Machine-readable reason.
+        error: Refusal,
+        /// What happened and what to do, for humans.
+        message: String,
+    },
+    /// Both ends are there.
+    Paired {
+        /// How the bytes will travel.
+        transport: Transport,
+        /// Senders: where to connect (the receiver's data listener).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<SocketAddr>,
+        /// Pairing key, hex: the sender presents it on the data connection.
+        key: String,
+        /// Flow-control window in bytes.
+        window: u64,
+        /// Unix-socket clients: the data connection follows (see [`Handoff`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        socket: Option<Handoff>,
+    },
+}
+
+/// Messages from a client to the agent after the hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ClientReport {
+    /// Stream bytes moved so far.
+    Progress {
+        /// Payload bytes written (sender) or verified-in-order read (receiver).
+        bytes: u64,
+    },
+    /// The stream is over for this end.
+    Done {
+        /// Whether the stream went across complete and verified.
+        ok: bool,
+        /// Payload bytes moved.
+        bytes: u64,
+        /// What went wrong, when not ok.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// Writes the client preamble.
+pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W) -> Result<(), ProtocolError> {
+    let mut preamble = [0u8; 6];
+    preamble[..4].copy_from_slice(&MAGIC);
+    preamble[4..].copy_from_slice(&VERSION.to_be_bytes());
+    w.write_all(&preamble).await?;
+    Ok(())
+}
+
+/// Reads and checks the client preamble.
+pub async fn read_preamble<R: AsyncRead + Unpin>(r: &mut R) -> Result<(), ProtocolError> {
+    let mut preamble = [0u8; 6];
+    r.read_exact(&mut preamble)
+        .await
+        .map_err(ProtocolError::from_read)?;
+    let magic: [u8; 4] = preamble[..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let version = u16::from_be_bytes([preamble[4], preamble[5]]);
+    if version != VERSION {
+        return Err(ProtocolError::UnsupportedVersion(version));
+    }
+    Ok(())
+}
+
+/// Writes one length-prefixed JSON message.
+pub async fn write_message<W, T>(w: &mut W, message: &T) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let json = serde_json::to_vec(message)?;
+    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+    if len > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::MessageTooLarge(len));
+    }
+    let mut buf = Vec::with_capacity(4 + json.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&json);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one length-prefixed JSON message; `None` on a clean end of stream
+/// before the first byte of a message.
+pub async fn read_message<R, T>(r: &mut R) -> Result<Option<T>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    let first = r.read(&mut len[..1]).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    r.read_exact(&mut len[1..])
+        .await
+        .map_err(ProtocolError::from_read)?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::MessageTooLarge(len));
+    }
+    let mut json = vec![0u8; len as usize];
+    r.read_exact(&mut json)
+        .await
+        .map_err(ProtocolError::from_read)?;
+    Ok(Some(serde_json::from_slice(&json)?))
+}
+
+/// Whether `name` is a valid channel name.
+pub fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= super::MAX_CHANNEL_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+}
+
+/// Hex form of a pairing key, as the agent sends it.
+pub fn encode_key(key: &[u8; super::KEY_LEN]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses the hex form of a pairing key.
+pub fn decode_key(hex: &str) -> Option<[u8; super::KEY_LEN]> {
+    let mut key = [0u8; super::KEY_LEN];
+    if hex.len() != 2 * key.len() {
+        return None;
+    }
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_round_trip() {
+        let hello = Hello {
+            channel: "wf/edge-1".into(),
+            role: Role::Recv,
+            netns_cookie: Some(4096),
+            listen: Some("127.0.0.1:4000".parse().unwrap()),
+            window: Some(1 << 20),
+            stream: None,
+            shm: true,
+            transport: Some(Transport::Shm),
+        };
+        let mut wire = Vec::new();
+        write_preamble(&mut wire).await.unwrap();
+        write_message(&mut wire, &hello).await.unwrap();
+        let mut r = wire.as_slice();
+        read_preamble(&mut r).await.unwrap();
+        let back: Hello = read_message(&mut r).await.unwrap().unwrap();
+        assert_eq!(back, hello);
+        assert!(read_message::<_, Hello>(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rejects_foreign_and_future_preambles() {
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert!(matches!(
+            read_preamble(&mut r).await,
+            Err(ProtocolError::BadMagic(_))
+        ));
+        let mut r: &[u8] = b"FLKI\x00\x09";
+        assert!(matches!(
+            read_preamble(&mut r).await,
+            Err(ProtocolError::UnsupportedVersion(9))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rejects_oversized_and_truncated_messages() {
+        let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_message::<_, Hello>(&mut r).await,
+            Err(ProtocolError::MessageTooLarge(_))
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 10, b'{'];
+        assert!(matches!(
+            read_message::<_, Hello>(&mut r).await,
+            Err(ProtocolError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn first_messages_are_hellos_or_describes() {
+        let open: ClientRequest = serde_json::from_str(
+            r#"{"role":"send","workflow":"w","token":"t","edge":"e","function":"f","peer":"g"}"#,
+        )
+        .unwrap();
+        let ClientRequest::Open(hello) = open else {
+            panic!("not a hello: {open:?}");
+        };
+        assert_eq!(hello.stream.unwrap().peer, "g");
+        let describe: ClientRequest = serde_json::from_str(
+            r#"{"describe":{"workflow":"w","token":"t","edge":"e","function":"f"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(describe, ClientRequest::Describe { .. }));
+    }
+
+    #[test]
+    fn agent_messages_have_stable_json() {
+        let m = AgentMessage::Refused {
+            error: Refusal::Busy,
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"event":"refused","error":"busy","message":"x"}"#
+        );
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let key = [0xab; 16];
+        assert_eq!(decode_key(&encode_key(&key)), Some(key));
+        assert_eq!(decode_key("zz"), None);
+        assert_eq!(decode_key(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(valid_channel_name("wf/edge-1.part_2:a"));
+        assert!(!valid_channel_name(""));
+        assert!(!valid_channel_name("has space"));
+        assert!(!valid_channel_name(&"x".repeat(256)));
+    }
+}

@@ -1,0 +1,332 @@
+//! The `shm` transport: a fixed-size ring in a shared memory file (memfd)
+//! that the agent creates and hands to both ends of a channel, with one end
+//! each of a socket pair beside it. The sender copies the stream into the
+//! ring; the receiver reads it in place. Same guarantees as the socket
+//! transports:
+//!
+//! * **end mark and integrity**: the sender publishes the stream's length
+//!   and XXH3-64 after its last byte; the receiver reports the end of the
+//!   stream only once both match what it read, and says so in the ring (the
+//!   ack), which `finish` waits for;
+//! * **bounded memory**: the ring's size, whatever the stream's; a sender
+//!   with a full ring waits;
+//! * **no hang on a dead peer**: the socket pair closes when a process
+//!   dies; every wait checks it at least every [`LIVENESS`].
+//!
+//! Waiting is a futex on a word of the ring (shared between processes),
+//! after a few `sched_yield`s: no spinning with PAUSE, which collapses
+//! throughput on virtual machines ([`wait`]). Every operation of
+//! [`RingWriter`] and [`RingReader`] also exists without the wait
+//! (`try_*`), and [`RingWaiter`] does only the waiting: an async client
+//! copies on its task and waits on a blocking thread.
+//!
+//! Layout: a 4 KiB header (below, one cache line per word that changes),
+//! then the data, `capacity` bytes, a power of two. Positions are byte
+//! counts since the start of the stream; byte `n` lives at `n % capacity`.
+
+mod reader;
+mod wait;
+mod writer;
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use memmap2::MmapMut;
+pub use reader::RingReader;
+pub use wait::RingWaiter;
+pub use writer::RingWriter;
+
+use super::stream::StreamError;
+
+/// Bytes before the data.
+pub const HEADER_LEN: usize = 4096;
+/// "FLKR" and the layout version.
+const MAGIC: u64 = 0x464c_4b52_0000_0001;
+/// Smallest and largest ring.
+pub const CAPACITY_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
+/// How often a waiting end checks that its peer is alive.
+pub const LIVENESS: Duration = Duration::from_millis(50);
+/// Bytes hashed and copied at a time: small enough to stay in the L1/L2
+/// cache between the two passes.
+const PIECE: usize = 32 << 10;
+
+const END_OPEN: u32 = 0;
+const END_DONE: u32 = 1;
+const END_ABORTED: u32 = 2;
+const ACK_NONE: u32 = 0;
+const ACK_VERIFIED: u32 = 1;
+const ACK_REJECTED: u32 = 2;
+
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+/// The header, in shared memory.
+#[repr(C)]
+struct Header {
+    magic: Line<AtomicU64>,
+    capacity: Line<AtomicU64>,
+    /// Stream bytes published by the sender.
+    head: Line<AtomicU64>,
+    /// Stream bytes the receiver is done with.
+    tail: Line<AtomicU64>,
+    /// Futex: bumped when `head` moves while the receiver sleeps.
+    data_seq: Line<AtomicU32>,
+    receiver_waiting: Line<AtomicU32>,
+    /// Futex: bumped when `tail` moves while the sender sleeps.
+    space_seq: Line<AtomicU32>,
+    sender_waiting: Line<AtomicU32>,
+    /// [`END_OPEN`], [`END_DONE`] (with `total` and `checksum`), or
+    /// [`END_ABORTED`] (the reason goes over the socket pair).
+    end: Line<AtomicU32>,
+    total: Line<AtomicU64>,
+    checksum: Line<AtomicU64>,
+    /// The receiver's verdict, a futex the sender waits on.
+    ack: Line<AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+
+/// Creates a ring of `capacity` bytes (rounded up to a power of two within
+/// [`CAPACITY_RANGE`]): the memory file to hand to both ends.
+pub fn create(capacity: u64) -> io::Result<(OwnedFd, u64)> {
+    let capacity = capacity
+        .clamp(*CAPACITY_RANGE.start(), *CAPACITY_RANGE.end())
+        .next_power_of_two();
+    let fd = nix::sys::memfd::memfd_create(c"floki-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let file = std::fs::File::from(fd);
+    file.set_len(HEADER_LEN as u64 + capacity)?;
+    // SAFETY: a fresh memory file nobody else maps yet.
+    let map = unsafe { MmapMut::map_mut(&file)? };
+    // SAFETY: the mapping is page-aligned and at least HEADER_LEN long.
+    let header = unsafe { &*map.as_ptr().cast::<Header>() };
+    header.capacity.0.store(capacity, Ordering::Relaxed);
+    header.magic.0.store(MAGIC, Ordering::Release);
+    Ok((file.into(), capacity))
+}
+
+/// The socket pair beside a ring: one end for each side, whose hang-up
+/// tells the other that its peer died.
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// A mapped ring and the end's socket to its peer, shared by an end and
+/// its waiter.
+struct Mapped {
+    map: MmapMut,
+    capacity: u64,
+    peer: OwnedFd,
+}
+
+impl Mapped {
+    fn open(memory: OwnedFd, peer: OwnedFd) -> Result<Arc<Self>, StreamError> {
+        let file = std::fs::File::from(memory);
+        let len = file
+            .metadata()
+            .map_err(|e| io_error("sizing the ring", &e))?
+            .len();
+        if len < HEADER_LEN as u64 {
+            return Err(StreamError::Protocol(
+                "the ring is smaller than its header".into(),
+            ));
+        }
+        // SAFETY: shared memory that both ends only touch through the
+        // atomics of the header and the byte ranges the protocol gives each.
+        let map =
+            unsafe { MmapMut::map_mut(&file) }.map_err(|e| io_error("mapping the ring", &e))?;
+        // SAFETY: page-aligned, at least HEADER_LEN long.
+        let header = unsafe { &*map.as_ptr().cast::<Header>() };
+        let capacity = header.capacity.0.load(Ordering::Acquire);
+        if header.magic.0.load(Ordering::Acquire) != MAGIC
+            || !capacity.is_power_of_two()
+            || !CAPACITY_RANGE.contains(&capacity)
+            || HEADER_LEN as u64 + capacity > len
+        {
+            return Err(StreamError::Protocol(
+                "not a Floki ring of this version".into(),
+            ));
+        }
+        Ok(Arc::new(Self {
+            map,
+            capacity,
+            peer,
+        }))
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: checked in `open`; lives as long as the mapping.
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data follows the header inside the mapping.
+        unsafe { self.map.as_ptr().cast_mut().add(HEADER_LEN) }
+    }
+}
+
+fn io_error(context: &'static str, err: &io::Error) -> StreamError {
+    StreamError::io(context, 0, err)
+}
+
+/// The stream bytes a ring has carried, for the agent's status: it keeps
+/// the header mapped (only the header).
+pub struct RingObserver {
+    map: memmap2::Mmap,
+}
+
+impl RingObserver {
+    /// Maps the header of `memory` read-only.
+    pub fn new(memory: &OwnedFd) -> io::Result<Self> {
+        // SAFETY: read-only view of the header; the ends write it atomically.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(HEADER_LEN)
+                .map(memory.as_raw_fd())?
+        };
+        Ok(Self { map })
+    }
+
+    /// Stream bytes the sender has published.
+    pub fn sent(&self) -> u64 {
+        // SAFETY: page-aligned header mapping; atomics only read.
+        let header = unsafe { &*self.map.as_ptr().cast::<Header>() };
+        header.head.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    fn pair(capacity: u64) -> (RingWriter, RingReader, RingObserver) {
+        let (memory, _) = create(capacity).expect("ring");
+        let (a, b) = socket_pair().expect("socket pair");
+        let observer = RingObserver::new(&memory).expect("observer");
+        let second = memory.as_fd().try_clone_to_owned().expect("dup");
+        (
+            RingWriter::open(memory, a).expect("writer"),
+            RingReader::open(second, b).expect("reader"),
+            observer,
+        )
+    }
+
+    #[test]
+    fn a_stream_larger_than_the_ring_arrives_whole_and_verified() {
+        let (mut writer, mut reader, observer) = pair(64 << 10);
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = data.clone();
+        let sender = std::thread::spawn(move || {
+            let mut pos = 0;
+            while pos < data.len() {
+                pos += writer
+                    .write(&data[pos..(pos + 10_007).min(data.len())])
+                    .expect("write");
+            }
+            writer.finish().expect("verified");
+            writer.checksum()
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 30_000];
+        loop {
+            let n = reader.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == expected);
+        assert_eq!(sender.join().expect("sender"), reader.checksum());
+        assert_eq!(observer.sent(), expected.len() as u64);
+    }
+
+    #[test]
+    fn the_non_blocking_calls_never_wait_and_the_waiter_waits_for_them() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        assert!(reader.try_fill().expect("nothing yet").is_none());
+        assert_eq!(writer.try_write(&[7; 100 << 10]), 64 << 10);
+        assert_eq!(writer.try_write(&[7; 10]), 0, "a full ring takes nothing");
+        let waiter = writer.waiter();
+        let head = writer.sent();
+        let room = std::thread::spawn(move || waiter.room(head));
+        let n = reader.try_fill().expect("data").expect("published").len();
+        reader.consume_len(n);
+        room.join().expect("waiter").expect("room after the read");
+        writer.publish_end();
+        assert!(writer.try_ack().is_none());
+        assert!(
+            reader
+                .try_fill()
+                .expect("verified")
+                .expect("end")
+                .is_empty()
+        );
+        assert_eq!(writer.try_ack(), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_dead_sender_is_a_truncation_not_an_end() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        writer.write(&[1; 1000]).expect("write");
+        drop(writer);
+        let mut buf = [0u8; 4096];
+        assert_eq!(reader.read(&mut buf).expect("the bytes before"), 1000);
+        let err = reader.read(&mut buf).expect_err("no end mark");
+        assert_eq!(err, StreamError::Truncated { bytes: 1000 });
+    }
+
+    #[test]
+    fn a_gone_receiver_fails_a_blocked_sender() {
+        let (mut writer, reader, _) = pair(64 << 10);
+        drop(reader);
+        let mut sent = 0;
+        let err = loop {
+            match writer.write(&[0; 8192]) {
+                Ok(n) => sent += n,
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(sent, 64 << 10);
+        assert_eq!(err, StreamError::ReceiverGone { bytes: 64 << 10 });
+    }
+
+    #[test]
+    fn an_abort_reaches_the_receiver_with_its_reason() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        writer.write(b"partial").expect("write");
+        writer.abort("input file vanished");
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read(&mut buf).expect("partial"), 7);
+        match reader.read(&mut buf) {
+            Err(StreamError::Aborted { bytes: 7, reason }) => {
+                assert_eq!(reason, "input file vanished");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forged_write_position_is_a_protocol_error() {
+        let (writer, mut reader, _) = pair(64 << 10);
+        writer
+            .ring
+            .header()
+            .head
+            .0
+            .store(10 << 20, Ordering::Release);
+        assert!(matches!(reader.fill(), Err(StreamError::Protocol(_))));
+    }
+}

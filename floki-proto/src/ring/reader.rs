@@ -1,0 +1,231 @@
+//! The receiver's end of a ring.
+
+use std::{
+    hash::Hasher as _,
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{Ordering, fence},
+    },
+};
+
+use twox_hash::XxHash3_64;
+
+use super::{
+    ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, Mapped, PIECE, RingWaiter,
+    wait::futex_wake,
+};
+use crate::stream::StreamError;
+
+/// What the ring holds for the reader now.
+enum Available {
+    /// Published bytes at this offset of the data area.
+    Bytes { at: usize, len: usize },
+    /// The stream ended and was verified.
+    Finished,
+    /// Nothing yet.
+    Nothing,
+}
+
+/// The receiver's end of a ring.
+pub struct RingReader {
+    ring: Arc<Mapped>,
+    tail: u64,
+    hasher: XxHash3_64,
+    finished: bool,
+}
+
+impl RingReader {
+    /// The receiver's end: the ring's memory file and its end of the pair.
+    pub fn open(memory: OwnedFd, peer: OwnedFd) -> Result<Self, StreamError> {
+        let ring = Mapped::open(memory, peer)?;
+        let tail = ring.header().tail.0.load(Ordering::Acquire);
+        Ok(Self {
+            ring,
+            tail,
+            hasher: XxHash3_64::new(),
+            finished: false,
+        })
+    }
+
+    /// The waiting half of this end (see [`RingWaiter`]).
+    pub fn waiter(&self) -> RingWaiter {
+        RingWaiter {
+            ring: self.ring.clone(),
+        }
+    }
+
+    fn available(&mut self) -> Result<Available, StreamError> {
+        if self.finished {
+            return Ok(Available::Finished);
+        }
+        let header = self.ring.header();
+        let capacity = self.ring.capacity;
+        let head = header.head.0.load(Ordering::Acquire);
+        if head < self.tail || head - self.tail > capacity {
+            return Err(StreamError::Protocol(format!(
+                "the ring's write position {head} is impossible at read position {}",
+                self.tail
+            )));
+        }
+        if head > self.tail {
+            let at = (self.tail % capacity) as usize;
+            let len = ((head - self.tail) as usize).min(capacity as usize - at);
+            return Ok(Available::Bytes { at, len });
+        }
+        match header.end.0.load(Ordering::Acquire) {
+            END_DONE => self.verify().map(|()| Available::Finished),
+            END_ABORTED => Err(self.aborted()),
+            END_OPEN => Ok(Available::Nothing),
+            other => Err(StreamError::Protocol(format!("unknown end state {other}"))),
+        }
+    }
+
+    fn slice(&self, at: usize, len: usize) -> &[u8] {
+        // SAFETY: `[at, at + len)` is published (below `head`) and not
+        // reused by the sender until `tail` moves past it, which takes
+        // `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.ring.data().add(at), len) }
+    }
+
+    /// The next bytes of the stream, in place in the ring, without waiting:
+    /// `None` if the sender has published nothing new, empty once the
+    /// stream ended and was verified. Hand what was used to
+    /// [`RingReader::consume`] or [`RingReader::consume_len`].
+    pub fn try_fill(&mut self) -> Result<Option<&[u8]>, StreamError> {
+        Ok(match self.available()? {
+            Available::Bytes { at, len } => Some(self.slice(at, len)),
+            Available::Finished => Some(&[]),
+            Available::Nothing => None,
+        })
+    }
+
+    /// The next bytes of the stream, in place in the ring (waiting for the
+    /// sender if there are none yet); empty once the stream ended and was
+    /// verified.
+    pub fn fill(&mut self) -> Result<&[u8], StreamError> {
+        loop {
+            match self.available()? {
+                Available::Bytes { at, len } => return Ok(self.slice(at, len)),
+                Available::Finished => return Ok(&[]),
+                Available::Nothing => self.waiter().data(self.tail)?,
+            }
+        }
+    }
+
+    /// Marks `data_read` (the front of the last fill) as read.
+    pub fn consume(&mut self, data_read: &[u8]) {
+        self.hasher.write(data_read);
+        self.advance(data_read.len() as u64);
+    }
+
+    /// Marks the first `n` bytes of the last fill as read (at most what it
+    /// returned).
+    pub fn consume_len(&mut self, n: usize) {
+        let capacity = self.ring.capacity;
+        let at = (self.tail % capacity) as usize;
+        let published = self.ring.header().head.0.load(Ordering::Acquire) - self.tail;
+        let n = n.min(published as usize).min(capacity as usize - at);
+        // SAFETY: published bytes below `head`, not reused by the sender
+        // until the tail moves past them.
+        let data = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };
+        self.hasher.write(data);
+        self.advance(n as u64);
+    }
+
+    /// Hands `n` read (and hashed) bytes back to the sender.
+    fn advance(&mut self, n: u64) {
+        self.tail += n;
+        let header = self.ring.header();
+        header.tail.0.store(self.tail, Ordering::Release);
+        Mapped::wake(&header.space_seq.0, &header.sender_waiting.0);
+    }
+
+    /// Copies the next bytes into `buf`, without waiting: `None` if there
+    /// are none yet, `Some(0)` once the stream ended verified.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, StreamError> {
+        match self.available()? {
+            Available::Bytes { at, len } => Ok(Some(self.copy_out(at, len, buf))),
+            Available::Finished => Ok(Some(0)),
+            Available::Nothing => Ok(None),
+        }
+    }
+
+    /// Copies the next bytes into `buf`; 0 once the stream ended verified.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        loop {
+            match self.try_read(buf)? {
+                Some(n) => return Ok(n),
+                None => self.waiter().data(self.tail)?,
+            }
+        }
+    }
+
+    fn copy_out(&mut self, at: usize, len: usize, buf: &mut [u8]) -> usize {
+        let n = len.min(buf.len());
+        // SAFETY: the published range `available` just returned; the sender
+        // does not reuse it until `advance` moves the tail past it.
+        let available = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };
+        let mut done = 0;
+        // Copy and hash piece by piece: the hash reads the copy while it is
+        // still in the cache (and never reads the shared ring twice).
+        while done < n {
+            let len = (n - done).min(PIECE);
+            buf[done..done + len].copy_from_slice(&available[done..done + len]);
+            self.hasher.write(&buf[done..done + len]);
+            done += len;
+        }
+        self.advance(n as u64);
+        n
+    }
+
+    fn verify(&mut self) -> Result<(), StreamError> {
+        let header = self.ring.header();
+        let (total, checksum) = (
+            header.total.0.load(Ordering::Acquire),
+            header.checksum.0.load(Ordering::Acquire),
+        );
+        let ok = total == self.tail && checksum == self.hasher.finish();
+        header.ack.0.store(
+            if ok { ACK_VERIFIED } else { ACK_REJECTED },
+            Ordering::Release,
+        );
+        fence(Ordering::SeqCst);
+        futex_wake(&header.ack.0);
+        if ok {
+            self.finished = true;
+            Ok(())
+        } else {
+            Err(StreamError::Corrupted {
+                bytes: self.tail,
+                checksum: self.hasher.finish(),
+                expected_bytes: total,
+                expected_checksum: checksum,
+            })
+        }
+    }
+
+    fn aborted(&self) -> StreamError {
+        let mut reason = vec![0u8; 4096];
+        let n = nix::sys::socket::recv(
+            self.ring.peer.as_raw_fd(),
+            &mut reason,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .unwrap_or(0);
+        StreamError::Aborted {
+            bytes: self.tail,
+            reason: String::from_utf8_lossy(&reason[..n]).into_owned(),
+        }
+    }
+
+    /// Stream bytes read.
+    pub fn received(&self) -> u64 {
+        self.tail
+    }
+
+    /// XXH3-64 of the stream so far.
+    pub fn checksum(&self) -> u64 {
+        self.hasher.finish()
+    }
+}

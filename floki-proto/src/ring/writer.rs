@@ -1,0 +1,139 @@
+//! The sender's end of a ring.
+
+use std::{
+    hash::Hasher as _,
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{Arc, atomic::Ordering},
+};
+
+use twox_hash::XxHash3_64;
+
+use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter};
+use crate::stream::StreamError;
+
+/// The sender's end of a ring.
+pub struct RingWriter {
+    pub(super) ring: Arc<Mapped>,
+    head: u64,
+    hasher: XxHash3_64,
+}
+
+impl RingWriter {
+    /// The sender's end: the ring's memory file and its end of the pair.
+    pub fn open(memory: OwnedFd, peer: OwnedFd) -> Result<Self, StreamError> {
+        let ring = Mapped::open(memory, peer)?;
+        let head = ring.header().head.0.load(Ordering::Acquire);
+        Ok(Self {
+            ring,
+            head,
+            hasher: XxHash3_64::new(),
+        })
+    }
+
+    /// Copies as much of `buf` as fits into the ring now, never waiting;
+    /// 0 when the ring is full.
+    pub fn try_write(&mut self, buf: &[u8]) -> usize {
+        let header = self.ring.header();
+        let capacity = self.ring.capacity;
+        let head = self.head;
+        let room = capacity - (head - header.tail.0.load(Ordering::Acquire).min(head));
+        let n = (room as usize).min(buf.len());
+        if n == 0 {
+            return 0;
+        }
+        // Hash and copy piece by piece: the copy reads what the hash just
+        // brought into the cache (one pass over memory instead of two).
+        let mut done = 0;
+        while done < n {
+            let at = ((head + done as u64) % capacity) as usize;
+            let len = (n - done).min(PIECE).min(capacity as usize - at);
+            let piece = &buf[done..done + len];
+            self.hasher.write(piece);
+            // SAFETY: `[at, at + len)` lies in the data area, in the part the
+            // receiver does not read until `head` moves past it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
+            }
+            done += len;
+        }
+        self.head += n as u64;
+        header.head.0.store(self.head, Ordering::Release);
+        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+        n
+    }
+
+    /// Copies as much of `buf` as fits into the ring (at least one byte,
+    /// waiting for room if it is full).
+    pub fn write(&mut self, buf: &[u8]) -> Result<usize, StreamError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.try_write(buf) {
+                0 => self.waiter().room(self.head)?,
+                n => return Ok(n),
+            }
+        }
+    }
+
+    /// The waiting half of this end (see [`RingWaiter`]).
+    pub fn waiter(&self) -> RingWaiter {
+        RingWaiter {
+            ring: self.ring.clone(),
+        }
+    }
+
+    /// Publishes the end mark (length and checksum of what was written).
+    pub fn publish_end(&mut self) {
+        let header = self.ring.header();
+        header.total.0.store(self.head, Ordering::Relaxed);
+        header
+            .checksum
+            .0
+            .store(self.hasher.finish(), Ordering::Relaxed);
+        header.end.0.store(END_DONE, Ordering::Release);
+        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+    }
+
+    /// The receiver's verdict on the end mark, if it has given one.
+    pub fn try_ack(&self) -> Option<Result<(), StreamError>> {
+        match self.ring.header().ack.0.load(Ordering::Acquire) {
+            ACK_NONE => None,
+            ACK_VERIFIED => Some(Ok(())),
+            _ => Some(Err(StreamError::Rejected {
+                reason: "the receiver found the stream corrupted".into(),
+            })),
+        }
+    }
+
+    /// Publishes the end mark and waits until the receiver verified the
+    /// stream.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.publish_end();
+        self.waiter().ack(self.head)?;
+        self.try_ack()
+            .expect("the wait returns once the receiver answered")
+    }
+
+    /// Gives up: the receiver fails with `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        let _ = nix::sys::socket::send(
+            self.ring.peer.as_raw_fd(),
+            reason.as_bytes(),
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        );
+        let header = self.ring.header();
+        header.end.0.store(END_ABORTED, Ordering::Release);
+        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+    }
+
+    /// Stream bytes written.
+    pub fn sent(&self) -> u64 {
+        self.head
+    }
+
+    /// XXH3-64 of the stream so far.
+    pub fn checksum(&self) -> u64 {
+        self.hasher.finish()
+    }
+}
