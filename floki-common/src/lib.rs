@@ -4,6 +4,7 @@
 //! could see uninitialised: they are map keys and values, laid out identically
 //! on both sides.
 #![no_std]
+#![deny(missing_docs)]
 
 /// Names of the kernel programs, as the agent looks them up in the object.
 pub mod program {

@@ -40,7 +40,11 @@ use control::{
 };
 use datapath::{Datapath, DatapathConfig};
 use floki_client::error_chain;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::mpsc,
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 use transport::NodeCarriers;
 
@@ -131,73 +135,150 @@ pub enum AgentError {
     },
 }
 
+/// The agent's doors, bound before anything starts: the channel port, the
+/// clients' Unix socket, the admin socket and the metrics address.
+struct Doors {
+    channels: TcpListener,
+    local: UnixListener,
+    admin: admin::AdminServer,
+    metrics: Option<TcpListener>,
+}
+
+impl Doors {
+    async fn bind(config: &AgentConfig) -> Result<Self, AgentError> {
+        let channels =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let admin = admin::AdminServer::bind(&config.admin).await?;
+        let local = unix_socket::bind(&config.socket, 0o666)
+            .await
+            .map_err(|source| AgentError::Socket { source })?;
+        let metrics = match config.metrics {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            channels,
+            local,
+            admin,
+            metrics,
+        })
+    }
+}
+
 /// Runs the agent until the first message on `signals` (graceful stop: no
 /// new channels, active ones may finish within the grace period, then the
 /// programs are detached). A second message stops at once.
 pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result<(), AgentError> {
     let started = Instant::now();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let admin = admin::AdminServer::bind(&config.admin).await?;
-    let local = unix_socket::bind(&config.socket, 0o666)
-        .await
-        .map_err(|source| AgentError::Socket { source })?;
-    let admin_path = admin.path().to_owned();
-    let metrics_listener = match config.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
-        None => None,
-    };
+    let doors = Doors::bind(&config).await?;
+    let agent = assemble(&config, &doors.channels);
+    let mut tasks = background(&config, &agent);
+    let identity = Arc::new(Identity {
+        listen: doors.channels.local_addr().unwrap_or(config.listen),
+        started,
+        metrics: doors
+            .metrics
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok()),
+    });
+    let admin_path = doors.admin.path().to_owned();
+    info!(
+        node = %config.node,
+        listen = %identity.listen,
+        admin = %admin_path.display(),
+        socket = %config.socket.display(),
+        "floki-agent ready"
+    );
+    if let Some(listener) = doors.metrics {
+        if let Some(addr) = identity.metrics {
+            info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        tasks.push(tokio::spawn(metrics::serve(listener, agent.clone())));
+    }
+    tasks.push(tokio::spawn(doors.admin.serve(agent.clone(), identity)));
+    accept(&agent, &doors.channels, &doors.local, &mut signals).await;
+
+    info!("stopping: no new channels; active channels may finish");
+    drop(doors.channels);
+    drop(doors.local);
+    let _ = std::fs::remove_file(&config.socket);
+    agent.channels.close();
+    tokio::select! {
+        left = agent.channels.drain(config.shutdown_grace) => if left > 0 {
+            warn!(left, grace = ?config.shutdown_grace, "channels still active at the end of the grace period; their ends will report failures if they do not complete");
+        },
+        _ = signals.recv() => warn!("second signal: stopping now"),
+    }
+    for task in tasks {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&admin_path);
+    agent.datapath.shutdown();
+    info!("stopped");
+    Ok(())
+}
+
+/// The agent's state: the datapath, the channel core (its events counted by
+/// the metrics), the workflows, the peers and the prepared links.
+fn assemble(config: &AgentConfig, listener: &TcpListener) -> Arc<Agent> {
     let datapath = Arc::new(Datapath::start(&config.datapath));
     let carriers = Arc::new(NodeCarriers::new(datapath.clone()));
     let channels = Arc::new(Channels::new(carriers, config.window, config.history));
     let metrics = Arc::new(Metrics::default());
     let observer = metrics.clone();
     channels.subscribe(move |event| observer.observe(event));
-    // Spliced streams a previous agent left in flight (pins adopted): listed
-    // until the kernel sees their sockets close.
-    let adopted = datapath.adopted();
-    channels.adopt(&adopted);
-    let reaper = (!adopted.is_empty()).then(|| {
-        let channels = channels.clone();
-        tokio::spawn(async move {
-            while channels.reap_adopted() > 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    });
     let workflows = Arc::new(Workflows::default());
     let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
     let links = PreparedLinks::new(config.node.clone(), peers.clone(), workflows.clone());
-    let agent = Arc::new(Agent {
+    Arc::new(Agent {
         node: config.node.clone(),
-        channels: channels.clone(),
-        workflows: workflows.clone(),
-        peers: peers.clone(),
+        channels,
+        workflows,
+        peers,
         links,
-        datapath: datapath.clone(),
+        datapath,
         metrics,
-        netns_cookie: floki_proto::netns::netns_cookie(&listener).ok(),
+        netns_cookie: floki_proto::netns::netns_cookie(listener).ok(),
         workflow_channels_only: config.workflow_channels_only,
-    });
-    let discovery = config.discovery.clone().map(|(discovery, directory)| {
+    })
+}
+
+/// What runs beside the accept loop: the reaper of channels adopted after a
+/// restart, peer discovery and links, the named pipes.
+fn background(config: &AgentConfig, agent: &Arc<Agent>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    // Spliced streams a previous agent left in flight (pins adopted): listed
+    // until the kernel sees their sockets close.
+    let adopted = agent.datapath.adopted();
+    agent.channels.adopt(&adopted);
+    if !adopted.is_empty() {
+        let channels = agent.channels.clone();
+        tasks.push(tokio::spawn(async move {
+            while channels.reap_adopted() > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    if let Some((discovery, directory)) = config.discovery.clone() {
         info!(name = %discovery.name, "discovering peers through DNS");
         let node = config.node.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             if let Err(err) = peers::dns::run(discovery, node, directory).await {
                 warn!(error = %error_chain(&err), "peer discovery stopped");
             }
-        })
-    });
+        }));
+    }
     // On every (re)connection a peer gets the workflows it is part of.
-    let sync_workflows = workflows.clone();
+    let workflows = agent.workflows.clone();
     peers::spawn_links(
-        peers,
+        agent.peers.clone(),
         Arc::new(move |peer: &str| {
-            sync_workflows
+            workflows
                 .involving(peer)
                 .into_iter()
                 .map(|applied| PeerRequest::Install {
@@ -207,43 +288,29 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
                 .collect()
         }),
     );
-    let pipes = config.pipes_dir.clone().map(|dir| {
-        tokio::spawn(pipes::serve(
+    if let Some(dir) = config.pipes_dir.clone() {
+        tasks.push(tokio::spawn(pipes::serve(
             dir,
             config.socket.clone(),
             config.node.clone(),
-            workflows.clone(),
-            channels.clone(),
-        ))
-    });
-    let listen = listener.local_addr().unwrap_or(config.listen);
-    let identity = Arc::new(Identity {
-        listen,
-        started,
-        metrics: metrics_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok()),
-    });
-    let metrics_addr = identity.metrics;
-    let admin_task = tokio::spawn(admin.serve(agent.clone(), identity));
-    let metrics_task = metrics_listener.map(|listener| {
-        if let Some(addr) = metrics_addr {
-            info!(%addr, "serving Prometheus metrics at /metrics");
-        }
-        tokio::spawn(metrics::serve(listener, agent.clone()))
-    });
-    info!(
-        node = %config.node,
-        %listen,
-        admin = %admin_path.display(),
-        socket = %config.socket.display(),
-        "floki-agent ready"
-    );
+            agent.workflows.clone(),
+            agent.channels.clone(),
+        )));
+    }
+    tasks
+}
 
+/// Serves connections until the first signal: a session each.
+async fn accept(
+    agent: &Arc<Agent>,
+    channels: &TcpListener,
+    local: &UnixListener,
+    signals: &mut mpsc::Receiver<()>,
+) {
     loop {
         tokio::select! {
-            _ = signals.recv() => break,
-            accepted = listener.accept() => match accepted {
+            _ = signals.recv() => return,
+            accepted = channels.accept() => match accepted {
                 Ok((stream, from)) => {
                     tokio::spawn(sessions::serve(stream, from, agent.clone()));
                 }
@@ -257,30 +324,4 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             },
         }
     }
-
-    info!("stopping: no new channels; active channels may finish");
-    drop(listener);
-    drop(local);
-    let _ = std::fs::remove_file(&config.socket);
-    channels.close();
-    tokio::select! {
-        left = channels.drain(config.shutdown_grace) => if left > 0 {
-            warn!(left, grace = ?config.shutdown_grace, "channels still active at the end of the grace period; their ends will report failures if they do not complete");
-        },
-        _ = signals.recv() => warn!("second signal: stopping now"),
-    }
-    admin_task.abort();
-    for task in [reaper, discovery].into_iter().flatten() {
-        task.abort();
-    }
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
-    if let Some(pipes) = pipes {
-        pipes.abort();
-    }
-    let _ = std::fs::remove_file(&admin_path);
-    datapath.shutdown();
-    info!("stopped");
-    Ok(())
 }

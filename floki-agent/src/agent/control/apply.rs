@@ -75,94 +75,107 @@ pub async fn apply(agent: &Arc<Agent>, yaml: &str) -> Result<ApplyOutcome, Apply
         yaml: yaml.to_owned(),
         token: token.clone(),
     };
+    prepare_everywhere(agent, &nodes, &applied).await?;
+    commit_everywhere(agent, &nodes, &name).await?;
+    info!(workflow = %name, nodes = ?nodes, "workflow applied");
+    Ok(ApplyOutcome { name, token, nodes })
+}
 
-    // Phase one: every node validates and holds it.
-    let mut prepared = Vec::new();
-    let mut failure = None;
-    for node in &nodes {
+/// Phase one: every node validates and holds the workflow; if one refuses,
+/// those that held it forget it.
+async fn prepare_everywhere(
+    agent: &Arc<Agent>,
+    nodes: &[String],
+    applied: &Applied,
+) -> Result<(), ApplyFailure> {
+    let name = &applied.workflow.name;
+    let mut prepared: Vec<&String> = Vec::new();
+    for node in nodes {
         let result = if *node == agent.node {
             agent
                 .workflows
                 .prepare(applied.clone())
                 .map_err(ApplyFailure::message)
         } else {
-            let request = PeerRequest::Prepare {
-                yaml: yaml.to_owned(),
-                token: token.clone(),
-            };
-            match agent.peers.request(node, &request).await {
-                Ok(PeerAnswer::Ok) => Ok(()),
-                Ok(PeerAnswer::Invalid { errors }) => Err(ApplyFailure {
-                    message: format!("node {node} refused the workflow; nothing was applied"),
-                    errors: errors
-                        .into_iter()
-                        .map(|e| SpecError {
-                            field: format!("{node}: {}", e.field),
-                            reason: e.reason,
-                        })
-                        .collect(),
-                }),
-                Ok(PeerAnswer::Error { message }) => Err(ApplyFailure::message(format!(
-                    "node {node} refused the workflow: {message}; nothing was applied"
-                ))),
-                Ok(other) => Err(ApplyFailure::message(format!(
-                    "node {node} answered {other:?}"
-                ))),
-                Err(err) => Err(ApplyFailure::message(format!(
-                    "{}; nothing was applied (is its agent running? see `floki-agent status` for peers)",
-                    chain(&err)
-                ))),
-            }
+            prepare_on(agent, node, applied).await
         };
-        match result {
-            Ok(()) => prepared.push(node.clone()),
-            Err(err) => {
-                failure = Some(err);
-                break;
+        if let Err(failure) = result {
+            for node in prepared {
+                if *node == agent.node {
+                    agent.workflows.abort(name);
+                } else {
+                    let abort = PeerRequest::Abort { name: name.clone() };
+                    let _ = agent.peers.request(node, &abort).await;
+                }
             }
+            return Err(failure);
         }
+        prepared.push(node);
     }
-    if let Some(failure) = failure {
-        for node in &prepared {
-            if *node == agent.node {
-                agent.workflows.abort(&name);
-            } else {
-                let _ = agent
-                    .peers
-                    .request(node, &PeerRequest::Abort { name: name.clone() })
-                    .await;
-            }
-        }
-        return Err(failure);
-    }
+    Ok(())
+}
 
-    // Phase two: apply everywhere.
+/// Asks peer `node` to prepare the workflow.
+async fn prepare_on(agent: &Agent, node: &str, applied: &Applied) -> Result<(), ApplyFailure> {
+    let request = PeerRequest::Prepare {
+        yaml: applied.yaml.clone(),
+        token: applied.token.clone(),
+    };
+    match agent.peers.request(node, &request).await {
+        Ok(PeerAnswer::Ok) => Ok(()),
+        Ok(PeerAnswer::Invalid { errors }) => Err(ApplyFailure {
+            message: format!("node {node} refused the workflow; nothing was applied"),
+            errors: errors
+                .into_iter()
+                .map(|e| SpecError {
+                    field: format!("{node}: {}", e.field),
+                    reason: e.reason,
+                })
+                .collect(),
+        }),
+        Ok(PeerAnswer::Error { message }) => Err(ApplyFailure::message(format!(
+            "node {node} refused the workflow: {message}; nothing was applied"
+        ))),
+        Ok(other) => Err(ApplyFailure::message(format!(
+            "node {node} answered {other:?}"
+        ))),
+        Err(err) => Err(ApplyFailure::message(format!(
+            "{}; nothing was applied (is its agent running? see `floki-agent status` for peers)",
+            chain(&err)
+        ))),
+    }
+}
+
+/// Phase two: every node applies what it prepared.
+async fn commit_everywhere(
+    agent: &Arc<Agent>,
+    nodes: &[String],
+    name: &str,
+) -> Result<(), ApplyFailure> {
     let mut failed = Vec::new();
-    for node in &nodes {
+    for node in nodes {
         if *node == agent.node {
-            agent.workflows.commit(&name);
-        } else {
-            match agent
-                .peers
-                .request(node, &PeerRequest::Commit { name: name.clone() })
-                .await
-            {
-                Ok(PeerAnswer::Ok) => {}
-                Ok(other) => failed.push(format!("{node}: {other:?}")),
-                Err(err) => failed.push(chain(&err)),
-            }
+            agent.workflows.commit(name);
+            continue;
+        }
+        let commit = PeerRequest::Commit {
+            name: name.to_owned(),
+        };
+        match agent.peers.request(node, &commit).await {
+            Ok(PeerAnswer::Ok) => {}
+            Ok(other) => failed.push(format!("{node}: {other:?}")),
+            Err(err) => failed.push(chain(&err)),
         }
     }
     agent.links.refresh();
-    if !failed.is_empty() {
-        return Err(ApplyFailure::message(format!(
-            "workflow {name:?} was prepared everywhere but could not be committed on: {}; \
-             the nodes resynchronise when their links come back, or apply again",
-            failed.join("; ")
-        )));
+    if failed.is_empty() {
+        return Ok(());
     }
-    info!(workflow = %name, nodes = ?nodes, "workflow applied");
-    Ok(ApplyOutcome { name, token, nodes })
+    Err(ApplyFailure::message(format!(
+        "workflow {name:?} was prepared everywhere but could not be committed on: {}; \
+         the nodes resynchronise when their links come back, or apply again",
+        failed.join("; ")
+    )))
 }
 
 /// Removes a workflow everywhere it was applied.
