@@ -147,7 +147,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The workflow spec (YAML).
+    /// The workflow spec (YAML); `-` reads it from standard input.
     pub file: PathBuf,
     /// The agent's admin socket.
     #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
@@ -224,17 +224,24 @@ pub struct RecvArgs {
     pub data_addr: Option<SocketAddr>,
 }
 
-/// A function's place in an applied workflow.
+/// A function's place in an applied workflow. A platform that runs the
+/// workflow's functions sets the environment variables once per function
+/// (the Python package reads the same ones).
 #[derive(Debug, Args)]
 pub struct EdgeArgs {
     /// Workflow name (from `floki-agent apply`).
-    #[arg(long, requires_all = ["edge", "function"])]
+    #[arg(long, env = "FLOKI_WORKFLOW", requires_all = ["edge", "function"])]
     pub workflow: Option<String>,
     /// Edge name.
-    #[arg(long, requires = "workflow")]
+    #[arg(long, env = "FLOKI_EDGE", requires = "workflow")]
     pub edge: Option<String>,
     /// This function's name in the workflow.
-    #[arg(long = "as", value_name = "FUNCTION", requires = "workflow")]
+    #[arg(
+        long = "as",
+        env = "FLOKI_FUNCTION",
+        value_name = "FUNCTION",
+        requires = "workflow"
+    )]
     pub function: Option<String>,
     /// The workflow's token (printed by `floki-agent apply`).
     #[arg(long, env = "FLOKI_TOKEN", hide_env_values = true)]

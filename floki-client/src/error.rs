@@ -13,7 +13,7 @@ use floki_proto::{
 pub enum ClientError {
     /// The agent could not be reached.
     #[error(
-        "cannot reach the Floki agent at {agent} (is `floki-agent run` listening there? see --agent)"
+        "cannot reach the Floki agent at {agent} (is `floki-agent run` listening there? give its address with --agent or agent=, or set FLOKI_AGENT)"
     )]
     AgentUnreachable {
         /// Address tried.

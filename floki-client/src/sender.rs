@@ -85,10 +85,13 @@ impl Sender {
     /// there and the stream can be written.
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let mut sender = Self::open(opts).await?;
-        std::future::poll_fn(|cx| sender.poll_open(cx).map_ok(|_| ()))
-            .await
-            .map_err(|err| ClientError::stream(&opts.channel, &err, "setting up the stream", 0))?;
-        Ok(sender)
+        let opened = std::future::poll_fn(|cx| sender.poll_open(cx).map_ok(|_| ())).await;
+        match opened {
+            Ok(()) => Ok(sender),
+            Err(err) => Err(sender.opening.take_failure().unwrap_or_else(|| {
+                ClientError::stream(&opts.channel, &err, "setting up the stream", 0)
+            })),
+        }
     }
 
     /// How the bytes travel (`None` until the stream is set up).
@@ -99,6 +102,12 @@ impl Sender {
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
         self.channel_id
+    }
+
+    /// Why the stream could not be set up, once a write or `finish` said it
+    /// could not (no receiver within the pair timeout, refused, ...).
+    pub fn setup_error(&self) -> Option<&ClientError> {
+        self.opening.failure()
     }
 
     /// Stream bytes written so far (buffered ones included).
@@ -121,12 +130,14 @@ impl Sender {
                 })?;
                 Ok(open.end.summary(sent, open.path.checksum()))
             }
-            None => Err(ClientError::stream(
-                &channel,
-                &result.expect_err("a stream that never opened cannot finish"),
-                "setting up the stream",
-                0,
-            )),
+            None => Err(self.opening.take_failure().unwrap_or_else(|| {
+                ClientError::stream(
+                    &channel,
+                    &result.expect_err("a stream that never opened cannot finish"),
+                    "setting up the stream",
+                    0,
+                )
+            })),
         }
     }
 

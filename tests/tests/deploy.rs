@@ -24,8 +24,17 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
+/// The project's Python environment (`cargo xtask test` makes it, with
+/// kubernetes-validate in it), or `FLOKI_PYTHON`.
+fn python() -> PathBuf {
+    std::env::var_os("FLOKI_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python"),
+        PathBuf::from,
+    )
+}
+
 fn validate(version: &str, files: &[PathBuf]) -> std::process::Output {
-    Command::new("python3")
+    Command::new(python())
         .args([
             "-m",
             "kubernetes_validate",
@@ -36,7 +45,7 @@ fn validate(version: &str, files: &[PathBuf]) -> std::process::Output {
         ])
         .args(files)
         .output()
-        .expect("running python3")
+        .expect("running the project's Python (target/venv: `cargo xtask test` makes it)")
 }
 
 #[test]
@@ -51,7 +60,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         );
         assert!(
             !said.contains("No module named kubernetes_validate"),
-            "kubernetes-validate is not installed: `cargo xtask test` installs it (pip)"
+            "kubernetes-validate is not installed: `cargo xtask test` installs it into target/venv"
         );
         assert!(
             out.status.success(),

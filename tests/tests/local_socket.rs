@@ -103,3 +103,46 @@ fn the_local_socket_refuses_what_the_tcp_port_refuses() {
     );
     assert_success(&wait_within(recv, LIMIT), "recv");
 }
+
+#[test]
+fn the_tokio_client_takes_a_ring_too_in_any_mix_with_the_blocking_one() {
+    let node = TestNode::start_ebpf("async-ring");
+    let bytes = 64 * MIB;
+    // (sender blocking, receiver blocking)
+    for (sender_blocking, receiver_blocking) in [(false, false), (false, true), (true, false)] {
+        let channel = format!("ring-{sender_blocking}-{receiver_blocking}");
+        let probe = |verb: &str, blocking: bool| {
+            let mut cmd = node.local_probe(verb, &channel, bytes);
+            cmd.args(["--writes", "mixed", "--seed", "11"]);
+            if blocking {
+                cmd.arg("--blocking");
+            }
+            spawn(&mut cmd)
+        };
+        let recv = probe("recv", receiver_blocking);
+        let send = probe("send", sender_blocking);
+        // The probes check every byte against the pattern.
+        assert_success(&wait_within(send, LIMIT), &format!("{channel}: sender"));
+        assert_success(&wait_within(recv, LIMIT), &format!("{channel}: receiver"));
+        let status = node.agent.wait_finished(&channel, LIMIT);
+        assert_eq!(status["state"], "done", "{status:#}");
+        assert_eq!(status["transport"], "shm", "{status:#}");
+        assert!(status["bytes"].as_u64().unwrap_or(0) >= bytes, "{status:#}");
+    }
+    // A tokio sender that dies mid-stream: the tokio receiver says truncated.
+    let recv = spawn(&mut node.local_probe("recv", "ring-killed", bytes));
+    let mut send = spawn(
+        node.local_probe("send", "ring-killed", bytes)
+            .args(["--stall-after", &(8 * MIB).to_string()]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    send.kill().expect("killing the sender");
+    let _ = send.wait();
+    let recv = wait_within(recv, LIMIT);
+    assert!(
+        !recv.status.success(),
+        "a truncated stream must not succeed"
+    );
+    let said = String::from_utf8_lossy(&recv.stderr);
+    assert!(said.contains("truncated"), "{said}");
+}

@@ -200,6 +200,8 @@ fn test_binaries() -> anyhow::Result<BTreeMap<String, PathBuf>> {
             "--workspace",
             "--exclude",
             "floki-ebpf",
+            "--exclude",
+            "floki-py",
             "--no-run",
             "--message-format=json",
         ])

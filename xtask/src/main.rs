@@ -6,6 +6,7 @@ mod baselines;
 mod ebpf;
 mod kernels;
 mod lab;
+mod python;
 mod test;
 mod toolchain;
 

@@ -89,7 +89,10 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
     }
     ensure_nextest()?;
     ensure_test_tools()?;
-    ensure_manifest_validator()?;
+    // The project's Python environment (pytest, kubernetes-validate for the
+    // deploy tests, ...) and the floki wheel in it.
+    crate::python::ensure()?;
+    let wheel = crate::python::install_wheel()?;
     build_bins()?;
     eprintln!("xtask: unit and kernel tests");
     run(&mut cargo(&[
@@ -98,6 +101,8 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "floki-ebpf",
+        "--exclude",
+        "floki-py",
         "--no-fail-fast",
         "-E",
         "not binary(memory)",
@@ -118,9 +123,21 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "floki-ebpf",
+        "--exclude",
+        "floki-py",
         "--doc",
         "--quiet",
     ]))?;
+    crate::python::pytest(&workspace_root().join("target/debug/floki-lab"))?;
+    let versions = crate::python::check_abi3(&wheel)?;
+    eprintln!(
+        "xtask: the abi3 wheel also loads on CPython {}",
+        if versions.is_empty() {
+            "(no other version here)".to_owned()
+        } else {
+            versions.join(", ")
+        }
+    );
     eprintln!("xtask: tests on the host's kernel passed");
     kernel_matrix(opts)?;
     eprintln!("xtask: all tests passed");
@@ -134,6 +151,8 @@ fn build_bins() -> anyhow::Result<()> {
         "--workspace",
         "--exclude",
         "floki-ebpf",
+        "--exclude",
+        "floki-py",
         "--bins",
     ]))
 }
@@ -150,30 +169,6 @@ fn kernel_matrix(opts: &Options) -> anyhow::Result<()> {
     }
     let outcomes = crate::kernels::run_matrix(&labels)?;
     crate::kernels::report(&outcomes)
-}
-
-/// The Kubernetes schema validator the manifest tests run (PyPI).
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-
-fn ensure_manifest_validator() -> anyhow::Result<()> {
-    let present = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--version"])
-        .output()
-        .is_ok_and(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1.37.0")
-        });
-    if present {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {KUBERNETES_VALIDATE} (the manifests' schema check)");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--root-user-action=ignore",
-        KUBERNETES_VALIDATE,
-    ]))
 }
 
 /// Programs the kernel tests drive, and the Debian packages that have them:

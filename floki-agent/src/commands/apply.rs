@@ -7,8 +7,12 @@ use serde_json::{Value, json};
 use crate::cli::{ApplyArgs, DeleteArgs};
 
 pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
-    let yaml = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let yaml = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the spec from standard input")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
     let answer = request(&args.admin, &json!({"request": "apply", "yaml": yaml})).await?;
     if let Some(applied) = answer.get("applied") {
         let token = applied["token"].as_str().unwrap_or_default();

@@ -5,6 +5,7 @@ use std::{
     io::{self, BufRead, Read, Write},
     net::TcpStream,
     ops::Range,
+    os::fd::BorrowedFd,
 };
 
 use floki_proto::{
@@ -85,6 +86,44 @@ impl Receiver {
     /// Agent-wide channel id.
     pub fn channel_id(&self) -> u32 {
         self.end.channel_id
+    }
+
+    /// Stream bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.path.progress().0
+    }
+
+    /// Over `shm`: the ring's memory file, for a caller that maps it itself
+    /// (the Python package hands out read-only views of it).
+    pub fn ring_memory(&self) -> Option<BorrowedFd<'_>> {
+        match &self.path {
+            Path::Ring(ring) => Some(ring.memory()),
+            Path::Socket(_) => None,
+        }
+    }
+
+    /// Over `shm`: where the next bytes of the stream lie in the ring's
+    /// memory file (offset, length), waiting for the sender; length 0 once
+    /// the stream ended verified. Hand what was used to
+    /// [`BufRead::consume`]. `None` over a socket.
+    pub fn fill_in_ring(&mut self) -> io::Result<Option<(u64, usize)>> {
+        if !matches!(self.path, Path::Ring(_)) {
+            return Ok(None);
+        }
+        let (at, len) = {
+            let bytes = self.fill_buf()?;
+            (bytes.as_ptr(), bytes.len())
+        };
+        if len == 0 {
+            return Ok(Some((0, 0)));
+        }
+        let Path::Ring(ring) = &self.path else {
+            unreachable!("checked above");
+        };
+        // SAFETY: `at..at + len` is what `fill_buf` just returned, in the
+        // ring's mapping, which lives as long as `self`.
+        let bytes = unsafe { std::slice::from_raw_parts(at, len) };
+        Ok(ring.file_offset(bytes).map(|offset| (offset, len)))
     }
 
     /// After end of stream: what arrived, once the agent has been told.

@@ -27,8 +27,9 @@ pub(crate) enum Opening<T> {
     Pairing(SetupTask),
     /// The stream is established: `T` is the client's open stream.
     Open(T),
-    /// Setting the stream up failed.
-    Failed(StreamError),
+    /// Setting the stream up failed: what writes return, and the set-up's
+    /// own error (`None` if its task died).
+    Failed(StreamError, Option<ClientError>),
 }
 
 impl<T> Opening<T> {
@@ -44,6 +45,22 @@ impl<T> Opening<T> {
     pub fn open_mut(&mut self) -> Option<&mut T> {
         match self {
             Self::Open(open) => Some(open),
+            _ => None,
+        }
+    }
+
+    /// Why setting the stream up failed, if it did.
+    pub fn failure(&self) -> Option<&ClientError> {
+        match self {
+            Self::Failed(_, cause) => cause.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Takes the set-up's error out, if it failed.
+    pub fn take_failure(&mut self) -> Option<ClientError> {
+        match self {
+            Self::Failed(_, cause) => cause.take(),
             _ => None,
         }
     }
@@ -92,21 +109,33 @@ impl<T> Opening<T> {
         done: Result<Result<Established, ClientError>, JoinError>,
         start: impl FnOnce(Established) -> Result<T, ClientError>,
     ) {
-        let not_paired = |reason| Self::Failed(StreamError::NotPaired { reason });
+        let not_paired = |err: ClientError| {
+            Self::Failed(
+                StreamError::NotPaired {
+                    reason: error_chain(&err),
+                },
+                Some(err),
+            )
+        };
         *self = match done {
             Ok(Ok(established)) => match start(established) {
                 Ok(open) => Self::Open(open),
-                Err(err) => not_paired(error_chain(&err)),
+                Err(err) => not_paired(err),
             },
-            Ok(Err(err)) => not_paired(error_chain(&err)),
-            Err(err) => not_paired(err.to_string()),
+            Ok(Err(err)) => not_paired(err),
+            Err(err) => Self::Failed(
+                StreamError::NotPaired {
+                    reason: err.to_string(),
+                },
+                None,
+            ),
         };
     }
 
     fn outcome(&mut self) -> io::Result<&mut T> {
         match self {
             Self::Open(open) => Ok(open),
-            Self::Failed(err) => Err(err.clone().into()),
+            Self::Failed(err, _) => Err(err.clone().into()),
             Self::Pairing(_) => unreachable!("settled before"),
         }
     }

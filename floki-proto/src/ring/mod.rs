@@ -128,6 +128,8 @@ struct Mapped {
     map: MmapMut,
     capacity: u64,
     peer: OwnedFd,
+    /// The memory file, for a caller that maps it itself.
+    memory: OwnedFd,
 }
 
 impl Mapped {
@@ -162,6 +164,7 @@ impl Mapped {
             map,
             capacity,
             peer,
+            memory: file.into(),
         }))
     }
 

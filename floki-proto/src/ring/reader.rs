@@ -2,7 +2,7 @@
 
 use std::{
     hash::Hasher as _,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     sync::{
         Arc,
         atomic::{Ordering, fence},
@@ -46,6 +46,19 @@ impl RingReader {
             hasher: XxHash3_64::new(),
             finished: false,
         })
+    }
+
+    /// The ring's memory file (header and data), for a caller that maps it
+    /// itself: the Python package hands out views of it.
+    pub fn memory(&self) -> BorrowedFd<'_> {
+        self.ring.memory.as_fd()
+    }
+
+    /// Where `bytes` (from the last fill) lie in the memory file.
+    pub fn file_offset(&self, bytes: &[u8]) -> Option<u64> {
+        let base = self.ring.map.as_ptr() as usize;
+        let at = (bytes.as_ptr() as usize).checked_sub(base)?;
+        (at + bytes.len() <= self.ring.map.len()).then_some(at as u64)
     }
 
     /// The waiting half of this end (see [`RingWaiter`]).

@@ -1,8 +1,10 @@
 //! `floki-lab`: the demo and the benchmarks, run by `cargo xtask demo` and
 //! `cargo xtask bench ...` once everything is built (as root: the agent loads
-//! eBPF programs). Every endpoint is this program too (`floki-lab peer ...`).
+//! eBPF programs). Every endpoint is this program too (`floki-lab peer ...`),
+//! and `floki-lab cluster` lends real agents to the Python tests.
 
 mod bench;
+mod cluster;
 mod demo;
 mod lab;
 mod peer;
@@ -23,6 +25,9 @@ enum Task {
     /// Benchmarks; results go to docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Network-namespace nodes with an agent each, for tests outside Rust:
+    /// prints them as one JSON line, keeps them until stdin closes.
+    Cluster(cluster::Options),
     /// A benchmark or demo endpoint (the lab spawns itself).
     #[command(subcommand, hide = true)]
     Peer(peer::Peer),
@@ -32,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(opts) => demo::run(&opts),
         Task::Bench(bench) => bench::run(bench),
+        Task::Cluster(opts) => cluster::run(&opts),
         Task::Peer(peer) => peer::run(peer),
     }
 }

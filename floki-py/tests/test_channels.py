@@ -1,0 +1,200 @@
+"""Plain channels between Python functions on one node, and with the Rust
+CLI: every byte identical, on the agent's TCP port (the kernel splices the
+two sockets) and on its Unix socket (a shared-memory ring); failures are
+exceptions, never a short success."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import Node, finish
+
+MIB = 1 << 20
+
+
+def doors(node: Node):
+    return {"tcp": (node.tcp, "splice"), "unix": (node.unix, "shm")}
+
+
+@pytest.mark.parametrize("door", ["tcp", "unix"])
+@pytest.mark.parametrize(
+    "size,writes,read",
+    [
+        (0, "fixed:1048576", "readinto"),
+        (1, "fixed:1", "read"),
+        (100_003, "mixed", "readinto"),
+        (16 * MIB, "mixed", "view"),
+        (16 * MIB + 7, "fixed:65536", "read"),
+        (256 * MIB, "mixed", "readinto"),
+    ],
+    ids=["0B", "1B", "100KB-mixed", "16MiB-view", "16MiB-64KiB-writes", "256MiB-mixed"],
+)
+def test_python_to_python_arrives_byte_identical(node, channel, door, size, writes, read):
+    agent, transport = doors(node)[door]
+    rx = node.python("recv", "--agent", agent, "--channel", channel, "--read", read)
+    tx = node.python(
+        "send", "--agent", agent, "--channel", channel, "--bytes", str(size),
+        "--writes", writes, "--seed", str(size),
+    )
+    sent, received = finish(tx), finish(rx)
+    assert sent.ok, sent
+    assert received.ok, received
+    assert received.report["bytes"] == size
+    assert received.report["digest"] == sent.report["digest"]
+    assert received.report["transport"] == transport
+    status = node.channel(channel)
+    assert status["state"] == "done"
+    assert status["transport"] == transport
+
+
+@pytest.mark.parametrize("door", ["tcp", "unix"])
+def test_python_and_the_rust_cli_stream_to_each_other(node, channel, door, tmp_path):
+    agent, transport = doors(node)[door]
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(8 * MIB + 13))
+    # The CLI sends, Python receives into a file.
+    into = tmp_path / "from-cli.bin"
+    rx = node.command(
+        [os.sys.executable, "-c",
+         "import floki,sys; s=floki.receive_file(sys.argv[1], sys.argv[2], agent=sys.argv[3]);"
+         "print(s.transport)", f"{channel}-a", str(into), agent],
+        stdout=-1, stderr=-1,
+    )
+    cli = node.cli("send", f"{channel}-a", str(source), "--agent", agent)
+    assert cli.wait(60) == 0, cli.stderr.read().decode()
+    out, err = rx.communicate(timeout=60)
+    assert rx.returncode == 0, err.decode()
+    assert out.decode().strip() == transport
+    assert filecmp.cmp(source, into, shallow=False)
+    # Python sends a file, the CLI receives it.
+    back = tmp_path / "from-python.bin"
+    cli = node.cli("recv", f"{channel}-b", "-o", str(back), "--agent", agent)
+    tx = node.command(
+        [os.sys.executable, "-c",
+         "import floki,sys; floki.send_file(sys.argv[1], sys.argv[2], agent=sys.argv[3])",
+         f"{channel}-b", str(source), agent],
+        stdout=-1, stderr=-1,
+    )
+    _, err = tx.communicate(timeout=60)
+    assert tx.returncode == 0, err.decode()
+    assert cli.wait(60) == 0, cli.stderr.read().decode()
+    assert filecmp.cmp(source, back, shallow=False)
+
+
+@pytest.mark.parametrize("door", ["tcp", "unix"])
+def test_a_killed_sender_is_a_truncation_never_a_short_success(node, channel, door):
+    agent, _ = doors(node)[door]
+    rx = node.python("recv", "--agent", agent, "--channel", channel)
+    tx = node.python(
+        "send", "--agent", agent, "--channel", channel, "--bytes", str(256 * MIB),
+        "--rate", str(64 * MIB),
+    )
+    time.sleep(1.0)
+    tx.send_signal(signal.SIGKILL)
+    received = finish(rx)
+    assert not received.ok
+    assert received.report["error"] == "TruncatedError", received
+    assert "truncated" in received.report["message"]
+
+
+@pytest.mark.parametrize("door", ["tcp", "unix"])
+def test_a_killed_receiver_fails_the_sender(node, channel, door):
+    agent, _ = doors(node)[door]
+    rx = node.python("recv", "--agent", agent, "--channel", channel, "--pace", str(32 * MIB))
+    tx = node.python("send", "--agent", agent, "--channel", channel, "--bytes", str(256 * MIB))
+    time.sleep(1.0)
+    rx.send_signal(signal.SIGKILL)
+    sent = finish(tx)
+    assert not sent.ok
+    assert sent.report["error"] in ("ReceiverGoneError", "StreamError"), sent
+    assert "receiver" in sent.report["message"]
+
+
+def test_a_slow_python_reader_keeps_memory_within_the_window(node, channel):
+    """Over the ring the window is the ring: the node's shared memory grows
+    by the ring, not by the stream."""
+    window = 8 * MIB
+
+    def shmem() -> int:
+        for line in open("/proc/meminfo"):
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no Shmem in /proc/meminfo")
+
+    before = shmem()
+    rx = node.python(
+        "recv", "--agent", node.unix, "--channel", channel, "--pace", str(64 * MIB),
+        "--window", str(window),
+    )
+    tx = node.python("send", "--agent", node.unix, "--channel", channel, "--bytes", str(256 * MIB))
+    peak = before
+    while rx.poll() is None:
+        peak = max(peak, shmem())
+        time.sleep(0.05)
+    sent, received = finish(tx), finish(rx)
+    assert sent.ok and received.ok, (sent, received)
+    assert received.report["transport"] == "shm"
+    grew = peak - before
+    assert grew <= window + 4 * MIB, f"shared memory grew by {grew >> 20} MiB for an 8 MiB window"
+
+
+def test_a_thread_produces_while_another_consumes(node, channel):
+    """Blocking calls release the GIL: one process, a sender thread and a
+    receiver thread on the same channel, and a third thread that keeps
+    counting meanwhile."""
+    script = f"""
+import hashlib, json, threading, floki
+data = bytes(range(256)) * 65536          # 16 MiB
+ticks = 0
+done = threading.Event()
+def tick():
+    global ticks
+    while not done.is_set():
+        ticks += 1
+def send():
+    floki.send({channel!r}, data, agent={node.unix!r})
+threading.Thread(target=tick).start()
+sender = threading.Thread(target=send)
+sender.start()
+got = floki.receive({channel!r}, agent={node.unix!r})
+sender.join()
+done.set()
+print(json.dumps({{"ok": got == data, "ticks": ticks}}))
+"""
+    process = node.command([os.sys.executable, "-c", script], stdout=-1, stderr=-1)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err.decode()
+    result = __import__("json").loads(out)
+    assert result["ok"]
+    assert result["ticks"] > 1000, result
+
+
+def test_errors_are_exceptions_with_the_agents_message(node, channel):
+    import floki
+
+    with pytest.raises(floki.AgentUnreachableError) as unreachable:
+        floki.Sender(channel, agent="unix:/nonexistent/floki.sock")
+    assert "cannot reach the Floki agent" in str(unreachable.value)
+    assert isinstance(unreachable.value, ConnectionError)
+    # The test process runs outside the node's namespace: name a bad
+    # channel through a process inside it.
+    script = (
+        "import floki,sys\n"
+        "try:\n floki.Sender('bad name!', agent=sys.argv[1])\n"
+        "except floki.RefusedError as e: print(e)\n"
+        "try:\n floki.Receiver(sys.argv[2], agent=sys.argv[1], timeout=0.5)\n"
+        "except floki.PairTimeoutError as e: print('timeout:', e)\n"
+    )
+    process = node.command(
+        [os.sys.executable, "-c", script, node.unix, channel], stdout=-1, stderr=-1
+    )
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert "BadChannelName" in lines[0] and "invalid" in lines[0], lines
+    assert lines[1].startswith("timeout: no sender joined channel"), lines
