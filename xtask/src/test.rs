@@ -128,10 +128,11 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
         "--doc",
         "--quiet",
     ]))?;
-    crate::python::pytest(&workspace_root().join("target/debug/floki-lab"))?;
-    let versions = crate::python::check_abi3(&wheel)?;
+    let lab = workspace_root().join("target/debug/floki-lab");
+    crate::python::pytest(&lab)?;
+    let versions = crate::python::check_abi3(&wheel, &lab)?;
     eprintln!(
-        "xtask: the abi3 wheel also loads on CPython {}",
+        "xtask: the abi3 wheel also streams on CPython {}",
         if versions.is_empty() {
             "(no other version here)".to_owned()
         } else {
