@@ -16,9 +16,14 @@ pub fn run(task: &str, args: &[String]) -> anyhow::Result<()> {
         bail!("the agent loads eBPF programs: run `cargo xtask {task}` as root");
     }
     toolchain::ensure()?;
-    // The demo and the paper benchmark compare with object storage.
-    if task == "demo" || args.first().is_some_and(|bench| bench == "paper") {
+    let bench = args.first().map(String::as_str);
+    // The demo and the paper and Python benchmarks compare with object storage.
+    if task == "demo" || matches!(bench, Some("paper" | "python")) {
         baselines::ensure()?;
+    }
+    // The Python benchmark runs the floki wheel from the project's venv.
+    if bench == Some("python") {
+        crate::python::install_wheel()?;
     }
     eprintln!("xtask: building floki-agent and floki-lab (release)");
     toolchain::run(

@@ -20,6 +20,7 @@ const REQUIREMENTS: &[&str] = &[
     "pytest==9.2.0",
     "numpy==2.4.6",
     "boto3==1.44.8",
+    "xxhash==4.1.0",
     // The deploy tests' schema check of the Kubernetes manifests.
     "kubernetes-validate==1.37.0",
 ];
@@ -117,7 +118,14 @@ pub fn check_abi3(wheel: &Path, lab: &Path) -> anyhow::Result<Vec<String>> {
             run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "pytest>=8"]))?;
         }
         run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--force-reinstall",
+                "--no-deps",
+            ])
             .arg(wheel))?;
         eprintln!("xtask: the floki wheel on CPython {version}");
         run(Command::new(&python)

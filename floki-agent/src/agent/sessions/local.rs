@@ -41,6 +41,10 @@ pub async fn serve(
 ) {
     let name = hello.channel.clone();
     let role = hello.role;
+    // What a sender may hold before pairing; a receiver hears its own.
+    let holds = window
+        .or(hello.window)
+        .unwrap_or(agent.channels.default_window());
     let reach = match &control {
         Either::Left(tcp) => tcp
             .local_addr()
@@ -71,7 +75,7 @@ pub async fn serve(
     let accepted = AgentMessage::Accepted {
         channel_id: membership.id(),
         node: agent.node.clone(),
-        window: Some(window.unwrap_or(agent.channels.default_window())),
+        window: Some(holds),
         socket: listener.as_ref().map(|_| Handoff::Listener),
     };
     let handed: Vec<BorrowedFd<'_>> = listener.iter().map(|l| l.as_fd()).collect();

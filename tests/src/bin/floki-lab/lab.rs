@@ -12,7 +12,7 @@ use floki_tests::{
     cgroup::TestCgroup,
 };
 
-use crate::peer::Measured;
+pub use crate::peer::Measured;
 
 /// The agent and this program (whose `peer` subcommand is every endpoint),
 /// from the same build (`cargo xtask` builds both before running this).

@@ -3,6 +3,7 @@
 
 pub mod paper;
 pub mod patterns;
+pub mod python;
 pub mod report;
 pub mod splice;
 
@@ -16,6 +17,9 @@ pub enum Bench {
     /// Every communication pattern across three namespace nodes, Floki
     /// against the same traffic over plain TCP.
     Patterns(patterns::Options),
+    /// Floki from Python: streams against the Rust client, and a Python
+    /// workflow (examples/python) against the same functions over boto3 and S3.
+    Python(python::Options),
     /// The Floki paper's comparison: the same workflows through Floki, an S3
     /// object store and Redis, 1 MiB to 4 GiB, one node and two.
     Paper(paper::Options),
@@ -26,5 +30,6 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Splice(opts) => splice::run(&opts),
         Bench::Patterns(opts) => patterns::run(&opts),
         Bench::Paper(opts) => paper::run(&opts),
+        Bench::Python(opts) => python::run(&opts),
     }
 }

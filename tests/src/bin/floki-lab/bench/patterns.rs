@@ -288,7 +288,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut table = String::from(
         "| pattern (GB/s, all consumers together) | plain TCP | Floki | Floki / TCP (median of the runs' ratios) |\n|---|---|---|---|\n",
     );
-    let cell = |s: &Spread| format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max);
+    let cell = |s: &Spread| s.cell(2);
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
     for (i, scenario) in scenarios.iter().enumerate() {

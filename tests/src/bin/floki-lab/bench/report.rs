@@ -28,6 +28,14 @@ impl Spread {
             max: sorted[n - 1],
         }
     }
+
+    /// `median (min–max)` with `digits` decimals, for the tables.
+    pub fn cell(&self, digits: usize) -> String {
+        format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits, self.median, digits, self.min, digits, self.max
+        )
+    }
 }
 
 /// One line about the machine: CPU, cores, memory, kernel.

@@ -241,12 +241,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut table = String::from(
         "| measure | plain TCP | Floki shm | Floki splice | Floki splice, async client | Floki, no eBPF | splice / TCP | shm / splice | shm / TCP |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    let cell = |s: &Spread, digits: usize| {
-        format!(
-            "{:.*} ({:.*}–{:.*})",
-            digits, s.median, digits, s.min, digits, s.max
-        )
-    };
+    let cell = |s: &Spread, digits: usize| s.cell(digits);
     // Columns in table order, by their index in System::ALL.
     let shown = [0, 4, 1, 2, 3];
     let idx = |system: System| {

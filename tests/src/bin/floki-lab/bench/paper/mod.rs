@@ -10,11 +10,12 @@
 
 pub mod endpoint;
 mod plots;
+pub use plots::register_font;
 mod results;
 pub mod scenario;
 
 mod content;
-mod servers;
+pub mod servers;
 pub mod usage;
 
 use std::{

@@ -22,7 +22,7 @@ fn out_dir() -> PathBuf {
 /// `cargo xtask bench paper` installs).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn register_font() -> anyhow::Result<()> {
+pub fn register_font() -> anyhow::Result<()> {
     let bytes = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (apt-get install fonts-dejavu-core)"))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into()))
