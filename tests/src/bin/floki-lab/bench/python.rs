@@ -460,7 +460,7 @@ fn report_of(
          (`upload_fileobj` / `download_fileobj`, a stage started when the previous one has uploaded, \
          as an orchestrator runs them). Times are the whole workflow, first function started to last \
          one exited, Python start-up included; the two outputs are compared byte for byte.\n\n\
-         | input | frames | Floki s | S3 (s3s-fs, boto3) s | Floki vs S3 | intermediate data on disk: Floki / S3 |\n\
+         | input | frames | Floki s | S3 (s3s-fs, boto3) s | Floki vs S3 | written to disk: the agent (its log) / s3s-fs |\n\
          |---|---|---|---|---|---|\n",
     );
     for row in pipeline {
