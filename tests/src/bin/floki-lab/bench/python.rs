@@ -501,24 +501,41 @@ fn report_of(
     (md, data)
 }
 
-/// Seconds per input, Floki and S3, log axes (docs/benchmarks).
+/// Seconds per input, Floki and S3, log axes (docs/benchmarks, SVG and PNG).
 fn plot(rows: &[PipelineRow]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     super::paper::register_font()?;
     let dir = root().join("docs/benchmarks");
     std::fs::create_dir_all(&dir)?;
     let svg = dir.join("python-pipeline.svg");
-    let area = SVGBackend::new(&svg, (900, 500)).into_drawing_area();
-    area.fill(&WHITE)?;
-    let sizes: Vec<f64> = rows.iter().map(|row| row.input as f64).collect();
+    let png = dir.join("python-pipeline.png");
+    draw(SVGBackend::new(&svg, (900, 500)).into_drawing_area(), rows)?;
+    draw(BitMapBackend::new(&png, (900, 500)).into_drawing_area(), rows)
+}
+
+fn draw<DB: plotters::prelude::DrawingBackend>(
+    area: plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    rows: &[PipelineRow],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let failed = |err: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing: {err:?}");
+    area.fill(&WHITE).map_err(failed)?;
+    let medians = |row: &PipelineRow| (Spread::of(&row.floki).median, Spread::of(&row.s3).median);
     let all: Vec<f64> = rows
         .iter()
-        .flat_map(|row| [Spread::of(&row.floki).median, Spread::of(&row.s3).median])
+        .flat_map(|row| {
+            let (floki, s3) = medians(row);
+            [floki, s3]
+        })
         .collect();
     let (lo, hi) = (
         all.iter().copied().fold(f64::INFINITY, f64::min) / 2.0,
         all.iter().copied().fold(0.0, f64::max) * 2.0,
     );
+    let sizes: Vec<f64> = rows.iter().map(|row| row.input as f64).collect();
     let (x0, x1) = (
         sizes.first().copied().unwrap_or(1.0) / 2.0,
         sizes.last().copied().unwrap_or(2.0) * 2.0,
@@ -528,37 +545,41 @@ fn plot(rows: &[PipelineRow]) -> anyhow::Result<()> {
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
+        .build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())
+        .map_err(failed)?;
     chart
         .configure_mesh()
         .x_desc("input")
         .y_desc("seconds")
         .x_label_formatter(&|x| human(*x as u64))
-        .draw()?;
-    for (label, color, pick) in [
-        ("Floki", RGBColor(0x1b, 0x9e, 0x77), 0),
-        ("S3 (s3s-fs, boto3)", RGBColor(0xd9, 0x5f, 0x02), 1),
+        .draw()
+        .map_err(failed)?;
+    for (label, color, floki) in [
+        ("Floki", RGBColor(0x1b, 0x9e, 0x77), true),
+        ("S3 (s3s-fs, boto3)", RGBColor(0xd9, 0x5f, 0x02), false),
     ] {
         let points: Vec<(f64, f64)> = rows
             .iter()
             .map(|row| {
-                let v = if pick == 0 { &row.floki } else { &row.s3 };
-                (row.input as f64, Spread::of(v).median)
+                let (f, s) = medians(row);
+                (row.input as f64, if floki { f } else { s })
             })
             .collect();
         chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))?
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(failed)?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
-        chart.draw_series(points.iter().map(|p| Circle::new(*p, 5, color.filled())))?;
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 5, color.filled())))
+            .map_err(failed)?;
     }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE)
-        .draw()?;
-    area.present()?;
+        .draw()
+        .map_err(failed)?;
+    area.present().map_err(failed)?;
     Ok(())
 }
