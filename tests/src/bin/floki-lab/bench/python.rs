@@ -510,7 +510,10 @@ fn plot(rows: &[PipelineRow]) -> anyhow::Result<()> {
     let svg = dir.join("python-pipeline.svg");
     let png = dir.join("python-pipeline.png");
     draw(SVGBackend::new(&svg, (900, 500)).into_drawing_area(), rows)?;
-    draw(BitMapBackend::new(&png, (900, 500)).into_drawing_area(), rows)
+    draw(
+        BitMapBackend::new(&png, (900, 500)).into_drawing_area(),
+        rows,
+    )
 }
 
 fn draw<DB: plotters::prelude::DrawingBackend>(
@@ -569,7 +572,9 @@ where
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
             .map_err(failed)?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 5, color.filled())))
             .map_err(failed)?;
