@@ -106,6 +106,16 @@ class Node:
         )
         return json.loads(out.stdout)
 
+    def wait_streaming(self, name: str, limit: float = 60.0) -> None:
+        """Until channel `name` is paired and bytes have moved."""
+        deadline = time.monotonic() + limit
+        while True:
+            for channel in self.status()["channels"]:
+                if channel["name"] == name and channel["state"] == "active" and channel["bytes"] > 0:
+                    return
+            assert time.monotonic() < deadline, f"channel {name} never started streaming"
+            time.sleep(0.05)
+
     def channel(self, name: str, limit: float = 30.0) -> dict:
         """The finished channel `name` (newest), once it is."""
         deadline = time.monotonic() + limit

@@ -94,7 +94,7 @@ def test_a_killed_sender_is_a_truncation_never_a_short_success(node, channel, do
         "send", "--agent", agent, "--channel", channel, "--bytes", str(256 * MIB),
         "--rate", str(64 * MIB),
     )
-    time.sleep(1.0)
+    node.wait_streaming(channel)
     tx.send_signal(signal.SIGKILL)
     received = finish(rx)
     assert not received.ok
@@ -107,7 +107,7 @@ def test_a_killed_receiver_fails_the_sender(node, channel, door):
     agent, _ = doors(node)[door]
     rx = node.python("recv", "--agent", agent, "--channel", channel, "--pace", str(32 * MIB))
     tx = node.python("send", "--agent", agent, "--channel", channel, "--bytes", str(256 * MIB))
-    time.sleep(1.0)
+    node.wait_streaming(channel)
     rx.send_signal(signal.SIGKILL)
     sent = finish(tx)
     assert not sent.ok
