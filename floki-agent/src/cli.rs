@@ -29,7 +29,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent (as root): attach the eBPF programs, broker
     /// channels, serve status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Send FILE (or standard input) as the stream of CHANNEL.
     Send(SendArgs),
     /// Receive the stream of CHANNEL into FILE (or standard output).
@@ -143,6 +143,37 @@ pub struct RunArgs {
     /// (docs/WORKFLOWS.md) [default: no pipes].
     #[arg(long, value_name = "DIR")]
     pub pipes_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The store: streams kept for consumers that start after their producers
+/// exited (docs/WORKFLOWS.md, "Delivery").
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Spill directory of the store (streams there survive a restart).
+    #[arg(long, env = "FLOKI_STORE_DIR", default_value = "/var/lib/floki/store")]
+    pub store_dir: PathBuf,
+    /// Memory the store may use for streams, all together.
+    #[arg(long, env = "FLOKI_STORE_MEMORY", default_value = "1GiB")]
+    pub store_memory: Size,
+    /// Disk the store may use in --store-dir, all together.
+    #[arg(long, env = "FLOKI_STORE_DISK", default_value = "16GiB")]
+    pub store_disk: Size,
+    /// A third tier, in an S3-compatible object store: s3://BUCKET[/PREFIX]
+    /// (endpoint and credentials from AWS_ENDPOINT, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) [default: none].
+    #[arg(long, env = "FLOKI_STORE_S3", value_name = "URL")]
+    pub store_s3: Option<String>,
+    /// How long a producer with nothing more to buffer (its window full, or
+    /// finishing) waits for its consumer before the store takes its stream;
+    /// across nodes, how long a stream pushed ahead waits for its consumer.
+    #[arg(long, env = "FLOKI_STORE_AFTER", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub store_after: std::time::Duration,
+    /// How long the stream of a plain channel is kept for its consumer
+    /// (workflow edges set theirs with `retain:`).
+    #[arg(long, env = "FLOKI_STORE_RETAIN", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub store_retain: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -180,13 +211,19 @@ pub struct SendArgs {
     /// sockets and no byte passes through an agent.
     #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
-    /// Give up if no receiver joins within this many seconds [default: wait].
+    /// Give up if no receiver joins within this many seconds [default: wait;
+    /// with the store, only until the agent takes the stream].
     #[arg(long)]
     pub timeout: Option<u64>,
     /// Insist on a transport: shm, splice or tcp (experiments; the agent
     /// refuses the channel if it cannot provide it) [default: the agent picks].
     #[arg(long)]
     pub transport: Option<Transport>,
+    /// Wait for the receiver rather than let the agent store the stream
+    /// when the receiver is not there yet [default: the agent stores it
+    /// after --store-after, and this command says "stored"].
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,56 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Totals since the agent started.
     pub totals: Totals,
+    /// Streams kept for consumers that start later.
+    #[serde(default)]
+    pub store: StoreStatus,
+}
+
+/// The store: its tiers, budgets and streams.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The spill directory.
+    pub dir: String,
+    /// The S3 tier's URL, if there is one.
+    pub s3: Option<String>,
+    /// Bytes held in memory.
+    pub memory_bytes: u64,
+    /// The memory budget.
+    pub memory_budget: u64,
+    /// Bytes spilled to disk.
+    pub disk_bytes: u64,
+    /// The disk budget.
+    pub disk_budget: u64,
+    /// Consumers served from the store since the agent started.
+    pub replays: u64,
+    /// Producers refused because every tier was full.
+    pub refused_full: u64,
+    /// The streams held, by name.
+    pub streams: Vec<StoredStatus>,
+    /// Streams held in memory before a restart, lost (their consumers get
+    /// an error until the stream's retention ends).
+    pub lost: Vec<String>,
+}
+
+/// A stored stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredStatus {
+    /// Channel name (for a workflow stream, `workflow/edge/producer>consumer`).
+    pub name: String,
+    /// Its workflow, if it is a workflow stream.
+    pub workflow: Option<String>,
+    /// `memory`, `disk` or `s3`.
+    pub tier: String,
+    /// Bytes held.
+    pub bytes: u64,
+    /// `storing`, `complete` or `failed: REASON`.
+    pub state: String,
+    /// Times a consumer read it.
+    pub replays: u64,
+    /// Seconds since storing began.
+    pub age_secs: u64,
+    /// Seconds until it expires; null: until its workflow is deleted.
+    pub expires_in_secs: Option<u64>,
 }
 
 /// `ebpf` or `fallback`.
@@ -133,6 +183,11 @@ pub struct ChannelStatus {
     /// Why the agent chose this transport.
     #[serde(default)]
     pub reason: Option<String>,
+    /// `stored`: the receiver is the agent's store (the consumer was not
+    /// there); `replayed`: the sender is the agent's store, serving a
+    /// stored stream. Absent for end-to-end channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// An applied workflow, as this node sees it.
@@ -177,6 +232,10 @@ pub struct StreamStatus {
     pub transport: Option<Transport>,
     /// `ready`, `preparing`, or `elsewhere`.
     pub state: String,
+    /// What this node's store holds of it: `memory`, `disk` or `s3` and
+    /// its state, e.g. `disk, complete, 64.0 MiB, read 2 times`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
 }
 
 /// A peer agent and this agent's link to it.

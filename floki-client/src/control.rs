@@ -10,6 +10,7 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream, UnixStream},
+    sync::oneshot,
     time::timeout,
 };
 use tokio_util::either::Either;
@@ -17,8 +18,8 @@ use tokio_util::either::Either;
 use floki_proto::{
     KEY_LEN, ProtocolError,
     control::{
-        AgentMessage, ControlStream, Handoff, Hello, Role, Transport, decode_key, read_message,
-        write_message, write_preamble,
+        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Role, Transport, decode_key,
+        read_message, write_message, write_preamble,
     },
     handoff::recv_fds,
     netns::netns_cookie,
@@ -38,6 +39,8 @@ pub(crate) struct Pairing {
     pub handed: Option<TcpStream>,
     /// The shared-memory ring and this end's socket beside it (`shm`).
     pub ring: Option<(OwnedFd, OwnedFd)>,
+    /// The other end is the agent's store.
+    pub stored: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -121,6 +124,8 @@ pub(crate) async fn hello(
         stream: opts.stream.clone(),
         shm: opts.ring && is_unix(&control),
         transport: opts.transport,
+        live: opts.live,
+        store: opts.store,
     };
     write_preamble(&mut control).await.map_err(protocol)?;
     write_message(&mut control, &hello)
@@ -164,14 +169,17 @@ pub(crate) async fn hello(
 }
 
 /// Waits until the agent pairs an accepted end with its peer (within
-/// `opts.pair_timeout` if set).
+/// `opts.pair_timeout` if set). A sender passes `nudge`: when it fires (the
+/// sender has nothing more to buffer), the agent hears `waiting` and may
+/// store the stream at once.
 pub(crate) async fn paired(
     accepted: Accepted,
     opts: &ChannelOptions,
     role: Role,
+    nudge: Option<oneshot::Receiver<()>>,
 ) -> Result<(Pairing, Option<TcpListener>), ClientError> {
     let Accepted {
-        mut control,
+        control,
         channel_id,
         listener,
         ..
@@ -181,8 +189,8 @@ pub(crate) async fn paired(
         channel: channel.clone(),
         source,
     };
-    let answer = read_message(&mut control);
-    let answer = match opts.pair_timeout {
+    let answer = answer_nudged(control, nudge);
+    let (control, answer) = match opts.pair_timeout {
         Some(limit) => timeout(limit, answer)
             .await
             .map_err(|_| ClientError::PairTimeout {
@@ -199,6 +207,7 @@ pub(crate) async fn paired(
             key,
             window,
             socket,
+            stored,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -232,6 +241,7 @@ pub(crate) async fn paired(
                 window,
                 handed,
                 ring,
+                stored,
             };
             Ok((pairing, listener))
         }
@@ -245,6 +255,33 @@ pub(crate) async fn paired(
             channel: channel.clone(),
         }),
     }
+}
+
+/// The agent's next message; meanwhile, if `nudge` fires, tells the agent
+/// `waiting` (on the write half: a read is never cut in the middle).
+async fn answer_nudged(
+    control: ControlStream,
+    nudge: Option<oneshot::Receiver<()>>,
+) -> (ControlStream, Result<Option<AgentMessage>, ProtocolError>) {
+    let (mut reader, mut writer) = tokio::io::split(control);
+    let answer = {
+        let reading = read_message(&mut reader);
+        tokio::pin!(reading);
+        let mut nudge = nudge;
+        loop {
+            tokio::select! {
+                answer = &mut reading => break answer,
+                fired = async { nudge.as_mut().expect("guarded").await }, if nudge.is_some() => {
+                    nudge = None;
+                    if fired.is_ok() {
+                        // Best effort: the agent stores after its grace anyway.
+                        let _ = write_message(&mut writer, &ClientReport::Waiting).await;
+                    }
+                }
+            }
+        }
+    };
+    (reader.unsplit(writer), answer)
 }
 
 /// Receives the socket announced by the last message.

@@ -11,6 +11,9 @@ pub(crate) struct EndState {
     pub channel_id: u32,
     pub transport: Transport,
     pub reporter: Reporter,
+    /// The other end is the agent's store (said at pairing, or by a
+    /// `Stored` frame across nodes).
+    pub stored: bool,
     failed: Option<StreamError>,
 }
 
@@ -21,6 +24,7 @@ impl EndState {
             channel_id,
             transport,
             reporter,
+            stored: false,
             failed: None,
         }
     }
@@ -55,6 +59,7 @@ impl EndState {
             transport: self.transport,
             bytes,
             checksum,
+            stored: self.stored,
         }
     }
 

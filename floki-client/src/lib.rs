@@ -90,6 +90,13 @@ pub struct ChannelOptions {
     /// Offer to take a shared-memory ring (on the agent's Unix socket, with
     /// a peer on the same node that takes one too). Default: yes.
     pub ring: bool,
+    /// Senders: wait for the receiver rather than let the agent store the
+    /// stream when the receiver is not there. Default: no (the agent
+    /// stores it, and `finish` says so).
+    pub live: bool,
+    /// This end is an agent's own store. Only an agent sets it (for its own
+    /// ends, on its own Unix socket); any other client is refused.
+    pub store: bool,
 }
 
 impl ChannelOptions {
@@ -105,6 +112,8 @@ impl ChannelOptions {
             stream: None,
             transport: None,
             ring: true,
+            live: false,
+            store: false,
         }
     }
 
@@ -131,6 +140,13 @@ impl ChannelOptions {
         self.pair_timeout = Some(timeout);
         self
     }
+
+    /// Waits for the receiver however long instead of letting the agent
+    /// store the stream (senders).
+    pub fn live(mut self) -> Self {
+        self.live = true;
+        self
+    }
 }
 
 /// What a completed stream moved.
@@ -144,4 +160,8 @@ pub struct Summary {
     pub bytes: u64,
     /// xxh3-64 of the stream, verified by the receiver.
     pub checksum: u64,
+    /// The other end was an agent's store: the sender's stream is stored for
+    /// its receiver, which has not read it yet; the receiver read a stored
+    /// stream.
+    pub stored: bool,
 }

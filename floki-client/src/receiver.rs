@@ -31,6 +31,9 @@ pub struct Receiver {
     end: EndState,
     path: Path,
     ended: bool,
+    /// An agent's store: the sender's end mark is acknowledged in
+    /// [`Receiver::finish`], once the store has kept the stream.
+    holds_ack: bool,
 }
 
 /// Where the bytes come from.
@@ -54,21 +57,34 @@ impl Receiver {
     /// data connection, and returns once the stream can be read.
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = setup::receiver(opts).await?;
+        let holds_ack = opts.store;
         let path = match open.data {
-            DataPath::Socket(stream) => Path::Socket(SocketIn {
-                stream,
-                inbound: Inbound::new(open.credit),
-                staging: Box::new([0; STAGING]),
-                staged: 0..0,
-            }),
-            DataPath::Ring(memory, peer) => Path::Ring(AsyncRingReader::new(
-                RingReader::open(memory, peer).map_err(|source| open.end.error(source))?,
-            )),
+            DataPath::Socket(stream) => {
+                let mut inbound = inbound(open.credit, opts);
+                if holds_ack {
+                    inbound.hold_ack();
+                }
+                Path::Socket(SocketIn {
+                    stream,
+                    inbound,
+                    staging: Box::new([0; STAGING]),
+                    staged: 0..0,
+                })
+            }
+            DataPath::Ring(memory, peer) => {
+                let mut ring =
+                    RingReader::open(memory, peer).map_err(|source| open.end.error(source))?;
+                if holds_ack {
+                    ring.hold_ack();
+                }
+                Path::Ring(AsyncRingReader::new(ring))
+            }
         };
         Ok(Self {
             end: open.end,
             path,
             ended: false,
+            holds_ack,
         })
     }
 
@@ -87,12 +103,52 @@ impl Receiver {
         self.path.progress().0
     }
 
+    /// Refuses the stream with `reason`: the sender fails with it (an
+    /// agent's store that has no room, a consumer that wants no more).
+    pub async fn reject(mut self, reason: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        match &mut self.path {
+            Path::Socket(socket) => {
+                socket.inbound.reject(reason);
+                let _ = socket.stream.write_all(socket.inbound.outgoing()).await;
+            }
+            Path::Ring(ring) => ring.ring.reject(reason),
+        }
+        let received = self.path.progress().0;
+        self.end.fail(
+            StreamError::Rejected {
+                reason: reason.to_owned(),
+            },
+            received,
+        );
+        self.end.reporter.flushed().await;
+    }
+
     /// After end of stream: what arrived, once the agent has been told.
+    /// An agent's store (`opts.store`) acknowledges the sender's end mark
+    /// here, not when it is read: the sender's `finish` returns only once
+    /// the store has kept the whole stream.
     pub async fn finish(mut self) -> Result<Summary, ClientError> {
+        if self.holds_ack && self.ended {
+            self.release_ack().await;
+        }
         let (received, checksum) = self.path.progress();
         let result = self.end.received(received, checksum, self.ended);
         self.end.reporter.flushed().await;
         result.map_err(|source| self.end.error(source))
+    }
+
+    /// Sends the held ack of the verified end mark, then closes.
+    async fn release_ack(&mut self) {
+        use tokio::io::AsyncWriteExt as _;
+        match &mut self.path {
+            Path::Socket(socket) => {
+                socket.inbound.release_ack();
+                let _ = socket.stream.write_all(socket.inbound.outgoing()).await;
+                let _ = socket.stream.shutdown().await;
+            }
+            Path::Ring(ring) => ring.ring.release_ack(),
+        }
     }
 
     /// The verified end of the stream: the agent is told once.
@@ -100,6 +156,10 @@ impl Receiver {
         if !self.ended {
             self.ended = true;
             self.end.reporter.finish(self.path.progress().0, None);
+            if self.holds_ack {
+                // Closed once the held ack is out.
+                return;
+            }
             if let Path::Socket(socket) = &mut self.path {
                 let _ = Pin::new(&mut socket.stream).poll_shutdown(cx);
             }
@@ -115,6 +175,15 @@ impl Path {
             Self::Ring(ring) => (ring.ring.received(), ring.ring.checksum()),
         }
     }
+}
+
+/// A receiver's stream state; an agent's store says so ahead of its ack.
+pub(crate) fn inbound(window: u64, opts: &ChannelOptions) -> Inbound {
+    let mut inbound = Inbound::new(window);
+    if opts.store {
+        inbound.mark_stored();
+    }
+    inbound
 }
 
 /// What one read of the stream gave.

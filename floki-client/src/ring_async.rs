@@ -60,7 +60,7 @@ impl AsyncRingWriter {
         buf: &[u8],
     ) -> Poll<Result<usize, StreamError>> {
         loop {
-            match self.ring.try_write(buf) {
+            match self.ring.try_write(buf)? {
                 0 => {
                     let (waiter, head) = (self.ring.waiter(), self.ring.sent());
                     ready!(self.wait.poll(cx, || {

@@ -70,9 +70,9 @@ impl Sender {
     pub async fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let accepted = setup::sender_hello(opts).await?;
         let channel_id = accepted.channel_id;
-        let pending = Pending::new(accepted.window.unwrap_or(0));
+        let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
         let task_opts = opts.clone();
-        let task = tokio::spawn(async move { setup::sender(accepted, &task_opts).await });
+        let task = tokio::spawn(async move { setup::sender(accepted, &task_opts, nudged).await });
         Ok(Self {
             channel: opts.channel.clone(),
             channel_id,
@@ -82,9 +82,12 @@ impl Sender {
     }
 
     /// Opens `opts.channel` as its sender and waits until the receiver is
-    /// there and the stream can be written.
+    /// there (or, unless `opts.live`, the agent's store stands in for it)
+    /// and the stream can be written.
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let mut sender = Self::open(opts).await?;
+        // Waiting with nothing buffered: the agent may store the stream.
+        sender.pending.nudge();
         let opened = std::future::poll_fn(|cx| sender.poll_open(cx).map_ok(|_| ())).await;
         match opened {
             Ok(()) => Ok(sender),
@@ -128,7 +131,9 @@ impl Sender {
                 result.map_err(|err| {
                     ClientError::stream(&channel, &err, "finishing the stream", sent)
                 })?;
-                Ok(open.end.summary(sent, open.path.checksum()))
+                let mut summary = open.end.summary(sent, open.path.checksum());
+                summary.stored |= open.path.stored();
+                Ok(summary)
             }
             None => Err(self.opening.take_failure().unwrap_or_else(|| {
                 ClientError::stream(
@@ -261,6 +266,14 @@ impl Path {
         }
     }
 
+    /// Whether the receiver said it is an agent's store (across nodes).
+    fn stored(&self) -> bool {
+        match self {
+            Self::Socket(socket) => socket.outbound.stored(),
+            Self::Ring(_) => false,
+        }
+    }
+
     fn checksum(&self) -> u64 {
         match self {
             Self::Socket(socket) => socket.outbound.checksum(),
@@ -389,6 +402,9 @@ impl AsyncWrite for Sender {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.pending.len() > 0 {
+            this.pending.nudge();
+        }
         ready!(this.poll_drain_pending(cx))?;
         match this.opening.open_mut().map(|open| &mut open.path) {
             Some(Path::Socket(socket)) => Pin::new(&mut socket.stream).poll_flush(cx),
@@ -399,6 +415,7 @@ impl AsyncWrite for Sender {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.pending.nudge();
         ready!(this.poll_open(cx))?;
         ready!(this.poll_drain_pending(cx))?;
         let open = ready!(this.poll_open(cx))?;

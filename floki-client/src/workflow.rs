@@ -36,6 +36,10 @@ pub struct EdgeOptions {
     pub pair_timeout: Option<Duration>,
     /// Insist on a transport (experiments; see [`ChannelOptions::transport`]).
     pub transport: Option<Transport>,
+    /// Producers: wait for the consumers rather than let the agents store
+    /// the streams (see [`ChannelOptions::live`]; an edge can say so for
+    /// all its producers with `store: false`).
+    pub live: bool,
 }
 
 /// What an edge looks like to one of its functions.
@@ -68,6 +72,7 @@ impl EdgeOptions {
             function: function.into(),
             pair_timeout: None,
             transport: None,
+            live: false,
         }
     }
 
@@ -76,6 +81,7 @@ impl EdgeOptions {
         let mut opts = ChannelOptions::new(&self.agent, format!("{}/{}", self.workflow, self.edge));
         opts.pair_timeout = self.pair_timeout;
         opts.transport = self.transport;
+        opts.live = self.live;
         opts.stream = Some(StreamRef {
             workflow: self.workflow.clone(),
             token: self.token.clone(),

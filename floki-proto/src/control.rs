@@ -165,6 +165,14 @@ pub struct Hello {
     /// the channel if it cannot provide it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// Senders: wait for the receiver, however long, rather than let the
+    /// agent store the stream when the receiver is not there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+    /// This end is the agent's own store (taking a stream in, or serving a
+    /// stored one); an agent accepts it only from its own process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub store: bool,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -207,6 +215,12 @@ pub enum Refusal {
     WorkflowOnly,
     /// The two ends cannot have the transport one of them insists on.
     TransportUnavailable,
+    /// The agent's store is full (every tier): the stream cannot be kept
+    /// for a receiver that is not there.
+    StoreFull,
+    /// The stream was stored in the memory of an agent that restarted since:
+    /// it is lost (run its producer again).
+    StreamLost,
     /// The agent could not set the channel up.
     Internal,
 }
@@ -262,6 +276,10 @@ pub enum AgentMessage {
         /// Unix-socket clients: the data connection follows (see [`Handoff`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         socket: Option<Handoff>,
+        /// The other end is the agent's store: a sender's stream is stored,
+        /// not delivered; a receiver reads a stored stream.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stored: bool,
     },
 }
 
@@ -269,6 +287,10 @@ pub enum AgentMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClientReport {
+    /// A sender not paired yet has nothing more to buffer (its window is
+    /// full, or it is finishing): the agent may store its stream now rather
+    /// than after its grace period.
+    Waiting,
     /// Stream bytes moved so far.
     Progress {
         /// Payload bytes written (sender) or verified-in-order read (receiver).
@@ -397,6 +419,8 @@ mod tests {
             stream: None,
             shm: true,
             transport: Some(Transport::Shm),
+            live: false,
+            store: false,
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

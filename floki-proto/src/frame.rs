@@ -35,8 +35,12 @@ pub enum FrameKind {
     Credit = 0x11,
     /// Receiver -> sender: stream verified; echoes total and checksum.
     Ack = 0x12,
-    /// Receiver -> sender: refused (wrong key, failed check); UTF-8 reason.
+    /// Receiver -> sender: refused (wrong key, failed check, no room to
+    /// store it); UTF-8 reason.
     Reject = 0x13,
+    /// Receiver -> sender, just before its `Ack`: the receiver is an agent's
+    /// store, so the stream was stored for its consumer, not delivered.
+    Stored = 0x14,
 }
 
 impl FrameKind {
@@ -49,6 +53,7 @@ impl FrameKind {
             0x11 => Self::Credit,
             0x12 => Self::Ack,
             0x13 => Self::Reject,
+            0x14 => Self::Stored,
             _ => return None,
         })
     }
@@ -59,6 +64,7 @@ impl FrameKind {
             Self::Hello => KEY_LEN as u32,
             Self::End | Self::Ack => SEAL_LEN as u32,
             Self::Credit => 8,
+            Self::Stored => 0,
             Self::Abort | Self::Reject => MAX_CONTROL_LEN,
         }
     }
@@ -68,6 +74,7 @@ impl FrameKind {
             Self::Hello => Some(KEY_LEN as u32),
             Self::End | Self::Ack => Some(SEAL_LEN as u32),
             Self::Credit => Some(8),
+            Self::Stored => Some(0),
             Self::Data | Self::Abort | Self::Reject => None,
         }
     }

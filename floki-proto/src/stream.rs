@@ -160,6 +160,7 @@ pub struct Outbound {
     frame_left: usize,
     inbox: Vec<u8>,
     ack: Option<(u64, u64)>,
+    stored: bool,
 }
 
 impl Outbound {
@@ -175,6 +176,7 @@ impl Outbound {
             frame_left: 0,
             inbox: Vec::with_capacity(HEADER_LEN + MAX_CONTROL_LEN as usize),
             ack: None,
+            stored: false,
         }
     }
 
@@ -259,6 +261,7 @@ impl Outbound {
                     self.limit = self.limit.max(limit);
                 }
                 FrameKind::Ack => self.ack = unseal(payload),
+                FrameKind::Stored => self.stored = true,
                 FrameKind::Reject => {
                     return Err(StreamError::Rejected {
                         reason: String::from_utf8_lossy(payload).into_owned(),
@@ -296,6 +299,11 @@ impl Outbound {
     /// Stream bytes sent.
     pub fn sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Whether the receiver said it is an agent's store (a `Stored` frame).
+    pub fn stored(&self) -> bool {
+        self.stored
     }
 
     /// XXH3-64 of the stream bytes sent.
@@ -343,6 +351,9 @@ pub struct Inbound {
     hasher: XxHash3_64,
     state: InState,
     out: Vec<u8>,
+    /// Held acks wait for [`Inbound::release_ack`].
+    hold: bool,
+    held: Option<Vec<u8>>,
 }
 
 impl Inbound {
@@ -360,6 +371,21 @@ impl Inbound {
                 have: 0,
             },
             out: Vec::new(),
+            hold: false,
+            held: None,
+        }
+    }
+
+    /// Holds the ack of a verified end mark until [`Inbound::release_ack`]:
+    /// an agent's store acknowledges a stream only once it has kept it.
+    pub fn hold_ack(&mut self) {
+        self.hold = true;
+    }
+
+    /// Sends the held ack, if there is one.
+    pub fn release_ack(&mut self) {
+        if let Some(ack) = self.held.take() {
+            self.out.extend_from_slice(&ack);
         }
     }
 
@@ -466,8 +492,12 @@ impl Inbound {
             ));
             return Err(err);
         }
-        self.out
-            .extend_from_slice(&control_frame(FrameKind::Ack, &seal(total, checksum)));
+        let ack = control_frame(FrameKind::Ack, &seal(total, checksum));
+        if self.hold {
+            self.held = Some(ack);
+        } else {
+            self.out.extend_from_slice(&ack);
+        }
         Ok(())
     }
 
@@ -500,6 +530,20 @@ impl Inbound {
         StreamError::Truncated {
             bytes: self.received,
         }
+    }
+
+    /// Says, ahead of the ack, that this receiver is an agent's store.
+    pub fn mark_stored(&mut self) {
+        self.out
+            .extend_from_slice(&control_frame(FrameKind::Stored, &[]));
+    }
+
+    /// Refuses the stream with `reason`: the sender fails with it. Nothing
+    /// more is read.
+    pub fn reject(&mut self, reason: &str) {
+        self.out
+            .extend_from_slice(&control_frame(FrameKind::Reject, reason.as_bytes()));
+        self.state = InState::Finished;
     }
 
     /// Frames owed to the sender (credits, the ack, a rejection).

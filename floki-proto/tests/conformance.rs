@@ -46,6 +46,8 @@ async fn handshake() -> Value {
         stream: None,
         shm: false,
         transport: None,
+        live: false,
+        store: false,
     };
     let sender = Hello {
         role: Role::Send,
@@ -71,6 +73,7 @@ async fn handshake() -> Value {
             key: floki_proto::control::encode_key(&key),
             window: 65536,
             socket: None,
+            stored: false,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -79,6 +82,7 @@ async fn handshake() -> Value {
             key: floki_proto::control::encode_key(&key),
             window: 65536,
             socket: Some(Handoff::Ring),
+            stored: false,
         })
         .await,
         "key_bytes": hex(&key),
@@ -169,7 +173,7 @@ fn ring(data: &[u8]) -> Value {
     let (a, b) = ring::socket_pair().expect("pair");
     let dup = || memory.as_fd().try_clone_to_owned().expect("dup");
     let mut writer = RingWriter::open(dup(), a).expect("writer");
-    assert_eq!(writer.try_write(data), data.len());
+    assert_eq!(writer.try_write(data), Ok(data.len()));
     let written = header_words(&memory);
     writer.publish_end();
     let ended = header_words(&memory);

@@ -16,8 +16,10 @@ fn edge_options(
     function: String,
     timeout: Option<f64>,
     transport: Option<String>,
+    live: bool,
 ) -> Result<EdgeOptions, Failure> {
     let mut opts = EdgeOptions::new(agent, workflow, token, edge, function);
+    opts.live = live;
     opts.pair_timeout = timeout.map(options::seconds).transpose()?;
     opts.transport = transport
         .map(|name| name.parse())
@@ -55,7 +57,7 @@ pub fn describe(
     function: String,
     timeout: Option<f64>,
 ) -> PyResult<Described> {
-    let opts = edge_options(agent, workflow, token, edge, function, timeout, None)?;
+    let opts = edge_options(agent, workflow, token, edge, function, timeout, None, false)?;
     let info = py
         .detach(|| blocking::describe(&opts))
         .map_err(|err| Failure::client(&err))?;
@@ -63,9 +65,10 @@ pub fn describe(
 }
 
 /// This producer's streams on the edge, one per consumer in spec order
-/// (each returns once the agent accepted it).
+/// (each returns once the agent accepted it); `live`: wait for the
+/// consumers rather than let the agents store the streams.
 #[pyfunction]
-#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None))]
+#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None, live=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn senders(
     py: Python<'_>,
@@ -76,8 +79,11 @@ pub fn senders(
     function: String,
     timeout: Option<f64>,
     transport: Option<String>,
+    live: bool,
 ) -> PyResult<(Described, Vec<(String, NativeSender)>)> {
-    let opts = edge_options(agent, workflow, token, edge, function, timeout, transport)?;
+    let opts = edge_options(
+        agent, workflow, token, edge, function, timeout, transport, live,
+    )?;
     let (info, senders) = py
         .detach(|| blocking::senders(&opts))
         .map_err(|err| Failure::client(&err))?;
@@ -103,7 +109,9 @@ pub fn receivers(
     timeout: Option<f64>,
     transport: Option<String>,
 ) -> PyResult<(Described, Vec<(String, NativeReceiver)>)> {
-    let opts = edge_options(agent, workflow, token, edge, function, timeout, transport)?;
+    let opts = edge_options(
+        agent, workflow, token, edge, function, timeout, transport, false,
+    )?;
     let (info, receivers) = py
         .detach(|| blocking::receivers(&opts))
         .map_err(|err| Failure::client(&err))?;

@@ -13,8 +13,9 @@ use crate::{
     options::{self, Stream},
 };
 
-/// What a finished stream moved: channel id, transport, bytes, XXH3-64.
-pub type SummaryTuple = (u32, String, u64, u64);
+/// What a finished stream moved: channel id, transport, bytes, XXH3-64,
+/// and whether the other end was the agent's store.
+pub type SummaryTuple = (u32, String, u64, u64, bool);
 
 /// The summary `finish` returns to Python.
 pub fn summary(summary: &Summary) -> SummaryTuple {
@@ -23,6 +24,7 @@ pub fn summary(summary: &Summary) -> SummaryTuple {
         summary.transport.to_string(),
         summary.bytes,
         summary.checksum,
+        summary.stored,
     )
 }
 
@@ -73,9 +75,9 @@ impl NativeSender {
 impl NativeSender {
     /// Opens `channel` as its sender through `agent`; returns once the agent
     /// accepted it (writes then fill the channel's window until the receiver
-    /// is there).
+    /// is there, or the agent's store takes the stream unless `live`).
     #[new]
-    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None))]
+    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, live=false))]
     fn open(
         py: Python<'_>,
         agent: String,
@@ -83,8 +85,10 @@ impl NativeSender {
         timeout: Option<f64>,
         transport: Option<String>,
         stream: Option<Stream>,
+        live: bool,
     ) -> PyResult<Self> {
-        let opts = options::channel(agent, channel, timeout, transport, stream)?;
+        let mut opts = options::channel(agent, channel, timeout, transport, stream)?;
+        opts.live = live;
         let sender = py
             .detach(|| blocking::Sender::open(&opts))
             .map_err(|err| Failure::client(&err))?;

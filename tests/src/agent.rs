@@ -33,6 +33,8 @@ pub struct AgentOptions {
     pub node: Option<String>,
     /// More arguments.
     pub extra: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
     /// `RUST_LOG` for the agent [default: `FLOKI_TEST_AGENT_LOG`, else
     /// `info,floki_agent=debug`].
     pub rust_log: Option<String>,
@@ -118,6 +120,8 @@ impl TestAgent {
             .arg(cgroup.path())
             .arg("--pin-dir")
             .arg(&pin_dir)
+            .arg("--store-dir")
+            .arg(dir.join("store"))
             .args(["--shutdown-grace", "10"])
             // Benchmarks that count the agents' disk writes quiet them
             // (FLOKI_TEST_AGENT_LOG=warn): a log line is a disk write too.
@@ -137,6 +141,7 @@ impl TestAgent {
             cmd.args(["--window", window]);
         }
         cmd.args(&opts.extra);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         // As on a node where sock_ops sits at the cgroup root: the agent's own
         // sockets (those it connects to consumers) are in the cgroup too.
         cgroup.spawn_inside(&mut cmd);
@@ -158,6 +163,11 @@ impl TestAgent {
             .unwrap_or_else(|| panic!("status has no listen address: {status}"));
         agent.addr = SocketAddr::from(([127, 0, 0, 1], port));
         agent
+    }
+
+    /// The store's spill directory (`--store-dir`), kept across a relaunch.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
     }
 
     fn wait_ready(&mut self) -> Value {

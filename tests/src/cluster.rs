@@ -269,6 +269,13 @@ impl Spec {
         self
     }
 
+    /// Adds `key: value` to the last edge (`store: false`, `retain: 1h`).
+    pub fn edge_option(mut self, key: &str, value: &str) -> Self {
+        let edge = self.edges.last_mut().expect("an edge to set an option of");
+        edge.push_str(&format!("      {key}: {value}\n"));
+        self
+    }
+
     /// The YAML.
     pub fn yaml(&self) -> String {
         let mut yaml = format!(

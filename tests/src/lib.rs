@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod netns;
 pub mod node;
 pub mod proc_stats;
+pub mod servers;
 
 use std::path::PathBuf;
 

@@ -568,7 +568,7 @@ fn tokens_guard_workflow_channels() {
 }
 
 #[test]
-fn a_producer_may_start_first_and_waits_within_its_buffer() {
+fn a_producer_may_start_first_and_without_the_store_waits_within_its_buffer() {
     let cluster = Cluster::start(&["node-a", "node-b"]);
     cluster.wait_connected();
     let spec = Spec::new("wf")
@@ -577,7 +577,8 @@ fn a_producer_may_start_first_and_waits_within_its_buffer() {
         .function("r", "node-a")
         .function("lonely", "node-b")
         .edge("e", &["p"], &["q"], "one-to-one", "4MiB")
-        .edge("f", &["r"], &["lonely"], "one-to-one", "1MiB");
+        .edge("f", &["r"], &["lonely"], "one-to-one", "1MiB")
+        .edge_option("store", "false");
     let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
     wait_edge_ready(cluster.node("node-a"), "e");
 
@@ -607,8 +608,8 @@ fn a_producer_may_start_first_and_waits_within_its_buffer() {
     assert_success(&wait_within(recv, LIMIT), "late consumer");
     assert!(send.wait().unwrap().success(), "producer");
 
-    // A consumer that never comes: the producer fails after its timeout,
-    // saying why.
+    // A consumer that never comes, on an edge that is not stored: the
+    // producer fails after its timeout, saying why.
     let out = wait_within(
         spawn(&mut cluster.node("node-a").cli(&[
             "send",

@@ -11,6 +11,8 @@
 //! * [`sessions`]: protocol adapters from a connection to the core;
 //! * [`control`]: the control plane (workflows, apply, peers, links prepared
 //!   for cross-node streams, admin, status, metrics);
+//! * [`store`]: streams kept for consumers that start later (memory, disk,
+//!   S3), and the store's ends that take them in and replay them;
 //! * [`datapath`]: the kernel programs (or the fallback);
 //! * [`pipes`]: named pipes for functions that only do file I/O.
 
@@ -19,6 +21,7 @@ pub mod control;
 pub mod datapath;
 mod pipes;
 mod sessions;
+pub mod store;
 pub mod transport;
 mod unix_socket;
 
@@ -77,6 +80,8 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// Find peers through DNS, into this directory (the one in `peers`).
     pub discovery: Option<(peers::dns::DnsDiscovery, Arc<peers::dns::DiscoveredPeers>)>,
+    /// The store of streams whose consumers start later.
+    pub store: store::StoreConfig,
 }
 
 /// What every connection of the agent works with.
@@ -100,6 +105,11 @@ pub struct Agent {
     pub netns_cookie: Option<u64>,
     /// Refuse channels that belong to no workflow.
     pub workflow_channels_only: bool,
+    /// Streams kept for consumers that start later.
+    pub store: Arc<store::Store>,
+    /// The agent's own Unix socket (`unix:PATH`), where the store's ends
+    /// connect like any function.
+    pub socket: String,
 }
 
 /// Why the agent could not run.
@@ -132,6 +142,13 @@ pub enum AgentError {
     Socket {
         /// Why.
         source: unix_socket::BindError,
+    },
+    /// The store could not be opened.
+    #[error("the store (see --store-dir and --store-s3)")]
+    Store {
+        /// Why.
+        #[from]
+        source: store::StoreError,
     },
 }
 
@@ -176,7 +193,7 @@ impl Doors {
 pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result<(), AgentError> {
     let started = Instant::now();
     let doors = Doors::bind(&config).await?;
-    let agent = assemble(&config, &doors.channels);
+    let agent = assemble(&config, &doors.channels)?;
     let mut tasks = background(&config, &agent);
     let identity = Arc::new(Identity {
         listen: doors.channels.local_addr().unwrap_or(config.listen),
@@ -225,7 +242,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
 
 /// The agent's state: the datapath, the channel core (its events counted by
 /// the metrics), the workflows, the peers and the prepared links.
-fn assemble(config: &AgentConfig, listener: &TcpListener) -> Arc<Agent> {
+fn assemble(config: &AgentConfig, listener: &TcpListener) -> Result<Arc<Agent>, AgentError> {
     let datapath = Arc::new(Datapath::start(&config.datapath));
     let carriers = Arc::new(NodeCarriers::new(datapath.clone()));
     let channels = Arc::new(Channels::new(carriers, config.window, config.history));
@@ -235,7 +252,8 @@ fn assemble(config: &AgentConfig, listener: &TcpListener) -> Arc<Agent> {
     let workflows = Arc::new(Workflows::default());
     let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
     let links = PreparedLinks::new(config.node.clone(), peers.clone(), workflows.clone());
-    Arc::new(Agent {
+    let store = store::Store::open(config.store.clone())?;
+    Ok(Arc::new(Agent {
         node: config.node.clone(),
         channels,
         workflows,
@@ -245,7 +263,9 @@ fn assemble(config: &AgentConfig, listener: &TcpListener) -> Arc<Agent> {
         metrics,
         netns_cookie: floki_proto::netns::netns_cookie(listener).ok(),
         workflow_channels_only: config.workflow_channels_only,
-    })
+        store,
+        socket: format!("unix:{}", config.socket.display()),
+    }))
 }
 
 /// What runs beside the accept loop: the reaper of channels adopted after a
@@ -273,6 +293,16 @@ fn background(config: &AgentConfig, agent: &Arc<Agent>) -> Vec<JoinHandle<()>> {
             }
         }));
     }
+    let store = agent.store.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            store.sweep().await;
+        }
+    }));
+    // A stream pushed ahead to this node, whose consumer has not started.
+    tasks.push(tokio::spawn(sessions::push_ahead(agent.clone())));
     // On every (re)connection a peer gets the workflows it is part of.
     let workflows = agent.workflows.clone();
     peers::spawn_links(

@@ -20,7 +20,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Send(args) => send::send(args),
         Command::Recv(args) => recv::recv(args),
-        Command::Run(args) => runtime()?.block_on(run::run(args)),
+        Command::Run(args) => runtime()?.block_on(run::run(*args)),
         Command::Status(args) => runtime()?.block_on(status::status(args)),
         Command::Apply(args) => runtime()?.block_on(apply::apply(args)),
         Command::Delete(args) => runtime()?.block_on(apply::delete(args)),

@@ -80,13 +80,12 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
             ),
             None => format!("on channel '{peer}'"),
         };
-        print_summary(
-            "received",
-            &what,
-            summary,
-            seconds,
-            "end mark and checksum verified",
-        );
+        let verified = if summary.stored {
+            "from the agent's store (the sender had finished); end mark and checksum verified"
+        } else {
+            "end mark and checksum verified"
+        };
+        print_summary("received", &what, summary, seconds, verified);
     }
     Ok(())
 }

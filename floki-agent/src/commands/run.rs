@@ -11,6 +11,7 @@ use floki_agent::agent::{
         parse_peer, parse_peers_file,
     },
     datapath::DatapathConfig,
+    store::StoreConfig,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -76,6 +77,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         workflow_channels_only: args.workflow_channels_only,
         pipes_dir: args.pipes_dir,
         metrics: args.metrics,
+        store: StoreConfig {
+            dir: args.store.store_dir,
+            memory: args.store.store_memory.0,
+            disk: args.store.store_disk.0,
+            s3: args.store.store_s3,
+            grace: args.store.store_after,
+            retain: args.store.store_retain,
+        },
     };
     let (tx, rx) = mpsc::channel(2);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -17,7 +17,10 @@ use super::{
 use crate::cli::SendArgs;
 
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
-    let edge = edge_options(&args.edge, &args.agent, args.timeout, args.transport)?;
+    let mut edge = edge_options(&args.edge, &args.agent, args.timeout, args.transport)?;
+    if let Some(edge) = &mut edge {
+        edge.live = args.live;
+    }
     let (channel, file) = match (&edge, args.positionals.as_slice()) {
         (Some(_), [file]) => (None, Some(file.clone())),
         (Some(_), []) => (None, None),
@@ -62,6 +65,7 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
             let mut opts = ChannelOptions::new(&args.agent, &channel);
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
             opts.transport = args.transport;
+            opts.live = args.live;
             send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
         }
         (None, None) => unreachable!("checked above"),
@@ -75,7 +79,12 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
             ),
             None => format!("on channel '{peer}'"),
         };
-        print_summary("sent", &what, summary, seconds, "the receiver verified it");
+        let verified = if summary.stored {
+            "stored by the agent for the receiver, which has not started: the agent verified it"
+        } else {
+            "the receiver verified it"
+        };
+        print_summary("sent", &what, summary, seconds, verified);
     }
     Ok(())
 }

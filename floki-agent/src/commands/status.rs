@@ -1,7 +1,7 @@
 //! `floki-agent status`.
 
 use anyhow::Context as _;
-use floki_agent::status::{Status, fetch};
+use floki_agent::status::{Status, StoreStatus, fetch};
 
 use super::human;
 use crate::cli::StatusArgs;
@@ -43,6 +43,44 @@ fn show(status: &Status, json: bool, watching: bool) -> anyhow::Result<()> {
     }
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+/// The store's tiers, then each stream it holds.
+fn render_store(out: &mut String, store: &StoreStatus) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "store: memory {} of {} · disk {} of {} in {} · s3 {} · replays {} · refused (full) {}",
+        human(store.memory_bytes),
+        human(store.memory_budget),
+        human(store.disk_bytes),
+        human(store.disk_budget),
+        store.dir,
+        store.s3.as_deref().unwrap_or("none"),
+        store.replays,
+        store.refused_full
+    );
+    for stream in &store.streams {
+        let expires = stream
+            .expires_in_secs
+            .map_or_else(|| "until deleted".to_owned(), |s| format!("{s} s left"));
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<6} {:>12}  {} · read {} times · {}",
+            stream.name,
+            stream.tier,
+            human(stream.bytes),
+            stream.state,
+            stream.replays,
+            expires
+        );
+    }
+    for name in &store.lost {
+        let _ = writeln!(
+            out,
+            "  {name:<40} lost (held in memory; the agent restarted)"
+        );
+    }
 }
 
 fn render(status: &Status) -> String {
@@ -115,14 +153,19 @@ fn render(status: &Status) -> String {
             let transport = channel
                 .transport
                 .map_or_else(|| "-".to_owned(), |t| t.to_string());
-            let note = match (&channel.error, &channel.note, &channel.reason) {
-                (Some(error), _, _) => error.clone(),
-                (None, Some(note), _) => note.clone(),
-                (None, None, Some(reason)) => reason.clone(),
-                (None, None, None) if channel.ends.len() == 1 => {
+            let store = channel.store.as_deref().map(|store| match store {
+                "stored" => "stored: the receiver is the agent's store".to_owned(),
+                _ => "replayed from the agent's store".to_owned(),
+            });
+            let note = match (&channel.error, &channel.note, store, &channel.reason) {
+                (Some(error), _, _, _) => error.clone(),
+                (None, Some(note), _, _) => note.clone(),
+                (None, None, Some(store), _) => store,
+                (None, None, None, Some(reason)) => reason.clone(),
+                (None, None, None, None) if channel.ends.len() == 1 => {
                     format!("{} waiting", channel.ends[0])
                 }
-                (None, None, None) => String::new(),
+                (None, None, None, None) => String::new(),
             };
             let _ = writeln!(
                 out,
@@ -176,12 +219,22 @@ fn render(status: &Status) -> String {
                     .map_or_else(|| "-".to_owned(), |t| t.to_string());
                 let _ = writeln!(
                     out,
-                    "    {:>16} > {:<16} {:<10} {:<7} {}",
-                    stream.producer, stream.consumer, stream.placement, transport, stream.state
+                    "    {:>16} > {:<16} {:<10} {:<7} {}{}",
+                    stream.producer,
+                    stream.consumer,
+                    stream.placement,
+                    transport,
+                    stream.state,
+                    stream
+                        .stored
+                        .as_ref()
+                        .map(|stored| format!(" · {stored}"))
+                        .unwrap_or_default()
                 );
             }
         }
     }
+    render_store(&mut out, &status.store);
     let totals = &status.totals;
     let _ = writeln!(
         out,

@@ -15,6 +15,9 @@
 //!       to: [count-0]
 //!       pattern: one-to-one
 //!       buffer: 16MiB
+//!       retain: 1h        # how long a stored stream is kept (default:
+//!                         # until the workflow is deleted)
+//!       store: true       # false: a producer waits for its consumer
 //! ```
 
 use std::{
@@ -73,6 +76,10 @@ struct EdgeSpec {
     pattern: Pattern,
     #[serde(default)]
     buffer: Option<String>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    retain: Option<String>,
 }
 
 /// A validated workflow.
@@ -99,6 +106,18 @@ pub struct Edge {
     pub consumers: Vec<String>,
     /// Bytes of the edge in flight per stream, at most.
     pub buffer: u64,
+    /// Whether the agents store a stream whose consumer has not started
+    /// (`false`: the producer waits for it).
+    #[serde(default = "stored_by_default")]
+    pub store: bool,
+    /// How long a stored stream is kept; `None`: until the workflow is
+    /// deleted.
+    #[serde(default)]
+    pub retain: Option<std::time::Duration>,
+}
+
+fn stored_by_default() -> bool {
+    true
 }
 
 /// One point-to-point stream of an edge.
@@ -339,12 +358,27 @@ fn validate(file: File, known_nodes: &BTreeSet<String>) -> Result<Workflow, Spec
                 }
             },
         };
+        let retain =
+            spec.retain
+                .as_deref()
+                .and_then(|text| match humantime::parse_duration(text) {
+                    Ok(retain) if !retain.is_zero() => Some(retain),
+                    _ => {
+                        err(
+                            format!("{field}.retain"),
+                            format!("{text:?} is not a duration like 30m or 2h"),
+                        );
+                        None
+                    }
+                });
         edges.push(Edge {
             name: spec.name,
             pattern: spec.pattern,
             producers: spec.from,
             consumers: spec.to,
             buffer,
+            store: spec.store.unwrap_or(true),
+            retain,
         });
     }
     if errors.is_empty() {

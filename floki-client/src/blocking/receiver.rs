@@ -56,7 +56,7 @@ impl Receiver {
         let path = match open.data {
             DataPath::Socket(stream) => Path::Socket(SocketPath {
                 stream: into_blocking(stream, &open.end.channel)?,
-                inbound: Inbound::new(open.credit),
+                inbound: crate::receiver::inbound(open.credit, opts),
                 staging: Box::new([0; STAGING]),
                 staged: 0..0,
             }),
@@ -124,6 +124,25 @@ impl Receiver {
         // ring's mapping, which lives as long as `self`.
         let bytes = unsafe { std::slice::from_raw_parts(at, len) };
         Ok(ring.file_offset(bytes).map(|offset| (offset, len)))
+    }
+
+    /// Refuses the stream with `reason`: the sender fails with it.
+    pub fn reject(mut self, reason: &str) {
+        match &mut self.path {
+            Path::Socket(socket) => {
+                socket.inbound.reject(reason);
+                let _ = socket.stream.write_all(socket.inbound.outgoing());
+            }
+            Path::Ring(ring) => ring.reject(reason),
+        }
+        let received = self.path.progress().0;
+        self.end.fail(
+            StreamError::Rejected {
+                reason: reason.to_owned(),
+            },
+            received,
+        );
+        background().block_on(self.end.reporter.flushed());
     }
 
     /// After end of stream: what arrived, once the agent has been told.

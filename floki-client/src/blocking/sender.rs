@@ -64,9 +64,10 @@ impl Sender {
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let accepted = background().block_on(setup::sender_hello(opts))?;
         let channel_id = accepted.channel_id;
-        let pending = Pending::new(accepted.window.unwrap_or(0));
+        let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
         let task_opts = opts.clone();
-        let task = background().spawn(async move { setup::sender(accepted, &task_opts).await });
+        let task =
+            background().spawn(async move { setup::sender(accepted, &task_opts, nudged).await });
         Ok(Self {
             channel: opts.channel.clone(),
             channel_id,
@@ -76,9 +77,12 @@ impl Sender {
     }
 
     /// Opens `opts.channel` as its sender and waits until the receiver is
-    /// there and the stream can be written.
+    /// there (or, unless `opts.live`, the agent's store stands in for it)
+    /// and the stream can be written.
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let mut sender = Self::open(opts)?;
+        // Waiting with nothing buffered: the agent may store the stream.
+        sender.pending.nudge();
         match sender.open_stream() {
             Ok(_) => Ok(sender),
             Err(err) => Err(sender.opening.take_failure().unwrap_or_else(|| {
@@ -112,6 +116,7 @@ impl Sender {
     /// Ends the stream: sends the end mark and waits until the receiver has
     /// verified length and checksum.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
+        self.pending.nudge();
         let result = self.flush().and_then(|()| self.open_stream()?.end_stream());
         let channel = self.channel.clone();
         match self.opening.open_mut() {
@@ -121,7 +126,9 @@ impl Sender {
                 result.map_err(|err| {
                     ClientError::stream(&channel, &err, "finishing the stream", sent)
                 })?;
-                Ok(open.end.summary(sent, open.path.checksum()))
+                let mut summary = open.end.summary(sent, open.path.checksum());
+                summary.stored |= open.path.stored();
+                Ok(summary)
             }
             None => Err(self.opening.take_failure().unwrap_or_else(|| {
                 ClientError::stream(
@@ -244,6 +251,14 @@ impl Path {
         }
     }
 
+    /// Whether the receiver said it is an agent's store (across nodes).
+    fn stored(&self) -> bool {
+        match self {
+            Self::Socket(socket) => socket.outbound.stored(),
+            Self::Ring(_) => false,
+        }
+    }
+
     fn checksum(&self) -> u64 {
         match self {
             Self::Socket(socket) => socket.outbound.checksum(),
@@ -359,6 +374,9 @@ impl Write for Sender {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.pending.len() > 0 {
+            self.pending.nudge();
+        }
         while self.pending.len() > 0 {
             let open = self.opening.wait_open(background(), Open::new)?;
             let n = open.send(self.pending.unsent())?;

@@ -16,6 +16,7 @@ use floki_proto::{
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
+    sync::oneshot,
     time::timeout,
 };
 
@@ -48,16 +49,14 @@ impl Established {
     /// agent on the control connection from now on.
     fn new(opts: &ChannelOptions, pairing: Pairing, data: DataPath, credit: u64) -> Self {
         let reporter = Reporter::spawn(pairing.control);
-        Self {
-            end: EndState::new(
-                opts.channel.clone(),
-                pairing.channel_id,
-                pairing.transport,
-                reporter,
-            ),
-            data,
-            credit,
-        }
+        let mut end = EndState::new(
+            opts.channel.clone(),
+            pairing.channel_id,
+            pairing.transport,
+            reporter,
+        );
+        end.stored = pairing.stored;
+        Self { end, data, credit }
     }
 }
 
@@ -74,8 +73,9 @@ pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, Clie
 pub(crate) async fn sender(
     accepted: Accepted,
     opts: &ChannelOptions,
+    nudge: oneshot::Receiver<()>,
 ) -> Result<Established, ClientError> {
-    let (mut pairing, _) = control::paired(accepted, opts, Role::Send).await?;
+    let (mut pairing, _) = control::paired(accepted, opts, Role::Send, Some(nudge)).await?;
     if let Some((memory, peer)) = pairing.ring.take() {
         // The agent made the ring for these two ends: no key to check.
         return Ok(Established::new(
@@ -159,7 +159,7 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
         None => None,
     };
     let accepted = control::hello(control, opts, Role::Recv, listen).await?;
-    let (mut pairing, handed_listener) = control::paired(accepted, opts, Role::Recv).await?;
+    let (mut pairing, handed_listener) = control::paired(accepted, opts, Role::Recv, None).await?;
     let window = pairing.window;
     if let Some((memory, peer)) = pairing.ring.take() {
         return Ok(Established::new(

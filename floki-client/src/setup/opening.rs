@@ -12,6 +12,7 @@ use std::{
 
 use tokio::{
     runtime::Runtime,
+    sync::oneshot,
     task::{JoinError, JoinHandle},
 };
 
@@ -150,24 +151,42 @@ pub(crate) struct Pending {
     sent: usize,
     /// What may be held while the stream is being set up.
     while_pairing: usize,
+    /// Tells the set-up task that the sender has nothing more to buffer.
+    nudge: Option<oneshot::Sender<()>>,
 }
 
 impl Pending {
-    /// A buffer that may hold `while_pairing` bytes before the stream opens.
-    pub fn new(while_pairing: u64) -> Self {
-        Self {
+    /// A buffer that may hold `while_pairing` bytes before the stream
+    /// opens, and the set-up task's nudge (see [`Pending::nudge`]).
+    pub fn new(while_pairing: u64) -> (Self, oneshot::Receiver<()>) {
+        let (nudge, nudged) = oneshot::channel();
+        let pending = Self {
             buf: Vec::new(),
             sent: 0,
             while_pairing: usize::try_from(while_pairing).unwrap_or(usize::MAX),
-        }
+            nudge: Some(nudge),
+        };
+        (pending, nudged)
     }
 
-    /// Before the stream opens: takes what fits of `data`; 0 when full.
+    /// Before the stream opens: takes what fits of `data`; 0 when full
+    /// (and then the agent hears that this sender waits: [`Pending::nudge`]).
     pub fn hold(&mut self, data: &[u8]) -> usize {
         let room = self.while_pairing.saturating_sub(self.buf.len());
         let take = room.min(data.len());
         self.buf.extend_from_slice(&data[..take]);
+        if take < data.len() {
+            self.nudge();
+        }
         take
+    }
+
+    /// Tells the agent, once, that the sender has nothing more to buffer
+    /// before its receiver is there: the agent may store the stream now.
+    pub fn nudge(&mut self) {
+        if let Some(nudge) = self.nudge.take() {
+            let _ = nudge.send(());
+        }
     }
 
     /// Whether a write of `len` bytes should be gathered with others

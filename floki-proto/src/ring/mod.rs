@@ -260,8 +260,12 @@ mod tests {
     fn the_non_blocking_calls_never_wait_and_the_waiter_waits_for_them() {
         let (mut writer, mut reader, _) = pair(64 << 10);
         assert!(reader.try_fill().expect("nothing yet").is_none());
-        assert_eq!(writer.try_write(&[7; 100 << 10]), 64 << 10);
-        assert_eq!(writer.try_write(&[7; 10]), 0, "a full ring takes nothing");
+        assert_eq!(writer.try_write(&[7; 100 << 10]), Ok(64 << 10));
+        assert_eq!(
+            writer.try_write(&[7; 10]),
+            Ok(0),
+            "a full ring takes nothing"
+        );
         let waiter = writer.waiter();
         let head = writer.sent();
         let room = std::thread::spawn(move || waiter.room(head));
@@ -278,6 +282,26 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(writer.try_ack(), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_receiver_that_refuses_fails_the_sender_with_its_reason() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        writer.write(&[1; 100]).expect("write");
+        reader.reject("the store is full");
+        let refused = loop {
+            match writer.write(&[2; 8192]) {
+                Ok(_) => {}
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(
+            refused,
+            StreamError::Rejected {
+                reason: "the store is full".into()
+            }
+        );
+        assert!(writer.finish().is_err());
     }
 
     #[test]

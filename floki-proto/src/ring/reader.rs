@@ -33,6 +33,10 @@ pub struct RingReader {
     tail: u64,
     hasher: XxHash3_64,
     finished: bool,
+    /// Hold the ack of a verified stream until [`RingReader::release_ack`].
+    hold: bool,
+    /// A verified stream whose ack is held.
+    held: bool,
 }
 
 impl RingReader {
@@ -45,7 +49,29 @@ impl RingReader {
             tail,
             hasher: XxHash3_64::new(),
             finished: false,
+            hold: false,
+            held: false,
         })
+    }
+
+    /// Holds the ack of the verified stream until [`RingReader::release_ack`]:
+    /// an agent's store acknowledges a stream only once it has kept it.
+    pub fn hold_ack(&mut self) {
+        self.hold = true;
+    }
+
+    /// Tells the sender its stream is verified, if the ack was held.
+    pub fn release_ack(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.acknowledge(ACK_VERIFIED);
+        }
+    }
+
+    fn acknowledge(&self, verdict: u32) {
+        let header = self.ring.header();
+        header.ack.0.store(verdict, Ordering::Release);
+        fence(Ordering::SeqCst);
+        futex_wake(&header.ack.0);
     }
 
     /// The ring's memory file (header and data), for a caller that maps it
@@ -199,12 +225,11 @@ impl RingReader {
             header.checksum.0.load(Ordering::Acquire),
         );
         let ok = total == self.tail && checksum == self.hasher.finish();
-        header.ack.0.store(
-            if ok { ACK_VERIFIED } else { ACK_REJECTED },
-            Ordering::Release,
-        );
-        fence(Ordering::SeqCst);
-        futex_wake(&header.ack.0);
+        match (ok, self.hold) {
+            (true, true) => self.held = true,
+            (true, false) => self.acknowledge(ACK_VERIFIED),
+            (false, _) => self.acknowledge(ACK_REJECTED),
+        }
         if ok {
             self.finished = true;
             Ok(())
@@ -216,6 +241,20 @@ impl RingReader {
                 expected_checksum: checksum,
             })
         }
+    }
+
+    /// Refuses the stream with `reason` (sent beside the ring): the sender
+    /// fails with it. Nothing more is read.
+    pub fn reject(&mut self, reason: &str) {
+        let _ = nix::sys::socket::send(
+            self.ring.peer.as_raw_fd(),
+            reason.as_bytes(),
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        );
+        self.acknowledge(ACK_REJECTED);
+        let header = self.ring.header();
+        Mapped::wake(&header.space_seq.0, &header.sender_waiting.0);
+        self.finished = true;
     }
 
     fn aborted(&self) -> StreamError {

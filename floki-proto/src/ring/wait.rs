@@ -107,7 +107,11 @@ impl RingWaiter {
     pub fn room(&self, head: u64) -> Result<(), StreamError> {
         let header = self.ring.header();
         let capacity = self.ring.capacity;
-        let room = || head - header.tail.0.load(Ordering::Acquire).min(head) < capacity;
+        // Room, or the receiver's refusal.
+        let room = || {
+            head - header.tail.0.load(Ordering::Acquire).min(head) < capacity
+                || header.ack.0.load(Ordering::Acquire) != ACK_NONE
+        };
         self.ring
             .wait(&header.space_seq.0, &header.sender_waiting.0, room, || {
                 StreamError::ReceiverGone { bytes: head }

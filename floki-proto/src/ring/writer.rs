@@ -31,8 +31,15 @@ impl RingWriter {
     }
 
     /// Copies as much of `buf` as fits into the ring now, never waiting;
-    /// 0 when the ring is full.
-    pub fn try_write(&mut self, buf: &[u8]) -> usize {
+    /// 0 when the ring is full. `Err` once the receiver refused the stream.
+    pub fn try_write(&mut self, buf: &[u8]) -> Result<usize, StreamError> {
+        if let Some(Err(refused)) = self.try_ack() {
+            return Err(refused);
+        }
+        Ok(self.copy_in(buf))
+    }
+
+    fn copy_in(&mut self, buf: &[u8]) -> usize {
         let header = self.ring.header();
         let capacity = self.ring.capacity;
         let head = self.head;
@@ -69,7 +76,7 @@ impl RingWriter {
             return Ok(0);
         }
         loop {
-            match self.try_write(buf) {
+            match self.try_write(buf)? {
                 0 => self.waiter().room(self.head)?,
                 n => return Ok(n),
             }
@@ -95,14 +102,26 @@ impl RingWriter {
         Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
     }
 
-    /// The receiver's verdict on the end mark, if it has given one.
+    /// The receiver's verdict, if it has given one: on the end mark, or a
+    /// refusal before it (with the reason it sent beside the ring).
     pub fn try_ack(&self) -> Option<Result<(), StreamError>> {
         match self.ring.header().ack.0.load(Ordering::Acquire) {
             ACK_NONE => None,
             ACK_VERIFIED => Some(Ok(())),
-            _ => Some(Err(StreamError::Rejected {
-                reason: "the receiver found the stream corrupted".into(),
-            })),
+            _ => {
+                let mut reason = vec![0u8; 4096];
+                let n = nix::sys::socket::recv(
+                    self.ring.peer.as_raw_fd(),
+                    &mut reason,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_PEEK,
+                )
+                .unwrap_or(0);
+                let reason = match n {
+                    0 => "the receiver found the stream corrupted".into(),
+                    n => String::from_utf8_lossy(&reason[..n]).into_owned(),
+                };
+                Some(Err(StreamError::Rejected { reason }))
+            }
         }
     }
 

@@ -84,6 +84,10 @@ class Summary(NamedTuple):
     bytes: int
     #: XXH3-64 of the stream, verified by the receiver.
     checksum: int
+    #: The other end was the agent's store: a sender's stream is stored for
+    #: a receiver that has not started (verified by the agent); a receiver
+    #: read a stream its sender had finished.
+    stored: bool = False
 
 
 class EdgeInfo(NamedTuple):
@@ -107,8 +111,11 @@ class Sender(io.BufferedIOBase):
     """The sending end of a channel: a writable file-like object.
 
     The constructor returns once the agent accepted the channel; until the
-    receiver is there, writes fill a buffer of the channel's window, then
-    wait (``timeout`` seconds at most for the receiver to join, if given).
+    receiver is there, writes fill a buffer of the channel's window. If the
+    receiver has not come within the agent's grace period (a second by
+    default), the agent stores the stream for it and :meth:`finish` returns
+    a summary with ``stored=True``; with ``live=True`` the sender waits for
+    the receiver instead (``timeout`` seconds at most, if given).
     ``write`` takes any object with the buffer protocol and reads it in
     place. Small writes are gathered into larger frames; ``flush`` sends
     them at once.
@@ -126,12 +133,17 @@ class Sender(io.BufferedIOBase):
         agent: Optional[str] = None,
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
+        live: bool = False,
         _native: Optional[Any] = None,
     ) -> None:
         super().__init__()
         if _native is None:
             _native = _floki.Sender(
-                _agent(agent), channel, timeout=timeout, transport=transport
+                _agent(agent),
+                channel,
+                timeout=timeout,
+                transport=transport,
+                live=live,
             )
         self._native = _native
         self._summary: Optional[Summary] = None
@@ -371,6 +383,9 @@ class Edge:
     (producer, consumer) pair; the pattern says what a function does with
     them: broadcast writes every byte to all its senders, shuffle writes
     partition j to the j-th, gather reads each producer's stream.
+
+    A producer's streams are stored by the agents for consumers that start
+    later (unless the edge says ``store: false``, or ``live=True`` here).
     """
 
     def __init__(
@@ -383,6 +398,7 @@ class Edge:
         agent: Optional[str] = None,
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
+        live: bool = False,
     ) -> None:
         self.edge = _required(edge, "edge", "FLOKI_EDGE")
         self.workflow = _required(workflow, "workflow", "FLOKI_WORKFLOW")
@@ -391,6 +407,7 @@ class Edge:
         self.agent = _agent(agent)
         self.timeout = timeout
         self.transport = transport
+        self.live = live
 
     def _where(self) -> tuple:
         return (self.agent, self.workflow, self.token, self.edge, self.function)
@@ -403,7 +420,10 @@ class Edge:
         """This producer's streams, one per consumer (in spec order), each
         ready to write once the agent accepted it."""
         _, senders = _floki.senders(
-            *self._where(), timeout=self.timeout, transport=self.transport
+            *self._where(),
+            timeout=self.timeout,
+            transport=self.transport,
+            live=self.live,
         )
         return {
             peer: Sender(f"{self.workflow}/{self.edge}", _native=native)
@@ -432,6 +452,7 @@ class Edge:
             timeout=self.timeout,
             transport=self.transport,
             stream=self._stream(consumer),
+            live=self.live,
         )
         return Sender(f"{self.workflow}/{self.edge}", _native=native)
 

@@ -7,7 +7,7 @@ DEFAULT_AGENT: str
 RING_HEADER_LEN: int
 
 _Stream = Tuple[str, str, str, str, str]
-_Summary = Tuple[int, str, int, int]
+_Summary = Tuple[int, str, int, int, bool]
 _Described = Tuple[str, str, List[str], int]
 
 class Sender:
@@ -19,6 +19,7 @@ class Sender:
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
         stream: Optional[_Stream] = None,
+        live: bool = False,
     ) -> None: ...
     def write(self, data: Any) -> int: ...
     def flush(self) -> None: ...
@@ -70,6 +71,7 @@ def senders(
     *,
     timeout: Optional[float] = None,
     transport: Optional[str] = None,
+    live: bool = False,
 ) -> Tuple[_Described, List[Tuple[str, Sender]]]: ...
 def receivers(
     agent: str,

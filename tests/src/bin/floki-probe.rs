@@ -43,6 +43,8 @@ struct Args {
     no_ring: bool,
     /// Insist on a transport.
     transport: Option<Transport>,
+    /// Wait for the receiver: never let the agent store the stream.
+    live: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -68,11 +70,16 @@ fn parse() -> anyhow::Result<Args> {
         blocking: false,
         no_ring: false,
         transport: None,
+        live: false,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
         if flag == "--flush-each" {
             out.flush_each = true;
+            continue;
+        }
+        if flag == "--live" {
+            out.live = true;
             continue;
         }
         if flag == "--report-written" {
@@ -122,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     opts.data_addr = args.data_addr;
     opts.transport = args.transport;
     opts.ring = !args.no_ring;
+    opts.live = args.live;
     match (args.verb.as_str(), args.blocking) {
         ("send", true) => return blocking_send(&args, &opts),
         ("recv", true) => return blocking_recv(&args, &opts),
@@ -150,6 +158,7 @@ fn edge_options(
     let mut opts = EdgeOptions::new(&args.agent, workflow, token, edge, function);
     opts.pair_timeout = Some(Duration::from_secs(60));
     opts.transport = args.transport;
+    opts.live = args.live;
     opts
 }
 
@@ -199,7 +208,7 @@ async fn send_edge(args: &Args, opts: EdgeOptions) -> anyhow::Result<()> {
     let mut report = Vec::new();
     for (consumer, tx) in senders {
         let summary = tx.finish().await?;
-        report.push(serde_json::json!({"peer": consumer, "bytes": summary.bytes, "transport": summary.transport.to_string()}));
+        report.push(serde_json::json!({"peer": consumer, "bytes": summary.bytes, "transport": summary.transport.to_string(), "stored": summary.stored}));
     }
     println!(
         "{}",
@@ -237,7 +246,7 @@ async fn recv_edge(args: &Args, opts: EdgeOptions) -> anyhow::Result<()> {
                 if got != expect {
                     bail!("stream from {producer}: {got} bytes, expected {expect}");
                 }
-                anyhow::Ok(serde_json::json!({"peer": producer, "bytes": summary.bytes, "transport": summary.transport.to_string()}))
+                anyhow::Ok(serde_json::json!({"peer": producer, "bytes": summary.bytes, "transport": summary.transport.to_string(), "stored": summary.stored}))
             })
         })
         .collect();
@@ -313,7 +322,7 @@ fn check(
 fn print_summary(summary: &Summary, started: Instant) {
     println!(
         "{}",
-        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "seconds": started.elapsed().as_secs_f64()})
+        serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "stored": summary.stored, "seconds": started.elapsed().as_secs_f64()})
     );
 }
 

@@ -55,6 +55,9 @@ pub struct LinkEnd {
     pub role: Role,
     /// The other end's node.
     pub peer_node: String,
+    /// This end is the agent's store, taking in a stream pushed ahead of
+    /// its consumer.
+    pub store: bool,
 }
 
 /// Where a channel's bytes went, for its view.

@@ -68,6 +68,8 @@ enum Stage {
     Waiting {
         role: Role,
         end: LocalEnd,
+        /// Whether the waiting end is the agent's store.
+        store: bool,
         notify: PairingNotice,
     },
     /// The carrier is set up.
@@ -84,6 +86,8 @@ struct Live {
     created: Instant,
     stage: Stage,
     ends: Ends,
+    /// Which end is the agent's store, if one is.
+    store: Option<Role>,
 }
 
 #[derive(Default)]
@@ -176,8 +180,14 @@ impl Channels {
                     format!("channel '{name}' already has a {role} on this node"),
                 ));
             }
-            (EndKind::Local(end), None) => self.wait_for_peer(&mut inner, name, role, end),
-            (EndKind::Local(end), Some(id)) => (id, self.pair(&mut inner, id, role, end, window)?),
+            (EndKind::Local(end), None) => self.wait_for_peer(&mut inner, name, role, end, false),
+            (EndKind::Store(end), None) => self.wait_for_peer(&mut inner, name, role, end, true),
+            (EndKind::Local(end), Some(id)) => {
+                (id, self.pair(&mut inner, id, role, (end, false), window)?)
+            }
+            (EndKind::Store(end), Some(id)) => {
+                (id, self.pair(&mut inner, id, role, (end, true), window)?)
+            }
         };
         self.changed.notify_waiters();
         Ok(Joined {
@@ -186,7 +196,13 @@ impl Channels {
         })
     }
 
-    fn new_channel(inner: &mut Inner, name: String, stage: Stage, ends: Ends) -> u32 {
+    fn new_channel(
+        inner: &mut Inner,
+        name: String,
+        stage: Stage,
+        ends: Ends,
+        store: Option<Role>,
+    ) -> u32 {
         let id = inner.next_id;
         inner.next_id = inner.next_id.wrapping_add(1).max(1);
         inner.by_name.insert(name.clone(), id);
@@ -197,6 +213,7 @@ impl Channels {
                 created: Instant::now(),
                 stage,
                 ends,
+                store,
             },
         );
         id
@@ -208,10 +225,17 @@ impl Channels {
         name: String,
         role: Role,
         end: LocalEnd,
+        store: bool,
     ) -> (u32, Pairing) {
         let (notify, wait) = oneshot::channel();
-        let stage = Stage::Waiting { role, end, notify };
-        let id = Self::new_channel(inner, name.clone(), stage, Ends::joined(role));
+        let stage = Stage::Waiting {
+            role,
+            end,
+            store,
+            notify,
+        };
+        let store = store.then_some(role);
+        let id = Self::new_channel(inner, name.clone(), stage, Ends::joined(role), store);
         info!(channel = %name, id, %role, "waiting for the other end");
         (id, Pairing::Later(wait))
     }
@@ -220,33 +244,40 @@ impl Channels {
         let mut ends = Ends::joined(role);
         // The far end reports to its own agent.
         ends.left(role.peer());
-        let reason = match &carrier {
-            Carrier::LinkHanded(end) | Carrier::LinkRelayed { end, .. } => {
-                Some(format!("the other end is on node {}", end.peer_node))
-            }
-            _ => None,
+        let (reason, store) = match &carrier {
+            Carrier::LinkHanded(end) | Carrier::LinkRelayed { end, .. } => (
+                Some(format!("the other end is on node {}", end.peer_node)),
+                end.store.then_some(role),
+            ),
+            _ => (None, None),
         };
         let stage = Stage::Active {
             carrier,
             reason,
             paired_at: Instant::now(),
         };
-        let id = Self::new_channel(inner, name.clone(), stage, ends);
+        let id = Self::new_channel(inner, name.clone(), stage, ends, store);
         info!(channel = %name, id, %role, "cross-node stream opened");
         id
     }
 
-    /// Pairs `end` with the end waiting on channel `id`.
+    /// Pairs `end` (`true`: the agent's store) with the end waiting on
+    /// channel `id`.
     fn pair(
         &self,
         inner: &mut Inner,
         id: u32,
         role: Role,
-        end: LocalEnd,
+        (end, store): (LocalEnd, bool),
         window: Option<u64>,
     ) -> Result<Pairing, Refused> {
         let started = Instant::now();
-        let (name, waiting, notify) = Self::take_waiting(inner, id, role)?;
+        let (name, waiting, waiting_store, notify) = Self::take_waiting(inner, id, role)?;
+        let store = match (store, waiting_store) {
+            (true, _) => Some(role),
+            (_, true) => Some(role.peer()),
+            _ => None,
+        };
         let (sender, receiver) = match role {
             Role::Send => (&end, &waiting),
             Role::Recv => (&waiting, &end),
@@ -265,8 +296,9 @@ impl Channels {
             }
         };
         let transport = set_up.carrier.transport();
-        let (to_sender, to_receiver) = set_up.paired(window);
+        let (to_sender, to_receiver) = set_up.paired(window, store);
         let live = inner.live.get_mut(&id).expect("still live");
+        live.store = store;
         live.stage = Stage::Active {
             carrier: set_up.carrier,
             reason: Some(set_up.reason),
@@ -296,7 +328,7 @@ impl Channels {
         inner: &mut Inner,
         id: u32,
         role: Role,
-    ) -> Result<(String, LocalEnd, PairingNotice), Refused> {
+    ) -> Result<(String, LocalEnd, bool, PairingNotice), Refused> {
         let live = inner.live.get_mut(&id).expect("named channels are live");
         let name = live.name.clone();
         match &live.stage {
@@ -324,7 +356,9 @@ impl Channels {
             paired_at: Instant::now(),
         };
         match std::mem::replace(&mut live.stage, placeholder) {
-            Stage::Waiting { end, notify, .. } => Ok((name, end, notify)),
+            Stage::Waiting {
+                end, store, notify, ..
+            } => Ok((name, end, store, notify)),
             Stage::Active { .. } => unreachable!("checked above"),
         }
     }
@@ -437,6 +471,7 @@ impl Channels {
             error: None,
             note: None,
             reason: None,
+            store: live.store,
         };
         let Stage::Active {
             carrier,
@@ -494,6 +529,7 @@ impl Channels {
                 created,
                 stage,
                 ends,
+                store: None,
             };
             inner.live.insert(*id, live);
             inner.next_id = inner.next_id.max(id.wrapping_add(1).max(1));
@@ -613,6 +649,21 @@ impl Channels {
                 let _ = notify.send(Err((error, message(&name))));
             }
         }
+    }
+
+    /// The role of the end waiting alone on channel `name`, if one is.
+    pub fn waiting_role(&self, name: &str) -> Option<Role> {
+        let inner = self.lock();
+        let live = inner.live.get(inner.by_name.get(name)?)?;
+        match &live.stage {
+            Stage::Waiting { role, .. } => Some(*role),
+            Stage::Active { .. } => None,
+        }
+    }
+
+    /// Whether channel `name` has an end on this node now.
+    pub fn is_open(&self, name: &str) -> bool {
+        self.lock().by_name.contains_key(name)
     }
 
     /// Number of live channels (waiting or active).

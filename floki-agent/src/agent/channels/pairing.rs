@@ -40,6 +40,10 @@ pub enum EndKind {
     /// is the agents' link ([`Carrier::LinkHanded`] or
     /// [`Carrier::LinkRelayed`]).
     Remote(Carrier),
+    /// The agent's store, as an end on this node: a receiver taking in a
+    /// stream whose consumer is not there, or a sender replaying a stored
+    /// one. It pairs like a local end; its peer hears that it is a store.
+    Store(LocalEnd),
 }
 
 /// A function on this node, as it introduced itself.
@@ -83,6 +87,8 @@ pub struct Paired {
     pub window: u64,
     /// `shm`: the ring's memory file and this end's socket beside it.
     pub ring: Option<(OwnedFd, OwnedFd)>,
+    /// The other end is the agent's store.
+    pub stored: bool,
 }
 
 /// A same-node carrier, set up.
@@ -98,21 +104,29 @@ pub struct SetUp {
 }
 
 impl SetUp {
-    /// Each end's part (sender's, receiver's), under one fresh key.
-    pub(super) fn paired(&mut self, window: u64) -> (Paired, Paired) {
+    /// Each end's part (sender's, receiver's), under one fresh key;
+    /// `store` is the end that is the agent's store, if one is.
+    pub(super) fn paired(&mut self, window: u64, store: Option<Role>) -> (Paired, Paired) {
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
         let transport = self.carrier.transport();
-        let part = |connect_to, ring| Paired {
+        let part = |connect_to, ring, role: Role| Paired {
             transport,
             connect_to,
             key,
             window,
             ring,
+            stored: store == Some(role.peer()),
         };
         match self.rings.take() {
-            Some([sender, receiver]) => (part(None, Some(sender)), part(None, Some(receiver))),
-            None => (part(self.connect_to, None), part(None, None)),
+            Some([sender, receiver]) => (
+                part(None, Some(sender), Role::Send),
+                part(None, Some(receiver), Role::Recv),
+            ),
+            None => (
+                part(self.connect_to, None, Role::Send),
+                part(None, None, Role::Recv),
+            ),
         }
     }
 }

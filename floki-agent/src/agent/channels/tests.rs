@@ -78,6 +78,8 @@ fn hello(role: Role, shm: bool) -> Hello {
         stream: None,
         shm,
         transport: None,
+        live: false,
+        store: false,
     }
 }
 
@@ -100,6 +102,7 @@ fn remote(name: &str, role: Role) -> JoinRequest {
         end: EndKind::Remote(Carrier::LinkHanded(LinkEnd {
             role,
             peer_node: "node-b".into(),
+            store: false,
         })),
         window: Some(1 << 20),
     }
@@ -169,7 +172,7 @@ async fn two_ends_that_take_a_ring_get_one_and_its_bytes_show() {
     assert_eq!(paired.transport, Transport::Shm);
     let (memory, peer) = paired.ring.expect("the sender's half of the ring");
     let mut writer = floki_proto::ring::RingWriter::open(memory, peer).unwrap();
-    assert_eq!(writer.try_write(&[1; 1000]), 1000);
+    assert_eq!(writer.try_write(&[1; 1000]), Ok(1000));
     assert_eq!(view(&channels, tx.membership.id()).bytes, 1000);
     drop(rx);
 }

@@ -53,6 +53,9 @@ pub struct ChannelView {
     pub note: Option<String>,
     /// Why this carrier.
     pub reason: Option<String>,
+    /// Which end is the agent's store, if one is: the receiver (the stream
+    /// is being stored) or the sender (a stored stream is replayed).
+    pub store: Option<Role>,
 }
 
 /// The core's totals since the agent started.

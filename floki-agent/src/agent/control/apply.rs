@@ -217,6 +217,7 @@ pub async fn delete(agent: &Arc<Agent>, name: &str) -> Result<ApplyOutcome, Appl
     agent.workflows.delete(name);
     agent.links.forget(name);
     agent.links.refresh();
+    agent.store.delete_workflow(name).await;
     if !failed.is_empty() {
         return Err(ApplyFailure::message(format!(
             "workflow {name:?} deleted here but not on: {}; run delete again once they are back",

@@ -18,14 +18,14 @@ use rand::RngCore as _;
 use tokio::{
     io::AsyncReadExt as _,
     net::TcpStream,
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, broadcast, mpsc, oneshot},
 };
 use tracing::{debug, info};
 
 use super::{
     peers::{
         Peers,
-        protocol::{PeerAnswer, PeerRequest, START},
+        protocol::{PeerAnswer, PeerRequest, START, START_LIVE},
     },
     workflows::Workflows,
 };
@@ -42,6 +42,8 @@ pub struct Prepared {
     pub conn: TcpStream,
     /// Pairing key both functions get.
     pub key: [u8; KEY_LEN],
+    /// Consumer side: the producer waits for its consumer (never stored).
+    pub live: bool,
 }
 
 type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
@@ -61,6 +63,9 @@ pub struct PreparedLinks {
     /// Consumer side: started connections, for the consumer's session.
     started: Mutex<HashMap<StreamId, Prepared>>,
     changed: Notify,
+    /// Consumer side: streams started (for the store, which takes in those
+    /// whose consumer does not come).
+    starts: broadcast::Sender<StreamId>,
 }
 
 impl PreparedLinks {
@@ -75,6 +80,7 @@ impl PreparedLinks {
             pending: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            starts: broadcast::channel(1024).0,
         })
     }
 
@@ -204,7 +210,11 @@ impl PreparedLinks {
         match tokio::time::timeout(Duration::from_secs(10), read_message(&mut conn)).await {
             Ok(Ok(Some(PeerAnswer::Ok))) => {
                 info!(%stream, peer = peer_node, "stream prepared");
-                Ok(Prepared { conn, key })
+                Ok(Prepared {
+                    conn,
+                    key,
+                    live: false,
+                })
             }
             Ok(Ok(Some(PeerAnswer::Error { message }))) => Err(message),
             Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
@@ -266,16 +276,22 @@ impl PreparedLinks {
         let this = self.clone();
         tokio::spawn(async move {
             let mut start = [0u8; 1];
-            let started = matches!(conn.read(&mut start).await, Ok(1) if start[0] == START);
+            let live = match conn.read(&mut start).await {
+                Ok(1) if start[0] == START => Some(false),
+                Ok(1) if start[0] == START_LIVE => Some(true),
+                _ => None,
+            };
             if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
                 *n -= 1;
             }
-            if started {
+            if let Some(live) = live {
                 // A newer start replaces a stale one (its producer is gone).
+                let prepared = Prepared { conn, key, live };
                 this.started
                     .lock()
                     .expect("started lock")
-                    .insert(stream, Prepared { conn, key });
+                    .insert(stream.clone(), prepared);
+                let _ = this.starts.send(stream);
             }
             this.changed.notify_waiters();
         });
@@ -292,6 +308,30 @@ impl PreparedLinks {
             }
             changed.await;
         }
+    }
+
+    /// Consumer side: the streams that start from now on.
+    pub fn starts(&self) -> broadcast::Receiver<StreamId> {
+        self.starts.subscribe()
+    }
+
+    /// Consumer side: whether `stream` has a started connection that no
+    /// consumer took yet and that may be stored (its producer is not live).
+    pub fn storable(&self, stream: &StreamId) -> bool {
+        self.started
+            .lock()
+            .expect("started lock")
+            .get(stream)
+            .is_some_and(|prepared| !prepared.live)
+    }
+
+    /// Consumer side: whether a producer started `stream` and its
+    /// connection waits for the consumer.
+    pub fn is_started(&self, stream: &StreamId) -> bool {
+        self.started
+            .lock()
+            .expect("started lock")
+            .contains_key(stream)
     }
 
     /// Forgets the consumer-side connections of a deleted workflow.

@@ -28,6 +28,7 @@ use crate::{
     agent::{
         Agent,
         channels::{ChannelEvent, Phase},
+        store::{StoreView, TierName},
     },
     status::Totals,
 };
@@ -154,8 +155,88 @@ impl Collector for Snapshot {
             "floki_kernel_redirect_errors",
             "Redirects the kernel refused",
             ConstCounter::new(totals.redirect_errors),
-        )
+        )?;
+        store(&mut encoder, &agent.store.view())
     }
+}
+
+/// The store's series: bytes and streams by tier, budgets, replays, refusals,
+/// and bytes per workflow edge and tier.
+fn store(encoder: &mut DescriptorEncoder, view: &StoreView) -> Result<(), std::fmt::Error> {
+    let tiers = [TierName::Memory, TierName::Disk, TierName::S3];
+    let per_tier = |bytes: bool| {
+        tiers.map(|tier| {
+            let held = view.streams.iter().filter(|s| s.tier == tier);
+            let value = if bytes {
+                held.map(|s| s.bytes).sum::<u64>()
+            } else {
+                held.count() as u64
+            };
+            (
+                tier.label(),
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)),
+            )
+        })
+    };
+    labelled(
+        encoder,
+        "floki_store_bytes",
+        "Bytes of streams the store holds for consumers not yet there, by tier",
+        "tier",
+        per_tier(true),
+    )?;
+    labelled(
+        encoder,
+        "floki_store_streams",
+        "Streams the store holds, by tier",
+        "tier",
+        per_tier(false),
+    )?;
+    labelled(
+        encoder,
+        "floki_store_budget_bytes",
+        "The store's budget, by tier (--store-memory, --store-disk)",
+        "tier",
+        [("memory", view.memory.1), ("disk", view.disk.1)]
+            .map(|(tier, n)| (tier, ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)))),
+    )?;
+    single(
+        encoder,
+        "floki_store_replays",
+        "Consumers served a stored stream",
+        ConstCounter::new(view.replays),
+    )?;
+    single(
+        encoder,
+        "floki_store_refused_full",
+        "Producers refused because every tier of the store was full",
+        ConstCounter::new(view.full),
+    )?;
+    let mut family = encoder.encode_descriptor(
+        "floki_store_edge_bytes",
+        "Bytes the store holds per workflow edge and tier",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    let mut edges: std::collections::BTreeMap<(String, String, &str), u64> = Default::default();
+    for stream in &view.streams {
+        let (Some(workflow), Some(edge)) = (&stream.workflow, stream.name.split('/').nth(1)) else {
+            continue;
+        };
+        *edges
+            .entry((workflow.clone(), edge.to_owned(), stream.tier.label()))
+            .or_default() += stream.bytes;
+    }
+    for ((workflow, edge, tier), bytes) in edges {
+        let labels = [
+            ("workflow", workflow.as_str()),
+            ("edge", edge.as_str()),
+            ("tier", tier),
+        ];
+        ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX))
+            .encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// One series of a metric without labels.

@@ -101,6 +101,9 @@ fn answer(agent: &Arc<Agent>, request: PeerRequest) -> PeerAnswer {
             agent.workflows.delete(&name);
             agent.links.forget(&name);
             agent.links.refresh();
+            let store = agent.store.clone();
+            let workflow = name.clone();
+            tokio::spawn(async move { store.delete_workflow(&workflow).await });
             info!(workflow = %name, "workflow deleted");
             PeerAnswer::Ok
         }

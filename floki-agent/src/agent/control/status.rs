@@ -11,10 +11,11 @@ use crate::{
         Agent,
         channels::{ChannelView, Phase},
         datapath::Datapath,
+        store::{StoreView, StoredView},
     },
     status::{
-        ChannelState, ChannelStatus, DatapathMode, DatapathStatus, EdgeStatus, Status,
-        StreamStatus, Totals, WorkflowStatus,
+        ChannelState, ChannelStatus, DatapathMode, DatapathStatus, EdgeStatus, Status, StoreStatus,
+        StoredStatus, StreamStatus, Totals, WorkflowStatus,
     },
     workflow::{StreamId, Workflow},
 };
@@ -32,6 +33,7 @@ pub struct Identity {
 /// The agent's status now.
 pub fn status(agent: &Agent, identity: &Identity) -> Status {
     let (views, _) = agent.channels.snapshot();
+    let stored = agent.store.view();
     Status {
         node: agent.node.clone(),
         listen: identity.listen.to_string(),
@@ -46,10 +48,51 @@ pub fn status(agent: &Agent, identity: &Identity) -> Status {
             .ebpf()
             .map(|ebpf| ebpf.programs().to_vec())
             .unwrap_or_default(),
-        workflows: workflows(agent, &views),
+        workflows: workflows(agent, &views, &stored),
         channels: views.into_iter().map(channel).collect(),
         peers: agent.peers.status(),
         totals: totals(agent),
+        store: store(stored),
+    }
+}
+
+fn store(view: StoreView) -> StoreStatus {
+    StoreStatus {
+        dir: view.dir.display().to_string(),
+        s3: view.s3,
+        memory_bytes: view.memory.0,
+        memory_budget: view.memory.1,
+        disk_bytes: view.disk.0,
+        disk_budget: view.disk.1,
+        replays: view.replays,
+        refused_full: view.full,
+        streams: view.streams.iter().map(stored_stream).collect(),
+        lost: view.lost,
+    }
+}
+
+fn stored_stream(view: &StoredView) -> StoredStatus {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    StoredStatus {
+        name: view.name.clone(),
+        workflow: view.workflow.clone(),
+        tier: view.tier.to_string(),
+        bytes: view.bytes,
+        state: stored_state(view),
+        replays: view.replays,
+        age_secs: view.age.as_secs(),
+        expires_in_secs: (view.retain_until != u64::MAX)
+            .then(|| view.retain_until.saturating_sub(now)),
+    }
+}
+
+fn stored_state(view: &StoredView) -> String {
+    match (&view.failed, view.complete) {
+        (Some(reason), _) => format!("failed: {reason}"),
+        (None, true) => "complete".into(),
+        (None, false) => "storing".into(),
     }
 }
 
@@ -107,12 +150,19 @@ fn channel(view: ChannelView) -> ChannelStatus {
         error: view.error,
         note: view.note,
         reason: view.reason,
+        store: view.store.map(|role| {
+            match role {
+                floki_proto::control::Role::Recv => "stored",
+                floki_proto::control::Role::Send => "replayed",
+            }
+            .to_owned()
+        }),
     }
 }
 
 /// Applied workflows as this node sees them: which streams touch it, and
 /// whether they are prepared.
-fn workflows(agent: &Agent, channels: &[ChannelView]) -> Vec<WorkflowStatus> {
+fn workflows(agent: &Agent, channels: &[ChannelView], stored: &StoreView) -> Vec<WorkflowStatus> {
     agent
         .workflows
         .all()
@@ -126,7 +176,11 @@ fn workflows(agent: &Agent, channels: &[ChannelView]) -> Vec<WorkflowStatus> {
                     let streams: Vec<StreamStatus> = workflow
                         .streams()
                         .filter(|(e, _)| e.name == edge.name)
-                        .map(|(_, stream)| stream_status(agent, workflow, channels, &stream))
+                        .map(|(_, stream)| {
+                            let mut status = stream_status(agent, workflow, channels, &stream);
+                            status.stored = stored_summary(stored, &stream);
+                            status
+                        })
                         .collect();
                     let ready = streams.iter().all(|s| s.state != "preparing");
                     EdgeStatus {
@@ -180,7 +234,21 @@ fn stream_status(
         placement: placement.into(),
         transport,
         state: state.into(),
+        stored: None,
     }
+}
+
+/// What the store holds of `stream`, in a few words.
+fn stored_summary(stored: &StoreView, stream: &StreamId) -> Option<String> {
+    let name = stream.to_string();
+    let view = stored.streams.iter().find(|view| view.name == name)?;
+    Some(format!(
+        "stored: {}, {}, {}, read {} times",
+        view.tier,
+        stored_state(view),
+        bytesize::ByteSize(view.bytes).display().iec(),
+        view.replays
+    ))
 }
 
 /// A same-node stream's transport: what its latest channel took (clients

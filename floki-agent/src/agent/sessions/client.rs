@@ -1,7 +1,8 @@
 //! A client session: reads its request and routes it. A describe request is
 //! answered from the applied workflows; a hello opens a plain channel or a
 //! workflow stream, on this node ([`super::local`]) or with its other end on
-//! another node ([`super::remote`]).
+//! another node ([`super::remote`]); a consumer whose stream the store holds
+//! is served from there ([`super::stored`]).
 
 use std::sync::Arc;
 
@@ -11,7 +12,10 @@ use floki_proto::control::{
 
 use super::{
     handshake::{self, refuse},
-    is_unix, local, remote,
+    is_unix,
+    local::{self, Local},
+    remote,
+    stored::{self, EdgeOf},
 };
 use crate::agent::{Agent, control::workflows::Denied};
 
@@ -26,17 +30,32 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
             return refuse(&agent, &mut stream, &from, refusal, message).await;
         }
     };
+    if hello.store && !stored::from_this_agent(&stream) {
+        let message =
+            "only the agent itself opens its store's ends; leave `store` unset".to_owned();
+        return refuse(&agent, &mut stream, &from, Refusal::BadRequest, message).await;
+    }
     if let Err((refusal, message)) = handshake::validate(&hello, is_unix(&stream)) {
         return refuse(&agent, &mut stream, &from, refusal, message).await;
     }
     let Some(stream_ref) = hello.stream.clone() else {
-        if agent.workflow_channels_only {
+        if agent.workflow_channels_only && !hello.store {
             let message = "this agent serves only workflow channels (--workflow-channels-only); \
                            open the channel with --workflow, --edge, --as and its token"
                 .to_owned();
             return refuse(&agent, &mut stream, &from, Refusal::WorkflowOnly, message).await;
         }
-        return local::serve(stream, hello, None, &agent).await;
+        let name = hello.channel.clone();
+        let Some((stream, hello)) = stored::serve_stored(stream, hello, &name, None, &agent).await
+        else {
+            return;
+        };
+        let storable = stored::storable(&agent, &hello, None, None);
+        let here = Local {
+            window: None,
+            storable,
+        };
+        return local::serve(stream, hello, here, &agent).await;
     };
     let resolved = agent.workflows.resolve(
         &agent.node,
@@ -59,12 +78,31 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
             );
             refuse(&agent, &mut stream, &from, Refusal::WrongNode, message).await;
         }
-        Ok(resolved) if resolved.peer_node == agent.node => {
-            let mut hello = hello;
-            hello.channel = resolved.stream.to_string();
-            local::serve(stream, hello, Some(resolved.edge.buffer), &agent).await;
+        Ok(resolved) => {
+            // A stream stored here (on this node, or pushed ahead from the
+            // producer's) is served from the store.
+            let name = resolved.stream.to_string();
+            let window = Some(resolved.edge.buffer);
+            // A producer on the other node is there again: live.
+            if resolved.peer_node != agent.node && agent.links.is_started(&resolved.stream) {
+                return remote::serve(stream, hello, resolved, &agent).await;
+            }
+            let Some((stream, mut hello)) =
+                stored::serve_stored(stream, hello, &name, window, &agent).await
+            else {
+                return;
+            };
+            if resolved.peer_node != agent.node {
+                return remote::serve(stream, hello, resolved, &agent).await;
+            }
+            hello.channel = name;
+            let edge = EdgeOf {
+                edge: &resolved.edge,
+                producer: &stream_ref,
+            };
+            let storable = stored::storable(&agent, &hello, window, Some(edge));
+            local::serve(stream, hello, Local { window, storable }, &agent).await;
         }
-        Ok(resolved) => remote::serve(stream, hello, resolved, &agent).await,
     }
 }
 

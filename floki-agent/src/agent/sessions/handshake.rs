@@ -57,7 +57,8 @@ pub async fn request(stream: &mut ControlStream) -> Result<ClientRequest, Refuse
 /// Checks a hello. `unix`: a receiver on the agent's Unix socket may leave
 /// its data address out; the agent then opens the listener for it.
 pub fn validate(hello: &Hello, unix: bool) -> Result<(), Refused> {
-    if hello.stream.is_none() && !valid_channel_name(&hello.channel) {
+    // The store's ends (checked to be the agent's) use names no function can.
+    if hello.stream.is_none() && !hello.store && !valid_channel_name(&hello.channel) {
         let shown: String = hello.channel.chars().take(64).collect();
         return Err((
             Refusal::BadChannelName,

@@ -8,6 +8,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd as _, BorrowedFd},
+    pin::Pin,
     time::Duration,
 };
 
@@ -18,29 +19,41 @@ use floki_proto::{
     },
     handoff::send_fds,
 };
-use tokio::{net::TcpStream, time::timeout};
+use tokio::{
+    net::TcpStream,
+    sync::oneshot,
+    time::{Sleep, timeout},
+};
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{closed, handshake::refuse_quietly, is_unix, reports};
+use super::{ReportReader, handshake::refuse_quietly, is_unix, reports};
 use crate::agent::{
     Agent,
-    channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing},
+    channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused},
+    store::ends::{self, Meeting},
 };
 
 /// How long the agent waits to connect a Unix-socket sender to its receiver.
 const DATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves an end of a same-node channel. `window` overrides the
-/// receiver's (a workflow edge's buffer).
-pub async fn serve(
-    mut control: ControlStream,
-    mut hello: Hello,
-    window: Option<u64>,
-    agent: &Agent,
-) {
+/// What the session knows of a same-node end beyond its hello.
+#[derive(Default)]
+pub struct Local {
+    /// The channel's window when it is not the receiver's (a workflow
+    /// edge's buffer).
+    pub window: Option<u64>,
+    /// A sender whose stream the store may take if its receiver does not
+    /// come: how the store meets the channel.
+    pub storable: Option<Meeting>,
+}
+
+/// Serves an end of a same-node channel (a function, or the agent's store
+/// when the hello says so).
+pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, agent: &Agent) {
     let name = hello.channel.clone();
     let role = hello.role;
+    let window = local.window;
     // What a sender may hold before pairing; a receiver hears its own.
     let holds = window
         .or(hello.window)
@@ -57,10 +70,15 @@ pub async fn serve(
             return refuse_quietly(agent, &mut control, Refusal::Internal, message).await;
         }
     };
+    let end = LocalEnd { hello, reach };
     let request = JoinRequest {
         name: name.clone(),
         role,
-        end: EndKind::Local(LocalEnd { hello, reach }),
+        end: if end.hello.store {
+            EndKind::Store(end)
+        } else {
+            EndKind::Local(end)
+        },
         window,
     };
     let Joined {
@@ -83,25 +101,59 @@ pub async fn serve(
         return;
     }
     drop(listener);
+    let mut reader = ReportReader::default();
     let paired = match pairing {
         Pairing::Now(paired) => Ok(paired),
-        Pairing::Later(wait) => tokio::select! {
-            paired = wait => match paired {
-                Ok(paired) => paired,
-                Err(_) => return,
-            },
-            () = closed(&mut control) => return,
-        },
+        Pairing::Later(wait) => {
+            let waited = wait_for_peer(&mut control, &mut reader, wait, local.storable, agent);
+            match waited.await {
+                Some(paired) => paired,
+                None => return,
+            }
+        }
         Pairing::Elsewhere => unreachable!("a local end pairs on this node"),
     };
     match paired {
         Ok(paired) => {
             if hand_over(&mut control, &membership, paired, agent, &name).await {
-                reports(control, membership, &name).await;
+                reports(control, membership, &name, reader).await;
             }
         }
         Err((error, message)) => {
             let _ = write_message(&mut control, &AgentMessage::Refused { error, message }).await;
+        }
+    }
+}
+
+/// Waits for the peer; `None` if the end hung up meanwhile. A storable
+/// sender's stream goes to the store once the sender has had nothing more
+/// to buffer (it said `waiting`: its window is full, or it is finishing)
+/// for the store's grace period.
+async fn wait_for_peer(
+    control: &mut ControlStream,
+    reader: &mut ReportReader,
+    wait: oneshot::Receiver<Result<Paired, Refused>>,
+    mut storable: Option<Meeting>,
+    agent: &Agent,
+) -> Option<Result<Paired, Refused>> {
+    let mut grace: Option<Pin<Box<Sleep>>> = None;
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            paired = &mut wait => return paired.ok(),
+            report = reader.next(control) => match report {
+                Ok(Some(ClientReport::Waiting)) if storable.is_some() && grace.is_none() => {
+                    grace = Some(Box::pin(tokio::time::sleep(agent.store.config().grace)));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            },
+            () = async { grace.as_mut().expect("checked").await }, if grace.is_some() => {
+                grace = None;
+                if let Some(meeting) = storable.take() {
+                    ends::take_in(agent.store.clone(), meeting);
+                }
+            }
         }
     }
 }
@@ -183,6 +235,7 @@ fn paired_message(paired: &Paired) -> AgentMessage {
         key: encode_key(&paired.key),
         window: paired.window,
         socket: None,
+        stored: paired.stored,
     }
 }
 

@@ -8,18 +8,22 @@
 //! * [`client`]: routes a hello to a plain channel, a workflow stream on this
 //!   node, or one whose other end is on another node;
 //! * [`local`] and [`remote`]: an end of each kind, from joining the core to
-//!   its last report.
+//!   its last report;
+//! * [`stored`]: where sessions meet the store.
 
 mod client;
 mod handshake;
 mod local;
 mod remote;
+mod stored;
+
+pub use stored::push_ahead;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use floki_proto::{
-    MAGIC, ProtocolError, VERSION,
-    control::{ClientReport, ControlStream, Refusal, read_message},
+    MAGIC, MAX_MESSAGE_LEN, ProtocolError, VERSION,
+    control::{ClientReport, ControlStream, Refusal},
 };
 use tokio::{
     io::AsyncReadExt as _,
@@ -91,9 +95,14 @@ fn is_unix(control: &ControlStream) -> bool {
 
 /// Passes an end's reports to its channel until it hangs up; its
 /// membership then ends.
-async fn reports(mut stream: ControlStream, membership: Membership, name: &str) {
+async fn reports(
+    mut stream: ControlStream,
+    membership: Membership,
+    name: &str,
+    mut reader: ReportReader,
+) {
     loop {
-        match read_message::<_, ClientReport>(&mut stream).await {
+        match reader.next(&mut stream).await {
             Ok(Some(report)) => membership.report(report),
             Ok(None) => break,
             Err(err) => {
@@ -105,15 +114,57 @@ async fn reports(mut stream: ControlStream, membership: Membership, name: &str) 
     }
 }
 
-/// Resolves when the client closes a connection on which it should be
-/// silent (waiting for its peer).
-async fn closed(stream: &mut ControlStream) {
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte).await {
-            Ok(0) | Err(_) => return,
-            // A client must not talk before it is paired; ignore the noise.
-            Ok(_) => {}
+/// Reads a client's reports, one length-prefixed message at a time, and can
+/// be cancelled between any two reads without losing a byte (the waits for
+/// a peer race it against pairing).
+#[derive(Default)]
+pub struct ReportReader {
+    buf: Vec<u8>,
+}
+
+impl ReportReader {
+    /// The next report; `None` when the client hung up.
+    pub async fn next(
+        &mut self,
+        stream: &mut ControlStream,
+    ) -> Result<Option<ClientReport>, ProtocolError> {
+        loop {
+            if let Some(report) = self.parse()? {
+                return Ok(Some(report));
+            }
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtocolError::Truncated)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+
+    fn parse(&mut self) -> Result<Option<ClientReport>, ProtocolError> {
+        let Some(len) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
+        if len > MAX_MESSAGE_LEN {
+            return Err(ProtocolError::MessageTooLarge(len));
+        }
+        let end = 4 + len as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let report = serde_json::from_slice(&self.buf[4..end]);
+        self.buf.drain(..end);
+        Ok(Some(report?))
+    }
+}
+
+/// Until the client closes a connection on which it waits for its peer;
+/// what it says meanwhile is read (and, but for `waiting`, ignored).
+async fn closed(stream: &mut ControlStream, reader: &mut ReportReader) {
+    while let Ok(Some(_)) = reader.next(stream).await {}
 }

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{closed, handshake::refuse_quietly, is_unix, reports};
+use super::{ReportReader, closed, handshake::refuse_quietly, is_unix, reports};
 use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
@@ -44,6 +44,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     let end = LinkEnd {
         role,
         peer_node: resolved.peer_node.clone(),
+        store: hello.store,
     };
     let carrier = match plan.carrier {
         CarrierKind::LinkHanded => Carrier::LinkHanded(end),
@@ -74,23 +75,24 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     if write_message(&mut control, &accepted).await.is_err() {
         return;
     }
+    let mut reader = ReportReader::default();
     let prepared = match role {
         // Producer side: the connection this agent keeps to the consumer's.
         Role::Send => tokio::select! {
             prepared = agent.links.take(&resolved.stream) => prepared.ok(),
-            () = closed(&mut control) => None,
+            () = closed(&mut control, &mut reader) => None,
         },
         // Consumer side: a connection the producer's agent started.
         Role::Recv => tokio::select! {
             prepared = agent.links.started(&resolved.stream) => Some(prepared),
-            () = closed(&mut control) => None,
+            () = closed(&mut control, &mut reader) => None,
         },
     };
     let Some(prepared) = prepared else {
         return;
     };
     let started = match control {
-        Either::Right(mut unix) => match hand_over(&mut unix, role, prepared, window).await {
+        Either::Right(mut unix) => match hand_over(&mut unix, &hello, prepared, window).await {
             Ok(()) => Ok(Either::Right(unix)),
             Err(err) => Err(format!("not handed over: {err}")),
         },
@@ -106,7 +108,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
         }
     };
     match started {
-        Ok(control) => reports(control, membership, &name).await,
+        Ok(control) => reports(control, membership, &name, reader).await,
         Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
     }
 }
@@ -116,12 +118,12 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
 /// this agent. The producer's side starts the link first.
 async fn hand_over(
     unix: &mut UnixStream,
-    role: Role,
+    hello: &Hello,
     mut prepared: Prepared,
     window: u64,
 ) -> Result<(), String> {
-    if role == Role::Send {
-        relay::start(&mut prepared.conn)
+    if hello.role == Role::Send {
+        relay::start(&mut prepared.conn, hello.live)
             .await
             .map_err(|e| format!("starting the link: {e}"))?;
     }
@@ -131,6 +133,7 @@ async fn hand_over(
         key: encode_key(&prepared.key),
         window,
         socket: Some(Handoff::Connection),
+        stored: false,
     };
     write_message(unix, &paired)
         .await
@@ -167,6 +170,7 @@ impl RelayedEnd<'_> {
             key: key.clone(),
             window: self.window,
             socket: None,
+            stored: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {
@@ -186,7 +190,8 @@ impl RelayedEnd<'_> {
                 write_message(&mut control, &paired(Some(side.connect_to)))
                     .await
                     .map_err(|e| e.to_string())?;
-                (side.accept(&mut prepared.conn).await?, prepared.conn)
+                let live = self.hello.live;
+                (side.accept(&mut prepared.conn, live).await?, prepared.conn)
             }
             Role::Recv => {
                 let netns = agent.netns_cookie;

@@ -75,14 +75,15 @@ pub async fn producer_side(
 }
 
 impl ProducerSide {
-    /// Accepts the producer's data connection and starts the link.
-    pub async fn accept(self, link: &mut TcpStream) -> Result<TcpStream, String> {
+    /// Accepts the producer's data connection and starts the link (`live`:
+    /// never stored by the consumer's agent).
+    pub async fn accept(self, link: &mut TcpStream, live: bool) -> Result<TcpStream, String> {
         let (data, _) = timeout(DATA_CONNECT_TIMEOUT, self.listener.accept())
             .await
             .map_err(|_| "the producer did not connect".to_owned())?
             .map_err(|e| e.to_string())?;
         data.set_nodelay(true).ok();
-        relay::start(link).await.map_err(|e| e.to_string())?;
+        relay::start(link, live).await.map_err(|e| e.to_string())?;
         Ok(data)
     }
 }

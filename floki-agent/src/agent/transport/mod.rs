@@ -267,6 +267,8 @@ mod tests {
             stream: None,
             shm,
             transport,
+            live: false,
+            store: false,
         }
     }
 

@@ -140,9 +140,11 @@ fn shutdown_write(stream: &TcpStream) {
     let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
-/// Sends the byte that starts a prepared stream connection.
-pub async fn start(stream: &mut TcpStream) -> io::Result<()> {
+/// Sends the byte that starts a prepared stream connection; `live`: the
+/// producer waits for its consumer (the other agent must not store it).
+pub async fn start(stream: &mut TcpStream, live: bool) -> io::Result<()> {
+    use crate::agent::control::peers::protocol::{START, START_LIVE};
     stream
-        .write_all(&[crate::agent::control::peers::protocol::START])
+        .write_all(&[if live { START_LIVE } else { START }])
         .await
 }

@@ -16,7 +16,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::{
-    bench::paper::{Place, Server, endpoint::Plan, scenario::Stream, usage},
+    bench::paper::{
+        Place, Server,
+        endpoint::{Access, Plan},
+        scenario::Stream,
+        usage,
+    },
     lab::{self, Lab, measured},
 };
 
@@ -185,7 +190,7 @@ fn object_store_round(lab: &Lab, bytes: u64) -> anyhow::Result<StoreRound> {
     };
     let plan = |produce: bool| -> anyhow::Result<Vec<String>> {
         let plan = Plan {
-            access: server.s3_access("host"),
+            access: Access::s3(server.s3_endpoint("host")),
             function: if produce { "producer" } else { "consumer" }.into(),
             produce,
             streams: vec![stream.clone()],

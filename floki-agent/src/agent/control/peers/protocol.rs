@@ -52,8 +52,9 @@ pub enum PeerRequest {
     },
     /// Opens the connection of a cross-node stream, producer side to
     /// consumer side, ahead of the functions. After `Ok`, the connection
-    /// waits; one byte (`START`) says the producer is there, then it carries
-    /// the stream, byte for byte, both ways.
+    /// waits; one byte (`START`, or `START_LIVE` if the producer waits for
+    /// its consumer rather than have it stored) says the producer is there,
+    /// then it carries the stream, byte for byte, both ways.
     OpenStream {
         /// The stream.
         stream: StreamId,
@@ -64,8 +65,12 @@ pub enum PeerRequest {
     Ping,
 }
 
-/// Byte that starts a prepared stream connection.
+/// Byte that starts a prepared stream connection: the consumer's agent may
+/// store the stream if the consumer is not there.
 pub const START: u8 = 0x5a;
+/// Byte that starts a prepared stream connection whose producer waits for
+/// its consumer (`--live`): never stored.
+pub const START_LIVE: u8 = 0x5b;
 
 /// The answer to a [`PeerRequest`].
 #[derive(Clone, Debug, Serialize, Deserialize)]

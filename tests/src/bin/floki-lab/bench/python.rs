@@ -21,7 +21,6 @@ use serde_json::json;
 
 use super::{
     paper::{
-        endpoint::Access,
         human,
         servers::{Place, Server},
     },
@@ -256,15 +255,12 @@ fn pipeline(bench: &Bench, opts: &Options) -> anyhow::Result<Vec<PipelineRow>> {
     std::fs::create_dir_all(&work)?;
     let s3_root = PathBuf::from("/var/tmp").join(format!("floki-s3-{}", std::process::id()));
     let s3 = Server::s3s_fs(&Place::Host(&bench.lab.cgroup), &s3_root)?;
-    let Access::S3 {
-        endpoint,
+    let floki_tests::servers::S3Endpoint {
+        url: endpoint,
         bucket,
-        credentials,
-    } = s3.s3_access("host")
-    else {
-        bail!("s3s-fs gave no S3 access");
-    };
-    let (key, secret) = credentials.unwrap_or_default();
+        key,
+        secret,
+    } = s3.s3_endpoint("host");
     let node = bench.lab.agent.status()["node"]
         .as_str()
         .unwrap_or("test-node")

@@ -44,6 +44,17 @@ pub enum Access {
     },
 }
 
+impl Access {
+    /// An s3s-fs, with its credentials.
+    pub fn s3(endpoint: floki_tests::servers::S3Endpoint) -> Self {
+        Self::S3 {
+            endpoint: endpoint.url,
+            bucket: endpoint.bucket,
+            credentials: Some((endpoint.key, endpoint.secret)),
+        }
+    }
+}
+
 /// What one function does.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {

@@ -15,7 +15,6 @@ mod results;
 pub mod scenario;
 
 mod content;
-pub mod servers;
 pub mod usage;
 
 use std::{
@@ -33,9 +32,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use endpoint::{Access, Plan, Report};
+pub use floki_tests::servers::{self, Place, Server};
 use results::{Key, Sample};
 use scenario::{PRODUCER_NODE, Pattern, Placement, Scenario};
-pub use servers::{Place, Server};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -337,15 +336,17 @@ impl Lab {
                 }
             }
             System::S3 => match (&self.s3, &self.external_s3) {
-                (Some(server), _) => server.s3_access(&node.name),
+                (Some(server), _) => Access::s3(server.s3_endpoint(&node.name)),
                 (None, Some(external)) => external.clone(),
                 (None, None) => unreachable!("one of them is set"),
             },
-            System::Redis => self
-                .redis
-                .as_ref()
-                .expect("Redis runs when measured")
-                .redis_access(&node.name),
+            System::Redis => Access::Redis {
+                url: self
+                    .redis
+                    .as_ref()
+                    .expect("Redis runs when measured")
+                    .redis_url(&node.name),
+            },
         }
     }
 

@@ -1,6 +1,8 @@
-//! The baselines' servers, started by the benchmark inside the producers'
-//! node (network namespace and cgroup): s3s-fs, an S3 service keeping its
-//! objects as files on local disk, and Redis, in memory without persistence.
+//! The baselines' servers, started inside a node (network namespace and
+//! cgroup) or on this host: s3s-fs, an S3 service keeping its objects as
+//! files on local disk, and Redis, in memory without persistence. The
+//! benchmarks compare Floki with them; the store's S3 tier is tested
+//! against s3s-fs.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,9 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use floki_tests::{cgroup::TestCgroup, cluster::ClusterNode};
 
-use super::endpoint::Access;
+use crate::{cgroup::TestCgroup, cluster::ClusterNode};
 
 /// Access key and secret of the benchmark's own s3s-fs.
 const S3_KEY: (&str, &str) = ("floki-bench", "floki-bench-secret");
@@ -72,6 +73,32 @@ impl Place<'_> {
         let mut cmd = self.command(Path::new("bash"));
         cmd.args(["-c", &probe]);
         cmd
+    }
+}
+
+/// Where an s3s-fs is, and its credentials.
+#[derive(Clone, Debug)]
+pub struct S3Endpoint {
+    /// `http://HOST:PORT`.
+    pub url: String,
+    /// The bucket.
+    pub bucket: String,
+    /// Access key.
+    pub key: String,
+    /// Secret key.
+    pub secret: String,
+}
+
+impl S3Endpoint {
+    /// The `AWS_*` variables an S3 client (object_store, boto3) reads.
+    pub fn env(&self) -> [(&'static str, String); 5] {
+        [
+            ("AWS_ENDPOINT", self.url.clone()),
+            ("AWS_ACCESS_KEY_ID", self.key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ]
     }
 }
 
@@ -151,20 +178,19 @@ impl Server {
         }
     }
 
-    /// How a function on node `from` (or on the host) reaches this s3s-fs.
-    pub fn s3_access(&self, from: &str) -> Access {
-        Access::S3 {
-            endpoint: format!("http://{}:{}", self.host_for(from), self.port),
+    /// How a client on node `from` (or on the host) reaches this s3s-fs.
+    pub fn s3_endpoint(&self, from: &str) -> S3Endpoint {
+        S3Endpoint {
+            url: format!("http://{}:{}", self.host_for(from), self.port),
             bucket: BUCKET.to_owned(),
-            credentials: Some((S3_KEY.0.to_owned(), S3_KEY.1.to_owned())),
+            key: S3_KEY.0.to_owned(),
+            secret: S3_KEY.1.to_owned(),
         }
     }
 
-    /// How a function on node `from` reaches this Redis.
-    pub fn redis_access(&self, from: &str) -> Access {
-        Access::Redis {
-            url: format!("redis://{}:{}/", self.host_for(from), self.port),
-        }
+    /// How a client on node `from` reaches this Redis.
+    pub fn redis_url(&self, from: &str) -> String {
+        format!("redis://{}:{}/", self.host_for(from), self.port)
     }
 }
 

@@ -1,0 +1,172 @@
+//! Where sessions meet the store: a producer whose consumer is late may have
+//! its stream stored ([`storable`]); a consumer that comes later is served
+//! what was stored ([`serve_stored`]); a stream pushed ahead to this node
+//! whose consumer has not started is taken in ([`push_ahead`]). The store's
+//! own ends are clients of the agent's Unix socket, and only the agent's
+//! process may say it is one ([`from_this_agent`]).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use floki_proto::control::{ControlStream, Hello, Refusal, Role, StreamRef};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::either::Either;
+use tracing::debug;
+
+use super::{
+    handshake::refuse_quietly,
+    local::{self, Local},
+};
+use crate::{
+    agent::{
+        Agent,
+        store::ends::{self, Meeting},
+    },
+    workflow::{Edge, StreamId},
+};
+
+/// Replays so far, to name each replay's channel apart.
+static REPLAYS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the client is this agent's own process (its store), on the Unix
+/// socket: the only one allowed to be a store end.
+pub fn from_this_agent(control: &ControlStream) -> bool {
+    let Either::Right(unix) = control else {
+        return false;
+    };
+    let pid = unix.peer_cred().ok().and_then(|cred| cred.pid());
+    pid.and_then(|pid| u32::try_from(pid).ok()) == Some(std::process::id())
+}
+
+/// The edge of a workflow stream, and the producer's reference to it.
+pub struct EdgeOf<'a> {
+    /// The stream's edge.
+    pub edge: &'a Edge,
+    /// How the producer named the stream.
+    pub producer: &'a StreamRef,
+}
+
+/// How the store would take in the stream of producer `hello` (on channel
+/// `hello.channel`), unless it must wait for its consumer: `--live`, an edge
+/// with `store: false`, or the store itself.
+pub fn storable(
+    agent: &Agent,
+    hello: &Hello,
+    window: Option<u64>,
+    edge: Option<EdgeOf<'_>>,
+) -> Option<Meeting> {
+    if hello.role != Role::Send || hello.live || hello.store {
+        return None;
+    }
+    let meeting = Meeting {
+        agent: agent.socket.clone(),
+        name: hello.channel.clone(),
+        stream: None,
+        workflow: None,
+        retain: agent.store.config().retain,
+        window,
+    };
+    match edge {
+        None => Some(meeting),
+        Some(EdgeOf { edge, .. }) if !edge.store => None,
+        Some(EdgeOf { edge, producer }) => Some(Meeting {
+            // The store stands in for the consumer.
+            stream: Some(StreamRef {
+                function: producer.peer.clone(),
+                peer: producer.function.clone(),
+                ..producer.clone()
+            }),
+            workflow: Some(producer.workflow.clone()),
+            retain: edge.retain.unwrap_or(Duration::MAX),
+            ..meeting
+        }),
+    }
+}
+
+/// Serves consumer `hello` of channel `name` from the store if the store
+/// has its stream (and no live producer waits for it), or refuses it if the
+/// stream was lost; otherwise gives the session back.
+pub async fn serve_stored(
+    mut control: ControlStream,
+    mut hello: Hello,
+    name: &str,
+    window: Option<u64>,
+    agent: &Agent,
+) -> Option<(ControlStream, Hello)> {
+    if hello.role != Role::Recv || hello.store || hello.live {
+        return Some((control, hello));
+    }
+    if agent.channels.waiting_role(name) == Some(Role::Send) {
+        return Some((control, hello));
+    }
+    if let Some(message) = agent.store.lost(name) {
+        refuse_quietly(agent, &mut control, Refusal::StreamLost, message).await;
+        return None;
+    }
+    let Some(stored) = agent.store.get(name) else {
+        return Some((control, hello));
+    };
+    let channel = ends::replay_channel(name, REPLAYS.fetch_add(1, Ordering::Relaxed));
+    debug!(%name, %channel, "a consumer served from the store");
+    hello.channel = channel.clone();
+    ends::replay(agent.store.clone(), stored, agent.socket.clone(), channel);
+    let here = Local {
+        window,
+        storable: None,
+    };
+    local::serve(control, hello, here, agent).await;
+    None
+}
+
+/// Takes into the store the streams pushed ahead to this node whose
+/// consumer has not come within the grace period (for as long as the agent
+/// runs).
+pub async fn push_ahead(agent: Arc<Agent>) {
+    let mut starts = agent.links.starts();
+    loop {
+        let stream = match starts.recv().await {
+            Ok(stream) => stream,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(agent.store.config().grace).await;
+            let name = stream.to_string();
+            if !agent.links.storable(&stream) || agent.channels.is_open(&name) {
+                return;
+            }
+            if let Some(meeting) = meeting_for_consumer(&agent, &stream) {
+                ends::take_in(agent.store.clone(), meeting);
+            }
+        });
+    }
+}
+
+/// How the store stands in for the consumer of `stream` on this node.
+fn meeting_for_consumer(agent: &Agent, stream: &StreamId) -> Option<Meeting> {
+    let applied = agent.workflows.get(&stream.workflow)?;
+    let edge = applied.workflow.edge(&stream.edge)?;
+    if !edge.store {
+        return None;
+    }
+    Some(Meeting {
+        agent: agent.socket.clone(),
+        name: stream.to_string(),
+        stream: Some(StreamRef {
+            workflow: stream.workflow.clone(),
+            token: applied.token.clone(),
+            edge: stream.edge.clone(),
+            function: stream.consumer.clone(),
+            peer: stream.producer.clone(),
+        }),
+        workflow: Some(stream.workflow.clone()),
+        retain: edge.retain.unwrap_or(Duration::MAX),
+        window: Some(edge.buffer),
+    })
+}
