@@ -57,7 +57,9 @@ def send(args) -> None:
     data = pattern(args.seed, args.bytes)
     view = memoryview(data)
     try:
-        with floki.Sender(args.channel, agent=args.agent, timeout=args.timeout) as tx:
+        with floki.Sender(
+            args.channel, agent=args.agent, timeout=args.timeout, live=args.live
+        ) as tx:
             pos = 0
             for n in write_sizes(args.writes, len(data), args.seed):
                 tx.write(view[pos : pos + n])
@@ -71,6 +73,7 @@ def send(args) -> None:
         ok=True,
         bytes=summary.bytes,
         transport=summary.transport,
+        stored=summary.stored,
         digest=hashlib.blake2b(data).hexdigest(),
     )
 
@@ -116,6 +119,7 @@ def recv(args) -> None:
         ok=True,
         bytes=total,
         transport=summary.transport,
+        stored=summary.stored,
         digest=digest.hexdigest(),
     )
 
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--read", default="readinto")
     parser.add_argument("--pace", type=int, default=0)
     parser.add_argument("--window", type=int)
+    # Senders: wait for the receiver rather than let the agent store.
+    parser.add_argument("--live", action="store_true")
     # A peer that never comes is an error, not a hang of the test.
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()

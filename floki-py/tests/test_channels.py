@@ -198,3 +198,32 @@ def test_errors_are_exceptions_with_the_agents_message(node, channel):
     lines = out.decode().splitlines()
     assert "BadChannelName" in lines[0] and "invalid" in lines[0], lines
     assert lines[1].startswith("timeout: no sender joined channel"), lines
+
+
+@pytest.mark.parametrize("door", ["tcp", "unix"])
+def test_a_sender_that_exits_first_is_stored_and_read_by_later_receivers(node, channel, door):
+    agent, _ = doors(node)[door]
+    size = 24 * MIB + 5
+    tx = node.python("send", "--agent", agent, "--channel", channel, "--bytes", str(size))
+    sent = finish(tx)
+    assert sent.ok, sent
+    # `finish` said where the stream went: the agent holds it, verified.
+    assert sent.report["stored"] is True, sent
+    # A receiver that comes later, and again (a retried function): the same
+    # bytes, from the agent's store.
+    for _ in range(2):
+        received = finish(node.python("recv", "--agent", agent, "--channel", channel))
+        assert received.ok, received
+        assert received.report["digest"] == sent.report["digest"]
+        assert received.report["stored"] is True
+
+
+def test_a_live_sender_waits_for_its_receiver(node, channel):
+    tx = node.python(
+        "send", "--agent", node.unix, "--channel", channel, "--bytes", str(MIB),
+        "--live", "--timeout", "1.5",
+    )
+    sent = finish(tx)
+    assert not sent.ok
+    assert sent.report["error"] == "PairTimeoutError", sent
+    assert "no receiver joined" in sent.report["message"], sent

@@ -23,6 +23,8 @@ pub mod ends;
 mod s3;
 mod spill;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,

@@ -1,0 +1,189 @@
+//! The store without an agent: tiers and budgets, readers, restarts.
+
+use std::{hash::Hasher as _, path::PathBuf, time::Duration};
+
+use bytes::Bytes;
+use twox_hash::XxHash3_64;
+
+use super::{Store, StoreConfig, StoreError, TierName};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+fn config(tag: &str, memory: u64, disk: u64) -> StoreConfig {
+    let dir = std::env::temp_dir().join(format!("floki-store-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    StoreConfig {
+        dir,
+        memory,
+        disk,
+        s3: None,
+        grace: Duration::from_millis(200),
+        retain: Duration::from_secs(3600),
+    }
+}
+
+/// `n` chunks of `size` bytes, each filled with its index.
+fn chunks(n: usize, size: u64) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(vec![i as u8; size as usize]))
+        .collect()
+}
+
+fn digest(chunks: &[Bytes]) -> (u64, u64) {
+    let mut hasher = XxHash3_64::new();
+    let mut total = 0;
+    for chunk in chunks {
+        hasher.write(chunk);
+        total += chunk.len() as u64;
+    }
+    (total, hasher.finish())
+}
+
+/// Stores `data` whole under `name`.
+async fn store_all(store: &Store, name: &str, data: &[Bytes]) -> Result<(), StoreError> {
+    let stream = store.begin(name, None, Duration::from_secs(60)).await?;
+    for chunk in data {
+        stream.append(chunk.clone()).await?;
+    }
+    let (total, xxh3) = digest(data);
+    stream.seal(total, xxh3).await
+}
+
+/// Everything a reader of `name` gets, or its error.
+async fn read_all(store: &Store, name: &str) -> Result<Vec<Bytes>, StoreError> {
+    let mut reader = store.get(name).expect("stored").reader();
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next().await? {
+        out.push(chunk);
+    }
+    Ok(out)
+}
+
+fn cleanup(dir: PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_stream_beyond_the_memory_budget_spills_whole_to_disk_and_reads_back() {
+    let config = config("spill", MIB, 64 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    let small = chunks(2, 256 * KIB);
+    let large = chunks(12, 256 * KIB);
+    store_all(&store, "small", &small).await.unwrap();
+    store_all(&store, "large", &large).await.unwrap();
+    let view = store.view();
+    let tier = |name: &str| view.streams.iter().find(|s| s.name == name).unwrap().tier;
+    assert_eq!(tier("small"), TierName::Memory);
+    assert_eq!(tier("large"), TierName::Disk);
+    // The large stream's memory went back to the budget when it spilled.
+    assert_eq!(view.memory.0, 512 * KIB);
+    assert!(view.disk.0 >= 3 * MIB);
+    assert_eq!(read_all(&store, "small").await.unwrap(), small);
+    assert_eq!(read_all(&store, "large").await.unwrap(), large);
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn with_no_room_anywhere_the_stream_is_refused_and_the_others_stay() {
+    let config = config("full", MIB, 2 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    let kept = chunks(4, 256 * KIB);
+    store_all(&store, "kept", &kept).await.unwrap();
+    let refused = store_all(&store, "too-big", &chunks(16, 256 * KIB)).await;
+    assert!(matches!(refused, Err(StoreError::Full { .. })), "{refused:?}");
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("--store-disk"), "{message}");
+    let failed = store.get("too-big").unwrap();
+    store.remove(&failed).await;
+    assert_eq!(read_all(&store, "kept").await.unwrap(), kept);
+    let view = store.view();
+    assert_eq!(view.streams.len(), 1);
+    assert_eq!((view.memory.0, view.disk.0 > 0), (MIB, false));
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn a_reader_follows_a_stream_as_it_is_stored() {
+    let config = config("follow", 4 * MIB, 4 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    let data = chunks(8, 64 * KIB);
+    let stream = store.begin("s", None, Duration::from_secs(60)).await.unwrap();
+    let reading = {
+        let mut reader = stream.reader();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(chunk) = reader.next().await.unwrap() {
+                out.push(chunk);
+            }
+            out
+        })
+    };
+    for chunk in &data {
+        stream.append(chunk.clone()).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let (total, xxh3) = digest(&data);
+    stream.seal(total, xxh3).await.unwrap();
+    assert_eq!(reading.await.unwrap(), data);
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_match_its_end_mark_is_an_error_at_the_end() {
+    let config = config("mismatch", 4 * MIB, 4 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    let stream = store.begin("s", None, Duration::from_secs(60)).await.unwrap();
+    stream.append(Bytes::from_static(b"abc")).await.unwrap();
+    stream.seal(3, 0).await.unwrap();
+    let read = read_all(&store, "s").await;
+    assert!(matches!(read, Err(StoreError::Mismatch { .. })), "{read:?}");
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn after_a_restart_spilled_streams_are_back_and_memory_ones_are_lost() {
+    let config = config("restart", MIB, 64 * MIB);
+    let spilled = chunks(8, 256 * KIB);
+    {
+        let store = Store::open(config.clone()).unwrap();
+        store_all(&store, "spilled", &spilled).await.unwrap();
+        store_all(&store, "held", &chunks(1, KIB)).await.unwrap();
+        // The agent dies: nothing is closed or removed.
+        std::mem::forget(store);
+    }
+    let store = Store::open(config.clone()).unwrap();
+    assert_eq!(read_all(&store, "spilled").await.unwrap(), spilled);
+    assert!(store.get("held").is_none());
+    let lost = store.lost("held").expect("known to be lost");
+    assert!(lost.contains("run its producer again"), "{lost}");
+    assert!(store.view().disk.0 >= 2 * MIB);
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn deleting_a_workflow_frees_its_streams_memory_and_files() {
+    let config = config("delete", MIB, 64 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    for (name, n) in [("wf/a/p>q", 2), ("wf/b/p>q", 12)] {
+        let stream = store
+            .begin(name, Some("wf".into()), Duration::MAX)
+            .await
+            .unwrap();
+        let data = chunks(n, 256 * KIB);
+        for chunk in &data {
+            stream.append(chunk.clone()).await.unwrap();
+        }
+        let (total, xxh3) = digest(&data);
+        stream.seal(total, xxh3).await.unwrap();
+    }
+    store_all(&store, "plain", &chunks(1, KIB)).await.unwrap();
+    store.delete_workflow("wf").await;
+    let view = store.view();
+    assert_eq!(view.streams.len(), 1);
+    assert_eq!((view.memory.0, view.disk.0), (KIB, 0));
+    let files: Vec<_> = std::fs::read_dir(&config.dir).unwrap().collect();
+    // The plain stream's manifest only.
+    assert_eq!(files.len(), 1, "{files:?}");
+    cleanup(config.dir);
+}
