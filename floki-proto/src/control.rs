@@ -215,9 +215,6 @@ pub enum Refusal {
     WorkflowOnly,
     /// The two ends cannot have the transport one of them insists on.
     TransportUnavailable,
-    /// The agent's store is full (every tier): the stream cannot be kept
-    /// for a receiver that is not there.
-    StoreFull,
     /// The stream was stored in the memory of an agent that restarted since:
     /// it is lost (run its producer again).
     StreamLost,

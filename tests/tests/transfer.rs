@@ -52,7 +52,15 @@ fn cli_transfer(node: &TestNode, door: Door, channel: &str, size: u64, receiver_
     let input = TempFile::with_pattern(&format!("{channel}.in"), size, size ^ 0xf10c1);
     let output = TempFile::new(&format!("{channel}.out"));
     let spawn_recv = || spawn(node.cli_at(door, "recv", channel).arg("-o").arg(&output.0));
-    let spawn_send = || spawn(node.cli_at(door, "send", channel).arg(&input.0));
+    // A sender that starts first is live here: it waits for its receiver
+    // (the store has tests of its own, tests/tests/store.rs).
+    let spawn_send = || {
+        spawn(
+            node.cli_at(door, "send", channel)
+                .arg(&input.0)
+                .arg("--live"),
+        )
+    };
     let (recv, send) = if receiver_first {
         let recv = spawn_recv();
         std::thread::sleep(Duration::from_millis(200));
@@ -96,7 +104,14 @@ fn sizes_arrive_identical(node: &TestNode, door: Door, transport: &str) {
                     .args(["--writes", "mixed", "--seed", "99"]),
             )
         };
-        let first = probe(if receiver_first { "recv" } else { "send" });
+        let first = if receiver_first {
+            probe("recv")
+        } else {
+            spawn(
+                node.probe_at(door, "send", &channel, bytes)
+                    .args(["--writes", "mixed", "--seed", "99", "--live"]),
+            )
+        };
         std::thread::sleep(Duration::from_millis(200));
         let second = probe(if receiver_first { "send" } else { "recv" });
         assert_success(&wait_within(first, LIMIT), "first probe");

@@ -62,11 +62,21 @@ async fn take(
     opts.stream = meeting.stream.clone();
     opts.window = meeting.window;
     opts.pair_timeout = Some(PAIR_WITHIN);
-    // Refused (busy) if the consumer came meanwhile: nothing to do then.
-    let mut rx = Receiver::connect(&opts).await?;
+    // Begun before joining: a consumer that comes from now on is served
+    // from the store (following the stream as it grows) rather than find
+    // the channel taken by it.
     let stored = store
         .begin(&meeting.name, meeting.workflow.clone(), meeting.retain)
         .await?;
+    let mut rx = match Receiver::connect(&opts).await {
+        Ok(rx) => rx,
+        Err(err) => {
+            // Refused (busy) if the consumer came first: nothing to store.
+            stored.fail(format!("the stream was not stored: {err}"));
+            store.remove(&stored).await;
+            return Err(err.into());
+        }
+    };
     info!(channel = %meeting.name, "storing a stream: its consumer is not there");
     // What was appended, to seal it with: the reads below return the bytes
     // the end mark covers, verified, and the producer's ack waits for

@@ -91,7 +91,10 @@ async fn with_no_room_anywhere_the_stream_is_refused_and_the_others_stay() {
     let kept = chunks(4, 256 * KIB);
     store_all(&store, "kept", &kept).await.unwrap();
     let refused = store_all(&store, "too-big", &chunks(16, 256 * KIB)).await;
-    assert!(matches!(refused, Err(StoreError::Full { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::Full { .. })),
+        "{refused:?}"
+    );
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("--store-disk"), "{message}");
     let failed = store.get("too-big").unwrap();
@@ -108,7 +111,10 @@ async fn a_reader_follows_a_stream_as_it_is_stored() {
     let config = config("follow", 4 * MIB, 4 * MIB);
     let store = Store::open(config.clone()).unwrap();
     let data = chunks(8, 64 * KIB);
-    let stream = store.begin("s", None, Duration::from_secs(60)).await.unwrap();
+    let stream = store
+        .begin("s", None, Duration::from_secs(60))
+        .await
+        .unwrap();
     let reading = {
         let mut reader = stream.reader();
         tokio::spawn(async move {
@@ -133,7 +139,10 @@ async fn a_reader_follows_a_stream_as_it_is_stored() {
 async fn a_stream_that_does_not_match_its_end_mark_is_an_error_at_the_end() {
     let config = config("mismatch", 4 * MIB, 4 * MIB);
     let store = Store::open(config.clone()).unwrap();
-    let stream = store.begin("s", None, Duration::from_secs(60)).await.unwrap();
+    let stream = store
+        .begin("s", None, Duration::from_secs(60))
+        .await
+        .unwrap();
     stream.append(Bytes::from_static(b"abc")).await.unwrap();
     stream.seal(3, 0).await.unwrap();
     let read = read_all(&store, "s").await;
