@@ -168,7 +168,7 @@ pub struct StoreArgs {
     /// How long a producer with nothing more to buffer (its window full, or
     /// finishing) waits for its consumer before the store takes its stream;
     /// across nodes, how long a stream pushed ahead waits for its consumer.
-    #[arg(long, env = "FLOKI_STORE_AFTER", default_value = "200ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOKI_STORE_AFTER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub store_after: std::time::Duration,
     /// How long the stream of a plain channel is kept for its consumer
     /// (workflow edges set theirs with `retain:`).

@@ -120,8 +120,6 @@ impl TestAgent {
             .arg(cgroup.path())
             .arg("--pin-dir")
             .arg(&pin_dir)
-            .arg("--store-dir")
-            .arg(dir.join("store"))
             .args(["--shutdown-grace", "10"])
             // Benchmarks that count the agents' disk writes quiet them
             // (FLOKI_TEST_AGENT_LOG=warn): a log line is a disk write too.
@@ -139,6 +137,10 @@ impl TestAgent {
         }
         if let Some(window) = &opts.window {
             cmd.args(["--window", window]);
+        }
+        // The store's spill directory: the test's own, unless it gives one.
+        if !opts.extra.iter().any(|arg| arg == "--store-dir") {
+            cmd.arg("--store-dir").arg(dir.join("store"));
         }
         cmd.args(&opts.extra);
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));

@@ -112,7 +112,7 @@ class Sender(io.BufferedIOBase):
 
     The constructor returns once the agent accepted the channel; until the
     receiver is there, writes fill a buffer of the channel's window. If the
-    receiver has not come within the agent's grace period (a second by
+    receiver has not come within the agent's grace period (50 ms by
     default), the agent stores the stream for it and :meth:`finish` returns
     a summary with ``stored=True``; with ``live=True`` the sender waits for
     the receiver instead (``timeout`` seconds at most, if given).

@@ -4,9 +4,11 @@
 //! through Redis, on one node and across two network-namespace nodes, for
 //! data sets of 1 MiB to 4 GiB (16 GiB with `--huge`). Every transfer is
 //! checked byte for byte. Through the stores, a consumer starts once its
-//! producers' objects are complete, as on a serverless platform; through
-//! Floki, producers and consumers start together and the consumer reads
-//! while the producer writes.
+//! producers' objects are complete, as on a serverless platform; Floki runs
+//! both ways: live (producers and consumers start together and the consumer
+//! reads while the producer writes) and in that same sequential order (the
+//! agents store each stream, in memory or spilled to disk, until its
+//! consumer starts).
 
 pub mod endpoint;
 mod plots;
@@ -18,6 +20,7 @@ mod content;
 pub mod usage;
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     path::PathBuf,
     process::{Child, Stdio},
@@ -71,6 +74,10 @@ pub struct Options {
     /// Leave Redis out.
     #[arg(long)]
     pub no_redis: bool,
+    /// Leave out Floki in the sequential order (stored in memory, spilled
+    /// to disk).
+    #[arg(long)]
+    pub no_sequential: bool,
     /// Print only; leave docs/ alone.
     #[arg(long)]
     pub no_write: bool,
@@ -80,7 +87,13 @@ pub struct Options {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum System {
+    /// Live: producers and consumers run together.
     Floki,
+    /// Sequential: each consumer starts once its producers exited; the
+    /// agents keep the streams in memory.
+    FlokiMemory,
+    /// Sequential, the agents' memory tier off: streams spilled to disk.
+    FlokiDisk,
     S3,
     Redis,
 }
@@ -89,11 +102,42 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             Self::Floki => "Floki",
+            Self::FlokiMemory => "Floki stored (memory)",
+            Self::FlokiDisk => "Floki stored (disk)",
             Self::S3 => "S3 (s3s-fs)",
             Self::Redis => "Redis",
         }
     }
+
+    /// Floki, in either order.
+    pub fn is_floki(self) -> bool {
+        matches!(self, Self::Floki | Self::FlokiMemory | Self::FlokiDisk)
+    }
+
+    /// Whether consumers start only once their producers exited.
+    pub fn sequential(self) -> bool {
+        self != Self::Floki
+    }
+
+    /// The agents' store: what the stored variants keep in memory.
+    fn cluster(self) -> Agents {
+        match self {
+            Self::FlokiDisk => Agents::Spilling,
+            _ => Agents::Main,
+        }
+    }
 }
+
+/// Which set of agents a system runs on: the main one (memory tier of
+/// `MEMORY_TIER`), or one whose store has no memory tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Agents {
+    Main,
+    Spilling,
+}
+
+/// The main agents' memory tier: a 4 GiB one-to-one stream fits whole.
+const MEMORY_TIER: &str = "8GiB";
 
 const MIB: u64 = 1 << 20;
 
@@ -110,12 +154,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         opts.placements.clone()
     };
-    let mut systems = vec![System::Floki, System::S3];
+    let mut systems = vec![System::Floki];
+    if !opts.no_sequential {
+        systems.extend([System::FlokiMemory, System::FlokiDisk]);
+    }
+    systems.push(System::S3);
     if !opts.no_redis {
         systems.push(System::Redis);
     }
 
-    let lab = Lab::start(opts, &placements)?;
+    let lab = Lab::start(opts, &placements, &systems)?;
     let mut scenarios = Vec::new();
     for &size in &sizes {
         for &placement in &placements {
@@ -209,11 +257,14 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// Two namespace nodes with their agents, the workflows applied, and the
-/// baselines' servers on the producers' node.
+/// baselines' servers on the producers' node; for Floki spilled to disk,
+/// two more nodes whose agents' store has no memory tier.
 struct Lab {
     cluster: Cluster,
-    /// Workflow name and token per placement.
-    workflows: BTreeMap<Placement, (String, String)>,
+    spilling: Option<Cluster>,
+    /// Workflow name and token per set of agents and placement (replaced
+    /// after a stored run: deleting the workflow frees what was stored).
+    workflows: RefCell<BTreeMap<(Agents, Placement), (String, String)>>,
     s3: Option<Server>,
     /// `--s3-endpoint`, when given.
     external_s3: Option<Access>,
@@ -221,43 +272,42 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(opts: &Options, placements: &[Placement]) -> anyhow::Result<Self> {
+    fn start(opts: &Options, placements: &[Placement], systems: &[System]) -> anyhow::Result<Self> {
         if !nix::unistd::Uid::effective().is_root() {
             bail!("the benchmark starts agents (eBPF) and network namespaces: run it as root");
         }
         // The agents' disk writes are measured: keep their logs to warnings.
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("FLOKI_TEST_AGENT_LOG", "warn") };
-        let cluster = Cluster::start(&[PRODUCER_NODE, "node-b"]);
+        let nodes = [PRODUCER_NODE, "node-b"];
+        let cluster = Cluster::start_with(&nodes, &["--store-memory", MEMORY_TIER]);
         cluster.wait_connected();
+        // Spill files on the workspace's disk, as s3s-fs's objects.
+        let spill_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/paper-spill");
+        let _ = std::fs::remove_dir_all(&spill_root);
+        let spilling = systems.contains(&System::FlokiDisk).then(|| {
+            let cluster = Cluster::start_with_each(&nodes, |node| {
+                let dir = spill_root.join(node);
+                vec![
+                    "--store-memory".into(),
+                    "0".into(),
+                    "--store-disk".into(),
+                    "64GiB".into(),
+                    "--store-dir".into(),
+                    dir.display().to_string(),
+                ]
+            });
+            cluster.wait_connected();
+            cluster
+        });
         let mut workflows = BTreeMap::new();
         for &placement in placements {
-            let name = format!("paper-{}", placement.short());
-            let mut spec = Spec::new(&name);
-            for pattern in Pattern::ALL {
-                let scenario = Scenario {
-                    pattern,
-                    placement,
-                    size: MIB,
-                };
-                for producer in scenario.producers() {
-                    spec = spec.function(&producer, PRODUCER_NODE);
-                }
-                for consumer in scenario.consumers() {
-                    spec = spec.function(&consumer, placement.consumer_node());
-                }
-                let from = scenario.producers();
-                let to = scenario.consumers();
-                let from: Vec<&str> = from.iter().map(String::as_str).collect();
-                let to: Vec<&str> = to.iter().map(String::as_str).collect();
-                spec = spec.edge(pattern.short(), &from, &to, pattern.spec_name(), "16MiB");
+            let agents = [(Agents::Main, &cluster)]
+                .into_iter()
+                .chain(spilling.iter().map(|c| (Agents::Spilling, c)));
+            for (which, agents) in agents {
+                workflows.insert((which, placement), apply(agents, placement)?);
             }
-            let token = cluster
-                .node(PRODUCER_NODE)
-                .apply(&spec.yaml())
-                .map_err(anyhow::Error::msg)
-                .context("applying the benchmark's workflow")?;
-            workflows.insert(placement, (name, token));
         }
         let (s3, external_s3) = match &opts.s3_endpoint {
             Some(endpoint) => (
@@ -289,7 +339,8 @@ impl Lab {
         };
         let lab = Self {
             cluster,
-            workflows,
+            spilling,
+            workflows: RefCell::new(workflows),
             s3,
             external_s3,
             redis,
@@ -300,34 +351,29 @@ impl Lab {
 
     /// Proactive set-up: every cross-node stream's link is open.
     fn wait_edges_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.cluster.node(PRODUCER_NODE).agent.status();
-            let ready = status["workflows"].as_array().is_some_and(|workflows| {
-                workflows.iter().all(|w| {
-                    w["edges"]
-                        .as_array()
-                        .is_some_and(|edges| edges.iter().all(|e| e["state"] == "ready"))
-                })
-            });
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the workflows' edges are not ready after 30 s: {status:#}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        for cluster in std::iter::once(&self.cluster).chain(&self.spilling) {
+            wait_edges_ready(cluster)?;
+        }
+        Ok(())
+    }
+
+    fn agents(&self, system: System) -> &Cluster {
+        match (system.cluster(), &self.spilling) {
+            (Agents::Spilling, Some(spilling)) => spilling,
+            _ => &self.cluster,
         }
     }
 
-    fn node(&self, name: &str) -> &ClusterNode {
-        self.cluster.node(name)
+    /// `node` of the agents `system` runs on.
+    fn node(&self, system: System, name: &str) -> &ClusterNode {
+        self.agents(system).node(name)
     }
 
     fn access(&self, system: System, scenario: &Scenario, node: &ClusterNode) -> Access {
         match system {
-            System::Floki => {
-                let (workflow, token) = &self.workflows[&scenario.placement];
+            System::Floki | System::FlokiMemory | System::FlokiDisk => {
+                let workflows = self.workflows.borrow();
+                let (workflow, token) = &workflows[&(system.cluster(), scenario.placement)];
                 Access::Floki {
                     agent: format!("unix:{}", node.agent.socket.display()),
                     workflow: workflow.clone(),
@@ -353,12 +399,12 @@ impl Lab {
     /// The processes whose usage counts for `system`, besides the functions.
     fn servers(&self, system: System, scenario: &Scenario) -> Vec<u32> {
         match system {
-            System::Floki => {
+            System::Floki | System::FlokiMemory | System::FlokiDisk => {
                 let mut nodes = vec![PRODUCER_NODE, scenario.placement.consumer_node()];
                 nodes.dedup();
                 nodes
                     .into_iter()
-                    .map(|n| self.node(n).agent.pid())
+                    .map(|n| self.node(system, n).agent.pid())
                     .collect()
             }
             System::S3 => self.s3.iter().map(|s| s.pid).collect(),
@@ -386,9 +432,9 @@ impl Lab {
         produce: bool,
     ) -> anyhow::Result<Vec<Child>> {
         let node = if produce {
-            self.node(PRODUCER_NODE)
+            self.node(system, PRODUCER_NODE)
         } else {
-            self.node(scenario.placement.consumer_node())
+            self.node(system, scenario.placement.consumer_node())
         };
         let all = scenario.streams();
         functions
@@ -428,13 +474,14 @@ impl Lab {
         let before: Vec<usage::Reading> = servers.iter().map(|&pid| usage::read(pid)).collect();
 
         let (producers, consumers) = (scenario.producers(), scenario.consumers());
-        let (produced, consumed) = if system == System::Floki {
+        let (produced, consumed) = if !system.sequential() {
             // Together: the consumers read while the producers write.
             let consuming = self.start_functions(system, scenario, &consumers, false)?;
             let producing = self.start_functions(system, scenario, &producers, true)?;
             (reports(producing)?, reports(consuming)?)
         } else {
-            // A consumer starts once its producers' objects are complete.
+            // A consumer starts once its producers' objects (or, through
+            // Floki, their stored streams) are complete.
             let produced = reports(self.start_functions(system, scenario, &producers, true)?)?;
             let consuming = self.start_functions(system, scenario, &consumers, false)?;
             (produced, reports(consuming)?)
@@ -484,12 +531,27 @@ impl Lab {
         Ok(sample)
     }
 
-    /// Removes a run's objects (not timed).
+    /// Removes a run's objects (not timed); for Floki stored, deletes the
+    /// workflow (which frees what its agents stored) and applies it again.
     fn clean(&self, system: System, scenario: &Scenario) -> anyhow::Result<()> {
-        if system == System::Floki {
-            return Ok(());
+        match system {
+            System::Floki => return Ok(()),
+            System::FlokiMemory | System::FlokiDisk => {
+                let agents = self.agents(system);
+                let key = (system.cluster(), scenario.placement);
+                let (name, _) = self.workflows.borrow()[&key].clone();
+                agents
+                    .node(PRODUCER_NODE)
+                    .delete(&name)
+                    .map_err(anyhow::Error::msg)
+                    .context("deleting the benchmark's workflow")?;
+                let applied = apply(agents, scenario.placement)?;
+                self.workflows.borrow_mut().insert(key, applied);
+                return wait_edges_ready(agents);
+            }
+            System::S3 | System::Redis => {}
         }
-        let node = self.node(PRODUCER_NODE);
+        let node = self.node(system, PRODUCER_NODE);
         let mut keys: Vec<(String, u64)> = scenario
             .streams()
             .into_iter()
@@ -513,6 +575,62 @@ impl Lab {
             );
         }
         Ok(())
+    }
+}
+
+/// Applies the benchmark's workflow for `placement` on `agents`: an edge per
+/// pattern, producers on the producers' node; returns its name and token.
+fn apply(agents: &Cluster, placement: Placement) -> anyhow::Result<(String, String)> {
+    let name = format!("paper-{}", placement.short());
+    let mut spec = Spec::new(&name);
+    for pattern in Pattern::ALL {
+        let scenario = Scenario {
+            pattern,
+            placement,
+            size: MIB,
+        };
+        for producer in scenario.producers() {
+            spec = spec.function(&producer, PRODUCER_NODE);
+        }
+        for consumer in scenario.consumers() {
+            spec = spec.function(&consumer, placement.consumer_node());
+        }
+        let from = scenario.producers();
+        let to = scenario.consumers();
+        let from: Vec<&str> = from.iter().map(String::as_str).collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        spec = spec.edge(pattern.short(), &from, &to, pattern.spec_name(), "16MiB");
+    }
+    let token = agents
+        .node(PRODUCER_NODE)
+        .apply(&spec.yaml())
+        .map_err(anyhow::Error::msg)
+        .context("applying the benchmark's workflow")?;
+    Ok((name, token))
+}
+
+/// Proactive set-up: every cross-node stream's link of `agents` is open.
+fn wait_edges_ready(agents: &Cluster) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = agents.nodes.iter().all(|node| {
+            let status = node.agent.status();
+            status["workflows"].as_array().is_some_and(|workflows| {
+                workflows.iter().all(|w| {
+                    w["edges"]
+                        .as_array()
+                        .is_some_and(|edges| edges.iter().all(|e| e["state"] == "ready"))
+                })
+            })
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let status = agents.node(PRODUCER_NODE).agent.status();
+            bail!("the workflows' edges are not ready after 30 s: {status:#}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -32,6 +32,8 @@ pub fn register_font() -> anyhow::Result<()> {
 fn color(system: System) -> RGBColor {
     match system {
         System::Floki => RGBColor(0x1b, 0x9e, 0x77),
+        System::FlokiMemory => RGBColor(0x66, 0xa6, 0x1e),
+        System::FlokiDisk => RGBColor(0xa6, 0x76, 0x1d),
         System::S3 => RGBColor(0xd9, 0x5f, 0x02),
         System::Redis => RGBColor(0x75, 0x70, 0xb3),
     }
@@ -189,7 +191,7 @@ fn speedup<DB: DrawingBackend>(
         .systems
         .iter()
         .copied()
-        .filter(|&s| s != System::Floki)
+        .filter(|&s| !s.is_floki())
         .collect();
     let (x0, x1) = sizes(summary);
     let all: Vec<f64> = summary

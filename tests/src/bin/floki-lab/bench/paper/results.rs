@@ -87,13 +87,29 @@ pub struct Row {
 }
 
 impl Row {
-    /// How many times faster Floki was than `system` (medians).
+    /// How many times faster Floki (live) was than `system` (medians).
     pub fn speedup(&self, system: System) -> Option<f64> {
-        let floki = self.stats.get(&System::Floki)?.seconds.median;
+        self.speedup_of(System::Floki, system)
+    }
+
+    /// How many times faster `floki` was than `system` (medians).
+    pub fn speedup_of(&self, floki: System, system: System) -> Option<f64> {
+        let floki = self.stats.get(&floki)?.seconds.median;
         let other = self.stats.get(&system)?.seconds.median;
         (floki > 0.0).then(|| other / floki)
     }
 }
+
+/// The speedups the tables show: each Floki variant against the baseline
+/// it is meant to replace (live against both; stored in memory against
+/// Redis, which keeps objects in memory; spilled against S3, which keeps
+/// them on disk).
+const COMPARED: [(System, System); 4] = [
+    (System::Floki, System::S3),
+    (System::Floki, System::Redis),
+    (System::FlokiMemory, System::Redis),
+    (System::FlokiDisk, System::S3),
+];
 
 /// All results.
 pub struct Summary {
@@ -141,21 +157,19 @@ impl Summary {
 
     /// The time and resources tables, in Markdown.
     pub fn tables(&self) -> String {
-        let others: Vec<System> = self
-            .systems
-            .iter()
-            .copied()
-            .filter(|&s| s != System::Floki)
+        let compared: Vec<(System, System)> = COMPARED
+            .into_iter()
+            .filter(|(a, b)| self.systems.contains(a) && self.systems.contains(b))
             .collect();
         let mut out = String::from("| pattern | placement | data |");
         for system in &self.systems {
             let _ = write!(out, " {} s |", system.label());
         }
-        for system in &others {
-            let _ = write!(out, " Floki vs {} |", system.label());
+        for (floki, system) in &compared {
+            let _ = write!(out, " {} vs {} |", floki.label(), system.label());
         }
         out.push_str("\n|---|---|---|");
-        out.push_str(&"---|".repeat(self.systems.len() + others.len()));
+        out.push_str(&"---|".repeat(self.systems.len() + compared.len()));
         out.push('\n');
         for row in &self.rows {
             let _ = write!(
@@ -176,9 +190,9 @@ impl Summary {
                 });
                 let _ = write!(out, " {cell} |");
             }
-            for &system in &others {
+            for &(floki, system) in &compared {
                 let cell = row
-                    .speedup(system)
+                    .speedup_of(floki, system)
                     .map_or("-".into(), |x| format!("**{x:.1}x**"));
                 let _ = write!(out, " {cell} |");
             }
@@ -191,12 +205,16 @@ impl Summary {
         for system in &self.systems {
             let _ = write!(out, " {} disk written |", system.label());
         }
-        out.push_str(" S3 stored | Floki agents peak RSS | S3 server peak RSS | Redis peak RSS |");
+        out.push_str(" S3 stored |");
+        for system in &self.systems {
+            let whose = if system.is_floki() { "agents" } else { "server" };
+            let _ = write!(out, " {} {whose} peak RSS |", system.label());
+        }
         for system in &self.systems {
             let _ = write!(out, " {} CPU s |", system.label());
         }
         out.push_str("\n|---|---|---|");
-        out.push_str(&"---|".repeat(2 * self.systems.len() + 4));
+        out.push_str(&"---|".repeat(3 * self.systems.len() + 1));
         out.push('\n');
         for row in &self.rows {
             let _ = write!(
@@ -216,14 +234,10 @@ impl Summary {
             let bytes = |system: System, f: fn(&Stats) -> u64| {
                 row.stats.get(&system).map_or("-".into(), |s| human(f(s)))
             };
-            let _ = write!(
-                out,
-                " {} | {} | {} | {} |",
-                bytes(System::S3, |s| s.stored_bytes),
-                bytes(System::Floki, |s| s.server_peak_rss),
-                bytes(System::S3, |s| s.server_peak_rss),
-                bytes(System::Redis, |s| s.server_peak_rss),
-            );
+            let _ = write!(out, " {} |", bytes(System::S3, |s| s.stored_bytes));
+            for &system in &self.systems {
+                let _ = write!(out, " {} |", bytes(system, |s| s.server_peak_rss));
+            }
             for system in &self.systems {
                 let cell = row
                     .stats
@@ -274,6 +288,40 @@ impl Summary {
             }
             None => out.push_str("- one-to-one, two nodes, 4 GiB: not measured in this run\n"),
         }
+        out.push_str(&self.stored_floors());
+        out
+    }
+
+    /// The floors of issue 15: Floki in the sequential order.
+    fn stored_floors(&self) -> String {
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let mut out = String::from("Floors (issue 15, sequential order):\n");
+        let size = 1024 * MIB;
+        let Some(row) = self.row(Pattern::OneToOne, Placement::OneNode, size) else {
+            out.push_str("- one-to-one, one node, 1 GiB: not measured in this run\n");
+            return out;
+        };
+        if let Some(x) = row.speedup_of(System::FlokiMemory, System::Redis) {
+            let _ = writeln!(
+                out,
+                "- stored in memory, one-to-one, one node, 1 GiB: at least 2x faster than Redis: {x:.1}x, {}",
+                verdict(x >= 2.0)
+            );
+        }
+        if let (Some(x), Some(disk)) = (
+            row.speedup_of(System::FlokiDisk, System::S3),
+            row.stats.get(&System::FlokiDisk),
+        ) {
+            let _ = writeln!(
+                out,
+                "- spilled to disk, one-to-one, one node, 1 GiB: at least 3x faster than S3: {x:.1}x, {}; \
+                 written to disk {} for {} of data (at most the data's size, plus 1% for its records' headers): {}",
+                verdict(x >= 3.0),
+                human(disk.disk_bytes),
+                human(size),
+                verdict(disk.disk_bytes <= size + size / 100)
+            );
+        }
         out
     }
 
@@ -299,11 +347,17 @@ impl Summary {
              Measured {} on {}.\n\
              Reproduce: `cargo xtask bench paper` (as root; {runs} runs per cell, medians with the range; \
              `--huge` adds 16 GiB, `--s3-endpoint URL` measures another S3 service).\n\n\
-             The same workflows run three ways. **Floki**: the workflow is applied to the agents of \
+             The same workflows run five ways. **Floki** (live): the workflow is applied to the agents of \
              two network-namespace nodes; producers and consumers start together on their agent's \
              Unix socket, and the consumer reads while the producer writes (same node: a \
              shared-memory ring the agent hands to both, the consumer checking the bytes in \
-             place; across nodes: the link the agents prepared, handed to the functions). **S3**: \
+             place; across nodes: the link the agents prepared, handed to the functions). \
+             **Floki stored (memory)** and **Floki stored (disk)**: the same, in the order of the \
+             baselines below: each consumer starts once its producers exited, so the agents store \
+             every stream (on the consumers' node: across nodes the stream is pushed ahead) and \
+             replay it to the consumer; memory is the agents' memory tier (8 GiB; beyond it a \
+             stream spills to disk), disk is a second pair of agents without a memory tier \
+             (`--store-memory 0`), spilling to the same local disk as s3s-fs. **S3**: \
              {baseline}; producers PUT (multipart, 16 MiB parts) and consumers GET with the \
              `object_store` crate, a consumer starting once its producers' objects are complete, \
              as on a serverless platform. **Redis**: Debian's redis-server without persistence, \
