@@ -165,9 +165,10 @@ pub struct StoreArgs {
     /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) [default: none].
     #[arg(long, env = "FLOKI_STORE_S3", value_name = "URL")]
     pub store_s3: Option<String>,
-    /// How long a producer with nothing more to buffer (its window full, or
-    /// finishing) waits for its consumer before the store takes its stream;
-    /// across nodes, how long a stream pushed ahead waits for its consumer.
+    /// How long a producer whose window is full waits for its consumer
+    /// before the store takes its stream (one finishing a stream that fits
+    /// in its window does not wait); across nodes, how long a stream pushed
+    /// ahead waits for its consumer.
     #[arg(long, env = "FLOKI_STORE_AFTER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub store_after: std::time::Duration,
     /// How long the stream of a plain channel is kept for its consumer

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream, UnixStream},
-    sync::oneshot,
+    sync::watch,
     time::timeout,
 };
 use tokio_util::either::Either;
@@ -25,7 +25,7 @@ use floki_proto::{
     netns::netns_cookie,
 };
 
-use super::{ChannelOptions, ClientError};
+use super::{ChannelOptions, ClientError, setup::opening::Nudge};
 
 /// A channel end the agent has paired.
 pub(crate) struct Pairing {
@@ -176,7 +176,7 @@ pub(crate) async fn paired(
     accepted: Accepted,
     opts: &ChannelOptions,
     role: Role,
-    nudge: Option<oneshot::Receiver<()>>,
+    nudge: Option<watch::Receiver<Nudge>>,
 ) -> Result<(Pairing, Option<TcpListener>), ClientError> {
     let Accepted {
         control,
@@ -257,11 +257,11 @@ pub(crate) async fn paired(
     }
 }
 
-/// The agent's next message; meanwhile, if `nudge` fires, tells the agent
-/// `waiting` (on the write half: a read is never cut in the middle).
+/// The agent's next message; meanwhile, each time `nudge` rises, tells the
+/// agent `waiting` (on the write half: a read is never cut in the middle).
 async fn answer_nudged(
     control: ControlStream,
-    nudge: Option<oneshot::Receiver<()>>,
+    nudge: Option<watch::Receiver<Nudge>>,
 ) -> (ControlStream, Result<Option<AgentMessage>, ProtocolError>) {
     let (mut reader, mut writer) = tokio::io::split(control);
     let answer = {
@@ -271,12 +271,21 @@ async fn answer_nudged(
         loop {
             tokio::select! {
                 answer = &mut reading => break answer,
-                fired = async { nudge.as_mut().expect("guarded").await }, if nudge.is_some() => {
-                    nudge = None;
-                    if fired.is_ok() {
-                        // Best effort: the agent stores after its grace anyway.
-                        let _ = write_message(&mut writer, &ClientReport::Waiting).await;
+                changed = async { nudge.as_mut().expect("guarded").changed().await }, if nudge.is_some() => {
+                    let level = match (changed, &nudge) {
+                        (Ok(()), Some(nudge)) => *nudge.borrow(),
+                        _ => Nudge::Writing,
+                    };
+                    if level == Nudge::Writing {
+                        // The sender is gone (or never waited).
+                        nudge = None;
+                        continue;
                     }
+                    let report = ClientReport::Waiting {
+                        finishing: level == Nudge::Finishing,
+                    };
+                    // Best effort: the agent stores after its grace anyway.
+                    let _ = write_message(&mut writer, &report).await;
                 }
             }
         }

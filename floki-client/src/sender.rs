@@ -23,7 +23,7 @@ use crate::{
     ring_async::AsyncRingWriter,
     setup::{
         self, DataPath, Established,
-        opening::{Opening, Pending},
+        opening::{Nudge, Opening, Pending},
     },
 };
 
@@ -87,7 +87,7 @@ impl Sender {
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let mut sender = Self::open(opts).await?;
         // Waiting with nothing buffered: the agent may store the stream.
-        sender.pending.nudge();
+        sender.pending.nudge(Nudge::Waiting);
         let opened = std::future::poll_fn(|cx| sender.poll_open(cx).map_ok(|_| ())).await;
         match opened {
             Ok(()) => Ok(sender),
@@ -403,7 +403,7 @@ impl AsyncWrite for Sender {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending.len() > 0 {
-            this.pending.nudge();
+            this.pending.nudge(Nudge::Waiting);
         }
         ready!(this.poll_drain_pending(cx))?;
         match this.opening.open_mut().map(|open| &mut open.path) {
@@ -415,7 +415,7 @@ impl AsyncWrite for Sender {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.pending.nudge();
+        this.pending.nudge(Nudge::Finishing);
         ready!(this.poll_open(cx))?;
         ready!(this.poll_drain_pending(cx))?;
         let open = ready!(this.poll_open(cx))?;

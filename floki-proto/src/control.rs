@@ -285,9 +285,13 @@ pub enum AgentMessage {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClientReport {
     /// A sender not paired yet has nothing more to buffer (its window is
-    /// full, or it is finishing): the agent may store its stream now rather
-    /// than after its grace period.
-    Waiting,
+    /// full, or it is finishing): the agent may store its stream.
+    Waiting {
+        /// The sender is finishing: its whole stream is buffered, and the
+        /// agent stores it at once rather than after its grace period.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        finishing: bool,
+    },
     /// Stream bytes moved so far.
     Progress {
         /// Payload bytes written (sender) or verified-in-order read (receiver).

@@ -320,3 +320,14 @@ impl Read for Receiver {
         }
     }
 }
+
+impl Drop for Receiver {
+    /// A receiver dropped after a failure (a truncated stream, say) lets
+    /// its report of the failure reach the agent first, so that status says
+    /// why the channel failed; the wait is bounded.
+    fn drop(&mut self) {
+        if self.end.failure().is_some() {
+            background().block_on(self.end.reporter.flushed());
+        }
+    }
+}

@@ -19,7 +19,7 @@ use crate::{
     end::{EndState, write_failure},
     setup::{
         self, DataPath, Established,
-        opening::{Opening, Pending},
+        opening::{Nudge, Opening, Pending},
     },
 };
 
@@ -82,7 +82,7 @@ impl Sender {
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let mut sender = Self::open(opts)?;
         // Waiting with nothing buffered: the agent may store the stream.
-        sender.pending.nudge();
+        sender.pending.nudge(Nudge::Waiting);
         match sender.open_stream() {
             Ok(_) => Ok(sender),
             Err(err) => Err(sender.opening.take_failure().unwrap_or_else(|| {
@@ -116,7 +116,7 @@ impl Sender {
     /// Ends the stream: sends the end mark and waits until the receiver has
     /// verified length and checksum.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
-        self.pending.nudge();
+        self.pending.nudge(Nudge::Finishing);
         let result = self.flush().and_then(|()| self.open_stream()?.end_stream());
         let channel = self.channel.clone();
         match self.opening.open_mut() {
@@ -375,7 +375,7 @@ impl Write for Sender {
 
     fn flush(&mut self) -> io::Result<()> {
         if self.pending.len() > 0 {
-            self.pending.nudge();
+            self.pending.nudge(Nudge::Waiting);
         }
         while self.pending.len() > 0 {
             let open = self.opening.wait_open(background(), Open::new)?;

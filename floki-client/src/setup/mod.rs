@@ -16,7 +16,7 @@ use floki_proto::{
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::watch,
     time::timeout,
 };
 
@@ -73,7 +73,7 @@ pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, Clie
 pub(crate) async fn sender(
     accepted: Accepted,
     opts: &ChannelOptions,
-    nudge: oneshot::Receiver<()>,
+    nudge: watch::Receiver<opening::Nudge>,
 ) -> Result<Established, ClientError> {
     let (mut pairing, _) = control::paired(accepted, opts, Role::Send, Some(nudge)).await?;
     if let Some((memory, peer)) = pairing.ring.take() {

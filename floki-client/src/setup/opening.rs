@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{
     runtime::Runtime,
-    sync::oneshot,
+    sync::watch,
     task::{JoinError, JoinHandle},
 };
 
@@ -152,19 +152,33 @@ pub(crate) struct Pending {
     /// What may be held while the stream is being set up.
     while_pairing: usize,
     /// Tells the set-up task that the sender has nothing more to buffer.
-    nudge: Option<oneshot::Sender<()>>,
+    nudge: watch::Sender<Nudge>,
+}
+
+/// What a sender that has not met its receiver tells its agent: nothing
+/// yet, that it waits (nothing more to buffer), or that it is finishing
+/// (its whole stream is buffered). Only ever rises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Nudge {
+    /// Still buffering.
+    #[default]
+    Writing,
+    /// Nothing more to buffer.
+    Waiting,
+    /// Finishing: the whole stream is buffered.
+    Finishing,
 }
 
 impl Pending {
     /// A buffer that may hold `while_pairing` bytes before the stream
     /// opens, and the set-up task's nudge (see [`Pending::nudge`]).
-    pub fn new(while_pairing: u64) -> (Self, oneshot::Receiver<()>) {
-        let (nudge, nudged) = oneshot::channel();
+    pub fn new(while_pairing: u64) -> (Self, watch::Receiver<Nudge>) {
+        let (nudge, nudged) = watch::channel(Nudge::Writing);
         let pending = Self {
             buf: Vec::new(),
             sent: 0,
             while_pairing: usize::try_from(while_pairing).unwrap_or(usize::MAX),
-            nudge: Some(nudge),
+            nudge,
         };
         (pending, nudged)
     }
@@ -176,17 +190,22 @@ impl Pending {
         let take = room.min(data.len());
         self.buf.extend_from_slice(&data[..take]);
         if take < data.len() {
-            self.nudge();
+            self.nudge(Nudge::Waiting);
         }
         take
     }
 
-    /// Tells the agent, once, that the sender has nothing more to buffer
-    /// before its receiver is there: the agent may store the stream now.
-    pub fn nudge(&mut self) {
-        if let Some(nudge) = self.nudge.take() {
-            let _ = nudge.send(());
-        }
+    /// Tells the agent that the sender has nothing more to buffer before
+    /// its receiver is there (or is finishing): the agent may store the
+    /// stream. Said once per level.
+    pub fn nudge(&mut self, level: Nudge) {
+        self.nudge.send_if_modified(|now| {
+            let rises = level > *now;
+            if rises {
+                *now = level;
+            }
+            rises
+        });
     }
 
     /// Whether a write of `len` bytes should be gathered with others

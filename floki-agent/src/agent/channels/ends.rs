@@ -47,7 +47,7 @@ impl Ends {
     pub fn report(&mut self, role: Role, report: ClientReport) {
         let end = &mut self[role];
         match report {
-            ClientReport::Waiting => {}
+            ClientReport::Waiting { .. } => {}
             ClientReport::Progress { bytes } => end.bytes = bytes,
             ClientReport::Done { ok, bytes, error } => {
                 end.bytes = bytes;

@@ -127,8 +127,8 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
 
 /// Waits for the peer; `None` if the end hung up meanwhile. A storable
 /// sender's stream goes to the store once the sender has had nothing more
-/// to buffer (it said `waiting`: its window is full, or it is finishing)
-/// for the store's grace period.
+/// to buffer (it said `waiting`: its window is full) for the store's grace
+/// period, or at once when it is finishing (its whole stream buffered).
 async fn wait_for_peer(
     control: &mut ControlStream,
     reader: &mut ReportReader,
@@ -142,7 +142,13 @@ async fn wait_for_peer(
         tokio::select! {
             paired = &mut wait => return paired.ok(),
             report = reader.next(control) => match report {
-                Ok(Some(ClientReport::Waiting)) if storable.is_some() && grace.is_none() => {
+                // Finishing: the whole stream is in the sender's buffer, and
+                // storing it costs a copy of at most that; waiting would
+                // cost the producer's time.
+                Ok(Some(ClientReport::Waiting { finishing: true })) if storable.is_some() => {
+                    grace = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+                }
+                Ok(Some(ClientReport::Waiting { .. })) if storable.is_some() && grace.is_none() => {
                     grace = Some(Box::pin(tokio::time::sleep(agent.store.config().grace)));
                 }
                 Ok(Some(_)) => {}

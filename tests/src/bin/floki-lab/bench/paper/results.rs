@@ -207,7 +207,11 @@ impl Summary {
         }
         out.push_str(" S3 stored |");
         for system in &self.systems {
-            let whose = if system.is_floki() { "agents" } else { "server" };
+            let whose = if system.is_floki() {
+                "agents"
+            } else {
+                "server"
+            };
             let _ = write!(out, " {} {whose} peak RSS |", system.label());
         }
         for system in &self.systems {
