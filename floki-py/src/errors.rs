@@ -39,6 +39,10 @@ impl Failure {
                 reason: Refusal::TransportUnavailable,
                 ..
             } => "TransportUnavailableError",
+            ClientError::Refused {
+                reason: Refusal::StreamLost,
+                ..
+            } => "StreamLostError",
             ClientError::Refused { .. } => "RefusedError",
             ClientError::PairTimeout { .. } => "PairTimeoutError",
             ClientError::Stream { source, .. } => stream_class(source),
@@ -64,6 +68,7 @@ fn stream_class(err: &StreamError) -> &'static str {
         StreamError::Corrupted { .. } => "CorruptedError",
         StreamError::Aborted { .. } => "AbortedError",
         StreamError::ReceiverGone { .. } => "ReceiverGoneError",
+        StreamError::Rejected { .. } => "RejectedError",
         StreamError::NotPaired { .. } => "Error",
         _ => "StreamError",
     }

@@ -694,3 +694,83 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Waits until every stream of `edge` on `node` is in `state`.
+fn wait_edge_state(node: &ClusterNode, edge: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = node.agent.status();
+        let streams = status["workflows"][0]["edges"]
+            .as_array()
+            .and_then(|edges| edges.iter().find(|e| e["name"] == edge))
+            .and_then(|e| e["streams"].as_array().cloned())
+            .unwrap_or_default();
+        if !streams.is_empty() && streams.iter().all(|s| s["state"] == state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge {edge} not {state}: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
+    let mut cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_ready(cluster.node("node-a"), &["e"]);
+    // node-b's agent stops: its node cannot be reached, no link is ready.
+    assert!(cluster.node_mut("node-b").agent.stop());
+    wait_edge_state(cluster.node("node-a"), "e", "preparing");
+
+    let bytes = 12 * MIB;
+    let node_a = cluster.node("node-a");
+    let report = probe_report(
+        &wait_within(
+            edge_probe(node_a, true, "send", &token, "e", "p", bytes),
+            LIMIT,
+        ),
+        "producer",
+    );
+    assert!(all_stored(&report), "{report}");
+    let on_a = wait_stored(|| node_a.agent.status(), 1);
+    assert_eq!(on_a[0]["name"], "wf/e/p>q", "{on_a:#?}");
+
+    // node-b is back: the stream goes over the link, into node-b's store,
+    // and leaves node-a's.
+    cluster.node_mut("node-b").restart_agent();
+    cluster.wait_connected();
+    let on_b = wait_stored(|| cluster.node("node-b").agent.status(), 1);
+    assert_eq!(on_b[0]["name"], "wf/e/p>q", "{on_b:#?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stored(&cluster.node("node-a").agent.status()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node-a kept the forwarded stream"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let read = probe_report(
+        &wait_within(
+            edge_probe(
+                cluster.node("node-b"),
+                false,
+                "recv",
+                &token,
+                "e",
+                "q",
+                bytes,
+            ),
+            LIMIT,
+        ),
+        "consumer on the node that was unreachable",
+    );
+    assert!(all_stored(&read), "{read}");
+}

@@ -303,6 +303,9 @@ fn background(config: &AgentConfig, agent: &Arc<Agent>) -> Vec<JoinHandle<()>> {
     }));
     // A stream pushed ahead to this node, whose consumer has not started.
     tasks.push(tokio::spawn(sessions::push_ahead(agent.clone())));
+    // A stream stored here for a node that was unreachable: forwarded when
+    // its link is back.
+    tasks.push(tokio::spawn(sessions::forward_stored(agent.clone())));
     // On every (re)connection a peer gets the workflows it is part of.
     let workflows = agent.workflows.clone();
     peers::spawn_links(

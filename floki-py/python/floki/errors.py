@@ -37,6 +37,12 @@ class RefusedError(Error):
     of that role already there, the agent stopping, ...)."""
 
 
+class StreamLostError(RefusedError):
+    """The stream was stored in the memory of an agent that restarted
+    since: it is lost. Run its producer again (streams the agent spilled to
+    disk survive restarts)."""
+
+
 class PairTimeoutError(Error, TimeoutError):
     """The other end did not join within the timeout."""
 
@@ -58,6 +64,11 @@ class AbortedError(StreamError):
     """The sender gave up, with a reason."""
 
 
+class RejectedError(StreamError):
+    """The receiver refused the stream, with a reason: the agent's store
+    when it has no room left ("the agent's store is full ...")."""
+
+
 class ReceiverGoneError(StreamError, BrokenPipeError):
     """The receiver went away before confirming the end of the stream."""
 
@@ -71,7 +82,9 @@ __all__ = [
     "PairTimeoutError",
     "ReceiverGoneError",
     "RefusedError",
+    "RejectedError",
     "StreamError",
+    "StreamLostError",
     "TransportUnavailableError",
     "TruncatedError",
 ]

@@ -52,8 +52,8 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
         };
         let storable = stored::storable(&agent, &hello, None, None);
         let here = Local {
-            window: None,
             storable,
+            ..Local::default()
         };
         return local::serve(stream, hello, here, &agent).await;
     };
@@ -70,6 +70,11 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
         Err(Denied::NotAllowed) => {
             let message = "no such workflow channel for this token".to_owned();
             refuse(&agent, &mut stream, &from, Refusal::NotAllowed, message).await;
+        }
+        // The store of the producer's node, standing in for a consumer on
+        // an unreachable node: the stream is kept here.
+        Err(Denied::WrongNode(_)) if hello.store => {
+            stored::serve_store_for_unreachable(stream, hello, &stream_ref, &agent).await;
         }
         Err(Denied::WrongNode(node)) => {
             let message = format!(
@@ -101,7 +106,12 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
                 producer: &stream_ref,
             };
             let storable = stored::storable(&agent, &hello, window, Some(edge));
-            local::serve(stream, hello, Local { window, storable }, &agent).await;
+            let here = Local {
+                window,
+                storable,
+                ..Local::default()
+            };
+            local::serve(stream, hello, here, &agent).await;
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct Local {
     /// A sender whose stream the store may take if its receiver does not
     /// come: how the store meets the channel.
     pub storable: Option<Meeting>,
+    /// The end was told `accepted` already (a producer whose consumer's
+    /// node is unreachable, moved here from a cross-node stream).
+    pub accepted: bool,
+    /// The store takes the stream at once (that producer waited already).
+    pub store_now: bool,
 }
 
 /// Serves an end of a same-node channel (a function, or the agent's store
@@ -97,7 +102,7 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
         socket: listener.as_ref().map(|_| Handoff::Listener),
     };
     let handed: Vec<BorrowedFd<'_>> = listener.iter().map(|l| l.as_fd()).collect();
-    if !tell(&mut control, &accepted, &handed).await {
+    if !local.accepted && !tell(&mut control, &accepted, &handed).await {
         return;
     }
     drop(listener);
@@ -105,7 +110,8 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     let paired = match pairing {
         Pairing::Now(paired) => Ok(paired),
         Pairing::Later(wait) => {
-            let waited = wait_for_peer(&mut control, &mut reader, wait, local.storable, agent);
+            let storable = local.storable.map(|meeting| (meeting, local.store_now));
+            let waited = wait_for_peer(&mut control, &mut reader, wait, storable, agent);
             match waited.await {
                 Some(paired) => paired,
                 None => return,
@@ -133,10 +139,13 @@ async fn wait_for_peer(
     control: &mut ControlStream,
     reader: &mut ReportReader,
     wait: oneshot::Receiver<Result<Paired, Refused>>,
-    mut storable: Option<Meeting>,
+    storable: Option<(Meeting, bool)>,
     agent: &Agent,
 ) -> Option<Result<Paired, Refused>> {
-    let mut grace: Option<Pin<Box<Sleep>>> = None;
+    let now = storable.as_ref().is_some_and(|(_, now)| *now);
+    let mut storable = storable.map(|(meeting, _)| meeting);
+    let mut grace: Option<Pin<Box<Sleep>>> =
+        now.then(|| Box::pin(tokio::time::sleep(Duration::ZERO)));
     tokio::pin!(wait);
     loop {
         tokio::select! {

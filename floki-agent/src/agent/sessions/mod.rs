@@ -17,7 +17,7 @@ mod local;
 mod remote;
 mod stored;
 
-pub use stored::push_ahead;
+pub use stored::{forward_stored, push_ahead};
 
 use std::{net::SocketAddr, sync::Arc};
 

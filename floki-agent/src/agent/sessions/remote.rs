@@ -2,20 +2,33 @@
 //! the two agents carries it. A function on the Unix socket is handed that
 //! link; otherwise the agent relays its data connection over it.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use floki_proto::{
     control::{
-        AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
-        write_message,
+        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Refusal, Role, Transport,
+        encode_key, write_message,
     },
     handoff::send_socket,
 };
-use tokio::net::{TcpStream, UnixStream};
+use tokio::{
+    net::{TcpStream, UnixStream},
+    time::Sleep,
+};
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{ReportReader, closed, handshake::refuse_quietly, is_unix, reports};
+use super::{
+    ReportReader, closed,
+    handshake::refuse_quietly,
+    is_unix,
+    local::{self, Local},
+    reports, stored,
+};
 use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
@@ -77,11 +90,37 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     }
     let mut reader = ReportReader::default();
     let prepared = match role {
-        // Producer side: the connection this agent keeps to the consumer's.
-        Role::Send => tokio::select! {
-            prepared = agent.links.take(&resolved.stream) => prepared.ok(),
-            () = closed(&mut control, &mut reader) => None,
-        },
+        // Producer side: the connection this agent keeps to the consumer's;
+        // if there is none (the consumer's node is unreachable), the store
+        // of this node may take the stream.
+        Role::Send => {
+            let storable = stored::storable_here(agent, &hello, &resolved);
+            match producer_link(
+                &mut control,
+                &mut reader,
+                agent,
+                &resolved,
+                storable.is_some(),
+            )
+            .await
+            {
+                Link::Prepared(prepared) => Some(prepared),
+                Link::Gone => None,
+                Link::Unreachable => {
+                    drop(membership);
+                    let Some(meeting) = storable else { return };
+                    let here = Local {
+                        window: Some(window),
+                        storable: Some(meeting),
+                        accepted: true,
+                        store_now: true,
+                    };
+                    let mut hello = hello;
+                    hello.channel = name;
+                    return local::serve(control, hello, here, agent).await;
+                }
+            }
+        }
         // Consumer side: a connection the producer's agent started.
         Role::Recv => tokio::select! {
             prepared = agent.links.started(&resolved.stream) => Some(prepared),
@@ -110,6 +149,56 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     match started {
         Ok(control) => reports(control, membership, &name, reader).await,
         Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
+    }
+}
+
+/// What a producer's session got while waiting for the stream's link.
+enum Link {
+    /// The link.
+    Prepared(Prepared),
+    /// The producer hung up.
+    Gone,
+    /// No link while the producer had nothing more to buffer, for the
+    /// store's grace period (at once if it is finishing): the consumer's
+    /// node is unreachable.
+    Unreachable,
+}
+
+/// Waits for the prepared link of the producer's stream. A producer that
+/// may be stored (`storable`) waits only as long as a same-node producer
+/// would wait for its consumer.
+async fn producer_link(
+    control: &mut ControlStream,
+    reader: &mut ReportReader,
+    agent: &Agent,
+    resolved: &Resolved,
+    storable: bool,
+) -> Link {
+    let mut grace: Option<Pin<Box<Sleep>>> = None;
+    let take = agent.links.take(&resolved.stream);
+    tokio::pin!(take);
+    loop {
+        tokio::select! {
+            prepared = &mut take => return match prepared {
+                Ok(prepared) => Link::Prepared(prepared),
+                Err(_) => Link::Gone,
+            },
+            report = reader.next(control) => match report {
+                Ok(Some(ClientReport::Waiting { finishing })) if storable => {
+                    let wait = if finishing { Duration::ZERO } else { agent.store.config().grace };
+                    if finishing || grace.is_none() {
+                        grace = Some(Box::pin(tokio::time::sleep(wait)));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Link::Gone,
+            },
+            () = async { grace.as_mut().expect("checked").await }, if grace.is_some() => {
+                warn!(stream = %resolved.stream, peer = %resolved.peer_node,
+                    "no link to the consumer's node: the stream is stored on this node");
+                return Link::Unreachable;
+            }
+        }
     }
 }
 

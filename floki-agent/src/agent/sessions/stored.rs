@@ -25,6 +25,7 @@ use super::{
 use crate::{
     agent::{
         Agent,
+        control::workflows::Resolved,
         store::ends::{self, Meeting},
     },
     workflow::{Edge, StreamId},
@@ -88,6 +89,114 @@ pub fn storable(
     }
 }
 
+/// How the store of this node would take in the stream of a producer whose
+/// consumer is on another node, if that node cannot be reached.
+pub fn storable_here(agent: &Agent, hello: &Hello, resolved: &Resolved) -> Option<Meeting> {
+    let producer = hello.stream.as_ref()?;
+    let mut named = hello.clone();
+    named.channel = resolved.stream.to_string();
+    let edge = EdgeOf {
+        edge: &resolved.edge,
+        producer,
+    };
+    storable(agent, &named, Some(resolved.edge.buffer), Some(edge))
+}
+
+/// The store's end for a consumer on another node, on the producer's node
+/// (that node was unreachable): joins the stream's channel here.
+pub async fn serve_store_for_unreachable(
+    mut control: ControlStream,
+    mut hello: Hello,
+    consumer: &StreamRef,
+    agent: &Agent,
+) {
+    // The same stream, seen from its producer (which runs here).
+    let resolved = agent.workflows.resolve(
+        &agent.node,
+        &consumer.workflow,
+        &consumer.token,
+        &consumer.edge,
+        &consumer.peer,
+        &consumer.function,
+        Role::Send,
+    );
+    let Ok(resolved) = resolved else {
+        let message = "no such workflow stream from a producer on this node".to_owned();
+        return refuse_quietly(agent, &mut control, Refusal::NotAllowed, message).await;
+    };
+    hello.channel = resolved.stream.to_string();
+    let here = Local {
+        window: Some(resolved.edge.buffer),
+        ..Local::default()
+    };
+    local::serve(control, hello, here, agent).await;
+}
+
+/// Forwards, for as long as the agent runs, the streams stored here for
+/// consumers on other nodes (their node was unreachable when the producer
+/// ran) as soon as their link is prepared again: over it they go into the
+/// consumer's agent (its store, or the consumer itself), and then leave
+/// this node's store.
+pub async fn forward_stored(agent: Arc<Agent>) {
+    let forwarding = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        for (stream, token) in outgoing_stored(&agent) {
+            let name = stream.to_string();
+            let Some(stored) = agent.store.get(&name) else {
+                continue;
+            };
+            if !agent.links.ready(&stream, true)
+                || !forwarding.lock().expect("lock").insert(name.clone())
+            {
+                continue;
+            }
+            let producer = StreamRef {
+                workflow: stream.workflow.clone(),
+                token,
+                edge: stream.edge.clone(),
+                function: stream.producer.clone(),
+                peer: stream.consumer.clone(),
+            };
+            let (agent, forwarding) = (agent.clone(), forwarding.clone());
+            tokio::spawn(async move {
+                ends::forward(agent.store.clone(), stored, agent.socket.clone(), producer).await;
+                forwarding.lock().expect("lock").remove(&name);
+            });
+        }
+    }
+}
+
+/// Complete streams stored here whose consumer runs on another node, with
+/// their workflow's token.
+fn outgoing_stored(agent: &Agent) -> Vec<(StreamId, String)> {
+    let view = agent.store.view();
+    let mut found = Vec::new();
+    for stored in view.streams.iter().filter(|s| s.complete) {
+        let Some(applied) = stored
+            .workflow
+            .as_deref()
+            .and_then(|w| agent.workflows.get(w))
+        else {
+            continue;
+        };
+        let workflow = &applied.workflow;
+        let here = |function: &str| workflow.node_of(function) == Some(agent.node.as_str());
+        let stream = workflow
+            .streams()
+            .map(|(_, stream)| stream)
+            .find(|stream| stream.to_string() == stored.name);
+        if let Some(stream) = stream
+            && here(&stream.producer)
+            && !here(&stream.consumer)
+        {
+            found.push((stream, applied.token.clone()));
+        }
+    }
+    found
+}
+
 /// Serves consumer `hello` of channel `name` from the store if the store
 /// has its stream (and no live producer waits for it), or refuses it if the
 /// stream was lost; otherwise gives the session back.
@@ -117,7 +226,7 @@ pub async fn serve_stored(
     ends::replay(agent.store.clone(), stored, agent.socket.clone(), channel);
     let here = Local {
         window,
-        storable: None,
+        ..Local::default()
     };
     local::serve(control, hello, here, agent).await;
     None

@@ -126,6 +126,40 @@ async fn refuse(store: &Arc<Store>, stored: &Arc<StoredStream>, rx: Receiver, er
     store.remove(stored).await;
 }
 
+/// Forwards `stored` as its producer, `producer` (a workflow stream whose
+/// consumer's node was unreachable when it was stored), over the link to
+/// the consumer's node; once the other side has it (its consumer, or its
+/// agent's store), it leaves this store.
+pub async fn forward(
+    store: Arc<Store>,
+    stored: Arc<StoredStream>,
+    agent: String,
+    producer: StreamRef,
+) {
+    let name = stored.name.clone();
+    let mut opts = ChannelOptions::new(agent, name.clone());
+    opts.store = true;
+    opts.stream = Some(producer);
+    opts.pair_timeout = Some(PAIR_WITHIN);
+    let sent = async {
+        let mut tx = Sender::connect(&opts).await?;
+        let mut reader = stored.reader();
+        while let Some(chunk) = reader.next().await? {
+            tx.write_all(&chunk).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tx.finish().await?.bytes)
+    };
+    match sent.await {
+        Ok(bytes) => {
+            info!(channel = %name, bytes, "stored stream forwarded to the consumer's node");
+            store.remove(&stored).await;
+        }
+        Err(err) => {
+            debug!(channel = %name, err = %error_chain(&*err), "stored stream not forwarded yet")
+        }
+    }
+}
+
 /// Replays `stored` to the consumer on `channel` (a [`replay_channel`]), in
 /// the background. A stream still being stored is followed as it grows.
 pub fn replay(store: Arc<Store>, stored: Arc<StoredStream>, agent: String, channel: String) {
