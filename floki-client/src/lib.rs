@@ -57,6 +57,11 @@ const COALESCE_CAP: usize = 64 * 1024;
 /// so that a small message costs one read; bulk payloads go straight to the
 /// caller's buffer.
 const STAGING: usize = 8 * 1024;
+/// `write_from`'s buffer (both clients), where it needs one.
+const COPY_CHUNK: usize = 1 << 20;
+/// Most bytes `write_from` reads into a ring at a time: small enough that
+/// they are still in cache when they are hashed at the commit.
+const RING_REGION: usize = 256 * 1024;
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT: &str = "127.0.0.1:7878";

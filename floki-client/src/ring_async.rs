@@ -72,6 +72,17 @@ impl AsyncRingWriter {
         }
     }
 
+    /// Waits until the ring has room for at least one byte.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
+        while self.ring.try_reserve(1)?.is_empty() {
+            let (waiter, head) = (self.ring.waiter(), self.ring.sent());
+            ready!(self.wait.poll(cx, || {
+                tokio::task::spawn_blocking(move || waiter.room(head))
+            }))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Publishes the end mark (once) and waits for the receiver's verdict.
     pub fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
         if !self.ended {

@@ -13,12 +13,12 @@ use floki_proto::{
     stream::Outbound,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
 };
 
 use crate::{
-    ChannelOptions, ClientError, StreamError, Summary, Transport,
+    COPY_CHUNK, ChannelOptions, ClientError, RING_REGION, StreamError, Summary, Transport,
     end::{EndState, write_failure},
     ring_async::AsyncRingWriter,
     setup::{
@@ -146,6 +146,40 @@ impl Sender {
         }
     }
 
+    /// Streams everything `src` yields, to its end, and returns how many
+    /// bytes that was (then call [`Sender::finish`]). Over a ring, `src`
+    /// reads straight into the ring's memory: the bytes are written once,
+    /// not into a buffer and then into the ring. Over a socket, and before
+    /// the receiver is there, through a buffer as [`tokio::io::copy`] does.
+    /// An error is `src`'s or the stream's; the stream's also comes back
+    /// from `finish`.
+    pub async fn write_from<R>(&mut self, src: &mut R) -> io::Result<u64>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let mut total = 0;
+        let mut buf = Vec::new();
+        loop {
+            if !self.opening.is_pairing() {
+                self.flush().await?;
+                std::future::poll_fn(|cx| self.poll_open(cx).map_ok(|_| ())).await?;
+                let open = self.opening.open_mut().expect("opened just above");
+                if let Some(n) = open.read_into_ring(src).await {
+                    return n.map(|n| total + n);
+                }
+            }
+            if buf.is_empty() {
+                buf = vec![0; COPY_CHUNK];
+            }
+            let n = match src.read(&mut buf).await? {
+                0 => return Ok(total),
+                n => n,
+            };
+            self.write_all(&buf[..n]).await?;
+            total += n as u64;
+        }
+    }
+
     /// Gives up on the stream: the receiver fails with `reason`.
     pub async fn abort(mut self, reason: &str) {
         self.opening.cancel();
@@ -225,6 +259,37 @@ impl Open {
                 Ok(n)
             }
             Err(err) => Err(self.end.fail(err, self.path.sent()).into()),
+        })
+    }
+
+    /// Reads `src` to its end straight into the ring (`None` over a
+    /// socket): a region reserved, read into, committed.
+    async fn read_into_ring<R>(&mut self, src: &mut R) -> Option<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let Path::Ring(ring) = &mut self.path else {
+            return None;
+        };
+        let mut total = 0;
+        Some(loop {
+            let room = std::future::poll_fn(|cx| ring.poll_room(cx)).await;
+            let region = match room.and_then(|()| ring.ring.try_reserve(RING_REGION)) {
+                Ok(region) => region,
+                Err(err) => {
+                    let sent = ring.ring.sent();
+                    break Err(self.end.fail(err, sent).into());
+                }
+            };
+            match src.read(region).await {
+                Ok(0) => break Ok(total),
+                Ok(n) => {
+                    ring.ring.commit(n);
+                    total += n as u64;
+                    self.end.reporter.progress(ring.ring.sent());
+                }
+                Err(err) => break Err(err),
+            }
         })
     }
 

@@ -129,6 +129,25 @@ fn the_tokio_client_takes_a_ring_too_in_any_mix_with_the_blocking_one() {
         assert_eq!(status["transport"], "shm", "{status:#}");
         assert!(status["bytes"].as_u64().unwrap_or(0) >= bytes, "{status:#}");
     }
+    // Senders that hand a reader to `write_from`: it reads straight into
+    // the ring, in regions of its own sizes.
+    for blocking in [false, true] {
+        let channel = format!("ring-write-from-{blocking}");
+        let recv = spawn(&mut node.local_probe("recv", &channel, bytes));
+        let mut send = node.local_probe("send", &channel, bytes);
+        send.args(["--writes", "from-reader"]);
+        if blocking {
+            send.arg("--blocking");
+        }
+        assert_success(
+            &wait_within(spawn(&mut send), LIMIT),
+            &format!("{channel}: sender"),
+        );
+        assert_success(&wait_within(recv, LIMIT), &format!("{channel}: receiver"));
+        let status = node.agent.wait_finished(&channel, LIMIT);
+        assert_eq!(status["transport"], "shm", "{status:#}");
+        assert_eq!(status["state"], "done", "{status:#}");
+    }
     // A tokio sender that dies mid-stream: the tokio receiver says truncated.
     let recv = spawn(&mut node.local_probe("recv", "ring-killed", bytes));
     let mut send = spawn(

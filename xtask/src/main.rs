@@ -36,7 +36,7 @@ enum Task {
     /// Debian's 6.1 and 6.12 kernels under QEMU.
     Test(test::Options),
     /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`,
-    /// `patterns`, `paper`, `python`.
+    /// `small`, `patterns`, `paper`, `python`.
     Bench {
         /// Which benchmark and its options (see `floki-lab bench --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]

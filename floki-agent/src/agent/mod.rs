@@ -152,6 +152,23 @@ pub enum AgentError {
     },
 }
 
+/// Connections a door queues before the agent accepts them (the kernel caps
+/// it at `net.core.somaxconn`): functions started together open their
+/// channels in bursts, and a full queue drops a connection attempt, which
+/// the client's kernel retries only a second later.
+pub const BACKLOG: u32 = 4096;
+
+/// The channel port, with a backlog of [`BACKLOG`].
+fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// The agent's doors, bound before anything starts: the channel port, the
 /// clients' Unix socket, the admin socket and the metrics address.
 struct Doors {
@@ -163,13 +180,10 @@ struct Doors {
 
 impl Doors {
     async fn bind(config: &AgentConfig) -> Result<Self, AgentError> {
-        let channels =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| AgentError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let channels = listen_tcp(config.listen).map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let admin = admin::AdminServer::bind(&config.admin).await?;
         let local = unix_socket::bind(&config.socket, 0o666)
             .await

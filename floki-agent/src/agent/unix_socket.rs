@@ -46,7 +46,20 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
         }
         fs::remove_file(path).map_err(err)?;
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
+    // socket2 for the backlog: std's and tokio's `bind` queue fewer
+    // connections than a burst of functions opens at once.
+    let socket =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(err)?;
+    socket
+        .bind(&socket2::SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    socket.listen(super::BACKLOG as i32).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.set_cloexec(true).map_err(err)?;
+    let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
+    .map_err(err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
     Ok(listener)
 }

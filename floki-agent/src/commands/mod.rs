@@ -67,13 +67,17 @@ fn print_summary(
     seconds: f64,
     verified: &str,
 ) {
-    eprintln!(
-        "floki: {verb} {} {what} via {} in {seconds:.2} s ({}); {verified} (xxh3 {:016x})",
+    // One write for the whole line: stderr is unbuffered, and `eprintln!`
+    // writes each formatted piece on its own, so two ends sharing a
+    // terminal would interleave character by character.
+    let line = format!(
+        "floki: {verb} {} {what} via {} in {seconds:.2} s ({}); {verified} (xxh3 {:016x})\n",
         human(summary.bytes),
         summary.transport,
         rate(summary.bytes, seconds),
         summary.checksum,
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 /// Throughput of `bytes` over `seconds`, in GB/s or MB/s.

@@ -21,6 +21,7 @@ use tokio::{
 use crate::cli::RunArgs;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    raise_descriptor_limit();
     let node = match args.node {
         Some(node) => node,
         None => nix::unistd::gethostname()
@@ -102,4 +103,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     agent::run(config, rx).await?;
     Ok(())
+}
+
+/// Every channel costs the agent a few descriptors (its ends' connections,
+/// a ring, a link): the soft limit, often 1,024, would stop it at a few
+/// hundred channels. Raises it to the hard limit, and the hard limit to
+/// 1,048,576 where the agent may (root, CAP_SYS_RESOURCE).
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const WANTED: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let raised = (hard < WANTED && setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_ok())
+        || setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((now, _)) if raised => tracing::info!(from = soft, to = now, "descriptor limit raised"),
+        _ => tracing::warn!(
+            limit = soft,
+            "cannot raise the descriptor limit: each channel takes a few descriptors; raise it with `ulimit -n` or the container runtime's nofile limit"
+        ),
+    }
 }

@@ -14,7 +14,7 @@ use floki_proto::{
 
 use super::{background, into_blocking, read_retrying};
 use crate::{
-    ChannelOptions, ClientError, StreamError, Summary, Transport,
+    COPY_CHUNK, ChannelOptions, ClientError, RING_REGION, StreamError, Summary, Transport,
     checksum_beside::Beside,
     end::{EndState, write_failure},
     setup::{
@@ -141,6 +141,37 @@ impl Sender {
         }
     }
 
+    /// Streams everything `src` yields, to its end, and returns how many
+    /// bytes that was (then call [`Sender::finish`]). Over a ring, `src`
+    /// reads straight into the ring's memory: the bytes are written once,
+    /// not into a buffer and then into the ring (`floki-agent send FILE`).
+    /// Over a socket, and before the receiver is there, through a buffer
+    /// as [`io::copy`] does. An error is `src`'s or the stream's; the
+    /// stream's also comes back from `finish`.
+    pub fn write_from(&mut self, src: &mut dyn io::Read) -> io::Result<u64> {
+        let mut total = 0;
+        let mut buf = Vec::new();
+        loop {
+            if !self.opening.is_pairing() {
+                self.flush()?;
+                if let Some(result) = self.open_stream()?.read_into_ring(src) {
+                    return result.map(|n| total + n);
+                }
+            }
+            if buf.is_empty() {
+                buf = vec![0; COPY_CHUNK];
+            }
+            let n = match src.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            self.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+    }
+
     /// Gives up on the stream: the receiver fails with `reason`.
     pub fn abort(mut self, reason: &str) {
         self.opening.cancel();
@@ -232,6 +263,34 @@ impl Open {
             }
             Err(err) => Err(self.end.fail(err, self.path.sent()).into()),
         }
+    }
+
+    /// Reads `src` to its end straight into the ring (`None` over a
+    /// socket): a region reserved, read into, committed.
+    fn read_into_ring(&mut self, src: &mut dyn io::Read) -> Option<io::Result<u64>> {
+        let Path::Ring(ring) = &mut self.path else {
+            return None;
+        };
+        let mut total = 0;
+        Some(loop {
+            let region = match ring.reserve(RING_REGION) {
+                Ok(region) => region,
+                Err(err) => {
+                    let sent = ring.sent();
+                    break Err(self.end.fail(err, sent).into());
+                }
+            };
+            match src.read(region) {
+                Ok(0) => break Ok(total),
+                Ok(n) => {
+                    ring.commit(n);
+                    total += n as u64;
+                    self.end.reporter.progress(ring.sent());
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => break Err(err),
+            }
+        })
     }
 
     /// Whether a frame is partly written (small writes may not be gathered).

@@ -257,6 +257,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_filled_in_place_arrives_whole_and_verified() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        let data: Vec<u8> = (0..777_777u32).map(|i| (i * 13 % 253) as u8).collect();
+        let expected = data.clone();
+        let sender = std::thread::spawn(move || {
+            let mut src: &[u8] = &data;
+            while !src.is_empty() {
+                // As a file read straight into the ring would: a region,
+                // partly filled, then committed.
+                let region = writer.reserve(20_000).expect("room");
+                assert!(!region.is_empty() && region.len() <= 20_000);
+                let n = std::io::Read::read(&mut src, region).expect("read");
+                writer.commit(n);
+            }
+            writer.finish().expect("verified");
+            writer.checksum()
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 50_000];
+        loop {
+            let n = reader.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == expected);
+        assert_eq!(sender.join().expect("sender"), reader.checksum());
+    }
+
+    #[test]
     fn the_non_blocking_calls_never_wait_and_the_waiter_waits_for_them() {
         let (mut writer, mut reader, _) = pair(64 << 10);
         assert!(reader.try_fill().expect("nothing yet").is_none());

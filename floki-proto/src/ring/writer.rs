@@ -39,17 +39,24 @@ impl RingWriter {
         Ok(self.copy_in(buf))
     }
 
+    /// Bytes the ring can take now.
+    fn room(&self) -> u64 {
+        let tail = self.ring.header().tail.0.load(Ordering::Acquire);
+        self.ring.capacity - (self.head - tail.min(self.head))
+    }
+
     fn copy_in(&mut self, buf: &[u8]) -> usize {
-        let header = self.ring.header();
         let capacity = self.ring.capacity;
         let head = self.head;
-        let room = capacity - (head - header.tail.0.load(Ordering::Acquire).min(head));
-        let n = (room as usize).min(buf.len());
+        let n = (self.room() as usize).min(buf.len());
         if n == 0 {
             return 0;
         }
         // Hash and copy piece by piece: the copy reads what the hash just
         // brought into the cache (one pass over memory instead of two).
+        // Each piece is published as soon as it is in the ring, so that the
+        // reader works on one piece while the writer copies the next,
+        // instead of waiting for a whole write.
         let mut done = 0;
         while done < n {
             let at = ((head + done as u64) % capacity) as usize;
@@ -62,11 +69,74 @@ impl RingWriter {
                 std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
             }
             done += len;
+            self.publish(head + done as u64);
         }
-        self.head += n as u64;
-        header.head.0.store(self.head, Ordering::Release);
-        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
         n
+    }
+
+    /// Moves `head` to `to` (every byte before it is in the ring) and
+    /// wakes the reader if it sleeps.
+    fn publish(&mut self, to: u64) {
+        let header = self.ring.header();
+        self.head = to;
+        header.head.0.store(to, Ordering::Release);
+        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+    }
+
+    /// A region of the ring to fill in place, waiting for room while the
+    /// ring is full: at most `max` bytes (at least one when `max` is not
+    /// 0), contiguous, so it may stop short at the ring's end. Fill a
+    /// prefix of it and [`commit`](Self::commit) that many bytes: the data
+    /// is written into the ring once, not copied from a buffer of the
+    /// caller's (a file read straight into the ring, say). `Err` once the
+    /// receiver refused the stream.
+    pub fn reserve(&mut self, max: usize) -> Result<&mut [u8], StreamError> {
+        while max > 0 && self.room() == 0 {
+            if let Some(Err(refused)) = self.try_ack() {
+                return Err(refused);
+            }
+            self.waiter().room(self.head)?;
+        }
+        self.try_reserve(max)
+    }
+
+    /// [`reserve`](Self::reserve) without the wait: empty when the ring is
+    /// full.
+    pub fn try_reserve(&mut self, max: usize) -> Result<&mut [u8], StreamError> {
+        if let Some(Err(refused)) = self.try_ack() {
+            return Err(refused);
+        }
+        let capacity = self.ring.capacity as usize;
+        let at = (self.head % self.ring.capacity) as usize;
+        let len = (self.room() as usize).min(max).min(capacity - at);
+        // SAFETY: `[at, at + len)` lies in the data area, in the part the
+        // receiver does not read until `head` moves past it; the region
+        // borrows `self` mutably, so nothing else writes it meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ring.data().add(at), len) })
+    }
+
+    /// Publishes the first `n` bytes of the region [`reserve`](Self::reserve)
+    /// returned, hashing them piece by piece while they are still in cache.
+    ///
+    /// # Panics
+    /// If `n` goes beyond the region `reserve` could have returned.
+    pub fn commit(&mut self, n: usize) {
+        let capacity = self.ring.capacity as usize;
+        let at = (self.head % self.ring.capacity) as usize;
+        assert!(
+            n as u64 <= self.room() && at + n <= capacity,
+            "committing {n} bytes beyond the reserved region"
+        );
+        let mut done = 0;
+        while done < n {
+            let len = (n - done).min(PIECE);
+            // SAFETY: inside the reserved region (checked above), which the
+            // receiver does not read until it is published just below.
+            let piece = unsafe { std::slice::from_raw_parts(self.ring.data().add(at + done), len) };
+            self.hasher.write(piece);
+            done += len;
+            self.publish(self.head + len as u64);
+        }
     }
 
     /// Copies as much of `buf` as fits into the ring (at least one byte,

@@ -21,7 +21,8 @@ struct Args {
     channel: String,
     bytes: u64,
     seed: u64,
-    /// `fixed:N` or `mixed` (random sizes from 1 B to 1 MiB).
+    /// `fixed:N`, `mixed` (random sizes from 1 B to 1 MiB), or
+    /// `from-reader` (`write_from` a reader whose reads are `mixed`).
     writes: String,
     /// Bytes per second (0: unlimited).
     rate: u64,
@@ -301,6 +302,52 @@ impl WriteSizes {
     }
 }
 
+/// `--writes` for a sender that hands a reader to `write_from`.
+const FROM_READER: &str = "from-reader";
+
+/// The pattern as a reader, each read at most a `mixed` write's size: what
+/// `write_from` reads straight into a ring.
+struct PatternSource {
+    pattern: DataPattern,
+    at: u64,
+    bytes: u64,
+    sizes: WriteSizes,
+}
+
+impl PatternSource {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        Ok(Self {
+            pattern: DataPattern::new(args.seed),
+            at: 0,
+            bytes: args.bytes,
+            sizes: WriteSizes::new(args)?,
+        })
+    }
+}
+
+impl std::io::Read for PatternSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.bytes - self.at)
+            .min(buf.len() as u64)
+            .min(self.sizes.next() as u64) as usize;
+        self.pattern.fill(self.at, &mut buf[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl tokio::io::AsyncRead for PatternSource {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = std::io::Read::read(self.get_mut(), buf.initialize_unfilled())?;
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Checks `got` received bytes against the pattern at `offset`.
 fn check(
     pattern: &DataPattern,
@@ -330,6 +377,12 @@ fn print_summary(summary: &Summary, started: Instant) {
 fn blocking_send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut tx = blocking::Sender::connect(opts)?;
+    if args.writes == FROM_READER {
+        let started = Instant::now();
+        tx.write_from(&mut PatternSource::new(args)?)?;
+        print_summary(&tx.finish()?, started);
+        return Ok(());
+    }
     let pattern = DataPattern::new(args.seed);
     let mut sizes = WriteSizes::new(args)?;
     let mut buf = Vec::new();
@@ -391,6 +444,12 @@ fn blocking_recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
 
 async fn send(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     let mut tx = Sender::connect(opts).await?;
+    if args.writes == FROM_READER {
+        let started = Instant::now();
+        tx.write_from(&mut PatternSource::new(args)?).await?;
+        print_summary(&tx.finish().await?, started);
+        return Ok(());
+    }
     let pattern = DataPattern::new(args.seed);
     let mut sizes = WriteSizes::new(args)?;
     let mut buf = Vec::new();

@@ -41,6 +41,10 @@ pub enum Peer {
     TcpFanSend(TcpFan),
     /// Plain TCP consumer: accepts --from connections, reads them all at once.
     TcpFanRecv(TcpFan),
+    /// `bench small`'s consumer: waits on each stream in turn.
+    SmallRecv(crate::bench::small::peers::SmallPeer),
+    /// `bench small`'s producer: opens each stream when told to.
+    SmallSend(crate::bench::small::peers::SmallPeer),
     /// A function of the paper benchmark: PLAN (JSON) says what it does.
     PaperEndpoint { plan: String },
     /// Deletes a paper benchmark run's objects: ACCESS and KEYS (JSON).
@@ -157,6 +161,8 @@ pub fn run(peer: Peer) -> anyhow::Result<()> {
         Peer::PaperClean { access, keys } => {
             return crate::bench::paper::endpoint::clean(&access, &keys);
         }
+        Peer::SmallRecv(args) => return crate::bench::small::peers::consumer(&args),
+        Peer::SmallSend(args) => return crate::bench::small::peers::producer(&args),
         Peer::TcpSink(args) => tcp_sink(&args)?,
         Peer::TcpSource(args) => tcp_source(&args)?,
         Peer::TcpPong(args) => tcp_pong(&args)?,

@@ -1,0 +1,456 @@
+//! `cargo xtask bench channels`: many channels on one agent, driven by one
+//! process with the tokio client, so that the figures are the agent's.
+//!
+//! * **Concurrent**: N receivers wait, then N senders open and each writes
+//!   64 KiB; once every sender has written, all N channels are open at
+//!   once, and the agent's RSS and descriptors, the node's shared memory and
+//!   the kernel maps' entries are sampled. Then all finish, each verified. Set-up is a sender's open to the first
+//!   byte its receiver read. Waves of 1,000 and 10,000.
+//! * **Sequential**: channels one after another; the agent's RSS and
+//!   descriptors and the kernel maps' entries before and after (a leak
+//!   shows as what does not come back).
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use floki_client::{ChannelOptions, Receiver, Sender};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::report;
+use crate::lab::{self, Lab};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Channels open at once, largest wave.
+    #[arg(long, default_value_t = 10_000)]
+    pub concurrent: usize,
+    /// Channels one after another for the leak check.
+    #[arg(long, default_value_t = 100_000)]
+    pub sequential: usize,
+    /// Print only; leave docs/BENCHMARKS.md alone.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// Bytes per channel.
+const STREAM: usize = 64 << 10;
+
+/// What the agent and the node hold, sampled from /proc and bpffs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Footprint {
+    rss_kib: u64,
+    fds: u64,
+    shmem_kib: u64,
+    map_entries: u64,
+}
+
+impl Footprint {
+    fn sample(agent_pid: u32, pin_dir: &Path) -> Self {
+        let status =
+            std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            rss_kib: field(&status, "VmRSS:"),
+            fds: std::fs::read_dir(format!("/proc/{agent_pid}/fd"))
+                .map_or(0, |dir| dir.count() as u64),
+            shmem_kib: field(&meminfo, "Shmem:"),
+            map_entries: map_entries(pin_dir),
+        }
+    }
+}
+
+/// Entries in the agent's pinned maps of endpoints, channels and sockets.
+fn map_entries(pin_dir: &Path) -> u64 {
+    use aya::maps::{HashMap, Map, MapData, SockHash};
+    use floki_common::{ChannelEnd, ChannelRecord, EndpointKey, map};
+    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).ok();
+    let mut total = 0;
+    if let Some(data) = open(map::ENDPOINTS)
+        && let Ok(endpoints) = HashMap::<_, EndpointKey, ChannelEnd>::try_from(Map::HashMap(data))
+    {
+        total += endpoints.keys().count() as u64;
+    }
+    if let Some(data) = open(map::CHANNELS)
+        && let Ok(channels) = HashMap::<_, u32, ChannelRecord>::try_from(Map::HashMap(data))
+    {
+        total += channels.keys().count() as u64;
+    }
+    if let Some(data) = open(map::SOCKETS)
+        && let Ok(sockets) = SockHash::<_, ChannelEnd>::try_from(Map::SockHash(data))
+    {
+        total += sockets.keys().count() as u64;
+    }
+    total
+}
+
+/// One wave's figures.
+struct Wave {
+    channels: usize,
+    seconds: f64,
+    /// Set-up latencies in µs of the wave's own channels, opened all at
+    /// once (the driver's queueing included), sorted.
+    setup_us: Vec<f64>,
+    /// Set-up latencies in µs of new channels opened one at a time while
+    /// the wave's are all open, sorted.
+    loaded_us: Vec<f64>,
+    peak: Footprint,
+}
+
+/// `n` channels open at once on `agent`, `prefix-i` each.
+async fn wave(
+    agent: &str,
+    prefix: &str,
+    n: usize,
+    sample: impl Fn() -> Footprint,
+) -> anyhow::Result<Wave> {
+    let base = Instant::now();
+    let ns = move || base.elapsed().as_nanos() as u64;
+    let opened: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let first: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    // Every sender wrote its stream, then waits here with the others before
+    // it finishes, so that all channels are open at the sample.
+    let all_written = Arc::new(tokio::sync::Barrier::new(n + 1));
+    // ...and finishes once the driver has measured.
+    let release = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let options = |i: usize| {
+        let mut opts = ChannelOptions::new(agent, format!("{prefix}-{i}"));
+        opts.live = true;
+        opts.pair_timeout = Some(Duration::from_secs(120));
+        opts
+    };
+    let started = Instant::now();
+    let mut receivers = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (opts, first) = (options(i), first.clone());
+        receivers.spawn(async move {
+            let mut rx = Receiver::connect(&opts).await?;
+            let mut buf = vec![0u8; STREAM];
+            loop {
+                let n = rx.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                let _ = first[i].compare_exchange(0, ns(), Ordering::Relaxed, Ordering::Relaxed);
+            }
+            let summary = rx.finish().await?;
+            anyhow::ensure!(
+                summary.bytes == STREAM as u64,
+                "channel {}: {} bytes",
+                opts.channel,
+                summary.bytes
+            );
+            Ok(())
+        });
+    }
+    // The receivers' hellos reach the agent before the senders open.
+    tokio::time::sleep(Duration::from_millis(200 + n as u64 / 10)).await;
+    let data = Arc::new(floki_tests::pattern(STREAM, 3));
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (opts, opened, data, all_written, release) = (
+            options(i),
+            opened.clone(),
+            data.clone(),
+            all_written.clone(),
+            release.clone(),
+        );
+        senders.spawn(async move {
+            opened[i].store(ns(), Ordering::Relaxed);
+            let written = async {
+                let mut tx = Sender::open(&opts).await?;
+                tx.write_all(&data).await?;
+                tx.flush().await?;
+                Ok::<_, anyhow::Error>(tx)
+            }
+            .await;
+            // A sender that failed still comes to the barrier, or the
+            // others would wait for it for ever; its error follows.
+            all_written.wait().await;
+            release.wait().await;
+            written
+                .with_context(|| format!("channel {}", opts.channel))?
+                .finish()
+                .await?;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    all_written.wait().await;
+    let peak = sample();
+    // New channels, one at a time, while all the others are open.
+    let mut loaded_us = Vec::new();
+    for i in 0..LOADED_PROBES {
+        loaded_us.push(one_setup(agent, &format!("{prefix}-probe-{i}")).await?);
+    }
+    loaded_us.sort_by(f64::total_cmp);
+    release.wait().await;
+    while let Some(done) = senders.join_next().await {
+        done.context("a sender task")??;
+    }
+    while let Some(done) = receivers.join_next().await {
+        done.context("a receiver task")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut setup_us: Vec<f64> = (0..n)
+        .map(|i| {
+            let open = opened[i].load(Ordering::Relaxed);
+            first[i].load(Ordering::Relaxed).saturating_sub(open) as f64 / 1e3
+        })
+        .collect();
+    setup_us.sort_by(f64::total_cmp);
+    Ok(Wave {
+        channels: n,
+        seconds,
+        setup_us,
+        loaded_us,
+        peak,
+    })
+}
+
+/// New channels measured one at a time while a wave is open.
+const LOADED_PROBES: usize = 200;
+
+/// The set-up of one channel of 1 KiB, in µs: its receiver waiting, the
+/// sender's open to the first byte read.
+async fn one_setup(agent: &str, name: &str) -> anyhow::Result<f64> {
+    let mut opts = ChannelOptions::new(agent, name);
+    opts.live = true;
+    let rx_opts = opts.clone();
+    let receiver = tokio::spawn(async move {
+        let mut rx = Receiver::connect(&rx_opts).await?;
+        let mut buf = vec![0u8; 1024];
+        let n = rx.read(&mut buf).await?;
+        let first = Instant::now();
+        anyhow::ensure!(n > 0, "channel {}: empty", rx_opts.channel);
+        let mut rest = Vec::new();
+        rx.read_to_end(&mut rest).await?;
+        rx.finish().await?;
+        Ok(first)
+    });
+    // Its hello reaches the agent first.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let opened = Instant::now();
+    let mut tx = Sender::open(&opts).await?;
+    tx.write_all(&[7u8; 1024]).await?;
+    tx.finish().await?;
+    let first = receiver.await.context("a receiver task")??;
+    Ok(first.saturating_duration_since(opened).as_secs_f64() * 1e6)
+}
+
+/// `n` channels one after another.
+async fn sequential(agent: &str, n: usize) -> anyhow::Result<f64> {
+    let data = floki_tests::pattern(STREAM, 5);
+    let started = Instant::now();
+    for i in 0..n {
+        let mut opts = ChannelOptions::new(agent, format!("seq-{i}"));
+        opts.live = true;
+        let rx_opts = opts.clone();
+        let receiver = tokio::spawn(async move {
+            let mut rx = Receiver::connect(&rx_opts).await?;
+            let mut sink = Vec::with_capacity(STREAM);
+            rx.read_to_end(&mut sink).await?;
+            let summary = rx.finish().await?;
+            anyhow::ensure!(summary.bytes == STREAM as u64, "{} bytes", summary.bytes);
+            Ok(())
+        });
+        let mut tx = Sender::open(&opts).await?;
+        tx.write_all(&data).await?;
+        tx.finish().await?;
+        receiver.await.context("a receiver task")??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let at = ((values.len() as f64 - 1.0) * q).round() as usize;
+    values[at.min(values.len() - 1)]
+}
+
+/// This process may hold a descriptor per end (two per channel, and
+/// more): raise its limit as far as the kernel allows.
+fn raise_descriptor_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let wanted = hard.max(nr_open.min(1 << 20));
+    // Beyond the hard limit takes CAP_SYS_RESOURCE, which a container may
+    // not have: then up to the hard limit.
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
+}
+
+/// Descriptors the driver holds per channel (two ends, each with its
+/// connection to the agent and its data socket).
+const DRIVER_FDS_PER_CHANNEL: u64 = 4;
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let limit = raise_descriptor_limit()?;
+    let fit = (limit.saturating_sub(256) / DRIVER_FDS_PER_CHANNEL) as usize;
+    let largest = opts.concurrent.min(fit);
+    let limited = (largest < opts.concurrent).then(|| {
+        format!(
+            "{} channels at once do not fit in this machine's descriptor limit ({limit}, a hard \
+             limit this process cannot raise without CAP_SYS_RESOURCE; the driver holds {} per \
+             channel): the largest wave is {largest}.",
+            opts.concurrent, DRIVER_FDS_PER_CHANNEL
+        )
+    });
+    if let Some(limited) = &limited {
+        eprintln!("xtask: bench channels: {limited}");
+    }
+    let binaries = lab::Binaries::beside_me()?;
+    let lab = Lab::start(&binaries, "bench-channels", false)?;
+    // The driver's sockets in the agent's cgroup: spliced, as functions'.
+    lab.cgroup.enter().context("joining the agent's cgroup")?;
+    let agent = lab.addr();
+    let pid = lab.agent.pid();
+    let pin_dir = lab.agent.pin_dir.clone();
+    let sample = || Footprint::sample(pid, &pin_dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    let idle = sample();
+    let mut waves = Vec::new();
+    runtime.block_on(async {
+        // Warm-up.
+        wave(&agent, "warm", 100, sample).await?;
+        for n in [1_000, largest] {
+            eprintln!("xtask: bench channels, {n} at once");
+            waves.push(wave(&agent, &format!("wave{n}"), n, sample).await?);
+        }
+        anyhow::Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = sample();
+    eprintln!(
+        "xtask: bench channels, {} one after another",
+        opts.sequential
+    );
+    let seq_seconds = runtime.block_on(sequential(&agent, opts.sequential))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = sample();
+
+    let mut table = String::from(
+        "| channels open at once | all verified | wall time | set-up p50, all opened at once | set-up p99, all opened at once | set-up p50, one more | set-up p99, one more | agent RSS | agent descriptors | node shared memory added | kernel map entries |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut json_waves = Vec::new();
+    for w in &waves {
+        table.push_str(&format!(
+            "| {} | {} of {} | {:.2} s | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} MiB | {} | {:.1} MiB | {} |\n",
+            w.channels,
+            w.setup_us.len(),
+            w.channels,
+            w.seconds,
+            quantile(&w.setup_us, 0.5),
+            quantile(&w.setup_us, 0.99),
+            quantile(&w.loaded_us, 0.5),
+            quantile(&w.loaded_us, 0.99),
+            mib(w.peak.rss_kib),
+            w.peak.fds,
+            mib(w.peak.shmem_kib.saturating_sub(idle.shmem_kib)),
+            w.peak.map_entries,
+        ));
+        json_waves.push(json!({
+            "channels": w.channels, "seconds": w.seconds,
+            "setup_p50_us": quantile(&w.setup_us, 0.5), "setup_p99_us": quantile(&w.setup_us, 0.99),
+            "one_more_setup_p50_us": quantile(&w.loaded_us, 0.5), "one_more_setup_p99_us": quantile(&w.loaded_us, 0.99),
+            "agent_rss_kib": w.peak.rss_kib, "agent_fds": w.peak.fds,
+            "shmem_added_kib": w.peak.shmem_kib.saturating_sub(idle.shmem_kib),
+            "map_entries": w.peak.map_entries,
+        }));
+    }
+    let leak = format!(
+        "| {} channels one after another in {:.1} s | before | after |\n|---|---|---|\n\
+         | agent RSS | {:.1} MiB | {:.1} MiB |\n\
+         | agent descriptors | {} | {} |\n\
+         | kernel map entries | {} | {} |\n",
+        opts.sequential,
+        seq_seconds,
+        mib(before.rss_kib),
+        mib(after.rss_kib),
+        before.fds,
+        after.fds,
+        before.map_entries,
+        after.map_entries,
+    );
+    let largest = waves.last().expect("measured");
+    let thousand = &waves[0];
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let floors = format!(
+        "- all {} channels succeed (issue 16): {} verified, {}\n\
+         - set-up p99 under 1 ms at 1,000 concurrent (issue 16): {:.0} µs for one more channel while 1,000 are open, {}; {:.0} µs for the 1,000 opened all at once\n\
+         - agent RSS under 128 MiB at {} (issue 16): {:.1} MiB, {}\n\
+         - node's added shared memory under 2 GiB at {} (issue 16): {:.1} MiB, {}\n\
+         - no leak after {} channels one after another (issue 16): descriptors {} to {}, map entries {} to {}, RSS {:.1} to {:.1} MiB\n",
+        largest.channels,
+        largest.setup_us.len(),
+        verdict(largest.setup_us.len() == largest.channels),
+        quantile(&thousand.loaded_us, 0.99),
+        verdict(quantile(&thousand.loaded_us, 0.99) < 1000.0),
+        quantile(&thousand.setup_us, 0.99),
+        largest.channels,
+        mib(largest.peak.rss_kib),
+        verdict(largest.peak.rss_kib < 128 * 1024),
+        largest.channels,
+        mib(largest.peak.shmem_kib.saturating_sub(idle.shmem_kib)),
+        verdict(largest.peak.shmem_kib.saturating_sub(idle.shmem_kib) < 2 << 20),
+        opts.sequential,
+        before.fds,
+        after.fds,
+        before.map_entries,
+        after.map_entries,
+        mib(before.rss_kib),
+        mib(after.rss_kib),
+    );
+    println!("{table}\n{leak}\n{floors}");
+    if !opts.no_write {
+        let markdown = format!(
+            "## Many channels on one agent\n\n\
+             Measured {} on {}.\n\
+             Reproduce: `cargo xtask bench channels` (as root).\n\n\
+             One driver process (the tokio client, two worker threads) on the agent's TCP port, \
+             its sockets in the agent's cgroup (spliced, as functions' are). A wave of N: N \
+             receivers wait, then N senders open and each writes 64 KiB; the sample is taken \
+             when every sender has written and none has finished, so all N channels are open \
+             at once. Then, with all N open, 200 more channels of 1 KiB are opened one at a time \
+             (`one more`: the set-up a function sees on a busy agent); then every stream is \
+             finished and verified. Set-up is a sender's open to the first byte its \
+             receiver read, as the driver sees it (its own queueing included). Kernel map \
+             entries count the agent's endpoint, channel and socket maps.\n\n\
+             {}{table}\n{leak}\n\
+             Floors:\n{floors}",
+            report::today(),
+            report::machine(),
+            limited.map(|l| format!("{l}\n\n")).unwrap_or_default(),
+        );
+        let json = json!({"bench": "channels", "date": report::today(), "machine": report::machine(),
+            "waves": json_waves,
+            "sequential": {"channels": opts.sequential, "seconds": seq_seconds,
+                "before": {"rss_kib": before.rss_kib, "fds": before.fds, "map_entries": before.map_entries},
+                "after": {"rss_kib": after.rss_kib, "fds": after.fds, "map_entries": after.map_entries}}});
+        report::write_section("channels", &markdown, &json)?;
+    }
+    Ok(())
+}

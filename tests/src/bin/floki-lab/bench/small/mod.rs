@@ -1,0 +1,379 @@
+//! `cargo xtask bench small`: small streams and channel set-up, with the
+//! functions already running (no process start in any figure). A consumer
+//! waits on a stream; the producer opens it when the driver says go; the
+//! set-up latency is the producer's open to the first byte readable by the
+//! consumer, the end-to-end time the producer's open to the consumer's
+//! verified end. On one node over the agent's Unix socket (shm ring) and
+//! its TCP port (spliced), and across two namespace nodes (a workflow edge,
+//! over the link the agents prepared at apply).
+
+pub mod peers;
+
+use std::{
+    io::{BufRead as _, BufReader, Lines, Write as _},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use floki_tests::cluster::{Cluster, Spec};
+use serde_json::json;
+
+use super::report;
+use crate::lab::{self, Lab};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Streams per size and place (the first tenth of each is warm-up,
+    /// left out of the figures).
+    #[arg(long, default_value_t = 400)]
+    pub rounds: usize,
+    /// Print only; leave docs/BENCHMARKS.md alone.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// Stream sizes.
+const SIZES: [u64; 3] = [1 << 10, 64 << 10, 1 << 20];
+/// Edges of the two-node workflow: one per round, each used once per size.
+const EDGE_PREFIX: &str = "s";
+
+/// Where the two functions run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// One node, the agent's Unix socket: a shared-memory ring.
+    Shm,
+    /// One node, the agent's TCP port: spliced sockets.
+    Splice,
+    /// Two namespace nodes: a workflow edge over the prepared link.
+    TwoNodes,
+}
+
+impl Place {
+    const ALL: [Self; 3] = [Self::Shm, Self::Splice, Self::TwoNodes];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shm => "one node, shm",
+            Self::Splice => "one node, splice",
+            Self::TwoNodes => "two nodes, prepared link",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Shm => "shm",
+            Self::Splice => "splice",
+            Self::TwoNodes => "two_nodes",
+        }
+    }
+}
+
+/// Latencies of one place, in microseconds, sorted.
+struct Latencies {
+    /// Set-up, every stream of every size.
+    setup: Vec<f64>,
+    /// End to end, per size.
+    e2e: Vec<Vec<f64>>,
+}
+
+/// A running function: its stdin and its stdout's lines.
+struct Function {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Function {
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting a function")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("a function's stdout")?;
+        Ok(Self {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next line, split into words; the first must be `word` and the
+    /// second `k`.
+    fn expect(&mut self, word: &str, k: usize) -> anyhow::Result<Vec<u64>> {
+        let line = match self.lines.next() {
+            Some(line) => line?,
+            None => bail!("a function exited: {:?}", self.child.wait()?),
+        };
+        let mut words = line.split_whitespace();
+        if words.next() != Some(word) || words.next() != Some(&k.to_string()) {
+            bail!("expected `{word} {k} ...` from a function, got `{line}`");
+        }
+        words
+            .map(|w| w.parse().with_context(|| format!("reading `{line}`")))
+            .collect()
+    }
+
+    fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("a function's stdin")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush().context("telling a function")
+    }
+
+    fn wait(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "a function failed: {status}");
+        Ok(())
+    }
+}
+
+/// Runs every stream between `consumer` and `producer` (already started)
+/// and returns the latencies.
+fn drive(
+    mut consumer: Function,
+    mut producer: Function,
+    rounds: usize,
+) -> anyhow::Result<Latencies> {
+    let warmup = rounds / 10;
+    let mut setup = Vec::new();
+    let mut e2e = vec![Vec::new(); SIZES.len()];
+    for (size, per_size) in e2e.iter_mut().enumerate() {
+        for round in 0..rounds {
+            let k = size * rounds + round;
+            consumer.expect("ready", k)?;
+            producer.tell(&format!("go {k}"))?;
+            let open = producer.expect("sent", k)?[0];
+            let got = consumer.expect("got", k)?;
+            if round < warmup {
+                continue;
+            }
+            let us = |ns: u64| ns.saturating_sub(open) as f64 / 1e3;
+            setup.push(us(got[0]));
+            per_size.push(us(got[1]));
+        }
+    }
+    consumer.wait()?;
+    producer.wait()?;
+    setup.sort_by(f64::total_cmp);
+    for per_size in &mut e2e {
+        per_size.sort_by(f64::total_cmp);
+    }
+    Ok(Latencies { setup, e2e })
+}
+
+/// The functions' common arguments.
+fn common(rounds: usize) -> Vec<String> {
+    let sizes: Vec<String> = SIZES.iter().map(u64::to_string).collect();
+    vec![
+        "--sizes".into(),
+        sizes.join(","),
+        "--rounds".into(),
+        rounds.to_string(),
+    ]
+}
+
+fn one_node(
+    lab: &Lab,
+    binaries: &lab::Binaries,
+    place: Place,
+    rounds: usize,
+) -> anyhow::Result<Latencies> {
+    let addr = match place {
+        Place::Shm => lab.socket_addr(),
+        _ => lab.addr(),
+    };
+    let args = |verb: &str| {
+        let mut args = vec![
+            verb.to_owned(),
+            "--addr".into(),
+            addr.clone(),
+            "--channel".into(),
+            format!("small-{}", place.key()),
+        ];
+        args.extend(common(rounds));
+        args
+    };
+    // Each on its own CPU, as in `bench splice`.
+    let consumer = Function::spawn(lab::peer_command(
+        &binaries.lab,
+        &lab.cgroup,
+        &args("small-recv"),
+        Some(0),
+    ))?;
+    let producer = Function::spawn(lab::peer_command(
+        &binaries.lab,
+        &lab.cgroup,
+        &args("small-send"),
+        Some(1),
+    ))?;
+    drive(consumer, producer, rounds)
+}
+
+fn two_nodes(binaries: &lab::Binaries, rounds: usize) -> anyhow::Result<Latencies> {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let mut spec = Spec::new("small")
+        .function("p", "node-a")
+        .function("q", "node-b");
+    for round in 0..rounds {
+        spec = spec.edge(
+            &format!("{EDGE_PREFIX}{round}"),
+            &["p"],
+            &["q"],
+            "one-to-one",
+            "4MiB",
+        );
+    }
+    let token = cluster
+        .node("node-a")
+        .apply(&spec.yaml())
+        .map_err(anyhow::Error::msg)
+        .context("applying the benchmark workflow")?;
+    let args = |verb: &str, node: &str, function: &str| {
+        let mut args = vec![
+            verb.to_owned(),
+            "--addr".into(),
+            format!("unix:{}", cluster.node(node).agent.socket.display()),
+            "--workflow".into(),
+            "small".into(),
+            "--token".into(),
+            token.clone(),
+            "--edge".into(),
+            EDGE_PREFIX.into(),
+            "--as".into(),
+            function.into(),
+        ];
+        args.extend(common(rounds));
+        args
+    };
+    let in_node = |node: &str, args: &[String]| {
+        let node = cluster.node(node);
+        let mut cmd = node.ns.command(&binaries.lab);
+        cmd.arg("peer").args(args);
+        node.cgroup.spawn_inside(&mut cmd);
+        cmd
+    };
+    let consumer = Function::spawn(in_node("node-b", &args("small-recv", "node-b", "q")))?;
+    let producer = Function::spawn(in_node("node-a", &args("small-send", "node-a", "p")))?;
+    drive(consumer, producer, rounds)
+}
+
+/// The `q`-quantile of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let at = ((values.len() as f64 - 1.0) * q).round() as usize;
+    values[at.min(values.len() - 1)]
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.rounds >= 20, "--rounds: at least 20");
+    let binaries = lab::Binaries::beside_me()?;
+    let lab = Lab::start(&binaries, "bench-small", false)?;
+    let mut results = Vec::new();
+    for place in Place::ALL {
+        eprintln!("xtask: bench small, {}", place.label());
+        let latencies = match place {
+            Place::TwoNodes => two_nodes(&binaries, opts.rounds),
+            _ => one_node(&lab, &binaries, place, opts.rounds),
+        }
+        .with_context(|| place.label())?;
+        results.push((place, latencies));
+    }
+
+    let size_label = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
+    let mut table = String::from("| place | set-up p50 | set-up p99 |");
+    for bytes in SIZES {
+        table.push_str(&format!(
+            " {} p50 | {} p99 |",
+            size_label(bytes),
+            size_label(bytes)
+        ));
+    }
+    table.push_str("\n|---|---|---|");
+    table.push_str(&"---|---|".repeat(SIZES.len()));
+    table.push('\n');
+    let mut json_rows = Vec::new();
+    for (place, latencies) in &results {
+        let mut row = format!(
+            "| {} | {:.0} µs | {:.0} µs |",
+            place.label(),
+            quantile(&latencies.setup, 0.5),
+            quantile(&latencies.setup, 0.99)
+        );
+        let mut e2e = serde_json::Map::new();
+        for (bytes, values) in SIZES.iter().zip(&latencies.e2e) {
+            row.push_str(&format!(
+                " {:.0} µs | {:.0} µs |",
+                quantile(values, 0.5),
+                quantile(values, 0.99)
+            ));
+            e2e.insert(
+                bytes.to_string(),
+                json!({"p50_us": quantile(values, 0.5), "p99_us": quantile(values, 0.99)}),
+            );
+        }
+        table.push_str(&row);
+        table.push('\n');
+        json_rows.push(json!({
+            "place": place.key(),
+            "setup_p50_us": quantile(&latencies.setup, 0.5),
+            "setup_p99_us": quantile(&latencies.setup, 0.99),
+            "setup_samples": latencies.setup.len(),
+            "e2e": e2e,
+        }));
+    }
+    let of = |place: Place| {
+        &results
+            .iter()
+            .find(|(p, _)| *p == place)
+            .expect("measured")
+            .1
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let one_node_p99 =
+        quantile(&of(Place::Shm).setup, 0.99).max(quantile(&of(Place::Splice).setup, 0.99));
+    let two_nodes_p99 = quantile(&of(Place::TwoNodes).setup, 0.99);
+    let mib = SIZES
+        .iter()
+        .position(|b| *b == 1 << 20)
+        .expect("1 MiB measured");
+    let mib_p50 =
+        quantile(&of(Place::Shm).e2e[mib], 0.5).min(quantile(&of(Place::Splice).e2e[mib], 0.5));
+    let floors = format!(
+        "- set-up p99 under 1 ms on one node (issue 16): {one_node_p99:.0} µs (the slower of shm and splice), {}\n\
+         - set-up p99 under 2 ms across nodes (issue 16): {two_nodes_p99:.0} µs, {}\n\
+         - a 1 MiB stream on one node under 0.5 ms p50 (issue 16): {mib_p50:.0} µs (the faster of shm and splice), {}\n",
+        verdict(one_node_p99 < 1000.0),
+        verdict(two_nodes_p99 < 2000.0),
+        verdict(mib_p50 < 500.0),
+    );
+    println!("{table}\n{floors}");
+
+    if !opts.no_write {
+        let markdown = format!(
+            "## Small streams and set-up\n\n\
+             Measured {} on {}.\n\
+             Reproduce: `cargo xtask bench small` (as root; {} streams per size and place, the \
+             first tenth left out as warm-up).\n\n\
+             Both functions are already running, each a process of its own (`floki-lab peer \
+             small-recv` and `small-send`, the blocking client), so no process start is in any \
+             figure. For each stream the consumer begins waiting for it, then the producer opens \
+             it, writes it and finishes. **Set-up** is the producer's open to the first byte \
+             readable by the consumer; **end to end** is the producer's open to the consumer's \
+             verified end (length and XXH3), per stream size. One node: the agent's Unix socket \
+             (shm ring) and its TCP port (spliced); two nodes: a workflow edge between two \
+             network-namespace nodes, over the link the agents prepared at apply. Both clocks \
+             are the machine's `CLOCK_MONOTONIC`.\n\n\
+             {table}\n\
+             Floors:\n{floors}",
+            report::today(),
+            report::machine(),
+            opts.rounds,
+        );
+        let json = json!({"bench": "small", "date": report::today(), "machine": report::machine(),
+            "rounds": opts.rounds, "results": json_rows});
+        report::write_section("small", &markdown, &json)?;
+    }
+    Ok(())
+}
