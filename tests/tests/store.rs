@@ -403,6 +403,48 @@ fn a_memory_budget_of_64_mib_holds_while_512_mib_are_stored() {
     assert!(all_stored(&read));
 }
 
+#[test]
+fn the_memory_budget_counts_what_the_agent_holds_when_a_socket_feeds_the_store() {
+    // Over a socket (the TCP port; across nodes, the link), reads return far
+    // less than a chunk: what the budget counts is still what the agent
+    // holds. 48 MiB kept in memory raise its peak by about that much.
+    let node = TestNode::start(
+        "store-budget-tcp",
+        AgentOptions {
+            extra: vec!["--store-memory".into(), "64MiB".into()],
+            ..AgentOptions::default()
+        },
+    );
+    let before = peak_rss_bytes(node.agent.pid());
+    let bytes = 48 * MIB;
+    let report = probe_report(
+        // Small, paced writes: the store's reads see one at a time.
+        &run_within(
+            node.probe("send", "in-memory", bytes).args([
+                "--writes",
+                "fixed:16384",
+                "--rate",
+                &(96 * MIB).to_string(),
+            ]),
+            LIMIT,
+        ),
+        "producer of 48 MiB over TCP",
+    );
+    assert!(all_stored(&report), "{report}");
+    let in_memory = stored(&node.agent.status())
+        .into_iter()
+        .find(|s| s["name"] == "in-memory")
+        .expect("the stream is stored");
+    assert_eq!(in_memory["tier"], "memory", "{in_memory:#}");
+    let peak = peak_rss_bytes(node.agent.pid());
+    assert!(
+        peak < before + bytes + 32 * MIB,
+        "the agent peaked at {} MiB (from {} MiB) holding 48 MiB in memory",
+        peak >> 20,
+        before >> 20
+    );
+}
+
 /// The data file of the one stream spilled in `dir`.
 fn spill_data_file(dir: &Path) -> PathBuf {
     spill_files(dir)

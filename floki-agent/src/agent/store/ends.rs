@@ -82,24 +82,35 @@ async fn take(
     // the end mark covers, verified, and the producer's ack waits for
     // `finish`, after the seal.
     let (mut total, mut hasher) = (0u64, twox_hash::XxHash3_64::new());
-    loop {
+    let mut ended = false;
+    while !ended {
+        // A chunk is filled whole before it is kept: the budget counts the
+        // bytes kept, so a chunk must not pin a larger allocation than its
+        // length (reads from a socket return far less than a chunk).
         let mut chunk = BytesMut::zeroed(CHUNK);
-        let n = match rx.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(err) => {
-                // The producer failed: what was stored is no stream.
-                stored.fail(format!("the producer's stream failed: {err}"));
-                store.remove(&stored).await;
-                return Err(err.into());
+        let mut filled = 0;
+        while filled < CHUNK {
+            match rx.read(&mut chunk[filled..]).await {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(err) => {
+                    // The producer failed: what was stored is no stream.
+                    stored.fail(format!("the producer's stream failed: {err}"));
+                    store.remove(&stored).await;
+                    return Err(err.into());
+                }
             }
-        };
-        if n == 0 {
+        }
+        if filled == 0 {
             break;
         }
-        chunk.truncate(n);
-        total += n as u64;
+        let chunk = exact(chunk, filled);
+        total += filled as u64;
         std::hash::Hasher::write(&mut hasher, &chunk);
-        if let Err(err) = stored.append(chunk.freeze()).await {
+        if let Err(err) = stored.append(chunk).await {
             refuse(store, &stored, rx, &err).await;
             return Err(err.into());
         }
@@ -112,6 +123,17 @@ async fn take(
     let summary = rx.finish().await?;
     info!(channel = %meeting.name, bytes = summary.bytes, "stream stored");
     Ok(())
+}
+
+/// The first `len` bytes of `chunk`, in an allocation of their own size
+/// when they fill only part of it (a stream's last chunk, a small stream):
+/// what the memory budget counts is what the agent holds.
+fn exact(mut chunk: BytesMut, len: usize) -> bytes::Bytes {
+    if len == chunk.len() {
+        return chunk.freeze();
+    }
+    chunk.truncate(len);
+    bytes::Bytes::copy_from_slice(&chunk)
 }
 
 /// No room, or a failing tier: the producer hears why; the partial stream

@@ -2,7 +2,8 @@
 //! splice`: the kernel's bare socket redirect (Floki's own kernel objects
 //! splicing two plain TCP sockets: no framing, credits, end mark or
 //! checksum), a bare ring in shared memory (no checksum, no end mark,
-//! `sched_yield` waits) and memcpy. What Floki can be held to is a fraction
+//! `sched_yield` waits), memcpy and XXH3 (what a checksummed stream pays
+//! on top). What Floki can be held to is a fraction
 //! of these, not a multiple of plain TCP, which varies from machine to
 //! machine.
 
@@ -240,6 +241,33 @@ fn copy_on_cpu0(bytes: u64, write: usize) -> f64 {
         slot = (slot + 1) % slots;
         at += n as u64;
     }
+    bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+/// GB/s of XXH3-64 (the checksum both ends of a Floki stream compute) on
+/// CPU 0: `bytes` hashed in pieces of `write` bytes from a ring-sized buffer.
+pub fn xxh3(bytes: u64, write: usize) -> anyhow::Result<f64> {
+    std::thread::spawn(move || hash_on_cpu0(bytes, write))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))
+}
+
+fn hash_on_cpu0(bytes: u64, write: usize) -> f64 {
+    use std::hash::Hasher as _;
+    pin_to(0);
+    let src = vec![0x5au8; RING.max(write)];
+    let slots = src.len() / write;
+    let mut hasher = twox_hash::XxHash3_64::new();
+    let started = Instant::now();
+    let mut at = 0u64;
+    let mut slot = 0;
+    while at < bytes {
+        let n = (write as u64).min(bytes - at) as usize;
+        hasher.write(&src[slot * write..slot * write + n]);
+        slot = (slot + 1) % slots;
+        at += n as u64;
+    }
+    std::hint::black_box(hasher.finish());
     bytes as f64 / started.elapsed().as_secs_f64() / 1e9
 }
 

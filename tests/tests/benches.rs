@@ -1,0 +1,89 @@
+//! The performance benchmarks run small, so that they cannot rot: the
+//! ceilings next to Floki, small streams and set-up, many channels. Their
+//! figures are not asserted (a shared machine's timings are not a test);
+//! what is asserted is what must hold at any speed: every system and place
+//! measured, every channel verified, nothing leaked.
+
+use std::{process::Command, time::Duration};
+
+use floki_tests::{
+    node::{assert_success, run_within},
+    require_root,
+};
+
+/// `floki-lab bench ARGS --no-write`; its table.
+fn bench(args: &[&str]) -> String {
+    let out = run_within(
+        Command::new(env!("CARGO_BIN_EXE_floki-lab"))
+            .arg("bench")
+            .args(args)
+            .arg("--no-write")
+            .env("FLOKI_AGENT_BIN", floki_tests::agent_binary()),
+        Duration::from_secs(300),
+    );
+    assert_success(&out, &format!("floki-lab bench {}", args.join(" ")));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_splice_benchmark_measures_the_ceilings_beside_floki() {
+    require_root();
+    // The bare redirect checks the kernel's own count of redirected bytes:
+    // a run whose sockets were not spliced fails.
+    let table = bench(&[
+        "splice",
+        "--runs",
+        "1",
+        "--size",
+        "32MiB",
+        "--round-trips",
+        "200",
+    ]);
+    for column in [
+        "bare redirect",
+        "bare ring",
+        "memcpy",
+        "splice / bare redirect",
+    ] {
+        assert!(table.contains(column), "no {column:?} in:\n{table}");
+    }
+    assert!(
+        table.contains("64 KiB writes: splice at least 0.9x the bare redirect"),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_small_streams_benchmark_measures_every_place() {
+    require_root();
+    let table = bench(&["small", "--rounds", "20"]);
+    for row in [
+        "| one node, shm |",
+        "| one node, splice |",
+        "| two nodes, prepared link |",
+    ] {
+        assert!(table.contains(row), "no row {row:?} in:\n{table}");
+    }
+}
+
+#[test]
+fn many_channels_are_all_verified_and_leave_nothing_behind() {
+    require_root();
+    let table = bench(&["channels", "--concurrent", "300", "--sequential", "300"]);
+    assert!(table.contains("| 300 | 300 of 300 |"), "{table}");
+    // Descriptors and kernel map entries come back to where they were.
+    let row = |name: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|line| line.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{table}"));
+        line.split('|').map(|cell| cell.trim().to_owned()).collect()
+    };
+    for name in ["agent descriptors", "kernel map entries"] {
+        let cells = row(name);
+        assert_eq!(
+            cells[2], cells[3],
+            "{name}: before and after differ:\n{table}"
+        );
+    }
+}
