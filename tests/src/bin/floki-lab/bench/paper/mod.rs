@@ -281,7 +281,12 @@ impl Lab {
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("FLOKI_TEST_AGENT_LOG", "warn") };
         let nodes = [PRODUCER_NODE, "node-b"];
-        let cluster = Cluster::start_with(&nodes, &["--store-memory", MEMORY_TIER]);
+        // Streams that do not fit in memory together (a 4 GiB broadcast is
+        // four of 4 GiB) spill: room for them on disk.
+        let cluster = Cluster::start_with(
+            &nodes,
+            &["--store-memory", MEMORY_TIER, "--store-disk", "64GiB"],
+        );
         cluster.wait_connected();
         // Spill files on the workspace's disk, as s3s-fs's objects.
         let spill_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/paper-spill");
