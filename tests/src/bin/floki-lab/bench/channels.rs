@@ -298,9 +298,10 @@ fn raise_descriptor_limit() -> anyhow::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
-/// Descriptors the driver holds per channel (two ends, each with its
-/// connection to the agent and its data socket).
-const DRIVER_FDS_PER_CHANNEL: u64 = 4;
+/// Descriptors the driver holds per channel: two ends, each with its
+/// connection to the agent and its data socket, and the receiver's
+/// listener while it waits (at 4 per channel, 4,936 channels ran out).
+const DRIVER_FDS_PER_CHANNEL: u64 = 5;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let limit = raise_descriptor_limit()?;

@@ -359,7 +359,7 @@ impl Summary {
              **Floki stored (memory)** and **Floki stored (disk)**: the same, in the order of the \
              baselines below: each consumer starts once its producers exited, so the agents store \
              every stream (on the consumers' node: across nodes the stream is pushed ahead) and \
-             replay it to the consumer; memory is the agents' memory tier (8 GiB; beyond it a \
+             replay it to the consumer; memory is the agents' memory tier (6 GiB; beyond it a \
              stream spills to disk), disk is a second pair of agents without a memory tier \
              (`--store-memory 0`), spilling to the same local disk as s3s-fs. **S3**: \
              {baseline}; producers PUT (multipart, 16 MiB parts) and consumers GET with the \
