@@ -414,16 +414,9 @@ impl Store {
             inner
                 .lost
                 .retain(|_, lost| lost.workflow.as_deref() != Some(workflow));
-            let names: Vec<String> = inner
-                .streams
-                .iter()
-                .filter(|(_, s)| s.workflow.as_deref() == Some(workflow))
-                .map(|(name, _)| name.clone())
-                .collect();
-            names
-                .iter()
-                .filter_map(|name| inner.streams.remove(name))
-                .collect()
+            take_streams(&mut inner.streams, |s| {
+                s.workflow.as_deref() == Some(workflow)
+            })
         };
         for stream in removed {
             info!(channel = %stream.name, "stored stream removed with its workflow");
@@ -437,16 +430,7 @@ impl Store {
         let expired: Vec<Arc<StoredStream>> = {
             let mut inner = self.lock();
             inner.lost.retain(|_, lost| lost.retain_until > now);
-            let names: Vec<String> = inner
-                .streams
-                .iter()
-                .filter(|(_, s)| s.retain_until() <= now)
-                .map(|(name, _)| name.clone())
-                .collect();
-            names
-                .iter()
-                .filter_map(|name| inner.streams.remove(name))
-                .collect()
+            take_streams(&mut inner.streams, |s| s.retain_until() <= now)
         };
         for stream in expired {
             info!(channel = %stream.name, "stored stream expired");
@@ -534,4 +518,21 @@ pub struct StoredView {
     pub age: Duration,
     /// When it expires (seconds since the epoch).
     pub retain_until: u64,
+}
+
+/// Takes out of `streams` those that `which` picks (a workflow's, the
+/// expired ones), for the caller to discard outside the lock.
+fn take_streams(
+    streams: &mut HashMap<String, Arc<StoredStream>>,
+    which: impl Fn(&StoredStream) -> bool,
+) -> Vec<Arc<StoredStream>> {
+    let mut taken = Vec::new();
+    streams.retain(|_, stream| {
+        let keep = !which(stream);
+        if !keep {
+            taken.push(stream.clone());
+        }
+        keep
+    });
+    taken
 }
