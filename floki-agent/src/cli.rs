@@ -70,9 +70,23 @@ pub struct KernelArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Address for channel connections.
-    #[arg(long, env = "FLOKI_LISTEN", default_value = "0.0.0.0:7878")]
+    /// Address for functions' channel connections over TCP. Loopback by
+    /// default: functions on other hosts never reach it, and functions in
+    /// pods use the Unix socket (--socket). Open it wider only with
+    /// --workflow-channels-only or channel secrets (docs/SECURITY.md).
+    #[arg(long, env = "FLOKI_LISTEN", default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
+    /// Address for the other agents: opened only with a cluster secret,
+    /// and every caller proves it before any request.
+    #[arg(long, env = "FLOKI_PEER_LISTEN", default_value = "0.0.0.0:7879")]
+    pub peer_listen: SocketAddr,
+    /// The cluster secret every agent proves to the others: a file of one
+    /// secret per line, at least 16 bytes each; the first is this agent's,
+    /// the others are still accepted (rotation, docs/SECURITY.md). The
+    /// environment variable FLOKI_CLUSTER_SECRET may hold the secret itself
+    /// instead. Required with --peer, --peers-file or --discover-dns.
+    #[arg(long, env = "FLOKI_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Admin socket (status), created with mode 0600.
     #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
     pub admin: PathBuf,
@@ -111,7 +125,8 @@ pub struct RunArgs {
     /// Seconds a graceful stop (SIGTERM/SIGINT) waits for active channels.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
-    /// A peer agent, NAME=HOST:PORT (repeatable).
+    /// A peer agent, NAME=HOST:PORT (repeatable); PORT is its --peer-listen
+    /// port.
     #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
     pub peers: Vec<String>,
     /// A file of peers, one NAME=HOST:PORT per line.

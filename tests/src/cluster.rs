@@ -11,14 +11,19 @@ use crate::{
     agent::{AgentOptions, TestAgent},
     agent_binary,
     cgroup::TestCgroup,
+    intruder_binary,
     netns::{Bridge, NetNs},
     probe_binary, require_root,
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// The port every agent listens on, inside its own namespace.
+/// The port every agent listens on for functions, inside its own namespace.
 pub const AGENT_PORT: u16 = 7878;
+/// The port every agent listens on for the other agents.
+pub const PEER_PORT: u16 = 7879;
+/// The cluster secret of every test cluster's agents.
+pub const CLUSTER_SECRET: &str = "floki-test-cluster-secret-0123456789";
 
 /// One node: a namespace, its address, a cgroup and an agent.
 pub struct ClusterNode {
@@ -93,10 +98,12 @@ impl Cluster {
             .map(|(name, (ns, ip))| {
                 let cgroup = TestCgroup::new(name).expect("creating a node cgroup");
                 let mut extra = extra_of(name, &ips);
+                extra.push("--peer-listen".into());
+                extra.push(format!("0.0.0.0:{PEER_PORT}"));
                 for (other, i) in names.iter().zip(1..) {
                     if list_peers && other != name {
                         extra.push("--peer".into());
-                        extra.push(format!("{other}={subnet}.{i}:{AGENT_PORT}"));
+                        extra.push(format!("{other}={subnet}.{i}:{PEER_PORT}"));
                     }
                 }
                 let opts = AgentOptions {
@@ -104,6 +111,7 @@ impl Cluster {
                     listen: Some(format!("0.0.0.0:{AGENT_PORT}")),
                     node: Some((*name).to_owned()),
                     extra,
+                    env: vec![("FLOKI_CLUSTER_SECRET".into(), CLUSTER_SECRET.into())],
                     ..AgentOptions::default()
                 };
                 let agent = TestAgent::start(&cgroup, opts.clone());
@@ -196,6 +204,23 @@ impl ClusterNode {
             .args(["--agent", &format!("127.0.0.1:{AGENT_PORT}")]);
         self.cgroup.spawn_inside(&mut cmd);
         cmd
+    }
+
+    /// `floki-intruder ARGS` inside this node (its root, without the
+    /// cluster secret unless given one): its JSON report.
+    pub fn intruder(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .ns
+            .command(intruder_binary())
+            .args(args)
+            .output()
+            .expect("running floki-intruder");
+        assert!(
+            out.status.success(),
+            "floki-intruder {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("floki-intruder prints JSON")
     }
 
     /// `floki-probe ARGS` inside this node, aimed at its agent's Unix socket

@@ -24,6 +24,11 @@ pub fn probe_binary() -> PathBuf {
     binary("floki-probe", "FLOKI_PROBE_BIN")
 }
 
+/// The `floki-intruder` hostile client of the security tests.
+pub fn intruder_binary() -> PathBuf {
+    binary("floki-intruder", "FLOKI_INTRUDER_BIN")
+}
+
 fn binary(name: &str, env: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);

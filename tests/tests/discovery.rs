@@ -10,7 +10,7 @@ use std::{
 };
 
 use floki_tests::{
-    cluster::{Cluster, Spec},
+    cluster::{Cluster, PEER_PORT, Spec},
     node::{assert_success, spawn, wait_within},
 };
 use serde_json::Value;
@@ -134,7 +134,11 @@ fn agents_find_each_other_through_dns_and_forget_who_leaves() {
         .find(|p| p["node"] == "node-a")
         .cloned()
         .unwrap();
-    assert_eq!(peer_a["addr"], format!("{}:7878", ips[0]), "{peer_a:#}");
+    assert_eq!(
+        peer_a["addr"],
+        format!("{}:{PEER_PORT}", ips[0]),
+        "{peer_a:#}"
+    );
 
     // A workflow across discovered peers works as across listed ones.
     let spec = Spec::new("wf")

@@ -16,6 +16,7 @@
 //! * [`datapath`]: the kernel programs (or the fallback);
 //! * [`pipes`]: named pipes for functions that only do file I/O.
 
+mod backoff;
 pub mod channels;
 pub mod control;
 pub mod datapath;
@@ -56,8 +57,13 @@ use transport::NodeCarriers;
 pub struct AgentConfig {
     /// Node name.
     pub node: String,
-    /// Address for channel (control) connections.
+    /// Address for functions' channel connections.
     pub listen: SocketAddr,
+    /// Address for the other agents (opened only with a cluster secret).
+    pub peer_listen: SocketAddr,
+    /// What agents prove to each other; without it this agent talks to no
+    /// other and opens no port for them.
+    pub secret: Option<peers::auth::ClusterSecret>,
     /// Admin socket path.
     pub admin: PathBuf,
     /// The clients' Unix socket, where the agent can hand sockets over.
@@ -115,6 +121,16 @@ pub struct Agent {
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The agents' listener could not be bound.
+    #[error(
+        "cannot listen for other agents on {addr} (is another agent running? see --peer-listen)"
+    )]
+    PeerListen {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The channel listener could not be bound.
     #[error("cannot listen for channels on {addr} (is another agent running? see --listen)")]
     Listen {
@@ -170,9 +186,11 @@ fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The agent's doors, bound before anything starts: the channel port, the
-/// clients' Unix socket, the admin socket and the metrics address.
+/// agents' port, the clients' Unix socket, the admin socket and the metrics
+/// address.
 struct Doors {
     channels: TcpListener,
+    peers: Option<TcpListener>,
     local: UnixListener,
     admin: admin::AdminServer,
     metrics: Option<TcpListener>,
@@ -184,6 +202,16 @@ impl Doors {
             addr: config.listen,
             source,
         })?;
+        let peers =
+            match config.secret {
+                Some(_) => Some(listen_tcp(config.peer_listen).map_err(|source| {
+                    AgentError::PeerListen {
+                        addr: config.peer_listen,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let admin = admin::AdminServer::bind(&config.admin).await?;
         let local = unix_socket::bind(&config.socket, 0o666)
             .await
@@ -194,6 +222,7 @@ impl Doors {
         };
         Ok(Self {
             channels,
+            peers,
             local,
             admin,
             metrics,
@@ -218,9 +247,11 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
             .and_then(|listener| listener.local_addr().ok()),
     });
     let admin_path = doors.admin.path().to_owned();
+    let peer_listen = doors.peers.as_ref().and_then(|l| l.local_addr().ok());
     info!(
         node = %config.node,
         listen = %identity.listen,
+        agents = %peer_listen.map_or_else(|| "closed (no cluster secret)".to_owned(), |a| a.to_string()),
         admin = %admin_path.display(),
         socket = %config.socket.display(),
         "floki-agent ready"
@@ -232,6 +263,12 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
         tasks.push(tokio::spawn(metrics::serve(listener, agent.clone())));
     }
     tasks.push(tokio::spawn(doors.admin.serve(agent.clone(), identity)));
+    if let Some(listener) = doors.peers {
+        tasks.push(tokio::spawn(control::peer_rpc::accept(
+            listener,
+            agent.clone(),
+        )));
+    }
     accept(&agent, &doors.channels, &doors.local, &mut signals).await;
 
     info!("stopping: no new channels; active channels may finish");
@@ -264,7 +301,11 @@ fn assemble(config: &AgentConfig, listener: &TcpListener) -> Result<Arc<Agent>, 
     let observer = metrics.clone();
     channels.subscribe(move |event| observer.observe(event));
     let workflows = Arc::new(Workflows::default());
-    let peers = Arc::new(Peers::new(config.node.clone(), config.peers.clone()));
+    let peers = Arc::new(Peers::new(
+        config.node.clone(),
+        config.peers.clone(),
+        config.secret.clone(),
+    ));
     let links = PreparedLinks::new(config.node.clone(), peers.clone(), workflows.clone());
     let store = store::Store::open(config.store.clone())?;
     Ok(Arc::new(Agent {
@@ -354,20 +395,31 @@ async fn accept(
     local: &UnixListener,
     signals: &mut mpsc::Receiver<()>,
 ) {
+    let mut backoff = backoff::AcceptBackoff::new("channels");
     loop {
-        tokio::select! {
+        let failed = tokio::select! {
             _ = signals.recv() => return,
             accepted = channels.accept() => match accepted {
                 Ok((stream, from)) => {
                     tokio::spawn(sessions::serve(stream, from, agent.clone()));
+                    None
                 }
-                Err(err) => warn!(%err, "accepting a channel connection failed"),
+                Err(err) => Some(err),
             },
             accepted = local.accept() => match accepted {
                 Ok((stream, _)) => {
                     tokio::spawn(sessions::serve_unix(stream, agent.clone()));
+                    None
                 }
-                Err(err) => warn!(%err, "accepting a local channel connection failed"),
+                Err(err) => Some(err),
+            },
+        };
+        match failed {
+            None => backoff.succeeded(),
+            // Out of descriptors, typically: retrying at once would spin.
+            Some(err) => tokio::select! {
+                _ = signals.recv() => return,
+                () = backoff.failed(&err) => {}
             },
         }
     }

@@ -7,6 +7,7 @@ use floki_agent::agent::{
     self, AgentConfig,
     control::peers::{
         PeerDirectory, StaticPeers,
+        auth::ClusterSecret,
         dns::{DiscoveredPeers, DnsDiscovery},
         parse_peer, parse_peers_file,
     },
@@ -44,24 +45,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("peers file {}", path.display()))?,
         );
     }
-    // Discovered peers come on top of the listed ones; the agents' channel
-    // port is this agent's own.
-    let (directory, discovery): (Arc<dyn PeerDirectory>, _) = match args.discover_dns {
-        Some(name) => {
+    let secret = cluster_secret(args.cluster_secret_file.as_deref())?;
+    if secret.is_none() && (!peers.is_empty() || args.discover_dns.is_some()) {
+        anyhow::bail!(
+            "this agent has peers but no cluster secret: give every agent the same one with --cluster-secret-file or FLOKI_CLUSTER_SECRET (docs/SECURITY.md)"
+        );
+    }
+    // Discovered peers come on top of the listed ones; the agents' port is
+    // this agent's own.
+    let (directory, discovery): (Arc<dyn PeerDirectory>, _) = match (args.discover_dns, &secret) {
+        (Some(name), Some(secret)) => {
             let directory = Arc::new(DiscoveredPeers::new(peers));
             let discovery = DnsDiscovery {
                 name,
-                port: args.listen.port(),
+                port: args.peer_listen.port(),
+                secret: secret.clone(),
                 server: args.discover_dns_server,
                 every: Duration::from_secs(args.discover_every.max(1)),
             };
             (directory.clone(), Some((discovery, directory)))
         }
-        None => (Arc::new(StaticPeers(peers)), None),
+        _ => (Arc::new(StaticPeers(peers)), None),
     };
     let config = AgentConfig {
         node,
         listen: args.listen,
+        peer_listen: args.peer_listen,
+        secret,
         admin: args.admin,
         socket: args.socket,
         datapath: DatapathConfig {
@@ -103,6 +113,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     agent::run(config, rx).await?;
     Ok(())
+}
+
+/// The cluster secret, from `--cluster-secret-file` or
+/// `FLOKI_CLUSTER_SECRET`; none if neither is given.
+fn cluster_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterSecret>> {
+    if let Some(path) = file {
+        return Ok(Some(ClusterSecret::read(path)?));
+    }
+    match std::env::var("FLOKI_CLUSTER_SECRET") {
+        Ok(text) => Ok(Some(
+            ClusterSecret::parse(&text).context("FLOKI_CLUSTER_SECRET")?,
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Every channel costs the agent a few descriptors (its ends' connections,

@@ -18,7 +18,7 @@ use super::{
     apply,
     status::{Identity, status},
 };
-use crate::agent::{Agent, AgentError, unix_socket};
+use crate::agent::{Agent, AgentError, backoff::AcceptBackoff, unix_socket};
 
 /// A request on the admin socket.
 #[derive(Debug, Deserialize)]
@@ -50,10 +50,16 @@ impl AdminServer {
 
     /// Serves requests until the task is dropped.
     pub async fn serve(self, agent: Arc<Agent>, identity: Arc<Identity>) {
+        let mut backoff = AcceptBackoff::new("admin");
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
-                continue;
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    backoff.failed(&err).await;
+                    continue;
+                }
             };
+            backoff.succeeded();
             let agent = agent.clone();
             let identity = identity.clone();
             tokio::spawn(async move {

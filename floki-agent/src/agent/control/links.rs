@@ -14,13 +14,12 @@ use std::{
     time::Duration,
 };
 
-use rand::RngCore as _;
 use tokio::{
     io::AsyncReadExt as _,
     net::TcpStream,
     sync::{Notify, broadcast, mpsc, oneshot},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{
     peers::{
@@ -29,10 +28,7 @@ use super::{
     },
     workflows::Workflows,
 };
-use floki_proto::{
-    KEY_LEN,
-    control::{decode_key, encode_key, read_message},
-};
+use floki_proto::{KEY_LEN, control::read_message};
 
 use crate::workflow::StreamId;
 
@@ -194,19 +190,18 @@ impl PreparedLinks {
         self.keepers.lock().expect("keepers lock").remove(&stream);
     }
 
-    /// Opens a stream connection to the consumer's agent.
+    /// Opens a stream connection to the consumer's agent; the pairing key
+    /// is the authenticated session's.
     async fn open(&self, stream: &StreamId, peer_node: &str) -> Result<Prepared, String> {
-        let mut key = [0u8; KEY_LEN];
-        rand::rng().fill_bytes(&mut key);
         let request = PeerRequest::OpenStream {
             stream: stream.clone(),
-            key: encode_key(&key),
         };
-        let mut conn = self
+        let (mut conn, session) = self
             .peers
             .connect(peer_node, &request)
             .await
             .map_err(|err| err.to_string())?;
+        let key = session.stream_key(stream);
         match tokio::time::timeout(Duration::from_secs(10), read_message(&mut conn)).await {
             Ok(Ok(Some(PeerAnswer::Ok))) => {
                 info!(%stream, peer = peer_node, "stream prepared");
@@ -246,11 +241,12 @@ impl PreparedLinks {
         }
     }
 
-    /// Consumer side: the producer's agent opened `conn` for `stream`.
+    /// Consumer side: the producer's agent opened `conn` for `stream`, with
+    /// the pairing key of their session.
     pub fn accept(
         self: &Arc<Self>,
         stream: StreamId,
-        key: &str,
+        key: [u8; KEY_LEN],
         mut conn: TcpStream,
     ) -> Result<(), String> {
         let applied = self
@@ -265,7 +261,6 @@ impl PreparedLinks {
                 self.node
             ));
         }
-        let key = decode_key(key).ok_or("bad key")?;
         *self
             .pending
             .lock()
@@ -285,13 +280,23 @@ impl PreparedLinks {
                 *n -= 1;
             }
             if let Some(live) = live {
-                // A newer start replaces a stale one (its producer is gone).
                 let prepared = Prepared { conn, key, live };
-                this.started
-                    .lock()
-                    .expect("started lock")
-                    .insert(stream.clone(), prepared);
-                let _ = this.starts.send(stream);
+                let mut started = this.started.lock().expect("started lock");
+                match started.get(&stream) {
+                    // Never replace a stream whose producer is still there:
+                    // the second start is refused (its connection closed,
+                    // so its producer fails) and the first goes on.
+                    Some(first) if !hung_up(&first.conn) => {
+                        drop(started);
+                        warn!(%stream, "a second start of a stream whose first is still waiting for its consumer; refused");
+                    }
+                    // Empty, or a stale start whose producer is gone.
+                    _ => {
+                        started.insert(stream.clone(), prepared);
+                        drop(started);
+                        let _ = this.starts.send(stream);
+                    }
+                }
             }
             this.changed.notify_waiters();
         });
@@ -341,5 +346,16 @@ impl PreparedLinks {
             .expect("started lock")
             .retain(|stream, _| stream.workflow != workflow);
         self.changed.notify_waiters();
+    }
+}
+
+/// Whether the other end closed `conn` (data still unread is not a hang-up).
+fn hung_up(conn: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // tokio's sockets do not block: nothing to read yet is `WouldBlock`.
+    match socket2::SockRef::from(conn).peek(&mut probe) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
     }
 }

@@ -3,13 +3,13 @@
 //! each scrape, so they agree with `floki-agent status`; set-up latencies and
 //! errors are recorded as they happen.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use floki_proto::control::Refusal;
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, header, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -21,12 +21,13 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::debug;
 
 use crate::{
     agent::{
         Agent,
+        backoff::AcceptBackoff,
         channels::{ChannelEvent, Phase},
         store::{StoreView, TierName},
     },
@@ -65,6 +66,14 @@ impl Metrics {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
         self.errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Records a caller on the agents' port that did not prove the cluster
+    /// secret.
+    pub fn peer_refused(&self) {
+        self.errors
+            .get_or_create(&[("kind", "peer_unauthenticated".to_owned())])
+            .inc();
     }
 
     /// Records what the channel core tells: set-up latencies, failed
@@ -284,16 +293,32 @@ fn registry(agent: Arc<Agent>) -> Registry {
     registry
 }
 
-/// Serves `/metrics` on `listener` until the task is aborted.
+/// Scrapers served at once; more are closed at once.
+const MAX_SCRAPERS: usize = 64;
+/// A scraper has this long to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A metrics connection lives at most this long, busy or idle.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves `/metrics` on `listener` until the task is aborted: at most
+/// [`MAX_SCRAPERS`] connections, each with a header timeout and a lifetime,
+/// so idle or slow connections cannot pile up.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
     let registry = Arc::new(registry(agent));
+    let scrapers = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    let mut backoff = AcceptBackoff::new("metrics");
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
-                warn!(%err, "accepting a metrics connection failed");
+                backoff.failed(&err).await;
                 continue;
             }
+        };
+        backoff.succeeded();
+        let Ok(permit) = scrapers.clone().try_acquire_owned() else {
+            debug!(%from, "too many metrics connections; closed");
+            continue;
         };
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -301,12 +326,16 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&registry, &request)) }
             });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%from, %err, "metrics connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(err)) => debug!(%from, %err, "metrics connection ended"),
+                Err(_) => debug!(%from, "metrics connection closed at the end of its lifetime"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }

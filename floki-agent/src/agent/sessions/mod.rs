@@ -1,8 +1,8 @@
 //! Sessions: the protocol adapters between a connection and the channel
-//! core. One connection to the agent's channel port is a client (`FLKI`:
-//! handshake, pairing, reports) or another agent (`FLKA`, served by the
-//! control plane); one to the agent's Unix socket is always a client. Bad
-//! input gets a refusal with a reason and never disturbs other channels.
+//! core. A connection to the agent's channel port or its Unix socket is a
+//! client (`FLKI`: handshake, pairing, reports); other agents have a port
+//! of their own (`control::peer_rpc`). Bad input gets a refusal with a
+//! reason and never disturbs other channels.
 //!
 //! * [`handshake`]: the preamble, the first message, validation, refusals;
 //! * [`client`]: routes a hello to a plain channel, a workflow stream on this
@@ -33,11 +33,7 @@ use tokio::{
 use tokio_util::either::Either;
 use tracing::debug;
 
-use super::{
-    Agent,
-    channels::Membership,
-    control::{peer_rpc, peers::protocol::PEER_MAGIC},
-};
+use super::{Agent, channels::Membership, control::peers::protocol::PEER_MAGIC};
 use handshake::{HANDSHAKE_TIMEOUT, refuse};
 
 /// Serves one connection to the agent's channel port to its end.
@@ -52,9 +48,10 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
             Refusal::BadHandshake,
             ProtocolError::from_read(err).to_string(),
         )),
-        Ok(Ok(_)) if preamble[..4] == PEER_MAGIC && version == VERSION => {
-            return peer_rpc::serve(stream, from, agent).await;
-        }
+        Ok(Ok(_)) if preamble[..4] == PEER_MAGIC => Some((
+            Refusal::BadHandshake,
+            "this is the functions' port: agents talk to each other on the agents' port (--peer-listen), with the cluster secret".to_owned(),
+        )),
         Ok(Ok(_)) if preamble[..4] != MAGIC => {
             let magic: [u8; 4] = preamble[..4].try_into().expect("4 bytes");
             Some((

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Peer, PeerDirectory,
+    auth::{self, ClusterSecret},
     protocol::{PeerAnswer, PeerRequest, write_preamble},
 };
 use floki_proto::control::{read_message, write_message};
@@ -31,8 +32,10 @@ use floki_proto::control::{read_message, write_message};
 pub struct DnsDiscovery {
     /// The name to resolve.
     pub name: String,
-    /// The agents' channel port.
+    /// The agents' own port (`--peer-listen`).
     pub port: u16,
+    /// What the agents found prove to each other.
+    pub secret: ClusterSecret,
     /// A DNS server to ask instead of the system's resolver
     /// (/etc/resolv.conf).
     pub server: Option<SocketAddr>,
@@ -143,7 +146,7 @@ async fn refresh(
             continue;
         }
         let addr = SocketAddr::new(*ip, discovery.port);
-        match ask_node(addr).await {
+        match ask_node(addr, &discovery.secret).await {
             Ok(name) if name == node => own.push(*ip),
             Ok(name) => {
                 info!(node = %name, %addr, "peer discovered through DNS");
@@ -168,11 +171,15 @@ async fn refresh(
     });
 }
 
-/// Asks the agent at `addr` its node name.
-async fn ask_node(addr: SocketAddr) -> Result<String, String> {
+/// Asks the agent at `addr` its node name (both proving the cluster
+/// secret first: an address that does not is no peer).
+async fn ask_node(addr: SocketAddr, secret: &ClusterSecret) -> Result<String, String> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         write_preamble(&mut stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        auth::prove_to(&mut stream, secret)
             .await
             .map_err(|e| e.to_string())?;
         let hello = PeerRequest::Hello {

@@ -1,6 +1,7 @@
 //! The other agents: where they are (a [`PeerDirectory`]), whether this
 //! agent is connected to them (links), and one-shot requests to them.
 
+pub mod auth;
 pub mod dns;
 pub mod protocol;
 
@@ -10,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use auth::{AuthError, ClusterSecret, Session};
 use protocol::{PeerAnswer, PeerRequest, write_preamble};
 use tokio::{net::TcpStream, time::timeout};
 use tracing::{info, warn};
@@ -24,7 +26,7 @@ use crate::status::PeerStatus;
 /// How long a request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Link keep-alive period.
-const PING_EVERY: Duration = Duration::from_secs(2);
+pub const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// One peer agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +77,21 @@ pub enum PeerError {
         /// Why.
         source: std::io::Error,
     },
+    /// This agent has no cluster secret, so it talks to no other agent.
+    #[error(
+        "this agent has no cluster secret, so it cannot talk to node {0} (give --cluster-secret-file or FLOKI_CLUSTER_SECRET)"
+    )]
+    NoSecret(String),
+    /// It did not prove it knows the cluster secret, or refused ours.
+    #[error("node {node} at {addr} did not authenticate (is its cluster secret the same as ours?)")]
+    Auth {
+        /// Node.
+        node: String,
+        /// Address.
+        addr: String,
+        /// Why.
+        source: AuthError,
+    },
     /// It answered something unexpected.
     #[error("node {node} broke the agent protocol")]
     Protocol {
@@ -89,15 +106,22 @@ pub enum PeerError {
 pub struct Peers {
     node: String,
     directory: Arc<dyn PeerDirectory>,
+    secret: Option<ClusterSecret>,
     links: Mutex<BTreeMap<String, LinkState>>,
 }
 
 impl Peers {
-    /// Peers of `node` from `directory`.
-    pub fn new(node: String, directory: Arc<dyn PeerDirectory>) -> Self {
+    /// Peers of `node` from `directory`, authenticated with `secret` (none:
+    /// this agent talks to no other).
+    pub fn new(
+        node: String,
+        directory: Arc<dyn PeerDirectory>,
+        secret: Option<ClusterSecret>,
+    ) -> Self {
         Self {
             node,
             directory,
+            secret,
             links: Mutex::new(BTreeMap::new()),
         }
     }
@@ -105,6 +129,11 @@ impl Peers {
     /// This agent's node.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The cluster secret, if this agent has one.
+    pub fn secret(&self) -> Option<&ClusterSecret> {
+        self.secret.as_ref()
     }
 
     /// A peer's address.
@@ -180,8 +209,17 @@ impl Peers {
         );
     }
 
-    /// Opens an agent-to-agent connection to `node` and sends `request`.
-    pub async fn connect(&self, node: &str, request: &PeerRequest) -> Result<TcpStream, PeerError> {
+    /// Opens an agent-to-agent connection to `node`, authenticates both
+    /// sides and sends `request`.
+    pub async fn connect(
+        &self,
+        node: &str,
+        request: &PeerRequest,
+    ) -> Result<(TcpStream, Session), PeerError> {
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| PeerError::NoSecret(node.to_owned()))?;
         let addr = self
             .addr_of(node)
             .ok_or_else(|| PeerError::Unknown(node.to_owned()))?;
@@ -200,10 +238,17 @@ impl Peers {
             .map_err(unreachable)?;
         stream.set_nodelay(true).ok();
         write_preamble(&mut stream).await.map_err(protocol)?;
+        let session = auth::prove_to(&mut stream, secret)
+            .await
+            .map_err(|source| PeerError::Auth {
+                node: node.to_owned(),
+                addr: addr.clone(),
+                source,
+            })?;
         write_message(&mut stream, request)
             .await
             .map_err(protocol)?;
-        Ok(stream)
+        Ok((stream, session))
     }
 
     /// Sends one request to `node` and returns its answer.
@@ -212,7 +257,7 @@ impl Peers {
         node: &str,
         request: &PeerRequest,
     ) -> Result<PeerAnswer, PeerError> {
-        let mut stream = self.connect(node, request).await?;
+        let (mut stream, _) = self.connect(node, request).await?;
         let protocol = |source| PeerError::Protocol {
             node: node.to_owned(),
             source,
@@ -278,7 +323,7 @@ async fn link(peers: &Peers, peer: &Peer, resync: &Resync) -> String {
         node: peers.node.clone(),
     };
     let mut stream = match peers.connect(&peer.node, &hello).await {
-        Ok(stream) => stream,
+        Ok((stream, _)) => stream,
         Err(err) => return format!("{err}: {}", source_text(&err)),
     };
     match answer(&mut stream).await {

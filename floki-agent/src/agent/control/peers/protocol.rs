@@ -1,5 +1,6 @@
-//! Agent-to-agent messages, on the agents' channel port: the preamble `FLKA`
-//! + version (u16), then length-prefixed JSON as on the client protocol.
+//! Agent-to-agent messages, on the agents' own port (`--peer-listen`): the
+//! preamble `FLKA` + version (u16), the mutual proof of the cluster secret
+//! ([`super::auth`]), then length-prefixed JSON as on the client protocol.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -55,11 +56,12 @@ pub enum PeerRequest {
     /// waits; one byte (`START`, or `START_LIVE` if the producer waits for
     /// its consumer rather than have it stored) says the producer is there,
     /// then it carries the stream, byte for byte, both ways.
+    ///
+    /// The pairing key both functions present is not sent: both agents
+    /// derive it from their authenticated session.
     OpenStream {
         /// The stream.
         stream: StreamId,
-        /// Pairing key (hex) for this use of the stream.
-        key: String,
     },
     /// Link keep-alive.
     Ping,

@@ -1,0 +1,135 @@
+//! `floki-intruder`: the hostile side of the security tests. It speaks to an
+//! agent the way an outsider, a rogue function or a replaying peer would,
+//! and prints one JSON line with what the agent answered (or did not).
+//!
+//! * `peer --addr A --request JSON [--secret S]`: one agent-to-agent
+//!   request; without `--secret` it is sent right after the preamble, as an
+//!   unauthenticated caller would.
+//! * `start --addr A --stream JSON --secret S --bytes N`: opens a cross-node
+//!   stream connection as an authenticated agent, starts it and writes N
+//!   bytes, then reports whether the agent kept or closed it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use floki_agent::agent::control::peers::{
+    auth::{self, ClusterSecret},
+    protocol::{START, write_preamble},
+};
+use floki_proto::control::{read_message, write_message};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    time::timeout,
+};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let verb = args
+        .next()
+        .context("usage: floki-intruder peer|start ...")?;
+    let mut flags = std::collections::HashMap::new();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        flags.insert(flag, value);
+    }
+    let flag = |name: &str| flags.get(name).cloned();
+    let addr = flag("--addr").context("--addr")?;
+    let secret = flag("--secret")
+        .map(|s| ClusterSecret::parse(&s))
+        .transpose()?;
+    let report = match verb.as_str() {
+        "peer" => {
+            let request: Value = serde_json::from_str(&flag("--request").context("--request")?)?;
+            peer(&addr, secret.as_ref(), &request).await?
+        }
+        "start" => {
+            let stream: Value = serde_json::from_str(&flag("--stream").context("--stream")?)?;
+            let bytes: usize = flag("--bytes").context("--bytes")?.parse()?;
+            let secret = secret.context("start needs --secret")?;
+            start(&addr, &secret, stream, bytes).await?
+        }
+        other => bail!("unknown verb {other}"),
+    };
+    println!("{report}");
+    Ok(())
+}
+
+/// Connects and writes the agents' preamble; authenticates with `secret`.
+async fn connect(addr: &str, secret: Option<&ClusterSecret>) -> anyhow::Result<(TcpStream, Value)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    write_preamble(&mut stream).await?;
+    let authenticated = match secret {
+        Some(secret) => match auth::prove_to(&mut stream, secret).await {
+            Ok(_) => json!(true),
+            Err(err) => json!(err.to_string()),
+        },
+        None => json!(false),
+    };
+    Ok((stream, authenticated))
+}
+
+async fn peer(
+    addr: &str,
+    secret: Option<&ClusterSecret>,
+    request: &Value,
+) -> anyhow::Result<Value> {
+    let (mut stream, authenticated) = connect(addr, secret).await?;
+    if write_message(&mut stream, request).await.is_err() {
+        return Ok(json!({"authenticated": authenticated, "answer": null, "sent": false}));
+    }
+    // Whatever comes back within 3 s, then whether it parses as an answer.
+    let mut received = Vec::new();
+    let _ = timeout(Duration::from_secs(3), stream.read_to_end(&mut received)).await;
+    let answer = read_message::<_, Value>(&mut received.as_slice())
+        .await
+        .ok()
+        .flatten()
+        .filter(|v| v.get("answer").is_some());
+    Ok(json!({
+        "authenticated": authenticated,
+        "answer": answer,
+        "received_bytes": received.len(),
+        "received": String::from_utf8_lossy(&received),
+    }))
+}
+
+async fn start(
+    addr: &str,
+    secret: &ClusterSecret,
+    stream_id: Value,
+    bytes: usize,
+) -> anyhow::Result<Value> {
+    let (mut stream, authenticated) = connect(addr, Some(secret)).await?;
+    write_message(
+        &mut stream,
+        &json!({"op": "open_stream", "stream": stream_id}),
+    )
+    .await?;
+    let answer: Option<Value> = timeout(Duration::from_secs(5), read_message(&mut stream))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    stream.write_all(&[START]).await?;
+    let wrote = stream.write_all(&vec![0xee; bytes]).await.is_ok();
+    // Closed by the agent: EOF (or a reset) within 5 s.
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => continue,
+            Err(_) => break false,
+        }
+    };
+    Ok(json!({
+        "authenticated": authenticated,
+        "answer": answer,
+        "wrote": wrote,
+        "closed_by_agent": closed,
+    }))
+}
