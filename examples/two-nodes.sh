@@ -63,10 +63,16 @@ for node in a b; do
     ip -n "$tag-$node" link set "fk$$$node" up
 done
 
+# The agents prove to each other that they share this secret before any
+# agent-to-agent request (docs/SECURITY.md); their own port is 7879.
+head -c 32 /dev/urandom | base64 >"$work/cluster.secret"
+chmod 600 "$work/cluster.secret"
+
 start_agent() {
     local node=$1 peer=$2 peer_ip=$3
     mkdir -p "$work/$node"
-    on "$node" "$bin" run --node "node-$node" --peer "node-$peer=$peer_ip:7878" \
+    on "$node" "$bin" run --node "node-$node" --peer "node-$peer=$peer_ip:7879" \
+        --cluster-secret-file "$work/cluster.secret" \
         --cgroup "$cgroup" --admin "$work/$node/agent.sock" --socket "$work/$node/floki.sock" \
         --pin-dir "/sys/fs/bpf/$tag-$node" >"$work/$node/agent.log" 2>&1 &
     pids+=("$!")

@@ -240,6 +240,16 @@ pub struct SendArgs {
     /// after --store-after, and this command says "stored"].
     #[arg(long)]
     pub live: bool,
+    /// Plain channels: a secret both ends give; the agent pairs this end
+    /// only with one that gave the same, so nobody else who reaches the
+    /// agent can take or feed the stream (docs/SECURITY.md).
+    #[arg(
+        long,
+        env = "FLOKI_CHANNEL_SECRET",
+        hide_env_values = true,
+        conflicts_with = "workflow"
+    )]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +285,16 @@ pub struct RecvArgs {
     /// [default: the address this client reaches the agent from].
     #[arg(long)]
     pub data_addr: Option<SocketAddr>,
+    /// Plain channels: a secret both ends give; the agent pairs this end
+    /// only with one that gave the same, so nobody else who reaches the
+    /// agent can take or feed the stream (docs/SECURITY.md).
+    #[arg(
+        long,
+        env = "FLOKI_CHANNEL_SECRET",
+        hide_env_values = true,
+        conflicts_with = "workflow"
+    )]
+    pub secret: Option<String>,
 }
 
 /// A function's place in an applied workflow. A platform that runs the

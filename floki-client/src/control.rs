@@ -126,6 +126,7 @@ pub(crate) async fn hello(
         transport: opts.transport,
         live: opts.live,
         store: opts.store,
+        secret: opts.secret.clone(),
     };
     write_preamble(&mut control).await.map_err(protocol)?;
     write_message(&mut control, &hello)

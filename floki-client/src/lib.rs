@@ -102,6 +102,9 @@ pub struct ChannelOptions {
     /// This end is an agent's own store. Only an agent sets it (for its own
     /// ends, on its own Unix socket); any other client is refused.
     pub store: bool,
+    /// Plain channels: a secret both ends present; the agent pairs this end
+    /// only with one that presented the same (docs/SECURITY.md).
+    pub secret: Option<String>,
 }
 
 impl ChannelOptions {
@@ -119,6 +122,7 @@ impl ChannelOptions {
             ring: true,
             live: false,
             store: false,
+            secret: None,
         }
     }
 
@@ -150,6 +154,13 @@ impl ChannelOptions {
     /// store the stream (senders).
     pub fn live(mut self) -> Self {
         self.live = true;
+        self
+    }
+
+    /// Pairs only with an end that presents the same secret (plain
+    /// channels).
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
         self
     }
 }

@@ -173,6 +173,10 @@ pub struct Hello {
     /// stored one); an agent accepts it only from its own process.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub store: bool,
+    /// Plain channels: a secret both ends present; an end pairs only with
+    /// an end that presented the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -422,6 +426,7 @@ mod tests {
             transport: Some(Transport::Shm),
             live: false,
             store: false,
+            secret: Some("shared by both ends".into()),
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

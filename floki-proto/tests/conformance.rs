@@ -48,6 +48,7 @@ async fn handshake() -> Value {
         transport: None,
         live: false,
         store: false,
+        secret: None,
     };
     let sender = Hello {
         role: Role::Send,

@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub netns: Option<String>,
     /// `--listen` (default `127.0.0.1:0`, or `0.0.0.0:0` with `listen_all`).
     pub listen: Option<String>,
+    /// Leave `--listen` out: the agent's own default (127.0.0.1:7878).
+    pub default_listen: bool,
     /// `--node` (default `test-node`).
     pub node: Option<String>,
     /// More arguments.
@@ -111,7 +113,11 @@ impl TestAgent {
             None => Command::new(agent_binary()),
         };
         let node = opts.node.as_deref().unwrap_or("test-node");
-        cmd.args(["run", "--listen", listen, "--node", node])
+        cmd.arg("run");
+        if !opts.default_listen {
+            cmd.args(["--listen", listen]);
+        }
+        cmd.args(["--node", node])
             .arg("--admin")
             .arg(&admin)
             .arg("--socket")

@@ -22,6 +22,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub const AGENT_PORT: u16 = 7878;
 /// The port every agent listens on for the other agents.
 pub const PEER_PORT: u16 = 7879;
+/// Given among a node's extra arguments: its agent keeps its default
+/// functions' port (loopback) rather than the cluster's `0.0.0.0:7878`.
+pub const DEFAULT_LISTEN: &str = "<default --listen>";
 /// The cluster secret of every test cluster's agents.
 pub const CLUSTER_SECRET: &str = "floki-test-cluster-secret-0123456789";
 
@@ -98,6 +101,10 @@ impl Cluster {
             .map(|(name, (ns, ip))| {
                 let cgroup = TestCgroup::new(name).expect("creating a node cgroup");
                 let mut extra = extra_of(name, &ips);
+                // The agent's default functions' port (loopback) instead of
+                // the cluster's (every address).
+                let default_listen = extra.iter().any(|arg| arg == DEFAULT_LISTEN);
+                extra.retain(|arg| arg != DEFAULT_LISTEN);
                 extra.push("--peer-listen".into());
                 extra.push(format!("0.0.0.0:{PEER_PORT}"));
                 for (other, i) in names.iter().zip(1..) {
@@ -111,6 +118,7 @@ impl Cluster {
                     listen: Some(format!("0.0.0.0:{AGENT_PORT}")),
                     node: Some((*name).to_owned()),
                     extra,
+                    default_listen,
                     env: vec![("FLOKI_CLUSTER_SECRET".into(), CLUSTER_SECRET.into())],
                     ..AgentOptions::default()
                 };

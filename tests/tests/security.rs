@@ -7,8 +7,11 @@
 use std::time::Duration;
 
 use floki_tests::{
-    cluster::{CLUSTER_SECRET, Cluster, PEER_PORT, Spec},
+    cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec},
+    intruder_binary,
+    netns::NetNs,
     node::{assert_success, spawn, wait_within},
+    probe_binary,
 };
 use serde_json::{Value, json};
 
@@ -209,5 +212,213 @@ fn a_second_start_of_a_stream_never_replaces_the_first() {
             .log()
             .contains("a second start of a stream"),
         "the refusal is logged"
+    );
+}
+
+/// `floki-intruder ARGS` inside `ns`, in the background.
+fn intruder_in(ns: &NetNs, args: &[&str]) -> std::process::Child {
+    spawn(ns.command(intruder_binary()).args(args))
+}
+
+fn report_of(child: std::process::Child) -> Value {
+    let out = wait_within(child, LIMIT);
+    assert_success(&out, "floki-intruder");
+    serde_json::from_slice(&out.stdout).expect("floki-intruder prints JSON")
+}
+
+/// Attack 3: a function without network reached the node's network
+/// through the agent, which connected for it to an address it named, and
+/// listeners handed to receivers were open to other hosts. From a
+/// namespace with only `lo`, on the agent's Unix socket: a receiver naming
+/// another host's address is refused, a sender is never connected to one
+/// (even when a receiver on the TCP port names it), and a receiver's handed
+/// listener is on loopback.
+#[test]
+fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    let isolated = NetNs::new("iso");
+    let a = cluster.node("node-a");
+    let socket = format!("unix:{}", a.agent.socket.display());
+    let elsewhere = format!("{}:9999", cluster.node("node-b").ip);
+    let listener = intruder_in(
+        &cluster.node("node-b").ns,
+        &["listen", "--addr", &elsewhere, "--secs", "12"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let send_from_isolated = |channel: &str| {
+        spawn(isolated.command(probe_binary()).args([
+            "send",
+            "--agent",
+            &socket,
+            "--channel",
+            channel,
+            "--bytes",
+            "1024",
+            "--live",
+        ]))
+    };
+
+    // A receiver on the Unix socket that names its own data address.
+    let sender = send_from_isolated("escape-1");
+    let hello = json!({"channel": "escape-1", "role": "recv", "listen": elsewhere}).to_string();
+    let report = report_of(intruder_in(
+        &isolated,
+        &[
+            "hello", "--agent", &socket, "--hello", &hello, "--hold", "2",
+        ],
+    ));
+    let refusal = report["answer"].to_string();
+    assert!(
+        refusal.contains("gets its data listener from the agent"),
+        "{report:#}"
+    );
+    let mut sender = sender;
+    sender.kill().ok();
+    sender.wait().ok();
+
+    // A receiver on the TCP port that names another host, and a sender on
+    // the Unix socket that the agent would connect there.
+    let hello = json!({"channel": "escape-2", "role": "recv", "listen": elsewhere}).to_string();
+    let receiver = intruder_in(
+        &a.ns,
+        &[
+            "hello",
+            "--agent",
+            "127.0.0.1:7878",
+            "--hello",
+            &hello,
+            "--hold",
+            "4",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = wait_within(send_from_isolated("escape-2"), LIMIT);
+    assert!(!out.status.success(), "the sender was connected elsewhere");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("not an address of the agent's network namespace"),
+        "{said}"
+    );
+    report_of(receiver);
+    assert_eq!(
+        report_of(listener)["connections"],
+        json!(0),
+        "the agent connected to another host for a function"
+    );
+
+    // The listener the agent hands a receiver is on loopback.
+    let receiver = spawn(isolated.command(probe_binary()).args([
+        "recv",
+        "--agent",
+        &socket,
+        "--channel",
+        "handed",
+        "--bytes",
+        "1",
+        "--no-ring",
+    ]));
+    let pid = receiver.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let bound = loop {
+        let out =
+            a.ns.command("ss")
+                .args(["-Hltnp"])
+                .output()
+                .expect("running ss");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = listing
+            .lines()
+            .find(|line| line.contains(&format!("pid={pid},")))
+        {
+            break line
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listener handed: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        bound.starts_with("127.0.0.1:"),
+        "handed listener on {bound}"
+    );
+    let port = bound.rsplit(':').next().unwrap_or_default();
+    let report =
+        cluster
+            .node("node-b")
+            .intruder(&["connect", "--addr", &format!("{}:{port}", a.ip)]);
+    assert_eq!(report["connected"], json!(false), "{report:#}");
+    let mut receiver = receiver;
+    receiver.kill().ok();
+    receiver.wait().ok();
+}
+
+/// Attack 4: plain channels belonged to whoever came first, from anywhere.
+/// The functions' port is on loopback by default, so another host cannot
+/// reach it; on the node, ends that share a channel secret pair only with
+/// each other, so an end without it neither takes nor feeds the stream.
+#[test]
+fn plain_channels_are_off_the_network_and_a_secret_keeps_them_apart() {
+    let cluster = Cluster::start_with_each(&["node-a", "node-b"], |name| {
+        if name == "node-a" {
+            vec![DEFAULT_LISTEN.to_owned()]
+        } else {
+            Vec::new()
+        }
+    });
+    let a = cluster.node("node-a");
+    let report = cluster
+        .node("node-b")
+        .intruder(&["connect", "--addr", &format!("{}:7878", a.ip)]);
+    assert_eq!(
+        report["connected"],
+        json!(false),
+        "another host reached the functions' port: {report:#}"
+    );
+
+    // The attacker's ends come first: a receiver without the secret and a
+    // sender with a wrong one.
+    let probe = |verb: &str, secret: Option<&str>| {
+        let mut args = vec![verb, "--channel", "results", "--bytes", "1048576", "--live"];
+        if verb == "recv" {
+            args.pop();
+        }
+        if let Some(secret) = secret {
+            args.extend(["--secret", secret]);
+        }
+        spawn(&mut a.probe(&args))
+    };
+    let mut thief = probe("recv", None);
+    let mut forger = probe("send", Some("a-guess-at-the-secret"));
+    std::thread::sleep(Duration::from_millis(500));
+    let receiver = probe("recv", Some("the-real-channel-secret"));
+    let sender = probe("send", Some("the-real-channel-secret"));
+    assert_success(&wait_within(sender, LIMIT), "the real sender");
+    assert_success(
+        &wait_within(receiver, LIMIT),
+        "the real receiver (its bytes verified)",
+    );
+    for (who, child) in [("receiver", &mut thief), ("sender", &mut forger)] {
+        assert!(
+            child.try_wait().expect("polling").is_none(),
+            "the attacker's {who} was paired"
+        );
+        child.kill().ok();
+        child.wait().ok();
+    }
+    let status = a.agent.status();
+    let names: Vec<String> = status["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        names.iter().any(|name| name.starts_with("results#")),
+        "{status:#}"
     );
 }

@@ -27,6 +27,7 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
             let mut opts = ChannelOptions::new(&args.agent, channel);
             opts.window = args.window.map(|size| size.0);
             opts.data_addr = args.data_addr;
+            opts.secret = args.secret.clone();
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
             opts.transport = args.transport;
             vec![(channel.clone(), Receiver::connect(&opts)?)]

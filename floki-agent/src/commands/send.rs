@@ -66,6 +66,7 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
             opts.transport = args.transport;
             opts.live = args.live;
+            opts.secret = args.secret.clone();
             send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
         }
         (None, None) => unreachable!("checked above"),

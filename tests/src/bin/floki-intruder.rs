@@ -8,6 +8,10 @@
 //! * `start --addr A --stream JSON --secret S --bytes N`: opens a cross-node
 //!   stream connection as an authenticated agent, starts it and writes N
 //!   bytes, then reports whether the agent kept or closed it.
+//! * `hello --agent A --hello JSON --hold SECS`: a raw client hello (one a
+//!   real client would never send), held open; prints the agent's answer.
+//! * `listen --addr A --secs N`: counts the connections a host gets.
+//! * `connect --addr A`: whether a TCP connection gets through.
 
 use std::time::Duration;
 
@@ -38,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         flags.insert(flag, value);
     }
     let flag = |name: &str| flags.get(name).cloned();
-    let addr = flag("--addr").context("--addr")?;
+    let addr = flag("--addr").unwrap_or_default();
     let secret = flag("--secret")
         .map(|s| ClusterSecret::parse(&s))
         .transpose()?;
@@ -53,6 +57,20 @@ async fn main() -> anyhow::Result<()> {
             let secret = secret.context("start needs --secret")?;
             start(&addr, &secret, stream, bytes).await?
         }
+        "hello" => {
+            let hello: Value = serde_json::from_str(&flag("--hello").context("--hello")?)?;
+            let hold: u64 = flag("--hold").context("--hold")?.parse()?;
+            raw_hello(&flag("--agent").context("--agent")?, &hello, hold).await?
+        }
+        "listen" => {
+            let secs: u64 = flag("--secs").context("--secs")?.parse()?;
+            count_connections(&addr, secs).await?
+        }
+        "connect" => match timeout(Duration::from_secs(3), TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => json!({"connected": true}),
+            Ok(Err(err)) => json!({"connected": false, "error": err.to_string()}),
+            Err(_) => json!({"connected": false, "error": "timed out"}),
+        },
         other => bail!("unknown verb {other}"),
     };
     println!("{report}");
@@ -132,4 +150,40 @@ async fn start(
         "wrote": wrote,
         "closed_by_agent": closed,
     }))
+}
+
+/// A hello on the agent's client protocol (TCP or `unix:PATH`), held open
+/// `hold` seconds: what the agent answered first.
+async fn raw_hello(agent: &str, hello: &Value, hold: u64) -> anyhow::Result<Value> {
+    async fn exchange<S>(mut control: S, hello: &Value, hold: u64) -> anyhow::Result<Value>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        floki_proto::control::write_preamble(&mut control).await?;
+        write_message(&mut control, hello).await?;
+        let answer: Option<Value> = timeout(Duration::from_secs(5), read_message(&mut control))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+        Ok(json!({"answer": answer}))
+    }
+    match agent.strip_prefix("unix:") {
+        Some(path) => exchange(tokio::net::UnixStream::connect(path).await?, hello, hold).await,
+        None => exchange(TcpStream::connect(agent).await?, hello, hold).await,
+    }
+}
+
+/// Listens on `addr` for `secs` seconds and counts who connects.
+async fn count_connections(addr: &str, secs: u64) -> anyhow::Result<Value> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let mut connections = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(accepted) = tokio::time::timeout_at(deadline, listener.accept()).await {
+        if accepted.is_ok() {
+            connections += 1;
+        }
+    }
+    Ok(json!({"connections": connections}))
 }

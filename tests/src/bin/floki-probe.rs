@@ -46,6 +46,8 @@ struct Args {
     transport: Option<Transport>,
     /// Wait for the receiver: never let the agent store the stream.
     live: bool,
+    /// Plain channels: the secret both ends present.
+    secret: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -72,6 +74,7 @@ fn parse() -> anyhow::Result<Args> {
         no_ring: false,
         transport: None,
         live: false,
+        secret: None,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -108,6 +111,7 @@ fn parse() -> anyhow::Result<Args> {
             "--stall-after" => out.stall_after = Some(value.parse()?),
             "--window" => out.window = Some(value.parse()?),
             "--data-addr" => out.data_addr = Some(value.parse()?),
+            "--secret" => out.secret = Some(value),
             "--chunk" => out.chunk = value.parse()?,
             "--workflow" => edge.0 = value,
             "--edge" => edge.1 = value,
@@ -131,6 +135,7 @@ fn main() -> anyhow::Result<()> {
     opts.transport = args.transport;
     opts.ring = !args.no_ring;
     opts.live = args.live;
+    opts.secret = args.secret.clone();
     match (args.verb.as_str(), args.blocking) {
         ("send", true) => return blocking_send(&args, &opts),
         ("recv", true) => return blocking_recv(&args, &opts),

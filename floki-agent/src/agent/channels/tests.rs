@@ -80,6 +80,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         transport: None,
         live: false,
         store: false,
+        secret: None,
     }
 }
 

@@ -45,6 +45,10 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
                 .to_owned();
             return refuse(&agent, &mut stream, &from, Refusal::WorkflowOnly, message).await;
         }
+        let mut hello = hello;
+        if let Some(secret) = hello.secret.take() {
+            hello.channel = with_secret(&hello.channel, &secret);
+        }
         let name = hello.channel.clone();
         let Some((stream, hello)) = stored::serve_stored(stream, hello, &name, None, &agent).await
         else {
@@ -114,6 +118,17 @@ pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
             local::serve(stream, hello, here, &agent).await;
         }
     }
+}
+
+/// The name under which a plain channel with a secret pairs (and is
+/// stored, and shown): its name and a digest of the secret, so that only
+/// ends presenting the same secret meet. `#` is in no channel name, so it
+/// never meets an end without a secret either.
+fn with_secret(name: &str, secret: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("floki channel secret\0{name}\0{secret}"));
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}#{hex}")
 }
 
 /// Answers a describe request: the function's role and peers on an edge.

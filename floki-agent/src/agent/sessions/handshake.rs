@@ -80,7 +80,17 @@ pub fn validate(hello: &Hello, unix: bool) -> Result<(), Refused> {
 
 fn validate_receiver(hello: &Hello, unix: bool) -> Result<(), Refused> {
     let listen = match (hello.listen, unix) {
-        (Some(listen), _) => Some(listen),
+        // The agent would connect to it from its own namespace, which may
+        // reach networks the client's cannot: it opens the listener itself.
+        (Some(listen), true) => {
+            return Err((
+                Refusal::BadRequest,
+                format!(
+                    "a receiver on the agent's Unix socket gets its data listener from the agent; do not name one (`listen` {listen})"
+                ),
+            ));
+        }
+        (Some(listen), false) => Some(listen),
         (None, true) => None,
         (None, false) => {
             return Err((

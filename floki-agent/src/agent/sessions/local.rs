@@ -6,7 +6,7 @@
 //! connection to its receiver; or, over `shm`, both the ring.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, BorrowedFd},
     pin::Pin,
     time::Duration,
@@ -188,7 +188,7 @@ fn act_for_unix_client(
     match hello.role {
         Role::Send => hello.netns_cookie = agent.netns_cookie,
         Role::Recv if hello.listen.is_none() => {
-            let bound = bind_any()
+            let bound = bind_loopback()
                 .map_err(|err| format!("the agent could not open a data listener: {err}"))?;
             hello.netns_cookie = agent.netns_cookie;
             hello.listen = bound.local_addr().ok();
@@ -273,16 +273,18 @@ async fn tell(control: &mut ControlStream, message: &AgentMessage, fds: &[Borrow
     }
 }
 
-/// A listener in the agent's namespace on every address (both families
-/// where the node has IPv6), for a receiver on the Unix socket.
-fn bind_any() -> std::io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
-        .or_else(|_| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))
+/// A listener on loopback in the agent's namespace, for a receiver on the
+/// Unix socket: only the agent (connecting for a sender on the Unix socket)
+/// and clients of its loopback port reach it, never another host.
+fn bind_loopback() -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
 }
 
-/// The data connection of a sender on the Unix socket, opened by the agent.
+/// The data connection of a sender on the Unix socket, opened by the agent
+/// in its own namespace, and only to an address of that namespace.
 async fn connect_for_sender(peer: Option<SocketAddr>) -> Result<TcpStream, String> {
     let peer = peer.ok_or("the receiver has no data address")?;
+    crate::agent::transport::check_own_address(peer, "the receiver's data address")?;
     let stream = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(peer))
         .await
         .map_err(|_| format!("{peer} did not answer"))?

@@ -110,8 +110,10 @@ pub fn consumer_side(
     Ok((listen, splice))
 }
 
-/// Connects to the consumer's data listener.
+/// Connects to the consumer's data listener (only an address of the agent's
+/// own namespace).
 pub async fn connect_consumer(listen: SocketAddr) -> Result<TcpStream, String> {
+    super::check_own_address(listen, "the consumer's data address")?;
     let data = timeout(DATA_CONNECT_TIMEOUT, TcpStream::connect(listen))
         .await
         .map_err(|_| format!("the consumer's listener {listen} did not answer"))?
