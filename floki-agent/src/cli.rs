@@ -82,11 +82,21 @@ pub struct RunArgs {
     pub peer_listen: SocketAddr,
     /// The cluster secret every agent proves to the others: a file of one
     /// secret per line, at least 16 bytes each; the first is this agent's,
-    /// the others are still accepted (rotation, docs/SECURITY.md). The
-    /// environment variable FLOKI_CLUSTER_SECRET may hold the secret itself
-    /// instead. Required with --peer, --peers-file or --discover-dns.
+    /// the others are still accepted (rotation, docs/SECURITY.md). Required
+    /// with --peer, --peers-file or --discover-dns.
     #[arg(long, env = "FLOKI_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself (lines as in --cluster-secret-file), from
+    /// the environment (a Kubernetes Secret); as a flag it would show in
+    /// the process list.
+    #[arg(
+        long,
+        env = "FLOKI_CLUSTER_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        conflicts_with = "cluster_secret_file"
+    )]
+    pub cluster_secret: Option<String>,
     /// Admin socket (status), created with mode 0600.
     #[arg(long, env = "FLOKI_ADMIN", default_value = "/run/floki/agent.sock")]
     pub admin: PathBuf,
@@ -148,8 +158,9 @@ pub struct RunArgs {
     /// Seconds between DNS lookups for --discover-dns.
     #[arg(long, default_value_t = 10, requires = "discover_dns")]
     pub discover_every: u64,
-    /// Serve only channels of applied workflows (with their token).
-    #[arg(long)]
+    /// Serve only channels of applied workflows (with their token): no
+    /// plain channels (the DaemonSet's setting).
+    #[arg(long, env = "FLOKI_WORKFLOW_CHANNELS_ONLY")]
     pub workflow_channels_only: bool,
     /// Expose the edges of applied workflows as named pipes (FIFOs) in DIR,
     /// for functions that only do file I/O: `DIR/<workflow>/<edge>.in` for

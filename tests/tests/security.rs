@@ -4,12 +4,17 @@
 //! reach. Each test is one attack of issue 13 and asserts what the victim
 //! would check: its bytes, its token, the errors it sees.
 
-use std::time::Duration;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use floki_tests::{
+    agent::AgentOptions,
     cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec},
     intruder_binary,
     netns::NetNs,
+    node::TestNode,
     node::{assert_success, spawn, wait_within},
     probe_binary,
 };
@@ -220,6 +225,31 @@ fn intruder_in(ns: &NetNs, args: &[&str]) -> std::process::Child {
     spawn(ns.command(intruder_binary()).args(args))
 }
 
+/// The address process `pid` listens on, from `ss` (in its namespace).
+fn listener_of(pid: u32, mut ss: std::process::Command) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    ss.arg("-Hltnp");
+    loop {
+        let out = ss.output().expect("running ss");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = listing
+            .lines()
+            .find(|line| line.contains(&format!("pid={pid},")))
+        {
+            return line
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} listens nowhere: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn report_of(child: std::process::Child) -> Value {
     let out = wait_within(child, LIMIT);
     assert_success(&out, "floki-intruder");
@@ -317,31 +347,7 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
         "1",
         "--no-ring",
     ]));
-    let pid = receiver.id();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let bound = loop {
-        let out =
-            a.ns.command("ss")
-                .args(["-Hltnp"])
-                .output()
-                .expect("running ss");
-        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(line) = listing
-            .lines()
-            .find(|line| line.contains(&format!("pid={pid},")))
-        {
-            break line
-                .split_whitespace()
-                .nth(3)
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no listener handed: {listing}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let bound = listener_of(receiver.id(), a.ns.command("ss"));
     assert!(
         bound.starts_with("127.0.0.1:"),
         "handed listener on {bound}"
@@ -421,4 +427,66 @@ fn plain_channels_are_off_the_network_and_a_secret_keeps_them_apart() {
         names.iter().any(|name| name.starts_with("results#")),
         "{status:#}"
     );
+}
+
+fn intruder(args: &[&str]) -> Value {
+    report_of(spawn(Command::new(intruder_binary()).args(args)))
+}
+
+/// Attack 5: exhaustion. Idle connections to the metrics server are closed
+/// (header timeout); an end that talks while it waits for its peer is
+/// closed instead of being read forever; silent connections to a
+/// receiver's data listener no longer hold its sender up, one at a time,
+/// 10 s each.
+#[test]
+fn a_hostile_client_cannot_exhaust_the_agent_or_hold_a_stream_up() {
+    let node = TestNode::start(
+        "exhaust",
+        AgentOptions {
+            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
+            ..AgentOptions::default()
+        },
+    );
+    let metrics = node.agent.status()["metrics"]
+        .as_str()
+        .and_then(|url| url.strip_prefix("http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("metrics address in status")
+        .to_owned();
+    let report = intruder(&["hold", "--addr", &metrics, "--count", "100", "--secs", "12"]);
+    assert_eq!(
+        report["closed_by_peer"],
+        json!(100),
+        "idle metrics connections kept: {report:#}"
+    );
+
+    let socket = format!("unix:{}", node.agent.socket.display());
+    let hello = json!({"channel": "chatty", "role": "send"}).to_string();
+    let report = intruder(&[
+        "hello", "--agent", &socket, "--hello", &hello, "--hold", "5", "--spam", "1000",
+    ]);
+    assert_eq!(report["closed_by_agent"], json!(true), "{report:#}");
+
+    // A receiver on the TCP port, five silent connections to its listener,
+    // then its sender.
+    let receiver = spawn(&mut node.probe("recv", "patient", 4 << 20));
+    let listener = listener_of(receiver.id(), Command::new("ss"));
+    let squatters = spawn(
+        Command::new(intruder_binary())
+            .args(["hold", "--addr", &listener, "--count", "5", "--secs", "40"]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let sender = spawn(&mut node.probe("send", "patient", 4 << 20));
+    assert_success(&wait_within(sender, LIMIT), "the sender");
+    assert_success(&wait_within(receiver, LIMIT), "the receiver");
+    let took = started.elapsed();
+    // One at a time, the five would have held it 50 s.
+    assert!(
+        took < Duration::from_secs(9),
+        "the stream took {took:?} behind silent connections"
+    );
+    let mut squatters = squatters;
+    squatters.kill().ok();
+    squatters.wait().ok();
 }

@@ -45,7 +45,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("peers file {}", path.display()))?,
         );
     }
-    let secret = cluster_secret(args.cluster_secret_file.as_deref())?;
+    let secret = cluster_secret(
+        args.cluster_secret_file.as_deref(),
+        args.cluster_secret.as_deref(),
+    )?;
     if secret.is_none() && (!peers.is_empty() || args.discover_dns.is_some()) {
         anyhow::bail!(
             "this agent has peers but no cluster secret: give every agent the same one with --cluster-secret-file or FLOKI_CLUSTER_SECRET (docs/SECURITY.md)"
@@ -117,15 +120,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// The cluster secret, from `--cluster-secret-file` or
 /// `FLOKI_CLUSTER_SECRET`; none if neither is given.
-fn cluster_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterSecret>> {
-    if let Some(path) = file {
-        return Ok(Some(ClusterSecret::read(path)?));
-    }
-    match std::env::var("FLOKI_CLUSTER_SECRET") {
-        Ok(text) => Ok(Some(
-            ClusterSecret::parse(&text).context("FLOKI_CLUSTER_SECRET")?,
+fn cluster_secret(
+    file: Option<&std::path::Path>,
+    text: Option<&str>,
+) -> anyhow::Result<Option<ClusterSecret>> {
+    match (file, text) {
+        (Some(path), _) => Ok(Some(ClusterSecret::read(path)?)),
+        (None, Some(text)) => Ok(Some(
+            ClusterSecret::parse(text).context("FLOKI_CLUSTER_SECRET")?,
         )),
-        Err(_) => Ok(None),
+        (None, None) => Ok(None),
     }
 }
 

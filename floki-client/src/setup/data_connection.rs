@@ -13,6 +13,7 @@ use floki_proto::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    task::JoinSet,
     time::{Instant, timeout, timeout_at},
 };
 use tracing::warn;
@@ -48,8 +49,15 @@ pub(super) async fn initial_credit(stream: &mut TcpStream) -> Result<u64, Stream
     }
 }
 
+/// Connections to the data listener checked at once; more wait in the
+/// listener's queue.
+const CHECKED_AT_ONCE: usize = 64;
+
 /// Accepts the paired sender's data connection: the first connection that
-/// presents the pairing key. Others are rejected and closed.
+/// presents the pairing key. Every connection is checked at the same time
+/// as the others, so connections that stay silent (or are slow to present a
+/// key) do not delay the sender; those that present a wrong key are
+/// rejected and closed.
 pub(super) async fn accept_sender(
     listener: &TcpListener,
     key: &[u8; KEY_LEN],
@@ -57,36 +65,61 @@ pub(super) async fn accept_sender(
     opts: &ChannelOptions,
 ) -> Result<TcpStream, ClientError> {
     let deadline = Instant::now() + opts.connect_timeout;
+    let mut checks = JoinSet::new();
     loop {
-        let (mut stream, from) = timeout_at(deadline, listener.accept())
-            .await
-            .map_err(|_| ClientError::SenderTimeout {
-                channel: opts.channel.clone(),
-                timeout: opts.connect_timeout,
-            })?
-            .map_err(|source| ClientError::Io {
-                channel: opts.channel.clone(),
-                context: "accepting the sender's data connection",
-                source,
-            })?;
-        stream.set_nodelay(true).ok();
-        // Speak first: accept() returning means this socket is in the socket
-        // map already, and the sender's was inserted when its connect
-        // completed, so from here on every byte either way is spliced.
-        if stream
-            .write_all(&Inbound::initial_credit(window))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        match timeout(HELLO_TIMEOUT, read_hello(&mut stream)).await {
-            Ok(Ok(presented)) if presented == *key => return Ok(stream),
-            Ok(Ok(_)) => reject(stream, from, opts, "wrong pairing key").await,
-            Ok(Err(reason)) => reject(stream, from, opts, &reason).await,
-            Err(_) => reject(stream, from, opts, "no pairing key within 10 s").await,
+        tokio::select! {
+            accepted = timeout_at(deadline, listener.accept()), if checks.len() < CHECKED_AT_ONCE => {
+                let (stream, from) = accepted
+                    .map_err(|_| ClientError::SenderTimeout {
+                        channel: opts.channel.clone(),
+                        timeout: opts.connect_timeout,
+                    })?
+                    .map_err(|source| ClientError::Io {
+                        channel: opts.channel.clone(),
+                        context: "accepting the sender's data connection",
+                        source,
+                    })?;
+                checks.spawn(check_sender(stream, from, *key, window, opts.clone()));
+            }
+            Some(checked) = checks.join_next() => {
+                if let Ok(Some(stream)) = checked {
+                    return Ok(stream);
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if checks.len() >= CHECKED_AT_ONCE => {
+                return Err(ClientError::SenderTimeout {
+                    channel: opts.channel.clone(),
+                    timeout: opts.connect_timeout,
+                });
+            }
         }
     }
+}
+
+/// One connection to the receiver's data listener: the stream if it
+/// presents `key`, else rejected.
+async fn check_sender(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    key: [u8; KEY_LEN],
+    window: u64,
+    opts: ChannelOptions,
+) -> Option<TcpStream> {
+    stream.set_nodelay(true).ok();
+    // Speak first: accept() returning means this socket is in the socket
+    // map already, and the sender's was inserted when its connect
+    // completed, so from here on every byte either way is spliced.
+    stream
+        .write_all(&Inbound::initial_credit(window))
+        .await
+        .ok()?;
+    match timeout(HELLO_TIMEOUT, read_hello(&mut stream)).await {
+        Ok(Ok(presented)) if presented == key => return Some(stream),
+        Ok(Ok(_)) => reject(stream, from, &opts, "wrong pairing key").await,
+        Ok(Err(reason)) => reject(stream, from, &opts, &reason).await,
+        Err(_) => reject(stream, from, &opts, "no pairing key within 10 s").await,
+    }
+    None
 }
 
 /// Opens a data connection the agent handed over (the link from the

@@ -8,8 +8,12 @@
 //! * `start --addr A --stream JSON --secret S --bytes N`: opens a cross-node
 //!   stream connection as an authenticated agent, starts it and writes N
 //!   bytes, then reports whether the agent kept or closed it.
-//! * `hello --agent A --hello JSON --hold SECS`: a raw client hello (one a
-//!   real client would never send), held open; prints the agent's answer.
+//! * `hello --agent A --hello JSON --hold SECS [--spam N]`: a raw client
+//!   hello (one a real client would never send), held open; with `--spam`,
+//!   then N `progress` reports, as an end that talks while it waits; prints
+//!   the agent's answer and whether it closed the connection.
+//! * `hold --addr A --count N --secs S`: N silent connections held S
+//!   seconds; how many the other side closed.
 //! * `listen --addr A --secs N`: counts the connections a host gets.
 //! * `connect --addr A`: whether a TCP connection gets through.
 
@@ -60,7 +64,13 @@ async fn main() -> anyhow::Result<()> {
         "hello" => {
             let hello: Value = serde_json::from_str(&flag("--hello").context("--hello")?)?;
             let hold: u64 = flag("--hold").context("--hold")?.parse()?;
-            raw_hello(&flag("--agent").context("--agent")?, &hello, hold).await?
+            let spam: usize = flag("--spam").map_or(Ok(0), |n| n.parse())?;
+            raw_hello(&flag("--agent").context("--agent")?, &hello, hold, spam).await?
+        }
+        "hold" => {
+            let count: usize = flag("--count").context("--count")?.parse()?;
+            let secs: u64 = flag("--secs").context("--secs")?.parse()?;
+            hold(&addr, count, secs).await?
         }
         "listen" => {
             let secs: u64 = flag("--secs").context("--secs")?.parse()?;
@@ -154,8 +164,13 @@ async fn start(
 
 /// A hello on the agent's client protocol (TCP or `unix:PATH`), held open
 /// `hold` seconds: what the agent answered first.
-async fn raw_hello(agent: &str, hello: &Value, hold: u64) -> anyhow::Result<Value> {
-    async fn exchange<S>(mut control: S, hello: &Value, hold: u64) -> anyhow::Result<Value>
+async fn raw_hello(agent: &str, hello: &Value, hold: u64, spam: usize) -> anyhow::Result<Value> {
+    async fn exchange<S>(
+        mut control: S,
+        hello: &Value,
+        hold: u64,
+        spam: usize,
+    ) -> anyhow::Result<Value>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -166,13 +181,51 @@ async fn raw_hello(agent: &str, hello: &Value, hold: u64) -> anyhow::Result<Valu
             .ok()
             .and_then(Result::ok)
             .flatten();
-        tokio::time::sleep(Duration::from_secs(hold)).await;
-        Ok(json!({"answer": answer}))
+        let mut sent = 0;
+        for n in 0..spam {
+            let report = json!({"event": "progress", "bytes": n});
+            if write_message(&mut control, &report).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        // Closed by the agent: EOF or an error within `hold` seconds.
+        let mut rest = Vec::new();
+        let closed = timeout(Duration::from_secs(hold), control.read_to_end(&mut rest))
+            .await
+            .is_ok();
+        Ok(json!({"answer": answer, "spam_sent": sent, "closed_by_agent": closed}))
     }
     match agent.strip_prefix("unix:") {
-        Some(path) => exchange(tokio::net::UnixStream::connect(path).await?, hello, hold).await,
-        None => exchange(TcpStream::connect(agent).await?, hello, hold).await,
+        Some(path) => {
+            exchange(
+                tokio::net::UnixStream::connect(path).await?,
+                hello,
+                hold,
+                spam,
+            )
+            .await
+        }
+        None => exchange(TcpStream::connect(agent).await?, hello, hold, spam).await,
     }
+}
+
+/// `count` silent connections to `addr`, held `secs` seconds: how many
+/// the other side closed meanwhile.
+async fn hold(addr: &str, count: usize, secs: u64) -> anyhow::Result<Value> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        held.push(TcpStream::connect(addr).await?);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let closed = futures::future::join_all(held.iter_mut().map(|stream| async move {
+        let mut sink = Vec::new();
+        tokio::time::timeout_at(deadline, stream.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    }))
+    .await;
+    Ok(json!({"held": count, "closed_by_peer": closed.iter().filter(|c| **c).count()}))
 }
 
 /// Listens on `addr` for `secs` seconds and counts who connects.

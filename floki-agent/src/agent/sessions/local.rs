@@ -27,7 +27,7 @@ use tokio::{
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{ReportReader, handshake::refuse_quietly, is_unix, reports};
+use super::{ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports};
 use crate::agent::{
     Agent,
     channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused},
@@ -147,21 +147,22 @@ async fn wait_for_peer(
     let mut grace: Option<Pin<Box<Sleep>>> =
         now.then(|| Box::pin(tokio::time::sleep(Duration::ZERO)));
     tokio::pin!(wait);
+    let mut said = 0;
     loop {
         tokio::select! {
             paired = &mut wait => return paired.ok(),
-            report = reader.next(control) => match report {
+            report = reader.next_while_waiting(control, &mut said) => match report {
                 // Finishing: the whole stream is in the sender's buffer, and
                 // storing it costs a copy of at most that; waiting would
                 // cost the producer's time.
-                Ok(Some(ClientReport::Waiting { finishing: true })) if storable.is_some() => {
+                WhileWaiting::Waiting { finishing: true } if storable.is_some() => {
                     grace = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
                 }
-                Ok(Some(ClientReport::Waiting { .. })) if storable.is_some() && grace.is_none() => {
+                WhileWaiting::Waiting { .. } if storable.is_some() && grace.is_none() => {
                     grace = Some(Box::pin(tokio::time::sleep(agent.store.config().grace)));
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return None,
+                WhileWaiting::Waiting { .. } => {}
+                WhileWaiting::Gone => return None,
             },
             () = async { grace.as_mut().expect("checked").await }, if grace.is_some() => {
                 grace = None;

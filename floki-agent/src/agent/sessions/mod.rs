@@ -160,8 +160,52 @@ impl ReportReader {
     }
 }
 
-/// Until the client closes a connection on which it waits for its peer;
-/// what it says meanwhile is read (and, but for `waiting`, ignored).
+/// How many `waiting` reports an end may send while it waits for its peer
+/// (a client sends one when its window fills and one when it finishes).
+const WAITING_REPORTS: u32 = 16;
+
+/// What an end said while waiting for its peer.
+enum WhileWaiting {
+    /// `waiting`: its window is full, or it is finishing.
+    Waiting {
+        /// The whole stream is buffered.
+        finishing: bool,
+    },
+    /// It hung up, broke the protocol, or said what an end waiting for its
+    /// peer has no reason to say (anything but a few `waiting`): the
+    /// session ends, so that no client keeps the agent reading for nothing.
+    Gone,
+}
+
+impl ReportReader {
+    /// The next report of an end waiting for its peer; `said` counts its
+    /// `waiting` reports so far.
+    async fn next_while_waiting(
+        &mut self,
+        stream: &mut ControlStream,
+        said: &mut u32,
+    ) -> WhileWaiting {
+        match self.next(stream).await {
+            Ok(Some(ClientReport::Waiting { finishing })) if *said < WAITING_REPORTS => {
+                *said += 1;
+                WhileWaiting::Waiting { finishing }
+            }
+            Ok(Some(report)) => {
+                debug!(
+                    ?report,
+                    said = *said,
+                    "an end waiting for its peer said too much; closed"
+                );
+                WhileWaiting::Gone
+            }
+            Ok(None) | Err(_) => WhileWaiting::Gone,
+        }
+    }
+}
+
+/// Until the client closes a connection on which it waits for its peer (or
+/// says more than an end waiting has to).
 async fn closed(stream: &mut ControlStream, reader: &mut ReportReader) {
-    while let Ok(Some(_)) = reader.next(stream).await {}
+    let mut said = 0;
+    while let WhileWaiting::Waiting { .. } = reader.next_while_waiting(stream, &mut said).await {}
 }

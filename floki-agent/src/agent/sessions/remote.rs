@@ -10,8 +10,8 @@ use std::{
 
 use floki_proto::{
     control::{
-        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Refusal, Role, Transport,
-        encode_key, write_message,
+        AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
+        write_message,
     },
     handoff::send_socket,
 };
@@ -23,7 +23,7 @@ use tokio_util::either::Either;
 use tracing::warn;
 
 use super::{
-    ReportReader, closed,
+    ReportReader, WhileWaiting, closed,
     handshake::refuse_quietly,
     is_unix,
     local::{self, Local},
@@ -177,21 +177,22 @@ async fn producer_link(
     let mut grace: Option<Pin<Box<Sleep>>> = None;
     let take = agent.links.take(&resolved.stream);
     tokio::pin!(take);
+    let mut said = 0;
     loop {
         tokio::select! {
             prepared = &mut take => return match prepared {
                 Ok(prepared) => Link::Prepared(prepared),
                 Err(_) => Link::Gone,
             },
-            report = reader.next(control) => match report {
-                Ok(Some(ClientReport::Waiting { finishing })) if storable => {
+            report = reader.next_while_waiting(control, &mut said) => match report {
+                WhileWaiting::Waiting { finishing } if storable => {
                     let wait = if finishing { Duration::ZERO } else { agent.store.config().grace };
                     if finishing || grace.is_none() {
                         grace = Some(Box::pin(tokio::time::sleep(wait)));
                     }
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Link::Gone,
+                WhileWaiting::Waiting { .. } => {}
+                WhileWaiting::Gone => return Link::Gone,
             },
             () = async { grace.as_mut().expect("checked").await }, if grace.is_some() => {
                 warn!(stream = %resolved.stream, peer = %resolved.peer_node,

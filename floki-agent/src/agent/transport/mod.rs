@@ -252,6 +252,22 @@ impl Carriers for NodeCarriers {
     }
 }
 
+/// Whether the agent may connect to `addr`, an address a client named: only
+/// if it belongs to the agent's own network namespace (loopback, or an
+/// address of one of its interfaces). A client elsewhere (another
+/// namespace, a function without network) would otherwise reach, through
+/// the agent, hosts its own namespace cannot.
+pub fn check_own_address(addr: SocketAddr, what: &str) -> Result<(), String> {
+    // Binding succeeds only for the namespace's own addresses
+    // (net.ipv4.ip_nonlocal_bind off, the default).
+    if addr.ip().is_loopback() || std::net::UdpSocket::bind((addr.ip(), 0)).is_ok() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {addr} is not an address of the agent's network namespace, and the agent connects only there for its clients (it would reach another host for them); connect that end to the agent's TCP port from its own namespace instead"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,20 +374,4 @@ mod tests {
         .unwrap_err();
         assert!(refused.contains("node b"), "{refused}");
     }
-}
-
-/// Whether the agent may connect to `addr`, an address a client named: only
-/// if it belongs to the agent's own network namespace (loopback, or an
-/// address of one of its interfaces). A client elsewhere (another
-/// namespace, a function without network) would otherwise reach, through
-/// the agent, hosts its own namespace cannot.
-pub fn check_own_address(addr: SocketAddr, what: &str) -> Result<(), String> {
-    // Binding succeeds only for the namespace's own addresses
-    // (net.ipv4.ip_nonlocal_bind off, the default).
-    if addr.ip().is_loopback() || std::net::UdpSocket::bind((addr.ip(), 0)).is_ok() {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} {addr} is not an address of the agent's network namespace, and the agent connects only there for its clients (it would reach another host for them); connect that end to the agent's TCP port from its own namespace instead"
-    ))
 }
