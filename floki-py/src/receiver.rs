@@ -68,7 +68,8 @@ impl NativeReceiver {
     /// Opens `channel` as its receiver through `agent`; returns once the
     /// sender is there and the stream can be read.
     #[new]
-    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, window=None))]
+    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, window=None, secret=None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn connect(
         py: Python<'_>,
         agent: String,
@@ -77,9 +78,11 @@ impl NativeReceiver {
         transport: Option<String>,
         stream: Option<Stream>,
         window: Option<u64>,
+        secret: Option<String>,
     ) -> PyResult<Self> {
         let mut opts = options::channel(agent, channel, timeout, transport, stream)?;
         opts.window = window;
+        opts.secret = secret;
         let receiver = py
             .detach(|| blocking::Receiver::connect(&opts))
             .map_err(|err| Failure::client(&err))?;

@@ -77,7 +77,8 @@ impl NativeSender {
     /// accepted it (writes then fill the channel's window until the receiver
     /// is there, or the agent's store takes the stream unless `live`).
     #[new]
-    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, live=false))]
+    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, live=false, secret=None))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn open(
         py: Python<'_>,
         agent: String,
@@ -86,9 +87,11 @@ impl NativeSender {
         transport: Option<String>,
         stream: Option<Stream>,
         live: bool,
+        secret: Option<String>,
     ) -> PyResult<Self> {
         let mut opts = options::channel(agent, channel, timeout, transport, stream)?;
         opts.live = live;
+        opts.secret = secret;
         let sender = py
             .detach(|| blocking::Sender::open(&opts))
             .map_err(|err| Failure::client(&err))?;

@@ -227,3 +227,29 @@ def test_a_live_sender_waits_for_its_receiver(node, channel):
     assert not sent.ok
     assert sent.report["error"] == "PairTimeoutError", sent
     assert "no receiver joined" in sent.report["message"], sent
+
+
+def test_a_channel_secret_pairs_only_ends_that_share_it(node, channel, tmp_path):
+    # A receiver without the secret comes first: it must not get the stream.
+    stolen = tmp_path / "stolen.bin"
+    thief = node.cli("recv", channel, "-o", str(stolen), "--agent", node.unix)
+    time.sleep(0.3)
+    receive = (
+        "import floki,sys; r=floki.Receiver(sys.argv[1], agent=sys.argv[2], secret='our-secret');"
+        "print(len(r.read()))"
+    )
+    send = (
+        "import floki,sys; s=floki.Sender(sys.argv[1], agent=sys.argv[2], secret='our-secret');"
+        "s.write(b'x' * 100_000); print(s.finish().bytes)"
+    )
+    rx = node.command([os.sys.executable, "-c", receive, channel, node.unix], stdout=-1, stderr=-1)
+    tx = node.command([os.sys.executable, "-c", send, channel, node.unix], stdout=-1, stderr=-1)
+    out, err = tx.communicate(timeout=60)
+    assert tx.returncode == 0, err.decode()
+    out, err = rx.communicate(timeout=60)
+    assert rx.returncode == 0, err.decode()
+    assert out.decode().strip() == "100000"
+    assert thief.poll() is None, "the end without the secret was paired"
+    thief.kill()
+    thief.wait()
+    assert not stolen.exists()

@@ -111,6 +111,12 @@ def _agent(agent: Optional[str]) -> str:
     return agent or os.environ.get("FLOKI_AGENT") or _floki.DEFAULT_AGENT
 
 
+def _secret(secret: Optional[str]) -> Optional[str]:
+    # A plain channel's secret: both ends give the same one, and the agent
+    # pairs them only with each other (docs/SECURITY.md).
+    return secret or os.environ.get("FLOKI_CHANNEL_SECRET")
+
+
 class Sender(io.BufferedIOBase):
     """The sending end of a channel: a writable file-like object.
 
@@ -138,6 +144,7 @@ class Sender(io.BufferedIOBase):
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
         live: bool = False,
+        secret: Optional[str] = None,
         _native: Optional[Any] = None,
     ) -> None:
         super().__init__()
@@ -148,6 +155,7 @@ class Sender(io.BufferedIOBase):
                 timeout=timeout,
                 transport=transport,
                 live=live,
+                secret=_secret(secret),
             )
         self._native = _native
         self._summary: Optional[Summary] = None
@@ -240,6 +248,7 @@ class Receiver(io.BufferedIOBase):
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
         window: Optional[int] = None,
+        secret: Optional[str] = None,
         _native: Optional[Any] = None,
     ) -> None:
         super().__init__()
@@ -250,6 +259,7 @@ class Receiver(io.BufferedIOBase):
                 timeout=timeout,
                 transport=transport,
                 window=window,
+                secret=_secret(secret),
             )
         self._native = _native
         self._eof = False
