@@ -279,6 +279,10 @@ pub struct Totals {
     pub passed_msgs: u64,
     /// Kernel: redirects refused.
     pub redirect_errors: u64,
+    /// Sender writes the kernel refused for going past the receiver's
+    /// credit (a sender that ignores flow control).
+    #[serde(default)]
+    pub window_refusals: u64,
 }
 
 /// Errors of the admin client.

@@ -80,6 +80,11 @@ pub struct EndpointKey {
 /// a character boundary).
 pub const RECORD_NAME_LEN: usize = 64;
 
+/// What a sender may write beyond its receiver's credit before the kernel
+/// refuses its writes: its hello and end frames (which credits do not
+/// count), with room to spare.
+pub const WINDOW_SLACK: u64 = 64 << 10;
+
 /// Per-channel state that the kernel programs keep and the agent reads. It
 /// outlives the agent process (the maps are pinned), so a restarted agent
 /// finds its channels here.
@@ -93,6 +98,11 @@ pub struct ChannelRecord {
     pub bytes: [u64; 2],
     /// Messages (sendmsg chunks) redirected from each end, indexed by role.
     pub msgs: [u64; 2],
+    /// The receiver's latest credit, as `floki_sk_msg` saw it go by: the
+    /// sender may have sent up to this many bytes of data frames (0: none
+    /// seen yet, `u64::MAX`: its messages could not be read, no limit).
+    /// Past it, plus [`WINDOW_SLACK`], the sender's writes are refused.
+    pub granted: u64,
     /// Per sending role: non-zero to redirect into the peer socket's send
     /// queue (a link to another node's agent) instead of its receive queue.
     pub egress: [u32; 2],
@@ -106,6 +116,7 @@ impl Default for ChannelRecord {
             cookies: [0; 2],
             bytes: [0; 2],
             msgs: [0; 2],
+            granted: 0,
             egress: [0; 2],
             name: [0; RECORD_NAME_LEN],
         }
@@ -154,6 +165,8 @@ pub struct DatapathCounters {
     pub passed_msgs: u64,
     /// Redirects the kernel refused.
     pub redirect_errors: u64,
+    /// Sender writes refused for going past the receiver's credit.
+    pub window_refusals: u64,
     /// Sockets inserted into the socket map.
     pub sockets_inserted: u64,
     /// Sockets that matched an endpoint but could not be inserted.

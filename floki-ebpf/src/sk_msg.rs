@@ -2,15 +2,25 @@
 //! queue, bypassing TCP/IP (or, for a producer whose consumer is on another
 //! node, into the send queue of the agents' link), and counts the bytes it
 //! moved.
+//!
+//! It also holds the sender to its window. An ingress redirect has no
+//! backpressure: whatever a sender writes lands in its receiver's socket,
+//! read or not. So the program notes the credits the receiver writes (it
+//! sees both directions of the channel) and refuses a sender's write that
+//! would take it past the latest credit plus [`WINDOW_SLACK`]: the write
+//! fails with `EACCES`, and nothing more is queued.
 
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
+    bindings::{
+        BPF_F_INGRESS,
+        sk_action::{SK_DROP, SK_PASS},
+    },
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use floki_common::DatapathCounters;
+use floki_common::{ChannelRecord, DatapathCounters, ROLE_RECEIVER, ROLE_SENDER, WINDOW_SLACK};
 
 use crate::maps::{FLOKI_CHANNELS, FLOKI_SOCKETS, add, count, socket_end};
 
@@ -38,6 +48,12 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     }
     let size = u64::from(ctx.size());
+    if end.role == ROLE_RECEIVER {
+        note_credits(&ctx, record);
+    } else if past_window(record, size) {
+        count(offset_of!(DatapathCounters, window_refusals), 1);
+        return SK_DROP;
+    }
     // SAFETY: as above.
     let egress = unsafe { (*record).egress[role] } != 0;
     // Ingress: into the peer's receive queue (a function on this node).
@@ -60,4 +76,82 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
         count(offset_of!(DatapathCounters, redirect_errors), 1);
     }
     verdict
+}
+
+/// Frame kind of a credit, and its length (header and u64 total).
+const CREDIT: u8 = 0x11;
+const CREDIT_LEN: usize = 16;
+/// Frames read per receiver message: credits, an ack, a "stored" mark.
+const MAX_FRAMES: usize = 4;
+/// A receiver's message longer than this is not read (a rejection's
+/// reason); the window is no longer enforced for that channel.
+const MAX_READ: usize = 64;
+
+/// Notes the credits in a receiver's message (`granted` only grows). A
+/// message it cannot read whole turns enforcement off for the channel, so
+/// that an honest sender is never held to a credit it was given past it.
+#[inline(always)]
+fn note_credits(ctx: &SkMsgContext, record: *mut ChannelRecord) {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    let size = ctx.size() as usize;
+    let mut granted = 0u64;
+    let mut off = 0usize;
+    let mut whole = false;
+    if size <= MAX_READ && data + size <= data_end {
+        for _ in 0..MAX_FRAMES {
+            if off >= size {
+                whole = true;
+                break;
+            }
+            if off > MAX_READ || data + off + 8 > data_end {
+                break;
+            }
+            let frame = (data + off) as *const u8;
+            // SAFETY: the 8-byte header is inside [data, data_end), checked
+            // just above.
+            let (kind, len) = unsafe {
+                (
+                    *frame,
+                    u32::from_be_bytes([*frame.add(4), *frame.add(5), *frame.add(6), *frame.add(7)])
+                        as usize,
+                )
+            };
+            if kind == CREDIT && len == 8 {
+                if data + off + CREDIT_LEN > data_end {
+                    break;
+                }
+                // SAFETY: the credit's 8 payload bytes are inside the
+                // message, checked just above.
+                let credit = unsafe { core::ptr::read_unaligned(frame.add(8).cast::<[u8; 8]>()) };
+                granted = granted.max(u64::from_be_bytes(credit));
+            }
+            if len > MAX_READ {
+                break;
+            }
+            off += 8 + len;
+        }
+        if off >= size {
+            whole = true;
+        }
+    }
+    let granted = if whole { granted } else { u64::MAX };
+    // SAFETY: `record` points into the map value. Only this channel's
+    // receiver socket writes the field (its writes are serialised by the
+    // socket lock), and a torn read by the sender's program is impossible
+    // for an aligned u64.
+    unsafe {
+        if granted > (*record).granted {
+            (*record).granted = granted;
+        }
+    }
+}
+
+/// Whether a sender's write of `size` bytes takes it past its receiver's
+/// credit (plus the slack); never before the first credit was seen.
+#[inline(always)]
+fn past_window(record: *mut ChannelRecord, size: u64) -> bool {
+    // SAFETY: `record` points into the map value.
+    let (granted, sent) = unsafe { ((*record).granted, (*record).bytes[ROLE_SENDER as usize]) };
+    granted != 0 && sent.saturating_add(size) > granted.saturating_add(WINDOW_SLACK)
 }

@@ -85,14 +85,26 @@ pub enum StreamError {
     Closed,
 }
 
+/// `EACCES` on Linux (no libc in this crate).
+const EACCES: i32 = 13;
+
 impl StreamError {
     /// An I/O failure while `context`, after `bytes`.
     pub fn io(context: &'static str, bytes: u64, err: &io::Error) -> Self {
+        // On a spliced socket, EACCES is the kernel program refusing bytes
+        // past the window the receiver granted.
+        let message = if err.raw_os_error() == Some(EACCES) {
+            format!(
+                "{err}: the kernel refused bytes past the window the receiver granted (the sender ignored flow control)"
+            )
+        } else {
+            err.to_string()
+        };
         Self::Io {
             context,
             bytes,
             kind: err.kind(),
-            message: err.to_string(),
+            message,
         }
     }
 
@@ -439,6 +451,18 @@ impl Inbound {
     fn on_header(&mut self, header: FrameHeader) -> Result<(), StreamError> {
         self.state = match header.kind {
             FrameKind::Data => {
+                // The credit says how far the sender may write, headers
+                // included: a sender past it ignores flow control, and its
+                // bytes are what a window exists to bound.
+                let end = self.consumed + HEADER_LEN as u64 + u64::from(header.len);
+                if end > self.granted {
+                    let reason = format!(
+                        "the sender wrote past the window it was granted ({} bytes, up to {end}): it ignores flow control",
+                        self.granted
+                    );
+                    self.reject(&reason);
+                    return Err(StreamError::Protocol(reason));
+                }
                 self.consumed += HEADER_LEN as u64;
                 if header.len == 0 {
                     InState::Header {
@@ -638,6 +662,25 @@ mod tests {
         }
         let (received, verdict) = transfer(&[], 64 << 10, 3);
         assert_eq!((received.len(), verdict), (0, Ok(())));
+    }
+
+    #[test]
+    fn a_sender_past_its_credit_is_refused_with_the_reason() {
+        let mut inbound = Inbound::new(64 << 10);
+        // Within the window: fine.
+        let header = FrameHeader::new(FrameKind::Data, 32 << 10).encode();
+        assert_eq!(inbound.frame_bytes(&header), Ok(HEADER_LEN));
+        inbound.payload(&[7; 32 << 10]);
+        // A frame that would end past the credit, as from a sender that
+        // ignores flow control.
+        let header = FrameHeader::new(FrameKind::Data, 64 << 10).encode();
+        let err = inbound.frame_bytes(&header).unwrap_err();
+        assert!(err.to_string().contains("past the window"), "{err}");
+        // After the credit for what was read, the sender hears why.
+        let out = inbound.outgoing();
+        assert_eq!(out[0], FrameKind::Credit as u8);
+        assert_eq!(out[HEADER_LEN + 8], FrameKind::Reject as u8);
+        assert_eq!(inbound.want(), Want::Finished);
     }
 
     #[test]

@@ -490,3 +490,114 @@ fn a_hostile_client_cannot_exhaust_the_agent_or_hold_a_stream_up() {
     squatters.kill().ok();
     squatters.wait().ok();
 }
+
+/// The node's TCP memory, in bytes (`/proc/net/sockstat`, all sockets).
+fn tcp_memory() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").expect("reading sockstat");
+    let pages: u64 = text
+        .lines()
+        .find(|line| line.starts_with("TCP:"))
+        .and_then(|line| line.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("TCP mem in sockstat");
+    pages * 4096
+}
+
+/// Attack 2: on the splice path the window was advisory: a paired sender
+/// that ignored its credits queued 512 MiB in its receiver's socket in
+/// 0.1 s. Now the kernel program refuses its writes past the receiver's
+/// credit (the sender fails with EACCES), so the node holds the window and
+/// a small slack; over plain TCP, where the kernel's buffers bound it, the
+/// receiver refuses the stream with the reason.
+#[test]
+fn a_sender_that_ignores_its_credits_is_stopped_at_the_window() {
+    const WINDOW: u64 = 1 << 20;
+    for (label, ebpf) in [("splice", true), ("tcp", false)] {
+        let node = if ebpf {
+            TestNode::start_ebpf("flood")
+        } else {
+            TestNode::start(
+                "flood-tcp",
+                AgentOptions {
+                    no_ebpf: true,
+                    ..AgentOptions::default()
+                },
+            )
+        };
+        // A receiver that reads 256 KiB a second.
+        let receiver = spawn(node.probe("recv", "flood", 256 << 20).args([
+            "--window",
+            &WINDOW.to_string(),
+            "--rate",
+            "262144",
+            "--no-check",
+            "--chunk",
+            "65536",
+        ]));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = tcp_memory();
+        let mut flood = Command::new(intruder_binary());
+        flood.args([
+            "flood",
+            "--agent",
+            &node.agent.addr.to_string(),
+            "--channel",
+            "flood",
+            "--bytes",
+            &(256u64 << 20).to_string(),
+        ]);
+        // In the node's cgroup, so that the kernel splices its socket.
+        node.cgroup.spawn_inside(&mut flood);
+        let mut flood = spawn(&mut flood);
+        // The peak of the node's TCP memory while the flood runs (5 s at
+        // most: over TCP it goes at the receiver's pace).
+        let mut peak = before;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while flood.try_wait().expect("polling").is_none() && Instant::now() < deadline {
+            peak = peak.max(tcp_memory());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ended = flood.try_wait().expect("polling").is_some();
+        flood.kill().ok();
+        let out = flood.wait_with_output().expect("the flood's output");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let held = peak.saturating_sub(before);
+        eprintln!("{label}: {report} held {held} bytes above the node's TCP memory before");
+        if !ebpf {
+            // Over TCP the kernel's buffers hold the flood back, at the
+            // receiver's pace; the receiver would read them for a while.
+            let mut receiver = receiver;
+            receiver.kill().ok();
+            receiver.wait().ok();
+        } else {
+            // The receiver reads what the window let through, then fails:
+            // the stream ends without its end mark.
+            let receiver = wait_within(receiver, LIMIT);
+            let said = String::from_utf8_lossy(&receiver.stderr).into_owned();
+            assert!(
+                !receiver.status.success(),
+                "{label}: the receiver took the flood"
+            );
+            assert!(
+                said.contains("truncat") || said.contains("ended"),
+                "{label}: {said}"
+            );
+        }
+        if ebpf {
+            assert!(ended, "{label}: the kernel never stopped the flood");
+            let error = report["error"].as_str().unwrap_or_default();
+            assert!(error.contains("Permission denied"), "{label}: {report:#}");
+            assert!(
+                report["written"].as_u64().unwrap_or(u64::MAX) <= 4 * WINDOW,
+                "{label}: {report:#}"
+            );
+            let refusals = node.agent.status()["totals"]["window_refusals"]
+                .as_u64()
+                .unwrap_or_default();
+            assert!(refusals >= 1, "{label}: no refusal counted");
+        }
+        // The window, the slack, and the kernel's own buffers: far below
+        // the 256 MiB the flood had to send.
+        assert!(held < 16 << 20, "{label}: the node held {held} bytes");
+    }
+}

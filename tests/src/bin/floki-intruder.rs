@@ -14,6 +14,9 @@
 //!   the agent's answer and whether it closed the connection.
 //! * `hold --addr A --count N --secs S`: N silent connections held S
 //!   seconds; how many the other side closed.
+//! * `flood --agent HOST:PORT --channel C --bytes N`: a plain channel's
+//!   sender that ignores its credits: data frames as fast as the socket
+//!   takes them; prints how much it wrote and the error that stopped it.
 //! * `listen --addr A --secs N`: counts the connections a host gets.
 //! * `connect --addr A`: whether a TCP connection gets through.
 
@@ -71,6 +74,15 @@ async fn main() -> anyhow::Result<()> {
             let count: usize = flag("--count").context("--count")?.parse()?;
             let secs: u64 = flag("--secs").context("--secs")?.parse()?;
             hold(&addr, count, secs).await?
+        }
+        "flood" => {
+            let bytes: u64 = flag("--bytes").context("--bytes")?.parse()?;
+            flood(
+                &flag("--agent").context("--agent")?,
+                &flag("--channel").context("--channel")?,
+                bytes,
+            )
+            .await?
         }
         "listen" => {
             let secs: u64 = flag("--secs").context("--secs")?.parse()?;
@@ -239,4 +251,60 @@ async fn count_connections(addr: &str, secs: u64) -> anyhow::Result<Value> {
         }
     }
     Ok(json!({"connections": connections}))
+}
+
+/// A sender that takes its pairing like any other, then ignores every
+/// credit.
+async fn flood(agent: &str, channel: &str, bytes: u64) -> anyhow::Result<Value> {
+    use floki_proto::frame::{FrameHeader, FrameKind, control_frame};
+    let mut control = TcpStream::connect(agent).await?;
+    let cookie = floki_proto::netns::netns_cookie(&control).ok();
+    floki_proto::control::write_preamble(&mut control).await?;
+    let hello = json!({"channel": channel, "role": "send", "netns_cookie": cookie});
+    write_message(&mut control, &hello).await?;
+    let (peer, key) = loop {
+        let message: Value = read_message(&mut control)
+            .await?
+            .context("the agent closed the control connection")?;
+        if let (Some(peer), Some(key)) = (message["peer"].as_str(), message["key"].as_str()) {
+            break (peer.to_owned(), key.to_owned());
+        }
+        if message.get("error").is_some() || message["op"] == "refused" {
+            bail!("refused: {message}");
+        }
+    };
+    let key = floki_proto::control::decode_key(&key).context("pairing key")?;
+    let mut data = TcpStream::connect(&peer).await?;
+    data.set_nodelay(true)?;
+    let mut credit = [0u8; 16];
+    data.read_exact(&mut credit).await?;
+    data.write_all(&control_frame(FrameKind::Hello, &key))
+        .await?;
+    // Frames well inside the window, so that the receiver does not see
+    // the first one already past it: what stops the flood is the point.
+    let chunk = vec![0x5a; 64 << 10];
+    let header = FrameHeader::new(FrameKind::Data, chunk.len() as u32).encode();
+    let mut written = 0u64;
+    let mut error = None;
+    while written < bytes {
+        let frame = [&header[..], &chunk[..]].concat();
+        match timeout(Duration::from_secs(10), data.write_all(&frame)).await {
+            Ok(Ok(())) => {
+                written += chunk.len() as u64;
+                if written.is_multiple_of(16 << 20) {
+                    eprintln!("flood: {written} bytes written");
+                }
+            }
+            Ok(Err(err)) => {
+                error = Some(err.to_string());
+                break;
+            }
+            Err(_) => {
+                error = Some("blocked for 10 s".into());
+                break;
+            }
+        }
+    }
+    drop(control);
+    Ok(json!({"written": written, "error": error}))
 }

@@ -48,6 +48,9 @@ struct Args {
     live: bool,
     /// Plain channels: the secret both ends present.
     secret: Option<String>,
+    /// Receivers: do not check the bytes against the pattern (a sender of
+    /// the security tests writes its own).
+    no_check: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -75,6 +78,7 @@ fn parse() -> anyhow::Result<Args> {
         transport: None,
         live: false,
         secret: None,
+        no_check: false,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -88,6 +92,10 @@ fn parse() -> anyhow::Result<Args> {
         }
         if flag == "--report-written" {
             out.report_written = true;
+            continue;
+        }
+        if flag == "--no-check" {
+            out.no_check = true;
             continue;
         }
         if flag == "--blocking" {
@@ -493,7 +501,9 @@ async fn recv(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         if n == 0 {
             break;
         }
-        check(&pattern, got, &buf[..n], &mut expected)?;
+        if !args.no_check {
+            check(&pattern, got, &buf[..n], &mut expected)?;
+        }
         got += n as u64;
         if args.stall_after.is_some_and(|limit| got >= limit) {
             eprintln!("floki-probe: stalling after {got} bytes");

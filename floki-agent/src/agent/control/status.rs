@@ -110,6 +110,7 @@ pub fn totals(agent: &Agent) -> Totals {
         failed_channels: channels.failed,
         passed_msgs: counters.passed_msgs,
         redirect_errors: counters.redirect_errors,
+        window_refusals: counters.window_refusals,
     }
 }
 
