@@ -4,17 +4,12 @@
 //! reach. Each test is one attack of issue 13 and asserts what the victim
 //! would check: its bytes, its token, the errors it sees.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use floki_tests::{
-    agent::AgentOptions,
     cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec},
     intruder_binary,
     netns::NetNs,
-    node::TestNode,
     node::{assert_success, spawn, wait_within},
     probe_binary,
 };
@@ -429,10 +424,6 @@ fn plain_channels_are_off_the_network_and_a_secret_keeps_them_apart() {
     );
 }
 
-fn intruder(args: &[&str]) -> Value {
-    report_of(spawn(Command::new(intruder_binary()).args(args)))
-}
-
 /// Attack 5: exhaustion. Idle connections to the metrics server are closed
 /// (header timeout); an end that talks while it waits for its peer is
 /// closed instead of being read forever; silent connections to a
@@ -440,20 +431,19 @@ fn intruder(args: &[&str]) -> Value {
 /// 10 s each.
 #[test]
 fn a_hostile_client_cannot_exhaust_the_agent_or_hold_a_stream_up() {
-    let node = TestNode::start(
-        "exhaust",
-        AgentOptions {
-            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
-            ..AgentOptions::default()
-        },
-    );
-    let metrics = node.agent.status()["metrics"]
-        .as_str()
-        .and_then(|url| url.strip_prefix("http://"))
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .expect("metrics address in status")
-        .to_owned();
-    let report = intruder(&["hold", "--addr", &metrics, "--count", "100", "--secs", "12"]);
+    // A node of its own (a namespace): its connections do not disturb
+    // tests that count the machine's TCP segments.
+    let cluster = Cluster::start_with(&["node-a"], &["--metrics", "127.0.0.1:9478"]);
+    let node = cluster.node("node-a");
+    let report = node.intruder(&[
+        "hold",
+        "--addr",
+        "127.0.0.1:9478",
+        "--count",
+        "100",
+        "--secs",
+        "12",
+    ]);
     assert_eq!(
         report["closed_by_peer"],
         json!(100),
@@ -462,22 +452,23 @@ fn a_hostile_client_cannot_exhaust_the_agent_or_hold_a_stream_up() {
 
     let socket = format!("unix:{}", node.agent.socket.display());
     let hello = json!({"channel": "chatty", "role": "send"}).to_string();
-    let report = intruder(&[
+    let report = node.intruder(&[
         "hello", "--agent", &socket, "--hello", &hello, "--hold", "5", "--spam", "1000",
     ]);
     assert_eq!(report["closed_by_agent"], json!(true), "{report:#}");
 
     // A receiver on the TCP port, five silent connections to its listener,
     // then its sender.
-    let receiver = spawn(&mut node.probe("recv", "patient", 4 << 20));
-    let listener = listener_of(receiver.id(), Command::new("ss"));
-    let squatters = spawn(
-        Command::new(intruder_binary())
-            .args(["hold", "--addr", &listener, "--count", "5", "--secs", "40"]),
+    let bytes = (4u64 << 20).to_string();
+    let receiver = spawn(&mut node.probe(&["recv", "--channel", "patient", "--bytes", &bytes]));
+    let listener = listener_of(receiver.id(), node.ns.command("ss"));
+    let squatters = intruder_in(
+        &node.ns,
+        &["hold", "--addr", &listener, "--count", "5", "--secs", "40"],
     );
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let sender = spawn(&mut node.probe("send", "patient", 4 << 20));
+    let sender = spawn(&mut node.probe(&["send", "--channel", "patient", "--bytes", &bytes]));
     assert_success(&wait_within(sender, LIMIT), "the sender");
     assert_success(&wait_within(receiver, LIMIT), "the receiver");
     let took = started.elapsed();
@@ -513,34 +504,34 @@ fn tcp_memory() -> u64 {
 fn a_sender_that_ignores_its_credits_is_stopped_at_the_window() {
     const WINDOW: u64 = 1 << 20;
     for (label, ebpf) in [("splice", true), ("tcp", false)] {
-        let node = if ebpf {
-            TestNode::start_ebpf("flood")
-        } else {
-            TestNode::start(
-                "flood-tcp",
-                AgentOptions {
-                    no_ebpf: true,
-                    ..AgentOptions::default()
-                },
-            )
-        };
+        // A node of its own: the flood's segments stay in its namespace.
+        let extra: &[&str] = if ebpf { &[] } else { &["--no-ebpf"] };
+        let cluster = Cluster::start_with(&["node-a"], extra);
+        let node = cluster.node("node-a");
+        if ebpf {
+            assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+        }
         // A receiver that reads 256 KiB a second.
-        let receiver = spawn(node.probe("recv", "flood", 256 << 20).args([
-            "--window",
-            &WINDOW.to_string(),
-            "--rate",
-            "262144",
-            "--no-check",
-            "--chunk",
-            "65536",
-        ]));
+        let bytes = (256u64 << 20).to_string();
+        let receiver = spawn(
+            node.probe(&["recv", "--channel", "flood", "--bytes", &bytes])
+                .args([
+                    "--window",
+                    &WINDOW.to_string(),
+                    "--rate",
+                    "262144",
+                    "--no-check",
+                    "--chunk",
+                    "65536",
+                ]),
+        );
         std::thread::sleep(Duration::from_millis(300));
         let before = tcp_memory();
-        let mut flood = Command::new(intruder_binary());
+        let mut flood = node.ns.command(intruder_binary());
         flood.args([
             "flood",
             "--agent",
-            &node.agent.addr.to_string(),
+            "127.0.0.1:7878",
             "--channel",
             "flood",
             "--bytes",
