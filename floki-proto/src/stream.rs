@@ -417,7 +417,16 @@ impl Inbound {
 
     /// Consumes framing from the front of `input` (headers, control
     /// payloads), up to the next stream bytes; returns how many bytes it took.
+    /// After an error the stream is over: it takes nothing more.
     pub fn frame_bytes(&mut self, input: &[u8]) -> Result<usize, StreamError> {
+        let taken = self.take_framing(input);
+        if taken.is_err() {
+            self.state = InState::Finished;
+        }
+        taken
+    }
+
+    fn take_framing(&mut self, input: &[u8]) -> Result<usize, StreamError> {
         let mut taken = 0;
         loop {
             let rest = &input[taken..];

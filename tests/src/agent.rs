@@ -330,6 +330,13 @@ impl TestAgent {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Kills the agent with SIGKILL, as a crash would (reaped by
+    /// [`TestAgent::relaunch`] or on drop).
+    pub fn kill(&self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()

@@ -4,6 +4,7 @@
 
 mod baselines;
 mod ebpf;
+mod fuzz;
 mod kernels;
 mod lab;
 mod python;
@@ -35,6 +36,16 @@ enum Task {
     /// tests (as root) on this machine's kernel, then the data-path tests on
     /// Debian's 6.1 and 6.12 kernels under QEMU.
     Test(test::Options),
+    /// Kill senders, receivers, agents and links at random points of
+    /// streams and count what the ends saw (docs/RELIABILITY.md).
+    Soak {
+        /// Options for `floki-lab soak` (e.g. --runs 100).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Fuzz the parsers and state machines that take untrusted bytes
+    /// (cargo-fuzz; a million inputs per target by default).
+    Fuzz(fuzz::Options),
     /// Benchmarks, written to docs/BENCHMARKS.md: `cargo xtask bench splice`,
     /// `small`, `patterns`, `paper`, `python`.
     Bench {
@@ -49,6 +60,8 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => ebpf::build().map(drop),
         Task::Demo { args } => lab::run("demo", &args),
         Task::Test(opts) => test::all(&opts),
+        Task::Fuzz(opts) => fuzz::run_targets(&opts),
+        Task::Soak { args } => lab::run("soak", &args),
         Task::Bench { args } => lab::run("bench", &args),
     }
 }

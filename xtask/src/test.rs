@@ -130,6 +130,13 @@ pub fn all(opts: &Options) -> anyhow::Result<()> {
     ]))?;
     let lab = workspace_root().join("target/debug/floki-lab");
     crate::python::pytest(&lab)?;
+    // A bounded pass of every fuzz target over its corpus (the full runs:
+    // `cargo xtask fuzz`, figures in docs/RELIABILITY.md).
+    crate::fuzz::run_targets(&crate::fuzz::Options {
+        runs: 20_000,
+        targets: Vec::new(),
+        minimize: false,
+    })?;
     let versions = crate::python::check_abi3(&wheel, &lab)?;
     eprintln!(
         "xtask: the abi3 wheel also streams on CPython {}",

@@ -8,6 +8,7 @@ mod cluster;
 mod demo;
 mod lab;
 mod peer;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ enum Task {
     /// Benchmarks; results go to docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Streams killed at random points (sender, receiver, agents, link);
+    /// results go to docs/RELIABILITY.md.
+    Soak(soak::Options),
     /// Network-namespace nodes with an agent each, for tests outside Rust:
     /// prints them as one JSON line, keeps them until stdin closes.
     Cluster(cluster::Options),
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(opts) => demo::run(&opts),
         Task::Bench(bench) => bench::run(bench),
         Task::Cluster(opts) => cluster::run(&opts),
+        Task::Soak(opts) => soak::run(&opts),
         Task::Peer(peer) => peer::run(peer),
     }
 }
