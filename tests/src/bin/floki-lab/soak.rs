@@ -43,7 +43,11 @@ pub struct Options {
     #[arg(long, default_value_t = 100)]
     pub runs: usize,
     /// Transports: shm, splice, tcp (one node), cross-node (two).
-    #[arg(long, value_delimiter = ',', default_value = "shm,splice,tcp,cross-node")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "shm,splice,tcp,cross-node"
+    )]
     pub transports: Vec<String>,
     /// Seed of the kill points and victims.
     #[arg(long, default_value_t = 1)]
@@ -85,8 +89,15 @@ struct Tally {
 
 /// One node's or two nodes' place for the runs of a transport.
 enum Place {
-    Node { node: TestNode, opts: AgentOptions, unix: bool },
-    Cluster { cluster: Cluster, token: String },
+    Node {
+        node: TestNode,
+        opts: AgentOptions,
+        unix: bool,
+    },
+    Cluster {
+        cluster: Cluster,
+        token: String,
+    },
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -305,9 +316,9 @@ fn classify(sent: Option<End>, received: Option<End>) -> Outcome {
     };
     match (&sent, &received) {
         (Some(End::Hung), _) | (_, Some(End::Hung)) => Outcome::Hang("an end hung".into()),
-        (_, Some(End::Failed(said))) if short(said) => {
-            Outcome::Silent(format!("the receiver was given a short or wrong stream: {said}"))
-        }
+        (_, Some(End::Failed(said))) if short(said) => Outcome::Silent(format!(
+            "the receiver was given a short or wrong stream: {said}"
+        )),
         (Some(End::Ok), Some(End::Failed(said))) => Outcome::Silent(format!(
             "the sender succeeded while its receiver failed: {said}"
         )),
@@ -337,7 +348,9 @@ fn restart_agents(place: &mut Place, victim: Victim) {
         Place::Node { node, opts, .. } if victim == Victim::Agent => {
             node.agent.relaunch(&node.cgroup, opts.clone());
         }
-        Place::Cluster { cluster, .. } if matches!(victim, Victim::Agent | Victim::ConsumerAgent) => {
+        Place::Cluster { cluster, .. }
+            if matches!(victim, Victim::Agent | Victim::ConsumerAgent) =>
+        {
             let name = if victim == Victim::Agent {
                 "node-a"
             } else {
@@ -441,17 +454,15 @@ fn write(
             writeln!(md, "\n- {transport}, {note}")?;
         }
     }
-    let path = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/RELIABILITY.md"));
+    let path = opts.out.clone().unwrap_or_else(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/RELIABILITY.md")
+    });
     // Keep what follows the soak's section (the fuzzing figures).
     let rest = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| text.find("\n## Fuzzing").map(|at| text[at..].to_owned()))
         .unwrap_or_default();
-    std::fs::write(&path, md + &rest)
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, md + &rest).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("soak: written to {}", path.display());
     Ok(())
 }
