@@ -87,10 +87,18 @@ struct Tally {
     hangs: u32,
 }
 
+/// The outcomes of one transport: per victim, and notes on the runs that
+/// were not intact or clear errors.
+struct Results {
+    transport: String,
+    tallies: Vec<(Victim, Tally)>,
+    notes: Vec<String>,
+}
+
 /// One node's or two nodes' place for the runs of a transport.
 enum Place {
     Node {
-        node: TestNode,
+        node: Box<TestNode>,
         opts: AgentOptions,
         unix: bool,
     },
@@ -102,7 +110,7 @@ enum Place {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut results: Vec<(String, Vec<(Victim, Tally)>, Vec<String>)> = Vec::new();
+    let mut results: Vec<Results> = Vec::new();
     let started = Instant::now();
     for transport in &opts.transports {
         let mut place = place(transport)?;
@@ -157,7 +165,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "soak {transport}: {} runs, {} intact, {} clear errors, {} silent truncations, {} hangs",
             total.runs, total.intact, total.clear, total.silent, total.hangs
         );
-        results.push((transport.clone(), tallies, notes));
+        results.push(Results {
+            transport: transport.clone(),
+            tallies,
+            notes,
+        });
     }
     write(opts, &results, started.elapsed())
 }
@@ -172,7 +184,7 @@ fn place(transport: &str) -> anyhow::Result<Place> {
             };
             let node = TestNode::start(&format!("soak-{transport}"), opts.clone());
             Place::Node {
-                node,
+                node: Box::new(node),
                 opts,
                 unix: transport == "shm",
             }
@@ -409,11 +421,7 @@ fn cut_link(place: &Place) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(
-    opts: &Options,
-    results: &[(String, Vec<(Victim, Tally)>, Vec<String>)],
-    took: Duration,
-) -> anyhow::Result<()> {
+fn write(opts: &Options, results: &[Results], took: Duration) -> anyhow::Result<()> {
     let mut md = String::new();
     writeln!(
         md,
@@ -435,7 +443,10 @@ fn write(
         md,
         "| transport | killed | runs | intact | clear errors | silent truncations | hangs |\n|---|---|---:|---:|---:|---:|---:|"
     )?;
-    for (transport, tallies, _) in results {
+    for Results {
+        transport, tallies, ..
+    } in results
+    {
         for (victim, t) in tallies {
             writeln!(
                 md,
@@ -449,7 +460,10 @@ fn write(
             )?;
         }
     }
-    for (transport, _, notes) in results {
+    for Results {
+        transport, notes, ..
+    } in results
+    {
         for note in notes {
             writeln!(md, "\n- {transport}, {note}")?;
         }
