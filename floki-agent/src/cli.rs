@@ -110,7 +110,7 @@ pub struct RunArgs {
     #[arg(long, env = "FLOKI_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// Don't load eBPF: every channel uses plain TCP.
-    #[arg(long)]
+    #[arg(long, env = "FLOKI_NO_EBPF")]
     pub no_ebpf: bool,
     /// Behave as if the kernel lacked FEATURE (a name `status` lists under
     /// kernel features), to rehearse the fallback on a kernel that has it.
@@ -121,7 +121,7 @@ pub struct RunArgs {
     pub node: Option<String>,
     /// Default flow-control window per channel: at most this much of a stream
     /// is in flight (kernel or agent memory) at any time.
-    #[arg(long, default_value = "8MiB")]
+    #[arg(long, env = "FLOKI_WINDOW", default_value = "8MiB")]
     pub window: Size,
     /// bpffs directory for the agent's pins.
     #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]
@@ -130,14 +130,19 @@ pub struct RunArgs {
     #[arg(long, env = "FLOKI_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Finished channels kept in status.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "FLOKI_HISTORY", default_value_t = 256)]
     pub history: usize,
     /// Seconds a graceful stop (SIGTERM/SIGINT) waits for active channels.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "FLOKI_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,
-    /// A peer agent, NAME=HOST:PORT (repeatable); PORT is its --peer-listen
-    /// port.
-    #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
+    /// A peer agent, NAME=HOST:PORT (repeatable; in the environment,
+    /// comma-separated); PORT is its --peer-listen port.
+    #[arg(
+        long = "peer",
+        env = "FLOKI_PEERS",
+        value_delimiter = ',',
+        value_name = "NAME=HOST:PORT"
+    )]
     pub peers: Vec<String>,
     /// A file of peers, one NAME=HOST:PORT per line.
     #[arg(long, env = "FLOKI_PEERS_FILE")]
@@ -156,7 +161,12 @@ pub struct RunArgs {
     )]
     pub discover_dns_server: Option<SocketAddr>,
     /// Seconds between DNS lookups for --discover-dns.
-    #[arg(long, default_value_t = 10, requires = "discover_dns")]
+    #[arg(
+        long,
+        env = "FLOKI_DISCOVER_EVERY",
+        default_value_t = 10,
+        requires = "discover_dns"
+    )]
     pub discover_every: u64,
     /// Serve only channels of applied workflows (with their token): no
     /// plain channels (the DaemonSet's setting).
@@ -167,7 +177,7 @@ pub struct RunArgs {
     /// the producer, `DIR/<workflow>/<edge>.out` for the consumer, and a
     /// `.status` file beside each with the verdict of its last stream
     /// (docs/WORKFLOWS.md) [default: no pipes].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "FLOKI_PIPES_DIR", value_name = "DIR")]
     pub pipes_dir: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,

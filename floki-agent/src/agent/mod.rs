@@ -174,6 +174,11 @@ pub enum AgentError {
 /// the client's kernel retries only a second later.
 pub const BACKLOG: u32 = 4096;
 
+/// Clients in their handshake (each has 5 s for its hello) at most: beyond,
+/// connections wait in the kernel's queue rather than cost the agent a task
+/// and a descriptor each.
+pub const MAX_HANDSHAKES: usize = 8192;
+
 /// The channel port, with a backlog of [`BACKLOG`].
 fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
@@ -396,19 +401,26 @@ async fn accept(
     signals: &mut mpsc::Receiver<()>,
 ) {
     let mut backoff = backoff::AcceptBackoff::new("channels");
+    let unproven = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        // With as many clients still in their handshake as allowed, the
+        // next ones wait in the listeners' queues.
+        let permit = tokio::select! {
+            _ = signals.recv() => return,
+            permit = unproven.clone().acquire_owned() => permit.expect("never closed"),
+        };
         let failed = tokio::select! {
             _ = signals.recv() => return,
             accepted = channels.accept() => match accepted {
                 Ok((stream, from)) => {
-                    tokio::spawn(sessions::serve(stream, from, agent.clone()));
+                    tokio::spawn(sessions::serve(stream, from, agent.clone(), permit));
                     None
                 }
                 Err(err) => Some(err),
             },
             accepted = local.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(sessions::serve_unix(stream, agent.clone()));
+                    tokio::spawn(sessions::serve_unix(stream, agent.clone(), permit));
                     None
                 }
                 Err(err) => Some(err),

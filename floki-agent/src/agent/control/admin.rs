@@ -20,6 +20,9 @@ use super::{
 };
 use crate::agent::{Agent, AgentError, backoff::AcceptBackoff, unix_socket};
 
+/// Admin requests served at once.
+const MAX_REQUESTS: usize = 64;
+
 /// A request on the admin socket.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -51,7 +54,10 @@ impl AdminServer {
     /// Serves requests until the task is dropped.
     pub async fn serve(self, agent: Arc<Agent>, identity: Arc<Identity>) {
         let mut backoff = AcceptBackoff::new("admin");
+        // Requests served at once; the next wait in the socket's queue.
+        let serving = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
         loop {
+            let permit = serving.clone().acquire_owned().await.expect("never closed");
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(err) => {
@@ -66,6 +72,7 @@ impl AdminServer {
                 if let Err(err) = answer(stream, &agent, &identity).await {
                     debug!(%err, "admin request failed");
                 }
+                drop(permit);
             });
         }
     }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use floki_proto::control::{
     AgentMessage, ClientRequest, ControlStream, EdgeRef, Refusal, Role, write_message,
 };
@@ -19,9 +21,17 @@ use super::{
 };
 use crate::agent::{Agent, control::workflows::Denied};
 
-/// Serves a client whose preamble was read.
-pub async fn serve(mut stream: ControlStream, from: String, agent: Arc<Agent>) {
-    let hello = match handshake::request(&mut stream).await {
+/// Serves a client whose preamble was read; `unproven` is released once
+/// its request is.
+pub async fn serve(
+    mut stream: ControlStream,
+    from: String,
+    agent: Arc<Agent>,
+    unproven: OwnedSemaphorePermit,
+) {
+    let request = handshake::request(&mut stream).await;
+    drop(unproven);
+    let hello = match request {
         Ok(ClientRequest::Describe { describe }) => {
             return describe_edge(&mut stream, &from, &agent, describe).await;
         }

@@ -28,6 +28,7 @@ use floki_proto::{
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpStream, UnixStream},
+    sync::OwnedSemaphorePermit,
     time::timeout,
 };
 use tokio_util::either::Either;
@@ -36,8 +37,14 @@ use tracing::debug;
 use super::{Agent, channels::Membership, control::peers::protocol::PEER_MAGIC};
 use handshake::{HANDSHAKE_TIMEOUT, refuse};
 
-/// Serves one connection to the agent's channel port to its end.
-pub async fn serve(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
+/// Serves one connection to the agent's channel port to its end; `unproven`
+/// is released once the client's request is read.
+pub async fn serve(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    agent: Arc<Agent>,
+    unproven: OwnedSemaphorePermit,
+) {
     stream.set_nodelay(true).ok();
     let mut preamble = [0u8; 6];
     let read = timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut preamble)).await;
@@ -69,17 +76,17 @@ pub async fn serve(mut stream: TcpStream, from: SocketAddr, agent: Arc<Agent>) {
     let from = from.to_string();
     match refusal {
         Some((refusal, message)) => refuse(&agent, &mut stream, &from, refusal, message).await,
-        None => client::serve(stream, from, agent).await,
+        None => client::serve(stream, from, agent, unproven).await,
     }
 }
 
 /// Serves one connection to the agent's Unix socket: a client on this node
 /// (never another agent), which may be handed its data sockets.
-pub async fn serve_unix(stream: UnixStream, agent: Arc<Agent>) {
+pub async fn serve_unix(stream: UnixStream, agent: Arc<Agent>, unproven: OwnedSemaphorePermit) {
     let mut stream = Either::Right(stream);
     let from = "the local socket".to_owned();
     match handshake::preamble(&mut stream).await {
-        Ok(()) => client::serve(stream, from, agent).await,
+        Ok(()) => client::serve(stream, from, agent, unproven).await,
         Err((refusal, message)) => refuse(&agent, &mut stream, &from, refusal, message).await,
     }
 }
