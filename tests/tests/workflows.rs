@@ -685,3 +685,57 @@ fn an_apply_is_all_or_nothing_and_delete_removes_everywhere() {
         assert_eq!(workflows, Value::Array(vec![]), "{node} kept {workflows:#}");
     }
 }
+
+/// A producer on the TCP port killed in the middle of a cross-node stream:
+/// its agent closes the relay over the link when the producer's control
+/// connection goes, so the consumer fails with a truncation at once rather
+/// than wait for bytes that never come (found by `cargo xtask soak`: the
+/// kernel's redirect of the producer's writes into the link hid its death
+/// from the relay in about a third of the runs).
+#[test]
+fn a_killed_producer_across_nodes_fails_its_consumer_at_once() {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = edge_spec("1MiB").edge_option("store", "false");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_edge_ready(cluster.node("node-a"), "e");
+    for kill_after in [50, 100, 150] {
+        let rate = (32 * MIB).to_string();
+        let extra = ["--rate", rate.as_str()];
+        let consumer = probe(
+            cluster.node("node-b"),
+            "recv",
+            &token,
+            "e",
+            "q",
+            8 * MIB,
+            &extra,
+        );
+        let mut producer = probe(
+            cluster.node("node-a"),
+            "send",
+            &token,
+            "e",
+            "p",
+            8 * MIB,
+            &extra,
+        );
+        std::thread::sleep(Duration::from_millis(kill_after));
+        producer.kill().ok();
+        producer.wait().ok();
+        let started = Instant::now();
+        let out = wait_within(consumer, Duration::from_secs(20));
+        let said = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            // The stream was whole before the kill: fine.
+            continue;
+        }
+        assert!(said.contains("truncated"), "{said}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the consumer took {:?} to see its producer die",
+            started.elapsed()
+        );
+        wait_edge_ready(cluster.node("node-a"), "e");
+    }
+}

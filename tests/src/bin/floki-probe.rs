@@ -51,6 +51,9 @@ struct Args {
     /// Receivers: do not check the bytes against the pattern (a sender of
     /// the security tests writes its own).
     no_check: bool,
+    /// Give up if the other end has not come within this time (edges: 60 s
+    /// unless given).
+    pair_timeout: Option<Duration>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -79,6 +82,7 @@ fn parse() -> anyhow::Result<Args> {
         live: false,
         secret: None,
         no_check: false,
+        pair_timeout: None,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -120,6 +124,7 @@ fn parse() -> anyhow::Result<Args> {
             "--window" => out.window = Some(value.parse()?),
             "--data-addr" => out.data_addr = Some(value.parse()?),
             "--secret" => out.secret = Some(value),
+            "--pair-timeout" => out.pair_timeout = Some(Duration::from_secs(value.parse()?)),
             "--chunk" => out.chunk = value.parse()?,
             "--workflow" => edge.0 = value,
             "--edge" => edge.1 = value,
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
     opts.ring = !args.no_ring;
     opts.live = args.live;
     opts.secret = args.secret.clone();
+    opts.pair_timeout = args.pair_timeout;
     match (args.verb.as_str(), args.blocking) {
         ("send", true) => return blocking_send(&args, &opts),
         ("recv", true) => return blocking_recv(&args, &opts),
@@ -170,7 +176,7 @@ fn edge_options(
     (workflow, edge, function, token): &(String, String, String, String),
 ) -> EdgeOptions {
     let mut opts = EdgeOptions::new(&args.agent, workflow, token, edge, function);
-    opts.pair_timeout = Some(Duration::from_secs(60));
+    opts.pair_timeout = Some(args.pair_timeout.unwrap_or(Duration::from_secs(60)));
     opts.transport = args.transport;
     opts.live = args.live;
     opts

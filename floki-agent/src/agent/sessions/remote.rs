@@ -17,10 +17,11 @@ use floki_proto::{
 };
 use tokio::{
     net::{TcpStream, UnixStream},
+    task::JoinHandle,
     time::Sleep,
 };
 use tokio_util::either::Either;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
     ReportReader, WhileWaiting, closed,
@@ -132,7 +133,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     };
     let started = match control {
         Either::Right(mut unix) => match hand_over(&mut unix, &hello, prepared, window).await {
-            Ok(()) => Ok(Either::Right(unix)),
+            Ok(()) => Ok((Either::Right(unix), None)),
             Err(err) => Err(format!("not handed over: {err}")),
         },
         Either::Left(tcp) => {
@@ -143,12 +144,35 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
                 membership: &membership,
                 agent,
             };
-            end.start(tcp, prepared, relayed).await.map(Either::Left)
+            end.start(tcp, prepared, relayed)
+                .await
+                .map(|(tcp, relay)| (Either::Left(tcp), Some(relay)))
         }
     };
     match started {
-        Ok(control) => reports(control, membership, &name, reader).await,
+        Ok((control, relay)) => {
+            reports(control, membership, &name, reader).await;
+            if let Some(relay) = relay {
+                close_relay_after(relay, &name).await;
+            }
+        }
         Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
+    }
+}
+
+/// How long a relay may outlive its end's control connection: a stream
+/// that ended well has finished moving by then.
+const RELAY_GRACE: Duration = Duration::from_secs(2);
+
+/// The end hung up (finished, failed or died): its relay gets
+/// [`RELAY_GRACE`] to finish, then is closed, so that the other node sees
+/// the stream break instead of waiting for bytes that will never come (a
+/// killed producer whose data connection the kernel redirects into the
+/// link is not always seen going).
+async fn close_relay_after(mut relay: JoinHandle<()>, name: &str) {
+    if tokio::time::timeout(RELAY_GRACE, &mut relay).await.is_err() {
+        relay.abort();
+        info!(channel = %name, "the end left and its relay was still open: closed, so that the other node sees the stream end");
     }
 }
 
@@ -251,7 +275,7 @@ impl RelayedEnd<'_> {
         mut control: TcpStream,
         mut prepared: Prepared,
         relayed: Arc<AtomicU64>,
-    ) -> Result<TcpStream, String> {
+    ) -> Result<(TcpStream, JoinHandle<()>), String> {
         let (agent, id) = (self.agent, self.membership.id());
         let key = encode_key(&prepared.key);
         let paired = |peer| AgentMessage::Paired {
@@ -296,7 +320,7 @@ impl RelayedEnd<'_> {
                 (prepared.conn, link::connect_consumer(listen).await?)
             }
         };
-        link::spawn_relay(self.name.to_owned(), producer, consumer, relayed);
-        Ok(control)
+        let relay = link::spawn_relay(self.name.to_owned(), producer, consumer, relayed);
+        Ok((control, relay))
     }
 }

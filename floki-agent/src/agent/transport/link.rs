@@ -123,13 +123,14 @@ pub async fn connect_consumer(listen: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Relays the stream between `producer` and `consumer` (one of them the
-/// link) in the background, counting into `relayed`.
+/// link) in the background, counting into `relayed`. Aborting the task
+/// closes both connections.
 pub fn spawn_relay(
     name: String,
     producer: TcpStream,
     consumer: TcpStream,
     relayed: Arc<AtomicU64>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let relayed = relay::relay(producer, consumer, relayed).await;
         let (forward, backward) = (relayed.forward, relayed.backward);
@@ -137,5 +138,5 @@ pub fn spawn_relay(
             None => debug!(channel = %name, forward, backward, "relay done"),
             Some(err) => info!(channel = %name, forward, backward, %err, "relay broken"),
         }
-    });
+    })
 }

@@ -36,6 +36,10 @@ use crate::bench::report;
 
 const BYTES: u64 = 8 << 20;
 const HANG: Duration = Duration::from_secs(30);
+/// Seconds an end waits for its peer: one whose peer died before it came
+/// (or a retry that never comes) fails with a clear error then, well within
+/// [`HANG`].
+const PAIR_TIMEOUT: &str = "10";
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -49,6 +53,10 @@ pub struct Options {
         default_value = "shm,splice,tcp,cross-node"
     )]
     pub transports: Vec<String>,
+    /// Only these victims: sender, receiver, agent, consumer-agent, link
+    /// [default: all that apply].
+    #[arg(long, value_delimiter = ',')]
+    pub victims: Vec<String>,
     /// Seed of the kill points and victims.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -67,6 +75,16 @@ enum Victim {
 }
 
 impl Victim {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Sender => "sender",
+            Self::Receiver => "receiver",
+            Self::Agent => "agent",
+            Self::ConsumerAgent => "consumer-agent",
+            Self::Link => "link",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Sender => "sender",
@@ -124,6 +142,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Victim::Link,
             ],
         };
+        let chosen: Vec<Victim> = victims
+            .iter()
+            .copied()
+            .filter(|v| opts.victims.is_empty() || opts.victims.iter().any(|n| n == v.key()))
+            .collect();
+        let victims = &chosen[..];
         let mut tallies: Vec<(Victim, Tally)> =
             victims.iter().map(|v| (*v, Tally::default())).collect();
         let mut notes = Vec::new();
@@ -234,7 +258,7 @@ fn one_run(
                 } else {
                     node.probe(verb, &channel, BYTES)
                 };
-                cmd.args(["--live", "--rate", &rate]);
+                cmd.args(["--live", "--rate", &rate, "--pair-timeout", PAIR_TIMEOUT]);
                 if verb == "recv" {
                     cmd.args(["--window", "1048576"]);
                 }
@@ -258,6 +282,8 @@ fn one_run(
                     bytes.clone(),
                     "--rate".into(),
                     rate.clone(),
+                    "--pair-timeout".into(),
+                    PAIR_TIMEOUT.into(),
                 ]
             };
             (
@@ -294,7 +320,8 @@ fn one_run(
 enum End {
     Ok,
     Failed(String),
-    Hung,
+    /// What it had said on stderr when it was killed.
+    Hung(String),
 }
 
 fn finish(mut child: Child, deadline: Instant, victim: bool) -> Option<End> {
@@ -304,8 +331,11 @@ fn finish(mut child: Child, deadline: Instant, victim: bool) -> Option<End> {
         }
         if Instant::now() > deadline {
             child.kill().ok();
-            child.wait().ok();
-            return (!victim).then_some(End::Hung);
+            let said = child
+                .wait_with_output()
+                .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+                .unwrap_or_default();
+            return (!victim).then_some(End::Hung(said));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -327,7 +357,8 @@ fn classify(sent: Option<End>, received: Option<End>) -> Outcome {
         said.contains("the test expected") || said.contains("differs from what the sender wrote")
     };
     match (&sent, &received) {
-        (Some(End::Hung), _) | (_, Some(End::Hung)) => Outcome::Hang("an end hung".into()),
+        (Some(End::Hung(said)), _) => Outcome::Hang(format!("the sender hung: {said}")),
+        (_, Some(End::Hung(said))) => Outcome::Hang(format!("the receiver hung: {said}")),
         (_, Some(End::Failed(said))) if short(said) => Outcome::Silent(format!(
             "the receiver was given a short or wrong stream: {said}"
         )),
@@ -428,7 +459,8 @@ fn write(opts: &Options, results: &[Results], took: Duration) -> anyhow::Result<
         "# Reliability\n\nWhat happens to a stream when a party dies or the network breaks in its middle. \
          `cargo xtask soak` (tests/src/bin/floki-lab/soak.rs) streams 8 MiB between two probes \
          (the receiver checks every byte, sender paced at 16-64 MiB/s), kills one party at a \
-         random moment in the first 0.6 s, and waits 30 s at most for the ends still alive. \
+         random moment in the first 0.6 s, and waits 30 s at most for the ends still alive \
+         (an end gives up on a peer that never comes after 10 s). \
          An end must finish the stream verified or fail with an error: a **silent truncation** \
          is an end that reported success for a stream that was not whole, a **hang** an end \
          that did neither.\n\nRun {} on {} ({} runs per transport, seed {}, {:.0} min); the \
