@@ -2,13 +2,14 @@
 
 use std::fs;
 
-/// `Tcp: OutSegs` from /proc/net/snmp (of the current network namespace).
-pub fn tcp_out_segments() -> u64 {
-    snmp_field("Tcp:", "OutSegs")
+/// TCP segments sent in the network namespace of process `pid`: a test on
+/// a node of its own counts only its own traffic.
+pub fn tcp_out_segments_in(pid: u32) -> u64 {
+    snmp_field(&format!("/proc/{pid}/net/snmp"), "Tcp:", "OutSegs")
 }
 
-fn snmp_field(prefix: &str, field: &str) -> u64 {
-    let text = fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+fn snmp_field(path: &str, prefix: &str, field: &str) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
     let mut lines = text.lines().filter(|line| line.starts_with(prefix));
     let names: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
     let values: Vec<&str> = lines.next().expect("values").split_whitespace().collect();

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use floki_tests::{
+    cluster::Cluster,
     node::{TestNode, assert_success, spawn, wait_within},
-    proc_stats::tcp_out_segments,
+    proc_stats::tcp_out_segments_in,
 };
 
 const MIB: u64 = 1 << 20;
@@ -15,22 +16,38 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn local_clients_are_spliced_in_any_mix_with_tcp_clients() {
-    let node = TestNode::start_ebpf("local-socket");
+    // A node of its own (a network namespace): its TCP counters see only
+    // this test's traffic.
+    let cluster = Cluster::start(&["node-a"]);
+    let node = cluster.node("node-a");
+    assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+    let agent = node.agent.pid();
     let bytes = 128 * MIB;
+    let count = bytes.to_string();
     for (sender_local, receiver_local) in [(true, true), (true, false), (false, true)] {
         for receiver_first in [true, false] {
             let channel = format!("mix-{sender_local}-{receiver_local}-{receiver_first}");
             let probe = |verb: &str, local: bool| {
                 // Socket clients: two that take rings would get one.
-                let mut cmd = if local {
-                    node.local_probe(verb, &channel, bytes)
+                let args = [
+                    verb,
+                    "--channel",
+                    &channel,
+                    "--bytes",
+                    &count,
+                    "--no-ring",
+                    "--writes",
+                    "mixed",
+                    "--seed",
+                    "7",
+                ];
+                spawn(&mut if local {
+                    node.probe_local(&args)
                 } else {
-                    node.probe(verb, &channel, bytes)
-                };
-                cmd.arg("--no-ring");
-                spawn(cmd.args(["--writes", "mixed", "--seed", "7"]))
+                    node.probe(&args)
+                })
             };
-            let before = tcp_out_segments();
+            let before = tcp_out_segments_in(agent);
             let (first, second) = if receiver_first {
                 let recv = probe("recv", receiver_local);
                 std::thread::sleep(Duration::from_millis(200));
@@ -43,7 +60,7 @@ fn local_clients_are_spliced_in_any_mix_with_tcp_clients() {
             // The probes check every byte against the pattern.
             assert_success(&wait_within(first, LIMIT), &format!("{channel}: first"));
             assert_success(&wait_within(second, LIMIT), &format!("{channel}: second"));
-            let segments = tcp_out_segments() - before;
+            let segments = tcp_out_segments_in(agent) - before;
             let status = node.agent.wait_finished(&channel, LIMIT);
             assert_eq!(status["state"], "done", "{status:#}");
             assert_eq!(status["transport"], "splice", "{status:#}");

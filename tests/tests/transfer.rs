@@ -6,8 +6,9 @@ use std::{fs, path::PathBuf, time::Duration};
 use floki_tests::{
     Pattern,
     agent::AgentOptions,
+    cluster::Cluster,
     node::{Door, TestNode, assert_success, file_digest, run_within, spawn, wait_within},
-    proc_stats::tcp_out_segments,
+    proc_stats::tcp_out_segments_in,
     scaled,
 };
 
@@ -176,19 +177,23 @@ fn fallback_streams_arrive_identical() {
 
 #[test]
 fn spliced_stream_bypasses_tcp() {
-    let node = TestNode::start_ebpf("bypass");
+    // A node of its own (a network namespace): its TCP counters see only
+    // this test's traffic, not the other tests'.
+    let cluster = Cluster::start(&["node-a"]);
+    let node = cluster.node("node-a");
+    assert_eq!(node.agent.status()["datapath"]["mode"], "ebpf");
+    let agent = node.agent.pid();
     let bytes = scaled(256 * MIB);
-    let before_segments = tcp_out_segments();
+    let before_segments = tcp_out_segments_in(agent);
     let before_spliced = node.agent.status()["totals"]["spliced_bytes"]
         .as_u64()
         .unwrap();
-    let recv = spawn(&mut node.probe("recv", "bypass", bytes));
-    assert_success(
-        &run_within(&mut node.probe("send", "bypass", bytes), LIMIT),
-        "send",
-    );
+    let count = bytes.to_string();
+    let args = |verb| [verb, "--channel", "bypass", "--bytes", count.as_str()];
+    let recv = spawn(&mut node.probe(&args("recv")));
+    assert_success(&run_within(&mut node.probe(&args("send")), LIMIT), "send");
     assert_success(&wait_within(recv, LIMIT), "recv");
-    let segments = tcp_out_segments() - before_segments;
+    let segments = tcp_out_segments_in(agent) - before_segments;
 
     let channel = node.agent.wait_finished("bypass", LIMIT);
     assert_eq!(channel["transport"], "splice", "{channel:#}");
