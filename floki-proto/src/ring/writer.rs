@@ -16,6 +16,9 @@ pub struct RingWriter {
     pub(super) ring: Arc<Mapped>,
     head: u64,
     hasher: XxHash3_64,
+    /// Bytes of the data area whose pages are mapped writable here (see
+    /// [`RingWriter::populate`]).
+    populated: u64,
 }
 
 impl RingWriter {
@@ -27,6 +30,7 @@ impl RingWriter {
             ring,
             head,
             hasher: XxHash3_64::new(),
+            populated: 0,
         })
     }
 
@@ -62,6 +66,9 @@ impl RingWriter {
             let at = ((head + done as u64) % capacity) as usize;
             let len = (n - done).min(PIECE).min(capacity as usize - at);
             let piece = &buf[done..done + len];
+            // Piece by piece: the first piece is published without waiting
+            // for the pages of the last.
+            self.populate(head + (done + len) as u64);
             self.hasher.write(piece);
             // SAFETY: `[at, at + len)` lies in the data area, in the part the
             // receiver does not read until `head` moves past it.
@@ -72,6 +79,35 @@ impl RingWriter {
             self.publish(head + done as u64);
         }
         n
+    }
+
+    /// Maps the ring's pages up to stream position `to` (on the first lap)
+    /// in one system call, before they are written: a fresh ring's pages
+    /// are allocated on first touch, and one fault per 4 KiB page costs
+    /// more than the copy itself (1 MiB into a fresh ring: 430 µs faulting,
+    /// 270 µs populated, on a 2-vCPU VM). Only what is about to be written:
+    /// a small stream never allocates the whole ring. Best effort: a kernel
+    /// without `MADV_POPULATE_WRITE` (before 5.14) faults as before.
+    fn populate(&mut self, to: u64) {
+        let capacity = self.ring.capacity;
+        if self.populated >= capacity {
+            return;
+        }
+        let page = 4096;
+        let end = to.min(capacity).next_multiple_of(page).min(capacity);
+        if end <= self.populated {
+            return;
+        }
+        // SAFETY: a page-aligned range of this end's own mapping of the
+        // data area; populating maps pages and changes no byte.
+        unsafe {
+            libc::madvise(
+                self.ring.data().add(self.populated as usize).cast(),
+                (end - self.populated) as usize,
+                libc::MADV_POPULATE_WRITE,
+            );
+        }
+        self.populated = end;
     }
 
     /// Moves `head` to `to` (every byte before it is in the ring) and
@@ -109,6 +145,7 @@ impl RingWriter {
         let capacity = self.ring.capacity as usize;
         let at = (self.head % self.ring.capacity) as usize;
         let len = (self.room() as usize).min(max).min(capacity - at);
+        self.populate(self.head + len as u64);
         // SAFETY: `[at, at + len)` lies in the data area, in the part the
         // receiver does not read until `head` moves past it; the region
         // borrows `self` mutably, so nothing else writes it meanwhile.
@@ -157,6 +194,7 @@ impl RingWriter {
     pub fn waiter(&self) -> RingWaiter {
         RingWaiter {
             ring: self.ring.clone(),
+            brief: false,
         }
     }
 
