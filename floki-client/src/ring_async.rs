@@ -1,7 +1,9 @@
 //! The shared-memory ring for the async client: copies happen on the
 //! caller's task, and only a wait (a full ring for the sender, an empty one
 //! for the receiver, the receiver's verdict) moves to tokio's blocking pool,
-//! where the ring's own futex wait runs.
+//! where the ring's own futex wait runs, for at most 50 ms at a time (see
+//! `RingWaiter::brief`): a process with more waiting ends than the pool has
+//! threads still makes progress.
 
 use std::{
     future::Future as _,
@@ -62,7 +64,7 @@ impl AsyncRingWriter {
         loop {
             match self.ring.try_write(buf)? {
                 0 => {
-                    let (waiter, head) = (self.ring.waiter(), self.ring.sent());
+                    let (waiter, head) = (self.ring.waiter().brief(), self.ring.sent());
                     ready!(self.wait.poll(cx, || {
                         tokio::task::spawn_blocking(move || waiter.room(head))
                     }))?;
@@ -75,7 +77,7 @@ impl AsyncRingWriter {
     /// Waits until the ring has room for at least one byte.
     pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
         while self.ring.try_reserve(1)?.is_empty() {
-            let (waiter, head) = (self.ring.waiter(), self.ring.sent());
+            let (waiter, head) = (self.ring.waiter().brief(), self.ring.sent());
             ready!(self.wait.poll(cx, || {
                 tokio::task::spawn_blocking(move || waiter.room(head))
             }))?;
@@ -93,7 +95,7 @@ impl AsyncRingWriter {
             if let Some(verdict) = self.ring.try_ack() {
                 return Poll::Ready(verdict);
             }
-            let (waiter, sent) = (self.ring.waiter(), self.ring.sent());
+            let (waiter, sent) = (self.ring.waiter().brief(), self.ring.sent());
             ready!(
                 self.wait
                     .poll(cx, || tokio::task::spawn_blocking(move || waiter.ack(sent)))
@@ -126,7 +128,7 @@ impl AsyncRingReader {
             if let Some(n) = self.ring.try_read(buf)? {
                 return Poll::Ready(Ok(n));
             }
-            let (waiter, tail) = (self.ring.waiter(), self.ring.received());
+            let (waiter, tail) = (self.ring.waiter().brief(), self.ring.received());
             ready!(self.wait.poll(cx, || tokio::task::spawn_blocking(move || {
                 waiter.data(tail)
             })))?;

@@ -91,6 +91,7 @@ impl RingReader {
     pub fn waiter(&self) -> RingWaiter {
         RingWaiter {
             ring: self.ring.clone(),
+            brief: false,
         }
     }
 

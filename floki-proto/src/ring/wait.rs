@@ -49,13 +49,15 @@ impl Mapped {
     }
 
     /// Waits until `ready` holds, sleeping on futex `seq` (announced through
-    /// `waiting`); `Err` if the peer died meanwhile.
+    /// `waiting`); `Err` if the peer died meanwhile. `brief`: returns after
+    /// one sleep of at most [`LIVENESS`] even if `ready` does not hold yet.
     pub(super) fn wait(
         &self,
         seq: &AtomicU32,
         waiting: &AtomicU32,
         ready: impl Fn() -> bool,
         gone: impl Fn() -> StreamError,
+        brief: bool,
     ) -> Result<(), StreamError> {
         for _ in 0..YIELDS {
             if ready() {
@@ -81,6 +83,9 @@ impl Mapped {
                 // went away.
                 return if ready() { Ok(()) } else { Err(gone()) };
             }
+            if brief {
+                return Ok(());
+            }
         }
     }
 
@@ -99,9 +104,22 @@ impl Mapped {
 #[derive(Clone)]
 pub struct RingWaiter {
     pub(super) ring: Arc<Mapped>,
+    /// See [`RingWaiter::brief`].
+    pub(super) brief: bool,
 }
 
 impl RingWaiter {
+    /// Waits that return after at most [`LIVENESS`] (50 ms) even when what
+    /// they wait for has not happened: the caller checks and waits again.
+    /// For an async client, whose waits each hold a thread of a bounded
+    /// pool: an end never holds one for long, so ends whose peers need that
+    /// pool to progress (both ends of many channels in one process) cannot
+    /// starve each other.
+    pub fn brief(mut self) -> Self {
+        self.brief = true;
+        self
+    }
+
     /// Sender: waits until the receiver has made room in a ring whose
     /// sender has published `head` bytes.
     pub fn room(&self, head: u64) -> Result<(), StreamError> {
@@ -112,10 +130,13 @@ impl RingWaiter {
             head - header.tail.0.load(Ordering::Acquire).min(head) < capacity
                 || header.ack.0.load(Ordering::Acquire) != ACK_NONE
         };
-        self.ring
-            .wait(&header.space_seq.0, &header.sender_waiting.0, room, || {
-                StreamError::ReceiverGone { bytes: head }
-            })
+        self.ring.wait(
+            &header.space_seq.0,
+            &header.sender_waiting.0,
+            room,
+            || StreamError::ReceiverGone { bytes: head },
+            self.brief,
+        )
     }
 
     /// Receiver: waits until the sender publishes more than `tail` bytes,
@@ -130,6 +151,7 @@ impl RingWaiter {
                     || header.end.0.load(Ordering::Acquire) != END_OPEN
             },
             || StreamError::Truncated { bytes: tail },
+            self.brief,
         )
     }
 
@@ -145,6 +167,7 @@ impl RingWaiter {
             &announced,
             || header.ack.0.load(Ordering::Acquire) != ACK_NONE,
             || StreamError::ReceiverGone { bytes: sent },
+            self.brief,
         )
     }
 }
