@@ -74,6 +74,27 @@ pub(crate) async fn connect(opts: &ChannelOptions) -> Result<ControlStream, Clie
         .map_err(unreachable)
 }
 
+/// A control connection taken off the runtime it was opened on, to be
+/// handed to another: the blocking client sets a channel up on its caller's
+/// thread and reports from its background runtime.
+pub(crate) type DetachedControl = Either<std::net::TcpStream, std::os::unix::net::UnixStream>;
+
+/// Takes `control` off its runtime.
+pub(crate) fn detach(control: ControlStream) -> std::io::Result<DetachedControl> {
+    Ok(match control {
+        Either::Left(tcp) => Either::Left(tcp.into_std()?),
+        Either::Right(unix) => Either::Right(unix.into_std()?),
+    })
+}
+
+/// Registers a detached control connection with the runtime this runs on.
+pub(crate) fn attach(control: DetachedControl) -> std::io::Result<ControlStream> {
+    Ok(match control {
+        Either::Left(tcp) => Either::Left(TcpStream::from_std(tcp)?),
+        Either::Right(unix) => Either::Right(UnixStream::from_std(unix)?),
+    })
+}
+
 /// Whether the agent can hand sockets over on this connection.
 pub(crate) fn is_unix(control: &ControlStream) -> bool {
     matches!(control, Either::Right(_))

@@ -56,7 +56,7 @@ impl Receiver {
     /// Opens `opts.channel` as its receiver: waits for the sender and its
     /// data connection, and returns once the stream can be read.
     pub async fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let open = setup::receiver(opts).await?;
+        let open = setup::receiver(opts, None).await?;
         let holds_ack = opts.store;
         let path = match open.data {
             DataPath::Socket(stream) => {

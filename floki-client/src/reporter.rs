@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
+use tokio::{runtime::Handle, sync::oneshot, task::JoinHandle, time::MissedTickBehavior};
 
 use floki_proto::control::{ClientReport, ControlStream, write_message};
 
@@ -37,6 +37,27 @@ impl Reporter {
         let progress = Arc::new(AtomicU64::new(0));
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let task = tokio::spawn(report(control, progress.clone(), outcome_rx));
+        Self {
+            progress,
+            outcome: Some(outcome_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts reporting on `control` from `runtime`, which need not be the
+    /// one `control` was opened on: the connection moves over.
+    pub fn spawn_on(runtime: &Handle, control: ControlStream) -> Self {
+        let progress = Arc::new(AtomicU64::new(0));
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let detached = crate::control::detach(control);
+        let reporting = progress.clone();
+        let task = runtime.spawn(async move {
+            // Either way fails only if the kernel refuses an epoll
+            // registration; the reports are then lost, never the stream.
+            if let Ok(control) = detached.and_then(crate::control::attach) {
+                report(control, reporting, outcome_rx).await;
+            }
+        });
         Self {
             progress,
             outcome: Some(outcome_tx),

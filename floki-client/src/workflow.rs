@@ -198,12 +198,12 @@ pub mod blocking {
     use super::{EdgeInfo, EdgeOptions, Role, expect_role};
     use crate::{
         ClientError,
-        blocking::{Receiver, Sender, background},
+        blocking::{Receiver, Sender, on_this_thread},
     };
 
     /// Asks the agent what the edge looks like to this function.
     pub fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
-        background().block_on(super::describe(opts))
+        on_this_thread(super::describe(opts))
     }
 
     /// Opens this producer's streams, one per consumer in spec order.

@@ -13,7 +13,7 @@ use floki_proto::{
     stream::{Inbound, Want},
 };
 
-use super::{background, into_blocking, read_retrying};
+use super::{background, into_blocking, on_this_thread, read_retrying};
 use crate::{
     ChannelOptions, ClientError, STAGING, StreamError, Summary, Transport,
     end::{EndState, read_failure},
@@ -52,7 +52,7 @@ struct SocketPath {
 impl Receiver {
     /// Opens `opts.channel` as its receiver (waits for the sender).
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let open = background().block_on(setup::receiver(opts))?;
+        let open = on_this_thread(setup::receiver(opts, Some(background().handle())))?;
         let path = match open.data {
             DataPath::Socket(stream) => Path::Socket(SocketPath {
                 stream: into_blocking(stream, &open.end.channel)?,

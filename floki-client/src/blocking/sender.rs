@@ -12,10 +12,11 @@ use floki_proto::{
     stream::Outbound,
 };
 
-use super::{background, into_blocking, read_retrying};
+use super::{background, into_blocking, on_this_thread, read_retrying};
 use crate::{
     COPY_CHUNK, ChannelOptions, ClientError, RING_REGION, StreamError, Summary, Transport,
     checksum_beside::Beside,
+    control::{self, Accepted},
     end::{EndState, write_failure},
     setup::{
         self, DataPath, Established,
@@ -62,12 +63,30 @@ impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
     /// accepted it; the stream is set up in the background.
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let accepted = background().block_on(setup::sender_hello(opts))?;
-        let channel_id = accepted.channel_id;
-        let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
+        let Accepted {
+            control,
+            channel_id,
+            window,
+            listener: _,
+        } = on_this_thread(setup::sender_hello(opts))?;
+        let (pending, nudged) = Pending::new(window.unwrap_or(0));
+        let moving = |channel: &str, source| ClientError::Io {
+            channel: channel.to_owned(),
+            context: "moving the control connection to the background runtime",
+            source,
+        };
+        // Pairing goes on in the background while the caller writes.
+        let control = control::detach(control).map_err(|e| moving(&opts.channel, e))?;
         let task_opts = opts.clone();
-        let task =
-            background().spawn(async move { setup::sender(accepted, &task_opts, nudged).await });
+        let task = background().spawn(async move {
+            let accepted = Accepted {
+                control: control::attach(control).map_err(|e| moving(&task_opts.channel, e))?,
+                channel_id,
+                window,
+                listener: None,
+            };
+            setup::sender(accepted, &task_opts, nudged).await
+        });
         Ok(Self {
             channel: opts.channel.clone(),
             channel_id,

@@ -16,6 +16,7 @@ use floki_proto::{
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
+    runtime::Handle,
     sync::watch,
     time::timeout,
 };
@@ -46,9 +47,19 @@ pub(crate) enum DataPath {
 
 impl Established {
     /// The end of `pairing`, whose data path is `data`; reports to the
-    /// agent on the control connection from now on.
-    fn new(opts: &ChannelOptions, pairing: Pairing, data: DataPath, credit: u64) -> Self {
-        let reporter = Reporter::spawn(pairing.control);
+    /// agent on the control connection from now on, from `reports_on` (by
+    /// default the runtime this runs on).
+    fn new(
+        opts: &ChannelOptions,
+        pairing: Pairing,
+        data: DataPath,
+        credit: u64,
+        reports_on: Option<&Handle>,
+    ) -> Self {
+        let reporter = match reports_on {
+            Some(runtime) => Reporter::spawn_on(runtime, pairing.control),
+            None => Reporter::spawn(pairing.control),
+        };
         let mut end = EndState::new(
             opts.channel.clone(),
             pairing.channel_id,
@@ -83,6 +94,7 @@ pub(crate) async fn sender(
             pairing,
             DataPath::Ring(memory, peer),
             0,
+            None,
         ));
     }
     let mut data = match pairing.handed.take() {
@@ -120,6 +132,7 @@ pub(crate) async fn sender(
         pairing,
         DataPath::Socket(data),
         credit,
+        None,
     ))
 }
 
@@ -146,8 +159,12 @@ async fn connect_to_receiver(
 /// Opens `opts.channel` as its receiver: binds the data listener (or takes
 /// the one the agent hands over on its Unix socket), pairs, and accepts the
 /// paired sender's connection (or takes the connection the agent hands over:
-/// the link from another node, or a ring).
-pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, ClientError> {
+/// the link from another node, or a ring). The end reports from
+/// `reports_on` (by default the runtime this runs on).
+pub(crate) async fn receiver(
+    opts: &ChannelOptions,
+    reports_on: Option<&Handle>,
+) -> Result<Established, ClientError> {
     let control = control::connect(opts).await?;
     let own = bind_listener(&control, opts).await?;
     let listen = match &own {
@@ -167,6 +184,7 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
             pairing,
             DataPath::Ring(memory, peer),
             window,
+            reports_on,
         ));
     }
     let data = match (pairing.handed.take(), own.or(handed_listener)) {
@@ -188,6 +206,7 @@ pub(crate) async fn receiver(opts: &ChannelOptions) -> Result<Established, Clien
         pairing,
         DataPath::Socket(data),
         window,
+        reports_on,
     ))
 }
 
