@@ -46,7 +46,12 @@ pub enum Peer {
     /// `bench small`'s producer: opens each stream when told to.
     SmallSend(crate::bench::small::peers::SmallPeer),
     /// A function of the paper benchmark: PLAN (JSON) says what it does.
-    PaperEndpoint { plan: String },
+    PaperEndpoint {
+        plan: String,
+        /// Stay running, connected: run the plan once per `go` on stdin.
+        #[arg(long)]
+        serve: bool,
+    },
     /// Deletes a paper benchmark run's objects: ACCESS and KEYS (JSON).
     PaperClean { access: String, keys: String },
 }
@@ -157,7 +162,13 @@ pub struct Measured {
 
 pub fn run(peer: Peer) -> anyhow::Result<()> {
     let measured = match peer {
-        Peer::PaperEndpoint { plan } => return crate::bench::paper::endpoint::run(&plan),
+        Peer::PaperEndpoint { plan, serve } => {
+            return if serve {
+                crate::bench::paper::endpoint::serve(&plan)
+            } else {
+                crate::bench::paper::endpoint::run(&plan)
+            };
+        }
         Peer::PaperClean { access, keys } => {
             return crate::bench::paper::endpoint::clean(&access, &keys);
         }

@@ -33,9 +33,17 @@ pub struct Options {
     /// Channels open at once, largest wave.
     #[arg(long, default_value_t = 10_000)]
     pub concurrent: usize,
-    /// Channels one after another for the leak check.
+    /// Channels one after another over the agent's Unix socket (rings) for
+    /// the leak check.
     #[arg(long, default_value_t = 100_000)]
     pub sequential: usize,
+    /// Channels one after another over its TCP port (spliced), first: each
+    /// leaves TCP connections in TIME_WAIT for a minute, and past the
+    /// ephemeral port range (about 28,000) every connect searches for a free
+    /// port, so tens of thousands in a row measure the port search, not the
+    /// agent.
+    #[arg(long, default_value_t = 5_000)]
+    pub sequential_spliced: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
     pub no_write: bool,
@@ -98,8 +106,45 @@ fn map_entries(pin_dir: &Path) -> u64 {
     total
 }
 
+/// How the driver reaches the agent, and so the path its channels take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// The agent's TCP port, sockets in its cgroup: spliced.
+    Splice,
+    /// The agent's Unix socket: a ring in shared memory per channel.
+    Shm,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Splice => "splice",
+            Self::Shm => "shm",
+        }
+    }
+
+    /// Descriptors the driver holds per channel: two ends, each with its
+    /// connection to the agent and its data socket (and the receiver's
+    /// listener while it waits: at 4 per channel, 4,936 channels ran out);
+    /// over shm each end's ring and its socket beside it.
+    fn driver_fds_per_channel(self) -> u64 {
+        match self {
+            Self::Splice => 5,
+            Self::Shm => 6,
+        }
+    }
+
+    fn addr(self, lab: &Lab) -> String {
+        match self {
+            Self::Splice => lab.addr(),
+            Self::Shm => lab.socket_addr(),
+        }
+    }
+}
+
 /// One wave's figures.
 struct Wave {
+    path: Route,
     channels: usize,
     seconds: f64,
     /// Set-up latencies in µs of the wave's own channels, opened all at
@@ -113,6 +158,7 @@ struct Wave {
 
 /// `n` channels open at once on `agent`, `prefix-i` each.
 async fn wave(
+    path: Route,
     agent: &str,
     prefix: &str,
     n: usize,
@@ -213,6 +259,7 @@ async fn wave(
         .collect();
     setup_us.sort_by(f64::total_cmp);
     Ok(Wave {
+        path,
         channels: n,
         seconds,
         setup_us,
@@ -251,12 +298,12 @@ async fn one_setup(agent: &str, name: &str) -> anyhow::Result<f64> {
     Ok(first.saturating_duration_since(opened).as_secs_f64() * 1e6)
 }
 
-/// `n` channels one after another.
-async fn sequential(agent: &str, n: usize) -> anyhow::Result<f64> {
+/// `n` channels one after another, `prefix-i` each.
+async fn sequential(agent: &str, prefix: &str, n: usize) -> anyhow::Result<f64> {
     let data = floki_tests::pattern(STREAM, 5);
     let started = Instant::now();
     for i in 0..n {
-        let mut opts = ChannelOptions::new(agent, format!("seq-{i}"));
+        let mut opts = ChannelOptions::new(agent, format!("{prefix}-{i}"));
         opts.live = true;
         let rx_opts = opts.clone();
         let receiver = tokio::spawn(async move {
@@ -298,31 +345,30 @@ fn raise_descriptor_limit() -> anyhow::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
-/// Descriptors the driver holds per channel: two ends, each with its
-/// connection to the agent and its data socket, and the receiver's
-/// listener while it waits (at 4 per channel, 4,936 channels ran out).
-const DRIVER_FDS_PER_CHANNEL: u64 = 5;
-
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let limit = raise_descriptor_limit()?;
-    let fit = (limit.saturating_sub(256) / DRIVER_FDS_PER_CHANNEL) as usize;
-    let largest = opts.concurrent.min(fit);
-    let limited = (largest < opts.concurrent).then(|| {
-        format!(
-            "{} channels at once do not fit in this machine's descriptor limit ({limit}, a hard \
-             limit this process cannot raise without CAP_SYS_RESOURCE; the driver holds {} per \
-             channel): the largest wave is {largest}.",
-            opts.concurrent, DRIVER_FDS_PER_CHANNEL
-        )
-    });
-    if let Some(limited) = &limited {
-        eprintln!("xtask: bench channels: {limited}");
+    let fit = |path: Route| (limit.saturating_sub(256) / path.driver_fds_per_channel()) as usize;
+    let mut limited = Vec::new();
+    for path in [Route::Splice, Route::Shm] {
+        if fit(path) < opts.concurrent {
+            limited.push(format!(
+                "{} channels at once over {} do not fit in this machine's descriptor limit \
+                 ({limit}, a hard limit this process cannot raise without CAP_SYS_RESOURCE; the \
+                 driver holds {} per channel): the largest wave is {}.",
+                opts.concurrent,
+                path.label(),
+                path.driver_fds_per_channel(),
+                fit(path)
+            ));
+        }
+    }
+    for line in &limited {
+        eprintln!("xtask: bench channels: {line}");
     }
     let binaries = lab::Binaries::beside_me()?;
     let lab = Lab::start(&binaries, "bench-channels", false)?;
     // The driver's sockets in the agent's cgroup: spliced, as functions'.
     lab.cgroup.enter().context("joining the agent's cgroup")?;
-    let agent = lab.addr();
     let pid = lab.agent.pid();
     let pin_dir = lab.agent.pin_dir.clone();
     let sample = || Footprint::sample(pid, &pin_dir);
@@ -332,34 +378,52 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .build()?;
 
     let idle = sample();
+    // Spliced channels one after another first, before the waves' TCP
+    // connections fill TIME_WAIT (see `--sequential-spliced`).
+    let mut leaks = Vec::new();
+    let mut in_a_row = |path: Route, n: usize| -> anyhow::Result<()> {
+        eprintln!(
+            "xtask: bench channels, {n} one after another over {}",
+            path.label()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let before = sample();
+        let seconds = runtime.block_on(sequential(
+            &path.addr(&lab),
+            &format!("seq-{}", path.label()),
+            n,
+        ))?;
+        std::thread::sleep(Duration::from_secs(2));
+        leaks.push((path, n, seconds, before, sample()));
+        Ok(())
+    };
+    in_a_row(Route::Splice, opts.sequential_spliced)?;
     let mut waves = Vec::new();
-    runtime.block_on(async {
-        // Warm-up.
-        wave(&agent, "warm", 100, sample).await?;
-        for n in [1_000, largest] {
-            eprintln!("xtask: bench channels, {n} at once");
-            waves.push(wave(&agent, &format!("wave{n}"), n, sample).await?);
-        }
-        anyhow::Ok(())
-    })?;
-    std::thread::sleep(Duration::from_secs(2));
-    let before = sample();
-    eprintln!(
-        "xtask: bench channels, {} one after another",
-        opts.sequential
-    );
-    let seq_seconds = runtime.block_on(sequential(&agent, opts.sequential))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let after = sample();
+    for path in [Route::Splice, Route::Shm] {
+        let agent = path.addr(&lab);
+        runtime.block_on(async {
+            // Warm-up.
+            wave(path, &agent, &format!("warm-{}", path.label()), 100, sample).await?;
+            for n in [1_000, opts.concurrent.min(fit(path))] {
+                eprintln!("xtask: bench channels, {n} at once over {}", path.label());
+                let prefix = format!("wave{n}-{}", path.label());
+                waves.push(wave(path, &agent, &prefix, n, sample).await?);
+            }
+            anyhow::Ok(())
+        })?;
+    }
+    in_a_row(Route::Shm, opts.sequential)?;
 
     let mut table = String::from(
-        "| channels open at once | all verified | wall time | set-up p50, all opened at once | set-up p99, all opened at once | set-up p50, one more | set-up p99, one more | agent RSS | agent descriptors | node shared memory added | kernel map entries |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| path | channels open at once | all verified | wall time | set-up p50, all opened at once | set-up p99, all opened at once | set-up p50, one more | set-up p99, one more | agent RSS | agent descriptors | node shared memory added | kernel map entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
+    let added_shmem = |w: &Wave| w.peak.shmem_kib.saturating_sub(idle.shmem_kib);
     let mut json_waves = Vec::new();
     for w in &waves {
         table.push_str(&format!(
-            "| {} | {} of {} | {:.2} s | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} MiB | {} | {:.1} MiB | {} |\n",
+            "| {} | {} | {} of {} | {:.2} s | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} MiB | {} | {:.1} MiB | {} |\n",
+            w.path.label(),
             w.channels,
             w.setup_us.len(),
             w.channels,
@@ -370,87 +434,105 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             quantile(&w.loaded_us, 0.99),
             mib(w.peak.rss_kib),
             w.peak.fds,
-            mib(w.peak.shmem_kib.saturating_sub(idle.shmem_kib)),
+            mib(added_shmem(w)),
             w.peak.map_entries,
         ));
         json_waves.push(json!({
-            "channels": w.channels, "seconds": w.seconds,
+            "path": w.path.label(), "channels": w.channels, "seconds": w.seconds,
             "setup_p50_us": quantile(&w.setup_us, 0.5), "setup_p99_us": quantile(&w.setup_us, 0.99),
             "one_more_setup_p50_us": quantile(&w.loaded_us, 0.5), "one_more_setup_p99_us": quantile(&w.loaded_us, 0.99),
             "agent_rss_kib": w.peak.rss_kib, "agent_fds": w.peak.fds,
-            "shmem_added_kib": w.peak.shmem_kib.saturating_sub(idle.shmem_kib),
+            "shmem_added_kib": added_shmem(w),
             "map_entries": w.peak.map_entries,
         }));
     }
-    let leak = format!(
-        "| {} channels one after another in {:.1} s | before | after |\n|---|---|---|\n\
-         | agent RSS | {:.1} MiB | {:.1} MiB |\n\
-         | agent descriptors | {} | {} |\n\
-         | kernel map entries | {} | {} |\n",
-        opts.sequential,
-        seq_seconds,
-        mib(before.rss_kib),
-        mib(after.rss_kib),
-        before.fds,
-        after.fds,
-        before.map_entries,
-        after.map_entries,
+    let mut leak = String::from(
+        "| one after another | wall time | agent RSS before → after | agent descriptors before → after | kernel map entries before → after | node shared memory before → after |\n|---|---|---|---|---|---|\n",
     );
-    let largest = waves.last().expect("measured");
-    let thousand = &waves[0];
+    let mut json_leaks = Vec::new();
+    let mut leak_floors = String::new();
+    for (path, n, seconds, before, after) in &leaks {
+        leak.push_str(&format!(
+            "| {n} over {} | {seconds:.1} s | {:.1} → {:.1} MiB | {} → {} | {} → {} | {:.1} → {:.1} MiB |\n",
+            path.label(),
+            mib(before.rss_kib),
+            mib(after.rss_kib),
+            before.fds,
+            after.fds,
+            before.map_entries,
+            after.map_entries,
+            mib(before.shmem_kib),
+            mib(after.shmem_kib),
+        ));
+        leak_floors.push_str(&format!(
+            "- no leak after {n} channels one after another over {} (issue 16): descriptors {} to {}, map entries {} to {}, {}\n",
+            path.label(),
+            before.fds,
+            after.fds,
+            before.map_entries,
+            after.map_entries,
+            if after.fds <= before.fds && after.map_entries <= before.map_entries { "met" } else { "NOT met" },
+        ));
+        json_leaks.push(json!({"path": path.label(), "channels": n, "seconds": seconds,
+            "before": {"rss_kib": before.rss_kib, "fds": before.fds, "map_entries": before.map_entries, "shmem_kib": before.shmem_kib},
+            "after": {"rss_kib": after.rss_kib, "fds": after.fds, "map_entries": after.map_entries, "shmem_kib": after.shmem_kib}}));
+    }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let floors = format!(
-        "- all {} channels succeed (issue 16): {} verified, {}\n\
-         - set-up p99 under 1 ms at 1,000 concurrent (issue 16): {:.0} µs for one more channel while 1,000 are open, {}; {:.0} µs for the 1,000 opened all at once\n\
-         - agent RSS under 128 MiB at {} (issue 16): {:.1} MiB, {}\n\
-         - node's added shared memory under 2 GiB at {} (issue 16): {:.1} MiB, {}\n\
-         - no leak after {} channels one after another (issue 16): descriptors {} to {}, map entries {} to {}, RSS {:.1} to {:.1} MiB\n",
-        largest.channels,
-        largest.setup_us.len(),
-        verdict(largest.setup_us.len() == largest.channels),
-        quantile(&thousand.loaded_us, 0.99),
-        verdict(quantile(&thousand.loaded_us, 0.99) < 1000.0),
-        quantile(&thousand.setup_us, 0.99),
-        largest.channels,
-        mib(largest.peak.rss_kib),
-        verdict(largest.peak.rss_kib < 128 * 1024),
-        largest.channels,
-        mib(largest.peak.shmem_kib.saturating_sub(idle.shmem_kib)),
-        verdict(largest.peak.shmem_kib.saturating_sub(idle.shmem_kib) < 2 << 20),
-        opts.sequential,
-        before.fds,
-        after.fds,
-        before.map_entries,
-        after.map_entries,
-        mib(before.rss_kib),
-        mib(after.rss_kib),
-    );
+    let mut floors = String::new();
+    for path in [Route::Splice, Route::Shm] {
+        let of_path: Vec<&Wave> = waves.iter().filter(|w| w.path == path).collect();
+        let (thousand, largest) = (of_path[0], of_path[of_path.len() - 1]);
+        floors.push_str(&format!(
+            "- {path}: all {} channels at once succeed (issue 16, 10,000 asked): {} verified, {}\n\
+             - {path}: set-up p99 under 1 ms at 1,000 concurrent (issue 16): {:.0} µs for one more channel while 1,000 are open, {}; {:.0} µs for the 1,000 opened all at once\n\
+             - {path}: agent RSS under 128 MiB at {} (issue 16): {:.1} MiB, {}\n\
+             - {path}: node's added shared memory under 2 GiB at {} (issue 16): {:.1} MiB, {}\n",
+            largest.channels,
+            largest.setup_us.len(),
+            verdict(largest.setup_us.len() == largest.channels),
+            quantile(&thousand.loaded_us, 0.99),
+            verdict(quantile(&thousand.loaded_us, 0.99) < 1000.0),
+            quantile(&thousand.setup_us, 0.99),
+            largest.channels,
+            mib(largest.peak.rss_kib),
+            verdict(largest.peak.rss_kib < 128 * 1024),
+            largest.channels,
+            mib(added_shmem(largest)),
+            verdict(added_shmem(largest) < 2 << 20),
+            path = path.label(),
+        ));
+    }
+    floors.push_str(&leak_floors);
     println!("{table}\n{leak}\n{floors}");
     if !opts.no_write {
         let markdown = format!(
             "## Many channels on one agent\n\n\
              Measured {} on {}.\n\
              Reproduce: `cargo xtask bench channels` (as root).\n\n\
-             One driver process (the tokio client, two worker threads) on the agent's TCP port, \
-             its sockets in the agent's cgroup (spliced, as functions' are). A wave of N: N \
+             One driver process (the tokio client, two worker threads), its sockets in the \
+             agent's cgroup: on the agent's TCP port (`splice`: spliced, as functions' sockets \
+             are) and on its Unix socket (`shm`: a ring per channel). A wave of N: N \
              receivers wait, then N senders open and each writes 64 KiB; the sample is taken \
              when every sender has written and none has finished, so all N channels are open \
              at once. Then, with all N open, 200 more channels of 1 KiB are opened one at a time \
              (`one more`: the set-up a function sees on a busy agent); then every stream is \
              finished and verified. Set-up is a sender's open to the first byte its \
              receiver read, as the driver sees it (its own queueing included). Kernel map \
-             entries count the agent's endpoint, channel and socket maps.\n\n\
+             entries count the agent's endpoint, channel and socket maps. Then channels one \
+             after another, 64 KiB each: spliced ones first (their TCP connections' TIME_WAIT \
+             fills the ephemeral port range past about 28,000, so a longer row would measure \
+             the kernel's port search), rings last.\n\n\
              {}{table}\n{leak}\n\
              Floors:\n{floors}",
             report::today(),
             report::machine(),
-            limited.map(|l| format!("{l}\n\n")).unwrap_or_default(),
+            limited
+                .iter()
+                .map(|l| format!("{l}\n\n"))
+                .collect::<String>(),
         );
         let json = json!({"bench": "channels", "date": report::today(), "machine": report::machine(),
-            "waves": json_waves,
-            "sequential": {"channels": opts.sequential, "seconds": seq_seconds,
-                "before": {"rss_kib": before.rss_kib, "fds": before.fds, "map_entries": before.map_entries},
-                "after": {"rss_kib": after.rss_kib, "fds": after.fds, "map_entries": after.map_entries}}});
+            "waves": json_waves, "sequential": json_leaks});
         report::write_section("channels", &markdown, &json)?;
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 mod ceilings;
 pub mod channels;
+mod function;
 pub mod paper;
 pub mod patterns;
 pub mod python;

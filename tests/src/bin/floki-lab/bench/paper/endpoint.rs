@@ -83,30 +83,94 @@ const PART: usize = 16 << 20;
 /// Redis values are chunks of this size (a value may not exceed 512 MB).
 const REDIS_CHUNK: usize = 64 << 20;
 
-/// Runs the plan given as JSON and prints its report.
+/// Runs the plan given as JSON and prints its report: a cold function,
+/// whose connections are part of its time.
 pub fn run(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
     let start_ns = monotonic_ns();
-    let bytes = match (&plan.access, plan.produce) {
-        (Access::Floki { .. }, true) => floki_produce(&plan)?,
-        (Access::Floki { .. }, false) => floki_consume(&plan)?,
-        (Access::S3 { .. }, produce) => object_store_run(&plan, produce)?,
-        (Access::Redis { url }, true) => redis_produce(url, &plan.streams)?,
-        (Access::Redis { url }, false) => redis_consume(url, &plan.streams)?,
+    let mut connections = Connections::open(&plan)?;
+    let bytes = perform(&plan, &mut connections)?;
+    println!("{}", serde_json::to_string(&report(start_ns, bytes)?)?);
+    Ok(())
+}
+
+/// A warm function: connects, says `ready`, then runs the plan once for
+/// each `go` line on stdin and prints a report for each (its time from the
+/// `go`, the connections already open).
+pub fn serve(plan_json: &str) -> anyhow::Result<()> {
+    let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
+    let mut connections = Connections::open(&plan)?;
+    let say = |line: &str| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush().context("writing to the driver")
     };
+    say("ready")?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line != "go" {
+            bail!("expected `go` from the driver, got `{line}`");
+        }
+        let start_ns = monotonic_ns();
+        let bytes = perform(&plan, &mut connections)?;
+        say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
+    }
+    Ok(())
+}
+
+/// What a function holds open between its runs: its Redis connections (one
+/// for a producer, one per stream for a consumer, which reads them all at
+/// once). Floki needs none: each stream is a channel of its own.
+enum Connections {
+    None,
+    Redis(Vec<redis::Connection>),
+}
+
+impl Connections {
+    fn open(plan: &Plan) -> anyhow::Result<Self> {
+        Ok(match &plan.access {
+            Access::Redis { url } => {
+                let count = if plan.produce { 1 } else { plan.streams.len() };
+                Self::Redis(
+                    (0..count)
+                        .map(|_| redis_connection(url))
+                        .collect::<anyhow::Result<_>>()?,
+                )
+            }
+            Access::Floki { .. } | Access::S3 { .. } => Self::None,
+        })
+    }
+}
+
+/// Moves the plan's streams once; the bytes moved.
+fn perform(plan: &Plan, connections: &mut Connections) -> anyhow::Result<u64> {
+    match (&plan.access, plan.produce, connections) {
+        (Access::Floki { .. }, true, _) => floki_produce(plan),
+        (Access::Floki { .. }, false, _) => floki_consume(plan),
+        (Access::S3 { .. }, produce, _) => object_store_run(plan, produce),
+        (Access::Redis { .. }, true, Connections::Redis(cons)) => {
+            redis_produce(&mut cons[0], &plan.streams)
+        }
+        (Access::Redis { .. }, false, Connections::Redis(cons)) => {
+            redis_consume(cons, &plan.streams)
+        }
+        (Access::Redis { .. }, _, Connections::None) => bail!("Redis without a connection"),
+    }
+}
+
+/// This process's report of a run from `start_ns` to now.
+fn report(start_ns: u64, bytes: u64) -> anyhow::Result<Report> {
     let end_ns = monotonic_ns();
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    let report = Report {
+    Ok(Report {
         start_ns,
         end_ns,
         bytes,
         cpu_seconds: seconds(usage.user_time()) + seconds(usage.system_time()),
         max_rss_bytes: usage.max_rss() as u64 * 1024,
         write_bytes: super::usage::read(std::process::id()).write_bytes,
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    })
 }
 
 /// Deletes what a run left in an object store or Redis (not timed).
@@ -357,8 +421,7 @@ fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
 }
 
 /// Each object as chunks `KEY:0`, `KEY:1`, ...
-fn redis_produce(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
-    let mut con = redis_connection(url)?;
+fn redis_produce(con: &mut redis::Connection, streams: &[Stream]) -> anyhow::Result<u64> {
     let mut written: Vec<&str> = Vec::new();
     let mut total = 0;
     let mut chunk = Vec::with_capacity(REDIS_CHUNK);
@@ -375,7 +438,7 @@ fn redis_produce(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
             redis::cmd("SET")
                 .arg(format!("{}:{index}", stream.key))
                 .arg(&chunk[..])
-                .query::<()>(&mut con)?;
+                .query::<()>(con)?;
             total += len as u64;
         }
         written.push(&stream.key);
@@ -383,19 +446,20 @@ fn redis_produce(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-fn redis_consume(url: &str, streams: &[Stream]) -> anyhow::Result<u64> {
+/// Every stream at once, a thread and a connection each.
+fn redis_consume(cons: &mut [redis::Connection], streams: &[Stream]) -> anyhow::Result<u64> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = streams
             .iter()
-            .map(|stream| {
+            .zip(cons.iter_mut())
+            .map(|(stream, con)| {
                 scope.spawn(move || -> anyhow::Result<u64> {
-                    let mut con = redis_connection(url)?;
                     let content = Content::new(stream.seed);
                     let mut checker = Checker::new(&content, stream.bytes);
                     for index in 0..chunks(stream.bytes) {
                         let value: Vec<u8> = redis::cmd("GET")
                             .arg(format!("{}:{index}", stream.key))
-                            .query(&mut con)?;
+                            .query(con)?;
                         checker.take(&value)?;
                     }
                     checker.done()

@@ -15,6 +15,7 @@ mod plots;
 pub use plots::register_font;
 mod results;
 pub mod scenario;
+pub mod warm;
 
 mod content;
 pub mod usage;
@@ -316,6 +317,7 @@ impl Lab {
             }
         }
         let (s3, external_s3) = match &opts.s3_endpoint {
+            _ if !systems.contains(&System::S3) => (None, None),
             Some(endpoint) => (
                 None,
                 Some(Access::S3 {
@@ -338,7 +340,7 @@ impl Lab {
                 )
             }
         };
-        let redis = if opts.no_redis {
+        let redis = if opts.no_redis || !systems.contains(&System::Redis) {
             None
         } else {
             Some(Server::redis(&Place::Node(cluster.node(PRODUCER_NODE)))?)
@@ -419,13 +421,8 @@ impl Lab {
     }
 
     fn spawn(&self, node: &ClusterNode, args: &[String]) -> anyhow::Result<Child> {
-        let lab = std::env::current_exe().context("locating floki-lab")?;
-        let mut cmd = node.ns.command(lab);
-        cmd.arg("peer")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        node.cgroup.spawn_inside(&mut cmd);
+        let mut cmd = peer_command(node, args)?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.spawn().context("starting a function")
     }
 
@@ -437,11 +434,36 @@ impl Lab {
         functions: &[String],
         produce: bool,
     ) -> anyhow::Result<Vec<Child>> {
-        let node = if produce {
+        let node = self.function_node(system, scenario, produce);
+        self.plans(system, scenario, functions, produce)
+            .iter()
+            .map(|plan| {
+                self.spawn(
+                    node,
+                    &["paper-endpoint".to_owned(), serde_json::to_string(plan)?],
+                )
+            })
+            .collect()
+    }
+
+    /// Where `scenario`'s producers (or consumers) run.
+    fn function_node(&self, system: System, scenario: &Scenario, produce: bool) -> &ClusterNode {
+        if produce {
             self.node(system, PRODUCER_NODE)
         } else {
             self.node(system, scenario.placement.consumer_node())
-        };
+        }
+    }
+
+    /// What each function named in `functions` does.
+    fn plans(
+        &self,
+        system: System,
+        scenario: &Scenario,
+        functions: &[String],
+        produce: bool,
+    ) -> Vec<Plan> {
+        let node = self.function_node(system, scenario, produce);
         let all = scenario.streams();
         functions
             .iter()
@@ -457,16 +479,12 @@ impl Lab {
                     })
                     .cloned()
                     .collect();
-                let plan = Plan {
+                Plan {
                     access: self.access(system, scenario, node),
                     function: function.clone(),
                     produce,
                     streams,
-                };
-                self.spawn(
-                    node,
-                    &["paper-endpoint".to_owned(), serde_json::to_string(&plan)?],
-                )
+                }
             })
             .collect()
     }
@@ -638,6 +656,15 @@ fn wait_edges_ready(agents: &Cluster) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `floki-lab peer ARGS` on `node`, in its cgroup.
+fn peer_command(node: &ClusterNode, args: &[String]) -> anyhow::Result<std::process::Command> {
+    let lab = std::env::current_exe().context("locating floki-lab")?;
+    let mut cmd = node.ns.command(lab);
+    cmd.arg("peer").args(args);
+    node.cgroup.spawn_inside(&mut cmd);
+    Ok(cmd)
 }
 
 /// Waits for functions and reads their reports.

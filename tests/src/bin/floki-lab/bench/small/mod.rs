@@ -9,17 +9,12 @@
 
 pub mod peers;
 
-use std::{
-    io::{BufRead as _, BufReader, Lines, Write as _},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-};
-
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use floki_tests::cluster::{Cluster, Spec};
 use serde_json::json;
 
-use super::report;
+use super::{function::Function, report};
 use crate::lab::{self, Lab};
 
 #[derive(Debug, Args)]
@@ -28,6 +23,10 @@ pub struct Options {
     /// left out of the figures).
     #[arg(long, default_value_t = 400)]
     pub rounds: usize,
+    /// Runs per cell of the paper's patterns at 1 MiB, functions warm (the
+    /// first tenth is warm-up).
+    #[arg(long, default_value_t = 50)]
+    pub pattern_rounds: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
     pub no_write: bool,
@@ -75,58 +74,6 @@ struct Latencies {
     setup: Vec<f64>,
     /// End to end, per size.
     e2e: Vec<Vec<f64>>,
-}
-
-/// A running function: its stdin and its stdout's lines.
-struct Function {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Function {
-    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().context("starting a function")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("a function's stdout")?;
-        Ok(Self {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-        })
-    }
-
-    /// The next line, split into words; the first must be `word` and the
-    /// second `k`.
-    fn expect(&mut self, word: &str, k: usize) -> anyhow::Result<Vec<u64>> {
-        let line = match self.lines.next() {
-            Some(line) => line?,
-            None => bail!("a function exited: {:?}", self.child.wait()?),
-        };
-        let mut words = line.split_whitespace();
-        if words.next() != Some(word) || words.next() != Some(&k.to_string()) {
-            bail!("expected `{word} {k} ...` from a function, got `{line}`");
-        }
-        words
-            .map(|w| w.parse().with_context(|| format!("reading `{line}`")))
-            .collect()
-    }
-
-    fn tell(&mut self, line: &str) -> anyhow::Result<()> {
-        let stdin = self.stdin.as_mut().context("a function's stdin")?;
-        writeln!(stdin, "{line}")?;
-        stdin.flush().context("telling a function")
-    }
-
-    fn wait(mut self) -> anyhow::Result<()> {
-        drop(self.stdin.take());
-        let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "a function failed: {status}");
-        Ok(())
-    }
 }
 
 /// Runs every stream between `consumer` and `producer` (already started)
@@ -280,6 +227,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .with_context(|| place.label())?;
         results.push((place, latencies));
     }
+    let cells = super::paper::warm::run(opts.pattern_rounds.max(2))?;
+    let (patterns_table, patterns_floor, patterns_json) =
+        super::paper::warm::report(&cells, opts.pattern_rounds);
 
     let size_label = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
     let mut table = String::from("| place | set-up p50 | set-up p99 |");
@@ -348,7 +298,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         verdict(two_nodes_p99 < 2000.0),
         verdict(mib_p50 < 500.0),
     );
-    println!("{table}\n{floors}");
+    let floors = floors + &patterns_floor;
+    println!("{table}\n{patterns_table}\n{floors}");
 
     if !opts.no_write {
         let markdown = format!(
@@ -366,13 +317,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              network-namespace nodes, over the link the agents prepared at apply. Both clocks \
              are the machine's `CLOCK_MONOTONIC`.\n\n\
              {table}\n\
+             The paper's four patterns at 1 MiB (as in `bench paper`: broadcast and shuffle \
+             to four consumers, gather from four producers), every function a process already \
+             running and, for Redis, already connected ({} runs per cell, the first tenth \
+             left out). Floki runs live: the consumers wait, then the producers open their \
+             channels; its time is the first producer's start to the last consumer's verified \
+             end. Redis runs in the serverless order, its time the producers' SETs plus the \
+             consumers' GETs (first start to last end of each), the driver's hand-off between \
+             the two not counted. Every byte is checked at the consumers.\n\n\
+             {patterns_table}\n\
              Floors:\n{floors}",
             report::today(),
             report::machine(),
             opts.rounds,
+            opts.pattern_rounds,
         );
         let json = json!({"bench": "small", "date": report::today(), "machine": report::machine(),
-            "rounds": opts.rounds, "results": json_rows});
+            "rounds": opts.rounds, "results": json_rows, "patterns_warm": patterns_json});
         report::write_section("small", &markdown, &json)?;
     }
     Ok(())

@@ -1,0 +1,184 @@
+//! The paper's four patterns at 1 MiB with the functions already running
+//! and their clients connected (`bench small`): no process start and no
+//! connection set-up in any figure, so what is left is what each system
+//! itself costs a small hand-off. Floki runs live (the consumers wait, the
+//! producers open their channels); Redis in the serverless order (the
+//! consumers GET once every producer's SET returned), its time the
+//! producers' span plus the consumers' span, so that the driver's own
+//! hand-off between the two is not counted against it.
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use serde_json::json;
+
+use super::{
+    Lab, MIB, Options, System, endpoint::Report, human, peer_command, scenario::Pattern,
+    scenario::Placement, scenario::Scenario,
+};
+use crate::bench::function::Function;
+
+/// The systems compared here.
+const SYSTEMS: [System; 2] = [System::Floki, System::Redis];
+
+/// How long Floki's consumers wait before the producers are told to go:
+/// their receivers reach the agent first, as a waiting consumer's would.
+const HEAD_START: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// One cell: median and p90 in µs per system, in [`SYSTEMS`] order.
+pub struct Cell {
+    pub scenario: Scenario,
+    pub us: Vec<(f64, f64)>,
+}
+
+/// Every cell, measured `rounds` times each (the first tenth left out).
+pub fn run(rounds: usize) -> anyhow::Result<Vec<Cell>> {
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        options: Options,
+    }
+    let opts = Defaults::parse_from(["paper"]).options;
+    let lab = Lab::start(&opts, &Placement::ALL, &SYSTEMS)?;
+    let mut cells = Vec::new();
+    for placement in Placement::ALL {
+        for pattern in Pattern::ALL {
+            let scenario = Scenario {
+                pattern,
+                placement,
+                size: MIB,
+            };
+            eprintln!("xtask: bench small, {pattern} at 1 MiB, {placement}, warm");
+            let mut us = Vec::new();
+            for system in SYSTEMS {
+                let mut times = warm_cell(&lab, system, &scenario, rounds)
+                    .with_context(|| format!("{} {pattern} {placement}", system.label()))?;
+                times.sort_by(f64::total_cmp);
+                let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+                us.push((at(0.5), at(0.9)));
+            }
+            lab.clean(System::Redis, &scenario)?;
+            cells.push(Cell { scenario, us });
+        }
+    }
+    Ok(cells)
+}
+
+/// `rounds` runs of `scenario` through `system` by the same running
+/// functions; each run's time in µs, warm-up left out.
+fn warm_cell(
+    lab: &Lab,
+    system: System,
+    scenario: &Scenario,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let start = |functions: &[String], produce: bool| -> anyhow::Result<Vec<Function>> {
+        let node = lab.function_node(system, scenario, produce);
+        lab.plans(system, scenario, functions, produce)
+            .iter()
+            .map(|plan| {
+                let args = [
+                    "paper-endpoint".to_owned(),
+                    serde_json::to_string(plan)?,
+                    "--serve".into(),
+                ];
+                let mut function = Function::spawn(peer_command(node, &args)?)?;
+                let line = function.line()?;
+                if line != "ready" {
+                    bail!("expected `ready` from a function, got `{line}`");
+                }
+                Ok(function)
+            })
+            .collect()
+    };
+    let mut consumers = start(&scenario.consumers(), false)?;
+    let mut producers = start(&scenario.producers(), true)?;
+    let go = |functions: &mut [Function]| -> anyhow::Result<()> {
+        functions.iter_mut().try_for_each(|f| f.tell("go"))
+    };
+    let reports = |functions: &mut [Function]| -> anyhow::Result<Vec<Report>> {
+        functions
+            .iter_mut()
+            .map(|f| serde_json::from_str(&f.line()?).context("reading a function's report"))
+            .collect()
+    };
+    let span = |reports: &[Report]| {
+        let first = reports.iter().map(|r| r.start_ns).min().unwrap_or(0);
+        let last = reports.iter().map(|r| r.end_ns).max().unwrap_or(0);
+        (first, last)
+    };
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let (micros, consumed) = match system {
+            System::Floki => {
+                go(&mut consumers)?;
+                std::thread::sleep(HEAD_START);
+                go(&mut producers)?;
+                let (produced, consumed) = (reports(&mut producers)?, reports(&mut consumers)?);
+                let micros = span(&consumed).1.saturating_sub(span(&produced).0) as f64 / 1e3;
+                (micros, consumed)
+            }
+            _ => {
+                go(&mut producers)?;
+                let (p_first, p_last) = span(&reports(&mut producers)?);
+                go(&mut consumers)?;
+                let consumed = reports(&mut consumers)?;
+                let (c_first, c_last) = span(&consumed);
+                let micros = (p_last - p_first + c_last - c_first) as f64 / 1e3;
+                (micros, consumed)
+            }
+        };
+        let received: u64 = consumed.iter().map(|r| r.bytes).sum();
+        if received != scenario.delivered() {
+            bail!(
+                "round {round}: the consumers received {received} bytes of the {} sent",
+                scenario.delivered()
+            );
+        }
+        if round >= rounds / 10 {
+            times.push(micros);
+        }
+    }
+    for function in consumers.into_iter().chain(producers) {
+        function.wait()?;
+    }
+    Ok(times)
+}
+
+/// The cells as a Markdown table, the floor's verdict, and JSON.
+pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Value) {
+    let mut table = String::from(
+        "| pattern | placement | Floki p50 | Floki p90 | Redis p50 | Redis p90 | Floki's speed-up |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let mut slower = Vec::new();
+    let mut rows = Vec::new();
+    for cell in cells {
+        let ((floki, floki90), (redis, redis90)) = (cell.us[0], cell.us[1]);
+        let speedup = redis / floki;
+        if speedup < 1.0 {
+            slower.push(format!(
+                "{} {} ({speedup:.2}x)",
+                cell.scenario.pattern, cell.scenario.placement
+            ));
+        }
+        table.push_str(&format!(
+            "| {} | {} | {floki:.0} µs | {floki90:.0} µs | {redis:.0} µs | {redis90:.0} µs | {speedup:.2}x |\n",
+            cell.scenario.pattern, cell.scenario.placement
+        ));
+        rows.push(json!({
+            "pattern": cell.scenario.pattern, "placement": cell.scenario.placement,
+            "size": human(cell.scenario.size),
+            "floki_p50_us": floki, "floki_p90_us": floki90,
+            "redis_p50_us": redis, "redis_p90_us": redis90,
+        }));
+    }
+    let floor = format!(
+        "- Floki at least as fast as Redis in every 1 MiB cell, functions warm (issue 16): {}\n",
+        if slower.is_empty() {
+            "met".to_owned()
+        } else {
+            format!("NOT met in {}", slower.join(", "))
+        }
+    );
+    (table, floor, json!({"rounds": rounds, "cells": rows}))
+}
