@@ -257,6 +257,42 @@ mod tests {
     }
 
     #[test]
+    fn an_end_mark_right_behind_the_last_bytes_is_never_taken_for_corruption() {
+        // The sender publishes its last bytes and its end mark back to back
+        // while the receiver polls: a receiver that saw no new bytes, then
+        // the end mark, once verified a stream it had not read to its end.
+        for round in 0..20_000u32 {
+            let (mut writer, mut reader, _) = pair(64 << 10);
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let sender = std::thread::spawn({
+                let go = go.clone();
+                move || {
+                    go.wait();
+                    writer.write(&round.to_le_bytes()).expect("write");
+                    writer.publish_end();
+                    writer
+                }
+            });
+            go.wait();
+            let mut got = Vec::new();
+            loop {
+                match reader.try_fill() {
+                    Ok(None) => std::hint::spin_loop(),
+                    Ok(Some([])) => break,
+                    Ok(Some(bytes)) => {
+                        let bytes = bytes.to_vec();
+                        reader.consume(&bytes);
+                        got.extend_from_slice(&bytes);
+                    }
+                    Err(err) => panic!("round {round}: {err}"),
+                }
+            }
+            assert_eq!(got, round.to_le_bytes());
+            drop(sender.join().expect("sender"));
+        }
+    }
+
+    #[test]
     fn a_stream_filled_in_place_arrives_whole_and_verified() {
         let (mut writer, mut reader, _) = pair(64 << 10);
         let data: Vec<u8> = (0..777_777u32).map(|i| (i * 13 % 253) as u8).collect();

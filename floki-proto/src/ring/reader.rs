@@ -101,6 +101,11 @@ impl RingReader {
         }
         let header = self.ring.header();
         let capacity = self.ring.capacity;
+        // The end mark first, then the head: every byte published before
+        // the end mark is then seen below. The other order takes a stream
+        // whose last bytes and end mark land between the two loads for a
+        // corrupted one (its bytes not read yet).
+        let end = header.end.0.load(Ordering::Acquire);
         let head = header.head.0.load(Ordering::Acquire);
         if head < self.tail || head - self.tail > capacity {
             return Err(StreamError::Protocol(format!(
@@ -113,7 +118,7 @@ impl RingReader {
             let len = ((head - self.tail) as usize).min(capacity as usize - at);
             return Ok(Available::Bytes { at, len });
         }
-        match header.end.0.load(Ordering::Acquire) {
+        match end {
             END_DONE => self.verify().map(|()| Available::Finished),
             END_ABORTED => Err(self.aborted()),
             END_OPEN => Ok(Available::Nothing),
