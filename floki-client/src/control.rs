@@ -60,7 +60,21 @@ pub(crate) async fn connect(opts: &ChannelOptions) -> Result<ControlStream, Clie
     };
     let connecting = async {
         match unix_path(&opts.agent) {
-            Some(path) => UnixStream::connect(path).await.map(Either::Right),
+            Some(path) => {
+                // A full listen queue (a burst of functions starting at
+                // once) refuses a Unix connect with EAGAIN instead of
+                // queueing it as TCP does: retry, within the timeout.
+                let mut pause = std::time::Duration::from_millis(1);
+                loop {
+                    match UnixStream::connect(path).await {
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                        }
+                        connected => break connected.map(Either::Right),
+                    }
+                }
+            }
             None => {
                 let control = TcpStream::connect(&opts.agent).await?;
                 control.set_nodelay(true).ok();
