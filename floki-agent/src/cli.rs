@@ -239,38 +239,21 @@ pub struct SendArgs {
     pub positionals: Vec<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub end: EndArgs,
     /// Shuffle producers: a directory with one file per consumer, named
     /// after it (partition j goes to consumer j).
     #[arg(long, value_name = "DIR")]
     pub partition_dir: Option<PathBuf>,
-    /// The agent: HOST:PORT, or unix:PATH for its Unix socket (the agent's
-    /// default is unix:/run/floki/floki.sock), where it hands over the data
-    /// sockets and no byte passes through an agent.
-    #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
-    pub agent: String,
     /// Give up if no receiver joins within this many seconds [default: wait;
     /// with the store, only until the agent takes the stream].
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Insist on a transport: shm, splice or tcp (experiments; the agent
-    /// refuses the channel if it cannot provide it) [default: the agent picks].
-    #[arg(long)]
-    pub transport: Option<Transport>,
     /// Wait for the receiver rather than let the agent store the stream
     /// when the receiver is not there yet [default: the agent stores it
     /// after --store-after, and this command says "stored"].
     #[arg(long)]
     pub live: bool,
-    /// Plain channels: a secret both ends give; the agent pairs this end
-    /// only with one that gave the same, so nobody else who reaches the
-    /// agent can take or feed the stream (docs/SECURITY.md).
-    #[arg(
-        long,
-        env = "FLOKI_CHANNEL_SECRET",
-        hide_env_values = true,
-        conflicts_with = "workflow"
-    )]
-    pub secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +262,8 @@ pub struct RecvArgs {
     pub channel: Option<String>,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub end: EndArgs,
     /// Write the stream to FILE [default: standard output]. The file appears
     /// only once the whole stream is verified.
     #[arg(short, long)]
@@ -287,25 +272,31 @@ pub struct RecvArgs {
     /// producer in DIR, named after it.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// The agent: HOST:PORT, or unix:PATH for its Unix socket (the agent's
-    /// default is unix:/run/floki/floki.sock), where it hands over the data
-    /// sockets and no byte passes through an agent.
-    #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
-    pub agent: String,
     /// Flow-control window [default: the agent's].
     #[arg(long)]
     pub window: Option<Size>,
     /// Give up if no sender joins within this many seconds [default: wait].
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Insist on a transport: shm, splice or tcp (experiments; the agent
-    /// refuses the channel if it cannot provide it) [default: the agent picks].
-    #[arg(long)]
-    pub transport: Option<Transport>,
     /// Address to bind the data listener to and advertise to the sender
     /// [default: the address this client reaches the agent from].
     #[arg(long)]
     pub data_addr: Option<SocketAddr>,
+}
+
+/// What `send` and `recv` share: where the agent is, and how this end
+/// pairs.
+#[derive(Debug, Args)]
+pub struct EndArgs {
+    /// The agent: HOST:PORT, or unix:PATH for its Unix socket (the agent's
+    /// default is unix:/run/floki/floki.sock), where it hands over the data
+    /// sockets and no byte passes through an agent.
+    #[arg(long, env = "FLOKI_AGENT", default_value = DEFAULT_AGENT)]
+    pub agent: String,
+    /// Insist on a transport: shm, splice or tcp (experiments; the agent
+    /// refuses the channel if it cannot provide it) [default: the agent picks].
+    #[arg(long)]
+    pub transport: Option<Transport>,
     /// Plain channels: a secret both ends give; the agent pairs this end
     /// only with one that gave the same, so nobody else who reaches the
     /// agent can take or feed the stream (docs/SECURITY.md).

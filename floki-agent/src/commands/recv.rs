@@ -18,18 +18,23 @@ use crate::cli::RecvArgs;
 pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let streams: Vec<(String, Receiver)> = match (
-        edge_options(&args.edge, &args.agent, args.timeout, args.transport)?,
+        edge_options(
+            &args.edge,
+            &args.end.agent,
+            args.timeout,
+            args.end.transport,
+        )?,
         &args.channel,
     ) {
         (Some(_), Some(_)) => bail!("give a CHANNEL or --workflow, not both"),
         (Some(opts), None) => workflow::blocking::receivers(&opts)?.1,
         (None, Some(channel)) => {
-            let mut opts = ChannelOptions::new(&args.agent, channel);
+            let mut opts = ChannelOptions::new(&args.end.agent, channel);
             opts.window = args.window.map(|size| size.0);
             opts.data_addr = args.data_addr;
-            opts.secret = args.secret.clone();
+            opts.secret = args.end.secret.clone();
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
-            opts.transport = args.transport;
+            opts.transport = args.end.transport;
             vec![(channel.clone(), Receiver::connect(&opts)?)]
         }
         (None, None) => bail!("give a CHANNEL, or --workflow, --edge and --as"),

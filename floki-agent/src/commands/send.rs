@@ -17,7 +17,12 @@ use super::{
 use crate::cli::SendArgs;
 
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
-    let mut edge = edge_options(&args.edge, &args.agent, args.timeout, args.transport)?;
+    let mut edge = edge_options(
+        &args.edge,
+        &args.end.agent,
+        args.timeout,
+        args.end.transport,
+    )?;
     if let Some(edge) = &mut edge {
         edge.live = args.live;
     }
@@ -62,11 +67,11 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
             }
         }
         (None, Some(channel)) => {
-            let mut opts = ChannelOptions::new(&args.agent, &channel);
+            let mut opts = ChannelOptions::new(&args.end.agent, &channel);
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
-            opts.transport = args.transport;
+            opts.transport = args.end.transport;
             opts.live = args.live;
-            opts.secret = args.secret.clone();
+            opts.secret = args.end.secret.clone();
             send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
         }
         (None, None) => unreachable!("checked above"),
