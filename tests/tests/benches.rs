@@ -56,11 +56,13 @@ fn the_splice_benchmark_measures_the_ceilings_beside_floki() {
 #[test]
 fn the_small_streams_benchmark_measures_every_place() {
     require_root();
-    let table = bench(&["small", "--rounds", "20"]);
+    let table = bench(&["small", "--rounds", "20", "--pattern-rounds", "5"]);
     for row in [
         "| one node, shm |",
         "| one node, splice |",
         "| two nodes, prepared link |",
+        "| one-to-one | one node |",
+        "| shuffle 4 by 4 | two nodes |",
     ] {
         assert!(table.contains(row), "no row {row:?} in:\n{table}");
     }
@@ -69,21 +71,32 @@ fn the_small_streams_benchmark_measures_every_place() {
 #[test]
 fn many_channels_are_all_verified_and_leave_nothing_behind() {
     require_root();
-    let table = bench(&["channels", "--concurrent", "300", "--sequential", "300"]);
-    assert!(table.contains("| 300 | 300 of 300 |"), "{table}");
-    // Descriptors and kernel map entries come back to where they were.
-    let row = |name: &str| -> Vec<String> {
+    let table = bench(&[
+        "channels",
+        "--concurrent",
+        "300",
+        "--sequential",
+        "300",
+        "--sequential-spliced",
+        "300",
+    ]);
+    for path in ["splice", "shm"] {
+        assert!(
+            table.contains(&format!("| {path} | 300 | 300 of 300 |")),
+            "{table}"
+        );
+        // Descriptors and kernel map entries come back to where they were.
         let line = table
             .lines()
-            .find(|line| line.starts_with(&format!("| {name} |")))
-            .unwrap_or_else(|| panic!("no {name} row in:\n{table}"));
-        line.split('|').map(|cell| cell.trim().to_owned()).collect()
-    };
-    for name in ["agent descriptors", "kernel map entries"] {
-        let cells = row(name);
-        assert_eq!(
-            cells[2], cells[3],
-            "{name}: before and after differ:\n{table}"
-        );
+            .find(|line| line.starts_with(&format!("| 300 over {path} |")))
+            .unwrap_or_else(|| panic!("no row of 300 in a row over {path} in:\n{table}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        for (name, cell) in [
+            ("agent descriptors", cells[4]),
+            ("kernel map entries", cells[5]),
+        ] {
+            let (before, after) = cell.split_once(" → ").expect("before → after");
+            assert_eq!(before, after, "{name} over {path}:\n{table}");
+        }
     }
 }
