@@ -345,10 +345,25 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    write_message_within(w, message, MAX_MESSAGE_LEN).await
+}
+
+/// [`write_message`] with a limit of `limit` bytes instead of
+/// [`MAX_MESSAGE_LEN`] (agents' messages to each other, which carry whole
+/// workflow specs).
+pub async fn write_message_within<W, T>(
+    w: &mut W,
+    message: &T,
+    limit: u32,
+) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
     let json = serde_json::to_vec(message)?;
     let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
-    if len > MAX_MESSAGE_LEN {
-        return Err(ProtocolError::MessageTooLarge(len));
+    if len > limit {
+        return Err(ProtocolError::MessageTooLarge { len, limit });
     }
     let mut buf = Vec::with_capacity(4 + json.len());
     buf.extend_from_slice(&len.to_be_bytes());
@@ -364,6 +379,16 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_message_within(r, MAX_MESSAGE_LEN).await
+}
+
+/// [`read_message`] with a limit of `limit` bytes (see
+/// [`write_message_within`]).
+pub async fn read_message_within<R, T>(r: &mut R, limit: u32) -> Result<Option<T>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut len = [0u8; 4];
     let first = r.read(&mut len[..1]).await?;
     if first == 0 {
@@ -373,8 +398,8 @@ where
         .await
         .map_err(ProtocolError::from_read)?;
     let len = u32::from_be_bytes(len);
-    if len > MAX_MESSAGE_LEN {
-        return Err(ProtocolError::MessageTooLarge(len));
+    if len > limit {
+        return Err(ProtocolError::MessageTooLarge { len, limit });
     }
     let mut json = vec![0u8; len as usize];
     r.read_exact(&mut json)
@@ -457,7 +482,7 @@ mod tests {
         let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff];
         assert!(matches!(
             read_message::<_, Hello>(&mut r).await,
-            Err(ProtocolError::MessageTooLarge(_))
+            Err(ProtocolError::MessageTooLarge { .. })
         ));
         let mut r: &[u8] = &[0, 0, 0, 10, b'{'];
         assert!(matches!(

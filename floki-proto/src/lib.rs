@@ -47,8 +47,13 @@ pub enum ProtocolError {
     )]
     UnsupportedVersion(u16),
     /// A control message is larger than allowed.
-    #[error("control message of {0} bytes exceeds the {MAX_MESSAGE_LEN}-byte limit")]
-    MessageTooLarge(u32),
+    #[error("control message of {len} bytes exceeds the {limit}-byte limit")]
+    MessageTooLarge {
+        /// The message's announced length.
+        len: u32,
+        /// The most this connection takes.
+        limit: u32,
+    },
     /// A control message is not the JSON expected.
     #[error("malformed control message: {0}")]
     BadMessage(#[from] serde_json::Error),

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use floki_proto::{VERSION, control::write_message};
+use floki_proto::VERSION;
 use tokio::{
     io::AsyncReadExt as _,
     net::{TcpListener, TcpStream},
@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::{
     peers::{
         PING_EVERY, auth,
-        protocol::{PEER_MAGIC, PeerAnswer, PeerRequest, read_request},
+        protocol::{self, PEER_MAGIC, PeerAnswer, PeerRequest, read_request},
     },
     workflows::Applied,
 };
@@ -96,7 +96,7 @@ async fn serve(
             let hello = PeerAnswer::Hello {
                 node: agent.node.clone(),
             };
-            if write_message(&mut stream, &hello).await.is_err() {
+            if protocol::write(&mut stream, &hello).await.is_err() {
                 return;
             }
             // The link: installs and keep-alives until it closes or falls
@@ -104,7 +104,7 @@ async fn serve(
             while let Ok(Ok(Some(request))) = timeout(LINK_SILENCE, read_request(&mut stream)).await
             {
                 let answer = answer(&agent, request);
-                if write_message(&mut stream, &answer).await.is_err() {
+                if protocol::write(&mut stream, &answer).await.is_err() {
                     return;
                 }
             }
@@ -119,7 +119,7 @@ async fn serve(
                     message: format!("no workflow {:?} on node {}", id.workflow, agent.node),
                 }
             };
-            if write_message(&mut stream, &answer).await.is_err() || !staged {
+            if protocol::write(&mut stream, &answer).await.is_err() || !staged {
                 return;
             }
             // The key is the session's: only the two agents of this
@@ -131,7 +131,7 @@ async fn serve(
         }
         other => {
             let answer = answer(&agent, other);
-            let _ = write_message(&mut stream, &answer).await;
+            let _ = protocol::write(&mut stream, &answer).await;
         }
     }
 }

@@ -155,7 +155,10 @@ impl ReportReader {
         };
         let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
         if len > MAX_MESSAGE_LEN {
-            return Err(ProtocolError::MessageTooLarge(len));
+            return Err(ProtocolError::MessageTooLarge {
+                len,
+                limit: MAX_MESSAGE_LEN,
+            });
         }
         let end = 4 + len as usize;
         if self.buf.len() < end {

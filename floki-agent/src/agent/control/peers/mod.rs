@@ -16,10 +16,7 @@ use protocol::{PeerAnswer, PeerRequest, write_preamble};
 use tokio::{net::TcpStream, time::timeout};
 use tracing::{info, warn};
 
-use floki_proto::{
-    ProtocolError,
-    control::{read_message, write_message},
-};
+use floki_proto::ProtocolError;
 
 use crate::status::PeerStatus;
 
@@ -245,7 +242,7 @@ impl Peers {
                 addr: addr.clone(),
                 source,
             })?;
-        write_message(&mut stream, request)
+        protocol::write(&mut stream, request)
             .await
             .map_err(protocol)?;
         Ok((stream, session))
@@ -262,7 +259,7 @@ impl Peers {
             node: node.to_owned(),
             source,
         };
-        match timeout(REQUEST_TIMEOUT, read_message(&mut stream)).await {
+        match timeout(REQUEST_TIMEOUT, protocol::read_answer(&mut stream)).await {
             Ok(Ok(Some(answer))) => Ok(answer),
             Ok(Ok(None)) => Err(protocol(ProtocolError::Truncated)),
             Ok(Err(err)) => Err(protocol(err)),
@@ -355,7 +352,7 @@ async fn link(peers: &Peers, peer: &Peer, resync: &Resync) -> String {
 
 /// Sends a request on a link and reads its answer.
 async fn exchange(stream: &mut TcpStream, request: &PeerRequest) -> Result<PeerAnswer, String> {
-    write_message(stream, request)
+    protocol::write(stream, request)
         .await
         .map_err(|e| e.to_string())?;
     answer(stream).await
@@ -363,7 +360,7 @@ async fn exchange(stream: &mut TcpStream, request: &PeerRequest) -> Result<PeerA
 
 /// Reads the next answer on a link.
 async fn answer(stream: &mut TcpStream) -> Result<PeerAnswer, String> {
-    match timeout(REQUEST_TIMEOUT, read_message(stream)).await {
+    match timeout(REQUEST_TIMEOUT, protocol::read_answer(stream)).await {
         Ok(Ok(Some(answer))) => Ok(answer),
         Ok(Ok(None)) => Err("the peer closed the link".into()),
         Ok(Err(err)) => Err(err.to_string()),

@@ -108,9 +108,29 @@ pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W) -> Result<(), Prot
     Ok(())
 }
 
-/// Reads one request (after the preamble).
+/// The largest message between agents: they are authenticated before any
+/// request, and an install carries a whole workflow spec (400 edges took
+/// 38 KB, past the 16 KiB functions may send).
+pub const MAX_PEER_MESSAGE_LEN: u32 = 4 << 20;
+
+/// Reads one request (after the preamble and the authentication).
 pub async fn read_request<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<PeerRequest>, ProtocolError> {
-    floki_proto::control::read_message(r).await
+    floki_proto::control::read_message_within(r, MAX_PEER_MESSAGE_LEN).await
+}
+
+/// Reads one answer to a request.
+pub async fn read_answer<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<PeerAnswer>, ProtocolError> {
+    floki_proto::control::read_message_within(r, MAX_PEER_MESSAGE_LEN).await
+}
+
+/// Writes one request or answer (after the authentication).
+pub async fn write<W: AsyncWrite + Unpin, T: serde::Serialize>(
+    w: &mut W,
+    message: &T,
+) -> Result<(), ProtocolError> {
+    floki_proto::control::write_message_within(w, message, MAX_PEER_MESSAGE_LEN).await
 }
