@@ -199,6 +199,7 @@ pub mod blocking {
     use crate::{
         ClientError,
         blocking::{Receiver, Sender, on_this_thread},
+        setup,
     };
 
     /// Asks the agent what the edge looks like to this function.
@@ -206,14 +207,38 @@ pub mod blocking {
         on_this_thread(super::describe(opts))
     }
 
-    /// Opens this producer's streams, one per consumer in spec order.
+    /// Opens this producer's streams, one per consumer in spec order. The
+    /// hellos go out together: one wait for the agent, not one per stream.
     pub fn senders(opts: &EdgeOptions) -> Result<(EdgeInfo, Vec<(String, Sender)>), ClientError> {
         let info = describe(opts)?;
         expect_role(opts, &info, Role::Send)?;
+        let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
+        let accepted = on_this_thread(async {
+            let mut hellos = tokio::task::JoinSet::new();
+            for (at, stream) in streams.iter().enumerate() {
+                let stream = stream.clone();
+                hellos.spawn(async move { (at, setup::sender_hello(&stream).await) });
+            }
+            let mut accepted: Vec<_> = (0..streams.len()).map(|_| None).collect();
+            while let Some(done) = hellos.join_next().await {
+                let (at, hello) = done.map_err(|err| ClientError::Io {
+                    channel: format!("{}/{}", opts.workflow, opts.edge),
+                    context: "opening a stream",
+                    source: std::io::Error::other(err),
+                })?;
+                accepted[at] = Some(hello?);
+            }
+            Ok::<_, ClientError>(accepted)
+        })?;
         let senders = info
             .peers
             .iter()
-            .map(|peer| Sender::open(&opts.stream(peer)).map(|sender| (peer.clone(), sender)))
+            .zip(&streams)
+            .zip(accepted)
+            .map(|((peer, stream), accepted)| {
+                let accepted = accepted.expect("every hello answered");
+                Sender::accepted(stream, accepted).map(|sender| (peer.clone(), sender))
+            })
             .collect::<Result<_, _>>()?;
         Ok((info, senders))
     }

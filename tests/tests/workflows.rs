@@ -120,7 +120,6 @@ fn wait_edge_ready(node: &ClusterNode, edge: &str) -> Value {
     }
 }
 
-/// The transport a finished stream used, from the status of `node`.
 /// Two nodes and workflow `wf` with edge `e` from `p` on node-a to `q` on
 /// node-b (`buffer`), applied and ready on node-a; returns its token.
 fn edge_across_two_nodes(buffer: &str) -> (Cluster, String) {
@@ -159,6 +158,7 @@ fn restart_consumer_agent_and_stream(cluster: &mut Cluster, token: &str) {
     );
 }
 
+/// The transport a finished stream used, from the status of `node`.
 fn transport(node: &ClusterNode, stream: &str) -> String {
     finished(node, stream)["transport"]
         .as_str()
@@ -179,6 +179,33 @@ fn kernel_bytes(node: &ClusterNode, stream: &str) -> u64 {
     channel["kernel_bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("no kernel bytes on {}: {channel:#}", node.name))
+}
+
+#[test]
+fn a_workflow_of_hundreds_of_edges_applies_across_nodes_and_carries_its_last() {
+    // Its spec (38 KB at 400 edges) goes whole from one agent to the other;
+    // it once broke the 16 KiB limit of functions' messages.
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let mut spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b");
+    for i in 0..400 {
+        spec = spec.edge(&format!("e{i}"), &["p"], &["q"], "one-to-one", "64KiB");
+    }
+    let token = cluster
+        .node("node-a")
+        .apply(&spec.yaml())
+        .expect("a workflow of 400 edges applies across nodes");
+    wait_edge_ready(cluster.node("node-a"), "e399");
+    run_edge(
+        &cluster,
+        &token,
+        "e399",
+        &[("p", "node-a")],
+        &[("q", "node-b")],
+        MIB,
+    );
 }
 
 #[test]

@@ -63,12 +63,18 @@ impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
     /// accepted it; the stream is set up in the background.
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
+        Self::accepted(opts, on_this_thread(setup::sender_hello(opts))?)
+    }
+
+    /// The sender of `opts.channel` the agent accepted (said hello on this
+    /// thread); the stream is set up in the background.
+    pub(crate) fn accepted(opts: &ChannelOptions, accepted: Accepted) -> Result<Self, ClientError> {
         let Accepted {
             control,
             channel_id,
             window,
             listener: _,
-        } = on_this_thread(setup::sender_hello(opts))?;
+        } = accepted;
         let (pending, nudged) = Pending::new(window.unwrap_or(0));
         let moving = |channel: &str, source| ClientError::Io {
             channel: channel.to_owned(),

@@ -116,6 +116,11 @@ async fn reports(
             }
         }
     }
+    // The end leaves its channel before its connection closes: a client
+    // that waits for the close knows the agent took its leave (and the
+    // channel's name is free once both ends have).
+    drop(membership);
+    drop(stream);
 }
 
 /// Reads a client's reports, one length-prefixed message at a time, and can
