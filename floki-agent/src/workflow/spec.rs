@@ -172,6 +172,16 @@ impl Workflow {
         self.edges.iter().find(|edge| edge.name == name)
     }
 
+    /// Whether `stream` is one of this workflow's (without building them
+    /// all, as [`Workflow::streams`] does).
+    pub fn has_stream(&self, stream: &StreamId) -> bool {
+        stream.workflow == self.name
+            && self.edge(&stream.edge).is_some_and(|edge| {
+                edge.producers.contains(&stream.producer)
+                    && edge.consumers.contains(&stream.consumer)
+            })
+    }
+
     /// Every stream of every edge.
     pub fn streams(&self) -> impl Iterator<Item = (&Edge, StreamId)> {
         self.edges.iter().flat_map(move |edge| {

@@ -59,6 +59,10 @@ pub struct PreparedLinks {
     /// Consumer side: started connections, for the consumer's session.
     started: Mutex<HashMap<StreamId, Prepared>>,
     changed: Notify,
+    /// The applied workflows changed: what keepers wait on (not `changed`,
+    /// which every take and prepare of any stream fires: with hundreds of
+    /// keepers, each waking for each of those was quadratic).
+    applied: Notify,
     /// Consumer side: streams started (for the store, which takes in those
     /// whose consumer does not come).
     starts: broadcast::Sender<StreamId>,
@@ -76,6 +80,7 @@ impl PreparedLinks {
             pending: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            applied: Notify::new(),
             starts: broadcast::channel(1024).0,
         })
     }
@@ -97,6 +102,7 @@ impl PreparedLinks {
             tokio::spawn(self.clone().keep(stream, peer_node, takes));
         }
         self.changed.notify_waiters();
+        self.applied.notify_waiters();
     }
 
     /// Whether this node is ready for `stream`: a prepared connection held
@@ -119,10 +125,7 @@ impl PreparedLinks {
     }
 
     fn applied_outgoing(&self, stream: &StreamId) -> bool {
-        self.workflows
-            .outgoing_streams(&self.node)
-            .iter()
-            .any(|(s, _)| s == stream)
+        self.workflows.is_outgoing(&self.node, stream)
     }
 
     /// Producer side: holds a connection for `stream`, hands it to whoever
@@ -144,7 +147,7 @@ impl PreparedLinks {
                     debug!(%stream, peer = %peer_node, %err, "stream connection not ready yet");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        () = self.changed.notified() => {}
+                        () = self.applied.notified() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -167,7 +170,7 @@ impl PreparedLinks {
                 let event = tokio::select! {
                     take = takes.recv() => Event::Take(take),
                     _ = prepared.conn.peek(&mut probe) => Event::Broken,
-                    () = self.changed.notified() => Event::Changed,
+                    () = self.applied.notified() => Event::Changed,
                 };
                 match event {
                     Event::Take(Some(reply)) => match reply.send(prepared) {
@@ -249,13 +252,11 @@ impl PreparedLinks {
         key: [u8; KEY_LEN],
         mut conn: TcpStream,
     ) -> Result<(), String> {
-        let applied = self
+        let ends_here = self
             .workflows
-            .get(&stream.workflow)
+            .ends_on(&self.node, &stream)
             .ok_or_else(|| format!("no workflow {:?} here", stream.workflow))?;
-        let consumer_here = applied.workflow.node_of(&stream.consumer) == Some(self.node.as_str());
-        let known = applied.workflow.streams().any(|(_, s)| s == stream);
-        if !known || !consumer_here {
+        if !ends_here {
             return Err(format!(
                 "stream {stream} does not end on node {}",
                 self.node

@@ -247,6 +247,28 @@ impl Workflows {
         out
     }
 
+    /// Whether `stream` is a stream of an applied workflow from `node` to
+    /// another node. Looks at the stream's own workflow only, copying
+    /// nothing: every keeper of a prepared link asks it.
+    pub fn is_outgoing(&self, node: &str, stream: &StreamId) -> bool {
+        let inner = self.inner.lock().expect("workflows lock");
+        inner.applied.get(&stream.workflow).is_some_and(|applied| {
+            let workflow = &applied.workflow;
+            workflow.has_stream(stream)
+                && workflow.node_of(&stream.producer) == Some(node)
+                && workflow
+                    .node_of(&stream.consumer)
+                    .is_some_and(|to| to != node)
+        })
+    }
+
+    /// Whether `stream` ends on `node`; `None` without its workflow.
+    pub fn ends_on(&self, node: &str, stream: &StreamId) -> Option<bool> {
+        let inner = self.inner.lock().expect("workflows lock");
+        let workflow = &inner.applied.get(&stream.workflow)?.workflow;
+        Some(workflow.has_stream(stream) && workflow.node_of(&stream.consumer) == Some(node))
+    }
+
     /// Applied workflows that involve `node`.
     pub fn involving(&self, node: &str) -> Vec<Applied> {
         self.all()
