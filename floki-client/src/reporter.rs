@@ -81,8 +81,7 @@ impl Reporter {
         }
     }
 
-    /// Waits (briefly) until the final report was written and the agent
-    /// closed the connection after it.
+    /// Waits (briefly) until the final report was written.
     pub async fn flushed(&mut self) {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(FLUSH_LIMIT, task).await;
@@ -127,12 +126,7 @@ async fn report(
         },
     };
     if write_message(&mut control, &report).await.is_ok() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         let _ = control.shutdown().await;
-        // The agent closes once it has taken this end's leave: when
-        // `finish` returns, the channel's name is free again for the next
-        // run (a retry, the next invocation) instead of still busy.
-        let mut rest = [0u8; 64];
-        while matches!(control.read(&mut rest).await, Ok(n) if n > 0) {}
     }
 }

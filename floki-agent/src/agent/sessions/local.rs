@@ -122,7 +122,12 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     match paired {
         Ok(paired) => {
             if hand_over(&mut control, &membership, paired, agent, &name).await {
-                reports(control, membership, &name, reader).await;
+                let control = reports(control, &membership, &name, reader).await;
+                // The end leaves its channel before its connection closes:
+                // a client that waits for the close knows the agent took
+                // its leave (the name is free once both ends have).
+                drop(membership);
+                drop(control);
             }
         }
         Err((error, message)) => {

@@ -97,14 +97,15 @@ fn is_unix(control: &ControlStream) -> bool {
     matches!(control, Either::Right(_))
 }
 
-/// Passes an end's reports to its channel until it hangs up; its
-/// membership then ends.
+/// Passes an end's reports to its channel until it hangs up, and returns
+/// its connection: the caller decides when the end leaves its channel and
+/// when the connection closes.
 async fn reports(
     mut stream: ControlStream,
-    membership: Membership,
+    membership: &Membership,
     name: &str,
     mut reader: ReportReader,
-) {
+) -> ControlStream {
     loop {
         match reader.next(&mut stream).await {
             Ok(Some(report)) => membership.report(report),
@@ -116,11 +117,7 @@ async fn reports(
             }
         }
     }
-    // The end leaves its channel before its connection closes: a client
-    // that waits for the close knows the agent took its leave (and the
-    // channel's name is free once both ends have).
-    drop(membership);
-    drop(stream);
+    stream
 }
 
 /// Reads a client's reports, one length-prefixed message at a time, and can

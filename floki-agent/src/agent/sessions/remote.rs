@@ -151,10 +151,14 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     };
     match started {
         Ok((control, relay)) => {
-            reports(control, membership, &name, reader).await;
+            drop(reports(control, &membership, &name, reader).await);
+            // The end stays a member until its relay is done: the channel
+            // is live, and a stopping agent waits for it, while the relay
+            // still carries the consumer's verdict to the producer.
             if let Some(relay) = relay {
                 close_relay_after(relay, &name).await;
             }
+            drop(membership);
         }
         Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
     }
