@@ -123,9 +123,8 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
         Ok(paired) => {
             if hand_over(&mut control, &membership, paired, agent, &name).await {
                 let control = reports(control, &membership, &name, reader).await;
-                // The end leaves its channel before its connection closes:
-                // a client that waits for the close knows the agent took
-                // its leave (the name is free once both ends have).
+                // The end leaves its channel before its connection closes,
+                // so that the close never comes before the leave.
                 drop(membership);
                 drop(control);
             }
