@@ -360,11 +360,27 @@ impl TestAgent {
     }
 }
 
+/// How much of a failed test's agent log is printed (its end).
+const LOG_TAIL: usize = 64 * 1024;
+
 impl Drop for TestAgent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failed test shows what its agent said: CI keeps nothing else.
+        if std::thread::panicking() {
+            let log = self.log();
+            let start = log.len().saturating_sub(LOG_TAIL);
+            let start = (start..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(log.len());
+            eprintln!(
+                "--- the end of agent log {} ---\n{}",
+                self.dir.display(),
+                &log[start..]
+            );
         }
         if self.owns_files {
             let _ = fs::remove_dir_all(&self.pin_dir);

@@ -65,26 +65,41 @@ fn status(fifo: &Path) -> String {
 }
 
 /// Writes `data` into the `.in` FIFO and reads the `.out` FIFO, as `cat`
-/// would on either side; returns what the reader got.
+/// would on either side; returns what the reader got. Fails the test, rather
+/// than hang it, when either side is still blocked after the limit.
 fn through_pipes(input: &Path, output: &Path, data: &[u8]) -> Vec<u8> {
     wait_for(input);
     wait_for(output);
-    let output = output.to_owned();
-    let reader = thread::spawn(move || {
+    let (output, input, data) = (output.to_owned(), input.to_owned(), data.to_vec());
+    let (done, outcome) = std::sync::mpsc::channel();
+    let reading = done.clone();
+    thread::spawn(move || {
         let mut got = Vec::new();
         fs::File::open(&output)
             .expect("opening the .out FIFO")
             .read_to_end(&mut got)
             .expect("reading the .out FIFO");
-        got
+        let _ = reading.send(Some(got));
     });
-    let mut writer = fs::OpenOptions::new()
-        .write(true)
-        .open(input)
-        .expect("opening the .in FIFO");
-    writer.write_all(data).expect("writing the .in FIFO");
-    drop(writer);
-    reader.join().expect("reader")
+    thread::spawn(move || {
+        let mut writer = fs::OpenOptions::new()
+            .write(true)
+            .open(&input)
+            .expect("opening the .in FIFO");
+        writer.write_all(&data).expect("writing the .in FIFO");
+        let _ = done.send(None);
+    });
+    let deadline = Instant::now() + LIMIT;
+    let mut got = None;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match outcome.recv_timeout(left) {
+            Ok(Some(bytes)) => got = Some(bytes),
+            Ok(None) => {}
+            Err(err) => panic!("the FIFOs' writer and reader did not both finish: {err}"),
+        }
+    }
+    got.expect("the reader's bytes")
 }
 
 /// The first finished channel called `name` (a bridge opens the next one
