@@ -356,8 +356,9 @@ impl BridgeThread {
     /// One stream from a producer into the consumer's FIFO.
     fn consumer(&self, producer: &str) -> anyhow::Result<()> {
         let mut rx = Receiver::connect(&self.opts.stream(producer))?;
-        // Before the reader can open the FIFO: no stale verdict to find.
-        let _ = fs::remove_file(self.status_path());
+        // The last stream's verdict stays until this one's replaces it: its
+        // reader may still be about to read it, and this stream's reader
+        // reads the verdict only after end-of-file, which comes after it.
         // Blocks until the consumer opens the FIFO for reading.
         let mut output = fs::OpenOptions::new().write(true).open(&self.path)?;
         // Straight from the ring (or the receiver's buffer) into the pipe.

@@ -42,6 +42,10 @@ pub const WINDOW_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 /// A refusal with its explanation, as the end is told.
 pub type Refused = (Refusal, String);
 
+/// How long an end waits for the previous stream of its channel to end
+/// before it is refused as busy.
+pub const FINISHING_WAIT: Duration = Duration::from_millis(500);
+
 /// What happened to a channel, for subscribers (metrics).
 #[derive(Clone, Debug)]
 pub enum ChannelEvent {
@@ -196,6 +200,38 @@ impl Channels {
         })
     }
 
+    /// [`Self::join`], but an end whose place in its channel is taken by
+    /// an end of the stream before (paired, of the same role) first waits
+    /// up to [`FINISHING_WAIT`] for that stream to end: a function run
+    /// again at once, or a bridge taking the next stream, comes while the
+    /// reports of the last one are still on their way to the agent.
+    pub async fn join_when_free(self: &Arc<Self>, request: JoinRequest) -> Result<Joined, Refused> {
+        let deadline = tokio::time::Instant::now() + FINISHING_WAIT;
+        loop {
+            // Registered before the check: no change is missed in between.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.is_taken(&request.name, request.role)
+                || tokio::time::timeout_at(deadline, changed).await.is_err()
+            {
+                return self.join(request);
+            }
+        }
+    }
+
+    /// Whether channel `name` is paired and has an end of `role`.
+    fn is_taken(&self, name: &str, role: Role) -> bool {
+        let inner = self.lock();
+        inner
+            .by_name
+            .get(name)
+            .and_then(|id| inner.live.get(id))
+            .is_some_and(|live| {
+                matches!(live.stage, Stage::Active { .. }) && live.ends[role].joined
+            })
+    }
+
     fn new_channel(
         inner: &mut Inner,
         name: String,
@@ -338,6 +374,16 @@ impl Channels {
                     Refusal::Busy,
                     format!(
                         "channel '{name}' already has a {role} waiting; one {role} per channel"
+                    ),
+                ));
+            }
+            Stage::Active { .. } if live.ends[role].outcome.is_some() => {
+                let peer = role.peer();
+                return Err((
+                    Refusal::Busy,
+                    format!(
+                        "channel '{name}' still has its previous stream: its {role} ended, \
+                         its {peer} has not; wait until that {peer} ends or pick another name"
                     ),
                 ));
             }

@@ -325,6 +325,55 @@ fn reports_of_an_old_channel_never_touch_a_new_one_of_the_same_name() {
     assert_eq!(view(&channels, old).phase, Phase::Done);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_end_that_comes_while_its_name_is_finishing_waits_for_the_previous_stream() {
+    let channels = fallback();
+    let old_rx = channels
+        .join(local("again", hello(Role::Recv, false)))
+        .unwrap();
+    let old_tx = channels
+        .join(local("again", hello(Role::Send, false)))
+        .unwrap();
+    // The receiver verified the stream; the sender's report is on its way.
+    old_rx.membership.report(done(5));
+    let refused = channels.join(local("again", hello(Role::Recv, false)));
+    let (refusal, message) = refused.err().expect("busy while finishing");
+    assert_eq!(refusal, Refusal::Busy);
+    assert!(message.contains("its sender has not"), "{message}");
+    // Waiting, the next receiver joins once the old sender reports.
+    let next = tokio::spawn({
+        let channels = channels.clone();
+        async move {
+            channels
+                .join_when_free(local("again", hello(Role::Recv, false)))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!next.is_finished(), "joined before the old stream was over");
+    old_tx.membership.report(done(5));
+    let next = next
+        .await
+        .unwrap()
+        .expect("joins once the old stream is over");
+    assert_ne!(next.membership.id(), old_tx.membership.id());
+    assert!(matches!(next.pairing, Pairing::Later(_)));
+    // An old stream that never finishes: refused after the wait, clearly.
+    let stuck_tx = channels
+        .join(local("stuck", hello(Role::Send, false)))
+        .unwrap();
+    let _stuck_rx = channels
+        .join(local("stuck", hello(Role::Recv, false)))
+        .unwrap();
+    stuck_tx.membership.report(done(1));
+    let refused = channels
+        .join_when_free(local("stuck", hello(Role::Send, false)))
+        .await;
+    let (refusal, message) = refused.err().expect("busy after the wait");
+    assert_eq!(refusal, Refusal::Busy);
+    assert!(message.contains("its receiver has not"), "{message}");
+}
+
 #[test]
 fn a_remote_end_is_active_at_once_and_its_peer_reports_elsewhere() {
     let channels = fallback();

@@ -89,7 +89,7 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     let Joined {
         membership,
         pairing,
-    } = match agent.channels.join(request) {
+    } = match agent.channels.join_when_free(request).await {
         Ok(joined) => joined,
         Err((refusal, message)) => {
             return refuse_quietly(agent, &mut control, refusal, message).await;

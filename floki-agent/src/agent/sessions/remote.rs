@@ -74,7 +74,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
         end: EndKind::Remote(carrier),
         window: Some(window),
     };
-    let membership = match agent.channels.join(request) {
+    let membership = match agent.channels.join_when_free(request).await {
         Ok(joined) => joined.membership,
         Err((refusal, message)) => {
             return refuse_quietly(agent, &mut control, refusal, message).await;

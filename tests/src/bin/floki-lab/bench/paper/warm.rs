@@ -24,9 +24,6 @@ const SYSTEMS: [System; 2] = [System::Floki, System::Redis];
 /// their receivers reach the agent first, as a waiting consumer's would.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(3);
 
-/// Pause between two runs of a cell (see its use).
-const BETWEEN_ROUNDS: std::time::Duration = std::time::Duration::from_millis(5);
-
 /// One cell: median and p90 in µs per system, in [`SYSTEMS`] order.
 pub struct Cell {
     pub scenario: Scenario,
@@ -140,10 +137,6 @@ fn warm_cell(
         if round >= rounds / 10 {
             times.push(micros);
         }
-        // Untimed: the agent takes the ends' leave a moment after their
-        // `finish` returned; the same channel names opened before that are
-        // refused as busy.
-        std::thread::sleep(BETWEEN_ROUNDS);
     }
     for function in consumers.into_iter().chain(producers) {
         function.wait()?;
