@@ -34,8 +34,9 @@ use crate::{
 ///
 /// [`Sender::open`] returns as soon as the agent accepted the channel: until
 /// the receiver is there, writes fill a buffer of the channel's window (the
-/// edge's buffer in a workflow) and then wait. Writes smaller than 16 KiB are
-/// gathered into larger frames, like a `BufWriter`: `flush` sends them at once.
+/// edge's buffer in a workflow) and then wait. Small writes (under 16 KiB
+/// over a ring, under 128 KiB over a socket) are gathered into larger frames,
+/// like a `BufWriter`: `flush` sends them at once.
 pub struct Sender {
     channel: String,
     channel_id: u32,
@@ -314,11 +315,13 @@ impl Open {
         })
     }
 
-    /// Whether a frame is partly written (small writes may not be gathered).
-    fn mid_frame(&self) -> bool {
+    /// Which writes are gathered on this path; none while a frame is
+    /// partly written.
+    fn gathering(&self) -> Option<crate::Gathering> {
         match &self.path {
-            Path::Socket(socket) => socket.outbound.mid_frame(),
-            Path::Ring(_) => false,
+            Path::Socket(socket) if socket.outbound.mid_frame() => None,
+            Path::Socket(_) => Some(crate::GATHER_FOR_SOCKET),
+            Path::Ring(_) => Some(crate::GATHER_FOR_RING),
         }
     }
 }
@@ -451,8 +454,8 @@ impl AsyncWrite for Sender {
         if open.finished {
             return Poll::Ready(Err(StreamError::Closed.into()));
         }
-        if !open.mid_frame()
-            && let Some(full) = this.pending.gathers(buf.len())
+        if let Some(gathering) = open.gathering()
+            && let Some(full) = this.pending.gathers(buf.len(), gathering)
         {
             if full {
                 ready!(this.poll_drain_pending(cx))?;

@@ -318,11 +318,13 @@ impl Open {
         })
     }
 
-    /// Whether a frame is partly written (small writes may not be gathered).
-    fn mid_frame(&self) -> bool {
+    /// Which writes are gathered on this path; none while a frame is
+    /// partly written.
+    fn gathering(&self) -> Option<crate::Gathering> {
         match &self.path {
-            Path::Socket(socket) => socket.outbound.mid_frame(),
-            Path::Ring(_) => false,
+            Path::Socket(socket) if socket.outbound.mid_frame() => None,
+            Path::Socket(_) => Some(crate::GATHER_FOR_SOCKET),
+            Path::Ring(_) => Some(crate::GATHER_FOR_RING),
         }
     }
 }
@@ -444,8 +446,8 @@ impl Write for Sender {
         }
         let open = self.open_stream()?;
         open.end.check()?;
-        if !open.mid_frame()
-            && let Some(full) = self.pending.gathers(buf.len())
+        if let Some(gathering) = open.gathering()
+            && let Some(full) = self.pending.gathers(buf.len(), gathering)
         {
             if full {
                 self.flush()?;

@@ -211,9 +211,8 @@ impl Pending {
     /// Whether a write of `len` bytes should be gathered with others
     /// rather than sent as a frame of its own; `Some(true)` if the buffer
     /// must be sent first to make room.
-    pub fn gathers(&self, len: usize) -> Option<bool> {
-        (len < crate::COALESCE_BELOW)
-            .then(|| self.buf.len() - self.sent + len > crate::COALESCE_CAP)
+    pub fn gathers(&self, len: usize, gathering: crate::Gathering) -> Option<bool> {
+        (len < gathering.below).then(|| self.buf.len() - self.sent + len > gathering.cap)
     }
 
     /// Adds a small write.
