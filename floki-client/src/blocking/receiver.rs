@@ -246,6 +246,11 @@ impl SocketPath {
     }
 }
 
+/// Over a socket, `fill_buf` reads into a buffer that starts at `STAGING`
+/// and doubles, up to this, each time a read fills it: a small stream keeps
+/// a small buffer, a bulk one is read in few large reads.
+const FILL_BUF_MAX: usize = 256 * 1024;
+
 impl BufRead for Receiver {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if let Path::Ring(_) = self.path {
@@ -267,8 +272,14 @@ impl BufRead for Receiver {
         }
         if self.buffered.is_empty() {
             let mut buffer = std::mem::take(&mut self.buffer);
-            buffer.resize(STAGING, 0);
+            if buffer.is_empty() {
+                buffer.resize(STAGING, 0);
+            }
             let n = self.read(&mut buffer);
+            // A bulk stream fills the buffer: grow it for fewer, larger reads.
+            if n.as_ref().is_ok_and(|&n| n == buffer.len()) && buffer.len() < FILL_BUF_MAX {
+                buffer.resize(buffer.len() * 2, 0);
+            }
             self.buffer = buffer;
             self.buffered = 0..n?;
         }
