@@ -34,30 +34,31 @@ pub(crate) struct Reporter {
 impl Reporter {
     /// Starts reporting on `control`.
     pub fn spawn(control: ControlStream) -> Self {
-        let progress = Arc::new(AtomicU64::new(0));
-        let (outcome_tx, outcome_rx) = oneshot::channel();
-        let task = tokio::spawn(report(control, progress.clone(), outcome_rx));
-        Self {
-            progress,
-            outcome: Some(outcome_tx),
-            task: Some(task),
-        }
+        Self::start(|progress, outcome| tokio::spawn(report(control, progress, outcome)))
     }
 
     /// Starts reporting on `control` from `runtime`, which need not be the
     /// one `control` was opened on: the connection moves over.
     pub fn spawn_on(runtime: &Handle, control: ControlStream) -> Self {
+        let detached = crate::control::detach(control);
+        Self::start(|progress, outcome| {
+            runtime.spawn(async move {
+                // Either way fails only if the kernel refuses an epoll
+                // registration; the reports are then lost, never the stream.
+                if let Ok(control) = detached.and_then(crate::control::attach) {
+                    report(control, progress, outcome).await;
+                }
+            })
+        })
+    }
+
+    /// The handle around the reporting task `spawn` starts.
+    fn start(
+        spawn: impl FnOnce(Arc<AtomicU64>, oneshot::Receiver<Outcome>) -> JoinHandle<()>,
+    ) -> Self {
         let progress = Arc::new(AtomicU64::new(0));
         let (outcome_tx, outcome_rx) = oneshot::channel();
-        let detached = crate::control::detach(control);
-        let reporting = progress.clone();
-        let task = runtime.spawn(async move {
-            // Either way fails only if the kernel refuses an epoll
-            // registration; the reports are then lost, never the stream.
-            if let Ok(control) = detached.and_then(crate::control::attach) {
-                report(control, reporting, outcome_rx).await;
-            }
-        });
+        let task = spawn(progress.clone(), outcome_rx);
         Self {
             progress,
             outcome: Some(outcome_tx),

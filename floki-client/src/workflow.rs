@@ -183,14 +183,20 @@ pub async fn receivers(
         .collect();
     let mut receivers = Vec::with_capacity(tasks.len());
     for (peer, task) in info.peers.iter().zip(tasks) {
-        let receiver = task.await.map_err(|err| ClientError::Io {
-            channel: format!("{}/{}", opts.workflow, opts.edge),
-            context: "opening a stream",
-            source: std::io::Error::other(err),
-        })??;
+        let receiver = task.await.map_err(|err| opening_failed(opts, err))??;
         receivers.push((peer.clone(), receiver));
     }
     Ok((info, receivers))
+}
+
+/// A task that opened one of the edge's streams did not finish (it panicked
+/// or its runtime shut down).
+fn opening_failed(opts: &EdgeOptions, err: tokio::task::JoinError) -> ClientError {
+    ClientError::Io {
+        channel: format!("{}/{}", opts.workflow, opts.edge),
+        context: "opening a stream",
+        source: std::io::Error::other(err),
+    }
 }
 
 /// The same for code without an async runtime.
@@ -221,11 +227,7 @@ pub mod blocking {
             }
             let mut accepted: Vec<_> = (0..streams.len()).map(|_| None).collect();
             while let Some(done) = hellos.join_next().await {
-                let (at, hello) = done.map_err(|err| ClientError::Io {
-                    channel: format!("{}/{}", opts.workflow, opts.edge),
-                    context: "opening a stream",
-                    source: std::io::Error::other(err),
-                })?;
+                let (at, hello) = done.map_err(|err| super::opening_failed(opts, err))?;
                 accepted[at] = Some(hello?);
             }
             Ok::<_, ClientError>(accepted)

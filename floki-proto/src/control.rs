@@ -397,15 +397,20 @@ where
     r.read_exact(&mut len[1..])
         .await
         .map_err(ProtocolError::from_read)?;
-    let len = u32::from_be_bytes(len);
-    if len > limit {
-        return Err(ProtocolError::MessageTooLarge { len, limit });
-    }
-    let mut json = vec![0u8; len as usize];
+    let mut json = vec![0u8; message_len(len, limit)?];
     r.read_exact(&mut json)
         .await
         .map_err(ProtocolError::from_read)?;
     Ok(Some(serde_json::from_slice(&json)?))
+}
+
+/// The length a message's 4-byte header announces, if within `limit`.
+pub fn message_len(header: [u8; 4], limit: u32) -> Result<usize, ProtocolError> {
+    let len = u32::from_be_bytes(header);
+    if len > limit {
+        return Err(ProtocolError::MessageTooLarge { len, limit });
+    }
+    Ok(len as usize)
 }
 
 /// Whether `name` is a valid channel name.

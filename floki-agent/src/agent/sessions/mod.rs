@@ -152,17 +152,11 @@ impl ReportReader {
     }
 
     fn parse(&mut self) -> Result<Option<ClientReport>, ProtocolError> {
-        let Some(len) = self.buf.get(..4) else {
+        let Some(header) = self.buf.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
-        if len > MAX_MESSAGE_LEN {
-            return Err(ProtocolError::MessageTooLarge {
-                len,
-                limit: MAX_MESSAGE_LEN,
-            });
-        }
-        let end = 4 + len as usize;
+        let header = header.try_into().expect("4 bytes");
+        let end = 4 + floki_proto::control::message_len(header, MAX_MESSAGE_LEN)?;
         if self.buf.len() < end {
             return Ok(None);
         }
