@@ -445,7 +445,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              reading 128 KiB at a time. Floki goes through \
              the client library with its framing, flow control and end-to-end XXH3 check: the \
              blocking client (`floki_client::blocking`, what `floki-agent send/recv` use) \
-             and, for comparison, the tokio client; plain TCP is raw, blocking. Round trips are \
+             and, for comparison, the tokio client; plain TCP is raw, blocking. Over a socket \
+             both clients gather writes under 128 KiB into frames of up to 512 KiB, as a \
+             `BufWriter` would (the kernel redirect moves large writes much faster), so Floki's \
+             64 KiB row is the application's writes, not its system calls; the ceilings and \
+             plain TCP write each 64 KiB as it comes. Round trips are \
              {} ping-pongs of 64 bytes, ping and pong pinned as stated. `splice / TCP` compares \
              the blocking Floki client with blocking TCP. `Floki shm` is the same blocking client \
              on the agent's Unix socket, where the agent hands both ends a ring in shared memory \
