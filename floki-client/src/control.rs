@@ -134,6 +134,29 @@ pub(crate) struct Accepted {
     pub listener: Option<TcpListener>,
 }
 
+impl Accepted {
+    /// Whether the agent's next message is already waiting on the control
+    /// connection: when the peer was there first, `paired` follows
+    /// `accepted` at once.
+    pub fn next_message_waiting(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let peeked = nix::sys::socket::recv(
+            raw_fd(&self.control),
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        );
+        matches!(peeked, Ok(1))
+    }
+}
+
+/// The descriptor of a control connection, for socket options and peeks.
+fn raw_fd(control: &ControlStream) -> std::os::fd::RawFd {
+    match control {
+        Either::Left(tcp) => tcp.as_raw_fd(),
+        Either::Right(unix) => unix.as_raw_fd(),
+    }
+}
+
 /// Says hello and reads the agent's acceptance.
 pub(crate) async fn hello(
     mut control: ControlStream,
@@ -146,10 +169,7 @@ pub(crate) async fn hello(
         channel: channel.clone(),
         source,
     };
-    let fd = match &control {
-        Either::Left(tcp) => tcp.as_raw_fd(),
-        Either::Right(unix) => unix.as_raw_fd(),
-    };
+    let fd = raw_fd(&control);
     let hello = Hello {
         channel: channel.clone(),
         role,

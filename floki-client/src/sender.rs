@@ -73,7 +73,8 @@ impl Sender {
         let channel_id = accepted.channel_id;
         let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
         let task_opts = opts.clone();
-        let task = tokio::spawn(async move { setup::sender(accepted, &task_opts, nudged).await });
+        let task =
+            tokio::spawn(async move { setup::sender(accepted, &task_opts, nudged, None).await });
         Ok(Self {
             channel: opts.channel.clone(),
             channel_id,

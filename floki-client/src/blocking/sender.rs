@@ -61,14 +61,42 @@ struct SocketOut {
 
 impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
-    /// accepted it; the stream is set up in the background.
+    /// accepted it; the stream is set up in the background (or at once, on
+    /// this thread, when its receiver was there first).
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
         Self::accepted(opts, on_this_thread(setup::sender_hello(opts))?)
+    }
+
+    /// The sender of `opts.channel` whose pairing the agent already sent,
+    /// set up on this thread; its reports go from the background runtime.
+    fn paired_here(opts: &ChannelOptions, accepted: Accepted) -> Self {
+        let channel_id = accepted.channel_id;
+        let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
+        let reports_on = background().handle();
+        let established = on_this_thread(setup::sender(accepted, opts, nudged, Some(reports_on)));
+        Self {
+            channel: opts.channel.clone(),
+            channel_id,
+            opening: Opening::settled(established, Open::new),
+            pending,
+        }
     }
 
     /// The sender of `opts.channel` the agent accepted (said hello on this
     /// thread); the stream is set up in the background.
     pub(crate) fn accepted(opts: &ChannelOptions, accepted: Accepted) -> Result<Self, ClientError> {
+        // The agent sends `paired` right after `accepted` when the receiver
+        // was there first, but waking this thread may have preempted it on
+        // its CPU: yield once to let it finish.
+        let paired = accepted.next_message_waiting() || {
+            std::thread::yield_now();
+            accepted.next_message_waiting()
+        };
+        if paired {
+            // Set up here: no hand-off to the background and back, and the
+            // first write goes straight into the stream.
+            return Ok(Self::paired_here(opts, accepted));
+        }
         let Accepted {
             control,
             channel_id,
@@ -91,7 +119,7 @@ impl Sender {
                 window,
                 listener: None,
             };
-            setup::sender(accepted, &task_opts, nudged).await
+            setup::sender(accepted, &task_opts, nudged, None).await
         });
         Ok(Self {
             channel: opts.channel.clone(),

@@ -80,11 +80,13 @@ pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, Clie
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first
 /// credit (waited for within the pair timeout: across nodes the receiver may
-/// come later), then the pairing key.
+/// come later), then the pairing key. The end reports from `reports_on` (by
+/// default the runtime this runs on).
 pub(crate) async fn sender(
     accepted: Accepted,
     opts: &ChannelOptions,
     nudge: watch::Receiver<opening::Nudge>,
+    reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
     let (mut pairing, _) = control::paired(accepted, opts, Role::Send, Some(nudge)).await?;
     if let Some((memory, peer)) = pairing.ring.take() {
@@ -94,7 +96,7 @@ pub(crate) async fn sender(
             pairing,
             DataPath::Ring(memory, peer),
             0,
-            None,
+            reports_on,
         ));
     }
     let mut data = match pairing.handed.take() {
@@ -132,7 +134,7 @@ pub(crate) async fn sender(
         pairing,
         DataPath::Socket(data),
         credit,
-        None,
+        reports_on,
     ))
 }
 

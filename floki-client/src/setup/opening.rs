@@ -92,6 +92,16 @@ impl<T> Opening<T> {
         Poll::Ready(self.outcome())
     }
 
+    /// A set-up that already ended (done on the caller's thread).
+    pub fn settled(
+        done: Result<Established, ClientError>,
+        start: impl FnOnce(Established) -> Result<T, ClientError>,
+    ) -> Self {
+        let mut opening = Self::Failed(StreamError::Closed, None);
+        opening.settle(Ok(done), start);
+        opening
+    }
+
     /// Waits for the set-up to end (blocking, on `runtime`).
     pub fn wait_open(
         &mut self,

@@ -56,6 +56,9 @@ pub const LIVENESS: Duration = Duration::from_millis(50);
 /// Bytes hashed and copied at a time: small enough to stay in the L1/L2
 /// cache between the two passes.
 const PIECE: usize = 32 << 10;
+/// Within one write, how many bytes the writer publishes between wakes of
+/// a sleeping reader (a multiple of [`PIECE`]).
+const WAKE_EVERY: usize = 256 << 10;
 
 const END_OPEN: u32 = 0;
 const END_DONE: u32 = 1;

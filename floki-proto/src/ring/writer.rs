@@ -8,7 +8,7 @@ use std::{
 
 use twox_hash::XxHash3_64;
 
-use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter};
+use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, WAKE_EVERY};
 use crate::stream::StreamError;
 
 /// The sender's end of a ring.
@@ -76,7 +76,12 @@ impl RingWriter {
                 std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
             }
             done += len;
-            self.publish(head + done as u64);
+            // Every piece is published; a sleeping reader is woken only every
+            // WAKE_EVERY bytes and at the end of the write: it reads faster
+            // than a fresh ring fills, and a wake per piece (a system call
+            // and an interrupt to its CPU) cost more than the copy.
+            let wake = done == n || done % WAKE_EVERY < len;
+            self.publish_waking(head + done as u64, wake);
         }
         n
     }
@@ -113,10 +118,17 @@ impl RingWriter {
     /// Moves `head` to `to` (every byte before it is in the ring) and
     /// wakes the reader if it sleeps.
     fn publish(&mut self, to: u64) {
+        self.publish_waking(to, true);
+    }
+
+    /// [`publish`](Self::publish), waking a sleeping reader only if `wake`.
+    fn publish_waking(&mut self, to: u64, wake: bool) {
         let header = self.ring.header();
         self.head = to;
         header.head.0.store(to, Ordering::Release);
-        Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+        if wake {
+            Mapped::wake(&header.data_seq.0, &header.receiver_waiting.0);
+        }
     }
 
     /// A region of the ring to fill in place, waiting for room while the
