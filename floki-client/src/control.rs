@@ -135,17 +135,38 @@ pub(crate) struct Accepted {
 }
 
 impl Accepted {
-    /// Whether the agent's next message is already waiting on the control
-    /// connection: when the peer was there first, `paired` follows
-    /// `accepted` at once.
-    pub fn next_message_waiting(&self) -> bool {
-        let mut byte = [0u8; 1];
-        let peeked = nix::sys::socket::recv(
-            raw_fd(&self.control),
-            &mut byte,
-            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-        );
-        matches!(peeked, Ok(1))
+    /// Whether the agent's next message, already waiting on the control
+    /// connection, pairs this end over a ring: when the peer was there
+    /// first, `paired` follows `accepted` at once, and a ring is set up
+    /// without waiting for anything more.
+    pub fn paired_over_ring(&self) -> bool {
+        let fd = raw_fd(&self.control);
+        let peek = |buf: &mut [u8]| {
+            nix::sys::socket::recv(
+                fd,
+                buf,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+        };
+        let mut header = [0u8; 4];
+        if !matches!(peek(&mut header), Ok(4)) {
+            return false;
+        }
+        let Ok(len) = floki_proto::control::message_len(header, floki_proto::MAX_MESSAGE_LEN)
+        else {
+            return false;
+        };
+        let mut message = vec![0u8; 4 + len];
+        if !matches!(peek(&mut message), Ok(n) if n == message.len()) {
+            return false;
+        }
+        matches!(
+            floki_proto::control::parse_message(&message[4..]),
+            Ok(AgentMessage::Paired {
+                transport: Transport::Shm,
+                ..
+            })
+        )
     }
 }
 

@@ -401,7 +401,12 @@ where
     r.read_exact(&mut json)
         .await
         .map_err(ProtocolError::from_read)?;
-    Ok(Some(serde_json::from_slice(&json)?))
+    Ok(Some(parse_message(&json)?))
+}
+
+/// A message's JSON (what follows its 4-byte header).
+pub fn parse_message<T: DeserializeOwned>(json: &[u8]) -> Result<T, ProtocolError> {
+    Ok(serde_json::from_slice(json)?)
 }
 
 /// The length a message's 4-byte header announces, if within `limit`.

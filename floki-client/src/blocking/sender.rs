@@ -62,13 +62,15 @@ struct SocketOut {
 impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
     /// accepted it; the stream is set up in the background (or at once, on
-    /// this thread, when its receiver was there first).
+    /// this thread, when its receiver was there first and they share a
+    /// ring).
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
         Self::accepted(opts, on_this_thread(setup::sender_hello(opts))?)
     }
 
-    /// The sender of `opts.channel` whose pairing the agent already sent,
-    /// set up on this thread; its reports go from the background runtime.
+    /// The sender of `opts.channel` whose pairing over a ring the agent
+    /// already sent, set up on this thread; its reports go from the
+    /// background runtime.
     fn paired_here(opts: &ChannelOptions, accepted: Accepted) -> Self {
         let channel_id = accepted.channel_id;
         let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
@@ -87,14 +89,16 @@ impl Sender {
     pub(crate) fn accepted(opts: &ChannelOptions, accepted: Accepted) -> Result<Self, ClientError> {
         // The agent sends `paired` right after `accepted` when the receiver
         // was there first, but waking this thread may have preempted it on
-        // its CPU: yield once to let it finish.
-        let paired = accepted.next_message_waiting() || {
+        // its CPU: yield once to let it finish. A ring is set up at once:
+        // here, with no hand-off to the background and back, and the first
+        // write goes straight into it. (Any other path may wait for its
+        // receiver, across nodes: in the background, while the caller
+        // writes ahead.)
+        let over_ring = accepted.paired_over_ring() || {
             std::thread::yield_now();
-            accepted.next_message_waiting()
+            accepted.paired_over_ring()
         };
-        if paired {
-            // Set up here: no hand-off to the background and back, and the
-            // first write goes straight into the stream.
+        if over_ring {
             return Ok(Self::paired_here(opts, accepted));
         }
         let Accepted {
