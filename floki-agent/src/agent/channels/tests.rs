@@ -109,6 +109,14 @@ fn remote(name: &str, role: Role) -> JoinRequest {
     }
 }
 
+/// A receiver, then a sender, joined to channel `name` (`shm`: both take a
+/// ring).
+fn paired(channels: &Arc<Channels>, name: &str, shm: bool) -> (Joined, Joined) {
+    let rx = channels.join(local(name, hello(Role::Recv, shm))).unwrap();
+    let tx = channels.join(local(name, hello(Role::Send, shm))).unwrap();
+    (rx, tx)
+}
+
 fn done(bytes: u64) -> ClientReport {
     ClientReport::Done {
         ok: true,
@@ -161,12 +169,7 @@ async fn whichever_end_comes_first_both_learn_the_same_part() {
 #[tokio::test]
 async fn two_ends_that_take_a_ring_get_one_and_its_bytes_show() {
     let channels = fallback();
-    let rx = channels
-        .join(local("ring", hello(Role::Recv, true)))
-        .unwrap();
-    let tx = channels
-        .join(local("ring", hello(Role::Send, true)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "ring", true);
     let Pairing::Now(paired) = tx.pairing else {
         panic!("paired");
     };
@@ -231,12 +234,7 @@ fn a_waiting_end_that_leaves_frees_the_name() {
 #[test]
 fn a_panicking_session_still_leaves() {
     let channels = fallback();
-    let rx = channels
-        .join(local("panic", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("panic", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "panic", false);
     let id = tx.membership.id();
     let session = std::thread::spawn(move || {
         let _membership = tx.membership;
@@ -253,12 +251,7 @@ fn a_panicking_session_still_leaves() {
 #[test]
 fn one_verified_end_makes_the_channel_done_silence_fails_it() {
     let channels = fallback();
-    let rx = channels
-        .join(local("ok", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("ok", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "ok", false);
     let id = tx.membership.id();
     tx.membership.report(done(42));
     drop(tx);
@@ -271,12 +264,7 @@ fn one_verified_end_makes_the_channel_done_silence_fails_it() {
     let finished = view(&channels, id);
     assert_eq!((finished.phase, finished.stream_bytes), (Phase::Done, 42));
 
-    let rx = channels
-        .join(local("silent", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("silent", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "silent", false);
     let id = tx.membership.id();
     drop((tx, rx));
     let failed = view(&channels, id);
@@ -289,12 +277,7 @@ fn one_verified_end_makes_the_channel_done_silence_fails_it() {
 #[test]
 fn reports_of_an_old_channel_never_touch_a_new_one_of_the_same_name() {
     let channels = fallback();
-    let old_rx = channels
-        .join(local("reused", hello(Role::Recv, false)))
-        .unwrap();
-    let old_tx = channels
-        .join(local("reused", hello(Role::Send, false)))
-        .unwrap();
+    let (old_rx, old_tx) = paired(&channels, "reused", false);
     let old = old_tx.membership.id();
     old_tx.membership.report(done(1));
     drop(old_tx);
@@ -302,12 +285,7 @@ fn reports_of_an_old_channel_never_touch_a_new_one_of_the_same_name() {
     // channel is over and its name free.
     old_rx.membership.report(done(1));
     assert_eq!(view(&channels, old).phase, Phase::Done);
-    let new_rx = channels
-        .join(local("reused", hello(Role::Recv, false)))
-        .unwrap();
-    let new_tx = channels
-        .join(local("reused", hello(Role::Send, false)))
-        .unwrap();
+    let (new_rx, new_tx) = paired(&channels, "reused", false);
     let new = new_tx.membership.id();
     assert_ne!(new, old);
     // What the old end says or does now concerns only its own channel.
@@ -328,12 +306,7 @@ fn reports_of_an_old_channel_never_touch_a_new_one_of_the_same_name() {
 #[tokio::test(start_paused = true)]
 async fn an_end_that_comes_while_its_name_is_finishing_waits_for_the_previous_stream() {
     let channels = fallback();
-    let old_rx = channels
-        .join(local("again", hello(Role::Recv, false)))
-        .unwrap();
-    let old_tx = channels
-        .join(local("again", hello(Role::Send, false)))
-        .unwrap();
+    let (old_rx, old_tx) = paired(&channels, "again", false);
     // The receiver verified the stream; the sender's report is on its way.
     old_rx.membership.report(done(5));
     let refused = channels.join(local("again", hello(Role::Recv, false)));
@@ -359,12 +332,7 @@ async fn an_end_that_comes_while_its_name_is_finishing_waits_for_the_previous_st
     assert_ne!(next.membership.id(), old_tx.membership.id());
     assert!(matches!(next.pairing, Pairing::Later(_)));
     // An old stream that never finishes: refused after the wait, clearly.
-    let stuck_tx = channels
-        .join(local("stuck", hello(Role::Send, false)))
-        .unwrap();
-    let _stuck_rx = channels
-        .join(local("stuck", hello(Role::Recv, false)))
-        .unwrap();
+    let (_stuck_rx, stuck_tx) = paired(&channels, "stuck", false);
     stuck_tx.membership.report(done(1));
     let refused = channels
         .join_when_free(local("stuck", hello(Role::Send, false)))
@@ -395,12 +363,7 @@ fn a_remote_end_is_active_at_once_and_its_peer_reports_elsewhere() {
 fn a_splice_shows_the_kernels_bytes_and_is_released_with_its_channel() {
     let carriers = Arc::new(FakeSplice::default());
     let channels = Arc::new(Channels::new(carriers.clone(), 1 << 20, 16));
-    let rx = channels
-        .join(local("spliced", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("spliced", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "spliced", false);
     let id = tx.membership.id();
     carriers.records.lock().unwrap().get_mut(&id).unwrap().bytes[0] = 4096;
     let spliced = view(&channels, id);
@@ -415,12 +378,7 @@ fn a_splice_shows_the_kernels_bytes_and_is_released_with_its_channel() {
 fn a_splice_the_kernel_never_carried_is_reported_as_tcp() {
     let carriers = Arc::new(FakeSplice::default());
     let channels = Arc::new(Channels::new(carriers, 1 << 20, 16));
-    let rx = channels
-        .join(local("outside", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("outside", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "outside", false);
     rx.membership.report(ClientReport::Progress { bytes: 100 });
     let view = view(&channels, tx.membership.id());
     assert_eq!(view.transport, Some(Transport::Tcp));
@@ -471,12 +429,7 @@ fn subscribers_hear_pairings_and_ends() {
             ChannelEvent::Finished(view) => format!("finished {:?}", view.phase),
         });
     });
-    let rx = channels
-        .join(local("heard", hello(Role::Recv, false)))
-        .unwrap();
-    let tx = channels
-        .join(local("heard", hello(Role::Send, false)))
-        .unwrap();
+    let (rx, tx) = paired(&channels, "heard", false);
     drop((tx, rx));
     assert_eq!(
         *heard.lock().unwrap(),
