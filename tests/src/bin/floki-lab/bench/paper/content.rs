@@ -2,6 +2,10 @@
 //! that producers write and consumers check at memory speed, and a block
 //! never lines up with a transport's chunks.
 
+use std::collections::HashMap;
+
+use super::scenario::Stream;
+
 /// Bytes in a block: 1 MiB and a few, on purpose not a power of two.
 const BLOCK: usize = (1 << 20) + 7;
 
@@ -47,6 +51,27 @@ impl Content {
             offset += piece.len() as u64;
         }
         true
+    }
+}
+
+/// The content of every stream of a function's plan, generated once: a warm
+/// function has its output ready before it is told to go, and generating
+/// it is no part of any system's hand-off.
+pub struct Contents(HashMap<u64, Content>);
+
+impl Contents {
+    pub fn new(streams: &[Stream]) -> Self {
+        Self(
+            streams
+                .iter()
+                .map(|stream| (stream.seed, Content::new(stream.seed)))
+                .collect(),
+        )
+    }
+
+    /// The content of `stream`, one of the plan's.
+    pub fn of(&self, stream: &Stream) -> &Content {
+        &self.0[&stream.seed]
     }
 }
 

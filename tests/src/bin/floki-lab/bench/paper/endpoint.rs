@@ -19,7 +19,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    content::{Checker, Content},
+    content::{Checker, Content, Contents},
     scenario::Stream,
 };
 
@@ -89,17 +89,19 @@ pub fn run(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
     let start_ns = monotonic_ns();
     let mut connections = Connections::open(&plan)?;
-    let bytes = perform(&plan, &mut connections)?;
+    let bytes = perform(&plan, &mut connections, &Contents::new(&plan.streams))?;
     println!("{}", serde_json::to_string(&report(start_ns, bytes)?)?);
     Ok(())
 }
 
-/// A warm function: connects, says `ready`, then runs the plan once for
-/// each `go` line on stdin and prints a report for each (its time from the
-/// `go`, the connections already open).
+/// A warm function: connects, generates its streams' content, says
+/// `ready`, then runs the plan once for each `go` line on stdin and prints a
+/// report for each (its time from the `go`, the connections already open
+/// and the content ready).
 pub fn serve(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
     let mut connections = Connections::open(&plan)?;
+    let contents = Contents::new(&plan.streams);
     let say = |line: &str| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;
@@ -112,7 +114,7 @@ pub fn serve(plan_json: &str) -> anyhow::Result<()> {
             bail!("expected `go` from the driver, got `{line}`");
         }
         let start_ns = monotonic_ns();
-        let bytes = perform(&plan, &mut connections)?;
+        let bytes = perform(&plan, &mut connections, &contents)?;
         say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
     }
     Ok(())
@@ -143,16 +145,16 @@ impl Connections {
 }
 
 /// Moves the plan's streams once; the bytes moved.
-fn perform(plan: &Plan, connections: &mut Connections) -> anyhow::Result<u64> {
+fn perform(plan: &Plan, connections: &mut Connections, contents: &Contents) -> anyhow::Result<u64> {
     match (&plan.access, plan.produce, connections) {
-        (Access::Floki { .. }, true, _) => floki_produce(plan),
-        (Access::Floki { .. }, false, _) => floki_consume(plan),
-        (Access::S3 { .. }, produce, _) => object_store_run(plan, produce),
+        (Access::Floki { .. }, true, _) => floki_produce(plan, contents),
+        (Access::Floki { .. }, false, _) => floki_consume(plan, contents),
+        (Access::S3 { .. }, produce, _) => object_store_run(plan, produce, contents),
         (Access::Redis { .. }, true, Connections::Redis(cons)) => {
-            redis_produce(&mut cons[0], &plan.streams)
+            redis_produce(&mut cons[0], &plan.streams, contents)
         }
         (Access::Redis { .. }, false, Connections::Redis(cons)) => {
-            redis_consume(cons, &plan.streams)
+            redis_consume(cons, &plan.streams, contents)
         }
         (Access::Redis { .. }, _, Connections::None) => bail!("Redis without a connection"),
     }
@@ -239,7 +241,7 @@ fn edge_options(plan: &Plan) -> anyhow::Result<EdgeOptions> {
 
 /// Every stream at once, a thread each, as a function with several
 /// consumers would write them.
-fn floki_produce(plan: &Plan) -> anyhow::Result<u64> {
+fn floki_produce(plan: &Plan, contents: &Contents) -> anyhow::Result<u64> {
     let (_, senders) = workflow::blocking::senders(&edge_options(plan)?)?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = senders
@@ -248,7 +250,7 @@ fn floki_produce(plan: &Plan) -> anyhow::Result<u64> {
                 let stream = stream_for(plan, &peer).cloned();
                 scope.spawn(move || -> anyhow::Result<u64> {
                     let stream = stream?;
-                    let content = Content::new(stream.seed);
+                    let content = contents.of(&stream);
                     let mut sent = 0;
                     while sent < stream.bytes {
                         let piece = content.piece(sent, stream.bytes - sent);
@@ -263,7 +265,7 @@ fn floki_produce(plan: &Plan) -> anyhow::Result<u64> {
     })
 }
 
-fn floki_consume(plan: &Plan) -> anyhow::Result<u64> {
+fn floki_consume(plan: &Plan, contents: &Contents) -> anyhow::Result<u64> {
     let (_, receivers) = workflow::blocking::receivers(&edge_options(plan)?)?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = receivers
@@ -272,8 +274,8 @@ fn floki_consume(plan: &Plan) -> anyhow::Result<u64> {
                 let stream = stream_for(plan, &peer).cloned();
                 scope.spawn(move || -> anyhow::Result<u64> {
                     let stream = stream?;
-                    let content = Content::new(stream.seed);
-                    let mut checker = Checker::new(&content, stream.bytes);
+                    let content = contents.of(&stream);
+                    let mut checker = Checker::new(content, stream.bytes);
                     // Checked where the bytes are: in place in the ring over
                     // shm, in the receiver's buffer over a socket.
                     loop {
@@ -342,7 +344,7 @@ fn object_store(access: &Access) -> anyhow::Result<object_store::aws::AmazonS3> 
 
 /// A producer writes each of its objects once (a broadcast's consumers
 /// share one); a consumer reads each of its objects, all at once.
-fn object_store_run(plan: &Plan, produce: bool) -> anyhow::Result<u64> {
+fn object_store_run(plan: &Plan, produce: bool, contents: &Contents) -> anyhow::Result<u64> {
     let store = object_store(&plan.access)?;
     let mut objects: Vec<&Stream> = Vec::new();
     for stream in &plan.streams {
@@ -354,10 +356,11 @@ fn object_store_run(plan: &Plan, produce: bool) -> anyhow::Result<u64> {
         let work = objects.iter().map(|stream| {
             let store = &store;
             async move {
+                let content = contents.of(stream);
                 if produce {
-                    put(store, stream).await
+                    put(store, stream, content).await
                 } else {
-                    get(store, stream).await
+                    get(store, stream, content).await
                 }
                 .with_context(|| format!("object {}", stream.key))
             }
@@ -367,8 +370,11 @@ fn object_store_run(plan: &Plan, produce: bool) -> anyhow::Result<u64> {
     })
 }
 
-async fn put(store: &object_store::aws::AmazonS3, stream: &Stream) -> anyhow::Result<u64> {
-    let content = Content::new(stream.seed);
+async fn put(
+    store: &object_store::aws::AmazonS3,
+    stream: &Stream,
+    content: &Content,
+) -> anyhow::Result<u64> {
     let path = ObjectPath::from(stream.key.as_str());
     if stream.bytes <= PART as u64 {
         let mut data = vec![0u8; stream.bytes as usize];
@@ -390,9 +396,12 @@ async fn put(store: &object_store::aws::AmazonS3, stream: &Stream) -> anyhow::Re
     Ok(sent)
 }
 
-async fn get(store: &object_store::aws::AmazonS3, stream: &Stream) -> anyhow::Result<u64> {
-    let content = Content::new(stream.seed);
-    let mut checker = Checker::new(&content, stream.bytes);
+async fn get(
+    store: &object_store::aws::AmazonS3,
+    stream: &Stream,
+    content: &Content,
+) -> anyhow::Result<u64> {
+    let mut checker = Checker::new(content, stream.bytes);
     let mut body = store
         .get(&ObjectPath::from(stream.key.as_str()))
         .await?
@@ -421,7 +430,11 @@ fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
 }
 
 /// Each object as chunks `KEY:0`, `KEY:1`, ...
-fn redis_produce(con: &mut redis::Connection, streams: &[Stream]) -> anyhow::Result<u64> {
+fn redis_produce(
+    con: &mut redis::Connection,
+    streams: &[Stream],
+    contents: &Contents,
+) -> anyhow::Result<u64> {
     let mut written: Vec<&str> = Vec::new();
     let mut total = 0;
     let mut chunk = Vec::with_capacity(REDIS_CHUNK);
@@ -429,7 +442,7 @@ fn redis_produce(con: &mut redis::Connection, streams: &[Stream]) -> anyhow::Res
         if written.contains(&stream.key.as_str()) {
             continue;
         }
-        let content = Content::new(stream.seed);
+        let content = contents.of(stream);
         for index in 0..chunks(stream.bytes) {
             let offset = index * REDIS_CHUNK as u64;
             let len = (stream.bytes - offset).min(REDIS_CHUNK as u64) as usize;
@@ -447,15 +460,18 @@ fn redis_produce(con: &mut redis::Connection, streams: &[Stream]) -> anyhow::Res
 }
 
 /// Every stream at once, a thread and a connection each.
-fn redis_consume(cons: &mut [redis::Connection], streams: &[Stream]) -> anyhow::Result<u64> {
+fn redis_consume(
+    cons: &mut [redis::Connection],
+    streams: &[Stream],
+    contents: &Contents,
+) -> anyhow::Result<u64> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = streams
             .iter()
             .zip(cons.iter_mut())
             .map(|(stream, con)| {
                 scope.spawn(move || -> anyhow::Result<u64> {
-                    let content = Content::new(stream.seed);
-                    let mut checker = Checker::new(&content, stream.bytes);
+                    let mut checker = Checker::new(contents.of(stream), stream.bytes);
                     for index in 0..chunks(stream.bytes) {
                         let value: Vec<u8> = redis::cmd("GET")
                             .arg(format!("{}:{index}", stream.key))
