@@ -204,7 +204,7 @@ pub mod blocking {
     use super::{EdgeInfo, EdgeOptions, Role, expect_role};
     use crate::{
         ClientError,
-        blocking::{Receiver, Sender, on_this_thread},
+        blocking::{Receiver, Sender, background, on_this_thread},
         setup,
     };
 
@@ -246,32 +246,39 @@ pub mod blocking {
     }
 
     /// Opens this consumer's streams, one per producer in spec order; returns
-    /// once every producer is there.
+    /// once every producer is there. They are set up together on the
+    /// calling thread (no thread per stream), their reports go from the
+    /// background runtime.
     pub fn receivers(
         opts: &EdgeOptions,
     ) -> Result<(EdgeInfo, Vec<(String, Receiver)>), ClientError> {
         let info = describe(opts)?;
         expect_role(opts, &info, Role::Recv)?;
-        let receivers = std::thread::scope(|scope| {
-            let handles: Vec<_> = info
-                .peers
-                .iter()
-                .map(|peer| {
-                    let stream = opts.stream(peer);
-                    scope.spawn(move || Receiver::connect(&stream))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .zip(&info.peers)
-                .map(|(handle, peer)| {
-                    handle
-                        .join()
-                        .expect("a receiver's connect does not panic")
-                        .map(|receiver| (peer.clone(), receiver))
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
+        let established = on_this_thread(async {
+            let reports_on = background().handle();
+            let mut setups = tokio::task::JoinSet::new();
+            for (at, stream) in streams.iter().enumerate() {
+                let stream = stream.clone();
+                setups.spawn(async move { (at, setup::receiver(&stream, Some(reports_on)).await) });
+            }
+            let mut established: Vec<_> = (0..streams.len()).map(|_| None).collect();
+            while let Some(done) = setups.join_next().await {
+                let (at, setup) = done.map_err(|err| super::opening_failed(opts, err))?;
+                established[at] = Some(setup?);
+            }
+            Ok::<_, ClientError>(established)
         })?;
+        let receivers = info
+            .peers
+            .iter()
+            .zip(&streams)
+            .zip(established)
+            .map(|((peer, stream), open)| {
+                let open = open.expect("every stream set up");
+                Receiver::established(open, stream).map(|receiver| (peer.clone(), receiver))
+            })
+            .collect::<Result<_, _>>()?;
         Ok((info, receivers))
     }
 }

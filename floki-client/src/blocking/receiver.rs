@@ -53,6 +53,15 @@ impl Receiver {
     /// Opens `opts.channel` as its receiver (waits for the sender).
     pub fn connect(opts: &ChannelOptions) -> Result<Self, ClientError> {
         let open = on_this_thread(setup::receiver(opts, Some(background().handle())))?;
+        Self::established(open, opts)
+    }
+
+    /// The receiver of a stream set up (by [`setup::receiver`]) with its
+    /// reports on the background runtime.
+    pub(crate) fn established(
+        open: setup::Established,
+        opts: &ChannelOptions,
+    ) -> Result<Self, ClientError> {
         let path = match open.data {
             DataPath::Socket(stream) => Path::Socket(SocketPath {
                 stream: into_blocking(stream, &open.end.channel)?,
