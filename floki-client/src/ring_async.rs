@@ -1,48 +1,22 @@
 //! The shared-memory ring for the async client: copies happen on the
-//! caller's task, and only a wait (a full ring for the sender, an empty one
-//! for the receiver, the receiver's verdict) moves to tokio's blocking pool,
-//! where the ring's own futex wait runs, for at most 50 ms at a time (see
-//! `RingWaiter::brief`): a process with more waiting ends than the pool has
-//! threads still makes progress.
+//! caller's task, and a wait (a full ring for the sender, an empty one for
+//! the receiver, the receiver's verdict) parks the task in a ring hub, one
+//! thread of which sleeps on up to 127 rings' futexes at once
+//! (`floki_proto::ring::RingWaiter::poll`): no thread per waiting end, so a
+//! process with thousands of channels waiting neither runs out of threads
+//! nor queues new channels behind old ones.
 
-use std::{
-    future::Future as _,
-    pin::Pin,
-    task::{Context, Poll, ready},
-};
+use std::task::{Context, Poll, ready};
 
 use floki_proto::{
-    ring::{RingReader, RingWriter},
+    ring::{Awaited, HubSlot, RingReader, RingWriter},
     stream::StreamError,
 };
-use tokio::task::JoinHandle;
-
-/// A wait running on the blocking pool.
-#[derive(Default)]
-struct Wait(Option<JoinHandle<Result<(), StreamError>>>);
-
-impl Wait {
-    /// Polls the wait `start` begins (unless one is already running).
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        start: impl FnOnce() -> JoinHandle<Result<(), StreamError>>,
-    ) -> Poll<Result<(), StreamError>> {
-        let task = self.0.get_or_insert_with(start);
-        let done = ready!(Pin::new(task).poll(cx));
-        self.0 = None;
-        Poll::Ready(done.unwrap_or_else(|err| {
-            Err(StreamError::Protocol(format!(
-                "waiting on the shared-memory ring failed: {err}"
-            )))
-        }))
-    }
-}
 
 /// A sender's ring, async.
 pub(crate) struct AsyncRingWriter {
     pub ring: RingWriter,
-    wait: Wait,
+    slot: HubSlot,
     ended: bool,
 }
 
@@ -50,7 +24,7 @@ impl AsyncRingWriter {
     pub fn new(ring: RingWriter) -> Self {
         Self {
             ring,
-            wait: Wait::default(),
+            slot: HubSlot::default(),
             ended: false,
         }
     }
@@ -63,12 +37,12 @@ impl AsyncRingWriter {
     ) -> Poll<Result<usize, StreamError>> {
         loop {
             match self.ring.try_write(buf)? {
-                0 => {
-                    let (waiter, head) = (self.ring.waiter().brief(), self.ring.sent());
-                    ready!(self.wait.poll(cx, || {
-                        tokio::task::spawn_blocking(move || waiter.room(head))
-                    }))?;
-                }
+                0 => ready!(self.poll_wait(
+                    cx,
+                    Awaited::Room {
+                        head: self.ring.sent()
+                    }
+                ))?,
                 n => return Poll::Ready(Ok(n)),
             }
         }
@@ -77,10 +51,12 @@ impl AsyncRingWriter {
     /// Waits until the ring has room for at least one byte.
     pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamError>> {
         while self.ring.try_reserve(1)?.is_empty() {
-            let (waiter, head) = (self.ring.waiter().brief(), self.ring.sent());
-            ready!(self.wait.poll(cx, || {
-                tokio::task::spawn_blocking(move || waiter.room(head))
-            }))?;
+            ready!(self.poll_wait(
+                cx,
+                Awaited::Room {
+                    head: self.ring.sent()
+                }
+            ))?;
         }
         Poll::Ready(Ok(()))
     }
@@ -95,26 +71,35 @@ impl AsyncRingWriter {
             if let Some(verdict) = self.ring.try_ack() {
                 return Poll::Ready(verdict);
             }
-            let (waiter, sent) = (self.ring.waiter().brief(), self.ring.sent());
-            ready!(
-                self.wait
-                    .poll(cx, || tokio::task::spawn_blocking(move || waiter.ack(sent)))
-            )?;
+            ready!(self.poll_wait(
+                cx,
+                Awaited::Ack {
+                    sent: self.ring.sent()
+                }
+            ))?;
         }
+    }
+
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        awaited: Awaited,
+    ) -> Poll<Result<(), StreamError>> {
+        self.ring.waiter().poll(awaited, &mut self.slot, cx)
     }
 }
 
 /// A receiver's ring, async.
 pub(crate) struct AsyncRingReader {
     pub ring: RingReader,
-    wait: Wait,
+    slot: HubSlot,
 }
 
 impl AsyncRingReader {
     pub fn new(ring: RingReader) -> Self {
         Self {
             ring,
-            wait: Wait::default(),
+            slot: HubSlot::default(),
         }
     }
 
@@ -128,10 +113,10 @@ impl AsyncRingReader {
             if let Some(n) = self.ring.try_read(buf)? {
                 return Poll::Ready(Ok(n));
             }
-            let (waiter, tail) = (self.ring.waiter().brief(), self.ring.received());
-            ready!(self.wait.poll(cx, || tokio::task::spawn_blocking(move || {
-                waiter.data(tail)
-            })))?;
+            let awaited = Awaited::Data {
+                tail: self.ring.received(),
+            };
+            ready!(self.ring.waiter().poll(awaited, &mut self.slot, cx))?;
         }
     }
 }

@@ -18,12 +18,14 @@
 //! throughput on virtual machines ([`wait`]). Every operation of
 //! [`RingWriter`] and [`RingReader`] also exists without the wait
 //! (`try_*`), and [`RingWaiter`] does only the waiting: an async client
-//! copies on its task and waits on a blocking thread.
+//! copies on its task and polls the wait, parked meanwhile in a [`hub`]
+//! thread that sleeps on many rings' futexes at once.
 //!
 //! Layout: a 4 KiB header (below, one cache line per word that changes),
 //! then the data, `capacity` bytes, a power of two. Positions are byte
 //! counts since the start of the stream; byte `n` lives at `n % capacity`.
 
+mod hub;
 mod reader;
 mod wait;
 mod writer;
@@ -38,9 +40,10 @@ use std::{
     time::Duration,
 };
 
+pub use hub::HubSlot;
 use memmap2::MmapMut;
 pub use reader::RingReader;
-pub use wait::RingWaiter;
+pub use wait::{Awaited, RingWaiter};
 pub use writer::RingWriter;
 
 use super::stream::StreamError;
@@ -218,7 +221,7 @@ mod tests {
 
     use super::*;
 
-    fn pair(capacity: u64) -> (RingWriter, RingReader, RingObserver) {
+    pub(super) fn pair(capacity: u64) -> (RingWriter, RingReader, RingObserver) {
         let (memory, _) = create(capacity).expect("ring");
         let (a, b) = socket_pair().expect("socket pair");
         let observer = RingObserver::new(&memory).expect("observer");

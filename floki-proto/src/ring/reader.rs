@@ -91,7 +91,6 @@ impl RingReader {
     pub fn waiter(&self) -> RingWaiter {
         RingWaiter {
             ring: self.ring.clone(),
-            brief: false,
         }
     }
 

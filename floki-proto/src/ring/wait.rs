@@ -1,6 +1,8 @@
 //! Waiting on a ring: a futex in the header, announced through a
 //! `*_waiting` word so that the other side wakes it only when someone
-//! sleeps, and the peer's liveness through the socket pair.
+//! sleeps, and the peer's liveness through the socket pair. A thread sleeps
+//! on the futex itself; an async task is woken by a [hub](super::hub)
+//! thread that sleeps on many rings' futexes at once.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -8,10 +10,14 @@ use std::{
         Arc,
         atomic::{AtomicU32, Ordering, fence},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use super::{ACK_NONE, END_OPEN, LIVENESS, Mapped};
+use super::{
+    ACK_NONE, END_OPEN, LIVENESS, Mapped,
+    hub::{HubSlot, SlotState},
+};
 use crate::stream::StreamError;
 
 /// `sched_yield`s before sleeping on the futex.
@@ -48,43 +54,43 @@ impl Mapped {
         }
     }
 
-    /// Waits until `ready` holds, sleeping on futex `seq` (announced through
-    /// `waiting`); `Err` if the peer died meanwhile. `brief`: returns after
-    /// one sleep of at most [`LIVENESS`] even if `ready` does not hold yet.
-    pub(super) fn wait(
-        &self,
-        seq: &AtomicU32,
-        waiting: &AtomicU32,
-        ready: impl Fn() -> bool,
-        gone: impl Fn() -> StreamError,
-        brief: bool,
-    ) -> Result<(), StreamError> {
+    /// Waits until `awaited` holds, sleeping on its futex (announced
+    /// through its `*_waiting` word); `Err` if the peer died meanwhile.
+    fn wait(&self, awaited: Awaited) -> Result<(), StreamError> {
         for _ in 0..YIELDS {
-            if ready() {
+            if awaited.holds(self) {
                 return Ok(());
             }
             std::thread::yield_now();
         }
+        let (seq, waiting) = (awaited.futex(self), awaited.announced(self));
         loop {
             let seen = seq.load(Ordering::Acquire);
-            waiting.store(1, Ordering::SeqCst);
+            if let Some(waiting) = waiting {
+                waiting.store(1, Ordering::SeqCst);
+            }
             fence(Ordering::SeqCst);
-            if ready() {
-                waiting.store(0, Ordering::Relaxed);
+            if awaited.holds(self) {
+                if let Some(waiting) = waiting {
+                    waiting.store(0, Ordering::Relaxed);
+                }
                 return Ok(());
             }
             futex_wait(seq, seen, LIVENESS);
-            waiting.store(0, Ordering::Relaxed);
-            if ready() {
+            if let Some(waiting) = waiting {
+                waiting.store(0, Ordering::Relaxed);
+            }
+            if awaited.holds(self) {
                 return Ok(());
             }
             if !self.peer_alive() {
                 // One last look: the peer may have finished just before it
                 // went away.
-                return if ready() { Ok(()) } else { Err(gone()) };
-            }
-            if brief {
-                return Ok(());
+                return if awaited.holds(self) {
+                    Ok(())
+                } else {
+                    Err(awaited.gone())
+                };
             }
         }
     }
@@ -99,76 +105,157 @@ impl Mapped {
     }
 }
 
-/// The waiting half of a ring end, apart from the end itself: an async
-/// client hands it to a blocking thread while its task keeps the end.
+/// What an end waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    /// Sender: room in the ring (or the receiver's refusal).
+    Room {
+        /// Bytes the sender has published.
+        head: u64,
+    },
+    /// Receiver: more bytes, or the end of the stream.
+    Data {
+        /// Bytes the receiver has read.
+        tail: u64,
+    },
+    /// Sender, after its end mark: the receiver's verdict.
+    Ack {
+        /// Bytes the sender ended the stream after.
+        sent: u64,
+    },
+}
+
+impl Awaited {
+    /// Whether it happened.
+    fn holds(self, ring: &Mapped) -> bool {
+        let header = ring.header();
+        match self {
+            Self::Room { head } => {
+                head - header.tail.0.load(Ordering::Acquire).min(head) < ring.capacity
+                    || header.ack.0.load(Ordering::Acquire) != ACK_NONE
+            }
+            Self::Data { tail } => {
+                header.head.0.load(Ordering::Acquire) != tail
+                    || header.end.0.load(Ordering::Acquire) != END_OPEN
+            }
+            Self::Ack { .. } => header.ack.0.load(Ordering::Acquire) != ACK_NONE,
+        }
+    }
+
+    /// The futex the other side bumps when it may have happened.
+    pub(super) fn futex(self, ring: &Mapped) -> &AtomicU32 {
+        let header = ring.header();
+        match self {
+            Self::Room { .. } => &header.space_seq.0,
+            Self::Data { .. } => &header.data_seq.0,
+            Self::Ack { .. } => &header.ack.0,
+        }
+    }
+
+    /// Where a sleeper says it sleeps; `None` for the ack, which the
+    /// receiver wakes unconditionally.
+    fn announced(self, ring: &Mapped) -> Option<&AtomicU32> {
+        let header = ring.header();
+        match self {
+            Self::Room { .. } => Some(&header.sender_waiting.0),
+            Self::Data { .. } => Some(&header.receiver_waiting.0),
+            Self::Ack { .. } => None,
+        }
+    }
+
+    /// The error when the peer died first.
+    fn gone(self) -> StreamError {
+        match self {
+            Self::Room { head } => StreamError::ReceiverGone { bytes: head },
+            Self::Data { tail } => StreamError::Truncated { bytes: tail },
+            Self::Ack { sent } => StreamError::ReceiverGone { bytes: sent },
+        }
+    }
+}
+
+/// The waiting half of a ring end, apart from the end itself: waits on a
+/// thread ([`RingWaiter::wait`]) or polled by an async task
+/// ([`RingWaiter::poll`]).
 #[derive(Clone)]
 pub struct RingWaiter {
     pub(super) ring: Arc<Mapped>,
-    /// See [`RingWaiter::brief`].
-    pub(super) brief: bool,
 }
 
 impl RingWaiter {
-    /// Waits that return after at most [`LIVENESS`] (50 ms) even when what
-    /// they wait for has not happened: the caller checks and waits again.
-    /// For an async client, whose waits each hold a thread of a bounded
-    /// pool: an end never holds one for long, so ends whose peers need that
-    /// pool to progress (both ends of many channels in one process) cannot
-    /// starve each other.
-    pub fn brief(mut self) -> Self {
-        self.brief = true;
-        self
+    /// Blocks until `awaited` happens; `Err` if the peer died first.
+    pub fn wait(&self, awaited: Awaited) -> Result<(), StreamError> {
+        self.ring.wait(awaited)
     }
 
     /// Sender: waits until the receiver has made room in a ring whose
     /// sender has published `head` bytes.
     pub fn room(&self, head: u64) -> Result<(), StreamError> {
-        let header = self.ring.header();
-        let capacity = self.ring.capacity;
-        // Room, or the receiver's refusal.
-        let room = || {
-            head - header.tail.0.load(Ordering::Acquire).min(head) < capacity
-                || header.ack.0.load(Ordering::Acquire) != ACK_NONE
-        };
-        self.ring.wait(
-            &header.space_seq.0,
-            &header.sender_waiting.0,
-            room,
-            || StreamError::ReceiverGone { bytes: head },
-            self.brief,
-        )
+        self.wait(Awaited::Room { head })
     }
 
     /// Receiver: waits until the sender publishes more than `tail` bytes,
     /// or ends the stream.
     pub fn data(&self, tail: u64) -> Result<(), StreamError> {
-        let header = self.ring.header();
-        self.ring.wait(
-            &header.data_seq.0,
-            &header.receiver_waiting.0,
-            || {
-                header.head.0.load(Ordering::Acquire) != tail
-                    || header.end.0.load(Ordering::Acquire) != END_OPEN
-            },
-            || StreamError::Truncated { bytes: tail },
-            self.brief,
-        )
+        self.wait(Awaited::Data { tail })
     }
 
     /// Sender, after the end mark of `sent` bytes: waits for the receiver's
     /// verdict.
     pub fn ack(&self, sent: u64) -> Result<(), StreamError> {
-        let header = self.ring.header();
-        // The receiver wakes the ack word unconditionally: nobody needs to
-        // announce that they wait on it.
-        let announced = AtomicU32::new(0);
-        self.ring.wait(
-            &header.ack.0,
-            &announced,
-            || header.ack.0.load(Ordering::Acquire) != ACK_NONE,
-            || StreamError::ReceiverGone { bytes: sent },
-            self.brief,
-        )
+        self.wait(Awaited::Ack { sent })
+    }
+
+    /// Polls for `awaited` without blocking: ready once it happened (or
+    /// with `Err` once the peer died first); otherwise `cx`'s task is woken
+    /// by a [hub](super::hub) thread when the peer bumps the futex, or when
+    /// the peer's socket stirs (the hub looks every [`LIVENESS`]). `slot` is
+    /// this end's place in the hub, kept between polls.
+    pub fn poll(
+        &self,
+        awaited: Awaited,
+        slot: &mut HubSlot,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), StreamError>> {
+        let ring = &self.ring;
+        let waiting = awaited.announced(ring);
+        let done = |slot: &mut HubSlot, result| {
+            if let Some(waiting) = waiting {
+                waiting.store(0, Ordering::Relaxed);
+            }
+            slot.clear();
+            Poll::Ready(result)
+        };
+        if awaited.holds(ring) {
+            return done(slot, Ok(()));
+        }
+        match slot.state(awaited) {
+            // Still in the hub: nothing moved yet.
+            SlotState::Waiting => {
+                slot.update_waker(cx.waker());
+                return Poll::Pending;
+            }
+            // The hub fired: the futex moved, or the peer's socket stirred.
+            SlotState::Fired if !ring.peer_alive() => {
+                let result = if awaited.holds(ring) {
+                    Ok(())
+                } else {
+                    Err(awaited.gone())
+                };
+                return done(slot, result);
+            }
+            SlotState::Fired | SlotState::Empty => {}
+        }
+        let seq = awaited.futex(ring);
+        let seen = seq.load(Ordering::Acquire);
+        if let Some(waiting) = waiting {
+            waiting.store(1, Ordering::SeqCst);
+        }
+        fence(Ordering::SeqCst);
+        if awaited.holds(ring) {
+            return done(slot, Ok(()));
+        }
+        slot.register(ring.clone(), awaited, seen, cx.waker());
+        Poll::Pending
     }
 }
 

@@ -206,7 +206,6 @@ impl RingWriter {
     pub fn waiter(&self) -> RingWaiter {
         RingWaiter {
             ring: self.ring.clone(),
-            brief: false,
         }
     }
 
