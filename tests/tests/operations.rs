@@ -211,7 +211,9 @@ fn logs_are_json_lines_and_carry_the_kernel_programs_events() {
                     .is_some_and(|m| m.contains("socket spliced"))
         });
         let finished = lines.iter().any(|l| {
-            l["fields"]["message"] == "channel finished" && l["fields"]["channel"] == "logged"
+            l["fields"]["message"] == "channel finished"
+                && l["fields"]["channel"] == "logged"
+                && l["fields"]["transport"] == "splice"
         });
         if kernel.is_some() && finished {
             return;

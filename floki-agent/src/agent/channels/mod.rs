@@ -31,7 +31,7 @@ use floki_proto::control::{ClientReport, Refusal, Role, Transport};
 pub use membership::Membership;
 pub use pairing::{Carriers, EndKind, JoinRequest, Joined, LocalEnd, Paired, Pairing, SetUp};
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{debug, info};
 pub use view::{ChannelTotals, ChannelView, Phase};
 
 use crate::agent::datapath::SpliceHandle;
@@ -272,7 +272,10 @@ impl Channels {
         };
         let store = store.then_some(role);
         let id = Self::new_channel(inner, name.clone(), stage, Ends::joined(role), store);
-        info!(channel = %name, id, %role, "waiting for the other end");
+        // One `info` line per channel, when it finishes: at thousands of
+        // channels a second, a line per step cost the agent more than the
+        // steps.
+        debug!(channel = %name, id, %role, "waiting for the other end");
         (id, Pairing::Later(wait))
     }
 
@@ -354,7 +357,7 @@ impl Channels {
             transport,
             set_up: started.elapsed(),
         });
-        info!(channel = %name, id, %transport, "paired");
+        debug!(channel = %name, id, %transport, "paired");
         Ok(Pairing::Now(mine))
     }
 
@@ -492,6 +495,7 @@ impl Channels {
             channel = %view.name,
             id = view.id,
             state = ?view.phase,
+            transport = %view.transport.map_or_else(|| "none".to_owned(), |t| t.to_string()),
             bytes = view.bytes,
             error = view.error.as_deref().unwrap_or(""),
             "channel finished"
