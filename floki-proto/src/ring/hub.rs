@@ -33,13 +33,25 @@ const FUTEX2_SIZE_U32: u32 = 0x02;
 /// this often.
 const FALLBACK_POLL: Duration = Duration::from_millis(1);
 
-/// One async end's place in a hub, kept between its polls.
+/// One async end's place in a hub, kept between its polls. Dropping it (or
+/// registering another wait) takes its wait out of the hub, and with it the
+/// hub's hold on the ring: an end dropped while it waits closes its side of
+/// the socket pair at once, so that its peer sees it gone.
 #[derive(Default)]
-pub struct HubSlot(Option<(Arc<Slot>, Awaited)>);
+pub struct HubSlot(Option<Registered>);
+
+/// A wait in a hub, as its end sees it.
+struct Registered {
+    slot: Arc<Slot>,
+    awaited: Awaited,
+    hub: Arc<Hub>,
+}
 
 /// What a registered wait shares with its hub.
 struct Slot {
     fired: AtomicBool,
+    /// Its end no longer waits: the hub drops it without waking anyone.
+    abandoned: AtomicBool,
     waker: Mutex<Waker>,
 }
 
@@ -58,8 +70,8 @@ impl HubSlot {
     /// something else counts as none: it fires harmlessly later).
     pub(super) fn state(&self, awaited: Awaited) -> SlotState {
         match &self.0 {
-            Some((slot, registered)) if *registered == awaited => {
-                if slot.fired.load(Ordering::Acquire) {
+            Some(registered) if registered.awaited == awaited => {
+                if registered.slot.fired.load(Ordering::Acquire) {
                     SlotState::Fired
                 } else {
                     SlotState::Waiting
@@ -69,14 +81,20 @@ impl HubSlot {
         }
     }
 
+    /// Takes the wait out of its hub (if it is still there).
     pub(super) fn clear(&mut self) {
-        self.0 = None;
+        if let Some(registered) = self.0.take()
+            && !registered.slot.fired.load(Ordering::Acquire)
+        {
+            registered.slot.abandoned.store(true, Ordering::Release);
+            registered.hub.ring_bell();
+        }
     }
 
     /// The task to wake may have changed between polls.
     pub(super) fn update_waker(&self, waker: &Waker) {
-        if let Some((slot, _)) = &self.0 {
-            let mut current = lock(&slot.waker);
+        if let Some(registered) = &self.0 {
+            let mut current = lock(&registered.slot.waker);
             if !current.will_wake(waker) {
                 current.clone_from(waker);
             }
@@ -92,19 +110,27 @@ impl HubSlot {
         seen: u32,
         waker: &Waker,
     ) {
+        self.clear();
         let slot = Arc::new(Slot {
             fired: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             waker: Mutex::new(waker.clone()),
         });
-        self.0 = Some((slot.clone(), awaited));
-        Hub::register(Entry {
+        let hub = Hub::register(Entry {
             ring,
             awaited,
             seen,
             since: Instant::now(),
             stirred: false,
-            slot,
+            slot: slot.clone(),
         });
+        self.0 = Some(Registered { slot, awaited, hub });
+    }
+}
+
+impl Drop for HubSlot {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -139,7 +165,8 @@ struct Hub {
 static HUBS: Mutex<Vec<Arc<Hub>>> = Mutex::new(Vec::new());
 
 impl Hub {
-    fn register(entry: Entry) {
+    /// Adds `entry` to a hub with room (a new one if none has); that hub.
+    fn register(entry: Entry) -> Arc<Self> {
         let mut hubs = lock(&HUBS);
         let hub = match hubs.iter().find(|hub| lock(&hub.entries).len() < PER_HUB) {
             Some(hub) => hub.clone(),
@@ -158,8 +185,14 @@ impl Hub {
             }
         };
         lock(&hub.entries).push(entry);
-        hub.bell.fetch_add(1, Ordering::SeqCst);
-        futex_wake(&hub.bell);
+        hub.ring_bell();
+        hub
+    }
+
+    /// Makes the thread look at its list again.
+    fn ring_bell(&self) {
+        self.bell.fetch_add(1, Ordering::SeqCst);
+        futex_wake(&self.bell);
     }
 
     fn run(&self) {
@@ -187,7 +220,8 @@ impl Hub {
         }
     }
 
-    /// Wakes (and drops) every wait whose futex moved, or whose peer's
+    /// Drops the waits whose ends left; wakes (and drops) every wait whose
+    /// futex moved, or whose peer's
     /// socket says something (it hung up, or sent a reason) once its
     /// [`LIVENESS`] period is up; the others' periods start again. One
     /// `poll` for all of them: a waiting end is woken only when there is
@@ -209,6 +243,9 @@ impl Hub {
                 }
             }
             entries.retain(|entry| {
+                if entry.slot.abandoned.load(Ordering::Acquire) {
+                    return false;
+                }
                 let due = entry.stirred || entry.word().load(Ordering::Acquire) != entry.seen;
                 if due {
                     fired.push(entry.slot.clone());
@@ -403,5 +440,27 @@ mod tests {
         let (woken, _) = data(&reader, &mut HubSlot::default()).await;
         assert_eq!(woken, Err(StreamError::Truncated { bytes: 0 }));
         kill.join().expect("writer");
+    }
+
+    #[tokio::test]
+    async fn an_end_dropped_while_it_waits_lets_go_of_its_ring() {
+        let (writer, reader, _) = pair(64 << 10);
+        let waiting = tokio::spawn(async move {
+            let _ = data(&reader, &mut HubSlot::default()).await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        assert!(waiting.await.expect_err("aborted").is_cancelled());
+        // The sender waits for a verdict that cannot come (nothing it does
+        // moves the futex the dropped receiver waited on): only the
+        // receiver's hang-up ends the wait, and the hub must not hold it off.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = writer.waiter();
+        std::thread::spawn(move || tx.send(waiter.ack(0)));
+        let failed = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sender saw the receiver gone instead of waiting");
+        drop(writer);
+        assert_eq!(failed, Err(StreamError::ReceiverGone { bytes: 0 }));
     }
 }
