@@ -354,11 +354,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             limited.push(format!(
                 "{} channels at once over {} do not fit in this machine's descriptor limit \
                  ({limit}, a hard limit this process cannot raise without CAP_SYS_RESOURCE; the \
-                 driver holds {} per channel): the largest wave is {}.",
+                 driver holds {} per channel): the largest wave is {}. The agent, too, holds a \
+                 control connection per end, two per channel: {} channels need {} descriptors in \
+                 the agent alone, so no driver reaches them under this limit.",
                 opts.concurrent,
                 path.label(),
                 path.driver_fds_per_channel(),
-                fit(path)
+                fit(path),
+                opts.concurrent,
+                2 * opts.concurrent,
             ));
         }
     }
