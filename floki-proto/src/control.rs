@@ -360,6 +360,13 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    w.write_all(&encode_message(message, limit)?).await?;
+    Ok(())
+}
+
+/// One length-prefixed JSON message, as [`write_message_within`] writes it:
+/// for a caller that writes it itself.
+pub fn encode_message<T: Serialize>(message: &T, limit: u32) -> Result<Vec<u8>, ProtocolError> {
     let json = serde_json::to_vec(message)?;
     let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
     if len > limit {
@@ -368,8 +375,7 @@ where
     let mut buf = Vec::with_capacity(4 + json.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&json);
-    w.write_all(&buf).await?;
-    Ok(())
+    Ok(buf)
 }
 
 /// Reads one length-prefixed JSON message; `None` on a clean end of stream

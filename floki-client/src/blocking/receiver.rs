@@ -172,7 +172,7 @@ impl Receiver {
         if !self.reported {
             self.reported = true;
             let received = self.path.progress().0;
-            self.end.reporter.finish(received, None);
+            self.end.reporter.finish_here(received, None);
             if let Path::Socket(socket) = &self.path {
                 let _ = socket.stream.shutdown(std::net::Shutdown::Write);
             }

@@ -300,7 +300,7 @@ impl Open {
         let sent = self.path.sent();
         match ended {
             Ok(()) => {
-                self.end.reporter.finish(sent, None);
+                self.end.reporter.finish_here(sent, None);
                 Ok(())
             }
             Err(err) => Err(self.end.fail(err, sent).into()),
