@@ -120,37 +120,31 @@ impl Reporter {
     /// connection is not registered yet or is full) the task writes it, as
     /// `finish` has it do.
     pub fn finish_here(&mut self, bytes: u64, error: Option<String>) {
-        self.progress(bytes);
-        let Some(tx) = self.outcome.take() else {
+        if self.outcome.is_none() {
             return;
-        };
+        }
         let report = ClientReport::Done {
             ok: error.is_none(),
             bytes,
             error: error.clone(),
         };
-        let (Some(control), Ok(message)) = (
-            self.shared.control.get(),
-            encode_message(&report, MAX_MESSAGE_LEN),
-        ) else {
-            let _ = tx.send(Outcome::Report {
-                ok: error.is_none(),
-                error,
-            });
-            return;
+        let message = encode_message(&report, MAX_MESSAGE_LEN);
+        let here = match (self.shared.control.get(), message) {
+            (Some(control), Ok(message))
+                if self
+                    .shared
+                    .turn
+                    .compare_exchange(FREE, HERE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok() =>
+            {
+                Some((control, message))
+            }
+            _ => None,
         };
-        if self
-            .shared
-            .turn
-            .compare_exchange(FREE, HERE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            let _ = tx.send(Outcome::Report {
-                ok: error.is_none(),
-                error,
-            });
-            return;
-        }
+        let Some((control, message)) = here else {
+            return self.finish(bytes, error);
+        };
+        self.progress(bytes);
         // Nothing else writes now: the task gave up its turn for good.
         let written = match try_write(control, &message) {
             Ok(n) => n,
@@ -161,7 +155,9 @@ impl Reporter {
         };
         let rest = message[written..].to_vec();
         let done = rest.is_empty();
-        let _ = tx.send(Outcome::WrittenHere { rest });
+        if let Some(tx) = self.outcome.take() {
+            let _ = tx.send(Outcome::WrittenHere { rest });
+        }
         if done {
             let _ = shutdown_write(control);
             // Nothing left to flush: the task only closes.

@@ -203,7 +203,7 @@ fn opening_failed(opts: &EdgeOptions, err: tokio::task::JoinError) -> ClientErro
 pub mod blocking {
     use super::{EdgeInfo, EdgeOptions, Role, expect_role};
     use crate::{
-        ClientError,
+        ChannelOptions, ClientError,
         blocking::{Receiver, Sender, background, on_this_thread},
         setup,
     };
@@ -219,18 +219,8 @@ pub mod blocking {
         let info = describe(opts)?;
         expect_role(opts, &info, Role::Send)?;
         let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
-        let accepted = on_this_thread(async {
-            let mut hellos = tokio::task::JoinSet::new();
-            for (at, stream) in streams.iter().enumerate() {
-                let stream = stream.clone();
-                hellos.spawn(async move { (at, setup::sender_hello(&stream).await) });
-            }
-            let mut accepted: Vec<_> = (0..streams.len()).map(|_| None).collect();
-            while let Some(done) = hellos.join_next().await {
-                let (at, hello) = done.map_err(|err| super::opening_failed(opts, err))?;
-                accepted[at] = Some(hello?);
-            }
-            Ok::<_, ClientError>(accepted)
+        let accepted = together(opts, &streams, |stream| async move {
+            setup::sender_hello(&stream).await
         })?;
         let senders = info
             .peers
@@ -238,7 +228,6 @@ pub mod blocking {
             .zip(&streams)
             .zip(accepted)
             .map(|((peer, stream), accepted)| {
-                let accepted = accepted.expect("every hello answered");
                 Sender::accepted(stream, accepted).map(|sender| (peer.clone(), sender))
             })
             .collect::<Result<_, _>>()?;
@@ -255,19 +244,9 @@ pub mod blocking {
         let info = describe(opts)?;
         expect_role(opts, &info, Role::Recv)?;
         let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
-        let established = on_this_thread(async {
-            let reports_on = background().handle();
-            let mut setups = tokio::task::JoinSet::new();
-            for (at, stream) in streams.iter().enumerate() {
-                let stream = stream.clone();
-                setups.spawn(async move { (at, setup::receiver(&stream, Some(reports_on)).await) });
-            }
-            let mut established: Vec<_> = (0..streams.len()).map(|_| None).collect();
-            while let Some(done) = setups.join_next().await {
-                let (at, setup) = done.map_err(|err| super::opening_failed(opts, err))?;
-                established[at] = Some(setup?);
-            }
-            Ok::<_, ClientError>(established)
+        let reports_on = background().handle();
+        let established = together(opts, &streams, |stream| async move {
+            setup::receiver(&stream, Some(reports_on)).await
         })?;
         let receivers = info
             .peers
@@ -275,10 +254,39 @@ pub mod blocking {
             .zip(&streams)
             .zip(established)
             .map(|((peer, stream), open)| {
-                let open = open.expect("every stream set up");
                 Receiver::established(open, stream).map(|receiver| (peer.clone(), receiver))
             })
             .collect::<Result<_, _>>()?;
         Ok((info, receivers))
+    }
+
+    /// Runs `set_up` for every stream at once, on this thread's set-up
+    /// runtime; the results in the streams' order.
+    fn together<T, F, Fut>(
+        opts: &EdgeOptions,
+        streams: &[ChannelOptions],
+        set_up: F,
+    ) -> Result<Vec<T>, ClientError>
+    where
+        F: Fn(ChannelOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        on_this_thread(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (at, stream) in streams.iter().enumerate() {
+                let task = set_up(stream.clone());
+                tasks.spawn(async move { (at, task.await) });
+            }
+            let mut done: Vec<Option<T>> = (0..streams.len()).map(|_| None).collect();
+            while let Some(joined) = tasks.join_next().await {
+                let (at, result) = joined.map_err(|err| super::opening_failed(opts, err))?;
+                done[at] = Some(result?);
+            }
+            Ok(done
+                .into_iter()
+                .map(|result| result.expect("every task joined"))
+                .collect())
+        })
     }
 }
