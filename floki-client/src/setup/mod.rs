@@ -57,7 +57,7 @@ impl Established {
         reports_on: Option<&Handle>,
     ) -> Self {
         let reporter = match reports_on {
-            Some(runtime) => Reporter::spawn_on(runtime, pairing.control),
+            Some(runtime) => Reporter::deferred_on(runtime, pairing.control),
             None => Reporter::spawn(pairing.control),
         };
         let mut end = EndState::new(
