@@ -119,8 +119,11 @@ impl Reporter {
 
     /// Starts a deferred task.
     fn start_deferred(&mut self) {
-        let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) else {
+        if !matches!(self.task, Task::Deferred(_)) {
             return;
+        }
+        let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) else {
+            unreachable!("checked above");
         };
         let Deferred {
             runtime,
@@ -483,6 +486,41 @@ mod tests {
                     error: None
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn an_async_ends_final_report_is_written_once_flushed_returns() {
+        // One thread: the reporting task runs only while something awaits.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (ours, agent) = {
+            let _entered = runtime.enter();
+            tokio::net::UnixStream::pair().expect("socket pair")
+        };
+        let mut reporter = {
+            let _entered = runtime.enter();
+            Reporter::spawn(Either::Right(ours))
+        };
+        reporter.finish(5, None);
+        runtime.block_on(reporter.flushed());
+        let agent = agent.into_std().expect("std socket");
+        let mut now = vec![0u8; 4096];
+        let n = (&agent)
+            .read(&mut now)
+            .expect("the report is there already");
+        let len = u32::from_be_bytes(now[..4].try_into().expect("length")) as usize;
+        assert_eq!(n, 4 + len, "the whole report");
+        let report: ClientReport = parse_message(&now[4..n]).expect("a report");
+        assert_eq!(
+            report,
+            ClientReport::Done {
+                ok: true,
+                bytes: 5,
+                error: None
+            }
         );
     }
 
