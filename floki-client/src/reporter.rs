@@ -117,20 +117,20 @@ impl Reporter {
         }
     }
 
-    /// Starts a deferred task.
+    /// Starts a deferred task (a running one stays as it is).
     fn start_deferred(&mut self) {
-        if !matches!(self.task, Task::Deferred(_)) {
-            return;
-        }
-        let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) else {
-            unreachable!("checked above");
-        };
         let Deferred {
             runtime,
             control,
             outcome,
             ..
-        } = *deferred;
+        } = match std::mem::replace(&mut self.task, Task::None) {
+            Task::Deferred(deferred) => *deferred,
+            other => {
+                self.task = other;
+                return;
+            }
+        };
         let (progress, shared) = (self.progress.clone(), self.shared.clone());
         self.task = Task::Running(runtime.spawn(async move {
             // Fails only if the kernel refuses an epoll registration; the
@@ -254,10 +254,14 @@ impl Reporter {
         }
     }
 
-    /// Waits (briefly) until the final report was written.
+    /// Waits (briefly) until the final report was written. A deferred task
+    /// that never started has written nothing, and stays.
     pub async fn flushed(&mut self) {
-        if let Task::Running(task) = std::mem::replace(&mut self.task, Task::None) {
-            let _ = tokio::time::timeout(FLUSH_LIMIT, task).await;
+        match std::mem::replace(&mut self.task, Task::None) {
+            Task::Running(task) => {
+                let _ = tokio::time::timeout(FLUSH_LIMIT, task).await;
+            }
+            other => self.task = other,
         }
     }
 }
@@ -521,6 +525,22 @@ mod tests {
                 bytes: 5,
                 error: None
             }
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_task_that_never_started_keeps_the_connection() {
+        let (runtime, mut reporter, agent) = blocking_end();
+        runtime.block_on(reporter.flushed());
+        reporter.finish_here(9, None);
+        drop(reporter);
+        assert_eq!(
+            heard(agent),
+            vec![ClientReport::Done {
+                ok: true,
+                bytes: 9,
+                error: None
+            }]
         );
     }
 
