@@ -79,8 +79,10 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        self.evacuate();
-        for _ in 0..50 {
+        // An agent that held thousands of channels (bench channels) can
+        // take seconds to exit: the cgroup is busy until it has.
+        for _ in 0..500 {
+            self.evacuate();
             if fs::remove_dir(&self.path).is_ok() {
                 return;
             }
