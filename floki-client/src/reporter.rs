@@ -199,11 +199,7 @@ impl Reporter {
         let message = encode_message(&report, MAX_MESSAGE_LEN);
         if let (Task::Deferred(deferred), Ok(message)) = (&self.task, &message) {
             // No task yet: nothing else writes on the connection.
-            let written = match try_write_detached(&deferred.control, message) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => message.len(),
-            };
+            let written = taken_now(try_write_detached(&deferred.control, message), message);
             self.progress.store(bytes, Ordering::Relaxed);
             if written == message.len() {
                 let _ = shutdown_write_fd(detached_fd(&deferred.control));
@@ -235,13 +231,7 @@ impl Reporter {
         };
         self.progress.store(bytes, Ordering::Relaxed);
         // Nothing else writes now: the task gave up its turn for good.
-        let written = match try_write(control, &message) {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-            // The agent is gone: the report is lost, as the task would lose
-            // it; the stream's own outcome stands.
-            Err(_) => message.len(),
-        };
+        let written = taken_now(try_write(control, &message), &message);
         let rest = message[written..].to_vec();
         let done = rest.is_empty();
         if let Some(tx) = self.outcome.take() {
@@ -362,6 +352,17 @@ fn try_write(control: &ControlStream, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Bytes of `message` a non-blocking write `result` disposed of: none if
+/// the connection is full; all if the agent is gone (the report is lost, as
+/// the task would lose it; the stream's own outcome stands).
+fn taken_now(result: io::Result<usize>, message: &[u8]) -> usize {
+    match result {
+        Ok(n) => n,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => message.len(),
+    }
+}
+
 /// [`try_write`] on a connection no runtime has (it stays non-blocking).
 fn try_write_detached(control: &DetachedControl, buf: &[u8]) -> io::Result<usize> {
     use std::io::Write as _;
@@ -410,14 +411,30 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let (ours, agent) = {
-            let _entered = runtime.enter();
-            tokio::net::UnixStream::pair().expect("socket pair")
-        };
+        let (ours, agent) = connection(&runtime);
         let reporter = Reporter::deferred_on(runtime.handle(), Either::Right(ours));
-        let agent = agent.into_std().expect("std socket");
         agent.set_nonblocking(false).expect("blocking");
         (runtime, reporter, agent)
+    }
+
+    /// A control connection on `runtime`, and the agent's side of it.
+    fn connection(
+        runtime: &tokio::runtime::Runtime,
+    ) -> (tokio::net::UnixStream, std::os::unix::net::UnixStream) {
+        let _entered = runtime.enter();
+        let (ours, agent) = tokio::net::UnixStream::pair().expect("socket pair");
+        (ours, agent.into_std().expect("std socket"))
+    }
+
+    /// The reports in `bytes`, whole messages only.
+    fn reports(mut bytes: &[u8]) -> Vec<ClientReport> {
+        let mut reports = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_be_bytes(bytes[..4].try_into().expect("length")) as usize;
+            reports.push(parse_message(&bytes[4..4 + len]).expect("a whole report"));
+            bytes = &bytes[4 + len..];
+        }
+        reports
     }
 
     /// Every report the agent hears until the connection ends.
@@ -426,14 +443,7 @@ mod tests {
         agent
             .read_to_end(&mut heard)
             .expect("reports, then the end");
-        let mut reports = Vec::new();
-        let mut rest = &heard[..];
-        while !rest.is_empty() {
-            let len = u32::from_be_bytes(rest[..4].try_into().expect("length")) as usize;
-            reports.push(parse_message(&rest[4..4 + len]).expect("a report"));
-            rest = &rest[4 + len..];
-        }
-        reports
+        reports(&heard)
     }
 
     #[test]
@@ -500,31 +510,26 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let (ours, agent) = {
-            let _entered = runtime.enter();
-            tokio::net::UnixStream::pair().expect("socket pair")
-        };
+        let (ours, agent) = connection(&runtime);
         let mut reporter = {
             let _entered = runtime.enter();
             Reporter::spawn(Either::Right(ours))
         };
         reporter.finish(5, None);
         runtime.block_on(reporter.flushed());
-        let agent = agent.into_std().expect("std socket");
+        // Non-blocking: what has been written by now, nothing more.
         let mut now = vec![0u8; 4096];
         let n = (&agent)
             .read(&mut now)
             .expect("the report is there already");
-        let len = u32::from_be_bytes(now[..4].try_into().expect("length")) as usize;
-        assert_eq!(n, 4 + len, "the whole report");
-        let report: ClientReport = parse_message(&now[4..n]).expect("a report");
         assert_eq!(
-            report,
-            ClientReport::Done {
+            reports(&now[..n]),
+            vec![ClientReport::Done {
                 ok: true,
                 bytes: 5,
                 error: None
-            }
+            }],
+            "the whole report"
         );
     }
 
