@@ -108,12 +108,15 @@ pub fn create(capacity: u64) -> io::Result<(OwnedFd, u64)> {
     let fd = nix::sys::memfd::memfd_create(c"floki-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
     let file = std::fs::File::from(fd);
     file.set_len(HEADER_LEN as u64 + capacity)?;
-    // SAFETY: a fresh memory file nobody else maps yet.
-    let map = unsafe { MmapMut::map_mut(&file)? };
-    // SAFETY: the mapping is page-aligned and at least HEADER_LEN long.
-    let header = unsafe { &*map.as_ptr().cast::<Header>() };
-    header.capacity.0.store(capacity, Ordering::Relaxed);
-    header.magic.0.store(MAGIC, Ordering::Release);
+    // Written through the file, not a mapping: the agent creates a ring per
+    // channel, and unmapping one in a multi-threaded process interrupts
+    // the other CPUs to flush their TLBs. The ends map the file only after
+    // it was handed to them, so they see these bytes.
+    let mut start = [0u8; std::mem::offset_of!(Header, head)];
+    let at = |offset: usize| offset..offset + 8;
+    start[at(std::mem::offset_of!(Header, magic))].copy_from_slice(&MAGIC.to_ne_bytes());
+    start[at(std::mem::offset_of!(Header, capacity))].copy_from_slice(&capacity.to_ne_bytes());
+    std::os::unix::fs::FileExt::write_all_at(&file, &start, 0)?;
     Ok((file.into(), capacity))
 }
 
