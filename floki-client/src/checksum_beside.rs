@@ -71,6 +71,29 @@ impl Beside {
     }
 }
 
+/// A helper started at the first write that wants it: a stream whose
+/// writes are all small never pays for a thread (starting one costs about
+/// as much as hashing 64 KiB).
+pub(crate) enum OnDemand {
+    NotYet,
+    Running(Beside),
+    /// It could not start: hash inline.
+    Inline,
+}
+
+impl OnDemand {
+    /// The helper, started now if this is the first call.
+    pub fn get(&mut self) -> Option<&Beside> {
+        if matches!(self, Self::NotYet) {
+            *self = Beside::start().map_or(Self::Inline, Self::Running);
+        }
+        match self {
+            Self::Running(beside) => Some(beside),
+            Self::NotYet | Self::Inline => None,
+        }
+    }
+}
+
 /// A job in flight: its answer is awaited before the slice may go away.
 struct Pending<'a> {
     answers: &'a mpsc::Receiver<HashedAhead>,
@@ -111,5 +134,14 @@ mod tests {
             helped = answer.expect("answer");
         }
         assert_eq!(inline.checksum(), helped.checksum());
+    }
+
+    #[test]
+    fn on_demand_starts_at_first_use_only() {
+        let mut helper = OnDemand::NotYet;
+        assert!(matches!(helper, OnDemand::NotYet));
+        assert!(helper.get().is_some());
+        assert!(matches!(helper, OnDemand::Running(_)));
+        assert!(helper.get().is_some());
     }
 }

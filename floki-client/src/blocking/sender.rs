@@ -15,7 +15,7 @@ use floki_proto::{
 use super::{background, into_blocking, on_this_thread, read_retrying};
 use crate::{
     COPY_CHUNK, ChannelOptions, ClientError, RING_REGION, StreamError, Summary, Transport,
-    checksum_beside::Beside,
+    checksum_beside::OnDemand,
     control::{self, Accepted},
     end::{EndState, write_failure},
     setup::{
@@ -56,7 +56,7 @@ struct SocketOut {
     stream: TcpStream,
     outbound: Outbound,
     /// Computes the checksum of large writes beside them (`None`: inline).
-    beside: Option<Beside>,
+    beside: Option<OnDemand>,
 }
 
 impl Sender {
@@ -270,9 +270,7 @@ impl Open {
                 // receiving side too, on one machine), so it is the one to
                 // unload; spliced, both ends do one copy each and the hash
                 // is cheapest inline, on data still in cache.
-                beside: (established.end.transport == Transport::Tcp)
-                    .then(Beside::start)
-                    .and_then(Result::ok),
+                beside: (established.end.transport == Transport::Tcp).then_some(OnDemand::NotYet),
                 stream: into_blocking(stream, channel)?,
                 outbound: Outbound::new(established.credit),
             }),
@@ -435,8 +433,12 @@ impl SocketOut {
             let bufs = [IoSlice::new(&header[..header_len]), IoSlice::new(payload)];
             // Large writes: the checksum is computed beside the write, on a
             // helper thread, off the sender's critical path.
-            let (result, ahead) = match &self.beside {
-                Some(beside) if payload.len() >= HASH_BESIDE_ABOVE => {
+            let helper = match &mut self.beside {
+                Some(helper) if payload.len() >= HASH_BESIDE_ABOVE => helper.get(),
+                _ => None,
+            };
+            let (result, ahead) = match helper {
+                Some(beside) => {
                     let stream = &mut self.stream;
                     beside.run(self.outbound.ahead(), payload, || {
                         stream.write_vectored(&bufs)
