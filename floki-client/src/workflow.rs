@@ -155,14 +155,17 @@ fn expect_role(opts: &EdgeOptions, info: &EdgeInfo, role: Role) -> Result<(), Cl
 }
 
 /// Opens this producer's streams on the edge, one per consumer in spec
-/// order. Each returns once the agent accepted it (see [`Sender::open`]).
+/// order. Each returns once the agent accepted it (see [`Sender::open`]);
+/// the hellos go out together: one wait for the agent, not one per stream.
 pub async fn senders(opts: &EdgeOptions) -> Result<(EdgeInfo, Vec<(String, Sender)>), ClientError> {
     let info = describe(opts).await?;
     expect_role(opts, &info, Role::Send)?;
-    let mut senders = Vec::with_capacity(info.peers.len());
-    for peer in &info.peers {
-        senders.push((peer.clone(), Sender::open(&opts.stream(peer)).await?));
-    }
+    let senders = each_at_once(
+        opts,
+        &info,
+        |stream| async move { Sender::open(&stream).await },
+    )
+    .await?;
     Ok((info, senders))
 }
 
@@ -173,20 +176,36 @@ pub async fn receivers(
 ) -> Result<(EdgeInfo, Vec<(String, Receiver)>), ClientError> {
     let info = describe(opts).await?;
     expect_role(opts, &info, Role::Recv)?;
+    let receivers = each_at_once(opts, &info, |stream| async move {
+        Receiver::connect(&stream).await
+    })
+    .await?;
+    Ok((info, receivers))
+}
+
+/// Runs `open` for every stream of the edge at once, a task each; the ends
+/// in spec order, named by their peers.
+async fn each_at_once<T, F, Fut>(
+    opts: &EdgeOptions,
+    info: &EdgeInfo,
+    open: F,
+) -> Result<Vec<(String, T)>, ClientError>
+where
+    F: Fn(ChannelOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+    T: Send + 'static,
+{
     let tasks: Vec<_> = info
         .peers
         .iter()
-        .map(|peer| {
-            let stream = opts.stream(peer);
-            tokio::spawn(async move { Receiver::connect(&stream).await })
-        })
+        .map(|peer| tokio::spawn(open(opts.stream(peer))))
         .collect();
-    let mut receivers = Vec::with_capacity(tasks.len());
+    let mut ends = Vec::with_capacity(tasks.len());
     for (peer, task) in info.peers.iter().zip(tasks) {
-        let receiver = task.await.map_err(|err| opening_failed(opts, err))??;
-        receivers.push((peer.clone(), receiver));
+        let end = task.await.map_err(|err| opening_failed(opts, err))??;
+        ends.push((peer.clone(), end));
     }
-    Ok((info, receivers))
+    Ok(ends)
 }
 
 /// A task that opened one of the edge's streams did not finish (it panicked
