@@ -66,6 +66,23 @@ fn the_small_streams_benchmark_measures_every_place() {
     ] {
         assert!(table.contains(row), "no row {row:?} in:\n{table}");
     }
+    // Each pattern row ends with the CPU a run took: functions + servers,
+    // both measured (a run cannot move 1 MiB for free on either side).
+    let shuffle = table
+        .lines()
+        .find(|line| line.starts_with("| shuffle 4 by 4 | one node |"))
+        .expect("shuffle row");
+    let cells: Vec<&str> = shuffle.split('|').map(str::trim).collect();
+    for cpu in &cells[cells.len() - 3..cells.len() - 1] {
+        let (functions, servers) = cpu
+            .trim_end_matches(" µs")
+            .split_once(" + ")
+            .unwrap_or_else(|| panic!("no `functions + servers` CPU in {shuffle:?}"));
+        for part in [functions, servers] {
+            let us: f64 = part.parse().expect("CPU in µs");
+            assert!(us > 0.0, "a CPU figure of 0 in {shuffle:?}");
+        }
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{
     Lab, MIB, Options, System, endpoint::Report, human, peer_command, scenario::Pattern,
-    scenario::Placement, scenario::Scenario,
+    scenario::Placement, scenario::Scenario, usage,
 };
 use crate::bench::function::Function;
 
@@ -24,10 +24,26 @@ const SYSTEMS: [System; 2] = [System::Floki, System::Redis];
 /// their receivers reach the agent first, as a waiting consumer's would.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(3);
 
-/// One cell: median and p90 in µs per system, in [`SYSTEMS`] order.
+/// One cell: median and p90 in µs per system, in [`SYSTEMS`] order, and
+/// the CPU a run took.
 pub struct Cell {
     pub scenario: Scenario,
     pub us: Vec<(f64, f64)>,
+    pub cpu: Vec<Cpu>,
+}
+
+/// Mean CPU time of a run, in µs: the functions' own and their servers'
+/// (the agents, or the Redis server).
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    pub functions_us: f64,
+    pub servers_us: f64,
+}
+
+/// What a cell measured of one system.
+struct Measured {
+    times_us: Vec<f64>,
+    cpu: Cpu,
 }
 
 /// Every cell, measured `rounds` times each (the first tenth left out).
@@ -48,29 +64,34 @@ pub fn run(rounds: usize) -> anyhow::Result<Vec<Cell>> {
                 size: MIB,
             };
             eprintln!("xtask: bench small, {pattern} at 1 MiB, {placement}, warm");
-            let mut us = Vec::new();
+            let (mut us, mut cpu) = (Vec::new(), Vec::new());
             for system in SYSTEMS {
-                let mut times = warm_cell(&lab, system, &scenario, rounds)
+                let Measured {
+                    times_us: mut times,
+                    cpu: used,
+                } = warm_cell(&lab, system, &scenario, rounds)
                     .with_context(|| format!("{} {pattern} {placement}", system.label()))?;
                 times.sort_by(f64::total_cmp);
                 let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
                 us.push((at(0.5), at(0.9)));
+                cpu.push(used);
             }
             lab.clean(System::Redis, &scenario)?;
-            cells.push(Cell { scenario, us });
+            cells.push(Cell { scenario, us, cpu });
         }
     }
     Ok(cells)
 }
 
 /// `rounds` runs of `scenario` through `system` by the same running
-/// functions; each run's time in µs, warm-up left out.
+/// functions; each run's time in µs, warm-up left out, and the CPU a run
+/// took (its mean over the runs after the first, or after the warm-up).
 fn warm_cell(
     lab: &Lab,
     system: System,
     scenario: &Scenario,
     rounds: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Measured> {
     let start = |functions: &[String], produce: bool| -> anyhow::Result<Vec<Function>> {
         let node = lab.function_node(system, scenario, produce);
         lab.plans(system, scenario, functions, produce)
@@ -106,27 +127,43 @@ fn warm_cell(
         let last = reports.iter().map(|r| r.end_ns).max().unwrap_or(0);
         (first, last)
     };
+    let servers = lab.servers(system, scenario);
+    let servers_ns = || servers.iter().map(|&pid| usage::cpu_ns(pid)).sum::<u64>();
+    // The functions' own CPU, cumulative in their reports: counted from the
+    // end of the first counted run's predecessor.
+    let from = (rounds / 10).max(1);
+    let (mut functions_from, mut servers_from) = (0.0, 0);
+    let mut functions_now = 0.0;
     let mut times = Vec::new();
     for round in 0..rounds {
-        let (micros, consumed) = match system {
+        let (micros, produced, consumed) = match system {
             System::Floki => {
                 go(&mut consumers)?;
                 std::thread::sleep(HEAD_START);
                 go(&mut producers)?;
                 let (produced, consumed) = (reports(&mut producers)?, reports(&mut consumers)?);
                 let micros = span(&consumed).1.saturating_sub(span(&produced).0) as f64 / 1e3;
-                (micros, consumed)
+                (micros, produced, consumed)
             }
             _ => {
                 go(&mut producers)?;
-                let (p_first, p_last) = span(&reports(&mut producers)?);
+                let produced = reports(&mut producers)?;
+                let (p_first, p_last) = span(&produced);
                 go(&mut consumers)?;
                 let consumed = reports(&mut consumers)?;
                 let (c_first, c_last) = span(&consumed);
                 let micros = (p_last - p_first + c_last - c_first) as f64 / 1e3;
-                (micros, consumed)
+                (micros, produced, consumed)
             }
         };
+        functions_now = produced
+            .iter()
+            .chain(&consumed)
+            .map(|r| r.cpu_seconds)
+            .sum();
+        if round + 1 == from {
+            (functions_from, servers_from) = (functions_now, servers_ns());
+        }
         let received: u64 = consumed.iter().map(|r| r.bytes).sum();
         if received != scenario.delivered() {
             bail!(
@@ -138,17 +175,25 @@ fn warm_cell(
             times.push(micros);
         }
     }
+    let runs = rounds.saturating_sub(from).max(1) as f64;
+    let cpu = Cpu {
+        functions_us: (functions_now - functions_from) * 1e6 / runs,
+        servers_us: servers_ns().saturating_sub(servers_from) as f64 / 1e3 / runs,
+    };
     for function in consumers.into_iter().chain(producers) {
         function.wait()?;
     }
-    Ok(times)
+    Ok(Measured {
+        times_us: times,
+        cpu,
+    })
 }
 
 /// The cells as a Markdown table, the floor's verdict, and JSON.
 pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Value) {
     let mut table = String::from(
-        "| pattern | placement | Floki p50 | Floki p90 | Redis p50 | Redis p90 | Floki's speed-up |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| pattern | placement | Floki p50 | Floki p90 | Redis p50 | Redis p90 | Floki's speed-up | Floki CPU per run: functions + agents | Redis CPU per run: functions + server |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut slower = Vec::new();
     let mut rows = Vec::new();
@@ -161,15 +206,23 @@ pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Val
                 cell.scenario.pattern, cell.scenario.placement
             ));
         }
+        let cpu = |used: Cpu| format!("{:.0} + {:.0} µs", used.functions_us, used.servers_us);
         table.push_str(&format!(
-            "| {} | {} | {floki:.0} µs | {floki90:.0} µs | {redis:.0} µs | {redis90:.0} µs | {speedup:.2}x |\n",
-            cell.scenario.pattern, cell.scenario.placement
+            "| {} | {} | {floki:.0} µs | {floki90:.0} µs | {redis:.0} µs | {redis90:.0} µs | {speedup:.2}x | {} | {} |\n",
+            cell.scenario.pattern,
+            cell.scenario.placement,
+            cpu(cell.cpu[0]),
+            cpu(cell.cpu[1]),
         ));
         rows.push(json!({
             "pattern": cell.scenario.pattern, "placement": cell.scenario.placement,
             "size": human(cell.scenario.size),
             "floki_p50_us": floki, "floki_p90_us": floki90,
             "redis_p50_us": redis, "redis_p90_us": redis90,
+            "floki_cpu_functions_us": cell.cpu[0].functions_us,
+            "floki_cpu_agents_us": cell.cpu[0].servers_us,
+            "redis_cpu_functions_us": cell.cpu[1].functions_us,
+            "redis_cpu_server_us": cell.cpu[1].servers_us,
         }));
     }
     let floor = format!(

@@ -327,7 +327,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              channels; its time is the first producer's start to the last consumer's verified \
              end. Redis runs in the serverless order, its time the producers' SETs plus the \
              consumers' GETs (first start to last end of each), the driver's hand-off between \
-             the two not counted. Every byte is checked at the consumers.\n\n\
+             the two not counted. Every byte is checked at the consumers. **CPU per run** is the \
+             mean, over the runs after the warm-up, of the functions' own CPU time (`getrusage`) \
+             plus their servers' (the agents' threads, or the Redis server's, as the scheduler \
+             accounts it): on two vCPUs, a run whose CPU comes near twice its time is bound by \
+             CPU, not by waiting.\n\n\
              {patterns_table}\n\
              Floors:\n{floors}",
             report::today(),
