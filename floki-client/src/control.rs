@@ -130,7 +130,8 @@ pub(crate) struct Accepted {
     pub channel_id: u32,
     /// The channel's window: what a sender may buffer before pairing.
     pub window: Option<u64>,
-    /// Unix-socket receivers: the data listener the agent handed over.
+    /// Unix-socket receivers of an agent that hands the data listener over
+    /// with `accepted` (one that ignores `listener_at_pairing`).
     pub listener: Option<TcpListener>,
 }
 
@@ -197,6 +198,8 @@ pub(crate) async fn hello(
         netns_cookie: netns_cookie(&fd).ok(),
         listen,
         window: opts.window,
+        // The agent opens a listener only if the pairing needs one.
+        listener_at_pairing: role == Role::Recv && listen.is_none() && is_unix(&control),
         stream: opts.stream.clone(),
         shm: opts.ring && is_unix(&control),
         transport: opts.transport,
@@ -258,7 +261,7 @@ pub(crate) async fn paired(
     let Accepted {
         control,
         channel_id,
-        listener,
+        mut listener,
         ..
     } = accepted;
     let channel = &opts.channel;
@@ -300,6 +303,13 @@ pub(crate) async fn paired(
                     let peer = fds.pop().expect("two descriptors");
                     let memory = fds.pop().expect("two descriptors");
                     (None, Some((memory, peer)))
+                }
+                Some(Handoff::Listener) if role == Role::Recv && listener.is_none() => {
+                    let handed = handed(&control, channel)
+                        .await
+                        .and_then(|fd| self::listener(fd, channel))?;
+                    listener = Some(handed);
+                    (None, None)
                 }
                 Some(Handoff::Listener) => return Err(unexpected_socket(channel)),
                 None => None.unzip(),

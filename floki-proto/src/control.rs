@@ -155,6 +155,11 @@ pub struct Hello {
     /// Receivers: flow-control window in bytes (the agent's default if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// Unix-socket receivers without `listen`: the agent hands the data
+    /// listener over with `paired` instead of `accepted`, so it opens one
+    /// only when the pairing needs it (never over a ring).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listener_at_pairing: bool,
     /// Workflow streams: which edge, which function this is, and its peer.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamRef>,
@@ -274,7 +279,9 @@ pub enum AgentMessage {
         key: String,
         /// Flow-control window in bytes.
         window: u64,
-        /// Unix-socket clients: the data connection follows (see [`Handoff`]).
+        /// Unix-socket clients: the data connection, the ring, or (for a
+        /// receiver whose hello said `listener_at_pairing`) the data
+        /// listener follows (see [`Handoff`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         socket: Option<Handoff>,
         /// The other end is the agent's store: a sender's stream is stored,
@@ -462,6 +469,7 @@ mod tests {
             netns_cookie: Some(4096),
             listen: Some("127.0.0.1:4000".parse().unwrap()),
             window: Some(1 << 20),
+            listener_at_pairing: false,
             stream: None,
             shm: true,
             transport: Some(Transport::Shm),

@@ -43,6 +43,7 @@ async fn handshake() -> Value {
         netns_cookie: Some(4096),
         listen: Some("127.0.0.1:41234".parse::<SocketAddr>().expect("address")),
         window: Some(65536),
+        listener_at_pairing: false,
         stream: None,
         shm: false,
         transport: None,
@@ -54,6 +55,7 @@ async fn handshake() -> Value {
         role: Role::Send,
         listen: None,
         window: None,
+        listener_at_pairing: false,
         ..receiver.clone()
     };
     json!({

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use floki_tests::{
+    agent::AgentOptions,
     cluster::Cluster,
-    node::{TestNode, assert_success, spawn, wait_within},
+    netns::NetNs,
+    node::{Door, TestNode, assert_success, spawn, wait_within},
     proc_stats::tcp_out_segments_in,
 };
 
@@ -181,4 +183,54 @@ fn the_tokio_client_takes_a_ring_too_in_any_mix_with_the_blocking_one() {
     );
     let said = String::from_utf8_lossy(&recv.stderr);
     assert!(said.contains("truncated"), "{said}");
+}
+
+#[test]
+fn a_ring_channel_needs_no_tcp_port_and_a_socket_channel_says_when_none_is_free() {
+    // A node whose only ephemeral port is the agent's own channel port: no
+    // listener can be bound on port 0 there.
+    let netns = NetNs::new("noport");
+    let sysctl = netns
+        .command("sysctl")
+        .args(["-w", "net.ipv4.ip_local_port_range=61000 61000"])
+        .output()
+        .expect("running sysctl");
+    assert_success(&sysctl, "narrowing the namespace's ephemeral ports");
+    let node = TestNode::start(
+        "noport",
+        AgentOptions {
+            netns: Some(netns.name().to_owned()),
+            ..AgentOptions::default()
+        },
+    );
+    assert_eq!(node.agent.addr.port(), 61000, "the agent took the one port");
+
+    // Over a ring the receiver is handed no listener, so it needs none.
+    node.probe_stream(Door::Unix, "ring-without-ports", 4 * MIB);
+    let status = node.agent.wait_finished("ring-without-ports", LIMIT);
+    assert_eq!(status["transport"], "shm", "{status:#}");
+    assert_eq!(status["state"], "done", "{status:#}");
+
+    // A socket receiver needs one: both ends hear why there is none.
+    let probe = |verb: &str| {
+        let mut cmd = node.local_probe(verb, "socket-without-ports", MIB);
+        cmd.args(["--no-ring", "--pair-timeout", "30"]);
+        spawn(&mut cmd)
+    };
+    let recv = probe("recv");
+    let send = probe("send");
+    for (end, out) in [
+        ("sender", wait_within(send, LIMIT)),
+        ("receiver", wait_within(recv, LIMIT)),
+    ] {
+        assert!(!out.status.success(), "the {end} cannot have succeeded");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("could not open a data listener") && said.contains("ip_local_port_range"),
+            "the {end} must say why: {said}"
+        );
+    }
+
+    // The agent keeps serving rings.
+    node.probe_stream(Door::Unix, "ring-after-refusal", MIB);
 }

@@ -3,7 +3,7 @@
 //! ends ([`Carriers`]).
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, TcpListener},
     os::fd::OwnedFd,
 };
 
@@ -87,6 +87,9 @@ pub struct Paired {
     pub window: u64,
     /// `shm`: the ring's memory file and this end's socket beside it.
     pub ring: Option<(OwnedFd, OwnedFd)>,
+    /// A receiver whose listener the agent opened at pairing: that
+    /// listener, to hand over.
+    pub listener: Option<TcpListener>,
     /// The other end is the agent's store.
     pub stored: bool,
 }
@@ -101,6 +104,9 @@ pub struct SetUp {
     pub connect_to: Option<SocketAddr>,
     /// `shm`: each end's ring descriptors (sender's, receiver's).
     pub rings: Option<[(OwnedFd, OwnedFd); 2]>,
+    /// The receiver's data listener, when the agent opened it at pairing
+    /// (a Unix-socket receiver whose hello said `listener_at_pairing`).
+    pub listener: Option<TcpListener>,
 }
 
 impl SetUp {
@@ -110,22 +116,23 @@ impl SetUp {
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
         let transport = self.carrier.transport();
-        let part = |connect_to, ring, role: Role| Paired {
+        let part = |connect_to, ring, listener, role: Role| Paired {
             transport,
             connect_to,
             key,
             window,
             ring,
+            listener,
             stored: store == Some(role.peer()),
         };
         match self.rings.take() {
             Some([sender, receiver]) => (
-                part(None, Some(sender), Role::Send),
-                part(None, Some(receiver), Role::Recv),
+                part(None, Some(sender), None, Role::Send),
+                part(None, Some(receiver), None, Role::Recv),
             ),
             None => (
-                part(self.connect_to, None, Role::Send),
-                part(None, None, Role::Recv),
+                part(self.connect_to, None, None, Role::Send),
+                part(None, None, self.listener.take(), Role::Recv),
             ),
         }
     }

@@ -56,6 +56,7 @@ impl Carriers for FakeSplice {
             reason: "fake".into(),
             connect_to: receiver.hello.listen,
             rings: None,
+            listener: None,
         })
     }
 
@@ -75,6 +76,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         netns_cookie: None,
         listen: (role == Role::Recv).then(|| SocketAddr::from(([127, 0, 0, 1], 4000))),
         window: None,
+        listener_at_pairing: false,
         stream: None,
         shm,
         transport: None,

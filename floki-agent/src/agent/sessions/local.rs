@@ -2,8 +2,10 @@
 //! accepted, waits for its peer and is told its part (where to connect, or a
 //! ring), then reports until it hangs up. A client on the Unix socket gets
 //! its data socket from the agent: a receiver the listener (bound in the
-//! agent's namespace, so any sender on the node reaches it), a sender the
-//! connection to its receiver; or, over `shm`, both the ring.
+//! agent's namespace, so any sender on the node reaches it: with `paired`,
+//! and only when the pairing is not over a ring, if its hello said
+//! `listener_at_pairing`; else with `accepted`), a sender the connection to
+//! its receiver; or, over `shm`, both the ring.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -32,6 +34,7 @@ use crate::agent::{
     Agent,
     channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused},
     store::ends::{self, Meeting},
+    transport::{listener_failed, open_loopback_listener},
 };
 
 /// How long the agent waits to connect a Unix-socket sender to its receiver.
@@ -192,9 +195,12 @@ fn act_for_unix_client(
     }
     match hello.role {
         Role::Send => hello.netns_cookie = agent.netns_cookie,
+        // The agent opens the listener at pairing, if the pairing needs one.
+        Role::Recv if hello.listen.is_none() && hello.listener_at_pairing => {
+            hello.netns_cookie = agent.netns_cookie;
+        }
         Role::Recv if hello.listen.is_none() => {
-            let bound = bind_loopback()
-                .map_err(|err| format!("the agent could not open a data listener: {err}"))?;
+            let bound = open_loopback_listener().map_err(|err| listener_failed(&err))?;
             hello.netns_cookie = agent.netns_cookie;
             hello.listen = bound.local_addr().ok();
             return Ok(Some(bound));
@@ -220,6 +226,10 @@ async fn hand_over(
     if let Some((memory, peer)) = &paired.ring {
         set_socket(&mut message, Handoff::Ring);
         return tell(control, &message, &[memory.as_fd(), peer.as_fd()]).await;
+    }
+    if let Some(listener) = &paired.listener {
+        set_socket(&mut message, Handoff::Listener);
+        return tell(control, &message, &[listener.as_fd()]).await;
     }
     if unix_sender {
         match connect_for_sender(paired.connect_to).await {
@@ -276,13 +286,6 @@ async fn tell(control: &mut ControlStream, message: &AgentMessage, fds: &[Borrow
         (Either::Right(unix), false) => send_fds(unix, fds).await.is_ok(),
         (Either::Left(_), false) => false,
     }
-}
-
-/// A listener on loopback in the agent's namespace, for a receiver on the
-/// Unix socket: only the agent (connecting for a sender on the Unix socket)
-/// and clients of its loopback port reach it, never another host.
-fn bind_loopback() -> std::io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
 }
 
 /// The data connection of a sender on the Unix socket, opened by the agent

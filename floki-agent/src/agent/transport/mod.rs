@@ -15,7 +15,10 @@ pub mod relay;
 mod ring;
 mod splice;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{SocketAddr, TcpListener},
+    sync::Arc,
+};
 
 use floki_common::ChannelRecord;
 use floki_proto::control::{Hello, Transport};
@@ -205,40 +208,40 @@ impl Carriers for NodeCarriers {
             receiver: &receiver.hello,
         };
         let plan = plan(placement, self.datapath.is_ebpf())?;
-        // Where the sender connects: the receiver's listener, or the agent's
-        // (bound to every address) as the sender reaches the agent.
-        let connect_to = receiver.hello.listen.map(|listen| {
-            if listen.ip().is_unspecified() {
-                SocketAddr::new(sender.reach, listen.port())
-            } else {
-                listen
-            }
-        });
-        let socket = |carrier, reason| SetUp {
-            carrier,
-            reason,
-            connect_to,
-            rings: None,
+        // Sockets, over splice or TCP: where the sender connects.
+        let socket = |carrier_kind: CarrierKind, reason: String| -> Result<SetUp, String> {
+            let (connect_to, listener) = data_address(sender, receiver)?;
+            let carrier = match carrier_kind {
+                CarrierKind::Splice => {
+                    splice::set_up(&self.datapath, id, name, sender, receiver, connect_to)?
+                }
+                _ => Carrier::Tcp,
+            };
+            Ok(SetUp {
+                carrier,
+                reason,
+                connect_to,
+                rings: None,
+                listener,
+            })
         };
         let attempt = match plan.carrier {
             CarrierKind::Ring => ring::set_up(window, plan.reason.clone()),
-            CarrierKind::Splice => {
-                splice::set_up(&self.datapath, id, name, sender, receiver, connect_to)
-                    .map(|carrier| socket(carrier, plan.reason.clone()))
-            }
-            _ => Ok(socket(Carrier::Tcp, plan.reason.clone())),
+            kind => socket(kind, plan.reason.clone()),
         };
         match attempt {
             Ok(set_up) => Ok(set_up),
-            Err(reason) if plan.insisted => Err(format!(
+            Err(reason) if plan.insisted || plan.carrier == CarrierKind::Tcp => Err(format!(
                 "transport {} failed: {reason}",
                 plan.carrier.transport()
             )),
             Err(reason) => {
                 let transport = plan.carrier.transport();
                 warn!(channel = %name, id, %reason, %transport, "not set up: plain TCP");
-                let reason = format!("{transport} could not be set up ({reason})");
-                Ok(socket(Carrier::Tcp, reason))
+                socket(
+                    CarrierKind::Tcp,
+                    format!("{transport} could not be set up ({reason})"),
+                )
             }
         }
     }
@@ -250,6 +253,47 @@ impl Carriers for NodeCarriers {
     fn release(&self, handle: &SpliceHandle) {
         self.datapath.remove(handle);
     }
+}
+
+/// Where a local sender connects to its receiver: the receiver's listener,
+/// or the agent's (bound to every address) as the sender reaches the agent;
+/// for a receiver that takes its listener at pairing, one the agent opens
+/// now, to hand over.
+fn data_address(
+    sender: &LocalEnd,
+    receiver: &LocalEnd,
+) -> Result<(Option<SocketAddr>, Option<TcpListener>), String> {
+    match receiver.hello.listen {
+        Some(listen) if listen.ip().is_unspecified() => {
+            Ok((Some(SocketAddr::new(sender.reach, listen.port())), None))
+        }
+        Some(listen) => Ok((Some(listen), None)),
+        None if receiver.hello.listener_at_pairing => {
+            let listener = open_loopback_listener().map_err(|err| listener_failed(&err))?;
+            let listen = listener
+                .local_addr()
+                .map_err(|err| format!("reading the data listener's address: {err}"))?;
+            Ok((Some(listen), Some(listener)))
+        }
+        None => Ok((None, None)),
+    }
+}
+
+/// What a receiver and its sender hear when the agent cannot open the
+/// receiver's listener.
+pub fn listener_failed(err: &std::io::Error) -> String {
+    format!(
+        "the agent could not open a data listener on loopback ({err}); if the node's ephemeral \
+         ports are used up, widen net.ipv4.ip_local_port_range or let connections in TIME_WAIT \
+         age out, or use clients that take a ring (shm needs no port)"
+    )
+}
+
+/// A listener on loopback in the agent's namespace, for a receiver on the
+/// Unix socket: only the agent (connecting for a sender on the Unix socket)
+/// and clients of its loopback port reach it, never another host.
+pub fn open_loopback_listener() -> std::io::Result<TcpListener> {
+    TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
 }
 
 /// Whether the agent may connect to `addr`, an address a client named: only
@@ -280,6 +324,7 @@ mod tests {
             netns_cookie: None,
             listen: None,
             window: None,
+            listener_at_pairing: false,
             stream: None,
             shm,
             transport,

@@ -23,5 +23,6 @@ pub fn set_up(window: u64, reason: String) -> Result<SetUp, String> {
         reason,
         connect_to: None,
         rings: Some([(memory, a), (second, b)]),
+        listener: None,
     })
 }
