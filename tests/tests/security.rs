@@ -331,7 +331,8 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
         "the agent connected to another host for a function"
     );
 
-    // The listener the agent hands a receiver is on loopback.
+    // The listener the agent hands a receiver at pairing is on loopback
+    // (its sender, on the TCP port, is told where and never connects).
     let receiver = spawn(isolated.command(probe_binary()).args([
         "recv",
         "--agent",
@@ -342,6 +343,20 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
         "1",
         "--no-ring",
     ]));
+    std::thread::sleep(Duration::from_millis(300));
+    let hello = json!({"channel": "handed", "role": "send"}).to_string();
+    let sender = intruder_in(
+        &a.ns,
+        &[
+            "hello",
+            "--agent",
+            "127.0.0.1:7878",
+            "--hello",
+            &hello,
+            "--hold",
+            "4",
+        ],
+    );
     let bound = listener_of(receiver.id(), a.ns.command("ss"));
     assert!(
         bound.starts_with("127.0.0.1:"),
@@ -353,6 +368,7 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
             .node("node-b")
             .intruder(&["connect", "--addr", &format!("{}:{port}", a.ip)]);
     assert_eq!(report["connected"], json!(false), "{report:#}");
+    report_of(sender);
     let mut receiver = receiver;
     receiver.kill().ok();
     receiver.wait().ok();
