@@ -19,7 +19,7 @@ use floki_proto::{
     KEY_LEN, ProtocolError,
     control::{
         AgentMessage, ClientReport, ControlStream, Handoff, Hello, Role, Transport, decode_key,
-        read_message, write_message, write_preamble,
+        read_message, write_message, write_opening,
     },
     handoff::recv_fds,
     netns::netns_cookie,
@@ -207,8 +207,7 @@ pub(crate) async fn hello(
         store: opts.store,
         secret: opts.secret.clone(),
     };
-    write_preamble(&mut control).await.map_err(protocol)?;
-    write_message(&mut control, &hello)
+    write_opening(&mut control, &hello)
         .await
         .map_err(protocol)?;
     match read_message(&mut control).await.map_err(protocol)? {

@@ -12,8 +12,7 @@ use tokio::time::timeout;
 use floki_proto::{
     ProtocolError,
     control::{
-        AgentMessage, ClientRequest, EdgeRef, Pattern, Refusal, Role, read_message, write_message,
-        write_preamble,
+        AgentMessage, ClientRequest, EdgeRef, Pattern, Refusal, Role, read_message, write_opening,
     },
 };
 
@@ -109,8 +108,7 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
             function: opts.function.clone(),
         },
     };
-    write_preamble(&mut control).await.map_err(protocol)?;
-    write_message(&mut control, &request)
+    write_opening(&mut control, &request)
         .await
         .map_err(protocol)?;
     let answer = timeout(Duration::from_secs(10), read_message(&mut control))

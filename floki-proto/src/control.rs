@@ -320,12 +320,32 @@ pub enum ClientReport {
     },
 }
 
-/// Writes the client preamble.
-pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W) -> Result<(), ProtocolError> {
+/// The client preamble: the magic and the protocol version.
+pub fn preamble() -> [u8; 6] {
     let mut preamble = [0u8; 6];
     preamble[..4].copy_from_slice(&MAGIC);
     preamble[4..].copy_from_slice(&VERSION.to_be_bytes());
-    w.write_all(&preamble).await?;
+    preamble
+}
+
+/// Writes the client preamble.
+pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W) -> Result<(), ProtocolError> {
+    w.write_all(&preamble()).await?;
+    Ok(())
+}
+
+/// Writes the client preamble and its first message in one write, so that
+/// the agent finds both in one read.
+pub async fn write_opening<W, T>(w: &mut W, first: &T) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let message = encode_message(first, MAX_MESSAGE_LEN)?;
+    let mut opening = Vec::with_capacity(6 + message.len());
+    opening.extend_from_slice(&preamble());
+    opening.extend_from_slice(&message);
+    w.write_all(&opening).await?;
     Ok(())
 }
 
@@ -402,12 +422,14 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    // Never past the header: a descriptor may ride on the byte after the
+    // message (section 3 of docs/PROTOCOL.md).
     let mut len = [0u8; 4];
-    let first = r.read(&mut len[..1]).await?;
+    let first = r.read(&mut len).await?;
     if first == 0 {
         return Ok(None);
     }
-    r.read_exact(&mut len[1..])
+    r.read_exact(&mut len[first..])
         .await
         .map_err(ProtocolError::from_read)?;
     let mut json = vec![0u8; message_len(len, limit)?];
