@@ -139,9 +139,15 @@ mod tests {
     #[test]
     fn on_demand_starts_at_first_use_only() {
         let mut helper = OnDemand::NotYet;
-        assert!(matches!(helper, OnDemand::NotYet));
-        assert!(helper.get().is_some());
+        assert!(helper.get().is_some(), "the first use starts the helper");
         assert!(matches!(helper, OnDemand::Running(_)));
-        assert!(helper.get().is_some());
+        // The next use keeps that helper, and it hashes.
+        let data = [7u8; 1000];
+        let mut inline = Outbound::new(1 << 20).ahead();
+        inline.hash(&data);
+        let beside = helper.get().expect("still running");
+        let (_, answer) = beside.run(Outbound::new(1 << 20).ahead(), &data, || ());
+        assert_eq!(answer.expect("answer").checksum(), inline.checksum());
+        assert!(matches!(helper, OnDemand::Running(_)));
     }
 }

@@ -24,12 +24,18 @@ const SYSTEMS: [System; 2] = [System::Floki, System::Redis];
 /// their receivers reach the agent first, as a waiting consumer's would.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(3);
 
-/// One cell: median and p90 in µs per system, in [`SYSTEMS`] order, and
-/// the CPU a run took.
+/// One cell: what each system measured, in [`SYSTEMS`] order.
 pub struct Cell {
     pub scenario: Scenario,
-    pub us: Vec<(f64, f64)>,
-    pub cpu: Vec<Cpu>,
+    pub systems: Vec<Summary>,
+}
+
+/// A system's runs of a cell: median and p90 in µs, and the CPU a run took.
+#[derive(Clone, Copy)]
+pub struct Summary {
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub cpu: Cpu,
 }
 
 /// Mean CPU time of a run, in µs: the functions' own and their servers'
@@ -64,7 +70,7 @@ pub fn run(rounds: usize) -> anyhow::Result<Vec<Cell>> {
                 size: MIB,
             };
             eprintln!("xtask: bench small, {pattern} at 1 MiB, {placement}, warm");
-            let (mut us, mut cpu) = (Vec::new(), Vec::new());
+            let mut systems = Vec::new();
             for system in SYSTEMS {
                 let Measured {
                     times_us: mut times,
@@ -73,11 +79,14 @@ pub fn run(rounds: usize) -> anyhow::Result<Vec<Cell>> {
                     .with_context(|| format!("{} {pattern} {placement}", system.label()))?;
                 times.sort_by(f64::total_cmp);
                 let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-                us.push((at(0.5), at(0.9)));
-                cpu.push(used);
+                systems.push(Summary {
+                    p50_us: at(0.5),
+                    p90_us: at(0.9),
+                    cpu: used,
+                });
             }
             lab.clean(System::Redis, &scenario)?;
-            cells.push(Cell { scenario, us, cpu });
+            cells.push(Cell { scenario, systems });
         }
     }
     Ok(cells)
@@ -198,8 +207,8 @@ pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Val
     let mut slower = Vec::new();
     let mut rows = Vec::new();
     for cell in cells {
-        let ((floki, floki90), (redis, redis90)) = (cell.us[0], cell.us[1]);
-        let speedup = redis / floki;
+        let (floki, redis) = (cell.systems[0], cell.systems[1]);
+        let speedup = redis.p50_us / floki.p50_us;
         if speedup < 1.0 {
             slower.push(format!(
                 "{} {} ({speedup:.2}x)",
@@ -208,21 +217,25 @@ pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Val
         }
         let cpu = |used: Cpu| format!("{:.0} + {:.0} µs", used.functions_us, used.servers_us);
         table.push_str(&format!(
-            "| {} | {} | {floki:.0} µs | {floki90:.0} µs | {redis:.0} µs | {redis90:.0} µs | {speedup:.2}x | {} | {} |\n",
+            "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {speedup:.2}x | {} | {} |\n",
             cell.scenario.pattern,
             cell.scenario.placement,
-            cpu(cell.cpu[0]),
-            cpu(cell.cpu[1]),
+            floki.p50_us,
+            floki.p90_us,
+            redis.p50_us,
+            redis.p90_us,
+            cpu(floki.cpu),
+            cpu(redis.cpu),
         ));
         rows.push(json!({
             "pattern": cell.scenario.pattern, "placement": cell.scenario.placement,
             "size": human(cell.scenario.size),
-            "floki_p50_us": floki, "floki_p90_us": floki90,
-            "redis_p50_us": redis, "redis_p90_us": redis90,
-            "floki_cpu_functions_us": cell.cpu[0].functions_us,
-            "floki_cpu_agents_us": cell.cpu[0].servers_us,
-            "redis_cpu_functions_us": cell.cpu[1].functions_us,
-            "redis_cpu_server_us": cell.cpu[1].servers_us,
+            "floki_p50_us": floki.p50_us, "floki_p90_us": floki.p90_us,
+            "redis_p50_us": redis.p50_us, "redis_p90_us": redis.p90_us,
+            "floki_cpu_functions_us": floki.cpu.functions_us,
+            "floki_cpu_agents_us": floki.cpu.servers_us,
+            "redis_cpu_functions_us": redis.cpu.functions_us,
+            "redis_cpu_server_us": redis.cpu.servers_us,
         }));
     }
     let floor = format!(
