@@ -120,7 +120,7 @@ impl Receiver {
             return Ok(None);
         }
         let (at, len) = {
-            let bytes = self.fill_buf()?;
+            let bytes = self.fill_ring(Filled::InPlace)?;
             (bytes.as_ptr(), bytes.len())
         };
         if len == 0 {
@@ -260,24 +260,43 @@ impl SocketPath {
 /// a small buffer, a bulk one is read in few large reads.
 const FILL_BUF_MAX: usize = 256 * 1024;
 
+/// Where the ring's next bytes are wanted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filled {
+    /// In the ring's mapping (the caller needs their place in the file).
+    InPlace,
+    /// Anywhere: on the first lap, read through the file (cheaper than
+    /// mapping the fresh pages).
+    Copied,
+}
+
+impl Receiver {
+    /// The ring's next bytes (`self.path` is a ring), as `filled` says.
+    fn fill_ring(&mut self, filled: Filled) -> io::Result<&[u8]> {
+        self.end.check()?;
+        let next = match &mut self.path {
+            Path::Ring(ring) if filled == Filled::InPlace => ring.fill(),
+            Path::Ring(ring) => ring.fill_copied(),
+            Path::Socket(_) => unreachable!("callers check for a ring"),
+        }
+        .map(|data| (data.as_ptr(), data.len()));
+        match next {
+            Ok((_, 0)) => {
+                self.ended();
+                Ok(&[])
+            }
+            // SAFETY: published bytes in the ring, or staged by it, which
+            // live as long as `self` and stay put until `consume`.
+            Ok((at, len)) => Ok(unsafe { std::slice::from_raw_parts(at, len) }),
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+}
+
 impl BufRead for Receiver {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if let Path::Ring(_) = self.path {
-            self.end.check()?;
-            let filled = match &mut self.path {
-                Path::Ring(ring) => ring.fill().map(|data| (data.as_ptr(), data.len())),
-                Path::Socket(_) => unreachable!("matched above"),
-            };
-            return match filled {
-                Ok((_, 0)) => {
-                    self.ended();
-                    Ok(&[])
-                }
-                // SAFETY: published bytes in the ring, which lives as long as
-                // `self`; the sender does not reuse them until `consume`.
-                Ok((at, len)) => Ok(unsafe { std::slice::from_raw_parts(at, len) }),
-                Err(err) => Err(self.fail(err)),
-            };
+            return self.fill_ring(Filled::Copied);
         }
         if self.buffered.is_empty() {
             let mut buffer = std::mem::take(&mut self.buffer);

@@ -37,6 +37,66 @@ pub struct RingReader {
     hold: bool,
     /// A verified stream whose ack is held.
     held: bool,
+    /// First lap: the next bytes of the stream, read from the file rather
+    /// than through the mapping (see [`Staged`]).
+    staged: Staged,
+}
+
+/// Bytes of the ring's first lap, read through the file into a buffer of
+/// this process: mapping a fresh ring's pages costs more than copying them
+/// (`Mapped::write_at` says why), and this buffer's pages are mapped once
+/// per process, not once per ring.
+#[derive(Default)]
+struct Staged {
+    buffer: Vec<u8>,
+    /// `buffer[start..end]` holds the stream's bytes from the reader's
+    /// `tail` on.
+    start: usize,
+    end: usize,
+}
+
+/// Most bytes staged at once.
+const STAGE: usize = 256 << 10;
+
+/// Staging buffers of ended readers, kept for the next ring of this process
+/// (their pages are mapped already).
+static SPARE_STAGES: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Spare staging buffers kept at most.
+const SPARES: usize = 16;
+
+impl Staged {
+    fn bytes(&self) -> &[u8] {
+        &self.buffer[self.start..self.end]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Reads up to `len` bytes at `at` of `ring`'s data area; `false` if
+    /// the file gave none (the caller reads through the mapping then).
+    fn fill(&mut self, ring: &Mapped, at: usize, len: usize) -> bool {
+        if self.buffer.is_empty() {
+            let spare = SPARE_STAGES.lock().ok().and_then(|mut spares| spares.pop());
+            self.buffer = spare.unwrap_or_else(|| vec![0; STAGE]);
+        }
+        let len = len.min(self.buffer.len());
+        let n = ring.read_at(at, &mut self.buffer[..len]);
+        (self.start, self.end) = (0, n);
+        n > 0
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.buffer.len() == STAGE
+            && let Ok(mut spares) = SPARE_STAGES.lock()
+            && spares.len() < SPARES
+        {
+            spares.push(std::mem::take(&mut self.buffer));
+        }
+    }
 }
 
 impl RingReader {
@@ -51,6 +111,7 @@ impl RingReader {
             finished: false,
             hold: false,
             held: false,
+            staged: Staged::default(),
         })
     }
 
@@ -157,6 +218,29 @@ impl RingReader {
         }
     }
 
+    /// [`RingReader::fill`] for a caller that needs the bytes, not where
+    /// they lie: on the ring's first lap they are read through the file
+    /// into a buffer of this process instead of mapping the ring's fresh
+    /// pages, which costs more than the copy.
+    pub fn fill_copied(&mut self) -> Result<&[u8], StreamError> {
+        loop {
+            if self.staged.start < self.staged.end {
+                return Ok(self.staged.bytes());
+            }
+            match self.available()? {
+                Available::Bytes { at, len } => {
+                    let first_lap = self.tail + (len as u64) <= self.ring.capacity;
+                    if first_lap && self.staged.fill(&self.ring, at, len) {
+                        return Ok(self.staged.bytes());
+                    }
+                    return Ok(self.slice(at, len));
+                }
+                Available::Finished => return Ok(&[]),
+                Available::Nothing => self.waiter().data(self.tail)?,
+            }
+        }
+    }
+
     /// Marks `data_read` (the front of the last fill) as read.
     pub fn consume(&mut self, data_read: &[u8]) {
         self.hasher.write(data_read);
@@ -166,6 +250,12 @@ impl RingReader {
     /// Marks the first `n` bytes of the last fill as read (at most what it
     /// returned).
     pub fn consume_len(&mut self, n: usize) {
+        if self.staged.start < self.staged.end {
+            let n = n.min(self.staged.end - self.staged.start);
+            self.hasher.write(&self.staged.bytes()[..n]);
+            self.advance(n as u64);
+            return;
+        }
         let capacity = self.ring.capacity;
         let at = (self.tail % capacity) as usize;
         let published = self.ring.header().head.0.load(Ordering::Acquire) - self.tail;
@@ -179,6 +269,7 @@ impl RingReader {
 
     /// Hands `n` read (and hashed) bytes back to the sender.
     fn advance(&mut self, n: u64) {
+        self.staged.advance(n as usize);
         self.tail += n;
         let header = self.ring.header();
         header.tail.0.store(self.tail, Ordering::Release);
@@ -207,6 +298,16 @@ impl RingReader {
 
     fn copy_out(&mut self, at: usize, len: usize, buf: &mut [u8]) -> usize {
         let n = len.min(buf.len());
+        // The first lap through the file (see `Staged`), straight into `buf`.
+        let first_lap = self.tail + (n as u64) <= self.ring.capacity;
+        if first_lap && self.staged.start == self.staged.end {
+            let read = self.ring.read_at(at, &mut buf[..n]);
+            if read > 0 {
+                self.hasher.write(&buf[..read]);
+                self.advance(read as u64);
+                return read;
+            }
+        }
         // SAFETY: the published range `available` just returned; the sender
         // does not reuse it until `advance` moves the tail past it.
         let available = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };

@@ -66,14 +66,19 @@ impl RingWriter {
             let at = ((head + done as u64) % capacity) as usize;
             let len = (n - done).min(PIECE).min(capacity as usize - at);
             let piece = &buf[done..done + len];
-            // Piece by piece: the first piece is published without waiting
-            // for the pages of the last.
-            self.populate(head + (done + len) as u64);
             self.hasher.write(piece);
-            // SAFETY: `[at, at + len)` lies in the data area, in the part the
-            // receiver does not read until `head` moves past it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
+            // The first lap through the file (no page of it is mapped here
+            // yet: see `Mapped::write_at`), later laps through the mapping.
+            let first_lap = head + ((done + len) as u64) <= capacity;
+            if !(first_lap && self.ring.write_at(at, piece)) {
+                // Piece by piece: the first piece is published without
+                // waiting for the pages of the last.
+                self.populate(head + (done + len) as u64);
+                // SAFETY: `[at, at + len)` lies in the data area, in the part
+                // the receiver does not read until `head` moves past it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(piece.as_ptr(), self.ring.data().add(at), len);
+                }
             }
             done += len;
             // Every piece is published; a sleeping reader is woken only every
