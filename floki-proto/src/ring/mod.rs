@@ -59,6 +59,10 @@ pub const LIVENESS: Duration = Duration::from_millis(50);
 /// Bytes hashed and copied at a time: small enough to stay in the L1/L2
 /// cache between the two passes.
 const PIECE: usize = 32 << 10;
+/// On a ring's first lap, the fewest bytes that go through the file rather
+/// than the mapping: below this, the system call costs more than mapping
+/// the page once (small messages share their pages).
+const THROUGH_FILE: usize = 16 << 10;
 /// Within one write, how many bytes the writer publishes between wakes of
 /// a sleeping reader (a multiple of [`PIECE`]).
 const WAKE_EVERY: usize = 256 << 10;

@@ -13,7 +13,7 @@ use twox_hash::XxHash3_64;
 
 use super::{
     ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, Mapped, PIECE, RingWaiter,
-    wait::futex_wake,
+    THROUGH_FILE, wait::futex_wake,
 };
 use crate::stream::StreamError;
 
@@ -230,7 +230,7 @@ impl RingReader {
             match self.available()? {
                 Available::Bytes { at, len } => {
                     let first_lap = self.tail + (len as u64) <= self.ring.capacity;
-                    if first_lap && self.staged.fill(&self.ring, at, len) {
+                    if first_lap && len >= THROUGH_FILE && self.staged.fill(&self.ring, at, len) {
                         return Ok(self.staged.bytes());
                     }
                     return Ok(self.slice(at, len));
@@ -300,7 +300,7 @@ impl RingReader {
         let n = len.min(buf.len());
         // The first lap through the file (see `Staged`), straight into `buf`.
         let first_lap = self.tail + (n as u64) <= self.ring.capacity;
-        if first_lap && self.staged.start == self.staged.end {
+        if first_lap && n >= THROUGH_FILE && self.staged.start == self.staged.end {
             let read = self.ring.read_at(at, &mut buf[..n]);
             if read > 0 {
                 self.hasher.write(&buf[..read]);

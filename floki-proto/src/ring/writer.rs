@@ -8,7 +8,10 @@ use std::{
 
 use twox_hash::XxHash3_64;
 
-use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, WAKE_EVERY};
+use super::{
+    ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, THROUGH_FILE,
+    WAKE_EVERY,
+};
 use crate::stream::StreamError;
 
 /// The sender's end of a ring.
@@ -70,7 +73,7 @@ impl RingWriter {
             // The first lap through the file (no page of it is mapped here
             // yet: see `Mapped::write_at`), later laps through the mapping.
             let first_lap = head + ((done + len) as u64) <= capacity;
-            if !(first_lap && self.ring.write_at(at, piece)) {
+            if !(first_lap && len >= THROUGH_FILE && self.ring.write_at(at, piece)) {
                 // Piece by piece: the first piece is published without
                 // waiting for the pages of the last.
                 self.populate(head + (done + len) as u64);
