@@ -301,21 +301,27 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
     sender.kill().ok();
     sender.wait().ok();
 
+    // An end on node-a's TCP port that says `hello` and holds 4 s.
+    let hello_on_tcp_port = |hello: serde_json::Value| {
+        let hello = hello.to_string();
+        intruder_in(
+            &a.ns,
+            &[
+                "hello",
+                "--agent",
+                "127.0.0.1:7878",
+                "--hello",
+                &hello,
+                "--hold",
+                "4",
+            ],
+        )
+    };
+
     // A receiver on the TCP port that names another host, and a sender on
     // the Unix socket that the agent would connect there.
-    let hello = json!({"channel": "escape-2", "role": "recv", "listen": elsewhere}).to_string();
-    let receiver = intruder_in(
-        &a.ns,
-        &[
-            "hello",
-            "--agent",
-            "127.0.0.1:7878",
-            "--hello",
-            &hello,
-            "--hold",
-            "4",
-        ],
-    );
+    let receiver =
+        hello_on_tcp_port(json!({"channel": "escape-2", "role": "recv", "listen": elsewhere}));
     std::thread::sleep(Duration::from_millis(500));
     let out = wait_within(send_from_isolated("escape-2"), LIMIT);
     assert!(!out.status.success(), "the sender was connected elsewhere");
@@ -344,19 +350,7 @@ fn a_function_without_network_cannot_reach_other_hosts_through_the_agent() {
         "--no-ring",
     ]));
     std::thread::sleep(Duration::from_millis(300));
-    let hello = json!({"channel": "handed", "role": "send"}).to_string();
-    let sender = intruder_in(
-        &a.ns,
-        &[
-            "hello",
-            "--agent",
-            "127.0.0.1:7878",
-            "--hello",
-            &hello,
-            "--hold",
-            "4",
-        ],
-    );
+    let sender = hello_on_tcp_port(json!({"channel": "handed", "role": "send"}));
     let bound = listener_of(receiver.id(), a.ns.command("ss"));
     assert!(
         bound.starts_with("127.0.0.1:"),
