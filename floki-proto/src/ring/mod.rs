@@ -220,6 +220,13 @@ impl Mapped {
         true
     }
 
+    /// Whether `len` bytes from stream position `position` go through the
+    /// file: on the first lap (no end has mapped those pages yet), and
+    /// [`THROUGH_FILE`] bytes or more.
+    fn through_file(&self, position: u64, len: usize) -> bool {
+        len >= THROUGH_FILE && position + len as u64 <= self.capacity
+    }
+
     /// Reads into `buf` from offset `at` of the data area through the file
     /// (see [`Mapped::write_at`]); how many bytes it read, 0 on an error.
     fn read_at(&self, at: usize, buf: &mut [u8]) -> usize {

@@ -13,7 +13,7 @@ use twox_hash::XxHash3_64;
 
 use super::{
     ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, Mapped, PIECE, RingWaiter,
-    THROUGH_FILE, wait::futex_wake,
+    wait::futex_wake,
 };
 use crate::stream::StreamError;
 
@@ -68,6 +68,10 @@ const SPARES: usize = 16;
 impl Staged {
     fn bytes(&self) -> &[u8] {
         &self.buffer[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
     }
 
     fn advance(&mut self, n: usize) {
@@ -224,13 +228,14 @@ impl RingReader {
     /// pages, which costs more than the copy.
     pub fn fill_copied(&mut self) -> Result<&[u8], StreamError> {
         loop {
-            if self.staged.start < self.staged.end {
+            if !self.staged.is_empty() {
                 return Ok(self.staged.bytes());
             }
             match self.available()? {
                 Available::Bytes { at, len } => {
-                    let first_lap = self.tail + (len as u64) <= self.ring.capacity;
-                    if first_lap && len >= THROUGH_FILE && self.staged.fill(&self.ring, at, len) {
+                    if self.ring.through_file(self.tail, len)
+                        && self.staged.fill(&self.ring, at, len)
+                    {
                         return Ok(self.staged.bytes());
                     }
                     return Ok(self.slice(at, len));
@@ -250,8 +255,8 @@ impl RingReader {
     /// Marks the first `n` bytes of the last fill as read (at most what it
     /// returned).
     pub fn consume_len(&mut self, n: usize) {
-        if self.staged.start < self.staged.end {
-            let n = n.min(self.staged.end - self.staged.start);
+        if !self.staged.is_empty() {
+            let n = n.min(self.staged.bytes().len());
             self.hasher.write(&self.staged.bytes()[..n]);
             self.advance(n as u64);
             return;
@@ -299,8 +304,7 @@ impl RingReader {
     fn copy_out(&mut self, at: usize, len: usize, buf: &mut [u8]) -> usize {
         let n = len.min(buf.len());
         // The first lap through the file (see `Staged`), straight into `buf`.
-        let first_lap = self.tail + (n as u64) <= self.ring.capacity;
-        if first_lap && n >= THROUGH_FILE && self.staged.start == self.staged.end {
+        if self.ring.through_file(self.tail, n) && self.staged.is_empty() {
             let read = self.ring.read_at(at, &mut buf[..n]);
             if read > 0 {
                 self.hasher.write(&buf[..read]);

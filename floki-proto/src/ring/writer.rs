@@ -8,10 +8,7 @@ use std::{
 
 use twox_hash::XxHash3_64;
 
-use super::{
-    ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, THROUGH_FILE,
-    WAKE_EVERY,
-};
+use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, WAKE_EVERY};
 use crate::stream::StreamError;
 
 /// The sender's end of a ring.
@@ -72,8 +69,8 @@ impl RingWriter {
             self.hasher.write(piece);
             // The first lap through the file (no page of it is mapped here
             // yet: see `Mapped::write_at`), later laps through the mapping.
-            let first_lap = head + ((done + len) as u64) <= capacity;
-            if !(first_lap && len >= THROUGH_FILE && self.ring.write_at(at, piece)) {
+            let position = head + done as u64;
+            if !(self.ring.through_file(position, len) && self.ring.write_at(at, piece)) {
                 // Piece by piece: the first piece is published without
                 // waiting for the pages of the last.
                 self.populate(head + (done + len) as u64);
