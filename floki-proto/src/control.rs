@@ -222,7 +222,8 @@ pub enum Refusal {
     WrongNode,
     /// Only workflow channels are served (`--workflow-channels-only`).
     WorkflowOnly,
-    /// The two ends cannot have the transport one of them insists on.
+    /// The two ends cannot have the transport one of them insists on, or
+    /// the agent could set up no carrier for them (no data listener).
     TransportUnavailable,
     /// The stream was stored in the memory of an agent that restarted since:
     /// it is lost (run its producer again).
