@@ -816,3 +816,58 @@ fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
     );
     assert!(all_stored(&read), "{read}");
 }
+
+#[test]
+fn consumers_that_come_around_the_grace_period_get_their_stream_and_nothing_stays_behind() {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    wait_ready(cluster.node("node-a"), &["e"]);
+    wait_ready(cluster.node("node-b"), &["e"]);
+    let (node_a, node_b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let bytes = MIB;
+
+    // Runs one after another, as an orchestrator starts them. In most the
+    // consumer comes around the store's grace period (50 ms), when node-b's
+    // store claims the pushed-ahead stream: whichever takes the link has
+    // the stream, and the other must not wait for it. Every fourth is
+    // sequential (its producer done before its consumer starts), right
+    // after a run that used the edge's link.
+    for run in 0..28u64 {
+        let delay_ms = 38 + run;
+        let producer = edge_probe(node_a, true, "send", &token, "e", "p", bytes);
+        let consumer = if run % 4 == 3 {
+            let sent = probe_report(&wait_within(producer, LIMIT), "producer");
+            assert!(all_stored(&sent), "run {run}: not stored: {sent}");
+            edge_probe(node_b, true, "recv", &token, "e", "q", bytes)
+        } else {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let consumer = edge_probe(node_b, true, "recv", &token, "e", "q", bytes);
+            probe_report(
+                &wait_within(producer, LIMIT),
+                &format!("producer, run {run}"),
+            );
+            consumer
+        };
+        let read = probe_report(
+            &wait_within(consumer, LIMIT),
+            &format!("consumer, run {run} ({delay_ms} ms after its producer)"),
+        );
+        assert_eq!(read["streams"][0]["bytes"], bytes, "run {run}: {read}");
+    }
+    // node-b was reachable throughout: nothing was kept on the producer's
+    // node, and what node-b's store holds is whole (no stream left waiting
+    // for a link its consumer took).
+    assert!(
+        stored(&node_a.agent.status()).is_empty(),
+        "node-a stored a stream for a reachable node: {:#}",
+        node_a.agent.status()["store"]
+    );
+    for stream in stored(&node_b.agent.status()) {
+        assert_eq!(stream["state"], "complete", "{stream:#}");
+    }
+}

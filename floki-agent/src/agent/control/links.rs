@@ -58,6 +58,12 @@ pub struct PreparedLinks {
     pending: Mutex<HashMap<StreamId, usize>>,
     /// Consumer side: started connections, for the consumer's session.
     started: Mutex<HashMap<StreamId, Prepared>>,
+    /// Consumer side: started connections the store claimed (their consumer
+    /// did not come), for the store's end.
+    held_for_store: Mutex<HashMap<StreamId, Prepared>>,
+    /// Producer side: streams whose last attempt to open a connection
+    /// failed (the consumer's node cannot be reached now).
+    unreachable: Mutex<HashSet<StreamId>>,
     changed: Notify,
     /// The applied workflows changed: what keepers wait on (not `changed`,
     /// which every take and prepare of any stream fires: with hundreds of
@@ -79,6 +85,8 @@ impl PreparedLinks {
             spare: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
+            held_for_store: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashSet::new()),
             changed: Notify::new(),
             applied: Notify::new(),
             starts: broadcast::channel(1024).0,
@@ -138,7 +146,9 @@ impl PreparedLinks {
     ) {
         let mut backoff = Duration::from_millis(100);
         while self.applied_outgoing(&stream) {
-            let mut prepared = match self.open(&stream, &peer_node).await {
+            let opened = self.open(&stream, &peer_node).await;
+            self.set_reachable(&stream, opened.is_ok());
+            let mut prepared = match opened {
                 Ok(prepared) => {
                     backoff = Duration::from_millis(100);
                     prepared
@@ -191,6 +201,27 @@ impl PreparedLinks {
             }
         }
         self.keepers.lock().expect("keepers lock").remove(&stream);
+        self.set_reachable(&stream, true);
+    }
+
+    fn set_reachable(&self, stream: &StreamId, reachable: bool) {
+        let mut unreachable = self.unreachable.lock().expect("unreachable lock");
+        if reachable {
+            unreachable.remove(stream);
+        } else {
+            unreachable.insert(stream.clone());
+        }
+    }
+
+    /// Producer side: whether the last attempt to open a connection for
+    /// `stream` failed. A stream whose keeper is only opening the next
+    /// connection (the last one was just used) is not unreachable: its
+    /// producer waits for it rather than have its stream stored here.
+    pub fn is_unreachable(&self, stream: &StreamId) -> bool {
+        self.unreachable
+            .lock()
+            .expect("unreachable lock")
+            .contains(stream)
     }
 
     /// Opens a stream connection to the consumer's agent; the pairing key
@@ -309,11 +340,60 @@ impl PreparedLinks {
     pub async fn started(&self, stream: &StreamId) -> Prepared {
         loop {
             let changed = self.changed.notified();
-            if let Some(prepared) = self.started.lock().expect("started lock").remove(stream) {
+            if let Some(prepared) = self.take_started(stream) {
                 return prepared;
             }
             changed.await;
         }
+    }
+
+    /// Consumer side: the started connection of `stream`, if there is one
+    /// now. Whoever takes it (the consumer, or the store standing in for
+    /// it) has the stream: taking is the decision.
+    pub fn take_started(&self, stream: &StreamId) -> Option<Prepared> {
+        self.started.lock().expect("started lock").remove(stream)
+    }
+
+    /// Consumer side: gives back a started connection a consumer took but
+    /// could not use (its channel refused it, it hung up), unless another
+    /// start of the stream came meanwhile.
+    pub fn put_back(&self, stream: &StreamId, prepared: Prepared) {
+        self.started
+            .lock()
+            .expect("started lock")
+            .entry(stream.clone())
+            .or_insert(prepared);
+        self.changed.notify_waiters();
+    }
+
+    /// Consumer side: claims the started connection of `stream` for the
+    /// store, if there is one its producer lets be stored (not live);
+    /// `false` if the consumer took it first.
+    pub fn claim_for_store(&self, stream: &StreamId) -> bool {
+        let prepared = {
+            let mut started = self.started.lock().expect("started lock");
+            match started.get(stream) {
+                Some(prepared) if !prepared.live => started.remove(stream),
+                _ => None,
+            }
+        };
+        let Some(prepared) = prepared else {
+            return false;
+        };
+        self.held_for_store
+            .lock()
+            .expect("held lock")
+            .insert(stream.clone(), prepared);
+        true
+    }
+
+    /// Consumer side: the connection [`Self::claim_for_store`] claimed, for
+    /// the store's end.
+    pub fn take_held(&self, stream: &StreamId) -> Option<Prepared> {
+        self.held_for_store
+            .lock()
+            .expect("held lock")
+            .remove(stream)
     }
 
     /// Consumer side: the streams that start from now on.
@@ -331,20 +411,15 @@ impl PreparedLinks {
             .is_some_and(|prepared| !prepared.live)
     }
 
-    /// Consumer side: whether a producer started `stream` and its
-    /// connection waits for the consumer.
-    pub fn is_started(&self, stream: &StreamId) -> bool {
-        self.started
-            .lock()
-            .expect("started lock")
-            .contains_key(stream)
-    }
-
     /// Forgets the consumer-side connections of a deleted workflow.
     pub fn forget(&self, workflow: &str) {
         self.started
             .lock()
             .expect("started lock")
+            .retain(|stream, _| stream.workflow != workflow);
+        self.held_for_store
+            .lock()
+            .expect("held lock")
             .retain(|stream, _| stream.workflow != workflow);
         self.changed.notify_waiters();
     }
@@ -358,5 +433,73 @@ fn hung_up(conn: &TcpStream) -> bool {
         Ok(0) => true,
         Ok(_) => false,
         Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::control::peers::StaticPeers;
+
+    fn links() -> Arc<PreparedLinks> {
+        let peers = Arc::new(Peers::new(
+            "node-b".into(),
+            Arc::new(StaticPeers(Vec::new())),
+            None,
+        ));
+        PreparedLinks::new("node-b".into(), peers, Arc::new(Workflows::default()))
+    }
+
+    fn stream() -> StreamId {
+        StreamId {
+            workflow: "wf".into(),
+            edge: "e".into(),
+            producer: "p".into(),
+            consumer: "q".into(),
+        }
+    }
+
+    /// A started link, as the producer's agent would open it.
+    async fn start(links: &PreparedLinks, live: bool) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let producer_side = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
+        let prepared = Prepared {
+            conn,
+            key: [7; KEY_LEN],
+            live,
+        };
+        links.started.lock().unwrap().insert(stream(), prepared);
+        producer_side
+    }
+
+    #[tokio::test]
+    async fn the_store_and_the_consumer_never_both_get_a_started_link() {
+        let links = links();
+        // The store claims first: the consumer finds no link (it is served
+        // from the store), the store's end finds it held.
+        let _producer = start(&links, false).await;
+        assert!(links.claim_for_store(&stream()));
+        assert!(links.take_started(&stream()).is_none());
+        assert!(!links.claim_for_store(&stream()));
+        assert_eq!(links.take_held(&stream()).unwrap().key, [7; KEY_LEN]);
+        assert!(links.take_held(&stream()).is_none());
+
+        // The consumer takes first: the store claims nothing.
+        let _producer = start(&links, false).await;
+        let taken = links.take_started(&stream()).unwrap();
+        assert!(!links.claim_for_store(&stream()));
+        assert!(links.take_held(&stream()).is_none());
+        // Given back (its channel refused it): there for the next taker.
+        links.put_back(&stream(), taken);
+        assert!(links.claim_for_store(&stream()));
+
+        // A live producer's stream is never the store's.
+        let _producer = start(&links, true).await;
+        assert!(!links.claim_for_store(&stream()));
+        assert!(!links.storable(&stream()));
+        assert!(links.take_started(&stream()).unwrap().live);
     }
 }

@@ -102,9 +102,15 @@ pub async fn serve(
             // producer's) is served from the store.
             let name = resolved.stream.to_string();
             let window = Some(resolved.edge.buffer);
-            // A producer on the other node is there again: live.
-            if resolved.peer_node != agent.node && agent.links.is_started(&resolved.stream) {
-                return remote::serve(stream, hello, resolved, &agent).await;
+            // A producer on the other node is there again: live. Taking its
+            // link now decides the race with the store (which claims links
+            // whose consumer is late) for good.
+            if resolved.peer_node != agent.node
+                && hello.role == Role::Recv
+                && !hello.store
+                && let Some(started) = agent.links.take_started(&resolved.stream)
+            {
+                return remote::serve(stream, hello, resolved, Some(started), &agent).await;
             }
             let Some((stream, mut hello)) =
                 stored::serve_stored(stream, hello, &name, window, &agent).await
@@ -112,7 +118,7 @@ pub async fn serve(
                 return;
             };
             if resolved.peer_node != agent.node {
-                return remote::serve(stream, hello, resolved, &agent).await;
+                return remote::serve(stream, hello, resolved, None, &agent).await;
             }
             hello.channel = name;
             let edge = EdgeOf {

@@ -37,8 +37,22 @@ use crate::agent::{
     transport::{self, CarrierKind, Placement, link, relay},
 };
 
-/// Serves the end on this node of a cross-node stream.
-pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved, agent: &Agent) {
+/// Serves the end on this node of a cross-node stream; a consumer may come
+/// with the stream's started link, which it took when it said hello.
+pub async fn serve(
+    mut control: ControlStream,
+    hello: Hello,
+    resolved: Resolved,
+    started: Option<Prepared>,
+    agent: &Agent,
+) {
+    // A link taken but not used goes back, for the consumer's next try or
+    // the store.
+    let put_back = |started: Option<Prepared>| {
+        if let Some(prepared) = started {
+            agent.links.put_back(&resolved.stream, prepared);
+        }
+    };
     let role = hello.role;
     let name = resolved.stream.to_string();
     let window = resolved.edge.buffer;
@@ -77,6 +91,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
     let membership = match agent.channels.join_when_free(request).await {
         Ok(joined) => joined.membership,
         Err((refusal, message)) => {
+            put_back(started);
             return refuse_quietly(agent, &mut control, refusal, message).await;
         }
     };
@@ -87,7 +102,7 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
         socket: None,
     };
     if write_message(&mut control, &accepted).await.is_err() {
-        return;
+        return put_back(started);
     }
     let mut reader = ReportReader::default();
     let prepared = match role {
@@ -122,7 +137,10 @@ pub async fn serve(mut control: ControlStream, hello: Hello, resolved: Resolved,
                 }
             }
         }
-        // Consumer side: a connection the producer's agent started.
+        // Consumer side: a connection the producer's agent started; the
+        // store's end gets the one it claimed.
+        Role::Recv if started.is_some() => started,
+        Role::Recv if hello.store => agent.links.take_held(&resolved.stream),
         Role::Recv => tokio::select! {
             prepared = agent.links.started(&resolved.stream) => Some(prepared),
             () = closed(&mut control, &mut reader) => None,
@@ -187,14 +205,15 @@ enum Link {
     /// The producer hung up.
     Gone,
     /// No link while the producer had nothing more to buffer, for the
-    /// store's grace period (at once if it is finishing): the consumer's
-    /// node is unreachable.
+    /// store's grace period (at once if it is finishing), and the last
+    /// attempt to open one failed: the consumer's node is unreachable.
     Unreachable,
 }
 
 /// Waits for the prepared link of the producer's stream. A producer that
 /// may be stored (`storable`) waits only as long as a same-node producer
-/// would wait for its consumer.
+/// would wait for its consumer, and only while the consumer's node cannot
+/// be reached.
 async fn producer_link(
     control: &mut ControlStream,
     reader: &mut ReportReader,
@@ -223,6 +242,13 @@ async fn producer_link(
                 WhileWaiting::Gone => return Link::Gone,
             },
             () = async { grace.as_mut().expect("checked").await }, if grace.is_some() => {
+                // The keeper may only be opening the next connection (the
+                // last one was just used): the node is reachable, the link
+                // is coming; look again a grace period later.
+                if !agent.links.is_unreachable(&resolved.stream) {
+                    grace = Some(Box::pin(tokio::time::sleep(agent.store.config().grace)));
+                    continue;
+                }
                 warn!(stream = %resolved.stream, peer = %resolved.peer_node,
                     "no link to the consumer's node: the stream is stored on this node");
                 return Link::Unreachable;

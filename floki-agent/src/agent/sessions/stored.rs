@@ -251,7 +251,9 @@ pub async fn push_ahead(agent: Arc<Agent>) {
                 return;
             }
             if let Some(meeting) = meeting_for_consumer(&agent, &stream) {
-                ends::take_in(agent.store.clone(), meeting);
+                let links = agent.links.clone();
+                let claim = move || links.claim_for_store(&stream);
+                ends::take_in_claimed(agent.store.clone(), meeting, claim);
             }
         });
     }

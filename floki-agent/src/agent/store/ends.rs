@@ -45,9 +45,21 @@ pub fn replay_channel(name: &str, n: u64) -> String {
 
 /// Takes in the stream of `meeting` as its receiver, in the background.
 pub fn take_in(store: Arc<Store>, meeting: Meeting) {
+    take_in_claimed(store, meeting, || true);
+}
+
+/// [`take_in`] a stream pushed ahead to this node, once `claim` took its
+/// link for the store: `false` if its consumer came and took it first, and
+/// then the store keeps nothing. Claimed after the stream is begun, so that
+/// a consumer that finds the link gone finds the stream in the store.
+pub fn take_in_claimed(
+    store: Arc<Store>,
+    meeting: Meeting,
+    claim: impl FnOnce() -> bool + Send + 'static,
+) {
     tokio::spawn(async move {
         let name = meeting.name.clone();
-        if let Err(err) = take(&store, meeting).await {
+        if let Err(err) = take(&store, meeting, claim).await {
             debug!(channel = %name, err = %error_chain(&*err), "the store did not take the stream");
         }
     });
@@ -56,6 +68,7 @@ pub fn take_in(store: Arc<Store>, meeting: Meeting) {
 async fn take(
     store: &Arc<Store>,
     meeting: Meeting,
+    claim: impl FnOnce() -> bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut opts = ChannelOptions::new(&meeting.agent, &meeting.name);
     opts.store = true;
@@ -68,6 +81,10 @@ async fn take(
     let stored = store
         .begin(&meeting.name, meeting.workflow.clone(), meeting.retain)
         .await?;
+    if !claim() {
+        store.remove(&stored).await;
+        return Err("its consumer came first".into());
+    }
     let mut rx = match Receiver::connect(&opts).await {
         Ok(rx) => rx,
         Err(err) => {
