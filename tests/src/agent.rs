@@ -337,6 +337,21 @@ impl TestAgent {
         unsafe { libc::kill(self.pid() as i32, libc::SIGKILL) };
     }
 
+    /// Prints the end of the agent's log to stderr, for a run that failed
+    /// (CI keeps nothing else).
+    pub fn print_log_tail(&self) {
+        let log = self.log();
+        let start = log.len().saturating_sub(LOG_TAIL);
+        let start = (start..log.len())
+            .find(|&i| log.is_char_boundary(i))
+            .unwrap_or(log.len());
+        eprintln!(
+            "--- the end of agent log {} ---\n{}",
+            self.dir.display(),
+            &log[start..]
+        );
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
@@ -371,16 +386,7 @@ impl Drop for TestAgent {
         }
         // A failed test shows what its agent said: CI keeps nothing else.
         if std::thread::panicking() {
-            let log = self.log();
-            let start = log.len().saturating_sub(LOG_TAIL);
-            let start = (start..log.len())
-                .find(|&i| log.is_char_boundary(i))
-                .unwrap_or(log.len());
-            eprintln!(
-                "--- the end of agent log {} ---\n{}",
-                self.dir.display(),
-                &log[start..]
-            );
+            self.print_log_tail();
         }
         if self.owns_files {
             let _ = fs::remove_dir_all(&self.pin_dir);

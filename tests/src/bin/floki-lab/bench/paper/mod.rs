@@ -196,7 +196,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     human(scenario.size),
                     run + 1
                 ));
-                let sample = lab.run_once(system, scenario).with_context(|| {
+                let sample = lab.run_once(system, scenario).inspect_err(|_| {
+                    // What the agents said (warnings: the benchmark keeps
+                    // their logs quiet) is all a CI run keeps of a failure.
+                    for node in &lab.agents(system).nodes {
+                        node.agent.print_log_tail();
+                    }
+                });
+                let sample = sample.with_context(|| {
                     format!(
                         "{} {} {} {}",
                         system.label(),
