@@ -123,6 +123,13 @@ pub struct RunArgs {
     /// is in flight (kernel or agent memory) at any time.
     #[arg(long, env = "FLOKI_WINDOW", default_value = "8MiB")]
     pub window: Size,
+    /// Put shm rings on 2 MiB pages (a tmpfs of the agent's own with
+    /// huge=within_size, attached to no path), at most 64 rings at a time:
+    /// a fresh ring's first MiB then costs one page allocation instead of
+    /// 256 (docs/BENCHMARKS.md: 1 MiB over shm about twice as fast), but
+    /// each ring takes at least 2 MiB, and set-up p99 showed spikes.
+    #[arg(long, env = "FLOKI_HUGE_RINGS")]
+    pub huge_rings: bool,
     /// bpffs directory for the agent's pins.
     #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]
     pub pin_dir: PathBuf,

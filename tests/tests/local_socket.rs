@@ -234,3 +234,43 @@ fn a_ring_channel_needs_no_tcp_port_and_a_socket_channel_says_when_none_is_free(
     // The agent keeps serving rings.
     node.probe_stream(Door::Unix, "ring-after-refusal", MIB);
 }
+
+/// The kernel's count of huge pages allocated for files (tmpfs, memfd).
+fn huge_file_pages_allocated() -> u64 {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").expect("reading /proc/vmstat");
+    vmstat
+        .lines()
+        .find_map(|line| line.strip_prefix("thp_file_alloc "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("thp_file_alloc in /proc/vmstat")
+}
+
+#[test]
+fn rings_on_huge_pages_carry_streams_whole() {
+    let node = TestNode::start(
+        "huge-rings",
+        AgentOptions {
+            extra: vec!["--huge-rings".into()],
+            ..AgentOptions::default()
+        },
+    );
+    assert!(
+        node.agent.log().contains("rings on a tmpfs of huge pages"),
+        "{}",
+        node.agent.log()
+    );
+    let before = huge_file_pages_allocated();
+    for (channel, bytes) in [("huge-small", 64 << 10), ("huge-large", 40 * MIB)] {
+        node.probe_stream(Door::Unix, channel, bytes);
+        let status = node.agent.wait_finished(channel, LIMIT);
+        assert_eq!(status["transport"], "shm", "{status:#}");
+        assert_eq!(status["state"], "done", "{status:#}");
+        assert_eq!(status["bytes"], bytes, "{status:#}");
+    }
+    // The rings' pages were huge ones (node memory files get none: their
+    // policy is the machine's, `never` unless an operator changed it).
+    assert!(
+        huge_file_pages_allocated() >= before + 2,
+        "no huge pages were allocated for the rings"
+    );
+}

@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub datapath: DatapathConfig,
     /// Default flow-control window per channel, in bytes.
     pub window: u64,
+    /// shm rings on huge pages (`--huge-rings`).
+    pub huge_rings: bool,
     /// Finished channels kept for status.
     pub history: usize,
     /// How long a graceful stop waits for active channels.
@@ -316,7 +318,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
 /// the metrics), the workflows, the peers and the prepared links.
 fn assemble(config: &AgentConfig, listener: &TcpListener) -> Result<Arc<Agent>, AgentError> {
     let datapath = Arc::new(Datapath::start(&config.datapath));
-    let carriers = Arc::new(NodeCarriers::new(datapath.clone()));
+    let carriers = Arc::new(NodeCarriers::new(datapath.clone(), config.huge_rings));
     let channels = Arc::new(Channels::new(carriers, config.window, config.history));
     let metrics = Arc::new(Metrics::default());
     let observer = metrics.clone();

@@ -84,6 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             pretend_missing: args.pretend_kernel_lacks,
         },
         window: args.window.0,
+        huge_rings: args.huge_rings,
         history: args.history,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         peers: directory,

@@ -32,7 +32,7 @@ mod writer;
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -106,10 +106,30 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
 /// Creates a ring of `capacity` bytes (rounded up to a power of two within
 /// [`CAPACITY_RANGE`]): the memory file to hand to both ends.
 pub fn create(capacity: u64) -> io::Result<(OwnedFd, u64)> {
+    let fd = nix::sys::memfd::memfd_create(c"floki-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    initialize(fd, capacity)
+}
+
+/// [`create`], in an unnamed file of the filesystem whose root is `dir`
+/// (a tmpfs of huge pages, say): only those handed its descriptor reach it,
+/// as with a memory file.
+pub fn create_in(dir: BorrowedFd<'_>, capacity: u64) -> io::Result<(OwnedFd, u64)> {
+    use nix::{fcntl::OFlag, sys::stat::Mode};
+    let fd = nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )?;
+    initialize(fd, capacity)
+}
+
+/// Sizes `fd` for a ring of `capacity` (rounded as [`create`] says) and
+/// writes its header.
+fn initialize(fd: OwnedFd, capacity: u64) -> io::Result<(OwnedFd, u64)> {
     let capacity = capacity
         .clamp(*CAPACITY_RANGE.start(), *CAPACITY_RANGE.end())
         .next_power_of_two();
-    let fd = nix::sys::memfd::memfd_create(c"floki-ring", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
     let file = std::fs::File::from(fd);
     file.set_len(HEADER_LEN as u64 + capacity)?;
     // Written through the file, not a mapping: the agent creates a ring per

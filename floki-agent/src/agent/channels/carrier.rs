@@ -14,7 +14,7 @@ use floki_proto::{
 };
 
 use super::ends::Ends;
-use crate::agent::datapath::SpliceHandle;
+use crate::agent::{datapath::SpliceHandle, transport::HugeRing};
 
 /// Why a channel registered for splicing went over TCP.
 const NOT_SPLICED: &str = "not spliced: the kernel saw no write of the sender's data socket; \
@@ -23,8 +23,9 @@ const NOT_SPLICED: &str = "not spliced: the kernel saw no write of the sender's 
 /// A channel's carrier.
 pub enum Carrier {
     /// A ring in shared memory between the two ends (its header, mapped
-    /// read-only, counts the bytes).
-    Ring(RingObserver),
+    /// read-only, counts the bytes), and its place among the rings on huge
+    /// pages if it is one.
+    Ring(RingObserver, Option<HugeRing>),
     /// The two ends' sockets, spliced by the kernel.
     Splice(SpliceHandle),
     /// Plain TCP between the two ends' sockets.
@@ -72,7 +73,7 @@ impl Carrier {
     /// The transport the ends were told.
     pub fn transport(&self) -> Transport {
         match self {
-            Self::Ring(_) => Transport::Shm,
+            Self::Ring(..) => Transport::Shm,
             Self::Splice(_) | Self::Adopted(_) => Transport::Splice,
             Self::Tcp | Self::LinkHanded(_) | Self::LinkRelayed { .. } => Transport::Tcp,
         }
@@ -83,7 +84,7 @@ impl Carrier {
         match self {
             Self::Splice(handle) | Self::Adopted(handle) => Some(handle),
             Self::LinkRelayed { splice, .. } => splice.as_ref(),
-            Self::Ring(_) | Self::Tcp | Self::LinkHanded(_) => None,
+            Self::Ring(..) | Self::Tcp | Self::LinkHanded(_) => None,
         }
     }
 
@@ -101,7 +102,7 @@ impl Carrier {
         };
         match self {
             // What the sender published into the ring, read from its header.
-            Self::Ring(ring) => route(Transport::Shm, ring.sent().max(received), None),
+            Self::Ring(ring, _) => route(Transport::Shm, ring.sent().max(received), None),
             Self::Splice(_) | Self::Adopted(_) => match kernel {
                 Some(0) if ends.stream_bytes() > 0 => {
                     route(Transport::Tcp, received, Some(NOT_SPLICED.to_owned()))

@@ -25,7 +25,7 @@ fn fallback() -> Arc<Channels> {
         kernel: KernelSupport::default(),
     });
     Arc::new(Channels::new(
-        Arc::new(NodeCarriers::new(datapath)),
+        Arc::new(NodeCarriers::new(datapath, false)),
         1 << 20,
         16,
     ))

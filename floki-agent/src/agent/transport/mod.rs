@@ -15,6 +15,8 @@ pub mod relay;
 mod ring;
 mod splice;
 
+pub use ring::HugeRing;
+
 use std::{
     net::{SocketAddr, TcpListener},
     sync::Arc,
@@ -183,12 +185,16 @@ fn cannot_take_ring(sender: &Hello, receiver: &Hello) -> &'static str {
 /// The carriers of this node: rings, the kernel datapath, plain TCP.
 pub struct NodeCarriers {
     datapath: Arc<Datapath>,
+    rings: ring::RingFiles,
 }
 
 impl NodeCarriers {
-    /// Carriers over `datapath`.
-    pub fn new(datapath: Arc<Datapath>) -> Self {
-        Self { datapath }
+    /// Carriers over `datapath`; rings on huge pages if `huge_rings`.
+    pub fn new(datapath: Arc<Datapath>, huge_rings: bool) -> Self {
+        Self {
+            datapath,
+            rings: ring::RingFiles::new(huge_rings),
+        }
     }
 }
 
@@ -226,7 +232,7 @@ impl Carriers for NodeCarriers {
             })
         };
         let attempt = match plan.carrier {
-            CarrierKind::Ring => ring::set_up(window, plan.reason.clone()),
+            CarrierKind::Ring => ring::set_up(&self.rings, window, plan.reason.clone()),
             kind => socket(kind, plan.reason.clone()),
         };
         match attempt {
