@@ -758,9 +758,10 @@ fn wait_edge_state(node: &ClusterNode, edge: &str, state: &str) {
     }
 }
 
-#[test]
-fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
-    let mut cluster = Cluster::start(&["node-a", "node-b"]);
+/// Two nodes and workflow `wf` with one edge `e` from `p` on node-a to `q`
+/// on node-b (4 MiB buffer), ready on node-a; returns its token.
+fn one_edge_across() -> (Cluster, String) {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
     cluster.wait_connected();
     let spec = Spec::new("wf")
         .function("p", "node-a")
@@ -768,6 +769,12 @@ fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
         .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
     let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
     wait_ready(cluster.node("node-a"), &["e"]);
+    (cluster, token)
+}
+
+#[test]
+fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
+    let (mut cluster, token) = one_edge_across();
     // node-b's agent stops: its node cannot be reached, no link is ready.
     assert!(cluster.node_mut("node-b").agent.stop());
     wait_edge_state(cluster.node("node-a"), "e", "preparing");
@@ -819,14 +826,7 @@ fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
 
 #[test]
 fn consumers_that_come_around_the_grace_period_get_their_stream_and_nothing_stays_behind() {
-    let cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    wait_ready(cluster.node("node-a"), &["e"]);
+    let (cluster, token) = one_edge_across();
     wait_ready(cluster.node("node-b"), &["e"]);
     let (node_a, node_b) = (cluster.node("node-a"), cluster.node("node-b"));
     let bytes = MIB;
