@@ -267,29 +267,33 @@ fn io_error(context: &'static str, err: &io::Error) -> StreamError {
     StreamError::io(context, 0, err)
 }
 
-/// The stream bytes a ring has carried, for the agent's status: it keeps
-/// the header mapped (only the header).
+/// The stream bytes a ring has carried, for the agent's status: it keeps a
+/// descriptor of the ring and reads the header through it when asked. Not
+/// a mapping: the agent makes a ring per channel, and unmapping one in a
+/// multi-threaded process interrupts the other CPUs to flush their TLBs.
 pub struct RingObserver {
-    map: memmap2::Mmap,
+    memory: OwnedFd,
 }
 
 impl RingObserver {
-    /// Maps the header of `memory` read-only.
+    /// An observer of the ring in `memory` (a descriptor of its own).
     pub fn new(memory: &OwnedFd) -> io::Result<Self> {
-        // SAFETY: read-only view of the header; the ends write it atomically.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .len(HEADER_LEN)
-                .map(memory.as_raw_fd())?
-        };
-        Ok(Self { map })
+        Ok(Self {
+            memory: memory.try_clone()?,
+        })
     }
 
-    /// Stream bytes the sender has published.
+    /// Stream bytes the sender has published (0 if the header cannot be
+    /// read). The sender stores the count as one aligned 8-byte word; a
+    /// read racing with that store may see an older count, as a relaxed
+    /// load would.
     pub fn sent(&self) -> u64 {
-        // SAFETY: page-aligned header mapping; atomics only read.
-        let header = unsafe { &*self.map.as_ptr().cast::<Header>() };
-        header.head.0.load(Ordering::Relaxed)
+        let mut word = [0u8; 8];
+        let at = std::mem::offset_of!(Header, head) as libc::off_t;
+        match nix::sys::uio::pread(&self.memory, &mut word, at) {
+            Ok(8) => u64::from_ne_bytes(word),
+            _ => 0,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `shm` carrier: a ring of the channel's window in a memory file, and
 //! the socket pair beside it. Each end gets the ring and one half of the
-//! pair; the agent keeps a read-only map of the header, for status, and no
-//! descriptor of the data path.
+//! pair; the agent keeps a descriptor of the ring, to read its header for
+//! status, and no end of the pair.
 //!
 //! Where the ring's pages come from matters more than the copy: a memory
 //! file gets 4 KiB pages, one allocation (and, mapped, one page-table
