@@ -7,6 +7,7 @@
 
 use std::{
     io::{BufRead as _, Write as _},
+    sync::{Mutex, MutexGuard, mpsc},
     time::Duration,
 };
 
@@ -88,36 +89,45 @@ const REDIS_CHUNK: usize = 64 << 20;
 pub fn run(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
     let start_ns = monotonic_ns();
-    let mut connections = Connections::open(&plan)?;
-    let bytes = perform(&plan, &mut connections, &Contents::new(&plan.streams))?;
+    let connections = Connections::open(&plan)?;
+    let bytes = perform(
+        &plan,
+        &connections,
+        &Contents::new(&plan.streams),
+        &Workers::PerRun,
+    )?;
     println!("{}", serde_json::to_string(&report(start_ns, bytes)?)?);
     Ok(())
 }
 
-/// A warm function: connects, generates its streams' content, says
-/// `ready`, then runs the plan once for each `go` line on stdin and prints a
-/// report for each (its time from the `go`, the connections already open
-/// and the content ready).
+/// A warm function: connects, generates its streams' content, starts its
+/// threads, says `ready`, then runs the plan once for each `go` line on
+/// stdin and prints a report for each (its time from the `go`, the
+/// connections already open, the content ready and the threads running).
 pub fn serve(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
-    let mut connections = Connections::open(&plan)?;
+    let connections = Connections::open(&plan)?;
     let contents = Contents::new(&plan.streams);
     let say = |line: &str| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;
         out.flush().context("writing to the driver")
     };
-    say("ready")?;
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        if line != "go" {
-            bail!("expected `go` from the driver, got `{line}`");
+    std::thread::scope(|scope| {
+        let workers = Workers::kept(scope, plan.streams.len());
+        say("ready")?;
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            if line != "go" {
+                bail!("expected `go` from the driver, got `{line}`");
+            }
+            let start_ns = monotonic_ns();
+            let bytes = perform(&plan, &connections, &contents, &workers)?;
+            say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
         }
-        let start_ns = monotonic_ns();
-        let bytes = perform(&plan, &mut connections, &contents)?;
-        say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
-    }
-    Ok(())
+        Ok(())
+        // The threads end with their queues, dropped with `workers`.
+    })
 }
 
 /// What a function holds open between its runs: its Redis connections (one
@@ -125,7 +135,8 @@ pub fn serve(plan_json: &str) -> anyhow::Result<()> {
 /// once). Floki needs none: each stream is a channel of its own.
 enum Connections {
     None,
-    Redis(Vec<redis::Connection>),
+    /// Each used by one thread at a time.
+    Redis(Vec<Mutex<redis::Connection>>),
 }
 
 impl Connections {
@@ -135,7 +146,7 @@ impl Connections {
                 let count = if plan.produce { 1 } else { plan.streams.len() };
                 Self::Redis(
                     (0..count)
-                        .map(|_| redis_connection(url))
+                        .map(|_| redis_connection(url).map(Mutex::new))
                         .collect::<anyhow::Result<_>>()?,
                 )
             }
@@ -144,17 +155,98 @@ impl Connections {
     }
 }
 
+/// Where a function moves its streams at once, a thread each: threads of
+/// its own for the run (a cold function), or threads it keeps between runs
+/// (a warm one, as a long-running function keeps its thread pool).
+enum Workers<'a> {
+    PerRun,
+    Kept {
+        /// A queue to each thread.
+        jobs: Vec<mpsc::Sender<Job<'a>>>,
+        /// What the jobs moved, as they finish.
+        done: mpsc::Receiver<anyhow::Result<u64>>,
+    },
+}
+
+/// A stream to move, on a kept thread.
+type Job<'a> = Box<dyn FnOnce() -> anyhow::Result<u64> + Send + 'a>;
+
+impl<'a> Workers<'a> {
+    /// `threads` kept in `scope` (one per stream of the plan: every stream
+    /// at once, none waiting for another's thread). They sleep between
+    /// runs, each on its own queue: nothing spins.
+    fn kept<'scope>(scope: &'scope std::thread::Scope<'scope, 'a>, threads: usize) -> Self {
+        let (finished, done) = mpsc::channel();
+        let jobs = (0..threads.max(1))
+            .map(|_| {
+                let (queue, next) = mpsc::channel::<Job<'a>>();
+                let finished = finished.clone();
+                scope.spawn(move || {
+                    for job in next {
+                        if finished.send(job()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                queue
+            })
+            .collect();
+        Self::Kept { jobs, done }
+    }
+
+    /// Runs `work` on every item at once, a thread each; the sum of what
+    /// they moved.
+    fn each<T: Send + 'a>(
+        &self,
+        items: Vec<T>,
+        work: impl Fn(T) -> anyhow::Result<u64> + Send + Sync + 'a,
+    ) -> anyhow::Result<u64> {
+        match self {
+            Self::PerRun => std::thread::scope(|scope| {
+                let work = &work;
+                let handles: Vec<_> = items
+                    .into_iter()
+                    .map(|item| scope.spawn(move || work(item)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().expect("a stream thread does not panic"))
+                    .sum()
+            }),
+            Self::Kept { jobs, done } => {
+                anyhow::ensure!(items.len() <= jobs.len(), "more streams than threads");
+                let work = std::sync::Arc::new(work);
+                let count = items.len();
+                for (item, queue) in items.into_iter().zip(jobs) {
+                    let work = work.clone();
+                    queue
+                        .send(Box::new(move || work(item)))
+                        .map_err(|_| anyhow::anyhow!("a stream thread is gone"))?;
+                }
+                (0..count)
+                    .map(|_| done.recv().context("a stream thread is gone")?)
+                    .sum()
+            }
+        }
+    }
+}
+
 /// Moves the plan's streams once; the bytes moved.
-fn perform(plan: &Plan, connections: &mut Connections, contents: &Contents) -> anyhow::Result<u64> {
+fn perform<'a>(
+    plan: &'a Plan,
+    connections: &'a Connections,
+    contents: &'a Contents,
+    workers: &Workers<'a>,
+) -> anyhow::Result<u64> {
     match (&plan.access, plan.produce, connections) {
-        (Access::Floki { .. }, true, _) => floki_produce(plan, contents),
-        (Access::Floki { .. }, false, _) => floki_consume(plan, contents),
+        (Access::Floki { .. }, true, _) => floki_produce(plan, contents, workers),
+        (Access::Floki { .. }, false, _) => floki_consume(plan, contents, workers),
         (Access::S3 { .. }, produce, _) => object_store_run(plan, produce, contents),
         (Access::Redis { .. }, true, Connections::Redis(cons)) => {
-            redis_produce(&mut cons[0], &plan.streams, contents)
+            redis_produce(&mut lock(&cons[0]), &plan.streams, contents)
         }
         (Access::Redis { .. }, false, Connections::Redis(cons)) => {
-            redis_consume(cons, &plan.streams, contents)
+            redis_consume(cons, &plan.streams, contents, workers)
         }
         (Access::Redis { .. }, _, Connections::None) => bail!("Redis without a connection"),
     }
@@ -241,69 +333,48 @@ fn edge_options(plan: &Plan) -> anyhow::Result<EdgeOptions> {
 
 /// Every stream at once, a thread each, as a function with several
 /// consumers would write them.
-fn floki_produce(plan: &Plan, contents: &Contents) -> anyhow::Result<u64> {
-    let (_, senders) = workflow::blocking::senders(&edge_options(plan)?)?;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = senders
-            .into_iter()
-            .map(|(peer, mut tx)| {
-                let stream = stream_for(plan, &peer).cloned();
-                scope.spawn(move || -> anyhow::Result<u64> {
-                    let stream = stream?;
-                    let content = contents.of(&stream);
-                    let mut sent = 0;
-                    while sent < stream.bytes {
-                        let piece = content.piece(sent, stream.bytes - sent);
-                        tx.write_all(piece)?;
-                        sent += piece.len() as u64;
-                    }
-                    Ok(tx.finish()?.bytes)
-                })
-            })
-            .collect();
-        join_sum(handles)
-    })
-}
-
-fn floki_consume(plan: &Plan, contents: &Contents) -> anyhow::Result<u64> {
-    let (_, receivers) = workflow::blocking::receivers(&edge_options(plan)?)?;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = receivers
-            .into_iter()
-            .map(|(peer, mut rx)| {
-                let stream = stream_for(plan, &peer).cloned();
-                scope.spawn(move || -> anyhow::Result<u64> {
-                    let stream = stream?;
-                    let content = contents.of(&stream);
-                    let mut checker = Checker::new(content, stream.bytes);
-                    // Checked where the bytes are: in place in the ring over
-                    // shm, in the receiver's buffer over a socket.
-                    loop {
-                        let data = rx.fill_buf()?;
-                        if data.is_empty() {
-                            break;
-                        }
-                        let n = data.len().min(1 << 20);
-                        checker.take(&data[..n])?;
-                        rx.consume(n);
-                    }
-                    rx.finish()?;
-                    checker.done()
-                })
-            })
-            .collect();
-        join_sum(handles)
-    })
-}
-
-fn join_sum(
-    handles: Vec<std::thread::ScopedJoinHandle<'_, anyhow::Result<u64>>>,
+fn floki_produce<'a>(
+    plan: &'a Plan,
+    contents: &'a Contents,
+    workers: &Workers<'a>,
 ) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for handle in handles {
-        total += handle.join().expect("a stream thread does not panic")?;
-    }
-    Ok(total)
+    let (_, senders) = workflow::blocking::senders(&edge_options(plan)?)?;
+    workers.each(senders, |(peer, mut tx)| {
+        let stream = stream_for(plan, &peer)?;
+        let content = contents.of(stream);
+        let mut sent = 0;
+        while sent < stream.bytes {
+            let piece = content.piece(sent, stream.bytes - sent);
+            tx.write_all(piece)?;
+            sent += piece.len() as u64;
+        }
+        Ok(tx.finish()?.bytes)
+    })
+}
+
+fn floki_consume<'a>(
+    plan: &'a Plan,
+    contents: &'a Contents,
+    workers: &Workers<'a>,
+) -> anyhow::Result<u64> {
+    let (_, receivers) = workflow::blocking::receivers(&edge_options(plan)?)?;
+    workers.each(receivers, |(peer, mut rx)| {
+        let stream = stream_for(plan, &peer)?;
+        let mut checker = Checker::new(contents.of(stream), stream.bytes);
+        // Checked where the bytes are: in place in the ring over shm, in
+        // the receiver's buffer over a socket.
+        loop {
+            let data = rx.fill_buf()?;
+            if data.is_empty() {
+                break;
+            }
+            let n = data.len().min(1 << 20);
+            checker.take(&data[..n])?;
+            rx.consume(n);
+        }
+        rx.finish()?;
+        checker.done()
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -416,6 +487,12 @@ fn chunks(bytes: u64) -> u64 {
     bytes.div_ceil(REDIS_CHUNK as u64).max(1)
 }
 
+/// A connection; one a stream thread panicked with is as good as any.
+fn lock(con: &Mutex<redis::Connection>) -> MutexGuard<'_, redis::Connection> {
+    con.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
     let client = redis::Client::open(url).context("the Redis URL")?;
     let mut last = None;
@@ -460,28 +537,22 @@ fn redis_produce(
 }
 
 /// Every stream at once, a thread and a connection each.
-fn redis_consume(
-    cons: &mut [redis::Connection],
-    streams: &[Stream],
-    contents: &Contents,
+fn redis_consume<'a>(
+    cons: &'a [Mutex<redis::Connection>],
+    streams: &'a [Stream],
+    contents: &'a Contents,
+    workers: &Workers<'a>,
 ) -> anyhow::Result<u64> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = streams
-            .iter()
-            .zip(cons.iter_mut())
-            .map(|(stream, con)| {
-                scope.spawn(move || -> anyhow::Result<u64> {
-                    let mut checker = Checker::new(contents.of(stream), stream.bytes);
-                    for index in 0..chunks(stream.bytes) {
-                        let value: Vec<u8> = redis::cmd("GET")
-                            .arg(format!("{}:{index}", stream.key))
-                            .query(con)?;
-                        checker.take(&value)?;
-                    }
-                    checker.done()
-                })
-            })
-            .collect();
-        join_sum(handles)
+    let each: Vec<_> = streams.iter().zip(cons).collect();
+    workers.each(each, |(stream, con)| {
+        let mut con = lock(con);
+        let mut checker = Checker::new(contents.of(stream), stream.bytes);
+        for index in 0..chunks(stream.bytes) {
+            let value: Vec<u8> = redis::cmd("GET")
+                .arg(format!("{}:{index}", stream.key))
+                .query(&mut *con)?;
+            checker.take(&value)?;
+        }
+        checker.done()
     })
 }

@@ -52,18 +52,23 @@ struct Measured {
     cpu: Cpu,
 }
 
-/// Every cell, measured `rounds` times each (the first tenth left out).
-pub fn run(rounds: usize) -> anyhow::Result<Vec<Cell>> {
+/// The cells of `patterns` in `placements`, measured `rounds` times each
+/// (the first tenth left out).
+pub fn run(
+    rounds: usize,
+    patterns: &[Pattern],
+    placements: &[Placement],
+) -> anyhow::Result<Vec<Cell>> {
     #[derive(Parser)]
     struct Defaults {
         #[command(flatten)]
         options: Options,
     }
     let opts = Defaults::parse_from(["paper"]).options;
-    let lab = Lab::start(&opts, &Placement::ALL, &SYSTEMS)?;
+    let lab = Lab::start(&opts, placements, &SYSTEMS)?;
     let mut cells = Vec::new();
-    for placement in Placement::ALL {
-        for pattern in Pattern::ALL {
+    for &placement in placements {
+        for &pattern in patterns {
             let scenario = Scenario {
                 pattern,
                 placement,

@@ -14,7 +14,11 @@ use clap::Args;
 use floki_tests::cluster::{Cluster, Spec};
 use serde_json::json;
 
-use super::{function::Function, report};
+use super::{
+    function::Function,
+    paper::scenario::{Pattern, Placement},
+    report,
+};
 use crate::lab::{self, Lab};
 
 #[derive(Debug, Args)]
@@ -30,6 +34,16 @@ pub struct Options {
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
     pub no_write: bool,
+    /// Only the paper's patterns, functions warm (no set-up or stream
+    /// latencies); implies --no-write.
+    #[arg(long)]
+    pub patterns_only: bool,
+    /// Only these patterns [default: all]; implies --no-write.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub patterns: Vec<Pattern>,
+    /// Only these placements [default: both]; implies --no-write.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub placements: Vec<Placement>,
 }
 
 /// Stream sizes.
@@ -215,6 +229,22 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     anyhow::ensure!(opts.rounds >= 20, "--rounds: at least 20");
+    let patterns = if opts.patterns.is_empty() {
+        Pattern::ALL.to_vec()
+    } else {
+        opts.patterns.clone()
+    };
+    let placements = if opts.placements.is_empty() {
+        Placement::ALL.to_vec()
+    } else {
+        opts.placements.clone()
+    };
+    if opts.patterns_only || !opts.patterns.is_empty() || !opts.placements.is_empty() {
+        let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
+        let (table, floor, _) = super::paper::warm::report(&cells, opts.pattern_rounds);
+        println!("{table}\n{floor}");
+        return Ok(());
+    }
     let binaries = lab::Binaries::beside_me()?;
     let lab = Lab::start(&binaries, "bench-small", false)?;
     let mut results = Vec::new();
@@ -227,7 +257,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .with_context(|| place.label())?;
         results.push((place, latencies));
     }
-    let cells = super::paper::warm::run(opts.pattern_rounds.max(2))?;
+    let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
     let (patterns_table, patterns_floor, patterns_json) =
         super::paper::warm::report(&cells, opts.pattern_rounds);
 
