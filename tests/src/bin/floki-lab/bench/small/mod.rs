@@ -350,8 +350,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              The paper's four patterns at 1 MiB (as in `bench paper`: broadcast and shuffle \
              to four consumers, gather from four producers), every function a process already \
              running, its streams' content generated before it is told to go (generating \
-             1 MiB of it took longer than handing it over) and, for Redis, its connections \
-             open ({} runs per cell, the first tenth left out). Each stream is 1 MiB in \
+             1 MiB of it took longer than handing it over), its threads started (one per \
+             stream, kept between runs, as a long-running function keeps its pool) and, \
+             for Redis, its connections open ({} runs per cell, the first tenth left out). Each stream is 1 MiB in \
              one-to-one and broadcast, 256 KiB in gather and 64 KiB in shuffle (16 streams): \
              these two measure set-up more than copying. Floki runs live: the consumers wait, then the producers open their \
              channels; its time is the first producer's start to the last consumer's verified \
