@@ -13,6 +13,7 @@ use floki_proto::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::watch,
     task::JoinSet,
     time::{Instant, timeout, timeout_at},
 };
@@ -66,6 +67,7 @@ pub(super) async fn accept_sender(
 ) -> Result<TcpStream, ClientError> {
     let deadline = Instant::now() + opts.connect_timeout;
     let mut checks = JoinSet::new();
+    let (found, sender_found) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = timeout_at(deadline, listener.accept()), if checks.len() < CHECKED_AT_ONCE => {
@@ -79,10 +81,24 @@ pub(super) async fn accept_sender(
                         context: "accepting the sender's data connection",
                         source,
                     })?;
-                checks.spawn(check_sender(stream, from, *key, window, opts.clone()));
+                checks.spawn(check_sender(
+                    stream,
+                    from,
+                    *key,
+                    window,
+                    opts.clone(),
+                    sender_found.clone(),
+                ));
             }
             Some(checked) = checks.join_next() => {
                 if let Ok(Some(stream)) = checked {
+                    // Connections still being checked are turned away with
+                    // a reason, not just dropped.
+                    let _ = found.send(true);
+                    let _ = timeout(TURN_AWAY_WITHIN, async {
+                        while checks.join_next().await.is_some() {}
+                    })
+                    .await;
                     return Ok(stream);
                 }
             }
@@ -96,14 +112,20 @@ pub(super) async fn accept_sender(
     }
 }
 
+/// How long the connections still being checked when the sender is found
+/// get to be told they are turned away.
+const TURN_AWAY_WITHIN: Duration = Duration::from_millis(100);
+
 /// One connection to the receiver's data listener: the stream if it
-/// presents `key`, else rejected.
+/// presents `key`, else rejected (also once `sender_found`: another
+/// connection presented the key first).
 async fn check_sender(
     mut stream: TcpStream,
     from: SocketAddr,
     key: [u8; KEY_LEN],
     window: u64,
     opts: ChannelOptions,
+    mut sender_found: watch::Receiver<bool>,
 ) -> Option<TcpStream> {
     stream.set_nodelay(true).ok();
     // Speak first: accept() returning means this socket is in the socket
@@ -113,12 +135,28 @@ async fn check_sender(
         .write_all(&Inbound::initial_credit(window))
         .await
         .ok()?;
-    match timeout(HELLO_TIMEOUT, read_hello(&mut stream)).await {
-        Ok(Ok(presented)) if presented == key => return Some(stream),
-        Ok(Ok(_)) => reject(stream, from, &opts, "wrong pairing key").await,
-        Ok(Err(reason)) => reject(stream, from, &opts, &reason).await,
-        Err(_) => reject(stream, from, &opts, "no pairing key within 10 s").await,
-    }
+    let hello = tokio::select! {
+        hello = timeout(HELLO_TIMEOUT, read_hello(&mut stream)) => Some(hello),
+        _ = sender_found.wait_for(|found| *found) => None,
+    };
+    let reason = match hello {
+        Some(Ok(Ok(presented))) if presented == key => return Some(stream),
+        Some(Ok(Ok(_))) => "wrong pairing key".to_owned(),
+        Some(Ok(Err(reason))) => reason,
+        Some(Err(_)) => "no pairing key within 10 s".to_owned(),
+        None => {
+            warn!(channel = %opts.channel, %from, "turned away a data connection: the sender is connected");
+            send_reject(
+                stream,
+                "another connection presented the pairing key first",
+                Duration::ZERO,
+            )
+            .await;
+            return None;
+        }
+    };
+    warn!(channel = %opts.channel, %from, reason, "rejected a data connection");
+    send_reject(stream, &reason, REJECT_LINGER).await;
     None
 }
 
@@ -158,9 +196,7 @@ pub(super) async fn verify_sender(
         }
         .map_err(failed)?;
     if presented != *key {
-        let _ = stream
-            .write_all(&control_frame(FrameKind::Reject, b"wrong pairing key"))
-            .await;
+        send_reject(stream, "wrong pairing key", REJECT_LINGER).await;
         return Err(failed("the sender presented a wrong pairing key".into()));
     }
     Ok(stream)
@@ -188,9 +224,17 @@ async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
     Ok(key)
 }
 
-async fn reject(mut stream: TcpStream, from: SocketAddr, opts: &ChannelOptions, reason: &str) {
-    warn!(channel = %opts.channel, %from, reason, "rejected a data connection");
+/// How long a rejected connection is drained before it is closed.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells the peer why it is rejected, then closes the connection: the
+/// write side first (the reason, then the end of the stream), then what the
+/// peer still sends is read and dropped for up to `linger`, so that the
+/// connection is not reset with the peer's bytes unread.
+async fn send_reject(mut stream: TcpStream, reason: &str, linger: Duration) {
     let _ = stream
         .write_all(&control_frame(FrameKind::Reject, reason.as_bytes()))
         .await;
+    let _ = stream.shutdown().await;
+    let _ = timeout(linger, tokio::io::copy(&mut stream, &mut tokio::io::sink())).await;
 }
