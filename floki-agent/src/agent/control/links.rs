@@ -396,6 +396,16 @@ impl PreparedLinks {
             .remove(stream)
     }
 
+    /// Consumer side: gives a claimed connection back for a consumer to
+    /// take, when the store's end could not take it (it did not reach the
+    /// agent, or was refused): nothing stays held for a store end that will
+    /// not come.
+    pub fn release_held(&self, stream: &StreamId) {
+        if let Some(prepared) = self.take_held(stream) {
+            self.put_back(stream, prepared);
+        }
+    }
+
     /// Consumer side: the streams that start from now on.
     pub fn starts(&self) -> broadcast::Receiver<StreamId> {
         self.starts.subscribe()
@@ -495,6 +505,10 @@ mod tests {
         // Given back (its channel refused it): there for the next taker.
         links.put_back(&stream(), taken);
         assert!(links.claim_for_store(&stream()));
+        // A store end that never came for it gives it back to consumers.
+        links.release_held(&stream());
+        assert!(links.take_held(&stream()).is_none());
+        assert_eq!(links.take_started(&stream()).unwrap().key, [7; KEY_LEN]);
 
         // A live producer's stream is never the store's.
         let _producer = start(&links, true).await;

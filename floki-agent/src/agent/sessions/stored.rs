@@ -251,9 +251,11 @@ pub async fn push_ahead(agent: Arc<Agent>) {
                 return;
             }
             if let Some(meeting) = meeting_for_consumer(&agent, &stream) {
-                let links = agent.links.clone();
-                let claim = move || links.claim_for_store(&stream);
-                ends::take_in_claimed(agent.store.clone(), meeting, claim);
+                let (links, held) = (agent.links.clone(), agent.links.clone());
+                let claimed = stream.clone();
+                let claim = move || links.claim_for_store(&claimed);
+                let unclaim = move || held.release_held(&stream);
+                ends::take_in_claimed(agent.store.clone(), meeting, claim, unclaim);
             }
         });
     }

@@ -45,21 +45,23 @@ pub fn replay_channel(name: &str, n: u64) -> String {
 
 /// Takes in the stream of `meeting` as its receiver, in the background.
 pub fn take_in(store: Arc<Store>, meeting: Meeting) {
-    take_in_claimed(store, meeting, || true);
+    take_in_claimed(store, meeting, || true, || ());
 }
 
 /// [`take_in`] a stream pushed ahead to this node, once `claim` took its
 /// link for the store: `false` if its consumer came and took it first, and
 /// then the store keeps nothing. Claimed after the stream is begun, so that
-/// a consumer that finds the link gone finds the stream in the store.
+/// a consumer that finds the link gone finds the stream in the store;
+/// `unclaim` gives the link back if the store's end then fails to open.
 pub fn take_in_claimed(
     store: Arc<Store>,
     meeting: Meeting,
     claim: impl FnOnce() -> bool + Send + 'static,
+    unclaim: impl FnOnce() + Send + 'static,
 ) {
     tokio::spawn(async move {
         let name = meeting.name.clone();
-        if let Err(err) = take(&store, meeting, claim).await {
+        if let Err(err) = take(&store, meeting, claim, unclaim).await {
             debug!(channel = %name, err = %error_chain(&*err), "the store did not take the stream");
         }
     });
@@ -69,6 +71,7 @@ async fn take(
     store: &Arc<Store>,
     meeting: Meeting,
     claim: impl FnOnce() -> bool,
+    unclaim: impl FnOnce(),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut opts = ChannelOptions::new(&meeting.agent, &meeting.name);
     opts.store = true;
@@ -89,6 +92,9 @@ async fn take(
         Ok(rx) => rx,
         Err(err) => {
             // Refused (busy) if the consumer came first: nothing to store.
+            // A claimed connection this end did not take goes back to the
+            // consumer.
+            unclaim();
             stored.fail(format!("the stream was not stored: {err}"));
             store.remove(&stored).await;
             return Err(err.into());
