@@ -183,7 +183,11 @@ impl<'a> Workers<'a> {
                 let finished = finished.clone();
                 scope.spawn(move || {
                     for job in next {
-                        if finished.send(job()).is_err() {
+                        // A stream that panics fails the run, not the
+                        // thread (the run waits for every stream's answer).
+                        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a stream thread panicked")));
+                        if finished.send(moved).is_err() {
                             break;
                         }
                     }
