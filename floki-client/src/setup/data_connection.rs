@@ -137,7 +137,9 @@ async fn check_sender(
         .ok()?;
     let hello = tokio::select! {
         hello = timeout(HELLO_TIMEOUT, read_hello(&mut stream)) => Some(hello),
-        _ = sender_found.wait_for(|found| *found) => None,
+        // Only a sender found: not the receiver giving up (then this
+        // check is dropped with it).
+        Ok(_) = sender_found.wait_for(|found| *found) => None,
     };
     let reason = match hello {
         Some(Ok(Ok(presented))) if presented == key => return Some(stream),
