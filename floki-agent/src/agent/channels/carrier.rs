@@ -22,9 +22,9 @@ const NOT_SPLICED: &str = "not spliced: the kernel saw no write of the sender's 
 
 /// A channel's carrier.
 pub enum Carrier {
-    /// A ring in shared memory between the two ends (its header, mapped
-    /// read-only, counts the bytes), and its place among the rings on huge
-    /// pages if it is one.
+    /// A ring in shared memory between the two ends (its header, read
+    /// through the agent's descriptor, counts the bytes), and its place
+    /// among the rings on huge pages if it is one.
     Ring(RingObserver, Option<HugeRing>),
     /// The two ends' sockets, spliced by the kernel.
     Splice(SpliceHandle),

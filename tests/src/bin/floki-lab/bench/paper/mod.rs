@@ -143,19 +143,17 @@ const MEMORY_TIER: &str = "6GiB";
 
 const MIB: u64 = 1 << 20;
 
+/// The patterns or placements an option chose, or all of them if it chose
+/// none.
+pub fn chosen_or_all<T: Clone>(chosen: &[T], all: &[T]) -> Vec<T> {
+    if chosen.is_empty() { all } else { chosen }.to_vec()
+}
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let sizes = sizes(opts)?;
     let runs = if opts.quick { 1 } else { opts.runs.max(1) };
-    let patterns = if opts.patterns.is_empty() {
-        Pattern::ALL.to_vec()
-    } else {
-        opts.patterns.clone()
-    };
-    let placements = if opts.placements.is_empty() {
-        Placement::ALL.to_vec()
-    } else {
-        opts.placements.clone()
-    };
+    let patterns = chosen_or_all(&opts.patterns, &Pattern::ALL);
+    let placements = chosen_or_all(&opts.placements, &Placement::ALL);
     let mut systems = vec![System::Floki];
     if !opts.no_sequential {
         systems.extend([System::FlokiMemory, System::FlokiDisk]);

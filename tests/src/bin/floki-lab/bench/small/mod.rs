@@ -229,16 +229,8 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     anyhow::ensure!(opts.rounds >= 20, "--rounds: at least 20");
-    let patterns = if opts.patterns.is_empty() {
-        Pattern::ALL.to_vec()
-    } else {
-        opts.patterns.clone()
-    };
-    let placements = if opts.placements.is_empty() {
-        Placement::ALL.to_vec()
-    } else {
-        opts.placements.clone()
-    };
+    let patterns = super::paper::chosen_or_all(&opts.patterns, &Pattern::ALL);
+    let placements = super::paper::chosen_or_all(&opts.placements, &Placement::ALL);
     if opts.patterns_only || !opts.patterns.is_empty() || !opts.placements.is_empty() {
         let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
         let (table, floor, _) = super::paper::warm::report(&cells, opts.pattern_rounds);
