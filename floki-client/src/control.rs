@@ -18,8 +18,8 @@ use tokio_util::either::Either;
 use floki_proto::{
     KEY_LEN, ProtocolError,
     control::{
-        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Role, Transport, decode_key,
-        read_message, write_message, write_opening,
+        AgentMessage, ClientReport, ClientRequest, ControlStream, Handoff, Hello, Role, Transport,
+        decode_key, read_message, write_message, write_opening,
     },
     handoff::recv_fds,
     netns::netns_cookie,
@@ -41,6 +41,9 @@ pub(crate) struct Pairing {
     pub ring: Option<(OwnedFd, OwnedFd)>,
     /// The other end is the agent's store.
     pub stored: bool,
+    /// The agent takes this end's next hello on the same connection after
+    /// its `done`.
+    pub again: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -86,6 +89,25 @@ pub(crate) async fn connect(opts: &ChannelOptions) -> Result<ControlStream, Clie
         .await
         .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
         .map_err(unreachable)
+}
+
+/// A control connection to say hello on: a new one, or one kept from an
+/// earlier channel (no preamble then).
+pub(crate) struct Opened {
+    pub stream: ControlStream,
+    kept: bool,
+}
+
+/// A connection to the agent for a new channel end: one this process kept
+/// after an earlier end (see [`crate::idle`]), else a new one.
+pub(crate) async fn open(opts: &ChannelOptions) -> Result<Opened, ClientError> {
+    if let Some(stream) = crate::idle::take(&opts.agent).and_then(|kept| attach(kept).ok()) {
+        return Ok(Opened { stream, kept: true });
+    }
+    Ok(Opened {
+        stream: connect(opts).await?,
+        kept: false,
+    })
 }
 
 /// A control connection taken off the runtime it was opened on, to be
@@ -181,42 +203,89 @@ fn raw_fd(control: &ControlStream) -> std::os::fd::RawFd {
 
 /// Says hello and reads the agent's acceptance.
 pub(crate) async fn hello(
-    mut control: ControlStream,
+    opened: Opened,
     opts: &ChannelOptions,
     role: Role,
     listen: Option<SocketAddr>,
 ) -> Result<Accepted, ClientError> {
-    let channel = &opts.channel;
-    let protocol = |source: ProtocolError| ClientError::Protocol {
-        channel: channel.clone(),
-        source,
-    };
-    let fd = raw_fd(&control);
+    let unix = is_unix(&opened.stream);
     let hello = Hello {
-        channel: channel.clone(),
+        channel: opts.channel.clone(),
         role,
-        netns_cookie: netns_cookie(&fd).ok(),
+        netns_cookie: netns_cookie(&raw_fd(&opened.stream)).ok(),
         listen,
         window: opts.window,
         // The agent opens a listener only if the pairing needs one.
-        listener_at_pairing: role == Role::Recv && listen.is_none() && is_unix(&control),
+        listener_at_pairing: role == Role::Recv && listen.is_none() && unix,
         stream: opts.stream.clone(),
-        shm: opts.ring && is_unix(&control),
+        shm: opts.ring && unix,
         transport: opts.transport,
         live: opts.live,
         store: opts.store,
         secret: opts.secret.clone(),
     };
-    write_opening(&mut control, &hello)
-        .await
-        .map_err(protocol)?;
-    match read_message(&mut control).await.map_err(protocol)? {
-        Some(AgentMessage::Accepted {
+    let (control, answer) = ask(opened, opts, &ClientRequest::Open(hello)).await?;
+    accepted(control, answer, &opts.channel).await
+}
+
+/// Sends a client's request (after the preamble on a new connection) and
+/// reads the agent's answer. On a kept connection the agent may have
+/// closed meanwhile (its idle limit, a restart): then the request goes
+/// again, on a new connection.
+pub(crate) async fn ask(
+    opened: Opened,
+    opts: &ChannelOptions,
+    request: &ClientRequest,
+) -> Result<(ControlStream, AgentMessage), ClientError> {
+    let protocol = |source| ClientError::Protocol {
+        channel: opts.channel.clone(),
+        source,
+    };
+    let Opened { mut stream, kept } = opened;
+    if kept {
+        match say(&mut stream, request, false).await {
+            Ok(Some(answer)) => return Ok((stream, answer)),
+            // Closed before it read the request: nothing of it took effect.
+            Ok(None) | Err(ProtocolError::Io(_)) => stream = connect(opts).await?,
+            Err(source) => return Err(protocol(source)),
+        }
+    }
+    match say(&mut stream, request, true).await.map_err(protocol)? {
+        Some(answer) => Ok((stream, answer)),
+        None => Err(ClientError::AgentClosed {
+            channel: opts.channel.clone(),
+        }),
+    }
+}
+
+/// Writes `request` (after the preamble on a new connection) and reads the
+/// answer; `None` if the agent closed the connection first.
+async fn say(
+    control: &mut ControlStream,
+    request: &ClientRequest,
+    preamble: bool,
+) -> Result<Option<AgentMessage>, ProtocolError> {
+    if preamble {
+        write_opening(control, request).await?;
+    } else {
+        write_message(control, request).await?;
+    }
+    read_message(control).await
+}
+
+/// The end the agent's `answer` to its hello accepted, or why not.
+async fn accepted(
+    control: ControlStream,
+    answer: AgentMessage,
+    channel: &str,
+) -> Result<Accepted, ClientError> {
+    match answer {
+        AgentMessage::Accepted {
             channel_id,
             window,
             socket,
             ..
-        }) => {
+        } => {
             let listener = match socket {
                 Some(Handoff::Listener) => Some(
                     handed(&control, channel)
@@ -235,15 +304,12 @@ pub(crate) async fn hello(
                 listener,
             })
         }
-        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
-            channel: channel.clone(),
+        AgentMessage::Refused { error, message } => Err(ClientError::Refused {
+            channel: channel.to_owned(),
             reason: error,
             message,
         }),
-        Some(other) => Err(unexpected(channel, &other)),
-        None => Err(ClientError::AgentClosed {
-            channel: channel.clone(),
-        }),
+        other => Err(unexpected(channel, &other)),
     }
 }
 
@@ -287,6 +353,7 @@ pub(crate) async fn paired(
             window,
             socket,
             stored,
+            again,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -328,6 +395,7 @@ pub(crate) async fn paired(
                 handed,
                 ring,
                 stored,
+                again,
             };
             Ok((pairing, listener))
         }
@@ -431,7 +499,8 @@ fn unexpected_socket(channel: &str) -> ClientError {
     }
 }
 
-fn unexpected(channel: &str, message: &AgentMessage) -> ClientError {
+/// A message the agent had no reason to send now.
+pub(crate) fn unexpected(channel: &str, message: &AgentMessage) -> ClientError {
     ClientError::Protocol {
         channel: channel.to_owned(),
         source: ProtocolError::BadFrame(format!("unexpected agent message {message:?}")),

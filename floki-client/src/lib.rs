@@ -34,6 +34,7 @@ mod checksum_beside;
 mod control;
 mod end;
 mod error;
+mod idle;
 mod receiver;
 mod reporter;
 mod ring_async;

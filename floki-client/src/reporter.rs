@@ -64,6 +64,9 @@ pub(crate) struct Reporter {
     shared: Arc<Shared>,
     outcome: Option<oneshot::Sender<Outcome>>,
     task: Task,
+    /// The agent to keep the connection for (see [`crate::idle`]) once the
+    /// final report went out whole from the caller's thread.
+    keep_for: Option<String>,
 }
 
 /// The reporting task, if it runs.
@@ -96,7 +99,9 @@ impl Reporter {
     /// Reports on `control` from `runtime` (which need not be the one
     /// `control` was opened on: the connection moves over), for a blocking
     /// end: the task starts only once a report is due (see the module doc).
-    pub fn deferred_on(runtime: &Handle, control: ControlStream) -> Self {
+    /// `keep_for`: the agent takes another hello on this connection after
+    /// the final report; it is kept for the next channel to that agent.
+    pub fn deferred_on(runtime: &Handle, control: ControlStream, keep_for: Option<String>) -> Self {
         let (outcome_tx, outcome_rx) = oneshot::channel();
         // Fails only if the kernel refuses to take the connection out of
         // epoll; the reports are then lost, never the stream.
@@ -114,6 +119,7 @@ impl Reporter {
             shared: Arc::new(Shared::default()),
             outcome: Some(outcome_tx),
             task,
+            keep_for,
         }
     }
 
@@ -154,6 +160,7 @@ impl Reporter {
             shared,
             outcome: Some(outcome_tx),
             task: Task::Running(task),
+            keep_for: None,
         }
     }
 
@@ -202,9 +209,16 @@ impl Reporter {
             let written = taken_now(try_write_detached(&deferred.control, message), message);
             self.progress.store(bytes, Ordering::Relaxed);
             if written == message.len() {
-                let _ = shutdown_write_fd(detached_fd(&deferred.control));
-                // Closes the connection: the agent has the whole report.
-                self.task = Task::None;
+                // The agent has the whole report: the connection is kept
+                // for the next channel, or closed.
+                if let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) {
+                    match self.keep_for.take() {
+                        Some(agent) if error.is_none() => crate::idle::put(agent, deferred.control),
+                        _ => {
+                            let _ = shutdown_write_fd(detached_fd(&deferred.control));
+                        }
+                    }
+                }
                 self.outcome = None;
                 return;
             }
@@ -412,7 +426,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (ours, agent) = connection(&runtime);
-        let reporter = Reporter::deferred_on(runtime.handle(), Either::Right(ours));
+        let reporter = Reporter::deferred_on(runtime.handle(), Either::Right(ours), None);
         agent.set_nonblocking(false).expect("blocking");
         (runtime, reporter, agent)
     }

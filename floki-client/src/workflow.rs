@@ -9,12 +9,7 @@ use std::time::Duration;
 
 use tokio::time::timeout;
 
-use floki_proto::{
-    ProtocolError,
-    control::{
-        AgentMessage, ClientRequest, EdgeRef, Pattern, Refusal, Role, read_message, write_opening,
-    },
-};
+use floki_proto::control::{AgentMessage, ClientRequest, EdgeRef, Pattern, Refusal, Role};
 
 use crate::{ChannelOptions, ClientError, Receiver, Sender, StreamRef, Transport, control};
 
@@ -95,11 +90,7 @@ impl EdgeOptions {
 /// Asks the agent what the edge looks like to this function.
 pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
     let channel = format!("{}/{}", opts.workflow, opts.edge);
-    let protocol = |source: ProtocolError| ClientError::Protocol {
-        channel: channel.clone(),
-        source,
-    };
-    let mut control = control::connect(&ChannelOptions::new(&opts.agent, &channel)).await?;
+    let asking = ChannelOptions::new(&opts.agent, &channel);
     let request = ClientRequest::Describe {
         describe: EdgeRef {
             workflow: opts.workflow.clone(),
@@ -108,33 +99,36 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
             function: opts.function.clone(),
         },
     };
-    write_opening(&mut control, &request)
-        .await
-        .map_err(protocol)?;
-    let answer = timeout(Duration::from_secs(10), read_message(&mut control))
+    let asked = async { control::ask(control::open(&asking).await?, &asking, &request).await };
+    let (control, answer) = timeout(Duration::from_secs(10), asked)
         .await
         .map_err(|_| ClientError::AgentClosed {
             channel: channel.clone(),
-        })?
-        .map_err(protocol)?;
+        })??;
     match answer {
-        Some(AgentMessage::Edge {
+        AgentMessage::Edge {
             pattern,
             role,
             peers,
             buffer,
-        }) => Ok(EdgeInfo {
-            pattern,
-            role,
-            peers,
-            buffer,
-        }),
-        Some(AgentMessage::Refused { error, message }) => Err(ClientError::Refused {
+            again,
+        } => {
+            if again && let Ok(control) = control::detach(control) {
+                crate::idle::put(opts.agent.clone(), control);
+            }
+            Ok(EdgeInfo {
+                pattern,
+                role,
+                peers,
+                buffer,
+            })
+        }
+        AgentMessage::Refused { error, message } => Err(ClientError::Refused {
             channel,
             reason: error,
             message,
         }),
-        _ => Err(ClientError::AgentClosed { channel }),
+        other => Err(control::unexpected(&channel, &other)),
     }
 }
 

@@ -260,6 +260,10 @@ pub enum AgentMessage {
         peers: Vec<String>,
         /// The edge's buffer (window per stream).
         buffer: u64,
+        /// The agent takes another request on this connection: a client
+        /// may keep it for its next channel instead of closing it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        again: bool,
     },
     /// The hello was refused, or a waiting client is dropped. The agent closes
     /// the connection after this message.
@@ -289,6 +293,11 @@ pub enum AgentMessage {
         /// not delivered; a receiver reads a stored stream.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         stored: bool,
+        /// The agent takes another hello on this connection after this
+        /// end's `done` (no preamble): a client may keep the connection for
+        /// its next channel instead of closing it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        again: bool,
     },
 }
 

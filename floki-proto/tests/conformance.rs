@@ -77,6 +77,7 @@ async fn handshake() -> Value {
             window: 65536,
             socket: None,
             stored: false,
+            again: false,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -86,6 +87,7 @@ async fn handshake() -> Value {
             window: 65536,
             socket: Some(Handoff::Ring),
             stored: false,
+            again: false,
         })
         .await,
         "key_bytes": hex(&key),

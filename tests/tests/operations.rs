@@ -11,37 +11,12 @@ use std::{
 use floki_tests::{
     agent::AgentOptions,
     agent_binary,
+    metrics::{address, get, sample},
     node::{Door, TestNode},
 };
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `GET path` over HTTP/1.1: (status line, body).
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connecting to the metrics address");
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
-
-/// The value of the sample `series` (name with labels, as exposed).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
-}
 
 #[test]
 fn metrics_count_bytes_channels_errors_and_setup_latency() {
@@ -54,14 +29,7 @@ fn metrics_count_bytes_channels_errors_and_setup_latency() {
     );
     let status = node.agent.status();
     assert_eq!(status["datapath"]["mode"], "ebpf", "{status:#}");
-    let url = status["metrics"]
-        .as_str()
-        .expect("status names the metrics URL");
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned();
+    let addr = address(&status);
 
     // One spliced and one shm channel, then a client that is not Floki.
     for (door, channel) in [(Door::Tcp, "m-splice"), (Door::Unix, "m-shm")] {

@@ -431,6 +431,7 @@ async fn accept(
             _ = signals.recv() => return,
             accepted = channels.accept() => match accepted {
                 Ok((stream, from)) => {
+                    agent.metrics.count_connection();
                     tokio::spawn(sessions::serve(stream, from, agent.clone(), permit));
                     None
                 }
@@ -438,6 +439,7 @@ async fn accept(
             },
             accepted = local.accept() => match accepted {
                 Ok((stream, _)) => {
+                    agent.metrics.count_connection();
                     tokio::spawn(sessions::serve_unix(stream, agent.clone(), permit));
                     None
                 }

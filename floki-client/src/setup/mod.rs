@@ -56,8 +56,11 @@ impl Established {
         credit: u64,
         reports_on: Option<&Handle>,
     ) -> Self {
+        // Kept for the next channel once this end finished, if the agent
+        // takes another hello on it.
+        let keep = pairing.again.then(|| opts.agent.clone());
         let reporter = match reports_on {
-            Some(runtime) => Reporter::deferred_on(runtime, pairing.control),
+            Some(runtime) => Reporter::deferred_on(runtime, pairing.control, keep),
             None => Reporter::spawn(pairing.control),
         };
         let mut end = EndState::new(
@@ -74,8 +77,7 @@ impl Established {
 /// Says hello as the sender of `opts.channel`; the agent's acceptance says
 /// how much may be buffered until the stream is established.
 pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, ClientError> {
-    let control = control::connect(opts).await?;
-    control::hello(control, opts, Role::Send, None).await
+    control::hello(control::open(opts).await?, opts, Role::Send, None).await
 }
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first
@@ -167,8 +169,8 @@ pub(crate) async fn receiver(
     opts: &ChannelOptions,
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
-    let control = control::connect(opts).await?;
-    let own = bind_listener(&control, opts).await?;
+    let control = control::open(opts).await?;
+    let own = bind_listener(&control.stream, opts).await?;
     let listen = match &own {
         Some(listener) => Some(listener.local_addr().map_err(|source| ClientError::Io {
             channel: opts.channel.clone(),

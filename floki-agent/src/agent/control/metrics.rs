@@ -43,6 +43,11 @@ pub struct Metrics {
     setup_seconds: Histogram,
     /// Refused clients and failed channels, by kind.
     errors: Family<[(&'static str, String); 1], Counter>,
+    /// Connections accepted from functions (both doors).
+    client_connections: Counter,
+    /// Requests (hellos, describes) read from them: more than connections
+    /// when functions keep a connection from one channel to the next.
+    client_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +59,8 @@ impl Default for Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 10),
             ),
             errors: Family::default(),
+            client_connections: Counter::default(),
+            client_requests: Counter::default(),
         }
     }
 }
@@ -66,6 +73,16 @@ impl Metrics {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
         self.errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Records a connection accepted from a function.
+    pub fn count_connection(&self) {
+        self.client_connections.inc();
+    }
+
+    /// Records a request read from a function's connection.
+    pub fn count_request(&self) {
+        self.client_requests.inc();
     }
 
     /// Records a caller on the agents' port that did not prove the cluster
@@ -288,6 +305,16 @@ fn registry(agent: Arc<Agent>) -> Registry {
         "floki_errors",
         "Refused clients (by refusal kind) and failed channels (channel_failed)",
         agent.metrics.errors.clone(),
+    );
+    registry.register(
+        "floki_client_connections",
+        "Connections accepted from functions, on the channel port and the Unix socket",
+        agent.metrics.client_connections.clone(),
+    );
+    registry.register(
+        "floki_client_requests",
+        "Requests (hellos, describes) from functions: more than connections when they keep one from a channel to the next",
+        agent.metrics.client_requests.clone(),
     );
     registry.register_collector(Box::new(Snapshot(agent)));
     registry

@@ -13,16 +13,19 @@ use floki_proto::control::{
 };
 
 use super::{
+    Kept, ReportReader,
     handshake::{self, refuse},
     is_unix,
     local::{self, Local},
     remote,
     stored::{self, EdgeOf},
 };
-use crate::agent::{Agent, control::workflows::Denied};
+use crate::agent::{Agent, channels::Refused, control::workflows::Denied};
 
 /// Serves a client whose preamble was read; `unproven` is released once
-/// its request is.
+/// its request is. A function whose end finished may send its next request
+/// on the same connection (its `paired` said `again`): served in turn,
+/// until it hangs up or stays idle for [`handshake::IDLE_LIMIT`].
 pub async fn serve(
     mut stream: ControlStream,
     from: String,
@@ -31,45 +34,73 @@ pub async fn serve(
 ) {
     let request = handshake::request(&mut stream).await;
     drop(unproven);
+    let mut kept = route(stream, ReportReader::default(), request, &from, &agent).await;
+    while let Some(Kept {
+        mut stream,
+        mut reader,
+    }) = kept
+    {
+        let Some(request) = handshake::next_request(&mut stream, &mut reader).await else {
+            return;
+        };
+        kept = route(stream, reader, request, &from, &agent).await;
+    }
+}
+
+/// Serves one request (`reader` holds what the client sent after it); the
+/// connection back if it may carry another.
+async fn route(
+    mut stream: ControlStream,
+    reader: ReportReader,
+    request: Result<ClientRequest, Refused>,
+    from: &str,
+    agent: &Arc<Agent>,
+) -> Option<Kept> {
+    agent.metrics.count_request();
     let hello = match request {
         Ok(ClientRequest::Describe { describe }) => {
-            return describe_edge(&mut stream, &from, &agent, describe).await;
+            // Answered: the client may open its streams on this connection.
+            return describe_edge(&mut stream, from, agent, describe)
+                .await
+                .then_some(Kept { stream, reader });
         }
         Ok(ClientRequest::Open(hello)) => hello,
         Err((refusal, message)) => {
-            return refuse(&agent, &mut stream, &from, refusal, message).await;
+            refuse(agent, &mut stream, from, refusal, message).await;
+            return None;
         }
     };
     if hello.store && !stored::from_this_agent(&stream) {
         let message =
             "only the agent itself opens its store's ends; leave `store` unset".to_owned();
-        return refuse(&agent, &mut stream, &from, Refusal::BadRequest, message).await;
+        refuse(agent, &mut stream, from, Refusal::BadRequest, message).await;
+        return None;
     }
     if let Err((refusal, message)) = handshake::validate(&hello, is_unix(&stream)) {
-        return refuse(&agent, &mut stream, &from, refusal, message).await;
+        refuse(agent, &mut stream, from, refusal, message).await;
+        return None;
     }
     let Some(stream_ref) = hello.stream.clone() else {
         if agent.workflow_channels_only && !hello.store {
             let message = "this agent serves only workflow channels (--workflow-channels-only); \
                            open the channel with --workflow, --edge, --as and its token"
                 .to_owned();
-            return refuse(&agent, &mut stream, &from, Refusal::WorkflowOnly, message).await;
+            refuse(agent, &mut stream, from, Refusal::WorkflowOnly, message).await;
+            return None;
         }
         let mut hello = hello;
         if let Some(secret) = hello.secret.take() {
             hello.channel = with_secret(&hello.channel, &secret);
         }
         let name = hello.channel.clone();
-        let Some((stream, hello)) = stored::serve_stored(stream, hello, &name, None, &agent).await
-        else {
-            return;
-        };
-        let storable = stored::storable(&agent, &hello, None, None);
+        let (stream, hello) = stored::serve_stored(stream, hello, &name, None, agent).await?;
+        let storable = stored::storable(agent, &hello, None, None);
         let here = Local {
             storable,
+            again: true,
             ..Local::default()
         };
-        return local::serve(stream, hello, here, &agent).await;
+        return local::serve(stream, hello, here, reader, agent).await;
     };
     let resolved = agent.workflows.resolve(
         &agent.node,
@@ -80,22 +111,23 @@ pub async fn serve(
         &stream_ref.peer,
         hello.role,
     );
+    let mut kept = None;
     match resolved {
         Err(Denied::NotAllowed) => {
             let message = "no such workflow channel for this token".to_owned();
-            refuse(&agent, &mut stream, &from, Refusal::NotAllowed, message).await;
+            refuse(agent, &mut stream, from, Refusal::NotAllowed, message).await;
         }
         // The store of the producer's node, standing in for a consumer on
         // an unreachable node: the stream is kept here.
         Err(Denied::WrongNode(_)) if hello.store => {
-            stored::serve_store_for_unreachable(stream, hello, &stream_ref, &agent).await;
+            stored::serve_store_for_unreachable(stream, hello, &stream_ref, agent).await;
         }
         Err(Denied::WrongNode(node)) => {
             let message = format!(
                 "function {:?} runs on node {node}; connect to that node's agent",
                 stream_ref.function
             );
-            refuse(&agent, &mut stream, &from, Refusal::WrongNode, message).await;
+            refuse(agent, &mut stream, from, Refusal::WrongNode, message).await;
         }
         Ok(resolved) => {
             // A stream stored here (on this node, or pushed ahead from the
@@ -110,30 +142,31 @@ pub async fn serve(
                 && !hello.store
                 && let Some(started) = agent.links.take_started(&resolved.stream)
             {
-                return remote::serve(stream, hello, resolved, Some(started), &agent).await;
+                remote::serve(stream, hello, resolved, Some(started), agent).await;
+                return None;
             }
-            let Some((stream, mut hello)) =
-                stored::serve_stored(stream, hello, &name, window, &agent).await
-            else {
-                return;
-            };
+            let (stream, mut hello) =
+                stored::serve_stored(stream, hello, &name, window, agent).await?;
             if resolved.peer_node != agent.node {
-                return remote::serve(stream, hello, resolved, None, &agent).await;
+                remote::serve(stream, hello, resolved, None, agent).await;
+                return None;
             }
             hello.channel = name;
             let edge = EdgeOf {
                 edge: &resolved.edge,
                 producer: &stream_ref,
             };
-            let storable = stored::storable(&agent, &hello, window, Some(edge));
+            let storable = stored::storable(agent, &hello, window, Some(edge));
             let here = Local {
                 window,
                 storable,
+                again: true,
                 ..Local::default()
             };
-            local::serve(stream, hello, here, &agent).await;
+            kept = local::serve(stream, hello, here, reader, agent).await;
         }
     }
+    kept
 }
 
 /// The name under which a plain channel with a secret pairs (and is
@@ -148,7 +181,13 @@ fn with_secret(name: &str, secret: &str) -> String {
 }
 
 /// Answers a describe request: the function's role and peers on an edge.
-async fn describe_edge(stream: &mut ControlStream, from: &str, agent: &Agent, edge: EdgeRef) {
+/// `true` if the client was told and may go on on this connection.
+async fn describe_edge(
+    stream: &mut ControlStream,
+    from: &str,
+    agent: &Agent,
+    edge: EdgeRef,
+) -> bool {
     match agent
         .workflows
         .describe(&edge.workflow, &edge.token, &edge.edge, &edge.function)
@@ -163,12 +202,14 @@ async fn describe_edge(stream: &mut ControlStream, from: &str, agent: &Agent, ed
                 role,
                 peers,
                 buffer: edge.buffer,
+                again: true,
             };
-            let _ = write_message(stream, &answer).await;
+            write_message(stream, &answer).await.is_ok()
         }
         Err(_) => {
             let message = "no such workflow channel for this token".to_owned();
             refuse(agent, stream, from, Refusal::NotAllowed, message).await;
+            false
         }
     }
 }

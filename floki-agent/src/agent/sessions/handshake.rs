@@ -13,6 +13,7 @@ use floki_proto::{
 use tokio::time::timeout;
 use tracing::info;
 
+use super::ReportReader;
 use crate::agent::{
     Agent,
     channels::{Refused, WINDOW_RANGE},
@@ -20,6 +21,10 @@ use crate::agent::{
 
 /// How long a client has to complete its hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection kept between a client's channels may stay idle
+/// before the agent closes it (clients keep one for less).
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// What a client that took too long is told.
 pub fn too_slow() -> String {
@@ -51,6 +56,20 @@ pub async fn request(stream: &mut ControlStream) -> Result<ClientRequest, Refuse
         )),
         Ok(Err(err)) => Err((Refusal::BadHandshake, format!("bad hello: {err}"))),
         Err(_) => Err((Refusal::BadHandshake, too_slow())),
+    }
+}
+
+/// The next request on a connection kept after a finished end; `None`
+/// (the connection then closes, quietly) if the client hung up or stayed
+/// idle for [`IDLE_LIMIT`].
+pub async fn next_request(
+    stream: &mut ControlStream,
+    reader: &mut ReportReader,
+) -> Option<Result<ClientRequest, Refused>> {
+    match timeout(IDLE_LIMIT, reader.next_message(stream)).await {
+        Ok(Ok(Some(request))) => Some(Ok(request)),
+        Ok(Ok(None)) | Err(_) => None,
+        Ok(Err(err)) => Some(Err((Refusal::BadHandshake, format!("bad hello: {err}")))),
     }
 }
 

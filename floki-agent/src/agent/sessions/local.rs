@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports};
+use super::{Kept, ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports};
 use crate::agent::{
     Agent,
     channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused},
@@ -54,13 +54,25 @@ pub struct Local {
     pub accepted: bool,
     /// The store takes the stream at once (that producer waited already).
     pub store_now: bool,
+    /// The caller serves the client's next request on this connection
+    /// after the end's `done` (the end is told `again`).
+    pub again: bool,
 }
 
 /// Serves an end of a same-node channel (a function, or the agent's store
-/// when the hello says so).
-pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, agent: &Agent) {
+/// when the hello says so). A function's connection comes back once its end
+/// said `done`: it may carry the function's next request.
+pub async fn serve(
+    mut control: ControlStream,
+    mut hello: Hello,
+    local: Local,
+    mut reader: ReportReader,
+    agent: &Agent,
+) -> Option<Kept> {
     let name = hello.channel.clone();
     let role = hello.role;
+    // The store's ends are the agent's own, one connection per stream.
+    let again = local.again && !hello.store;
     let window = local.window;
     // What a sender may hold before pairing; a receiver hears its own.
     let holds = window
@@ -75,7 +87,8 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     let listener = match act_for_unix_client(&control, &mut hello, agent) {
         Ok(listener) => listener,
         Err(message) => {
-            return refuse_quietly(agent, &mut control, Refusal::Internal, message).await;
+            refuse_quietly(agent, &mut control, Refusal::Internal, message).await;
+            return None;
         }
     };
     let end = LocalEnd { hello, reach };
@@ -95,7 +108,8 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     } = match agent.channels.join_when_free(request).await {
         Ok(joined) => joined,
         Err((refusal, message)) => {
-            return refuse_quietly(agent, &mut control, refusal, message).await;
+            refuse_quietly(agent, &mut control, refusal, message).await;
+            return None;
         }
     };
     let accepted = AgentMessage::Accepted {
@@ -106,36 +120,38 @@ pub async fn serve(mut control: ControlStream, mut hello: Hello, local: Local, a
     };
     let handed: Vec<BorrowedFd<'_>> = listener.iter().map(|l| l.as_fd()).collect();
     if !local.accepted && !tell(&mut control, &accepted, &handed).await {
-        return;
+        return None;
     }
     drop(listener);
-    let mut reader = ReportReader::default();
     let paired = match pairing {
         Pairing::Now(paired) => Ok(paired),
         Pairing::Later(wait) => {
             let storable = local.storable.map(|meeting| (meeting, local.store_now));
             let waited = wait_for_peer(&mut control, &mut reader, wait, storable, agent);
-            match waited.await {
-                Some(paired) => paired,
-                None => return,
-            }
+            waited.await?
         }
         Pairing::Elsewhere => unreachable!("a local end pairs on this node"),
     };
     match paired {
         Ok(paired) => {
-            if hand_over(&mut control, &membership, paired, agent, &name).await {
-                let control = reports(control, &membership, &name, reader).await;
-                // The end leaves its channel before its connection closes,
-                // so that the close never comes before the leave.
+            if hand_over(&mut control, &membership, paired, agent, &name, again).await {
+                let (control, reader, next) =
+                    reports(control, &membership, &name, reader, again).await;
+                // The end leaves its channel before its connection closes
+                // (or carries its next request), so that neither comes
+                // before the leave.
                 drop(membership);
-                drop(control);
+                return next.then_some(Kept {
+                    stream: control,
+                    reader,
+                });
             }
         }
         Err((error, message)) => {
             let _ = write_message(&mut control, &AgentMessage::Refused { error, message }).await;
         }
     }
+    None
 }
 
 /// Waits for the peer; `None` if the end hung up meanwhile. A storable
@@ -219,9 +235,10 @@ async fn hand_over(
     paired: Paired,
     agent: &Agent,
     name: &str,
+    again: bool,
 ) -> bool {
     let unix_sender = is_unix(control) && membership.role() == Role::Send;
-    let mut message = paired_message(&paired);
+    let mut message = paired_message(&paired, again);
     let mut data = None;
     if let Some((memory, peer)) = &paired.ring {
         set_socket(&mut message, Handoff::Ring);
@@ -257,8 +274,9 @@ async fn hand_over(
     tell(control, &message, &handed).await
 }
 
-/// The `paired` message of `paired`.
-fn paired_message(paired: &Paired) -> AgentMessage {
+/// The `paired` message of `paired`; `again`: the end may send its next
+/// hello on this connection after its `done`.
+fn paired_message(paired: &Paired, again: bool) -> AgentMessage {
     AgentMessage::Paired {
         transport: paired.transport,
         peer: paired.connect_to,
@@ -266,6 +284,7 @@ fn paired_message(paired: &Paired) -> AgentMessage {
         window: paired.window,
         socket: None,
         stored: paired.stored,
+        again,
     }
 }
 

@@ -97,17 +97,24 @@ fn is_unix(control: &ControlStream) -> bool {
     matches!(control, Either::Right(_))
 }
 
-/// Passes an end's reports to its channel until it hangs up, and returns
-/// its connection: the caller decides when the end leaves its channel and
-/// when the connection closes.
+/// Passes an end's reports to its channel until it hangs up, or until its
+/// `done` when the end was told it may send another hello after it
+/// (`again`). Returns its connection and reader, and whether the client may
+/// go on with another request: the caller decides when the end leaves its
+/// channel and when the connection closes.
 async fn reports(
     mut stream: ControlStream,
     membership: &Membership,
     name: &str,
     mut reader: ReportReader,
-) -> ControlStream {
+    again: bool,
+) -> (ControlStream, ReportReader, bool) {
     loop {
         match reader.next(&mut stream).await {
+            Ok(Some(report @ ClientReport::Done { .. })) if again => {
+                membership.report(report);
+                return (stream, reader, true);
+            }
             Ok(Some(report)) => membership.report(report),
             Ok(None) => break,
             Err(err) => {
@@ -117,12 +124,13 @@ async fn reports(
             }
         }
     }
-    stream
+    (stream, reader, false)
 }
 
-/// Reads a client's reports, one length-prefixed message at a time, and can
-/// be cancelled between any two reads without losing a byte (the waits for
-/// a peer race it against pairing).
+/// Reads a client's messages (reports, and on a kept connection its next
+/// request), one length-prefixed message at a time, and can be cancelled
+/// between any two reads without losing a byte (the waits for a peer race
+/// it against pairing).
 #[derive(Default)]
 pub struct ReportReader {
     buf: Vec<u8>,
@@ -134,9 +142,17 @@ impl ReportReader {
         &mut self,
         stream: &mut ControlStream,
     ) -> Result<Option<ClientReport>, ProtocolError> {
+        self.next_message(stream).await
+    }
+
+    /// The next message of any kind; `None` when the client hung up.
+    pub async fn next_message<T: serde::de::DeserializeOwned>(
+        &mut self,
+        stream: &mut ControlStream,
+    ) -> Result<Option<T>, ProtocolError> {
         loop {
-            if let Some(report) = self.parse()? {
-                return Ok(Some(report));
+            if let Some(message) = self.parse()? {
+                return Ok(Some(message));
             }
             let mut chunk = [0u8; 1024];
             let n = stream.read(&mut chunk).await?;
@@ -151,7 +167,7 @@ impl ReportReader {
         }
     }
 
-    fn parse(&mut self) -> Result<Option<ClientReport>, ProtocolError> {
+    fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
         let Some(header) = self.buf.get(..4) else {
             return Ok(None);
         };
@@ -160,10 +176,17 @@ impl ReportReader {
         if self.buf.len() < end {
             return Ok(None);
         }
-        let report = serde_json::from_slice(&self.buf[4..end]);
+        let message = serde_json::from_slice(&self.buf[4..end]);
         self.buf.drain(..end);
-        Ok(Some(report?))
+        Ok(Some(message?))
     }
+}
+
+/// A client's connection once its end finished, on which it may send its
+/// next request (what it sent after its `done` is in `reader`).
+pub struct Kept {
+    stream: ControlStream,
+    reader: ReportReader,
 }
 
 /// How many `waiting` reports an end may send while it waits for its peer

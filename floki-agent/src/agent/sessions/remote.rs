@@ -130,10 +130,13 @@ pub async fn serve(
                         storable: Some(meeting),
                         accepted: true,
                         store_now: true,
+                        again: false,
                     };
                     let mut hello = hello;
                     hello.channel = name;
-                    return local::serve(control, hello, here, agent).await;
+                    // Its connection closes after `done` (no next request).
+                    local::serve(control, hello, here, ReportReader::default(), agent).await;
+                    return;
                 }
             }
         }
@@ -169,7 +172,7 @@ pub async fn serve(
     };
     match started {
         Ok((control, relay)) => {
-            drop(reports(control, &membership, &name, reader).await);
+            drop(reports(control, &membership, &name, reader, false).await);
             // The end stays a member until its relay is done: the channel
             // is live, and a stopping agent waits for it, while the relay
             // still carries the consumer's verdict to the producer.
@@ -278,6 +281,7 @@ async fn hand_over(
         window,
         socket: Some(Handoff::Connection),
         stored: false,
+        again: false,
     };
     write_message(unix, &paired)
         .await
@@ -315,6 +319,7 @@ impl RelayedEnd<'_> {
             window: self.window,
             socket: None,
             stored: false,
+            again: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {

@@ -19,6 +19,7 @@ use tokio_util::either::Either;
 use tracing::debug;
 
 use super::{
+    ReportReader,
     handshake::refuse_quietly,
     local::{self, Local},
 };
@@ -129,7 +130,8 @@ pub async fn serve_store_for_unreachable(
         window: Some(resolved.edge.buffer),
         ..Local::default()
     };
-    local::serve(control, hello, here, agent).await;
+    // Its connection closes after `done` (no next request).
+    local::serve(control, hello, here, ReportReader::default(), agent).await;
 }
 
 /// Forwards, for as long as the agent runs, the streams stored here for
@@ -228,7 +230,8 @@ pub async fn serve_stored(
         window,
         ..Local::default()
     };
-    local::serve(control, hello, here, agent).await;
+    // Its connection closes after `done` (no next request).
+    local::serve(control, hello, here, ReportReader::default(), agent).await;
     None
 }
 
