@@ -23,9 +23,13 @@ use floki_proto::{
     },
     handoff::recv_fds,
     netns::netns_cookie,
+    ring::KeptRing,
 };
 
-use super::{ChannelOptions, ClientError, setup::opening::Nudge};
+use super::{
+    ChannelOptions, ClientError,
+    setup::{RingHanded, opening::Nudge},
+};
 
 /// A channel end the agent has paired.
 pub(crate) struct Pairing {
@@ -37,8 +41,8 @@ pub(crate) struct Pairing {
     pub window: u64,
     /// The data connection, when the agent handed it over.
     pub handed: Option<TcpStream>,
-    /// The shared-memory ring and this end's socket beside it (`shm`).
-    pub ring: Option<(OwnedFd, OwnedFd)>,
+    /// The shared-memory ring (`shm`).
+    pub ring: Option<RingHanded>,
     /// The other end is the agent's store.
     pub stored: bool,
     /// The agent takes this end's next hello on the same connection after
@@ -92,21 +96,32 @@ pub(crate) async fn connect(opts: &ChannelOptions) -> Result<ControlStream, Clie
 }
 
 /// A control connection to say hello on: a new one, or one kept from an
-/// earlier channel (no preamble then).
+/// earlier channel (no preamble then), with the ring of that channel if it
+/// was kept too.
 pub(crate) struct Opened {
     pub stream: ControlStream,
     kept: bool,
+    ring: Option<KeptRing>,
 }
 
-/// A connection to the agent for a new channel end: one this process kept
-/// after an earlier end (see [`crate::idle`]), else a new one.
-pub(crate) async fn open(opts: &ChannelOptions) -> Result<Opened, ClientError> {
-    if let Some(stream) = crate::idle::take(&opts.agent).and_then(|kept| attach(kept).ok()) {
-        return Ok(Opened { stream, kept: true });
+/// A connection to the agent for a new end of `opts.channel`: one this
+/// process kept after an earlier end (see [`crate::idle`]), else a new one.
+/// `rings`: the end can take up a kept ring (the blocking client); without
+/// it, another stream's kept ring is never given up for this connection.
+pub(crate) async fn open(opts: &ChannelOptions, rings: bool) -> Result<Opened, ClientError> {
+    if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), rings)
+        && let Ok(stream) = attach(kept.control)
+    {
+        return Ok(Opened {
+            stream,
+            kept: true,
+            ring: kept.ring.filter(|_| rings && opts.ring),
+        });
     }
     Ok(Opened {
         stream: connect(opts).await?,
         kept: false,
+        ring: None,
     })
 }
 
@@ -149,6 +164,9 @@ pub(crate) fn local_ip(control: &ControlStream) -> std::io::Result<Option<std::n
 /// A channel end the agent accepted, not paired yet.
 pub(crate) struct Accepted {
     pub control: ControlStream,
+    /// The ring of this connection's last channel, which the hello said
+    /// this end still holds.
+    pub ring: Option<KeptRing>,
     pub channel_id: u32,
     /// The channel's window: what a sender may buffer before pairing.
     pub window: Option<u64>,
@@ -223,35 +241,54 @@ pub(crate) async fn hello(
         live: opts.live,
         store: opts.store,
         secret: opts.secret.clone(),
+        kept_ring: opened.ring.is_some(),
     };
-    let (control, answer) = ask(opened, opts, &ClientRequest::Open(hello)).await?;
-    accepted(control, answer, &opts.channel).await
+    let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
+    accepted(opened, answer, &opts.channel).await
 }
 
 /// Sends a client's request (after the preamble on a new connection) and
 /// reads the agent's answer. On a kept connection the agent may have
 /// closed meanwhile (its idle limit, a restart): then the request goes
-/// again, on a new connection.
+/// again, on a new connection (and without the kept ring, which only the
+/// old connection's agent knew).
 pub(crate) async fn ask(
     opened: Opened,
     opts: &ChannelOptions,
-    request: &ClientRequest,
-) -> Result<(ControlStream, AgentMessage), ClientError> {
+    mut request: ClientRequest,
+) -> Result<(Opened, AgentMessage), ClientError> {
     let protocol = |source| ClientError::Protocol {
         channel: opts.channel.clone(),
         source,
     };
-    let Opened { mut stream, kept } = opened;
+    let Opened {
+        mut stream,
+        kept,
+        ring,
+    } = opened;
     if kept {
-        match say(&mut stream, request, false).await {
-            Ok(Some(answer)) => return Ok((stream, answer)),
+        match say(&mut stream, &request, false).await {
+            Ok(Some(answer)) => {
+                let opened = Opened { stream, kept, ring };
+                return Ok((opened, answer));
+            }
             // Closed before it read the request: nothing of it took effect.
             Ok(None) | Err(ProtocolError::Io(_)) => stream = connect(opts).await?,
             Err(source) => return Err(protocol(source)),
         }
+        if let ClientRequest::Open(hello) = &mut request {
+            hello.kept_ring = false;
+        }
     }
-    match say(&mut stream, request, true).await.map_err(protocol)? {
-        Some(answer) => Ok((stream, answer)),
+    match say(&mut stream, &request, true).await.map_err(protocol)? {
+        Some(answer) => {
+            let opened = Opened {
+                stream,
+                kept: false,
+                ring: None,
+            };
+            Ok((opened, answer))
+        }
         None => Err(ClientError::AgentClosed {
             channel: opts.channel.clone(),
         }),
@@ -275,10 +312,15 @@ async fn say(
 
 /// The end the agent's `answer` to its hello accepted, or why not.
 async fn accepted(
-    control: ControlStream,
+    opened: Opened,
     answer: AgentMessage,
     channel: &str,
 ) -> Result<Accepted, ClientError> {
+    let Opened {
+        stream: control,
+        ring,
+        ..
+    } = opened;
     match answer {
         AgentMessage::Accepted {
             channel_id,
@@ -292,13 +334,14 @@ async fn accepted(
                         .await
                         .and_then(|fd| listener(fd, channel))?,
                 ),
-                Some(Handoff::Connection | Handoff::Ring) => {
+                Some(Handoff::Connection | Handoff::Ring | Handoff::KeptRing) => {
                     return Err(unexpected_socket(channel));
                 }
                 None => None,
             };
             Ok(Accepted {
                 control,
+                ring,
                 channel_id,
                 window,
                 listener,
@@ -327,6 +370,7 @@ pub(crate) async fn paired(
         control,
         channel_id,
         mut listener,
+        ring: kept_ring,
         ..
     } = accepted;
     let channel = &opts.channel;
@@ -368,8 +412,13 @@ pub(crate) async fn paired(
                     let mut fds = handed_fds(&control, channel, 2).await?;
                     let peer = fds.pop().expect("two descriptors");
                     let memory = fds.pop().expect("two descriptors");
-                    (None, Some((memory, peer)))
+                    (None, Some(RingHanded::Fresh(memory, peer)))
                 }
+                // The agent rewound the ring this end kept; nothing follows.
+                Some(Handoff::KeptRing) => match kept_ring {
+                    Some(kept) => (None, Some(RingHanded::Kept(kept))),
+                    None => return Err(unexpected_socket(channel)),
+                },
                 Some(Handoff::Listener) if role == Role::Recv && listener.is_none() => {
                     let handed = handed(&control, channel)
                         .await

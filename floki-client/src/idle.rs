@@ -4,7 +4,11 @@
 //! or one with several peers) spares a connect, an accept and a close on
 //! both sides per stream. Only a blocking end whose stream succeeded and
 //! whose final report went out whole on the caller's thread puts its
-//! connection here; the next end to the same agent in this process takes it.
+//! connection here, with its ring if the stream went over one (the agent
+//! pairs the next stream between the same two connections over it again:
+//! no memory file, socket pair, mapping or fresh pages). The next end to
+//! the same agent in this process takes it, the connection of the same
+//! channel first (its peer is the likeliest to have kept the same ring).
 
 use std::{
     os::fd::AsFd as _,
@@ -15,6 +19,8 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio_util::either::Either;
 
+use floki_proto::ring::KeptRing;
+
 use crate::control::DetachedControl;
 
 /// How long a connection waits here for its next channel. The agent keeps
@@ -23,11 +29,23 @@ use crate::control::DetachedControl;
 const KEEP_FOR: Duration = Duration::from_secs(20);
 /// The most connections kept idle by one process (the oldest go first).
 const MAX_IDLE: usize = 64;
+/// The most memory the rings kept with them may hold, per process (the
+/// oldest rings go first; their connections stay).
+const MAX_RING_BYTES: u64 = 64 << 20;
 
 struct Idle {
     agent: String,
+    /// The stream the connection last carried ([`stream_of`]).
+    stream: String,
     control: DetachedControl,
+    ring: Option<KeptRing>,
     since: Instant,
+}
+
+/// A connection kept for the next channel, and the ring of its last one.
+pub(crate) struct Kept {
+    pub control: DetachedControl,
+    pub ring: Option<KeptRing>,
 }
 
 /// The connections of this process (a forked child starts without them: a
@@ -54,32 +72,81 @@ fn pool() -> MutexGuard<'static, Pool> {
     pool
 }
 
-/// Keeps `control` (to `agent`, its end finished) for the next channel.
-pub(crate) fn put(agent: String, control: DetachedControl) {
+/// Keeps `kept` (to `agent`, its end of `stream` finished) for the next
+/// channel.
+pub(crate) fn put(agent: String, stream: String, kept: Kept) {
     let mut pool = pool();
     if pool.idle.len() >= MAX_IDLE {
         pool.idle.remove(0);
     }
     pool.idle.push(Idle {
         agent,
-        control,
+        stream,
+        control: kept.control,
+        ring: kept.ring,
         since: Instant::now(),
     });
+    let mut held: u64 = pool
+        .idle
+        .iter()
+        .filter_map(|idle| idle.ring.as_ref().map(KeptRing::footprint))
+        .sum();
+    for idle in &mut pool.idle {
+        if held <= MAX_RING_BYTES {
+            break;
+        }
+        if let Some(ring) = idle.ring.take() {
+            held -= ring.footprint();
+        }
+    }
 }
 
-/// A kept connection to `agent` that is still open, the most recent first.
-pub(crate) fn take(agent: &str) -> Option<DetachedControl> {
+/// A kept connection to `agent` that is still open: the one that last
+/// carried `stream` (with its ring), else the most recent one without a
+/// ring, else, if `steal`, the oldest one with a ring (without it: the ring
+/// was kept for another stream, which has not come back since).
+pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
     let mut pool = pool();
     let now = Instant::now();
     pool.idle
         .retain(|idle| now.duration_since(idle.since) < KEEP_FOR);
-    while let Some(at) = pool.idle.iter().rposition(|idle| idle.agent == agent) {
+    loop {
+        let idle = &pool.idle;
+        let (at, theirs) = match idle
+            .iter()
+            .rposition(|idle| idle.agent == agent && idle.stream == stream)
+        {
+            Some(at) => (at, false),
+            None => match idle
+                .iter()
+                .rposition(|idle| idle.agent == agent && idle.ring.is_none())
+            {
+                Some(at) => (at, false),
+                None if steal => (idle.iter().position(|idle| idle.agent == agent)?, true),
+                None => return None,
+            },
+        };
         let idle = pool.idle.remove(at);
         if quiet(&idle.control) {
-            return Some(idle.control);
+            return Some(Kept {
+                control: idle.control,
+                ring: if theirs { None } else { idle.ring },
+            });
         }
     }
-    None
+}
+
+/// What a kept connection is kept under besides its agent: the stream it
+/// carried (a workflow edge's streams share the channel's name in the
+/// options, and differ by their functions).
+pub(crate) fn stream_of(opts: &crate::ChannelOptions) -> String {
+    match &opts.stream {
+        Some(stream) => format!(
+            "{}/{}/{}/{}",
+            stream.workflow, stream.edge, stream.function, stream.peer
+        ),
+        None => opts.channel.clone(),
+    }
 }
 
 /// Whether the agent has said nothing on an idle connection: anything to
@@ -102,19 +169,45 @@ mod tests {
         (Either::Right(ours), agent)
     }
 
+    fn inode(control: &DetachedControl) -> u64 {
+        let Either::Right(unix) = control else {
+            unreachable!("a Unix socket")
+        };
+        nix::sys::stat::fstat(unix).expect("fstat").st_ino
+    }
+
     #[test]
     fn a_connection_comes_back_for_its_agent_only_while_the_agent_keeps_it() {
         let (open, _agent_a) = pair();
+        let one = inode(&open);
         let (closed, agent_b) = pair();
-        put("unix:/a".into(), open);
-        put("unix:/b".into(), closed);
+        let (other, _agent_c) = pair();
+        let kept = |control| Kept {
+            control,
+            ring: None,
+        };
+        put("unix:/a".into(), "one".into(), kept(open));
+        put("unix:/a".into(), "two".into(), kept(other));
+        put("unix:/b".into(), "one".into(), kept(closed));
         drop(agent_b);
-        assert!(take("unix:/c").is_none(), "no connection to that agent");
         assert!(
-            take("unix:/b").is_none(),
+            take("unix:/c", "one", true).is_none(),
+            "no connection to that agent"
+        );
+        assert!(
+            take("unix:/b", "one", true).is_none(),
             "the agent closed it: not taken, and dropped"
         );
-        assert!(take("unix:/a").is_some(), "still open: taken");
-        assert!(take("unix:/a").is_none(), "taken once");
+        let first = take("unix:/a", "one", false).expect("still open: taken");
+        assert_eq!(
+            inode(&first.control),
+            one,
+            "the stream's own connection first"
+        );
+        assert!(
+            take("unix:/a", "one", false).is_some(),
+            "another stream's without a ring, then"
+        );
+        assert!(take("unix:/a", "one", true).is_none(), "each taken once");
     }
 }

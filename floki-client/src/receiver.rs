@@ -8,10 +8,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use floki_proto::{
-    ring::RingReader,
-    stream::{Inbound, Want},
-};
+use floki_proto::stream::{Inbound, Want};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -71,9 +68,8 @@ impl Receiver {
                     staged: 0..0,
                 })
             }
-            DataPath::Ring(memory, peer) => {
-                let mut ring =
-                    RingReader::open(memory, peer).map_err(|source| open.end.error(source))?;
+            DataPath::Ring(ring) => {
+                let mut ring = ring.reader().map_err(|source| open.end.error(source))?;
                 if holds_ack {
                     ring.hold_ack();
                 }

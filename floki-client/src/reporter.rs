@@ -64,9 +64,18 @@ pub(crate) struct Reporter {
     shared: Arc<Shared>,
     outcome: Option<oneshot::Sender<Outcome>>,
     task: Task,
-    /// The agent to keep the connection for (see [`crate::idle`]) once the
+    /// Whom to keep the connection for (see [`crate::idle`]) once the
     /// final report went out whole from the caller's thread.
-    keep_for: Option<String>,
+    keep_for: Option<Keep>,
+    /// The connection, kept from then on until this handle is dropped
+    /// (with the end's ring, if it gives it: [`Reporter::keep_ring`]).
+    kept: Option<crate::idle::Kept>,
+}
+
+/// The agent and stream a kept connection is kept under.
+pub(crate) struct Keep {
+    pub agent: String,
+    pub stream: String,
 }
 
 /// The reporting task, if it runs.
@@ -101,7 +110,7 @@ impl Reporter {
     /// end: the task starts only once a report is due (see the module doc).
     /// `keep_for`: the agent takes another hello on this connection after
     /// the final report; it is kept for the next channel to that agent.
-    pub fn deferred_on(runtime: &Handle, control: ControlStream, keep_for: Option<String>) -> Self {
+    pub fn deferred_on(runtime: &Handle, control: ControlStream, keep_for: Option<Keep>) -> Self {
         let (outcome_tx, outcome_rx) = oneshot::channel();
         // Fails only if the kernel refuses to take the connection out of
         // epoll; the reports are then lost, never the stream.
@@ -120,6 +129,7 @@ impl Reporter {
             outcome: Some(outcome_tx),
             task,
             keep_for,
+            kept: None,
         }
     }
 
@@ -161,6 +171,7 @@ impl Reporter {
             outcome: Some(outcome_tx),
             task: Task::Running(task),
             keep_for: None,
+            kept: None,
         }
     }
 
@@ -212,11 +223,13 @@ impl Reporter {
                 // The agent has the whole report: the connection is kept
                 // for the next channel, or closed.
                 if let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) {
-                    match self.keep_for.take() {
-                        Some(agent) if error.is_none() => crate::idle::put(agent, deferred.control),
-                        _ => {
-                            let _ = shutdown_write_fd(detached_fd(&deferred.control));
-                        }
+                    if self.keep_for.is_some() && error.is_none() {
+                        self.kept = Some(crate::idle::Kept {
+                            control: deferred.control,
+                            ring: None,
+                        });
+                    } else {
+                        let _ = shutdown_write_fd(detached_fd(&deferred.control));
                     }
                 }
                 self.outcome = None;
@@ -326,12 +339,26 @@ async fn report(
     }
 }
 
+impl Reporter {
+    /// Keeps `ring` with the connection for the next channel, if the
+    /// connection is kept.
+    pub fn keep_ring(&mut self, ring: floki_proto::ring::KeptRing) {
+        if let Some(kept) = &mut self.kept {
+            kept.ring = Some(ring);
+        }
+    }
+}
+
 impl Drop for Reporter {
     /// An end dropped before it finished: a deferred task starts, and
-    /// reports the failure.
+    /// reports the failure. One that finished puts its kept connection
+    /// where the next end finds it.
     fn drop(&mut self) {
         if self.outcome.is_some() {
             self.start_deferred();
+        }
+        if let (Some(keep), Some(kept)) = (self.keep_for.take(), self.kept.take()) {
+            crate::idle::put(keep.agent, keep.stream, kept);
         }
     }
 }

@@ -9,7 +9,6 @@ use std::{
 
 use floki_proto::{
     frame::{FrameKind, control_frame},
-    ring::RingWriter,
     stream::Outbound,
 };
 use tokio::{
@@ -69,7 +68,7 @@ impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
     /// accepted it; the stream is set up in the background.
     pub async fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let accepted = setup::sender_hello(opts).await?;
+        let accepted = setup::sender_hello(opts, false).await?;
         let channel_id = accepted.channel_id;
         let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
         let task_opts = opts.clone();
@@ -235,12 +234,14 @@ impl Open {
                 outbound: Outbound::new(established.credit),
                 end_mark: None,
             }),
-            DataPath::Ring(memory, peer) => Path::Ring(AsyncRingWriter::new(
-                RingWriter::open(memory, peer).map_err(|source| ClientError::Stream {
-                    channel: channel.clone(),
-                    source,
-                })?,
-            )),
+            DataPath::Ring(ring) => {
+                Path::Ring(AsyncRingWriter::new(ring.writer().map_err(|source| {
+                    ClientError::Stream {
+                        channel: channel.clone(),
+                        source,
+                    }
+                })?))
+            }
         };
         Ok(Self {
             end: established.end,

@@ -99,8 +99,9 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
             function: opts.function.clone(),
         },
     };
-    let asked = async { control::ask(control::open(&asking).await?, &asking, &request).await };
-    let (control, answer) = timeout(Duration::from_secs(10), asked)
+    let asked =
+        async { control::ask(control::open(&asking, false).await?, &asking, request).await };
+    let (opened, answer) = timeout(Duration::from_secs(10), asked)
         .await
         .map_err(|_| ClientError::AgentClosed {
             channel: channel.clone(),
@@ -113,8 +114,12 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
             buffer,
             again,
         } => {
-            if again && let Ok(control) = control::detach(control) {
-                crate::idle::put(opts.agent.clone(), control);
+            if again && let Ok(control) = control::detach(opened.stream) {
+                let kept = crate::idle::Kept {
+                    control,
+                    ring: None,
+                };
+                crate::idle::put(opts.agent.clone(), channel.clone(), kept);
             }
             Ok(EdgeInfo {
                 pattern,
@@ -231,7 +236,7 @@ pub mod blocking {
         expect_role(opts, &info, Role::Send)?;
         let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
         let accepted = together(opts, &streams, |stream| async move {
-            setup::sender_hello(&stream).await
+            setup::sender_hello(&stream, true).await
         })?;
         let senders = info
             .peers

@@ -182,6 +182,11 @@ pub struct Hello {
     /// an end that presented the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// On a kept connection: the client still holds the ring of its last
+    /// channel on it, mapped; the agent may pair this end over it again
+    /// (`"socket":"kept_ring"`) if the peer kept the same ring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_ring: bool,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -508,6 +513,7 @@ mod tests {
             live: false,
             store: false,
             secret: Some("shared by both ends".into()),
+            kept_ring: false,
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

@@ -26,6 +26,10 @@ pub enum Handoff {
     /// Two descriptors: the shared-memory ring of the `shm` transport (a
     /// memory file) and this end of the socket pair beside it.
     Ring,
+    /// None: the ring of this end's last channel on this control
+    /// connection, which the end kept and the agent rewound (the hello said
+    /// `kept_ring`; docs/PROTOCOL.md, "Kept connections").
+    KeptRing,
 }
 
 impl Handoff {
@@ -34,6 +38,7 @@ impl Handoff {
         match self {
             Self::Listener | Self::Connection => 1,
             Self::Ring => 2,
+            Self::KeptRing => 0,
         }
     }
 }

@@ -50,6 +50,7 @@ async fn handshake() -> Value {
         live: false,
         store: false,
         secret: None,
+        kept_ring: false,
     };
     let sender = Hello {
         role: Role::Send,

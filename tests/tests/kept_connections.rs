@@ -1,9 +1,11 @@
 //! A function that opens one channel after another (a warm function, or
 //! one with several peers) keeps its connection to the agent between them:
-//! the agent takes the next hello on it after the end's `done`. What a user
-//! checks: every stream arrives whole, the agent's counters show fewer
-//! connections than requests, and an agent that restarted in between costs
-//! nothing but a new connection.
+//! the agent takes the next hello on it after the end's `done`, and two
+//! ends that shared a ring share it again on their next stream. What a
+//! user checks: every stream arrives whole, the agent's counters show fewer
+//! connections than requests, status says which streams went over a kept
+//! ring, and an agent that restarted in between costs nothing but a new
+//! connection.
 
 use std::io::{Read as _, Write as _};
 
@@ -17,26 +19,36 @@ use floki_tests::{
 
 const STREAMS: usize = 10;
 
-/// Sends `STREAMS` streams `NAME-0`, `NAME-1`, ... one after another from
-/// this process, to a receiving thread of this process that reads them in
-/// turn; each arrives whole.
-fn streams_in_turn(agent: &str, name: &str, sizes: impl Fn(usize) -> usize) {
+/// Sends `STREAMS` streams one after another from this process, the `i`th
+/// on channel `name(i)`, to a receiving thread of this process that reads
+/// them in turn; each arrives whole. `lend(i)`: the receiver hands out its
+/// ring's memory on stream `i` (as the Python package's views do).
+fn streams_in_turn(
+    agent: &str,
+    name: impl Fn(usize) -> String + Send + Copy + 'static,
+    sizes: impl Fn(usize) -> usize,
+    lend: impl Fn(usize) -> bool + Send + 'static,
+) {
     let receiving = std::thread::spawn({
-        let (agent, name) = (agent.to_owned(), name.to_owned());
+        let agent = agent.to_owned();
         move || {
             (0..STREAMS)
                 .map(|i| {
-                    let opts = ChannelOptions::new(&agent, format!("{name}-{i}"));
+                    let opts = ChannelOptions::new(&agent, name(i));
                     let mut rx = blocking::Receiver::connect(&opts).expect("receiver");
+                    if lend(i) {
+                        assert!(rx.ring_memory().is_some(), "over a ring");
+                    }
                     let mut got = Vec::new();
                     rx.read_to_end(&mut got).expect("a verified stream");
+                    rx.finish().expect("verified");
                     got
                 })
                 .collect::<Vec<_>>()
         }
     });
     for i in 0..STREAMS {
-        let opts = ChannelOptions::new(agent, format!("{name}-{i}"));
+        let opts = ChannelOptions::new(agent, name(i));
         let mut tx = blocking::Sender::open(&opts).expect("sender");
         tx.write_all(&pattern(sizes(i), i as u64)).expect("write");
         tx.finish().expect("the receiver verified the stream");
@@ -64,7 +76,12 @@ fn streams_one_after_another_keep_their_connections_to_the_agent() {
     let agent = format!("unix:{}", node.agent.socket.display());
     // From 1 byte to 3 MiB: streams that fit their ring and streams that
     // wrap around it.
-    streams_in_turn(&agent, "kept", |i| 1 + i * 350_000);
+    streams_in_turn(
+        &agent,
+        |i| format!("kept-{i}"),
+        |i| 1 + i * 350_000,
+        |_| false,
+    );
 
     let (_, body) = get(&metrics, "/metrics");
     let requests = sample(&body, "floki_client_requests_total");
@@ -88,15 +105,49 @@ fn streams_one_after_another_keep_their_connections_to_the_agent() {
 fn a_connection_kept_to_an_agent_that_restarted_is_replaced_unseen() {
     let mut node = TestNode::start("kept-restart", AgentOptions::default());
     let agent = format!("unix:{}", node.agent.socket.display());
-    streams_in_turn(&agent, "before", |_| 100_000);
+    streams_in_turn(&agent, |i| format!("before-{i}"), |_| 100_000, |_| false);
     // The connections this process keeps now lead to a process that is
     // gone; the next streams open as if nothing happened.
     node.agent.relaunch(&node.cgroup, AgentOptions::default());
-    streams_in_turn(&agent, "after", |_| 100_000);
+    streams_in_turn(&agent, |i| format!("after-{i}"), |_| 100_000, |_| false);
     let channel = node
         .agent
         .wait_finished(&format!("after-{}", STREAMS - 1), LIMIT);
     assert_eq!(channel["state"], "done", "{channel:#}");
+}
+
+#[test]
+fn a_stream_again_between_the_same_ends_goes_over_the_ring_they_kept() {
+    let node = TestNode::start("kept-ring", AgentOptions::default());
+    let agent = format!("unix:{}", node.agent.socket.display());
+    // The same channel again and again; the receiver lends its ring's
+    // memory out on stream 5, so that ring is not kept: stream 6 gets a
+    // new one. Sizes from 1 byte to 20 MiB, in a ring of 8 MiB.
+    streams_in_turn(
+        &agent,
+        |_| "again".to_owned(),
+        |i| [1, 20 << 20, 64 << 10, 3 << 20][i % 4] + i,
+        |i| i == 5,
+    );
+    let status = node.agent.status();
+    let mut reasons: Vec<(u64, String)> = status["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| c["name"] == "again")
+        .map(|c| {
+            assert_eq!(c["state"], "done", "{c:#}");
+            assert_eq!(c["transport"], "shm", "{c:#}");
+            let id = c["id"].as_u64().expect("id");
+            (id, c["reason"].as_str().expect("reason").to_owned())
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), STREAMS, "{status:#}");
+    for (i, (_, reason)) in reasons.iter().enumerate() {
+        let kept = reason.contains("kept from their last channel");
+        assert_eq!(kept, !matches!(i, 0 | 6), "stream {i}: {reason}");
+    }
 }
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -31,6 +31,10 @@ pub struct Receiver {
     end: EndState,
     path: Path,
     reported: bool,
+    /// The ring's memory was handed out ([`Receiver::ring_memory`]): views
+    /// of it may outlive the stream, so the ring is never kept for the
+    /// next one (which would write over what they show).
+    lent: std::sync::atomic::AtomicBool,
     /// `BufRead` over a socket: what was read and not consumed yet.
     buffer: Vec<u8>,
     buffered: Range<usize>,
@@ -69,12 +73,10 @@ impl Receiver {
                 staging: Box::new([0; STAGING]),
                 staged: 0..0,
             }),
-            DataPath::Ring(memory, peer) => {
-                Path::Ring(RingReader::open(memory, peer).map_err(|source| {
-                    ClientError::Stream {
-                        channel: opts.channel.clone(),
-                        source,
-                    }
+            DataPath::Ring(ring) => {
+                Path::Ring(ring.reader().map_err(|source| ClientError::Stream {
+                    channel: opts.channel.clone(),
+                    source,
                 })?)
             }
         };
@@ -82,6 +84,7 @@ impl Receiver {
             end: open.end,
             path,
             reported: false,
+            lent: std::sync::atomic::AtomicBool::new(false),
             buffer: Vec::new(),
             buffered: 0..0,
         })
@@ -106,7 +109,10 @@ impl Receiver {
     /// (the Python package hands out read-only views of it).
     pub fn ring_memory(&self) -> Option<BorrowedFd<'_>> {
         match &self.path {
-            Path::Ring(ring) => Some(ring.memory()),
+            Path::Ring(ring) => {
+                self.lent.store(true, std::sync::atomic::Ordering::Relaxed);
+                Some(ring.memory())
+            }
             Path::Socket(_) => None,
         }
     }
@@ -159,6 +165,15 @@ impl Receiver {
         let (received, checksum) = self.path.progress();
         let result = self.end.received(received, checksum, self.reported);
         background().block_on(self.end.reporter.flushed());
+        // A verified stream over a ring: the ring stays with the kept
+        // connection, for the next stream from this sender.
+        if result.is_ok()
+            && !self.lent.load(std::sync::atomic::Ordering::Relaxed)
+            && let Path::Ring(ring) = &mut self.path
+            && let Some(kept) = ring.keep()
+        {
+            self.end.reporter.keep_ring(kept);
+        }
         result.map_err(|source| self.end.error(source))
     }
 

@@ -65,7 +65,7 @@ impl Sender {
     /// this thread, when its receiver was there first and they share a
     /// ring).
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        Self::accepted(opts, on_this_thread(setup::sender_hello(opts))?)
+        Self::accepted(opts, on_this_thread(setup::sender_hello(opts, true))?)
     }
 
     /// The sender of `opts.channel` whose pairing over a ring the agent
@@ -106,6 +106,7 @@ impl Sender {
             channel_id,
             window,
             listener: _,
+            ring,
         } = accepted;
         let (pending, nudged) = Pending::new(window.unwrap_or(0));
         let moving = |channel: &str, source| ClientError::Io {
@@ -122,8 +123,12 @@ impl Sender {
                 channel_id,
                 window,
                 listener: None,
+                ring,
             };
-            setup::sender(accepted, &task_opts, nudged, None).await
+            // Deferred like any blocking end's reports: its task starts
+            // only if a report is due that the caller cannot write, and its
+            // connection may be kept for the next channel.
+            setup::sender(accepted, &task_opts, nudged, Some(background().handle())).await
         });
         Ok(Self {
             channel: opts.channel.clone(),
@@ -185,6 +190,16 @@ impl Sender {
                 })?;
                 let mut summary = open.end.summary(sent, open.path.checksum());
                 summary.stored |= open.path.stored();
+                // A verified stream over a ring: the ring stays with the
+                // kept connection, for the next stream with this receiver.
+                if let Opening::Open(Open {
+                    mut end,
+                    path: Path::Ring(ring),
+                }) = self.opening
+                    && let Some(kept) = ring.keep()
+                {
+                    end.reporter.keep_ring(kept);
+                }
                 Ok(summary)
             }
             None => Err(self.opening.take_failure().unwrap_or_else(|| {
@@ -274,12 +289,10 @@ impl Open {
                 stream: into_blocking(stream, channel)?,
                 outbound: Outbound::new(established.credit),
             }),
-            DataPath::Ring(memory, peer) => {
-                Path::Ring(RingWriter::open(memory, peer).map_err(|source| {
-                    ClientError::Stream {
-                        channel: channel.clone(),
-                        source,
-                    }
+            DataPath::Ring(ring) => {
+                Path::Ring(ring.writer().map_err(|source| ClientError::Stream {
+                    channel: channel.clone(),
+                    source,
                 })?)
             }
         };

@@ -12,6 +12,8 @@ use floki_proto::{
     ProtocolError,
     control::Role,
     frame::{FrameKind, control_frame},
+    ring::{KeptRing, RingReader, RingWriter},
+    stream::StreamError,
 };
 use tokio::{
     io::AsyncWriteExt as _,
@@ -40,9 +42,36 @@ pub(crate) struct Established {
 pub(crate) enum DataPath {
     /// A TCP connection to the other end (spliced or not).
     Socket(TcpStream),
-    /// A shared-memory ring (its memory file) and this end's socket to the
-    /// other end beside it.
-    Ring(OwnedFd, OwnedFd),
+    /// A shared-memory ring.
+    Ring(RingHanded),
+}
+
+/// The ring an end was paired over.
+pub(crate) enum RingHanded {
+    /// A new one: its memory file and this end's socket to the other end
+    /// beside it, handed over by the agent.
+    Fresh(OwnedFd, OwnedFd),
+    /// The ring this end kept from its last channel on its connection,
+    /// rewound by the agent.
+    Kept(KeptRing),
+}
+
+impl RingHanded {
+    /// The sender's end of the ring.
+    pub fn writer(self) -> Result<RingWriter, StreamError> {
+        match self {
+            Self::Fresh(memory, peer) => RingWriter::open(memory, peer),
+            Self::Kept(kept) => RingWriter::reopen(kept),
+        }
+    }
+
+    /// The receiver's end of the ring.
+    pub fn reader(self) -> Result<RingReader, StreamError> {
+        match self {
+            Self::Fresh(memory, peer) => RingReader::open(memory, peer),
+            Self::Kept(kept) => RingReader::reopen(kept),
+        }
+    }
 }
 
 impl Established {
@@ -58,7 +87,10 @@ impl Established {
     ) -> Self {
         // Kept for the next channel once this end finished, if the agent
         // takes another hello on it.
-        let keep = pairing.again.then(|| opts.agent.clone());
+        let keep = pairing.again.then(|| crate::reporter::Keep {
+            agent: opts.agent.clone(),
+            stream: crate::idle::stream_of(opts),
+        });
         let reporter = match reports_on {
             Some(runtime) => Reporter::deferred_on(runtime, pairing.control, keep),
             None => Reporter::spawn(pairing.control),
@@ -75,9 +107,13 @@ impl Established {
 }
 
 /// Says hello as the sender of `opts.channel`; the agent's acceptance says
-/// how much may be buffered until the stream is established.
-pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, ClientError> {
-    control::hello(control::open(opts).await?, opts, Role::Send, None).await
+/// how much may be buffered until the stream is established. `rings`: the
+/// end can take up a ring kept from an earlier channel (a blocking end).
+pub(crate) async fn sender_hello(
+    opts: &ChannelOptions,
+    rings: bool,
+) -> Result<Accepted, ClientError> {
+    control::hello(control::open(opts, rings).await?, opts, Role::Send, None).await
 }
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first
@@ -91,12 +127,12 @@ pub(crate) async fn sender(
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
     let (mut pairing, _) = control::paired(accepted, opts, Role::Send, Some(nudge)).await?;
-    if let Some((memory, peer)) = pairing.ring.take() {
+    if let Some(ring) = pairing.ring.take() {
         // The agent made the ring for these two ends: no key to check.
         return Ok(Established::new(
             opts,
             pairing,
-            DataPath::Ring(memory, peer),
+            DataPath::Ring(ring),
             0,
             reports_on,
         ));
@@ -169,7 +205,7 @@ pub(crate) async fn receiver(
     opts: &ChannelOptions,
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
-    let control = control::open(opts).await?;
+    let control = control::open(opts, reports_on.is_some()).await?;
     let own = bind_listener(&control.stream, opts).await?;
     let listen = match &own {
         Some(listener) => Some(listener.local_addr().map_err(|source| ClientError::Io {
@@ -182,11 +218,11 @@ pub(crate) async fn receiver(
     let accepted = control::hello(control, opts, Role::Recv, listen).await?;
     let (mut pairing, handed_listener) = control::paired(accepted, opts, Role::Recv, None).await?;
     let window = pairing.window;
-    if let Some((memory, peer)) = pairing.ring.take() {
+    if let Some(ring) = pairing.ring.take() {
         return Ok(Established::new(
             opts,
             pairing,
-            DataPath::Ring(memory, peer),
+            DataPath::Ring(ring),
             window,
             reports_on,
         ));

@@ -124,12 +124,78 @@ pub fn create_in(dir: BorrowedFd<'_>, capacity: u64) -> io::Result<(OwnedFd, u64
     initialize(fd, capacity)
 }
 
+/// The capacity of a ring made for a window of `window` bytes: within
+/// [`CAPACITY_RANGE`], rounded up to a power of two.
+pub fn capacity_for(window: u64) -> u64 {
+    window
+        .clamp(*CAPACITY_RANGE.start(), *CAPACITY_RANGE.end())
+        .next_power_of_two()
+}
+
+/// Makes a ring whose stream ended ready for the next stream between the
+/// same two ends: positions, futex words, end mark and verdict back to
+/// zero, through the file (the agent maps no ring). Its pages stay
+/// allocated, and mapped where the ends mapped them. Only for a ring
+/// neither end uses: both are done with their last stream over it.
+pub fn rewind(memory: &OwnedFd) -> io::Result<()> {
+    let from = std::mem::offset_of!(Header, head);
+    let zeros = [0u8; std::mem::size_of::<Header>()];
+    let file = std::fs::File::from(memory.try_clone()?);
+    std::os::unix::fs::FileExt::write_all_at(&file, &zeros[from..], from as u64)
+}
+
+/// A ring an end keeps, mapped, after a verified stream, for its next
+/// stream with the same peer (the agent [rewinds](rewind) it first): no
+/// memory file, socket pair, mapping or page allocation for that stream.
+pub struct KeptRing {
+    ring: Arc<Mapped>,
+    /// The writer's [`RingWriter::populate`] progress (pages stay mapped).
+    populated: u64,
+    /// Bytes of memory the ring holds: as much of it as streams touched.
+    footprint: u64,
+}
+
+impl KeptRing {
+    /// Bytes of memory the ring holds while it is kept (the pages its
+    /// streams touched, at most its capacity).
+    pub fn footprint(&self) -> u64 {
+        self.footprint
+    }
+
+    /// The kept ring, checked to be rewound before an end takes it up
+    /// again: the words only this end writes (`mine`: the sender's head and
+    /// end mark, the receiver's tail and verdict) are back to zero. The
+    /// peer's may have moved already: it may be paired and streaming first.
+    fn rewound(self, mine: fn(&Header) -> bool) -> Result<(Arc<Mapped>, u64), StreamError> {
+        if !mine(self.ring.header()) {
+            return Err(StreamError::Protocol(
+                "the agent paired this end over its kept ring without rewinding it".into(),
+            ));
+        }
+        Ok((self.ring, self.populated))
+    }
+
+    /// [`KeptRing::rewound`] for the sender.
+    fn for_writer(self) -> Result<(Arc<Mapped>, u64), StreamError> {
+        self.rewound(|header| {
+            header.head.0.load(Ordering::Acquire) == 0
+                && header.end.0.load(Ordering::Acquire) == END_OPEN
+        })
+    }
+
+    /// [`KeptRing::rewound`] for the receiver.
+    fn for_reader(self) -> Result<(Arc<Mapped>, u64), StreamError> {
+        self.rewound(|header| {
+            header.tail.0.load(Ordering::Acquire) == 0
+                && header.ack.0.load(Ordering::Acquire) == ACK_NONE
+        })
+    }
+}
+
 /// Sizes `fd` for a ring of `capacity` (rounded as [`create`] says) and
 /// writes its header.
 fn initialize(fd: OwnedFd, capacity: u64) -> io::Result<(OwnedFd, u64)> {
-    let capacity = capacity
-        .clamp(*CAPACITY_RANGE.start(), *CAPACITY_RANGE.end())
-        .next_power_of_two();
+    let capacity = capacity_for(capacity);
     let file = std::fs::File::from(fd);
     file.set_len(HEADER_LEN as u64 + capacity)?;
     // Written through the file, not a mapping: the agent creates a ring per
@@ -281,6 +347,11 @@ impl RingObserver {
         Ok(Self {
             memory: memory.try_clone()?,
         })
+    }
+
+    /// The ring's memory file (the observer's own descriptor of it).
+    pub fn memory(&self) -> &OwnedFd {
+        &self.memory
     }
 
     /// Stream bytes the sender has published (0 if the header cannot be
@@ -546,6 +617,75 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Both ends of `pair`'s ring, kept after a verified stream, rewound
+    /// through `memory` and taken up again.
+    #[test]
+    fn a_kept_ring_carries_the_next_stream_once_rewound() {
+        let (memory, _) = create(64 << 10).expect("ring");
+        let (a, b) = socket_pair().expect("socket pair");
+        let agents = memory.try_clone().expect("dup");
+        let second = memory.try_clone().expect("dup");
+        let (mut writer, mut reader) = (
+            RingWriter::open(memory, a).expect("writer"),
+            RingReader::open(second, b).expect("reader"),
+        );
+        for round in 0..3u8 {
+            // 100 KiB: each stream wraps the 64 KiB ring.
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
+            let expected = data.clone();
+            let sender = std::thread::spawn(move || {
+                let mut pos = 0;
+                while pos < data.len() {
+                    pos += writer.write(&data[pos..]).expect("write");
+                }
+                writer.finish().expect("verified");
+                writer
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 30_000];
+            loop {
+                let n = reader.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got == expected, "round {round}");
+            let (kept_writer, kept_reader) = (
+                sender
+                    .join()
+                    .expect("sender")
+                    .keep()
+                    .expect("a verified sender keeps"),
+                reader.keep().expect("a verified receiver keeps"),
+            );
+            rewind(&agents).expect("rewind");
+            (writer, reader) = (
+                RingWriter::reopen(kept_writer).expect("rewound"),
+                RingReader::reopen(kept_reader).expect("rewound"),
+            );
+        }
+        // Not rewound: an end refuses to take it up.
+        writer.write(b"unfinished").expect("write");
+        writer.publish_end();
+        reader.read(&mut [0u8; 64]).expect("read");
+        assert_eq!(reader.read(&mut [0u8; 64]).expect("end"), 0);
+        let kept = reader.keep().expect("verified");
+        assert!(matches!(
+            RingReader::reopen(kept),
+            Err(StreamError::Protocol(_))
+        ));
+        assert!(writer.keep().is_some(), "verified: kept");
+    }
+
+    #[test]
+    fn an_unverified_stream_keeps_no_ring() {
+        let (mut writer, mut reader, _) = pair(64 << 10);
+        writer.write(b"half").expect("write");
+        assert!(reader.keep().is_none(), "the receiver has not seen the end");
+        assert!(writer.keep().is_none(), "no verdict");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::{
 use twox_hash::XxHash3_64;
 
 use super::{
-    ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, Mapped, PIECE, RingWaiter,
-    wait::futex_wake,
+    ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, KeptRing, Mapped, PIECE,
+    RingWaiter, wait::futex_wake,
 };
 use crate::stream::StreamError;
 
@@ -116,6 +116,36 @@ impl RingReader {
             hold: false,
             held: false,
             staged: Staged::default(),
+        })
+    }
+
+    /// The receiver's end of a ring it kept from its last stream (see
+    /// [`KeptRing`]), rewound by the agent.
+    pub fn reopen(kept: KeptRing) -> Result<Self, StreamError> {
+        let (ring, _) = kept.for_reader()?;
+        Ok(Self {
+            ring,
+            tail: 0,
+            hasher: XxHash3_64::new(),
+            finished: false,
+            hold: false,
+            held: false,
+            staged: Staged::default(),
+        })
+    }
+
+    /// The ring, to keep for the next stream with the same sender: only
+    /// after a verified stream whose ack went out, and when no waiter
+    /// shares it. This reader stays at the end of its stream (it reads
+    /// nothing more of the ring, which the next stream will reuse).
+    pub fn keep(&mut self) -> Option<KeptRing> {
+        let acked = self.ring.header().ack.0.load(Ordering::Acquire) == ACK_VERIFIED;
+        (self.finished && !self.held && acked && Arc::strong_count(&self.ring) == 1).then(|| {
+            KeptRing {
+                ring: self.ring.clone(),
+                populated: 0,
+                footprint: self.tail.min(self.ring.capacity),
+            }
         })
     }
 

@@ -8,7 +8,9 @@ use std::{
 
 use twox_hash::XxHash3_64;
 
-use super::{ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, Mapped, PIECE, RingWaiter, WAKE_EVERY};
+use super::{
+    ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, KeptRing, Mapped, PIECE, RingWaiter, WAKE_EVERY,
+};
 use crate::stream::StreamError;
 
 /// The sender's end of a ring.
@@ -31,6 +33,32 @@ impl RingWriter {
             head,
             hasher: XxHash3_64::new(),
             populated: 0,
+        })
+    }
+
+    /// The sender's end of a ring it kept from its last stream (see
+    /// [`KeptRing`]), rewound by the agent.
+    pub fn reopen(kept: KeptRing) -> Result<Self, StreamError> {
+        let (ring, populated) = kept.for_writer()?;
+        Ok(Self {
+            ring,
+            head: 0,
+            hasher: XxHash3_64::new(),
+            populated,
+        })
+    }
+
+    /// The ring, to keep for the next stream with the same receiver: only
+    /// after a verified stream, and when no waiter shares it.
+    pub fn keep(self) -> Option<KeptRing> {
+        let header = self.ring.header();
+        let verified = header.end.0.load(Ordering::Acquire) == END_DONE
+            && header.ack.0.load(Ordering::Acquire) == ACK_VERIFIED;
+        let footprint = self.head.min(self.ring.capacity);
+        (verified && Arc::strong_count(&self.ring) == 1).then_some(KeptRing {
+            ring: self.ring,
+            populated: self.populated,
+            footprint,
         })
     }
 

@@ -29,7 +29,9 @@ use ends::Ends;
 use floki_common::{ChannelRecord, ROLE_SENDER};
 use floki_proto::control::{ClientReport, Refusal, Role, Transport};
 pub use membership::Membership;
-pub use pairing::{Carriers, EndKind, JoinRequest, Joined, LocalEnd, Paired, Pairing, SetUp};
+pub use pairing::{
+    Carriers, EndKind, JoinRequest, Joined, LocalEnd, Paired, Pairing, RingPart, RingSetUp, SetUp,
+};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 pub use view::{ChannelTotals, ChannelView, Phase};

@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::OwnedFd,
+    sync::Arc,
 };
 
 use floki_common::ChannelRecord;
@@ -16,7 +17,7 @@ use rand::RngCore as _;
 use tokio::sync::oneshot;
 
 use super::{Carrier, Membership, Refused};
-use crate::agent::datapath::SpliceHandle;
+use crate::agent::{datapath::SpliceHandle, transport::RingFile};
 
 /// An end that asks to join a channel.
 pub struct JoinRequest {
@@ -54,6 +55,10 @@ pub struct LocalEnd {
     /// when the receiver's listener is the agent's own, bound to every
     /// address.
     pub reach: IpAddr,
+    /// The ring of this end's last channel on its connection, which its
+    /// client still holds (its hello said `kept_ring`): if the peer holds
+    /// the same one, the channel goes over it again.
+    pub kept_ring: Option<Arc<RingFile>>,
 }
 
 /// A member of a channel, and how it learns its part.
@@ -85,13 +90,34 @@ pub struct Paired {
     pub key: [u8; KEY_LEN],
     /// Flow-control window.
     pub window: u64,
-    /// `shm`: the ring's memory file and this end's socket beside it.
-    pub ring: Option<(OwnedFd, OwnedFd)>,
+    /// `shm`: what this end gets of the ring.
+    pub ring: Option<RingPart>,
+    /// `shm`: the channel's ring, which this end may be paired over again
+    /// on its next channel (none on huge pages).
+    pub ring_file: Option<Arc<RingFile>>,
     /// A receiver whose listener the agent opened at pairing: that
     /// listener, to hand over.
     pub listener: Option<TcpListener>,
     /// The other end is the agent's store.
     pub stored: bool,
+}
+
+/// What an end gets of its channel's ring.
+pub enum RingPart {
+    /// A new ring: its memory file and this end's socket beside it, to hand
+    /// over.
+    Handed(OwnedFd, OwnedFd),
+    /// The ring this end kept from its last channel, rewound.
+    Kept,
+}
+
+/// A ring set up for two ends: new (handed to both) or kept by both.
+pub struct RingSetUp {
+    /// Each end's descriptors (sender's, receiver's) of a new ring; `None`:
+    /// both ends hold the ring already.
+    pub handed: Option<[(OwnedFd, OwnedFd); 2]>,
+    /// The ring, for the ends' next channel (none on huge pages).
+    pub file: Option<Arc<RingFile>>,
 }
 
 /// A same-node carrier, set up.
@@ -102,8 +128,8 @@ pub struct SetUp {
     pub reason: String,
     /// Senders on sockets: where to connect.
     pub connect_to: Option<SocketAddr>,
-    /// `shm`: each end's ring descriptors (sender's, receiver's).
-    pub rings: Option<[(OwnedFd, OwnedFd); 2]>,
+    /// `shm`: the ring.
+    pub ring: Option<RingSetUp>,
     /// The receiver's data listener, when the agent opened it at pairing
     /// (a Unix-socket receiver whose hello said `listener_at_pairing`).
     pub listener: Option<TcpListener>,
@@ -116,23 +142,33 @@ impl SetUp {
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
         let transport = self.carrier.transport();
-        let part = |connect_to, ring, listener, role: Role| Paired {
+        let part = |connect_to, ring, ring_file, listener, role: Role| Paired {
             transport,
             connect_to,
             key,
             window,
             ring,
+            ring_file,
             listener,
             stored: store == Some(role.peer()),
         };
-        match self.rings.take() {
-            Some([sender, receiver]) => (
-                part(None, Some(sender), None, Role::Send),
-                part(None, Some(receiver), None, Role::Recv),
-            ),
+        match self.ring.take() {
+            Some(RingSetUp { handed, file }) => {
+                let (sender, receiver) = match handed {
+                    Some([(memory, peer), (memory_r, peer_r)]) => (
+                        RingPart::Handed(memory, peer),
+                        RingPart::Handed(memory_r, peer_r),
+                    ),
+                    None => (RingPart::Kept, RingPart::Kept),
+                };
+                (
+                    part(None, Some(sender), file.clone(), None, Role::Send),
+                    part(None, Some(receiver), file, None, Role::Recv),
+                )
+            }
             None => (
-                part(self.connect_to, None, None, Role::Send),
-                part(None, None, self.listener.take(), Role::Recv),
+                part(self.connect_to, None, None, None, Role::Send),
+                part(None, None, None, self.listener.take(), Role::Recv),
             ),
         }
     }

@@ -55,7 +55,7 @@ impl Carriers for FakeSplice {
             carrier: Carrier::Splice(SpliceHandle::adopted(id)),
             reason: "fake".into(),
             connect_to: receiver.hello.listen,
-            rings: None,
+            ring: None,
             listener: None,
         })
     }
@@ -83,6 +83,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         live: false,
         store: false,
         secret: None,
+        kept_ring: false,
     }
 }
 
@@ -93,6 +94,7 @@ fn local(name: &str, hello: Hello) -> JoinRequest {
         end: EndKind::Local(LocalEnd {
             hello,
             reach: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            kept_ring: None,
         }),
         window: None,
     }
@@ -176,7 +178,9 @@ async fn two_ends_that_take_a_ring_get_one_and_its_bytes_show() {
         panic!("paired");
     };
     assert_eq!(paired.transport, Transport::Shm);
-    let (memory, peer) = paired.ring.expect("the sender's half of the ring");
+    let Some(RingPart::Handed(memory, peer)) = paired.ring else {
+        panic!("the sender's half of a new ring");
+    };
     let mut writer = floki_proto::ring::RingWriter::open(memory, peer).unwrap();
     assert_eq!(writer.try_write(&[1; 1000]), Ok(1000));
     assert_eq!(view(&channels, tx.membership.id()).bytes, 1000);

@@ -34,35 +34,46 @@ pub async fn serve(
 ) {
     let request = handshake::request(&mut stream).await;
     drop(unproven);
-    let mut kept = route(stream, ReportReader::default(), request, &from, &agent).await;
-    while let Some(Kept {
-        mut stream,
-        mut reader,
-    }) = kept
-    {
-        let Some(request) = handshake::next_request(&mut stream, &mut reader).await else {
+    let first = Kept {
+        stream,
+        reader: ReportReader::default(),
+        ring: None,
+    };
+    let mut kept = route(first, request, &from, &agent).await;
+    while let Some(mut next) = kept {
+        let Some(request) = handshake::next_request(&mut next.stream, &mut next.reader).await
+        else {
             return;
         };
-        kept = route(stream, reader, request, &from, &agent).await;
+        kept = route(next, request, &from, &agent).await;
     }
 }
 
-/// Serves one request (`reader` holds what the client sent after it); the
+/// Serves one request on `connection` (its reader holds what the client
+/// sent after it, its ring is that of the connection's last channel); the
 /// connection back if it may carry another.
 async fn route(
-    mut stream: ControlStream,
-    reader: ReportReader,
+    connection: Kept,
     request: Result<ClientRequest, Refused>,
     from: &str,
     agent: &Arc<Agent>,
 ) -> Option<Kept> {
+    let Kept {
+        mut stream,
+        reader,
+        ring,
+    } = connection;
     agent.metrics.count_request();
     let hello = match request {
         Ok(ClientRequest::Describe { describe }) => {
             // Answered: the client may open its streams on this connection.
             return describe_edge(&mut stream, from, agent, describe)
                 .await
-                .then_some(Kept { stream, reader });
+                .then_some(Kept {
+                    stream,
+                    reader,
+                    ring,
+                });
         }
         Ok(ClientRequest::Open(hello)) => hello,
         Err((refusal, message)) => {
@@ -100,7 +111,7 @@ async fn route(
             again: true,
             ..Local::default()
         };
-        return local::serve(stream, hello, here, reader, agent).await;
+        return local::serve(stream, hello, here, reader, ring, agent).await;
     };
     let resolved = agent.workflows.resolve(
         &agent.node,
@@ -163,7 +174,7 @@ async fn route(
                 again: true,
                 ..Local::default()
             };
-            kept = local::serve(stream, hello, here, reader, agent).await;
+            kept = local::serve(stream, hello, here, reader, ring, agent).await;
         }
     }
     kept

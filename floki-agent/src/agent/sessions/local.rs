@@ -11,6 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, BorrowedFd},
     pin::Pin,
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,9 +33,11 @@ use tracing::warn;
 use super::{Kept, ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports};
 use crate::agent::{
     Agent,
-    channels::{EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused},
+    channels::{
+        EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused, RingPart,
+    },
     store::ends::{self, Meeting},
-    transport::{listener_failed, open_loopback_listener},
+    transport::{RingFile, listener_failed, open_loopback_listener},
 };
 
 /// How long the agent waits to connect a Unix-socket sender to its receiver.
@@ -67,6 +70,7 @@ pub async fn serve(
     mut hello: Hello,
     local: Local,
     mut reader: ReportReader,
+    kept_ring: Option<Arc<RingFile>>,
     agent: &Agent,
 ) -> Option<Kept> {
     let name = hello.channel.clone();
@@ -91,7 +95,14 @@ pub async fn serve(
             return None;
         }
     };
-    let end = LocalEnd { hello, reach };
+    // The ring of this connection's last channel, if the client still
+    // holds it.
+    let kept_ring = kept_ring.filter(|_| hello.kept_ring);
+    let end = LocalEnd {
+        hello,
+        reach,
+        kept_ring,
+    };
     let request = JoinRequest {
         name: name.clone(),
         role,
@@ -134,6 +145,7 @@ pub async fn serve(
     };
     match paired {
         Ok(paired) => {
+            let ring = paired.ring_file.clone();
             if hand_over(&mut control, &membership, paired, agent, &name, again).await {
                 let (control, reader, next) =
                     reports(control, &membership, &name, reader, again).await;
@@ -144,6 +156,7 @@ pub async fn serve(
                 return next.then_some(Kept {
                     stream: control,
                     reader,
+                    ring,
                 });
             }
         }
@@ -240,9 +253,17 @@ async fn hand_over(
     let unix_sender = is_unix(control) && membership.role() == Role::Send;
     let mut message = paired_message(&paired, again);
     let mut data = None;
-    if let Some((memory, peer)) = &paired.ring {
-        set_socket(&mut message, Handoff::Ring);
-        return tell(control, &message, &[memory.as_fd(), peer.as_fd()]).await;
+    match &paired.ring {
+        Some(RingPart::Handed(memory, peer)) => {
+            set_socket(&mut message, Handoff::Ring);
+            return tell(control, &message, &[memory.as_fd(), peer.as_fd()]).await;
+        }
+        // Both ends hold it already.
+        Some(RingPart::Kept) => {
+            set_socket(&mut message, Handoff::KeptRing);
+            return tell(control, &message, &[]).await;
+        }
+        None => {}
     }
     if let Some(listener) = &paired.listener {
         set_socket(&mut message, Handoff::Listener);

@@ -187,6 +187,8 @@ impl ReportReader {
 pub struct Kept {
     stream: ControlStream,
     reader: ReportReader,
+    /// The ring of the end's channel, if it had one it may keep.
+    ring: Option<Arc<crate::agent::transport::RingFile>>,
 }
 
 /// How many `waiting` reports an end may send while it waits for its peer

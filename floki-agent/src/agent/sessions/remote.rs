@@ -135,7 +135,7 @@ pub async fn serve(
                     let mut hello = hello;
                     hello.channel = name;
                     // Its connection closes after `done` (no next request).
-                    local::serve(control, hello, here, ReportReader::default(), agent).await;
+                    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
                     return;
                 }
             }

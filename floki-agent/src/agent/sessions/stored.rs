@@ -131,7 +131,7 @@ pub async fn serve_store_for_unreachable(
         ..Local::default()
     };
     // Its connection closes after `done` (no next request).
-    local::serve(control, hello, here, ReportReader::default(), agent).await;
+    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
 }
 
 /// Forwards, for as long as the agent runs, the streams stored here for
@@ -231,7 +231,7 @@ pub async fn serve_stored(
         ..Local::default()
     };
     // Its connection closes after `done` (no next request).
-    local::serve(control, hello, here, ReportReader::default(), agent).await;
+    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
     None
 }
 

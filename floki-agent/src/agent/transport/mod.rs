@@ -15,7 +15,7 @@ pub mod relay;
 mod ring;
 mod splice;
 
-pub use ring::HugeRing;
+pub use ring::{HugeRing, RingFile};
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -227,12 +227,20 @@ impl Carriers for NodeCarriers {
                 carrier,
                 reason,
                 connect_to,
-                rings: None,
+                ring: None,
                 listener,
             })
         };
         let attempt = match plan.carrier {
-            CarrierKind::Ring => ring::set_up(&self.rings, window, plan.reason.clone()),
+            CarrierKind::Ring => {
+                // Both ends hold the ring they shared last: it carries this
+                // channel too.
+                let kept = match (&sender.kept_ring, &receiver.kept_ring) {
+                    (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Some(a),
+                    _ => None,
+                };
+                ring::set_up(&self.rings, window, plan.reason.clone(), kept)
+            }
             kind => socket(kind, plan.reason.clone()),
         };
         match attempt {
@@ -337,6 +345,7 @@ mod tests {
             live: false,
             store: false,
             secret: None,
+            kept_ring: false,
         }
     }
 

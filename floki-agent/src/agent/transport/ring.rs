@@ -24,7 +24,7 @@ use std::{
 use floki_proto::ring::{self, RingObserver};
 use tracing::{info, warn};
 
-use crate::agent::channels::{Carrier, SetUp};
+use crate::agent::channels::{Carrier, RingSetUp, SetUp};
 
 /// Rings on huge pages at once, at most: at least 2 MiB each.
 const HUGE_RINGS: usize = 64;
@@ -111,8 +111,41 @@ fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
     Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attributes)?)
 }
 
-/// A ring of `window` bytes (rounded to a power of two) for two ends.
-pub fn set_up(files: &RingFiles, window: u64, reason: String) -> Result<SetUp, String> {
+/// A ring's memory file, kept by the agent while the two ends that shared
+/// it keep their connections for a next channel: the sessions of those
+/// connections hold it, and the two may be paired over it again (and no
+/// one else: no client names a ring, it only says it kept its last one).
+pub struct RingFile {
+    memory: OwnedFd,
+    capacity: u64,
+}
+
+/// A ring of `window` bytes (rounded to a power of two) for two ends: the
+/// one both ends `kept` from their last channel, rewound, if it is of that
+/// size; else a new one.
+pub fn set_up(
+    files: &RingFiles,
+    window: u64,
+    reason: String,
+    kept: Option<&Arc<RingFile>>,
+) -> Result<SetUp, String> {
+    if let Some(file) = kept.filter(|file| file.capacity == ring::capacity_for(window)) {
+        match reuse(file) {
+            Ok(observer) => {
+                return Ok(SetUp {
+                    carrier: Carrier::Ring(observer, None),
+                    reason: format!("{reason}, the one they kept from their last channel"),
+                    connect_to: None,
+                    ring: Some(RingSetUp {
+                        handed: None,
+                        file: Some(file.clone()),
+                    }),
+                    listener: None,
+                });
+            }
+            Err(err) => warn!(%err, "a kept ring could not be rewound; a new one instead"),
+        }
+    }
     let (memory, huge) = files
         .create(window)
         .map_err(|err| format!("creating the ring: {err}"))?;
@@ -122,11 +155,31 @@ pub fn set_up(files: &RingFiles, window: u64, reason: String) -> Result<SetUp, S
         .as_fd()
         .try_clone_to_owned()
         .map_err(|err| format!("duplicating the ring: {err}"))?;
+    // A ring on huge pages holds its place among them while its channel
+    // lives only: it is not kept beyond.
+    let file = match huge {
+        Some(_) => None,
+        None => observer.memory().try_clone().ok().map(|memory| {
+            Arc::new(RingFile {
+                memory,
+                capacity: ring::capacity_for(window),
+            })
+        }),
+    };
     Ok(SetUp {
         carrier: Carrier::Ring(observer, huge),
         reason,
         connect_to: None,
-        rings: Some([(memory, a), (second, b)]),
+        ring: Some(RingSetUp {
+            handed: Some([(memory, a), (second, b)]),
+            file,
+        }),
         listener: None,
     })
+}
+
+/// Rewinds a kept ring for its next channel; its observer.
+fn reuse(file: &RingFile) -> std::io::Result<RingObserver> {
+    ring::rewind(&file.memory)?;
+    RingObserver::new(&file.memory)
 }
