@@ -230,7 +230,11 @@ pub(crate) async fn hello(
     let hello = Hello {
         channel: opts.channel.clone(),
         role,
-        netns_cookie: netns_cookie(&raw_fd(&opened.stream)).ok(),
+        // On the Unix socket the agent acts for the client in its own
+        // namespace (it connects, it opens the listener) and says so itself.
+        netns_cookie: (!unix)
+            .then(|| netns_cookie(&raw_fd(&opened.stream)).ok())
+            .flatten(),
         listen,
         window: opts.window,
         // The agent opens a listener only if the pairing needs one.

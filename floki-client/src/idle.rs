@@ -12,7 +12,7 @@
 
 use std::{
     os::fd::AsFd as _,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard, TryLockError},
     time::{Duration, Instant},
 };
 
@@ -60,8 +60,18 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     idle: Vec::new(),
 });
 
-fn pool() -> MutexGuard<'static, Pool> {
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+/// The pool, if it can be had: never waited for without bound. A child
+/// forked while another thread of its parent held the lock would wait for
+/// ever; it keeps and takes no connection instead.
+fn pool() -> Option<MutexGuard<'static, Pool>> {
+    let mut pool = (0..LOCK_TRIES).find_map(|_| match POOL.try_lock() {
+        Ok(pool) => Some(pool),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => {
+            std::thread::yield_now();
+            None
+        }
+    })?;
     let pid = std::process::id();
     if pool.pid != pid {
         // Inherited across a fork: the parent still uses them. Closing
@@ -69,13 +79,18 @@ fn pool() -> MutexGuard<'static, Pool> {
         pool.idle.clear();
         pool.pid = pid;
     }
-    pool
+    Some(pool)
 }
+
+/// Attempts at the pool's lock, held for a few list operations at a time.
+const LOCK_TRIES: usize = 1000;
 
 /// Keeps `kept` (to `agent`, its end of `stream` finished) for the next
 /// channel.
 pub(crate) fn put(agent: String, stream: String, kept: Kept) {
-    let mut pool = pool();
+    let Some(mut pool) = pool() else {
+        return;
+    };
     if pool.idle.len() >= MAX_IDLE {
         pool.idle.remove(0);
     }
@@ -106,7 +121,7 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
 /// ring, else, if `steal`, the oldest one with a ring (without it: the ring
 /// was kept for another stream, which has not come back since).
 pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
-    let mut pool = pool();
+    let mut pool = pool()?;
     let now = Instant::now();
     pool.idle
         .retain(|idle| now.duration_since(idle.since) < KEEP_FOR);
