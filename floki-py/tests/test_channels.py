@@ -253,3 +253,43 @@ def test_a_channel_secret_pairs_only_ends_that_share_it(node, channel, tmp_path)
     thief.kill()
     thief.wait()
     assert not stolen.exists()
+
+
+def test_streams_again_on_one_channel_reuse_their_ring_unless_views_were_lent(node, channel):
+    """A function that receives one stream after another on the same channel
+    keeps its connection and ring: the agent pairs the next stream over the
+    same ring and says so. A ring whose memory went out as views
+    (``read_view``) is not kept: a view may outlive its stream."""
+    import threading
+
+    import floki
+
+    data = [bytes([i + 1]) * (100_000 + i) for i in range(4)]
+
+    def send_all() -> None:
+        for stream in data:
+            floki.send(channel, stream, agent=node.unix, timeout=30)
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    got = []
+    for i in range(len(data)):
+        with floki.Receiver(channel, agent=node.unix, timeout=30) as rx:
+            if i == 1:
+                parts = []
+                while True:
+                    view = rx.read_view()
+                    if not view:
+                        break
+                    parts.append(bytes(view))
+                got.append(b"".join(parts))
+            else:
+                got.append(rx.read())
+            rx.finish()
+    sender.join()
+    assert got == data
+    channels = sorted(
+        (c["id"], c["reason"]) for c in node.status()["channels"] if c["name"] == channel
+    )
+    kept = ["kept from their last channel" in reason for _, reason in channels]
+    assert kept == [False, True, False, True], channels
