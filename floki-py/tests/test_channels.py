@@ -268,7 +268,9 @@ def test_streams_again_on_one_channel_reuse_their_ring_unless_views_were_lent(no
 
     def send_all() -> None:
         for stream in data:
-            floki.send(channel, stream, agent=node.unix, timeout=30)
+            # Live: never stored (a stored stream would be replayed to
+            # every later receiver of the channel).
+            floki.send(channel, stream, agent=node.unix, timeout=30, live=True)
 
     sender = threading.Thread(target=send_all)
     sender.start()
