@@ -18,8 +18,8 @@ use tokio_util::either::Either;
 use floki_proto::{
     KEY_LEN, ProtocolError,
     control::{
-        AgentMessage, ClientReport, ClientRequest, ControlStream, Handoff, Hello, Role, Transport,
-        decode_key, read_message, write_message, write_opening,
+        AgentMessage, ClientReport, ClientRequest, ControlStream, Handoff, Hello, Refusal, Role,
+        Transport, decode_key, read_message, write_message, write_opening,
     },
     handoff::recv_fds,
     netns::netns_cookie,
@@ -253,9 +253,9 @@ pub(crate) async fn hello(
 
 /// Sends a client's request (after the preamble on a new connection) and
 /// reads the agent's answer. On a kept connection the agent may have
-/// closed meanwhile (its idle limit, a restart): then the request goes
-/// again, on a new connection (and without the kept ring, which only the
-/// old connection's agent knew).
+/// closed meanwhile (its idle limit, a restart) or be stopping: then the
+/// request goes again, on a new connection (and without the kept ring,
+/// which only the old connection's agent knew).
 pub(crate) async fn ask(
     opened: Opened,
     opts: &ChannelOptions,
@@ -272,12 +272,20 @@ pub(crate) async fn ask(
     } = opened;
     if kept {
         match say(&mut stream, &request, false).await {
+            // Closed before it read the request, or stopping (a new agent
+            // may already listen in its place): nothing of it took effect.
+            Ok(
+                None
+                | Some(AgentMessage::Refused {
+                    error: Refusal::ShuttingDown,
+                    ..
+                }),
+            )
+            | Err(ProtocolError::Io(_)) => stream = connect(opts).await?,
             Ok(Some(answer)) => {
                 let opened = Opened { stream, kept, ring };
                 return Ok((opened, answer));
             }
-            // Closed before it read the request: nothing of it took effect.
-            Ok(None) | Err(ProtocolError::Io(_)) => stream = connect(opts).await?,
             Err(source) => return Err(protocol(source)),
         }
         if let ClientRequest::Open(hello) = &mut request {

@@ -13,7 +13,7 @@ use floki_client::{ChannelOptions, blocking};
 use floki_tests::{
     agent::AgentOptions,
     metrics::{address, get, sample},
-    node::TestNode,
+    node::{TestNode, spawn},
     pattern,
 };
 
@@ -151,6 +151,62 @@ fn a_stream_again_between_the_same_ends_goes_over_the_ring_they_kept() {
     for (i, (_, reason)) in reasons.iter().enumerate() {
         let kept = reason.contains("kept from their last channel");
         assert_eq!(kept, !matches!(i, 0 | 6), "stream {i}: {reason}");
+    }
+}
+
+#[test]
+fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
+    // The harness's agents wait 10 s for active channels when stopped.
+    let node = TestNode::start("kept-stop", AgentOptions::default());
+    let agent = format!("unix:{}", node.agent.socket.display());
+    streams_in_turn(&agent, |i| format!("kept-stop-{i}"), |_| 1000, |_| false);
+    // A stream in flight holds the agent in its graceful stop: it takes no
+    // new channel, and its socket is gone.
+    let mut receiver = spawn(&mut node.local_probe("recv", "in-flight", 1 << 30));
+    let mut sender = spawn(
+        node.local_probe("send", "in-flight", 1 << 30)
+            .args(["--stall-after", "1048576"]),
+    );
+    let deadline = std::time::Instant::now() + LIMIT;
+    while node.agent.status()["channels"]
+        .as_array()
+        .is_none_or(|channels| {
+            !channels
+                .iter()
+                .any(|c| c["name"] == "in-flight" && c["bytes"].as_u64() > Some(0))
+        })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.agent.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    while node.agent.socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never stopped taking channels"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // This process still holds connections to the stopping agent: the
+    // hello on one of them is refused, then goes to the socket path as a
+    // new connection would, and finds no agent.
+    let refused = blocking::Sender::open(&ChannelOptions::new(&agent, "kept-stop-0"))
+        .err()
+        .expect("no agent takes the channel");
+    assert!(
+        matches!(refused, floki_client::ClientError::AgentUnreachable { .. }),
+        "{refused}"
+    );
+    for probe in [&mut sender, &mut receiver] {
+        let _ = probe.kill();
+        let _ = probe.wait();
     }
 }
 
