@@ -7,7 +7,10 @@
 //! ring, and an agent that restarted in between costs nothing but a new
 //! connection.
 
-use std::io::{Read as _, Write as _};
+use std::{
+    io::{Read as _, Write as _},
+    time::{Duration, Instant},
+};
 
 use floki_client::{ChannelOptions, blocking};
 use floki_tests::{
@@ -167,7 +170,7 @@ fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
         node.local_probe("send", "in-flight", 1 << 30)
             .args(["--stall-after", "1048576"]),
     );
-    let deadline = std::time::Instant::now() + LIMIT;
+    let deadline = Instant::now() + LIMIT;
     while node.agent.status()["channels"]
         .as_array()
         .is_none_or(|channels| {
@@ -176,11 +179,8 @@ fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
                 .any(|c| c["name"] == "in-flight" && c["bytes"].as_u64() > Some(0))
         })
     {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stream never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "the stream never started");
+        std::thread::sleep(Duration::from_millis(20));
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(node.agent.pid() as i32),
@@ -189,25 +189,25 @@ fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
     .expect("SIGTERM");
     while node.agent.socket.exists() {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the agent never stopped taking channels"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     // This process still holds connections to the stopping agent: the
     // hello on one of them is refused, then goes to the socket path as a
     // new connection would, and finds no agent.
-    let refused = blocking::Sender::open(&ChannelOptions::new(&agent, "kept-stop-0"))
-        .err()
-        .expect("no agent takes the channel");
-    assert!(
-        matches!(refused, floki_client::ClientError::AgentUnreachable { .. }),
-        "{refused}"
-    );
+    let refused = blocking::Sender::open(&ChannelOptions::new(&agent, "kept-stop-0")).err();
+    // The stalled sender sleeps until it is killed: before any assertion.
     for probe in [&mut sender, &mut receiver] {
         let _ = probe.kill();
         let _ = probe.wait();
     }
+    let refused = refused.expect("no agent takes the channel");
+    assert!(
+        matches!(refused, floki_client::ClientError::AgentUnreachable { .. }),
+        "{refused}"
+    );
 }
 
-const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(60);
