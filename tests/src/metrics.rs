@@ -6,6 +6,8 @@ use std::{
     time::Duration,
 };
 
+use crate::{agent::AgentOptions, node::TestNode};
+
 /// `GET path` over HTTP/1.1 from `addr`: (status line, body).
 pub fn get(addr: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).expect("connecting to the metrics address");
@@ -32,6 +34,19 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
+}
+
+/// A node whose agent serves metrics, and their `host:port`.
+pub fn node_with_metrics(label: &str) -> (TestNode, String) {
+    let node = TestNode::start(
+        label,
+        AgentOptions {
+            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
+            ..AgentOptions::default()
+        },
+    );
+    let addr = address(&node.agent.status());
+    (node, addr)
 }
 
 /// The `host:port` of the metrics an agent's status names.

@@ -15,7 +15,7 @@ use std::{
 use floki_client::{ChannelOptions, blocking};
 use floki_tests::{
     agent::AgentOptions,
-    metrics::{address, get, sample},
+    metrics::{get, node_with_metrics, sample},
     node::{TestNode, spawn},
     pattern,
 };
@@ -72,14 +72,7 @@ fn streams_in_turn(
 
 #[test]
 fn streams_one_after_another_keep_their_connections_to_the_agent() {
-    let node = TestNode::start(
-        "kept",
-        AgentOptions {
-            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
-            ..AgentOptions::default()
-        },
-    );
-    let metrics = address(&node.agent.status());
+    let (node, metrics) = node_with_metrics("kept");
     let agent = format!("unix:{}", node.agent.socket.display());
     // From 1 byte to 3 MiB: streams that fit their ring and streams that
     // wrap around it.

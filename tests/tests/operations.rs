@@ -11,7 +11,7 @@ use std::{
 use floki_tests::{
     agent::AgentOptions,
     agent_binary,
-    metrics::{address, get, sample},
+    metrics::{get, node_with_metrics, sample},
     node::{Door, TestNode},
 };
 
@@ -20,16 +20,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn metrics_count_bytes_channels_errors_and_setup_latency() {
-    let node = TestNode::start(
-        "metrics",
-        AgentOptions {
-            extra: vec!["--metrics".into(), "127.0.0.1:0".into()],
-            ..AgentOptions::default()
-        },
-    );
+    let (node, addr) = node_with_metrics("metrics");
     let status = node.agent.status();
     assert_eq!(status["datapath"]["mode"], "ebpf", "{status:#}");
-    let addr = address(&status);
 
     // One spliced and one shm channel, then a client that is not Floki.
     for (door, channel) in [(Door::Tcp, "m-splice"), (Door::Unix, "m-shm")] {

@@ -386,6 +386,19 @@ mod tests {
         )
     }
 
+    /// The whole stream, read `chunk` bytes at a time until its verified end.
+    fn read_to_end(reader: &mut RingReader, chunk: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = reader.read(&mut buf).expect("read");
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
     #[test]
     fn a_stream_larger_than_the_ring_arrives_whole_and_verified() {
         let (mut writer, mut reader, observer) = pair(64 << 10);
@@ -401,15 +414,7 @@ mod tests {
             writer.finish().expect("verified");
             writer.checksum()
         });
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 30_000];
-        loop {
-            let n = reader.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_to_end(&mut reader, 30_000);
         assert!(got == expected);
         assert_eq!(sender.join().expect("sender"), reader.checksum());
         assert_eq!(observer.sent(), expected.len() as u64);
@@ -517,15 +522,7 @@ mod tests {
             writer.finish().expect("verified");
             writer.checksum()
         });
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 50_000];
-        loop {
-            let n = reader.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_to_end(&mut reader, 50_000);
         assert!(got == expected);
         assert_eq!(sender.join().expect("sender"), reader.checksum());
     }
@@ -619,18 +616,11 @@ mod tests {
         }
     }
 
-    /// Both ends of `pair`'s ring, kept after a verified stream, rewound
-    /// through `memory` and taken up again.
+    /// Both ends of a ring, kept after a verified stream, rewound through
+    /// the agent's descriptor (the observer's) and taken up again.
     #[test]
     fn a_kept_ring_carries_the_next_stream_once_rewound() {
-        let (memory, _) = create(64 << 10).expect("ring");
-        let (a, b) = socket_pair().expect("socket pair");
-        let agents = memory.try_clone().expect("dup");
-        let second = memory.try_clone().expect("dup");
-        let (mut writer, mut reader) = (
-            RingWriter::open(memory, a).expect("writer"),
-            RingReader::open(second, b).expect("reader"),
-        );
+        let (mut writer, mut reader, agents) = pair(64 << 10);
         for round in 0..3u8 {
             // 100 KiB: each stream wraps the 64 KiB ring.
             let data: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
@@ -643,15 +633,7 @@ mod tests {
                 writer.finish().expect("verified");
                 writer
             });
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 30_000];
-            loop {
-                let n = reader.read(&mut buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_to_end(&mut reader, 30_000);
             assert!(got == expected, "round {round}");
             let (kept_writer, kept_reader) = (
                 sender
@@ -661,7 +643,7 @@ mod tests {
                     .expect("a verified sender keeps"),
                 reader.keep().expect("a verified receiver keeps"),
             );
-            rewind(&agents).expect("rewind");
+            rewind(agents.memory()).expect("rewind");
             (writer, reader) = (
                 RingWriter::reopen(kept_writer).expect("rewound"),
                 RingReader::reopen(kept_reader).expect("rewound"),

@@ -13,7 +13,7 @@ use floki_proto::control::{
 };
 
 use super::{
-    Kept, ReportReader,
+    Kept,
     handshake::{self, refuse},
     is_unix,
     local::{self, Local},
@@ -34,12 +34,7 @@ pub async fn serve(
 ) {
     let request = handshake::request(&mut stream).await;
     drop(unproven);
-    let first = Kept {
-        stream,
-        reader: ReportReader::default(),
-        ring: None,
-    };
-    let mut kept = route(first, request, &from, &agent).await;
+    let mut kept = route(Kept::new(stream), request, &from, &agent).await;
     while let Some(mut next) = kept {
         let Some(request) = handshake::next_request(&mut next.stream, &mut next.reader).await
         else {
@@ -64,16 +59,17 @@ async fn route(
         ring,
     } = connection;
     agent.metrics.count_request();
+    // The connection as the end's session goes on with it.
+    let kept = |stream| Kept {
+        stream,
+        reader,
+        ring,
+    };
     let hello = match request {
         Ok(ClientRequest::Describe { describe }) => {
             // Answered: the client may open its streams on this connection.
-            return describe_edge(&mut stream, from, agent, describe)
-                .await
-                .then_some(Kept {
-                    stream,
-                    reader,
-                    ring,
-                });
+            let answered = describe_edge(&mut stream, from, agent, describe).await;
+            return answered.then(|| kept(stream));
         }
         Ok(ClientRequest::Open(hello)) => hello,
         Err((refusal, message)) => {
@@ -111,7 +107,7 @@ async fn route(
             again: true,
             ..Local::default()
         };
-        return local::serve(stream, hello, here, reader, ring, agent).await;
+        return local::serve(kept(stream), hello, here, agent).await;
     };
     let resolved = agent.workflows.resolve(
         &agent.node,
@@ -122,7 +118,6 @@ async fn route(
         &stream_ref.peer,
         hello.role,
     );
-    let mut kept = None;
     match resolved {
         Err(Denied::NotAllowed) => {
             let message = "no such workflow channel for this token".to_owned();
@@ -174,10 +169,10 @@ async fn route(
                 again: true,
                 ..Local::default()
             };
-            kept = local::serve(stream, hello, here, reader, ring, agent).await;
+            return local::serve(kept(stream), hello, here, agent).await;
         }
     }
-    kept
+    None
 }
 
 /// The name under which a plain channel with a secret pairs (and is

@@ -11,7 +11,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, BorrowedFd},
     pin::Pin,
-    sync::Arc,
     time::Duration,
 };
 
@@ -37,7 +36,7 @@ use crate::agent::{
         EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused, RingPart,
     },
     store::ends::{self, Meeting},
-    transport::{RingFile, listener_failed, open_loopback_listener},
+    transport::{listener_failed, open_loopback_listener},
 };
 
 /// How long the agent waits to connect a Unix-socket sender to its receiver.
@@ -66,13 +65,16 @@ pub struct Local {
 /// when the hello says so). A function's connection comes back once its end
 /// said `done`: it may carry the function's next request.
 pub async fn serve(
-    mut control: ControlStream,
+    connection: Kept,
     mut hello: Hello,
     local: Local,
-    mut reader: ReportReader,
-    kept_ring: Option<Arc<RingFile>>,
     agent: &Agent,
 ) -> Option<Kept> {
+    let Kept {
+        stream: mut control,
+        mut reader,
+        ring: kept_ring,
+    } = connection;
     let name = hello.channel.clone();
     let role = hello.role;
     // The store's ends are the agent's own, one connection per stream.

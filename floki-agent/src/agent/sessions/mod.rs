@@ -191,6 +191,17 @@ pub struct Kept {
     ring: Option<Arc<crate::agent::transport::RingFile>>,
 }
 
+impl Kept {
+    /// A connection before its first channel: nothing read ahead, no ring.
+    fn new(stream: ControlStream) -> Self {
+        Self {
+            stream,
+            reader: ReportReader::default(),
+            ring: None,
+        }
+    }
+}
+
 /// How many `waiting` reports an end may send while it waits for its peer
 /// (a client sends one when its window fills and one when it finishes).
 const WAITING_REPORTS: u32 = 16;

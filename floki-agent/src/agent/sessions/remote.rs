@@ -24,7 +24,7 @@ use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use super::{
-    ReportReader, WhileWaiting, closed,
+    Kept, ReportReader, WhileWaiting, closed,
     handshake::refuse_quietly,
     is_unix,
     local::{self, Local},
@@ -135,7 +135,7 @@ pub async fn serve(
                     let mut hello = hello;
                     hello.channel = name;
                     // Its connection closes after `done` (no next request).
-                    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
+                    local::serve(Kept::new(control), hello, here, agent).await;
                     return;
                 }
             }

@@ -19,7 +19,7 @@ use tokio_util::either::Either;
 use tracing::debug;
 
 use super::{
-    ReportReader,
+    Kept,
     handshake::refuse_quietly,
     local::{self, Local},
 };
@@ -131,7 +131,7 @@ pub async fn serve_store_for_unreachable(
         ..Local::default()
     };
     // Its connection closes after `done` (no next request).
-    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
+    local::serve(Kept::new(control), hello, here, agent).await;
 }
 
 /// Forwards, for as long as the agent runs, the streams stored here for
@@ -231,7 +231,7 @@ pub async fn serve_stored(
         ..Local::default()
     };
     // Its connection closes after `done` (no next request).
-    local::serve(control, hello, here, ReportReader::default(), None, agent).await;
+    local::serve(Kept::new(control), hello, here, agent).await;
     None
 }
 
