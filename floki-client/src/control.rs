@@ -48,6 +48,10 @@ pub(crate) struct Pairing {
     /// The agent takes this end's next hello on the same connection after
     /// its `done`.
     pub again: bool,
+    /// The data connection handed over (or kept) is the agents' link of a
+    /// stream across nodes: after a verified stream it may be kept with the
+    /// connection for the stream's next use.
+    pub link: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -102,6 +106,7 @@ pub(crate) struct Opened {
     pub stream: ControlStream,
     kept: bool,
     ring: Option<KeptRing>,
+    link: Option<std::net::TcpStream>,
 }
 
 /// A connection to the agent for a new end of `opts.channel`: one this
@@ -116,12 +121,14 @@ pub(crate) async fn open(opts: &ChannelOptions, rings: bool) -> Result<Opened, C
             stream,
             kept: true,
             ring: kept.ring.filter(|_| rings && opts.ring),
+            link: kept.link.filter(|_| rings),
         });
     }
     Ok(Opened {
         stream: connect(opts).await?,
         kept: false,
         ring: None,
+        link: None,
     })
 }
 
@@ -167,6 +174,9 @@ pub(crate) struct Accepted {
     /// The ring of this connection's last channel, which the hello said
     /// this end still holds.
     pub ring: Option<KeptRing>,
+    /// The agents' link of this connection's last stream, which the hello
+    /// said this end still holds.
+    pub link: Option<std::net::TcpStream>,
     pub channel_id: u32,
     /// The channel's window: what a sender may buffer before pairing.
     pub window: Option<u64>,
@@ -246,6 +256,7 @@ pub(crate) async fn hello(
         store: opts.store,
         secret: opts.secret.clone(),
         kept_ring: opened.ring.is_some(),
+        kept_link: opened.link.is_some(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
     accepted(opened, answer, &opts.channel).await
@@ -254,8 +265,8 @@ pub(crate) async fn hello(
 /// Sends a client's request (after the preamble on a new connection) and
 /// reads the agent's answer. On a kept connection the agent may have
 /// closed meanwhile (its idle limit, a restart) or be stopping: then the
-/// request goes again, on a new connection (and without the kept ring,
-/// which only the old connection's agent knew).
+/// request goes again, on a new connection (and without the kept ring and
+/// link, which only the old connection's agent knew).
 pub(crate) async fn ask(
     opened: Opened,
     opts: &ChannelOptions,
@@ -269,6 +280,7 @@ pub(crate) async fn ask(
         mut stream,
         kept,
         ring,
+        link,
     } = opened;
     if kept {
         match say(&mut stream, &request, false).await {
@@ -283,13 +295,19 @@ pub(crate) async fn ask(
             )
             | Err(ProtocolError::Io(_)) => stream = connect(opts).await?,
             Ok(Some(answer)) => {
-                let opened = Opened { stream, kept, ring };
+                let opened = Opened {
+                    stream,
+                    kept,
+                    ring,
+                    link,
+                };
                 return Ok((opened, answer));
             }
             Err(source) => return Err(protocol(source)),
         }
         if let ClientRequest::Open(hello) = &mut request {
             hello.kept_ring = false;
+            hello.kept_link = false;
         }
     }
     match say(&mut stream, &request, true).await.map_err(protocol)? {
@@ -298,6 +316,7 @@ pub(crate) async fn ask(
                 stream,
                 kept: false,
                 ring: None,
+                link: None,
             };
             Ok((opened, answer))
         }
@@ -331,6 +350,7 @@ async fn accepted(
     let Opened {
         stream: control,
         ring,
+        link,
         ..
     } = opened;
     match answer {
@@ -346,7 +366,9 @@ async fn accepted(
                         .await
                         .and_then(|fd| listener(fd, channel))?,
                 ),
-                Some(Handoff::Connection | Handoff::Ring | Handoff::KeptRing) => {
+                Some(
+                    Handoff::Connection | Handoff::Ring | Handoff::KeptRing | Handoff::KeptLink,
+                ) => {
                     return Err(unexpected_socket(channel));
                 }
                 None => None,
@@ -354,6 +376,7 @@ async fn accepted(
             Ok(Accepted {
                 control,
                 ring,
+                link,
                 channel_id,
                 window,
                 listener,
@@ -383,6 +406,7 @@ pub(crate) async fn paired(
         channel_id,
         mut listener,
         ring: kept_ring,
+        link: kept_link,
         ..
     } = accepted;
     let channel = &opts.channel;
@@ -410,6 +434,7 @@ pub(crate) async fn paired(
             socket,
             stored,
             again,
+            link,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -429,6 +454,12 @@ pub(crate) async fn paired(
                 // The agent rewound the ring this end kept; nothing follows.
                 Some(Handoff::KeptRing) => match kept_ring {
                     Some(kept) => (None, Some(RingHanded::Kept(kept))),
+                    None => return Err(unexpected_socket(channel)),
+                },
+                // The agent started the link this end kept again; nothing
+                // follows.
+                Some(Handoff::KeptLink) => match kept_link {
+                    Some(kept) => (Some(connection(kept.into(), channel)?), None),
                     None => return Err(unexpected_socket(channel)),
                 },
                 Some(Handoff::Listener) if role == Role::Recv && listener.is_none() => {
@@ -457,6 +488,7 @@ pub(crate) async fn paired(
                 ring,
                 stored,
                 again,
+                link,
             };
             Ok((pairing, listener))
         }

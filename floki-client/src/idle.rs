@@ -19,7 +19,7 @@ use std::{
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio_util::either::Either;
 
-use floki_proto::ring::KeptRing;
+use floki_proto::{handoff::link_established, ring::KeptRing};
 
 use crate::control::DetachedControl;
 
@@ -39,13 +39,23 @@ struct Idle {
     stream: String,
     control: DetachedControl,
     ring: Option<KeptRing>,
+    link: Option<std::net::TcpStream>,
     since: Instant,
 }
 
-/// A connection kept for the next channel, and the ring of its last one.
+impl Idle {
+    /// Whether it holds what only its own stream can use again.
+    fn holds(&self) -> bool {
+        self.ring.is_some() || self.link.is_some()
+    }
+}
+
+/// A connection kept for the next channel, and the ring or the agents'
+/// link of its last one.
 pub(crate) struct Kept {
     pub control: DetachedControl,
     pub ring: Option<KeptRing>,
+    pub link: Option<std::net::TcpStream>,
 }
 
 /// The connections of this process (a forked child starts without them: a
@@ -99,6 +109,7 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
         stream,
         control: kept.control,
         ring: kept.ring,
+        link: kept.link,
         since: Instant::now(),
     });
     let mut held: u64 = pool
@@ -117,9 +128,10 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
 }
 
 /// A kept connection to `agent` that is still open: the one that last
-/// carried `stream` (with its ring), else the most recent one without a
-/// ring, else, if `steal`, the oldest one with a ring (without it: the ring
-/// was kept for another stream, which has not come back since).
+/// carried `stream` (with its ring or link), else the most recent one
+/// without either, else, if `steal`, the oldest one (without its ring or
+/// link: they were kept for another stream, which has not come back
+/// since).
 pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
     let mut pool = pool()?;
     let now = Instant::now();
@@ -134,18 +146,34 @@ pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
             Some(at) => (at, false),
             None => match idle
                 .iter()
-                .rposition(|idle| idle.agent == agent && idle.ring.is_none())
+                .rposition(|idle| idle.agent == agent && !idle.holds())
             {
                 Some(at) => (at, false),
                 None if steal => (idle.iter().position(|idle| idle.agent == agent)?, true),
                 None => return None,
             },
         };
-        let idle = pool.idle.remove(at);
+        let mut idle = pool.idle.remove(at);
+        if idle
+            .link
+            .as_ref()
+            .is_some_and(|link| !link_established(link.as_fd()))
+        {
+            idle.link = None;
+        }
         if quiet(&idle.control) {
-            return Some(Kept {
-                control: idle.control,
-                ring: if theirs { None } else { idle.ring },
+            return Some(if theirs {
+                Kept {
+                    control: idle.control,
+                    ring: None,
+                    link: None,
+                }
+            } else {
+                Kept {
+                    control: idle.control,
+                    ring: idle.ring,
+                    link: idle.link,
+                }
             });
         }
     }
@@ -200,6 +228,7 @@ mod tests {
         let kept = |control| Kept {
             control,
             ring: None,
+            link: None,
         };
         put("unix:/a".into(), "one".into(), kept(open));
         put("unix:/a".into(), "two".into(), kept(other));

@@ -47,6 +47,9 @@ struct SocketIn {
     /// small message costs one read; bulk payloads go straight to the caller.
     staging: Box<[u8; STAGING]>,
     staged: Range<usize>,
+    /// The connection is the agents' link, which may carry the stream's
+    /// next use: never shut down.
+    link: bool,
 }
 
 impl Receiver {
@@ -66,6 +69,7 @@ impl Receiver {
                     inbound,
                     staging: Box::new([0; STAGING]),
                     staged: 0..0,
+                    link: open.link,
                 })
             }
             DataPath::Ring(ring) => {
@@ -156,7 +160,9 @@ impl Receiver {
                 // Closed once the held ack is out.
                 return;
             }
-            if let Path::Socket(socket) = &mut self.path {
+            if let Path::Socket(socket) = &mut self.path
+                && !socket.link
+            {
                 let _ = Pin::new(&mut socket.stream).poll_shutdown(cx);
             }
         }

@@ -227,6 +227,7 @@ impl Reporter {
                         self.kept = Some(crate::idle::Kept {
                             control: deferred.control,
                             ring: None,
+                            link: None,
                         });
                     } else {
                         let _ = shutdown_write_fd(detached_fd(&deferred.control));
@@ -345,6 +346,14 @@ impl Reporter {
     pub fn keep_ring(&mut self, ring: floki_proto::ring::KeptRing) {
         if let Some(kept) = &mut self.kept {
             kept.ring = Some(ring);
+        }
+    }
+
+    /// Keeps `link` (the agents' link of a stream across nodes) with the
+    /// connection for the stream's next use, if the connection is kept.
+    pub fn keep_link(&mut self, link: std::net::TcpStream) {
+        if let Some(kept) = &mut self.kept {
+            kept.link = Some(link);
         }
     }
 }

@@ -62,6 +62,9 @@ struct SocketOut {
     outbound: Outbound,
     /// The end mark once the stream is ending, and how much of it is written.
     end_mark: Option<(Vec<u8>, usize)>,
+    /// The connection is the agents' link, which may carry the stream's
+    /// next use: never shut down.
+    link: bool,
 }
 
 impl Sender {
@@ -233,6 +236,7 @@ impl Open {
                 stream,
                 outbound: Outbound::new(established.credit),
                 end_mark: None,
+                link: established.link,
             }),
             DataPath::Ring(ring) => {
                 Path::Ring(AsyncRingWriter::new(ring.writer().map_err(|source| {
@@ -424,7 +428,7 @@ impl SocketOut {
             match self.outbound.acked() {
                 None => ready!(self.poll_inbox(cx))?,
                 Some(verdict) => {
-                    if verdict.is_ok() {
+                    if verdict.is_ok() && !self.link {
                         let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
                     }
                     return Poll::Ready(verdict);

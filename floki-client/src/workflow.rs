@@ -118,6 +118,7 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
                 let kept = crate::idle::Kept {
                     control,
                     ring: None,
+                    link: None,
                 };
                 crate::idle::put(opts.agent.clone(), channel.clone(), kept);
             }

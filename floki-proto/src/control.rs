@@ -187,6 +187,12 @@ pub struct Hello {
     /// (`"socket":"kept_ring"`) if the peer kept the same ring.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept_ring: bool,
+    /// On a kept connection: the client still holds the link of its last
+    /// stream on it (a workflow stream across nodes, whose `paired` said
+    /// `link`); the agent may carry this end's stream over it again
+    /// (`"socket":"kept_link"`) if it is the same stream's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_link: bool,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -303,6 +309,12 @@ pub enum AgentMessage {
         /// its next channel instead of closing it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         again: bool,
+        /// The connection handed over is the agents' link of a workflow
+        /// stream across nodes: after a verified stream the end may keep it
+        /// with its control connection (`again`) for the same stream's
+        /// next use (its hello says `kept_link`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        link: bool,
     },
 }
 
@@ -514,6 +526,7 @@ mod tests {
             store: false,
             secret: Some("shared by both ends".into()),
             kept_ring: false,
+            kept_link: false,
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

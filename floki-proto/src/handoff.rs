@@ -1,8 +1,11 @@
 //! Descriptor hand-off on the agent's Unix socket: after an `accepted` or
 //! `paired` message that names a [`Handoff`], the agent sends one byte that
 //! carries the descriptors (`SCM_RIGHTS`). The client then owns them: the
-//! data path runs between the functions' own sockets (or their shared ring),
-//! and the agent keeps no copy.
+//! data path runs between the functions' own sockets (or their shared ring).
+//! The agent keeps a copy of two kinds only, neither of which it reads while
+//! a stream runs: a ring's memory file (for status and to rewind it), and
+//! the agents' link of a stream across nodes (which may carry the stream's
+//! next use, [`link_established`]).
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -30,6 +33,10 @@ pub enum Handoff {
     /// connection, which the end kept and the agent rewound (the hello said
     /// `kept_ring`; docs/PROTOCOL.md, "Kept connections").
     KeptRing,
+    /// None: the link of this end's last stream on this control
+    /// connection, which the end kept and the agent started again (the
+    /// hello said `kept_link`; docs/PROTOCOL.md, "Kept connections").
+    KeptLink,
 }
 
 impl Handoff {
@@ -38,7 +45,7 @@ impl Handoff {
         match self {
             Self::Listener | Self::Connection => 1,
             Self::Ring => 2,
-            Self::KeptRing => 0,
+            Self::KeptRing | Self::KeptLink => 0,
         }
     }
 }
@@ -124,6 +131,30 @@ pub async fn recv_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<Owned
             }
         })
         .await
+}
+
+/// Whether the kernel has the TCP connection `link` in the established
+/// state: neither end shut its side down and nothing reset it, so it may
+/// carry another stream (docs/PROTOCOL.md, "Kept connections").
+pub fn link_established(link: BorrowedFd<'_>) -> bool {
+    /// `TCP_ESTABLISHED` of the kernel's `include/net/tcp_states.h`.
+    const ESTABLISHED: u8 = 1;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable `tcp_info` of `len` bytes, and `link`
+    // is an open descriptor for the duration of the call.
+    let got = unsafe {
+        libc::getsockopt(
+            link.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: zeroed, then filled by the kernel up to `len`; every field is
+    // an integer, valid whatever its bytes.
+    got == 0 && unsafe { info.assume_init() }.tcpi_state == ESTABLISHED
 }
 
 #[cfg(test)]

@@ -308,6 +308,12 @@ impl Outbound {
         })
     }
 
+    /// Whether the receiver's ack came and nothing after it: the
+    /// connection is silent, ready to carry another stream.
+    pub fn settled(&self) -> bool {
+        self.ack.is_some() && self.inbox.is_empty()
+    }
+
     /// Stream bytes sent.
     pub fn sent(&self) -> u64 {
         self.sent

@@ -51,6 +51,7 @@ async fn handshake() -> Value {
         store: false,
         secret: None,
         kept_ring: false,
+        kept_link: false,
     };
     let sender = Hello {
         role: Role::Send,
@@ -79,6 +80,7 @@ async fn handshake() -> Value {
             socket: None,
             stored: false,
             again: false,
+            link: false,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -89,6 +91,7 @@ async fn handshake() -> Value {
             socket: Some(Handoff::Ring),
             stored: false,
             again: false,
+            link: false,
         })
         .await,
         "key_bytes": hex(&key),

@@ -77,6 +77,26 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     data
 }
 
+/// The seed of a stream's data: broadcast and gather streams carry their
+/// producer's data, shuffle streams a partition of their own.
+pub fn stream_seed(
+    base: u64,
+    pattern: floki_client::Pattern,
+    producer: &str,
+    consumer: &str,
+) -> u64 {
+    use floki_client::Pattern;
+    let name = |s: &str| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    match pattern {
+        Pattern::Shuffle => base ^ name(producer) ^ name(consumer).rotate_left(17),
+        _ => base ^ name(producer),
+    }
+}
+
 /// An endless pseudo-random byte stream that any reader can regenerate at any
 /// offset, whatever the chunking: senders write it, receivers check it.
 #[derive(Clone, Copy, Debug)]

@@ -5,19 +5,23 @@
 //! user checks: every stream arrives whole, the agent's counters show fewer
 //! connections than requests, status says which streams went over a kept
 //! ring, and an agent that restarted in between costs nothing but a new
-//! connection.
+//! connection. Across nodes the two functions keep the agents' link of
+//! their stream: the stream's next use goes over it again, and a function
+//! that did not keep it (a new process) is handed the link that was
+//! started.
 
 use std::{
     io::{Read as _, Write as _},
     time::{Duration, Instant},
 };
 
-use floki_client::{ChannelOptions, blocking};
+use floki_client::{ChannelOptions, blocking, workflow::EdgeOptions};
 use floki_tests::{
     agent::AgentOptions,
+    cluster::{Cluster, ClusterNode, Spec},
     metrics::{get, node_with_metrics, sample},
-    node::{TestNode, spawn},
-    pattern,
+    node::{TestNode, assert_success, spawn, wait_within},
+    pattern, stream_seed,
 };
 
 const STREAMS: usize = 10;
@@ -201,6 +205,144 @@ fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
         matches!(refused, floki_client::ClientError::AgentUnreachable { .. }),
         "{refused}"
     );
+}
+
+#[test]
+fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let unix = |node: &ClusterNode| format!("unix:{}", node.agent.socket.display());
+    let producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p").stream("q");
+    let consumer = EdgeOptions::new(unix(b), "wf", &token, "e", "q").stream("p");
+    // Who runs each end of each stream: this process (which keeps its
+    // connections and links between streams) or a new probe process.
+    let ends = [
+        (Here, Here),
+        (Here, Here),
+        // A new producer: the spare link; the consumer here is handed it
+        // in place of the one it kept.
+        (Probe, Here),
+        // The producer here starts the link it kept; the new consumer is
+        // handed it, and so is the consumer here next, which kept another.
+        (Here, Probe),
+        (Here, Here),
+        (Here, Here),
+    ];
+    // The data a probe sends and checks (its default seed).
+    let seed = stream_seed(1, floki_client::Pattern::OneToOne, "p", "q");
+    for (i, (sends, receives)) in ends.into_iter().enumerate() {
+        // From 1 byte to 3 MiB in a window of 1 MiB.
+        let size = [1, 3 << 20, 64 << 10][i % 3] + i;
+        let consuming = match receives {
+            Here => Consuming::Thread(std::thread::spawn({
+                let opts = consumer.clone();
+                move || {
+                    let mut rx = blocking::Receiver::connect(&opts).expect("receiver");
+                    let mut got = Vec::new();
+                    rx.read_to_end(&mut got).expect("a verified stream");
+                    rx.finish().expect("verified");
+                    got
+                }
+            })),
+            Probe => Consuming::Probe(spawn(
+                &mut b.probe_local(&probe_args("recv", &token, "q", size)),
+            )),
+        };
+        match sends {
+            Here => {
+                let mut tx = blocking::Sender::open(&producer).expect("sender");
+                tx.write_all(&pattern(size, seed)).expect("write");
+                tx.finish().expect("the consumer verified the stream");
+            }
+            Probe => assert_success(
+                &wait_within(
+                    spawn(&mut a.probe_local(&probe_args("send", &token, "p", size))),
+                    LIMIT,
+                ),
+                "a new producer",
+            ),
+        }
+        match consuming {
+            Consuming::Thread(thread) => assert!(
+                thread.join().expect("the consumer") == pattern(size, seed),
+                "stream {i} arrived changed"
+            ),
+            // The probe checks the bytes of its own pattern.
+            Consuming::Probe(child) => assert_success(&wait_within(child, LIMIT), "a new consumer"),
+        }
+    }
+    // Which streams went over a kept link, as each agent's status says.
+    let kept_on = |node: &ClusterNode| -> Vec<bool> {
+        let status = node.agent.status();
+        let mut notes: Vec<(u64, bool)> = status["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .filter(|c| c["name"] == "wf/e/p>q")
+            .map(|c| {
+                assert_eq!(c["state"], "done", "{c:#}");
+                let note = c["note"].as_str().expect("note");
+                (
+                    c["id"].as_u64().expect("id"),
+                    note.contains("kept the agents' link"),
+                )
+            })
+            .collect();
+        notes.sort();
+        assert_eq!(notes.len(), ends.len(), "{status:#}");
+        notes.into_iter().map(|(_, kept)| kept).collect()
+    };
+    assert_eq!(
+        kept_on(a),
+        [false, true, false, true, true, true],
+        "producer's node"
+    );
+    assert_eq!(
+        kept_on(b),
+        [false, true, false, false, false, true],
+        "consumer's node"
+    );
+}
+
+/// Who runs an end of a stream across nodes.
+#[derive(Clone, Copy)]
+enum End {
+    /// This test's process.
+    Here,
+    /// A new `floki-probe` on the end's node.
+    Probe,
+}
+use End::{Here, Probe};
+
+enum Consuming {
+    Thread(std::thread::JoinHandle<Vec<u8>>),
+    Probe(std::process::Child),
+}
+
+/// `floki-probe` arguments for function `function` of edge `e` of `wf`.
+fn probe_args(verb: &str, token: &str, function: &str, size: usize) -> Vec<String> {
+    let size = size.to_string();
+    [
+        verb,
+        "--workflow",
+        "wf",
+        "--edge",
+        "e",
+        "--as",
+        function,
+        "--token",
+        token,
+        "--bytes",
+        &size,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -51,6 +51,9 @@ struct SocketPath {
     inbound: Inbound,
     staging: Box<[u8; STAGING]>,
     staged: Range<usize>,
+    /// The connection is the agents' link, kept after a verified stream
+    /// ([`setup::Established::link`]): never shut down.
+    link: bool,
 }
 
 impl Receiver {
@@ -72,6 +75,7 @@ impl Receiver {
                 inbound: crate::receiver::inbound(open.credit, opts),
                 staging: Box::new([0; STAGING]),
                 staged: 0..0,
+                link: open.link,
             }),
             DataPath::Ring(ring) => {
                 Path::Ring(ring.reader().map_err(|source| ClientError::Stream {
@@ -174,7 +178,21 @@ impl Receiver {
         {
             self.end.reporter.keep_ring(kept);
         }
-        result.map_err(|source| self.end.error(source))
+        let result = result.map_err(|source| self.end.error(source));
+        // Over the agents' link, the link, for this stream's next use: the
+        // ack went out whole and nothing of the sender's is left unread.
+        if result.is_ok()
+            && let Path::Socket(socket) = &self.path
+            && socket.link
+            && socket.staged.is_empty()
+            && socket.inbound.outgoing().is_empty()
+            && floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(&socket.stream))
+            // The receiver's own descriptor closes with it.
+            && let Ok(link) = socket.stream.try_clone()
+        {
+            self.end.reporter.keep_link(link);
+        }
+        result
     }
 
     fn fail(&mut self, err: StreamError) -> io::Error {
@@ -188,7 +206,9 @@ impl Receiver {
             self.reported = true;
             let received = self.path.progress().0;
             self.end.reporter.finish_here(received, None);
-            if let Path::Socket(socket) = &self.path {
+            if let Path::Socket(socket) = &self.path
+                && !socket.link
+            {
                 let _ = socket.stream.shutdown(std::net::Shutdown::Write);
             }
         }

@@ -57,6 +57,9 @@ struct SocketOut {
     outbound: Outbound,
     /// Computes the checksum of large writes beside them (`None`: inline).
     beside: Option<OnDemand>,
+    /// The connection is the agents' link, kept after a verified stream
+    /// ([`Established::link`]): never shut down.
+    link: bool,
 }
 
 impl Sender {
@@ -107,6 +110,7 @@ impl Sender {
             window,
             listener: _,
             ring,
+            link,
         } = accepted;
         let (pending, nudged) = Pending::new(window.unwrap_or(0));
         let moving = |channel: &str, source| ClientError::Io {
@@ -124,6 +128,7 @@ impl Sender {
                 window,
                 listener: None,
                 ring,
+                link,
             };
             // Deferred like any blocking end's reports: its task starts
             // only if a report is due that the caller cannot write, and its
@@ -191,14 +196,27 @@ impl Sender {
                 let mut summary = open.end.summary(sent, open.path.checksum());
                 summary.stored |= open.path.stored();
                 // A verified stream over a ring: the ring stays with the
-                // kept connection, for the next stream with this receiver.
-                if let Opening::Open(Open {
-                    mut end,
-                    path: Path::Ring(ring),
-                }) = self.opening
-                    && let Some(kept) = ring.keep()
-                {
-                    end.reporter.keep_ring(kept);
+                // kept connection, for the next stream with this receiver;
+                // over the agents' link, the link, for this stream's next
+                // use.
+                if let Opening::Open(Open { mut end, path }) = self.opening {
+                    match path {
+                        Path::Ring(ring) => {
+                            if let Some(kept) = ring.keep() {
+                                end.reporter.keep_ring(kept);
+                            }
+                        }
+                        Path::Socket(socket) => {
+                            if socket.link
+                                && socket.outbound.settled()
+                                && floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(
+                                    &socket.stream,
+                                ))
+                            {
+                                end.reporter.keep_link(socket.stream);
+                            }
+                        }
+                    }
                 }
                 Ok(summary)
             }
@@ -288,6 +306,7 @@ impl Open {
                 beside: (established.end.transport == Transport::Tcp).then_some(OnDemand::NotYet),
                 stream: into_blocking(stream, channel)?,
                 outbound: Outbound::new(established.credit),
+                link: established.link,
             }),
             DataPath::Ring(ring) => {
                 Path::Ring(ring.writer().map_err(|source| ClientError::Stream {
@@ -413,7 +432,10 @@ impl SocketOut {
                 None => self.read_inbox()?,
             }
         }
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        // A link may carry the stream's next use: left open.
+        if !self.link {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
         Ok(())
     }
 

@@ -36,6 +36,11 @@ pub(crate) struct Established {
     pub data: DataPath,
     /// Sender: the receiver's initial credit. Receiver: its window.
     pub credit: u64,
+    /// The data connection is the agents' link of a stream across nodes
+    /// (the agent said `link`), which may carry the stream's next use: no
+    /// end shuts it down, and a blocking end keeps it with its connection
+    /// after a verified stream.
+    pub link: bool,
 }
 
 /// Where an established end's bytes go.
@@ -102,7 +107,13 @@ impl Established {
             reporter,
         );
         end.stored = pairing.stored;
-        Self { end, data, credit }
+        let link = pairing.link && matches!(data, DataPath::Socket(_));
+        Self {
+            end,
+            data,
+            credit,
+            link,
+        }
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use floki_client::{
-    ChannelOptions, Pattern, Receiver, Sender, Summary, Transport, blocking,
+    ChannelOptions, Receiver, Sender, Summary, Transport, blocking,
     workflow::{self, EdgeOptions},
 };
-use floki_tests::Pattern as DataPattern;
+use floki_tests::{Pattern as DataPattern, stream_seed};
 use rand::{Rng as _, SeedableRng as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -180,20 +180,6 @@ fn edge_options(
     opts.transport = args.transport;
     opts.live = args.live;
     opts
-}
-
-/// The seed of a stream's data: broadcast and gather streams carry their
-/// producer's data, shuffle streams a partition of their own.
-pub fn stream_seed(base: u64, pattern: Pattern, producer: &str, consumer: &str) -> u64 {
-    let name = |s: &str| {
-        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-    };
-    match pattern {
-        Pattern::Shuffle => base ^ name(producer) ^ name(consumer).rotate_left(17),
-        _ => base ^ name(producer),
-    }
 }
 
 /// A producer's streams on an edge: `--bytes` of its pattern on each.

@@ -59,6 +59,10 @@ pub struct LinkEnd {
     /// This end is the agent's store, taking in a stream pushed ahead of
     /// its consumer.
     pub store: bool,
+    /// The function kept the link from the stream's last use (set once
+    /// the link is known: on the consumer's side, when the producer's agent
+    /// started it).
+    pub kept: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a channel's bytes went, for its view.
@@ -116,8 +120,13 @@ impl Carrier {
                     Role::Send => ("to", "producer"),
                     Role::Recv => ("from", "consumer"),
                 };
+                let handed = if end.kept.load(Ordering::Relaxed) {
+                    format!("the {function} kept the agents' link from the stream's last use")
+                } else {
+                    format!("the agents' link was handed to the {function}")
+                };
                 let note = format!(
-                    "{direction} node {}: the agents' link was handed to the {function}; \
+                    "{direction} node {}: {handed}; \
                      no byte passes through the agent (bytes as the {function} reports them)",
                     end.peer_node
                 );

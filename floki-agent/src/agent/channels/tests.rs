@@ -84,6 +84,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         store: false,
         secret: None,
         kept_ring: false,
+        kept_link: false,
     }
 }
 
@@ -108,6 +109,7 @@ fn remote(name: &str, role: Role) -> JoinRequest {
             role,
             peer_node: "node-b".into(),
             store: false,
+            kept: Default::default(),
         })),
         window: Some(1 << 20),
     }

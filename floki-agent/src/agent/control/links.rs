@@ -15,7 +15,6 @@ use std::{
 };
 
 use tokio::{
-    io::AsyncReadExt as _,
     net::TcpStream,
     sync::{Notify, broadcast, mpsc, oneshot},
 };
@@ -40,6 +39,15 @@ pub struct Prepared {
     pub key: [u8; KEY_LEN],
     /// Consumer side: the producer waits for its consumer (never stored).
     pub live: bool,
+    /// Which of this agent's links it is: a consumer that kept it from its
+    /// last stream is not handed it again.
+    pub id: u64,
+}
+
+/// A new link's [`Prepared::id`].
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
@@ -243,6 +251,7 @@ impl PreparedLinks {
                     conn,
                     key,
                     live: false,
+                    id: next_id(),
                 })
             }
             Ok(Ok(Some(PeerAnswer::Error { message }))) => Err(message),
@@ -281,7 +290,7 @@ impl PreparedLinks {
         self: &Arc<Self>,
         stream: StreamId,
         key: [u8; KEY_LEN],
-        mut conn: TcpStream,
+        conn: TcpStream,
     ) -> Result<(), String> {
         let ends_here = self
             .workflows
@@ -293,6 +302,29 @@ impl PreparedLinks {
                 self.node
             ));
         }
+        self.await_start(stream, key, next_id(), conn);
+        Ok(())
+    }
+
+    /// Consumer side: a link whose stream its consumer verified carries the
+    /// stream's next use, if the producer's agent starts it again: it waits
+    /// for its next start byte as a new one does. A link that either end
+    /// shut down or that broke is dropped (the producer's agent then starts
+    /// the stream's spare link).
+    pub fn rearm(self: &Arc<Self>, stream: StreamId, prepared: Prepared) {
+        if reusable(&prepared.conn, true) {
+            self.await_start(stream, prepared.key, prepared.id, prepared.conn);
+        }
+    }
+
+    /// Consumer side: lists `conn` as started once its start byte comes.
+    fn await_start(
+        self: &Arc<Self>,
+        stream: StreamId,
+        key: [u8; KEY_LEN],
+        id: u64,
+        conn: TcpStream,
+    ) {
         *self
             .pending
             .lock()
@@ -302,17 +334,21 @@ impl PreparedLinks {
         self.changed.notify_waiters();
         let this = self.clone();
         tokio::spawn(async move {
-            let mut start = [0u8; 1];
-            let live = match conn.read(&mut start).await {
-                Ok(1) if start[0] == START => Some(false),
-                Ok(1) if start[0] == START_LIVE => Some(true),
+            let live = match read_start(&conn).await {
+                Ok(Some(START)) => Some(false),
+                Ok(Some(START_LIVE)) => Some(true),
                 _ => None,
             };
             if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
                 *n -= 1;
             }
             if let Some(live) = live {
-                let prepared = Prepared { conn, key, live };
+                let prepared = Prepared {
+                    conn,
+                    key,
+                    live,
+                    id,
+                };
                 let mut started = this.started.lock().expect("started lock");
                 match started.get(&stream) {
                     // Never replace a stream whose producer is still there:
@@ -332,7 +368,6 @@ impl PreparedLinks {
             }
             this.changed.notify_waiters();
         });
-        Ok(())
     }
 
     /// Consumer side: a started connection of `stream` (its producer is
@@ -435,15 +470,47 @@ impl PreparedLinks {
     }
 }
 
+/// Whether `conn` may carry another stream: both directions open (neither
+/// end shut its side down, nothing reset it) and, unless `unread_ok`,
+/// nothing unread (after a verified stream a link is silent until its next
+/// start byte).
+pub fn reusable(conn: &TcpStream, unread_ok: bool) -> bool {
+    floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(conn))
+        && (unread_ok || !has_unread(conn))
+}
+
+/// Whether `conn` has bytes waiting to be read (or its peer closed it).
+fn has_unread(conn: &TcpStream) -> bool {
+    !matches!(peek(conn), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Whether the other end closed `conn` (data still unread is not a hang-up).
 fn hung_up(conn: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    // tokio's sockets do not block: nothing to read yet is `WouldBlock`.
-    match socket2::SockRef::from(conn).peek(&mut probe) {
+    match peek(conn) {
         Ok(0) => true,
         Ok(_) => false,
         Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
     }
+}
+
+/// Peeks at one byte of `conn` without waiting. A link handed to a function
+/// shares its open file with the function's descriptor, whose client may
+/// have made it blocking: every read of a link here says `MSG_DONTWAIT`.
+fn peek(conn: &TcpStream) -> std::io::Result<usize> {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    socket2::SockRef::from(conn).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// The start byte of a link's next stream; `None` if the link closed.
+async fn read_start(conn: &TcpStream) -> std::io::Result<Option<u8>> {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    let n = conn
+        .async_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(conn).recv_with_flags(&mut byte, libc::MSG_DONTWAIT)
+        })
+        .await?;
+    // SAFETY: the kernel wrote `n` bytes into `byte`; `n` is 0 or 1.
+    Ok((n == 1).then(|| unsafe { byte[0].assume_init() }))
 }
 
 #[cfg(test)]
@@ -480,6 +547,7 @@ mod tests {
             conn,
             key: [7; KEY_LEN],
             live,
+            id: 1,
         };
         links.started.lock().unwrap().insert(stream(), prepared);
         producer_side

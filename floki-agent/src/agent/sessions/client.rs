@@ -57,6 +57,7 @@ async fn route(
         mut stream,
         reader,
         ring,
+        link,
     } = connection;
     agent.metrics.count_request();
     // The connection as the end's session goes on with it.
@@ -64,6 +65,7 @@ async fn route(
         stream,
         reader,
         ring,
+        link,
     };
     let hello = match request {
         Ok(ClientRequest::Describe { describe }) => {
@@ -148,14 +150,12 @@ async fn route(
                 && !hello.store
                 && let Some(started) = agent.links.take_started(&resolved.stream)
             {
-                remote::serve(stream, hello, resolved, Some(started), agent).await;
-                return None;
+                return remote::serve(kept(stream), hello, resolved, Some(started), agent).await;
             }
             let (stream, mut hello) =
                 stored::serve_stored(stream, hello, &name, window, agent).await?;
             if resolved.peer_node != agent.node {
-                remote::serve(stream, hello, resolved, None, agent).await;
-                return None;
+                return remote::serve(kept(stream), hello, resolved, None, agent).await;
             }
             hello.channel = name;
             let edge = EdgeOf {

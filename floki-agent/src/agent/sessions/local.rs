@@ -74,6 +74,8 @@ pub async fn serve(
         stream: mut control,
         mut reader,
         ring: kept_ring,
+        // A link is kept for its own stream across nodes only.
+        link: _,
     } = connection;
     let name = hello.channel.clone();
     let role = hello.role;
@@ -149,16 +151,17 @@ pub async fn serve(
         Ok(paired) => {
             let ring = paired.ring_file.clone();
             if hand_over(&mut control, &membership, paired, agent, &name, again).await {
-                let (control, reader, next) =
+                let (control, reader, done) =
                     reports(control, &membership, &name, reader, again).await;
                 // The end leaves its channel before its connection closes
                 // (or carries its next request), so that neither comes
                 // before the leave.
                 drop(membership);
-                return next.then_some(Kept {
+                return done.map(|_| Kept {
                     stream: control,
                     reader,
                     ring,
+                    link: None,
                 });
             }
         }
@@ -308,6 +311,7 @@ fn paired_message(paired: &Paired, again: bool) -> AgentMessage {
         socket: None,
         stored: paired.stored,
         again,
+        link: false,
     }
 }
 

@@ -99,21 +99,22 @@ fn is_unix(control: &ControlStream) -> bool {
 
 /// Passes an end's reports to its channel until it hangs up, or until its
 /// `done` when the end was told it may send another hello after it
-/// (`again`). Returns its connection and reader, and whether the client may
-/// go on with another request: the caller decides when the end leaves its
-/// channel and when the connection closes.
+/// (`again`). Returns its connection and reader, and, if the client may go
+/// on with another request, whether its stream went across verified (its
+/// `done` said `ok`): the caller decides when the end leaves its channel and
+/// when the connection closes.
 async fn reports(
     mut stream: ControlStream,
     membership: &Membership,
     name: &str,
     mut reader: ReportReader,
     again: bool,
-) -> (ControlStream, ReportReader, bool) {
+) -> (ControlStream, ReportReader, Option<bool>) {
     loop {
         match reader.next(&mut stream).await {
-            Ok(Some(report @ ClientReport::Done { .. })) if again => {
+            Ok(Some(report @ ClientReport::Done { ok, .. })) if again => {
                 membership.report(report);
-                return (stream, reader, true);
+                return (stream, reader, Some(ok));
             }
             Ok(Some(report)) => membership.report(report),
             Ok(None) => break,
@@ -124,7 +125,7 @@ async fn reports(
             }
         }
     }
-    (stream, reader, false)
+    (stream, reader, None)
 }
 
 /// Reads a client's messages (reports, and on a kept connection its next
@@ -189,17 +190,39 @@ pub struct Kept {
     reader: ReportReader,
     /// The ring of the end's channel, if it had one it may keep.
     ring: Option<Arc<crate::agent::transport::RingFile>>,
+    /// The link of the end's stream across nodes, if it went across
+    /// verified (the function may keep it for the stream's next use).
+    link: Option<HeldLink>,
 }
 
 impl Kept {
-    /// A connection before its first channel: nothing read ahead, no ring.
+    /// A connection before its first channel: nothing read ahead, no ring
+    /// or link.
     fn new(stream: ControlStream) -> Self {
         Self {
             stream,
             reader: ReportReader::default(),
             ring: None,
+            link: None,
         }
     }
+}
+
+/// The agents' link of a cross-node stream that the function on a kept
+/// connection may still hold, from the stream's last use.
+enum HeldLink {
+    /// Producer side: this agent's descriptor of it; the stream's next use
+    /// from this connection starts it again instead of the spare link.
+    Sent {
+        stream: crate::workflow::StreamId,
+        link: crate::agent::control::links::Prepared,
+    },
+    /// Consumer side: which link it is ([`Prepared::id`]); the link itself
+    /// waits among the prepared links for its next start, for whichever
+    /// consumer of the stream comes.
+    ///
+    /// [`Prepared::id`]: crate::agent::control::links::Prepared::id
+    Received(u64),
 }
 
 /// How many `waiting` reports an end may send while it waits for its peer

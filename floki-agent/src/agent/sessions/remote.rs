@@ -4,7 +4,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, atomic::AtomicU64},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,7 +27,7 @@ use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use super::{
-    Kept, ReportReader, WhileWaiting, closed,
+    HeldLink, Kept, ReportReader, WhileWaiting, closed,
     handshake::refuse_quietly,
     is_unix,
     local::{self, Local},
@@ -33,19 +36,32 @@ use super::{
 use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
-    control::{links::Prepared, workflows::Resolved},
+    control::{
+        links::{self, Prepared},
+        workflows::Resolved,
+    },
     transport::{self, CarrierKind, Placement, link, relay},
 };
 
 /// Serves the end on this node of a cross-node stream; a consumer may come
-/// with the stream's started link, which it took when it said hello.
+/// with the stream's started link, which it took when it said hello. A
+/// function on the Unix socket is handed the link, and its connection comes
+/// back once its end said `done`: it may carry the function's next request,
+/// and the function may keep the link for the stream's next use.
 pub async fn serve(
-    mut control: ControlStream,
+    connection: Kept,
     hello: Hello,
     resolved: Resolved,
     started: Option<Prepared>,
     agent: &Agent,
-) {
+) -> Option<Kept> {
+    let Kept {
+        stream: mut control,
+        mut reader,
+        // A ring is kept for a stream on this node only.
+        ring: _,
+        link: held,
+    } = connection;
     // A link taken but not used goes back, for the consumer's next try or
     // the store.
     let put_back = |started: Option<Prepared>| {
@@ -65,15 +81,33 @@ pub async fn serve(
         Ok(plan) => plan,
         Err(message) => {
             let refusal = Refusal::TransportUnavailable;
-            return refuse_quietly(agent, &mut control, refusal, message).await;
+            refuse_quietly(agent, &mut control, refusal, message).await;
+            return None;
         }
+    };
+    // The link the function kept from this stream's last use, if its hello
+    // says it still holds it: the producer's side starts it again (if it is
+    // still sound) instead of the spare; the consumer's side is told when
+    // the producer started that one.
+    let (kept_send, kept_recv) = match held.filter(|_| hello.kept_link) {
+        Some(HeldLink::Sent { stream, link })
+            if role == Role::Send
+                && stream == resolved.stream
+                && links::reusable(&link.conn, false) =>
+        {
+            (Some(link), None)
+        }
+        Some(HeldLink::Received(id)) if role == Role::Recv => (None, Some(id)),
+        _ => (None, None),
     };
     let relayed = Arc::new(AtomicU64::new(0));
     let end = LinkEnd {
         role,
         peer_node: resolved.peer_node.clone(),
         store: hello.store,
+        kept: Arc::default(),
     };
+    let kept_flag = end.kept.clone();
     let carrier = match plan.carrier {
         CarrierKind::LinkHanded => Carrier::LinkHanded(end),
         _ => Carrier::LinkRelayed {
@@ -92,7 +126,8 @@ pub async fn serve(
         Ok(joined) => joined.membership,
         Err((refusal, message)) => {
             put_back(started);
-            return refuse_quietly(agent, &mut control, refusal, message).await;
+            refuse_quietly(agent, &mut control, refusal, message).await;
+            return None;
         }
     };
     let accepted = AgentMessage::Accepted {
@@ -102,10 +137,12 @@ pub async fn serve(
         socket: None,
     };
     if write_message(&mut control, &accepted).await.is_err() {
-        return put_back(started);
+        put_back(started);
+        return None;
     }
-    let mut reader = ReportReader::default();
+    let sent_again = kept_send.is_some();
     let prepared = match role {
+        Role::Send if sent_again => kept_send,
         // Producer side: the connection this agent keeps to the consumer's;
         // if there is none (the consumer's node is unreachable), the store
         // of this node may take the stream.
@@ -124,7 +161,7 @@ pub async fn serve(
                 Link::Gone => None,
                 Link::Unreachable => {
                     drop(membership);
-                    let Some(meeting) = storable else { return };
+                    let meeting = storable?;
                     let here = Local {
                         window: Some(window),
                         storable: Some(meeting),
@@ -136,7 +173,7 @@ pub async fn serve(
                     hello.channel = name;
                     // Its connection closes after `done` (no next request).
                     local::serve(Kept::new(control), hello, here, agent).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -149,40 +186,72 @@ pub async fn serve(
             () = closed(&mut control, &mut reader) => None,
         },
     };
-    let Some(prepared) = prepared else {
-        return;
+    let prepared = prepared?;
+    // The function holds this very link already: it is not handed again.
+    let reused = match role {
+        Role::Send => sent_again,
+        Role::Recv => kept_recv == Some(prepared.id),
     };
-    let started = match control {
-        Either::Right(mut unix) => match hand_over(&mut unix, &hello, prepared, window).await {
-            Ok(()) => Ok((Either::Right(unix), None)),
-            Err(err) => Err(format!("not handed over: {err}")),
-        },
-        Either::Left(tcp) => {
-            let end = RelayedEnd {
-                hello: &hello,
-                name: &name,
-                window,
-                membership: &membership,
-                agent,
+    kept_flag.store(reused, Ordering::Relaxed);
+    let control = match control {
+        Either::Right(mut unix) => {
+            // The store's ends are the agent's own, one connection per
+            // stream.
+            let again = !hello.store;
+            let handed = Handed { again, reused };
+            match hand_over(&mut unix, &hello, &prepared, window, handed).await {
+                Ok(()) => {}
+                Err(err) => {
+                    warn!(channel = %name, %err, "cross-node stream not started");
+                    return None;
+                }
+            }
+            let (control, reader, done) =
+                reports(Either::Right(unix), &membership, &name, reader, again).await;
+            drop(membership);
+            // A verified stream leaves its link sound and silent: it may
+            // carry the stream's next use. Otherwise this agent's
+            // descriptor goes, and the link with it once the function's.
+            let link = match (done?, role) {
+                (true, Role::Send) => Some(HeldLink::Sent {
+                    stream: resolved.stream.clone(),
+                    link: prepared,
+                }),
+                (true, Role::Recv) => {
+                    let id = prepared.id;
+                    agent.links.rearm(resolved.stream.clone(), prepared);
+                    Some(HeldLink::Received(id))
+                }
+                (false, _) => None,
             };
-            end.start(tcp, prepared, relayed)
-                .await
-                .map(|(tcp, relay)| (Either::Left(tcp), Some(relay)))
+            return Some(Kept {
+                stream: control,
+                reader,
+                ring: None,
+                link,
+            });
         }
+        Either::Left(tcp) => tcp,
     };
-    match started {
+    let end = RelayedEnd {
+        hello: &hello,
+        name: &name,
+        window,
+        membership: &membership,
+        agent,
+    };
+    match end.start(control, prepared, relayed).await {
         Ok((control, relay)) => {
-            drop(reports(control, &membership, &name, reader, false).await);
+            drop(reports(Either::Left(control), &membership, &name, reader, false).await);
             // The end stays a member until its relay is done: the channel
             // is live, and a stopping agent waits for it, while the relay
             // still carries the consumer's verdict to the producer.
-            if let Some(relay) = relay {
-                close_relay_after(relay, &name).await;
-            }
+            close_relay_after(relay, &name).await;
             drop(membership);
         }
         Err(err) => warn!(channel = %name, %err, "cross-node stream not started"),
     }
+    None
 }
 
 /// How long a relay may outlive its end's control connection: a stream
@@ -260,17 +329,30 @@ async fn producer_link(
     }
 }
 
+/// How a link goes to the function on the Unix socket.
+struct Handed {
+    /// The function may send its next request on its connection after its
+    /// `done`, and keep the link for the stream's next use.
+    again: bool,
+    /// The function kept this link from the stream's last use: nothing is
+    /// handed over (`"socket":"kept_link"`).
+    reused: bool,
+}
+
 /// Hands the agents' link to the function on the Unix socket: its bytes then
 /// go between the function's socket and the other node's, never through
-/// this agent. The producer's side starts the link first.
+/// this agent. The producer's side starts the link first. This agent keeps
+/// its own descriptor of the link until the end leaves: a verified stream's
+/// link may carry the stream's next use.
 async fn hand_over(
     unix: &mut UnixStream,
     hello: &Hello,
-    mut prepared: Prepared,
+    prepared: &Prepared,
     window: u64,
+    handed: Handed,
 ) -> Result<(), String> {
     if hello.role == Role::Send {
-        relay::start(&mut prepared.conn, hello.live)
+        relay::start(&prepared.conn, hello.live)
             .await
             .map_err(|e| format!("starting the link: {e}"))?;
     }
@@ -279,13 +361,21 @@ async fn hand_over(
         peer: None,
         key: encode_key(&prepared.key),
         window,
-        socket: Some(Handoff::Connection),
+        socket: Some(if handed.reused {
+            Handoff::KeptLink
+        } else {
+            Handoff::Connection
+        }),
         stored: false,
-        again: false,
+        again: handed.again,
+        link: handed.again,
     };
     write_message(unix, &paired)
         .await
         .map_err(|e| e.to_string())?;
+    if handed.reused {
+        return Ok(());
+    }
     send_socket(unix, std::os::fd::AsFd::as_fd(&prepared.conn))
         .await
         .map_err(|e| format!("handing the link over: {e}"))
@@ -320,6 +410,7 @@ impl RelayedEnd<'_> {
             socket: None,
             stored: false,
             again: false,
+            link: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {

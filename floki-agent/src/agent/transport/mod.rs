@@ -346,6 +346,7 @@ mod tests {
             store: false,
             secret: None,
             kept_ring: false,
+            kept_link: false,
         }
     }
 

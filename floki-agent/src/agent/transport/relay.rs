@@ -20,10 +20,7 @@ use nix::{
     fcntl::{OFlag, SpliceFFlags, splice},
     unistd::pipe2,
 };
-use tokio::{
-    io::{AsyncWriteExt as _, Interest},
-    net::TcpStream,
-};
+use tokio::{io::Interest, net::TcpStream};
 
 /// Most bytes moved per `splice` call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
@@ -142,9 +139,21 @@ fn shutdown_write(stream: &TcpStream) {
 
 /// Sends the byte that starts a prepared stream connection; `live`: the
 /// producer waits for its consumer (the other agent must not store it).
-pub async fn start(stream: &mut TcpStream, live: bool) -> io::Result<()> {
+/// The link may be shared with a function, whose client may have made it
+/// blocking (the flag belongs to the open file, not to a descriptor): so
+/// the write says `MSG_DONTWAIT` itself.
+pub async fn start(stream: &TcpStream, live: bool) -> io::Result<()> {
     use crate::agent::control::peers::protocol::{START, START_LIVE};
-    stream
-        .write_all(&[if live { START_LIVE } else { START }])
-        .await
+    let byte = [if live { START_LIVE } else { START }];
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let sent = stream
+        .async_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(stream).send_with_flags(&byte, flags)
+        })
+        .await?;
+    if sent == 1 {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::WriteZero.into())
+    }
 }
