@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    os::fd::AsFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -42,6 +43,44 @@ pub struct Prepared {
     /// Which of this agent's links it is: a consumer that kept it from its
     /// last stream is not handed it again.
     pub id: u64,
+}
+
+impl Prepared {
+    /// Takes the link out of this agent's reactor while a function streams
+    /// over it: registered, every segment of the stream would wake the
+    /// agent for nothing.
+    pub fn park(self) -> std::io::Result<Parked> {
+        Ok(Parked {
+            conn: self.conn.into_std()?,
+            key: self.key,
+            id: self.id,
+        })
+    }
+}
+
+/// A link handed to a function, held by this agent for the stream's next
+/// use but out of its reactor ([`Prepared::park`]).
+pub struct Parked {
+    /// This agent's descriptor of the link.
+    pub conn: std::net::TcpStream,
+    key: [u8; KEY_LEN],
+    id: u64,
+}
+
+impl Parked {
+    /// The link back in the reactor, for its next start. Only between two
+    /// streams over it: the function that made the shared open file
+    /// blocking does no I/O on it then, and makes it blocking again itself
+    /// when it takes the link up.
+    pub fn unpark(self) -> std::io::Result<Prepared> {
+        self.conn.set_nonblocking(true)?;
+        Ok(Prepared {
+            conn: TcpStream::from_std(self.conn)?,
+            key: self.key,
+            live: false,
+            id: self.id,
+        })
+    }
 }
 
 /// A new link's [`Prepared::id`].
@@ -474,13 +513,12 @@ impl PreparedLinks {
 /// end shut its side down, nothing reset it) and, unless `unread_ok`,
 /// nothing unread (after a verified stream a link is silent until its next
 /// start byte).
-pub fn reusable(conn: &TcpStream, unread_ok: bool) -> bool {
-    floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(conn))
-        && (unread_ok || !has_unread(conn))
+pub fn reusable(conn: &impl AsFd, unread_ok: bool) -> bool {
+    floki_proto::handoff::link_established(conn.as_fd()) && (unread_ok || !has_unread(conn))
 }
 
 /// Whether `conn` has bytes waiting to be read (or its peer closed it).
-fn has_unread(conn: &TcpStream) -> bool {
+fn has_unread(conn: &impl AsFd) -> bool {
     !matches!(peek(conn), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
 }
 
@@ -496,7 +534,7 @@ fn hung_up(conn: &TcpStream) -> bool {
 /// Peeks at one byte of `conn` without waiting. A link handed to a function
 /// shares its open file with the function's descriptor, whose client may
 /// have made it blocking: every read of a link here says `MSG_DONTWAIT`.
-fn peek(conn: &TcpStream) -> std::io::Result<usize> {
+fn peek(conn: &impl AsFd) -> std::io::Result<usize> {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     socket2::SockRef::from(conn).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }

@@ -211,11 +211,12 @@ impl Kept {
 /// The agents' link of a cross-node stream that the function on a kept
 /// connection may still hold, from the stream's last use.
 enum HeldLink {
-    /// Producer side: this agent's descriptor of it; the stream's next use
-    /// from this connection starts it again instead of the spare link.
+    /// Producer side: this agent's descriptor of it (out of the reactor);
+    /// the stream's next use from this connection starts it again instead
+    /// of the spare link.
     Sent {
         stream: crate::workflow::StreamId,
-        link: crate::agent::control::links::Prepared,
+        link: crate::agent::control::links::Parked,
     },
     /// Consumer side: which link it is ([`Prepared::id`]); the link itself
     /// waits among the prepared links for its next start, for whichever

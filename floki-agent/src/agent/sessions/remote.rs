@@ -95,7 +95,7 @@ pub async fn serve(
                 && stream == resolved.stream
                 && links::reusable(&link.conn, false) =>
         {
-            (Some(link), None)
+            (link.unpark().ok(), None)
         }
         Some(HeldLink::Received(id)) if role == Role::Recv => (None, Some(id)),
         _ => (None, None),
@@ -199,13 +199,19 @@ pub async fn serve(
             // stream.
             let again = !hello.store;
             let handed = Handed { again, reused };
-            match hand_over(&mut unix, &hello, &prepared, window, handed).await {
-                Ok(()) => {}
+            let id = prepared.id;
+            let handed = hand_over(&mut unix, &hello, &prepared, window, handed).await;
+            let parked = match handed.and_then(|()| {
+                prepared
+                    .park()
+                    .map_err(|e| format!("holding the link: {e}"))
+            }) {
+                Ok(parked) => parked,
                 Err(err) => {
                     warn!(channel = %name, %err, "cross-node stream not started");
                     return None;
                 }
-            }
+            };
             let (control, reader, done) =
                 reports(Either::Right(unix), &membership, &name, reader, again).await;
             drop(membership);
@@ -215,11 +221,12 @@ pub async fn serve(
             let link = match (done?, role) {
                 (true, Role::Send) => Some(HeldLink::Sent {
                     stream: resolved.stream.clone(),
-                    link: prepared,
+                    link: parked,
                 }),
                 (true, Role::Recv) => {
-                    let id = prepared.id;
-                    agent.links.rearm(resolved.stream.clone(), prepared);
+                    if let Ok(prepared) = parked.unpark() {
+                        agent.links.rearm(resolved.stream.clone(), prepared);
+                    }
                     Some(HeldLink::Received(id))
                 }
                 (false, _) => None,
