@@ -218,7 +218,11 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
     let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
     let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
     let unix = |node: &ClusterNode| format!("unix:{}", node.agent.socket.display());
-    let producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p").stream("q");
+    // Live: a producer that finishes before its consumer came is never
+    // stored (a stored stream is replayed to every later consumer).
+    let mut producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p");
+    producer.live = true;
+    let producer = producer.stream("q");
     let consumer = EdgeOptions::new(unix(b), "wf", &token, "e", "q").stream("p");
     // Who runs each end of each stream: this process (which keeps its
     // connections and links between streams) or a new probe process.
@@ -262,17 +266,26 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
             }
             Probe => assert_success(
                 &wait_within(
-                    spawn(&mut a.probe_local(&probe_args("send", &token, "p", size))),
+                    spawn(
+                        a.probe_local(&probe_args("send", &token, "p", size))
+                            .arg("--live"),
+                    ),
                     LIMIT,
                 ),
                 "a new producer",
             ),
         }
         match consuming {
-            Consuming::Thread(thread) => assert!(
-                thread.join().expect("the consumer") == pattern(size, seed),
-                "stream {i} arrived changed"
-            ),
+            Consuming::Thread(thread) => {
+                let got = thread.join().expect("the consumer");
+                let want = pattern(size, seed);
+                let first = got.iter().zip(&want).position(|(g, w)| g != w);
+                assert!(
+                    got == want,
+                    "stream {i} arrived changed: {} bytes of {size}, first difference at {first:?}",
+                    got.len()
+                );
+            }
             // The probe checks the bytes of its own pattern.
             Consuming::Probe(child) => assert_success(&wait_within(child, LIMIT), "a new consumer"),
         }
