@@ -89,16 +89,22 @@ pub async fn serve(
     // says it still holds it: the producer's side starts it again (if it is
     // still sound) instead of the spare; the consumer's side is told when
     // the producer started that one.
-    let (kept_send, kept_recv) = match held.filter(|_| hello.kept_link) {
+    // A link held for another stream (or that the function dropped) is
+    // closed only once this stream is under way: its close wakes the other
+    // node's agent, which should not be in this stream's set-up.
+    let (kept_send, kept_recv, _stale) = match held {
         Some(HeldLink::Sent { stream, link })
-            if role == Role::Send
+            if hello.kept_link
+                && role == Role::Send
                 && stream == resolved.stream
                 && links::reusable(&link.conn, false) =>
         {
-            (link.unpark().ok(), None)
+            (link.unpark().ok(), None, None)
         }
-        Some(HeldLink::Received(id)) if role == Role::Recv => (None, Some(id)),
-        _ => (None, None),
+        Some(HeldLink::Received(id)) if hello.kept_link && role == Role::Recv => {
+            (None, Some(id), None)
+        }
+        stale => (None, None, stale),
     };
     let relayed = Arc::new(AtomicU64::new(0));
     let end = LinkEnd {
