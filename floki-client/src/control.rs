@@ -111,17 +111,18 @@ pub(crate) struct Opened {
 
 /// A connection to the agent for a new end of `opts.channel`: one this
 /// process kept after an earlier end (see [`crate::idle`]), else a new one.
-/// `rings`: the end can take up a kept ring (the blocking client); without
-/// it, another stream's kept ring is never given up for this connection.
-pub(crate) async fn open(opts: &ChannelOptions, rings: bool) -> Result<Opened, ClientError> {
-    if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), rings)
+/// `keeps`: the end can take up a kept ring or link (the blocking client);
+/// without it, another stream's kept ring or link is never given up for
+/// this connection.
+pub(crate) async fn open(opts: &ChannelOptions, keeps: bool) -> Result<Opened, ClientError> {
+    if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), keeps)
         && let Ok(stream) = attach(kept.control)
     {
         return Ok(Opened {
             stream,
             kept: true,
-            ring: kept.ring.filter(|_| rings && opts.ring),
-            link: kept.link.filter(|_| rings),
+            ring: kept.ring.filter(|_| keeps && opts.ring),
+            link: kept.link.filter(|_| keeps),
         });
     }
     Ok(Opened {

@@ -9,6 +9,8 @@
 //! no memory file, socket pair, mapping or fresh pages). The next end to
 //! the same agent in this process takes it, the connection of the same
 //! channel first (its peer is the likeliest to have kept the same ring).
+//! Across nodes the agents' link of the stream stays with it too, for the
+//! same stream's next use.
 
 use std::{
     os::fd::AsFd as _,

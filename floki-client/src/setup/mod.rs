@@ -118,13 +118,14 @@ impl Established {
 }
 
 /// Says hello as the sender of `opts.channel`; the agent's acceptance says
-/// how much may be buffered until the stream is established. `rings`: the
-/// end can take up a ring kept from an earlier channel (a blocking end).
+/// how much may be buffered until the stream is established. `keeps`: the
+/// end can take up a ring or link kept from an earlier channel (a blocking
+/// end).
 pub(crate) async fn sender_hello(
     opts: &ChannelOptions,
-    rings: bool,
+    keeps: bool,
 ) -> Result<Accepted, ClientError> {
-    control::hello(control::open(opts, rings).await?, opts, Role::Send, None).await
+    control::hello(control::open(opts, keeps).await?, opts, Role::Send, None).await
 }
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first

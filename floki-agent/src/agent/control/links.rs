@@ -1,12 +1,15 @@
 //! The links of cross-node streams, prepared before the functions run.
 //!
 //! The producer's agent keeps, for every stream of an applied workflow that
-//! leaves its node, one connection open to the consumer's agent (opened at
-//! apply, replaced when it breaks or after each use). When the producer
-//! connects, its agent takes that connection, sends one start byte and relays
-//! the producer's data connection over it; the consumer's agent, on the start
-//! byte, relays it to the consumer. No set-up round trip between agents
-//! happens once a function is there.
+//! leaves its node, one spare connection open to the consumer's agent
+//! (opened at apply, replaced when it breaks or after each use). When the
+//! producer connects, its agent takes that connection, sends one start byte
+//! and hands it to the producer or relays the producer's data connection
+//! over it; the consumer's agent, on the start byte, does the same for the
+//! consumer. No set-up round trip between agents happens once a function is
+//! there. A link whose stream went across verified to functions on the Unix
+//! socket carries the stream's next use again (`sessions::remote`): the
+//! consumer's agent waits for its next start byte here ([`PreparedLinks::rearm`]).
 
 use std::{
     collections::{HashMap, HashSet},

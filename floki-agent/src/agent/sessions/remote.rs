@@ -42,6 +42,7 @@ use crate::agent::{
     },
     transport::{self, CarrierKind, Placement, link, relay},
 };
+use crate::workflow::StreamId;
 
 /// Serves the end on this node of a cross-node stream; a consumer may come
 /// with the stream's started link, which it took when it said hello. A
@@ -88,10 +89,10 @@ pub async fn serve(
     // The link the function kept from this stream's last use, if its hello
     // says it still holds it: the producer's side starts it again (if it is
     // still sound) instead of the spare; the consumer's side is told when
-    // the producer started that one.
-    // A link held for another stream (or that the function dropped) is
-    // closed only once this stream is under way: its close wakes the other
-    // node's agent, which should not be in this stream's set-up.
+    // the producer started that one. A link held for another stream (or
+    // that the function dropped) is closed only once this stream is under
+    // way: its close wakes the other node's agent, which should not be in
+    // this stream's set-up.
     let (kept_send, kept_recv, _stale) = match held {
         Some(HeldLink::Sent { stream, link })
             if hello.kept_link
@@ -200,49 +201,15 @@ pub async fn serve(
     };
     kept_flag.store(reused, Ordering::Relaxed);
     let control = match control {
-        Either::Right(mut unix) => {
-            // The store's ends are the agent's own, one connection per
-            // stream.
-            let again = !hello.store;
-            let handed = Handed { again, reused };
-            let id = prepared.id;
-            let handed = hand_over(&mut unix, &hello, &prepared, window, handed).await;
-            let parked = match handed.and_then(|()| {
-                prepared
-                    .park()
-                    .map_err(|e| format!("holding the link: {e}"))
-            }) {
-                Ok(parked) => parked,
-                Err(err) => {
-                    warn!(channel = %name, %err, "cross-node stream not started");
-                    return None;
-                }
+        Either::Right(unix) => {
+            let end = HandedEnd {
+                hello: &hello,
+                name: &name,
+                window,
+                stream: &resolved.stream,
+                agent,
             };
-            let (control, reader, done) =
-                reports(Either::Right(unix), &membership, &name, reader, again).await;
-            drop(membership);
-            // A verified stream leaves its link sound and silent: it may
-            // carry the stream's next use. Otherwise this agent's
-            // descriptor goes, and the link with it once the function's.
-            let link = match (done?, role) {
-                (true, Role::Send) => Some(HeldLink::Sent {
-                    stream: resolved.stream.clone(),
-                    link: parked,
-                }),
-                (true, Role::Recv) => {
-                    if let Ok(prepared) = parked.unpark() {
-                        agent.links.rearm(resolved.stream.clone(), prepared);
-                    }
-                    Some(HeldLink::Received(id))
-                }
-                (false, _) => None,
-            };
-            return Some(Kept {
-                stream: control,
-                reader,
-                ring: None,
-                link,
-            });
+            return end.serve(unix, reader, membership, prepared, reused).await;
         }
         Either::Left(tcp) => tcp,
     };
@@ -392,6 +359,72 @@ async fn hand_over(
     send_socket(unix, std::os::fd::AsFd::as_fd(&prepared.conn))
         .await
         .map_err(|e| format!("handing the link over: {e}"))
+}
+
+/// A function on the Unix socket, which is handed the link.
+struct HandedEnd<'a> {
+    hello: &'a Hello,
+    name: &'a str,
+    window: u64,
+    stream: &'a StreamId,
+    agent: &'a Agent,
+}
+
+impl HandedEnd<'_> {
+    /// Hands the link over (`reused`: the function kept this very one) and
+    /// passes the end's reports until it hangs up or says `done`; its
+    /// connection back if it may carry another request, with the link if
+    /// the stream went across verified.
+    async fn serve(
+        self,
+        mut unix: UnixStream,
+        reader: ReportReader,
+        membership: Membership,
+        prepared: Prepared,
+        reused: bool,
+    ) -> Option<Kept> {
+        // The store's ends are the agent's own, one connection per stream.
+        let again = !self.hello.store;
+        let handed = Handed { again, reused };
+        let id = prepared.id;
+        let handed = hand_over(&mut unix, self.hello, &prepared, self.window, handed).await;
+        let parked = match handed.and_then(|()| {
+            prepared
+                .park()
+                .map_err(|e| format!("holding the link: {e}"))
+        }) {
+            Ok(parked) => parked,
+            Err(err) => {
+                warn!(channel = %self.name, %err, "cross-node stream not started");
+                return None;
+            }
+        };
+        let (control, reader, done) =
+            reports(Either::Right(unix), &membership, self.name, reader, again).await;
+        drop(membership);
+        // A verified stream leaves its link sound and silent: it may carry
+        // the stream's next use. Otherwise this agent's descriptor goes, and
+        // the link with it once the function's.
+        let link = match (done?, self.hello.role) {
+            (true, Role::Send) => Some(HeldLink::Sent {
+                stream: self.stream.clone(),
+                link: parked,
+            }),
+            (true, Role::Recv) => {
+                if let Ok(prepared) = parked.unpark() {
+                    self.agent.links.rearm(self.stream.clone(), prepared);
+                }
+                Some(HeldLink::Received(id))
+            }
+            (false, _) => None,
+        };
+        Some(Kept {
+            stream: control,
+            reader,
+            ring: None,
+            link,
+        })
+    }
 }
 
 /// A function on the TCP port whose stream the agent relays over the link.
