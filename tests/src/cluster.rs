@@ -325,3 +325,32 @@ impl Spec {
         yaml
     }
 }
+
+/// `floki-probe` arguments for `function` on `edge` of workflow `wf` (the
+/// workflow every cluster test applies): `verb` (`send` or `recv`) `bytes`
+/// on each of its streams, then `extra`.
+pub fn edge_probe_args(
+    verb: &str,
+    token: &str,
+    edge: &str,
+    function: &str,
+    bytes: u64,
+    extra: &[&str],
+) -> Vec<String> {
+    let bytes = bytes.to_string();
+    let mut args = vec![
+        verb,
+        "--workflow",
+        "wf",
+        "--edge",
+        edge,
+        "--as",
+        function,
+        "--token",
+        token,
+        "--bytes",
+        &bytes,
+    ];
+    args.extend_from_slice(extra);
+    args.into_iter().map(str::to_owned).collect()
+}

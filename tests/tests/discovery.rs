@@ -10,7 +10,7 @@ use std::{
 };
 
 use floki_tests::{
-    cluster::{Cluster, PEER_PORT, Spec},
+    cluster::{Cluster, PEER_PORT, Spec, edge_probe_args},
     node::{assert_success, spawn, wait_within},
 };
 use serde_json::Value;
@@ -147,20 +147,8 @@ fn agents_find_each_other_through_dns_and_forget_who_leaves() {
         .edge("e", &["p"], &["q"], "one-to-one", "4MiB");
     let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
     let args = |verb: &str| {
-        [
-            verb,
-            "--workflow",
-            "wf",
-            "--edge",
-            "e",
-            "--as",
-            if verb == "send" { "p" } else { "q" },
-            "--token",
-            &token,
-            "--bytes",
-            "16777216",
-        ]
-        .map(str::to_owned)
+        let function = if verb == "send" { "p" } else { "q" };
+        edge_probe_args(verb, &token, "e", function, 16 << 20, &[])
     };
     let recv = spawn(&mut cluster.node("node-c").probe(&args("recv")));
     let send = spawn(&mut cluster.node("node-a").probe(&args("send")));

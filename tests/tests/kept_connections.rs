@@ -17,8 +17,8 @@ use std::{
 
 use floki_client::{ChannelOptions, blocking, workflow::EdgeOptions};
 use floki_tests::{
-    agent::AgentOptions,
-    cluster::{Cluster, ClusterNode, Spec},
+    agent::{AgentOptions, TestAgent},
+    cluster::{Cluster, ClusterNode, Spec, edge_probe_args},
     metrics::{get, node_with_metrics, sample},
     node::{TestNode, assert_success, spawn, wait_within},
     pattern, stream_seed,
@@ -133,22 +133,10 @@ fn a_stream_again_between_the_same_ends_goes_over_the_ring_they_kept() {
         |i| [1, 20 << 20, 64 << 10, 3 << 20][i % 4] + i,
         |i| i == 5,
     );
-    let status = node.agent.status();
-    let mut reasons: Vec<(u64, String)> = status["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter(|c| c["name"] == "again")
-        .map(|c| {
-            assert_eq!(c["state"], "done", "{c:#}");
-            assert_eq!(c["transport"], "shm", "{c:#}");
-            let id = c["id"].as_u64().expect("id");
-            (id, c["reason"].as_str().expect("reason").to_owned())
-        })
-        .collect();
-    reasons.sort();
-    assert_eq!(reasons.len(), STREAMS, "{status:#}");
-    for (i, (_, reason)) in reasons.iter().enumerate() {
+    let streams = finished_in_order(&node.agent, "again", STREAMS);
+    for (i, stream) in streams.iter().enumerate() {
+        assert_eq!(stream["transport"], "shm", "{stream:#}");
+        let reason = stream["reason"].as_str().expect("reason");
         let kept = reason.contains("kept from their last channel");
         assert_eq!(kept, !matches!(i, 0 | 6), "stream {i}: {reason}");
     }
@@ -254,9 +242,14 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
                     got
                 }
             })),
-            Probe => Consuming::Probe(spawn(
-                &mut b.probe_local(&probe_args("recv", &token, "q", size)),
-            )),
+            Probe => Consuming::Probe(spawn(&mut b.probe_local(&edge_probe_args(
+                "recv",
+                &token,
+                "e",
+                "q",
+                size as u64,
+                &[],
+            )))),
         };
         match sends {
             Here => {
@@ -266,10 +259,14 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
             }
             Probe => assert_success(
                 &wait_within(
-                    spawn(
-                        a.probe_local(&probe_args("send", &token, "p", size))
-                            .arg("--live"),
-                    ),
+                    spawn(&mut a.probe_local(&edge_probe_args(
+                        "send",
+                        &token,
+                        "e",
+                        "p",
+                        size as u64,
+                        &["--live"],
+                    ))),
                     LIMIT,
                 ),
                 "a new producer",
@@ -292,24 +289,13 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
     }
     // Which streams went over a kept link, as each agent's status says.
     let kept_on = |node: &ClusterNode| -> Vec<bool> {
-        let status = node.agent.status();
-        let mut notes: Vec<(u64, bool)> = status["channels"]
-            .as_array()
-            .expect("channels")
+        finished_in_order(&node.agent, "wf/e/p>q", ends.len())
             .iter()
-            .filter(|c| c["name"] == "wf/e/p>q")
             .map(|c| {
-                assert_eq!(c["state"], "done", "{c:#}");
                 let note = c["note"].as_str().expect("note");
-                (
-                    c["id"].as_u64().expect("id"),
-                    note.contains("kept the agents' link"),
-                )
+                note.contains("kept the agents' link")
             })
-            .collect();
-        notes.sort();
-        assert_eq!(notes.len(), ends.len(), "{status:#}");
-        notes.into_iter().map(|(_, kept)| kept).collect()
+            .collect()
     };
     assert_eq!(
         kept_on(a),
@@ -338,24 +324,23 @@ enum Consuming {
     Probe(std::process::Child),
 }
 
-/// `floki-probe` arguments for function `function` of edge `e` of `wf`.
-fn probe_args(verb: &str, token: &str, function: &str, size: usize) -> Vec<String> {
-    let size = size.to_string();
-    [
-        verb,
-        "--workflow",
-        "wf",
-        "--edge",
-        "e",
-        "--as",
-        function,
-        "--token",
-        token,
-        "--bytes",
-        &size,
-    ]
-    .map(str::to_owned)
-    .to_vec()
+/// The `count` streams of channel `name` in `agent`'s status, in the order
+/// they opened; each finished whole.
+fn finished_in_order(agent: &TestAgent, name: &str, count: usize) -> Vec<serde_json::Value> {
+    let status = agent.status();
+    let mut streams: Vec<serde_json::Value> = status["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| c["name"] == name)
+        .cloned()
+        .collect();
+    streams.sort_by_key(|c| c["id"].as_u64().expect("id"));
+    assert_eq!(streams.len(), count, "{status:#}");
+    for stream in &streams {
+        assert_eq!(stream["state"], "done", "{stream:#}");
+    }
+    streams
 }
 
 const LIMIT: Duration = Duration::from_secs(60);

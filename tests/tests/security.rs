@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use floki_tests::{
-    cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec},
+    cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec, edge_probe_args},
     intruder_binary,
     netns::NetNs,
     node::{assert_success, spawn, wait_within},
@@ -25,27 +25,6 @@ fn edge_spec() -> Spec {
         .function("p", "node-a")
         .function("q", "node-b")
         .edge("e", &["p"], &["q"], "one-to-one", "1MiB")
-}
-
-fn edge_args(verb: &str, token: &str, function: &str, bytes: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        verb,
-        "--workflow",
-        "wf",
-        "--edge",
-        "e",
-        "--as",
-        function,
-        "--token",
-        token,
-        "--bytes",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.push(bytes.to_string());
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
 }
 
 fn workflows_on(cluster: &Cluster, node: &str) -> Vec<Value> {
@@ -122,26 +101,33 @@ fn an_outsider_on_the_agents_port_changes_nothing_and_learns_nothing() {
             "{node} lost the workflow: {listed:#?}"
         );
     }
-    let consumer =
-        spawn(
-            &mut cluster
-                .node("node-b")
-                .probe(&edge_args("recv", &token, "q", MIB, &[])),
-        );
-    let producer =
-        spawn(
-            &mut cluster
-                .node("node-a")
-                .probe(&edge_args("send", &token, "p", MIB, &[])),
-        );
+    let consumer = spawn(&mut cluster.node("node-b").probe(&edge_probe_args(
+        "recv",
+        &token,
+        "e",
+        "q",
+        MIB,
+        &[],
+    )));
+    let producer = spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
+        "send",
+        &token,
+        "e",
+        "p",
+        MIB,
+        &[],
+    )));
     assert_success(&wait_within(producer, LIMIT), "the producer, real token");
     assert_success(&wait_within(consumer, LIMIT), "the consumer, real token");
     let out = wait_within(
-        spawn(
-            &mut cluster
-                .node("node-a")
-                .probe(&edge_args("send", EVIL_TOKEN, "p", 1, &[])),
-        ),
+        spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
+            "send",
+            EVIL_TOKEN,
+            "e",
+            "p",
+            1,
+            &[],
+        ))),
         LIMIT,
     );
     assert!(
@@ -169,12 +155,14 @@ fn a_second_start_of_a_stream_never_replaces_the_first() {
         .apply(&edge_spec().yaml())
         .expect("apply");
     // The real producer starts first and waits for its consumer.
-    let producer =
-        spawn(
-            &mut cluster
-                .node("node-a")
-                .probe(&edge_args("send", &token, "p", MIB, &["--live"])),
-        );
+    let producer = spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
+        "send",
+        &token,
+        "e",
+        "p",
+        MIB,
+        &["--live"],
+    )));
     std::thread::sleep(Duration::from_millis(1500));
     let stream = json!({"workflow": "wf", "edge": "e", "producer": "p", "consumer": "q"});
     let report = cluster.node("node-a").intruder(&[
@@ -194,12 +182,14 @@ fn a_second_start_of_a_stream_never_replaces_the_first() {
         json!(true),
         "the second start was kept: {report:#}"
     );
-    let consumer =
-        spawn(
-            &mut cluster
-                .node("node-b")
-                .probe(&edge_args("recv", &token, "q", MIB, &[])),
-        );
+    let consumer = spawn(&mut cluster.node("node-b").probe(&edge_probe_args(
+        "recv",
+        &token,
+        "e",
+        "q",
+        MIB,
+        &[],
+    )));
     assert_success(
         &wait_within(consumer, LIMIT),
         "the consumer (the real bytes)",

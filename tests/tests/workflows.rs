@@ -7,7 +7,7 @@ use std::{
 };
 
 use floki_tests::{
-    cluster::{Cluster, ClusterNode, Spec},
+    cluster::{Cluster, ClusterNode, Spec, edge_probe_args},
     node::{assert_success, spawn, wait_within},
     proc_stats::rss_bytes,
 };
@@ -27,7 +27,7 @@ fn probe(
     bytes: u64,
     extra: &[&str],
 ) -> std::process::Child {
-    spawn(&mut node.probe(&probe_args(verb, token, edge, function, bytes, extra)))
+    spawn(&mut node.probe(&edge_probe_args(verb, token, edge, function, bytes, extra)))
 }
 
 /// The same on its agent's Unix socket (the agent hands the link over).
@@ -40,33 +40,7 @@ fn local_probe(
     bytes: u64,
     extra: &[&str],
 ) -> std::process::Child {
-    spawn(&mut node.probe_local(&probe_args(verb, token, edge, function, bytes, extra)))
-}
-
-fn probe_args(
-    verb: &str,
-    token: &str,
-    edge: &str,
-    function: &str,
-    bytes: u64,
-    extra: &[&str],
-) -> Vec<String> {
-    let bytes = bytes.to_string();
-    let mut args = vec![
-        verb,
-        "--workflow",
-        "wf",
-        "--edge",
-        edge,
-        "--as",
-        function,
-        "--token",
-        token,
-        "--bytes",
-        &bytes,
-    ];
-    args.extend_from_slice(extra);
-    args.into_iter().map(str::to_owned).collect()
+    spawn(&mut node.probe_local(&edge_probe_args(verb, token, edge, function, bytes, extra)))
 }
 
 /// Runs every function of an edge (producers send `bytes` on each stream,
