@@ -46,6 +46,9 @@ pub struct Prepared {
     /// Which of this agent's links it is: a consumer that kept it from its
     /// last stream is not handed it again.
     pub id: u64,
+    /// Consumer side: which start this is (0 before its start byte): the
+    /// store's grace period runs for one start, never for a later one.
+    pub start: u64,
 }
 
 impl Prepared {
@@ -82,6 +85,7 @@ impl Parked {
             key: self.key,
             live: false,
             id: self.id,
+            start: 0,
         })
     }
 }
@@ -90,6 +94,21 @@ impl Parked {
 fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A start byte's [`Prepared::start`].
+fn next_start() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One start of a stream on this (the consumer's) node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The stream.
+    pub stream: StreamId,
+    /// Which start it is ([`Prepared::start`]).
+    pub start: u64,
 }
 
 type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
@@ -121,7 +140,7 @@ pub struct PreparedLinks {
     applied: Notify,
     /// Consumer side: streams started (for the store, which takes in those
     /// whose consumer does not come).
-    starts: broadcast::Sender<StreamId>,
+    starts: broadcast::Sender<Start>,
 }
 
 impl PreparedLinks {
@@ -294,6 +313,7 @@ impl PreparedLinks {
                     key,
                     live: false,
                     id: next_id(),
+                    start: 0,
                 })
             }
             Ok(Ok(Some(PeerAnswer::Error { message }))) => Err(message),
@@ -390,6 +410,7 @@ impl PreparedLinks {
                     key,
                     live,
                     id,
+                    start: next_start(),
                 };
                 let mut started = this.started.lock().expect("started lock");
                 match started.get(&stream) {
@@ -402,9 +423,13 @@ impl PreparedLinks {
                     }
                     // Empty, or a stale start whose producer is gone.
                     _ => {
+                        let start = Start {
+                            stream: stream.clone(),
+                            start: prepared.start,
+                        };
                         started.insert(stream.clone(), prepared);
                         drop(started);
-                        let _ = this.starts.send(stream);
+                        let _ = this.starts.send(start);
                     }
                 }
             }
@@ -443,14 +468,17 @@ impl PreparedLinks {
         self.changed.notify_waiters();
     }
 
-    /// Consumer side: claims the started connection of `stream` for the
-    /// store, if there is one its producer lets be stored (not live);
-    /// `false` if the consumer took it first.
-    pub fn claim_for_store(&self, stream: &StreamId) -> bool {
+    /// Consumer side: claims the started connection of `start` for the
+    /// store, if it is still there (no consumer took it, and no later start
+    /// of the stream replaced it) and its producer lets it be stored (not
+    /// live); `false` if the consumer took it first.
+    pub fn claim_for_store(&self, start: &Start) -> bool {
         let prepared = {
             let mut started = self.started.lock().expect("started lock");
-            match started.get(stream) {
-                Some(prepared) if !prepared.live => started.remove(stream),
+            match started.get(&start.stream) {
+                Some(prepared) if Self::is_storable(prepared, start) => {
+                    started.remove(&start.stream)
+                }
                 _ => None,
             }
         };
@@ -460,8 +488,12 @@ impl PreparedLinks {
         self.held_for_store
             .lock()
             .expect("held lock")
-            .insert(stream.clone(), prepared);
+            .insert(start.stream.clone(), prepared);
         true
+    }
+
+    fn is_storable(prepared: &Prepared, start: &Start) -> bool {
+        !prepared.live && prepared.start == start.start
     }
 
     /// Consumer side: the connection [`Self::claim_for_store`] claimed, for
@@ -484,18 +516,21 @@ impl PreparedLinks {
     }
 
     /// Consumer side: the streams that start from now on.
-    pub fn starts(&self) -> broadcast::Receiver<StreamId> {
+    pub fn starts(&self) -> broadcast::Receiver<Start> {
         self.starts.subscribe()
     }
 
-    /// Consumer side: whether `stream` has a started connection that no
-    /// consumer took yet and that may be stored (its producer is not live).
-    pub fn storable(&self, stream: &StreamId) -> bool {
+    /// Consumer side: whether `start` is still waiting for a consumer (none
+    /// took it, and it is the stream's latest start) and may be stored (its
+    /// producer is not live). A stream used again and again must not be
+    /// stored by the grace period of one of its earlier starts just as a
+    /// consumer takes a later one.
+    pub fn storable(&self, start: &Start) -> bool {
         self.started
             .lock()
             .expect("started lock")
-            .get(stream)
-            .is_some_and(|prepared| !prepared.live)
+            .get(&start.stream)
+            .is_some_and(|prepared| Self::is_storable(prepared, start))
     }
 
     /// Forgets the consumer-side connections of a deleted workflow.
@@ -577,8 +612,17 @@ mod tests {
         }
     }
 
-    /// A started link, as the producer's agent would open it.
-    async fn start(links: &PreparedLinks, live: bool) -> TcpStream {
+    /// The `n`th start of the stream.
+    fn nth(n: u64) -> Start {
+        Start {
+            stream: stream(),
+            start: n,
+        }
+    }
+
+    /// A started link, as the producer's agent would open it: its `n`th
+    /// start.
+    async fn start(links: &PreparedLinks, live: bool, n: u64) -> TcpStream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let producer_side = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -589,6 +633,7 @@ mod tests {
             key: [7; KEY_LEN],
             live,
             id: 1,
+            start: n,
         };
         links.started.lock().unwrap().insert(stream(), prepared);
         producer_side
@@ -599,30 +644,41 @@ mod tests {
         let links = links();
         // The store claims first: the consumer finds no link (it is served
         // from the store), the store's end finds it held.
-        let _producer = start(&links, false).await;
-        assert!(links.claim_for_store(&stream()));
+        let _producer = start(&links, false, 1).await;
+        assert!(links.claim_for_store(&nth(1)));
         assert!(links.take_started(&stream()).is_none());
-        assert!(!links.claim_for_store(&stream()));
+        assert!(!links.claim_for_store(&nth(1)));
         assert_eq!(links.take_held(&stream()).unwrap().key, [7; KEY_LEN]);
         assert!(links.take_held(&stream()).is_none());
 
         // The consumer takes first: the store claims nothing.
-        let _producer = start(&links, false).await;
+        let _producer = start(&links, false, 2).await;
         let taken = links.take_started(&stream()).unwrap();
-        assert!(!links.claim_for_store(&stream()));
+        assert!(!links.claim_for_store(&nth(2)));
         assert!(links.take_held(&stream()).is_none());
         // Given back (its channel refused it): there for the next taker.
         links.put_back(&stream(), taken);
-        assert!(links.claim_for_store(&stream()));
+        assert!(links.claim_for_store(&nth(2)));
         // A store end that never came for it gives it back to consumers.
         links.release_held(&stream());
         assert!(links.take_held(&stream()).is_none());
         assert_eq!(links.take_started(&stream()).unwrap().key, [7; KEY_LEN]);
 
         // A live producer's stream is never the store's.
-        let _producer = start(&links, true).await;
-        assert!(!links.claim_for_store(&stream()));
-        assert!(!links.storable(&stream()));
+        let _producer = start(&links, true, 3).await;
+        assert!(!links.claim_for_store(&nth(3)));
+        assert!(!links.storable(&nth(3)));
         assert!(links.take_started(&stream()).unwrap().live);
+    }
+
+    #[tokio::test]
+    async fn the_store_never_takes_a_later_start_than_the_one_it_waited_for() {
+        let links = links();
+        // The consumer took start 1; start 2 has just come, its consumer
+        // about to take it, as the grace period of start 1 ends.
+        let _producer = start(&links, false, 2).await;
+        assert!(!links.storable(&nth(1)));
+        assert!(!links.claim_for_store(&nth(1)));
+        assert_eq!(links.take_started(&stream()).unwrap().start, 2);
     }
 }

@@ -241,22 +241,22 @@ pub async fn serve_stored(
 pub async fn push_ahead(agent: Arc<Agent>) {
     let mut starts = agent.links.starts();
     loop {
-        let stream = match starts.recv().await {
-            Ok(stream) => stream,
+        let start = match starts.recv().await {
+            Ok(start) => start,
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return,
         };
         let agent = agent.clone();
         tokio::spawn(async move {
             tokio::time::sleep(agent.store.config().grace).await;
-            let name = stream.to_string();
-            if !agent.links.storable(&stream) || agent.channels.is_open(&name) {
+            let name = start.stream.to_string();
+            if !agent.links.storable(&start) || agent.channels.is_open(&name) {
                 return;
             }
-            if let Some(meeting) = meeting_for_consumer(&agent, &stream) {
+            if let Some(meeting) = meeting_for_consumer(&agent, &start.stream) {
                 let (links, held) = (agent.links.clone(), agent.links.clone());
-                let claimed = stream.clone();
-                let claim = move || links.claim_for_store(&claimed);
+                let stream = start.stream.clone();
+                let claim = move || links.claim_for_store(&start);
                 let unclaim = move || held.release_held(&stream);
                 ends::take_in_claimed(agent.store.clone(), meeting, claim, unclaim);
             }
