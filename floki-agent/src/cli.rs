@@ -124,11 +124,19 @@ pub struct RunArgs {
     #[arg(long, env = "FLOKI_WINDOW", default_value = "8MiB")]
     pub window: Size,
     /// Put shm rings on 2 MiB pages (a tmpfs of the agent's own with
-    /// huge=within_size, attached to no path), at most 64 rings at a time:
-    /// a fresh ring's first MiB then costs one page allocation instead of
-    /// 256 (docs/BENCHMARKS.md: 1 MiB over shm about twice as fast), but
-    /// each ring takes at least 2 MiB, and set-up p99 showed spikes.
-    #[arg(long, env = "FLOKI_HUGE_RINGS")]
+    /// huge=within_size, attached to no path), at most 64 rings at a time,
+    /// kept ones included: a new ring's first MiB then costs one page
+    /// allocation instead of 256 (docs/BENCHMARKS.md: a 1 MiB stream on a
+    /// new channel about twice as fast), but each such ring takes at least
+    /// 2 MiB. `--huge-rings=false`: memory files of 4 KiB pages only.
+    #[arg(
+        long,
+        env = "FLOKI_HUGE_RINGS",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub huge_rings: bool,
     /// bpffs directory for the agent's pins.
     #[arg(long, env = "FLOKI_PIN_DIR", default_value = "/sys/fs/bpf/floki")]

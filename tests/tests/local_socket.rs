@@ -246,31 +246,43 @@ fn huge_file_pages_allocated() -> u64 {
 }
 
 #[test]
-fn rings_on_huge_pages_carry_streams_whole() {
-    let node = TestNode::start(
-        "huge-rings",
-        AgentOptions {
-            extra: vec!["--huge-rings".into()],
-            ..AgentOptions::default()
-        },
-    );
-    assert!(
-        node.agent.log().contains("rings on a tmpfs of huge pages"),
-        "{}",
-        node.agent.log()
-    );
-    let before = huge_file_pages_allocated();
-    for (channel, bytes) in [("huge-small", 64 << 10), ("huge-large", 40 * MIB)] {
-        node.probe_stream(Door::Unix, channel, bytes);
-        let status = node.agent.wait_finished(channel, LIMIT);
-        assert_eq!(status["transport"], "shm", "{status:#}");
-        assert_eq!(status["state"], "done", "{status:#}");
-        assert_eq!(status["bytes"], bytes, "{status:#}");
+fn rings_are_on_huge_pages_by_default_and_memory_files_when_told() {
+    for (tag, extra, huge) in [
+        ("huge-rings", vec![], true),
+        ("memfd-rings", vec!["--huge-rings=false".to_owned()], false),
+    ] {
+        let node = TestNode::start(
+            tag,
+            AgentOptions {
+                extra,
+                ..AgentOptions::default()
+            },
+        );
+        assert_eq!(
+            node.agent.log().contains("rings on a tmpfs of huge pages"),
+            huge,
+            "{}",
+            node.agent.log()
+        );
+        let before = huge_file_pages_allocated();
+        for (channel, bytes) in [("ring-small", 64 << 10), ("ring-large", 40 * MIB)] {
+            node.probe_stream(Door::Unix, channel, bytes);
+            let status = node.agent.wait_finished(channel, LIMIT);
+            assert_eq!(status["transport"], "shm", "{status:#}");
+            assert_eq!(status["state"], "done", "{status:#}");
+            assert_eq!(status["bytes"], bytes, "{status:#}");
+            // The channel's note says which pages its ring is on.
+            let reason = status["reason"].as_str().expect("reason");
+            assert_eq!(reason.contains("on 2 MiB pages"), huge, "{reason}");
+        }
+        // The rings' pages were huge ones (node memory files get none:
+        // their policy is the machine's, `never` unless an operator
+        // changed it).
+        if huge {
+            assert!(
+                huge_file_pages_allocated() >= before + 2,
+                "no huge pages were allocated for the rings"
+            );
+        }
     }
-    // The rings' pages were huge ones (node memory files get none: their
-    // policy is the machine's, `never` unless an operator changed it).
-    assert!(
-        huge_file_pages_allocated() >= before + 2,
-        "no huge pages were allocated for the rings"
-    );
 }

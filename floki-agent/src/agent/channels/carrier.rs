@@ -25,7 +25,7 @@ pub enum Carrier {
     /// A ring in shared memory between the two ends (its header, read
     /// through the agent's descriptor, counts the bytes), and its place
     /// among the rings on huge pages if it is one.
-    Ring(RingObserver, Option<HugeRing>),
+    Ring(RingObserver, Option<Arc<HugeRing>>),
     /// The two ends' sockets, spliced by the kernel.
     Splice(SpliceHandle),
     /// Plain TCP between the two ends' sockets.

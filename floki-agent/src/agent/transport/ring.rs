@@ -5,12 +5,12 @@
 //!
 //! Where the ring's pages come from matters more than the copy: a memory
 //! file gets 4 KiB pages, one allocation (and, mapped, one page-table
-//! entry) each, about 0.35 ms per MiB on a virtualised node. With
-//! `--huge-rings` the agent mounts a tmpfs of its own with
-//! `huge=within_size`, reachable only by descriptor (never attached to a
-//! path), and creates rings there as unnamed files: 2 MiB pages, one
-//! allocation each. A ring takes at least one such page, so only
-//! [`HUGE_RINGS`] rings at a time get them; the rest, and every ring where
+//! entry) each, about 0.35 ms per MiB on a virtualised node. So the agent
+//! mounts a tmpfs of its own with `huge=within_size` (`--huge-rings`, on
+//! by default), reachable only by descriptor (never attached to a path),
+//! and creates rings there as unnamed files: 2 MiB pages, one allocation
+//! each. A ring takes at least one such page, so only [`HUGE_RINGS`] rings
+//! at a time get them, kept rings included; the rest, and every ring where
 //! the mount is refused, are memory files.
 
 use std::{
@@ -59,7 +59,7 @@ impl RingFiles {
                 Some(mount)
             }
             Some(Err(err)) => {
-                warn!(%err, "no tmpfs of huge pages for the rings (--huge-rings): they are memory files of 4 KiB pages");
+                warn!(%err, "no tmpfs of huge pages for the rings: they are memory files of 4 KiB pages (--huge-rings=false chooses that without this warning)");
                 None
             }
         };
@@ -118,6 +118,9 @@ fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
 pub struct RingFile {
     memory: OwnedFd,
     capacity: u64,
+    /// A ring on huge pages holds its place among them while it is kept,
+    /// as while its channel lives.
+    _huge: Option<Arc<HugeRing>>,
 }
 
 /// A ring of `window` bytes (rounded to a power of two) for two ends: the
@@ -156,16 +159,20 @@ pub fn set_up(
         .try_clone_to_owned()
         .map_err(|err| format!("duplicating the ring: {err}"))?;
     // A ring on huge pages holds its place among them while its channel
-    // lives only: it is not kept beyond.
-    let file = match huge {
-        Some(_) => None,
-        None => observer.memory().try_clone().ok().map(|memory| {
-            Arc::new(RingFile {
-                memory,
-                capacity: ring::capacity_for(window),
-            })
-        }),
+    // lives and while its two ends keep it: kept, a shuffle's streams take
+    // no new 2 MiB page each.
+    let reason = match huge {
+        Some(_) => format!("{reason}, a new one on 2 MiB pages"),
+        None => reason,
     };
+    let huge = huge.map(Arc::new);
+    let file = observer.memory().try_clone().ok().map(|memory| {
+        Arc::new(RingFile {
+            memory,
+            capacity: ring::capacity_for(window),
+            _huge: huge.clone(),
+        })
+    });
     Ok(SetUp {
         carrier: Carrier::Ring(observer, huge),
         reason,
