@@ -190,3 +190,44 @@ fn reuse(file: &RingFile) -> std::io::Result<RingObserver> {
     ring::rewind(&file.memory)?;
     RingObserver::new(&file.memory)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mounting the tmpfs needs CAP_SYS_ADMIN: as root, like the kernel
+    /// tests (never skipped).
+    fn huge_files() -> RingFiles {
+        let files = RingFiles::new(true);
+        assert!(
+            files.huge.is_some(),
+            "no tmpfs of huge pages: run the agent's tests as root (CAP_SYS_ADMIN)"
+        );
+        files
+    }
+
+    #[test]
+    fn at_most_64_rings_are_on_huge_pages_and_a_kept_one_holds_its_place() {
+        let files = huge_files();
+        let set_up = |window| set_up(&files, window, "test".into(), None).expect("a ring");
+        let rings: Vec<SetUp> = (0..HUGE_RINGS).map(|_| set_up(1 << 20)).collect();
+        assert!(
+            rings
+                .iter()
+                .all(|ring| ring.reason.contains("on 2 MiB pages"))
+        );
+        // The 65th is a memory file.
+        let over = set_up(1 << 20);
+        assert!(!over.reason.contains("on 2 MiB pages"), "{}", over.reason);
+
+        // A channel that ended while its two ends keep its ring: the ring
+        // holds its place until they let it go.
+        let mut rings = rings.into_iter();
+        let first = rings.next().expect("64 rings");
+        let kept = first.ring.and_then(|ring| ring.file).expect("a ring file");
+        drop(first.carrier);
+        assert!(!set_up(1 << 20).reason.contains("on 2 MiB pages"));
+        drop(kept);
+        assert!(set_up(1 << 20).reason.contains("on 2 MiB pages"));
+    }
+}
