@@ -505,6 +505,31 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_in_place_after_a_copied_one_consumes_what_it_returned() {
+        // The first lap is staged through the file by a copied fill; a fill
+        // in place right after returns the ring's bytes from the same point,
+        // and consuming them all must consume them all, not the stage's.
+        let (mut writer, mut reader, _) = pair(256 << 10);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let write = |writer: &mut RingWriter, bytes: &[u8]| {
+            let mut pos = 0;
+            while pos < bytes.len() {
+                pos += writer.write(&bytes[pos..]).expect("write");
+            }
+        };
+        write(&mut writer, &data[..50_000]);
+        assert_eq!(reader.fill_copied().expect("fill").len(), 50_000);
+        reader.consume_len(10);
+        // More comes after the stage was filled.
+        write(&mut writer, &data[50_000..]);
+        let in_place = reader.fill().expect("fill").to_vec();
+        assert_eq!(in_place.len(), 99_990);
+        assert_eq!(in_place[..], data[10..10 + in_place.len()]);
+        reader.consume_len(in_place.len());
+        assert_eq!(reader.received(), 10 + in_place.len() as u64);
+    }
+
+    #[test]
     fn a_stream_filled_in_place_arrives_whole_and_verified() {
         let (mut writer, mut reader, _) = pair(64 << 10);
         let data: Vec<u8> = (0..777_777u32).map(|i| (i * 13 % 253) as u8).collect();

@@ -78,6 +78,12 @@ impl Staged {
         self.start = (self.start + n).min(self.end);
     }
 
+    /// Forgets the staged bytes: they are still in the ring, from the
+    /// reader's `tail` on.
+    fn discard(&mut self) {
+        (self.start, self.end) = (0, 0);
+    }
+
     /// Reads up to `len` bytes at `at` of `ring`'s data area; `false` if
     /// the file gave none (the caller reads through the mapping then).
     fn fill(&mut self, ring: &Mapped, at: usize, len: usize) -> bool {
@@ -232,6 +238,9 @@ impl RingReader {
     /// stream ended and was verified. Hand what was used to
     /// [`RingReader::consume`] or [`RingReader::consume_len`].
     pub fn try_fill(&mut self) -> Result<Option<&[u8]>, StreamError> {
+        // What a copied fill staged is in the ring too; a consume after this
+        // fill counts bytes of the ring, not of the stage.
+        self.staged.discard();
         Ok(match self.available()? {
             Available::Bytes { at, len } => Some(self.slice(at, len)),
             Available::Finished => Some(&[]),
@@ -243,6 +252,8 @@ impl RingReader {
     /// sender if there are none yet); empty once the stream ended and was
     /// verified.
     pub fn fill(&mut self) -> Result<&[u8], StreamError> {
+        // As in `try_fill`: the stage's bytes are in the ring too.
+        self.staged.discard();
         loop {
             match self.available()? {
                 Available::Bytes { at, len } => return Ok(self.slice(at, len)),
