@@ -188,10 +188,13 @@ pub(crate) struct Accepted {
 
 impl Accepted {
     /// Whether the agent's next message, already waiting on the control
-    /// connection, pairs this end over a ring: when the peer was there
-    /// first, `paired` follows `accepted` at once, and a ring is set up
-    /// without waiting for anything more.
-    pub fn paired_over_ring(&self) -> bool {
+    /// connection, pairs this sender so that its stream is set up without
+    /// waiting for anything more: over a ring (`paired` follows `accepted`
+    /// at once when the peer was there first), or over the agents' link
+    /// across nodes (its receiver's first credit is known: see
+    /// [`crate::setup::sender`]) unless `bounded` (a pair timeout: the
+    /// sender then waits for that credit, within it).
+    pub fn paired_at_once(&self, bounded: bool) -> bool {
         let fd = raw_fd(&self.control);
         let peek = |buf: &mut [u8]| {
             nix::sys::socket::recv(
@@ -212,13 +215,14 @@ impl Accepted {
         if !matches!(peek(&mut message), Ok(n) if n == message.len()) {
             return false;
         }
-        matches!(
-            floki_proto::control::parse_message(&message[4..]),
+        match floki_proto::control::parse_message(&message[4..]) {
             Ok(AgentMessage::Paired {
                 transport: Transport::Shm,
                 ..
-            })
-        )
+            }) => true,
+            Ok(AgentMessage::Paired { link, .. }) => link && !bounded,
+            _ => false,
+        }
     }
 }
 

@@ -71,9 +71,9 @@ impl Sender {
         Self::accepted(opts, on_this_thread(setup::sender_hello(opts, true))?)
     }
 
-    /// The sender of `opts.channel` whose pairing over a ring the agent
-    /// already sent, set up on this thread; its reports go from the
-    /// background runtime.
+    /// The sender of `opts.channel` whose pairing (over a ring or the
+    /// agents' link) the agent already sent, set up on this thread; its
+    /// reports go from the background runtime.
     fn paired_here(opts: &ChannelOptions, accepted: Accepted) -> Self {
         let channel_id = accepted.channel_id;
         let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
@@ -91,17 +91,18 @@ impl Sender {
     /// thread); the stream is set up in the background.
     pub(crate) fn accepted(opts: &ChannelOptions, accepted: Accepted) -> Result<Self, ClientError> {
         // The agent sends `paired` right after `accepted` when the receiver
-        // was there first, but waking this thread may have preempted it on
-        // its CPU: yield once to let it finish. A ring is set up at once:
-        // here, with no hand-off to the background and back, and the first
-        // write goes straight into it. (Any other path may wait for its
-        // receiver, across nodes: in the background, while the caller
-        // writes ahead.)
-        let over_ring = accepted.paired_over_ring() || {
+        // was there first (or, across nodes, at once), but waking this
+        // thread may have preempted it on its CPU: yield once to let it
+        // finish. A ring, or the agents' link, is set up at once: here,
+        // with no hand-off to the background and back, and the first write
+        // goes straight into it. (Any other path may wait for its receiver:
+        // in the background, while the caller writes ahead.)
+        let bounded = opts.pair_timeout.is_some();
+        let at_once = accepted.paired_at_once(bounded) || {
             std::thread::yield_now();
-            accepted.paired_over_ring()
+            accepted.paired_at_once(bounded)
         };
-        if over_ring {
+        if at_once {
             return Ok(Self::paired_here(opts, accepted));
         }
         let Accepted {

@@ -130,7 +130,8 @@ pub(crate) async fn sender_hello(
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first
 /// credit (waited for within the pair timeout: across nodes the receiver may
-/// come later), then the pairing key. The end reports from `reports_on` (by
+/// come later; over the agents' link handed over, without a pair timeout,
+/// the window of `paired`), then the pairing key. The end reports from `reports_on` (by
 /// default the runtime this runs on).
 pub(crate) async fn sender(
     accepted: Accepted,
@@ -157,8 +158,12 @@ pub(crate) async fn sender(
     data.set_nodelay(true).ok();
 
     // The receiver speaks first, once both sockets are spliced: only then
-    // may the first byte of ours go out (see docs/PROTOCOL.md).
+    // may the first byte of ours go out (see docs/PROTOCOL.md). The agents'
+    // link handed over is spliced nowhere, and its receiver's first credit
+    // is the window of `paired`: the stream goes out at once. A sender that
+    // bounds its pairing with a timeout waits for that credit, within it.
     let credit = match opts.pair_timeout {
+        None if pairing.link => Ok(pairing.window),
         Some(limit) => timeout(limit, data_connection::initial_credit(&mut data))
             .await
             .map_err(|_| ClientError::PairTimeout {

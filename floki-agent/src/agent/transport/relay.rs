@@ -20,7 +20,7 @@ use nix::{
     fcntl::{OFlag, SpliceFFlags, splice},
     unistd::pipe2,
 };
-use tokio::{io::Interest, net::TcpStream};
+use tokio::{io::Interest, net::TcpStream, sync::oneshot};
 
 /// Most bytes moved per `splice` call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
@@ -39,15 +39,24 @@ pub struct Relayed {
     pub error: Option<io::Error>,
 }
 
-/// Relays `a` and `b` until both directions end. A clean end of one
-/// direction is passed on as a half close; a failure ends both.
+/// Relays `a` (the sender's side) and `b` (the receiver's) until both
+/// directions end. A clean end of one direction is passed on as a half
+/// close; a failure ends both. Nothing goes from `a` to `b` before `b`
+/// spoke (or hung up): the receiver speaks first, once its socket is
+/// spliced (docs/PROTOCOL.md, section 2), and a sender across nodes may
+/// have sent its stream into the link before that.
 pub async fn relay(a: TcpStream, b: TcpStream, forward: Arc<AtomicU64>) -> Relayed {
     let a = Arc::new(a);
     let b = Arc::new(b);
     let backward = Arc::new(AtomicU64::new(0));
+    let (spoke, heard) = oneshot::channel();
     let (ab, ba) = tokio::join!(
-        pump(a.clone(), b.clone(), forward.clone()),
-        copy(b.clone(), a.clone(), backward.clone())
+        async {
+            // Sent, or dropped when that direction ended without a byte.
+            let _ = heard.await;
+            pump(a.clone(), b.clone(), forward.clone()).await
+        },
+        copy(b.clone(), a.clone(), backward.clone(), spoke)
     );
     // Both connections close when this returns: the far ends see the end
     // (or, after a failure, an end without the end mark: an error for them).
@@ -102,9 +111,15 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -
 }
 
 /// Moves bytes from `from` to `to` through a buffer until `from` ends, then
-/// half-closes `to`.
-async fn copy(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -> io::Result<()> {
+/// half-closes `to`; says when `from` first spoke.
+async fn copy(
+    from: Arc<TcpStream>,
+    to: Arc<TcpStream>,
+    moved: Arc<AtomicU64>,
+    spoke: oneshot::Sender<()>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUFFER];
+    let mut spoke = Some(spoke);
     loop {
         let n = loop {
             from.readable().await?;
@@ -117,6 +132,9 @@ async fn copy(from: Arc<TcpStream>, to: Arc<TcpStream>, moved: Arc<AtomicU64>) -
         if n == 0 {
             shutdown_write(&to);
             return Ok(());
+        }
+        if let Some(spoke) = spoke.take() {
+            let _ = spoke.send(());
         }
         let mut written = 0;
         while written < n {
@@ -155,5 +173,53 @@ pub async fn start(stream: &TcpStream, live: bool) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::ErrorKind::WriteZero.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    /// A connected pair: (the relay's side, the far end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    #[tokio::test]
+    async fn nothing_goes_forward_before_the_receiver_spoke() {
+        let (a, mut sender) = pair().await;
+        let (b, mut receiver) = pair().await;
+        let relay = tokio::spawn(relay(a, b, Arc::default()));
+        // The sender's stream is there before the receiver said anything.
+        sender.write_all(b"stream").await.unwrap();
+        let mut byte = [0u8; 1];
+        let early =
+            tokio::time::timeout(Duration::from_millis(200), receiver.read(&mut byte)).await;
+        assert!(
+            early.is_err(),
+            "bytes went forward before the receiver spoke"
+        );
+        // The receiver speaks (its credit); then the stream comes.
+        receiver.write_all(b"credit").await.unwrap();
+        let mut heard = [0u8; 6];
+        sender.read_exact(&mut heard).await.unwrap();
+        assert_eq!(&heard, b"credit");
+        let mut got = [0u8; 6];
+        receiver.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"stream");
+        drop((sender, receiver));
+        let relayed = relay.await.unwrap();
+        assert_eq!((relayed.forward, relayed.backward), (6, 6));
     }
 }
