@@ -46,7 +46,10 @@ pub async fn serve(
 
 /// Serves one request on `connection` (its reader holds what the client
 /// sent after it, its ring is that of the connection's last channel); the
-/// connection back if it may carry another.
+/// connection back if it may carry another. The store's and the cross-node
+/// paths are boxed: every connection's task is as large as its largest
+/// path, two per channel, and a same-node one needs less than half of it
+/// (`bench channels`: the agent's RSS per channel).
 async fn route(
     connection: Kept,
     request: Result<ClientRequest, Refused>,
@@ -102,7 +105,8 @@ async fn route(
             hello.channel = with_secret(&hello.channel, &secret);
         }
         let name = hello.channel.clone();
-        let (stream, hello) = stored::serve_stored(stream, hello, &name, None, agent).await?;
+        let (stream, hello) =
+            Box::pin(stored::serve_stored(stream, hello, &name, None, agent)).await?;
         let storable = stored::storable(agent, &hello, None, None);
         let here = Local {
             storable,
@@ -128,7 +132,13 @@ async fn route(
         // The store of the producer's node, standing in for a consumer on
         // an unreachable node: the stream is kept here.
         Err(Denied::WrongNode(_)) if hello.store => {
-            stored::serve_store_for_unreachable(stream, hello, &stream_ref, agent).await;
+            Box::pin(stored::serve_store_for_unreachable(
+                stream,
+                hello,
+                &stream_ref,
+                agent,
+            ))
+            .await;
         }
         Err(Denied::WrongNode(node)) => {
             let message = format!(
@@ -150,12 +160,13 @@ async fn route(
                 && !hello.store
                 && let Some(started) = agent.links.take_started(&resolved.stream)
             {
-                return remote::serve(kept(stream), hello, resolved, Some(started), agent).await;
+                let remote = remote::serve(kept(stream), hello, resolved, Some(started), agent);
+                return Box::pin(remote).await;
             }
             let (stream, mut hello) =
-                stored::serve_stored(stream, hello, &name, window, agent).await?;
+                Box::pin(stored::serve_stored(stream, hello, &name, window, agent)).await?;
             if resolved.peer_node != agent.node {
-                return remote::serve(kept(stream), hello, resolved, None, agent).await;
+                return Box::pin(remote::serve(kept(stream), hello, resolved, None, agent)).await;
             }
             hello.channel = name;
             let edge = EdgeOf {
