@@ -354,3 +354,32 @@ pub fn edge_probe_args(
     args.extend_from_slice(extra);
     args.into_iter().map(str::to_owned).collect()
 }
+
+/// A `floki-probe` started on `node` for `function` on `edge` of workflow
+/// `wf`, on its agent's TCP port ([`edge_probe_args`]).
+pub fn edge_probe(
+    node: &ClusterNode,
+    verb: &str,
+    token: &str,
+    edge: &str,
+    function: &str,
+    bytes: u64,
+    extra: &[&str],
+) -> std::process::Child {
+    crate::node::spawn(&mut node.probe(&edge_probe_args(verb, token, edge, function, bytes, extra)))
+}
+
+/// The same on its agent's Unix socket (the agent hands the link over).
+pub fn local_edge_probe(
+    node: &ClusterNode,
+    verb: &str,
+    token: &str,
+    edge: &str,
+    function: &str,
+    bytes: u64,
+    extra: &[&str],
+) -> std::process::Child {
+    crate::node::spawn(
+        &mut node.probe_local(&edge_probe_args(verb, token, edge, function, bytes, extra)),
+    )
+}

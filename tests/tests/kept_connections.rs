@@ -18,7 +18,7 @@ use std::{
 use floki_client::{ChannelOptions, blocking, workflow::EdgeOptions};
 use floki_tests::{
     agent::{AgentOptions, TestAgent},
-    cluster::{Cluster, ClusterNode, Spec, edge_probe_args},
+    cluster::{Cluster, ClusterNode, Spec, local_edge_probe},
     metrics::{get, node_with_metrics, sample},
     node::{TestNode, assert_success, spawn, wait_within},
     pattern, stream_seed,
@@ -248,14 +248,15 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
                     got
                 }
             })),
-            Probe => Consuming::Probe(spawn(&mut b.probe_local(&edge_probe_args(
+            Probe => Consuming::Probe(local_edge_probe(
+                b,
                 "recv",
                 &token,
                 "e",
                 "q",
                 size as u64,
                 &[],
-            )))),
+            )),
         };
         match sends {
             Here => {
@@ -265,14 +266,7 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
             }
             Probe => assert_success(
                 &wait_within(
-                    spawn(&mut a.probe_local(&edge_probe_args(
-                        "send",
-                        &token,
-                        "e",
-                        "p",
-                        size as u64,
-                        &["--live"],
-                    ))),
+                    local_edge_probe(a, "send", &token, "e", "p", size as u64, &["--live"]),
                     LIMIT,
                 ),
                 "a new producer",

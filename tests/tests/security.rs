@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use floki_tests::{
-    cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec, edge_probe_args},
+    cluster::{CLUSTER_SECRET, Cluster, DEFAULT_LISTEN, PEER_PORT, Spec, edge_probe},
     intruder_binary,
     netns::NetNs,
     node::{assert_success, spawn, wait_within},
@@ -101,33 +101,12 @@ fn an_outsider_on_the_agents_port_changes_nothing_and_learns_nothing() {
             "{node} lost the workflow: {listed:#?}"
         );
     }
-    let consumer = spawn(&mut cluster.node("node-b").probe(&edge_probe_args(
-        "recv",
-        &token,
-        "e",
-        "q",
-        MIB,
-        &[],
-    )));
-    let producer = spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
-        "send",
-        &token,
-        "e",
-        "p",
-        MIB,
-        &[],
-    )));
+    let consumer = edge_probe(cluster.node("node-b"), "recv", &token, "e", "q", MIB, &[]);
+    let producer = edge_probe(cluster.node("node-a"), "send", &token, "e", "p", MIB, &[]);
     assert_success(&wait_within(producer, LIMIT), "the producer, real token");
     assert_success(&wait_within(consumer, LIMIT), "the consumer, real token");
     let out = wait_within(
-        spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
-            "send",
-            EVIL_TOKEN,
-            "e",
-            "p",
-            1,
-            &[],
-        ))),
+        edge_probe(cluster.node("node-a"), "send", EVIL_TOKEN, "e", "p", 1, &[]),
         LIMIT,
     );
     assert!(
@@ -155,14 +134,15 @@ fn a_second_start_of_a_stream_never_replaces_the_first() {
         .apply(&edge_spec().yaml())
         .expect("apply");
     // The real producer starts first and waits for its consumer.
-    let producer = spawn(&mut cluster.node("node-a").probe(&edge_probe_args(
+    let producer = edge_probe(
+        cluster.node("node-a"),
         "send",
         &token,
         "e",
         "p",
         MIB,
         &["--live"],
-    )));
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let stream = json!({"workflow": "wf", "edge": "e", "producer": "p", "consumer": "q"});
     let report = cluster.node("node-a").intruder(&[
@@ -182,14 +162,7 @@ fn a_second_start_of_a_stream_never_replaces_the_first() {
         json!(true),
         "the second start was kept: {report:#}"
     );
-    let consumer = spawn(&mut cluster.node("node-b").probe(&edge_probe_args(
-        "recv",
-        &token,
-        "e",
-        "q",
-        MIB,
-        &[],
-    )));
+    let consumer = edge_probe(cluster.node("node-b"), "recv", &token, "e", "q", MIB, &[]);
     assert_success(
         &wait_within(consumer, LIMIT),
         "the consumer (the real bytes)",

@@ -10,7 +10,7 @@ use std::{
 
 use floki_tests::{
     agent::AgentOptions,
-    cluster::{Cluster, ClusterNode, Spec},
+    cluster::{self, Cluster, ClusterNode, Spec, local_edge_probe},
     node::{TestNode, assert_success, file_digest, run_within, spawn, wait_within},
     proc_stats::peak_rss_bytes,
     servers::{Place, Server},
@@ -78,24 +78,10 @@ fn edge_probe(
     function: &str,
     bytes: u64,
 ) -> Child {
-    let bytes = bytes.to_string();
-    let args = [
-        verb,
-        "--workflow",
-        "wf",
-        "--edge",
-        edge,
-        "--as",
-        function,
-        "--token",
-        token,
-        "--bytes",
-        &bytes,
-    ];
     if unix {
-        spawn(&mut node.probe_local(&args))
+        local_edge_probe(node, verb, token, edge, function, bytes, &[])
     } else {
-        spawn(&mut node.probe(&args))
+        cluster::edge_probe(node, verb, token, edge, function, bytes, &[])
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use floki_tests::{
-    cluster::{Cluster, ClusterNode, Spec, edge_probe_args},
+    cluster::{Cluster, ClusterNode, Spec, edge_probe as probe, local_edge_probe as local_probe},
     node::{assert_success, spawn, wait_within},
     proc_stats::rss_bytes,
 };
@@ -15,33 +15,6 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// A probe for `function` on `edge` of workflow `wf`, on its agent's TCP
-/// port.
-fn probe(
-    node: &ClusterNode,
-    verb: &str,
-    token: &str,
-    edge: &str,
-    function: &str,
-    bytes: u64,
-    extra: &[&str],
-) -> std::process::Child {
-    spawn(&mut node.probe(&edge_probe_args(verb, token, edge, function, bytes, extra)))
-}
-
-/// The same on its agent's Unix socket (the agent hands the link over).
-fn local_probe(
-    node: &ClusterNode,
-    verb: &str,
-    token: &str,
-    edge: &str,
-    function: &str,
-    bytes: u64,
-    extra: &[&str],
-) -> std::process::Child {
-    spawn(&mut node.probe_local(&edge_probe_args(verb, token, edge, function, bytes, extra)))
-}
 
 /// Runs every function of an edge (producers send `bytes` on each stream,
 /// consumers check every stream byte by byte) and waits for all of them.

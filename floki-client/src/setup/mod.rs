@@ -131,8 +131,8 @@ pub(crate) async fn sender_hello(
 /// Establishes an accepted sender's stream: pairing, the receiver's first
 /// credit (waited for within the pair timeout: across nodes the receiver may
 /// come later; over the agents' link handed over, without a pair timeout,
-/// the window of `paired`), then the pairing key. The end reports from `reports_on` (by
-/// default the runtime this runs on).
+/// the window of `paired`), then the pairing key. The end reports from
+/// `reports_on` (by default the runtime this runs on).
 pub(crate) async fn sender(
     accepted: Accepted,
     opts: &ChannelOptions,
