@@ -32,6 +32,7 @@
 pub mod blocking;
 mod checksum_beside;
 mod control;
+mod described;
 mod end;
 mod error;
 mod idle;

@@ -87,8 +87,14 @@ impl EdgeOptions {
     }
 }
 
-/// Asks the agent what the edge looks like to this function.
+/// Asks the agent what the edge looks like to this function. The answer is
+/// kept for this process, under the token: the agent gives a changed spec
+/// a new token, so the same token always describes the same edge, and a
+/// warm function's later runs ask nothing.
 pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
+    if let Some(info) = crate::described::get(opts) {
+        return Ok(info);
+    }
     let channel = format!("{}/{}", opts.workflow, opts.edge);
     let asking = ChannelOptions::new(&opts.agent, &channel);
     let request = ClientRequest::Describe {
@@ -122,12 +128,14 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
                 };
                 crate::idle::put(opts.agent.clone(), channel.clone(), kept);
             }
-            Ok(EdgeInfo {
+            let info = EdgeInfo {
                 pattern,
                 role,
                 peers,
                 buffer,
-            })
+            };
+            crate::described::put(opts, &info);
+            Ok(info)
         }
         AgentMessage::Refused { error, message } => Err(ClientError::Refused {
             channel,

@@ -325,6 +325,20 @@ impl TestAgent {
         }
     }
 
+    /// `floki-agent delete NAME` on this agent.
+    pub fn delete(&self, name: &str) -> Result<(), String> {
+        let out = Command::new(agent_binary())
+            .args(["delete", name, "--admin"])
+            .arg(&self.admin)
+            .output()
+            .expect("running floki-agent delete");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

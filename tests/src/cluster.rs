@@ -249,16 +249,7 @@ impl ClusterNode {
 
     /// `floki-agent delete NAME` on this node.
     pub fn delete(&self, name: &str) -> Result<(), String> {
-        let out = Command::new(agent_binary())
-            .args(["delete", name, "--admin"])
-            .arg(&self.agent.admin)
-            .output()
-            .expect("running floki-agent delete");
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.agent.delete(name)
     }
 }
 

@@ -202,6 +202,81 @@ fn a_kept_connection_to_a_stopping_agent_is_given_up_like_a_new_one() {
 }
 
 #[test]
+fn a_warm_function_asks_what_its_edge_looks_like_once_per_token() {
+    let (node, metrics) = node_with_metrics("kept-describe");
+    let agent = format!("unix:{}", node.agent.socket.display());
+    let spec = |consumers: &[&str]| {
+        let mut spec = Spec::new("wf").function("p", "test-node");
+        for consumer in consumers {
+            spec = spec.function(consumer, "test-node");
+        }
+        spec.edge("e", &["p"], consumers, "broadcast", "1MiB")
+    };
+    let token = node.agent.apply(&spec(&["q"]).yaml()).expect("apply");
+    let producer = EdgeOptions::new(&agent, "wf", &token, "e", "p");
+    let consumer = EdgeOptions::new(&agent, "wf", &token, "e", "q");
+    // A warm producer and consumer, run after run.
+    const RUNS: usize = 3;
+    for run in 0..RUNS {
+        let data = pattern(100_000 + run, run as u64);
+        let consuming = std::thread::spawn({
+            let consumer = consumer.clone();
+            move || {
+                let (_, receivers) =
+                    floki_client::workflow::blocking::receivers(&consumer).expect("receivers");
+                receivers
+                    .into_iter()
+                    .map(|(_, mut rx)| {
+                        let mut got = Vec::new();
+                        rx.read_to_end(&mut got).expect("a verified stream");
+                        rx.finish().expect("verified");
+                        got
+                    })
+                    .collect::<Vec<_>>()
+            }
+        });
+        let (info, senders) =
+            floki_client::workflow::blocking::senders(&producer).expect("senders");
+        assert_eq!(info.peers, ["q"]);
+        for (_, mut tx) in senders {
+            tx.write_all(&data).expect("write");
+            tx.finish().expect("the consumer verified the stream");
+        }
+        let got = consuming.join().expect("the consumer");
+        assert!(got == [data], "run {run}: the stream arrived changed");
+    }
+    // Each function asked once; then one hello per stream and end.
+    let (_, body) = get(&metrics, "/metrics");
+    let requests = sample(&body, "floki_client_requests_total");
+    assert_eq!(requests, (2 + 2 * RUNS) as f64, "{body}");
+
+    // A changed spec is applied (after a delete) with a new token: asked
+    // anew, it describes the new edge. The old token's answer is still
+    // known here, but its streams are refused as any unknown token's.
+    node.agent.delete("wf").expect("delete");
+    let token_now = node.agent.apply(&spec(&["q", "r"]).yaml()).expect("apply");
+    assert_ne!(token_now, token, "a new spec, a new token");
+    let now = EdgeOptions::new(&agent, "wf", &token_now, "e", "p");
+    let info = floki_client::workflow::blocking::describe(&now).expect("describe");
+    assert_eq!(info.peers, ["q", "r"]);
+    let (_, body) = get(&metrics, "/metrics");
+    assert_eq!(
+        sample(&body, "floki_client_requests_total"),
+        (3 + 2 * RUNS) as f64,
+        "{body}"
+    );
+    let refused = floki_client::workflow::blocking::senders(&producer)
+        .err()
+        .expect("the old token is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("no such workflow channel for this token"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
     let cluster = Cluster::start(&["node-a", "node-b"]);
     cluster.wait_connected();
