@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::either::Either;
 
 use floki_proto::control::{
-    AgentMessage, ClientRequest, ControlStream, EdgeRef, Refusal, Role, write_message,
+    AgentMessage, ClientRequest, ControlStream, EdgeRef, Hello, Refusal, Role, write_message,
 };
 
 use super::{
@@ -25,7 +26,10 @@ use crate::agent::{Agent, channels::Refused, control::workflows::Denied};
 /// Serves a client whose preamble was read; `unproven` is released once
 /// its request is. A function whose end finished may send its next request
 /// on the same connection (its `paired` said `again`): served in turn,
-/// until it hangs up or stays idle for [`handshake::IDLE_LIMIT`].
+/// until it hangs up or stays idle for [`handshake::IDLE_LIMIT`]. The
+/// request's connection (its reader holds what the client sent after it,
+/// its ring is that of the connection's last channel) comes back when it
+/// may carry another.
 pub async fn serve(
     mut stream: ControlStream,
     from: String,
@@ -34,28 +38,62 @@ pub async fn serve(
 ) {
     let request = handshake::request(&mut stream).await;
     drop(unproven);
-    let mut kept = route(Kept::new(stream), request, &from, &agent).await;
-    while let Some(mut next) = kept {
-        let Some(request) = handshake::next_request(&mut next.stream, &mut next.reader).await
+    let (mut connection, mut request) = (Kept::new(stream), request);
+    loop {
+        // Made outside the match, so that nothing of the routing stays in
+        // this task while a same-node channel lives.
+        let serving = match route(connection, request, &from, &agent).await {
+            Routed::Served(kept) => Either::Left(std::future::ready(kept)),
+            Routed::Local(end) => {
+                let SameNode {
+                    connection,
+                    hello,
+                    here,
+                } = *end;
+                Either::Right(local::serve(connection, hello, here, &agent))
+            }
+        };
+        let Some(mut next) = serving.await else {
+            return;
+        };
+        let Some(next_request) = handshake::next_request(&mut next.stream, &mut next.reader).await
         else {
             return;
         };
-        kept = route(next, request, &from, &agent).await;
+        (connection, request) = (next, next_request);
     }
 }
 
-/// Serves one request on `connection` (its reader holds what the client
-/// sent after it, its ring is that of the connection's last channel); the
-/// connection back if it may carry another. The store's and the cross-node
-/// paths are boxed: every connection's task is as large as its largest
-/// path, two per channel, and a same-node one needs less than half of it
-/// (`bench channels`: the agent's RSS per channel).
+/// Where [`route`] leaves a request. Every connection's task is as large
+/// as the largest path its request can take, two per channel: a same-node
+/// end is served after the routing returned, so that none of its state
+/// stays in the task while the channel lives, and the store's and the
+/// cross-node paths are boxed (`bench channels`: the agent's RSS per
+/// channel).
+enum Routed {
+    /// Answered or served; the connection back if it may carry another
+    /// request.
+    Served(Option<Kept>),
+    /// An end of a same-node channel, to serve.
+    Local(Box<SameNode>),
+}
+
+/// An end of a same-node channel: its connection, its hello, and what the
+/// routing learnt of it.
+struct SameNode {
+    connection: Kept,
+    hello: Hello,
+    here: Local,
+}
+
+/// Routes one request: answers it, serves it (boxed) across nodes or from
+/// the store, or hands a same-node end back to be served.
 async fn route(
     connection: Kept,
     request: Result<ClientRequest, Refused>,
     from: &str,
     agent: &Arc<Agent>,
-) -> Option<Kept> {
+) -> Routed {
     let Kept {
         mut stream,
         reader,
@@ -74,23 +112,23 @@ async fn route(
         Ok(ClientRequest::Describe { describe }) => {
             // Answered: the client may open its streams on this connection.
             let answered = describe_edge(&mut stream, from, agent, describe).await;
-            return answered.then(|| kept(stream));
+            return Routed::Served(answered.then(|| kept(stream)));
         }
         Ok(ClientRequest::Open(hello)) => hello,
         Err((refusal, message)) => {
             refuse(agent, &mut stream, from, refusal, message).await;
-            return None;
+            return Routed::Served(None);
         }
     };
     if hello.store && !stored::from_this_agent(&stream) {
         let message =
             "only the agent itself opens its store's ends; leave `store` unset".to_owned();
         refuse(agent, &mut stream, from, Refusal::BadRequest, message).await;
-        return None;
+        return Routed::Served(None);
     }
     if let Err((refusal, message)) = handshake::validate(&hello, is_unix(&stream)) {
         refuse(agent, &mut stream, from, refusal, message).await;
-        return None;
+        return Routed::Served(None);
     }
     let Some(stream_ref) = hello.stream.clone() else {
         if agent.workflow_channels_only && !hello.store {
@@ -98,22 +136,29 @@ async fn route(
                            open the channel with --workflow, --edge, --as and its token"
                 .to_owned();
             refuse(agent, &mut stream, from, Refusal::WorkflowOnly, message).await;
-            return None;
+            return Routed::Served(None);
         }
         let mut hello = hello;
         if let Some(secret) = hello.secret.take() {
             hello.channel = with_secret(&hello.channel, &secret);
         }
         let name = hello.channel.clone();
-        let (stream, hello) =
-            Box::pin(stored::serve_stored(stream, hello, &name, None, agent)).await?;
+        let Some((stream, hello)) =
+            Box::pin(stored::serve_stored(stream, hello, &name, None, agent)).await
+        else {
+            return Routed::Served(None);
+        };
         let storable = stored::storable(agent, &hello, None, None);
         let here = Local {
             storable,
             again: true,
             ..Local::default()
         };
-        return local::serve(kept(stream), hello, here, agent).await;
+        return Routed::Local(Box::new(SameNode {
+            connection: kept(stream),
+            hello,
+            here,
+        }));
     };
     let resolved = agent.workflows.resolve(
         &agent.node,
@@ -161,12 +206,16 @@ async fn route(
                 && let Some(started) = agent.links.take_started(&resolved.stream)
             {
                 let remote = remote::serve(kept(stream), hello, resolved, Some(started), agent);
-                return Box::pin(remote).await;
+                return Routed::Served(Box::pin(remote).await);
             }
-            let (stream, mut hello) =
-                Box::pin(stored::serve_stored(stream, hello, &name, window, agent)).await?;
+            let Some((stream, mut hello)) =
+                Box::pin(stored::serve_stored(stream, hello, &name, window, agent)).await
+            else {
+                return Routed::Served(None);
+            };
             if resolved.peer_node != agent.node {
-                return Box::pin(remote::serve(kept(stream), hello, resolved, None, agent)).await;
+                let remote = remote::serve(kept(stream), hello, resolved, None, agent);
+                return Routed::Served(Box::pin(remote).await);
             }
             hello.channel = name;
             let edge = EdgeOf {
@@ -180,10 +229,14 @@ async fn route(
                 again: true,
                 ..Local::default()
             };
-            return local::serve(kept(stream), hello, here, agent).await;
+            return Routed::Local(Box::new(SameNode {
+                connection: kept(stream),
+                hello,
+                here,
+            }));
         }
     }
-    None
+    Routed::Served(None)
 }
 
 /// The name under which a plain channel with a secret pairs (and is

@@ -8,9 +8,11 @@
 //! its receiver; or, over `shm`, both the ring.
 
 use std::{
+    future::Future,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, BorrowedFd},
     pin::Pin,
+    sync::Arc,
     time::Duration,
 };
 
@@ -36,7 +38,7 @@ use crate::agent::{
         EndKind, JoinRequest, Joined, LocalEnd, Membership, Paired, Pairing, Refused, RingPart,
     },
     store::ends::{self, Meeting},
-    transport::{listener_failed, open_loopback_listener},
+    transport::{RingFile, listener_failed, open_loopback_listener},
 };
 
 /// How long the agent waits to connect a Unix-socket sender to its receiver.
@@ -64,12 +66,60 @@ pub struct Local {
 /// Serves an end of a same-node channel (a function, or the agent's store
 /// when the hello says so). A function's connection comes back once its end
 /// said `done`: it may carry the function's next request.
-pub async fn serve(
+pub fn serve(
     connection: Kept,
-    mut hello: Hello,
+    hello: Hello,
     local: Local,
     agent: &Agent,
-) -> Option<Kept> {
+) -> impl Future<Output = Option<Kept>> + Send + '_ {
+    // The set-up is on the heap, and only while the end joins, waits and
+    // is handed its part: what stays in the connection's task for the
+    // channel's life is the reading of its reports (`bench channels`: the
+    // agent's RSS per channel).
+    let setting_up = Box::pin(set_up(connection, hello, local, agent));
+    async move { setting_up.await?.report().await }
+}
+
+/// An end paired and handed its part: what remains is its reports.
+struct Handed {
+    control: ControlStream,
+    reader: ReportReader,
+    membership: Membership,
+    name: String,
+    /// The channel's ring, which the end may keep with its connection.
+    ring: Option<Arc<RingFile>>,
+    again: bool,
+}
+
+impl Handed {
+    /// Passes the end's reports on until it hangs up, or until its `done`
+    /// when it may send another request (then its connection comes back).
+    async fn report(self) -> Option<Kept> {
+        let Self {
+            control,
+            reader,
+            membership,
+            name,
+            ring,
+            again,
+        } = self;
+        let (control, reader, done) = reports(control, &membership, &name, reader, again).await;
+        // The end leaves its channel before its connection closes (or
+        // carries its next request), so that neither comes before the
+        // leave.
+        drop(membership);
+        done.map(|_| Kept {
+            stream: control,
+            reader,
+            ring,
+            link: None,
+        })
+    }
+}
+
+/// Joins the end to its channel, waits for its peer and hands it its part;
+/// `None` if it was refused or hung up meanwhile.
+async fn set_up(connection: Kept, mut hello: Hello, local: Local, agent: &Agent) -> Option<Handed> {
     let Kept {
         stream: mut control,
         mut reader,
@@ -151,17 +201,13 @@ pub async fn serve(
         Ok(paired) => {
             let ring = paired.ring_file.clone();
             if hand_over(&mut control, &membership, paired, agent, &name, again).await {
-                let (control, reader, done) =
-                    reports(control, &membership, &name, reader, again).await;
-                // The end leaves its channel before its connection closes
-                // (or carries its next request), so that neither comes
-                // before the leave.
-                drop(membership);
-                return done.map(|_| Kept {
-                    stream: control,
+                return Some(Handed {
+                    control,
                     reader,
+                    membership,
+                    name,
                     ring,
-                    link: None,
+                    again,
                 });
             }
         }
