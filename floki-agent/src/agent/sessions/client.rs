@@ -42,7 +42,8 @@ pub async fn serve(
     loop {
         // Made outside the match, so that nothing of the routing stays in
         // this task while a same-node channel lives.
-        let serving = match route(connection, request, &from, &agent).await {
+        // Routing is on the heap, and only while it decides.
+        let serving = match Box::pin(route(connection, request, &from, &agent)).await {
             Routed::Served(kept) => Either::Left(std::future::ready(kept)),
             Routed::Local(end) => {
                 let SameNode {
@@ -65,11 +66,11 @@ pub async fn serve(
 }
 
 /// Where [`route`] leaves a request. Every connection's task is as large
-/// as the largest path its request can take, two per channel: a same-node
-/// end is served after the routing returned, so that none of its state
-/// stays in the task while the channel lives, and the store's and the
-/// cross-node paths are boxed (`bench channels`: the agent's RSS per
-/// channel).
+/// as the largest path its request can take, two per channel: the routing
+/// runs on the heap and a same-node end is served after it returned, so
+/// that none of its state stays in the task while the channel lives, and
+/// the store's and the cross-node paths are boxed (`bench channels`: the
+/// agent's RSS per channel).
 enum Routed {
     /// Answered or served; the connection back if it may carry another
     /// request.
