@@ -128,6 +128,10 @@ async fn reports(
     (stream, reader, None)
 }
 
+/// Room made for a message whose length is not read yet: a report or a
+/// hello fits.
+const SMALL_MESSAGE: usize = 256;
+
 /// Reads a client's messages (reports, and on a kept connection its next
 /// request), one length-prefixed message at a time, and can be cancelled
 /// between any two reads without losing a byte (the waits for a peer race
@@ -155,8 +159,19 @@ impl ReportReader {
             if let Some(message) = self.parse()? {
                 return Ok(Some(message));
             }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await?;
+            // Read straight into the buffer, room made for the rest of
+            // the message (or a small one): no chunk on this future, which
+            // every connection holds while its channel lives.
+            let wanted = match self.buf.get(..4) {
+                Some(header) => {
+                    let header = header.try_into().expect("4 bytes");
+                    4 + floki_proto::control::message_len(header, MAX_MESSAGE_LEN)?
+                }
+                None => SMALL_MESSAGE,
+            };
+            self.buf
+                .reserve(wanted.saturating_sub(self.buf.len()).max(4));
+            let n = stream.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -164,7 +179,6 @@ impl ReportReader {
                     Err(ProtocolError::Truncated)
                 };
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
