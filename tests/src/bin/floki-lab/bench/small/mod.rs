@@ -29,7 +29,7 @@ pub struct Options {
     pub rounds: usize,
     /// Runs per cell of the paper's patterns at 1 MiB, functions warm (the
     /// first tenth is warm-up).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     pub pattern_rounds: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
