@@ -40,9 +40,9 @@ pub async fn serve(
     drop(unproven);
     let (mut connection, mut request) = (Kept::new(stream), request);
     loop {
-        // Made outside the match, so that nothing of the routing stays in
-        // this task while a same-node channel lives.
-        // Routing is on the heap, and only while it decides.
+        // The routing runs on the heap, and a same-node end's future is
+        // made outside the match: nothing of the routing stays in this
+        // task while the channel lives.
         let serving = match Box::pin(route(connection, request, &from, &agent)).await {
             Routed::Served(kept) => Either::Left(std::future::ready(kept)),
             Routed::Local(end) => {
