@@ -156,19 +156,13 @@ impl ReportReader {
         stream: &mut ControlStream,
     ) -> Result<Option<T>, ProtocolError> {
         loop {
-            if let Some(message) = self.parse()? {
-                return Ok(Some(message));
-            }
-            // Read straight into the buffer, room made for the rest of
-            // the message (or a small one): no chunk on this future, which
-            // every connection holds while its channel lives.
-            let wanted = match self.buf.get(..4) {
-                Some(header) => {
-                    let header = header.try_into().expect("4 bytes");
-                    4 + floki_proto::control::message_len(header, MAX_MESSAGE_LEN)?
-                }
-                None => SMALL_MESSAGE,
+            let wanted = match self.parse()? {
+                Parsed::Message(message) => return Ok(Some(message)),
+                Parsed::Wants(wanted) => wanted,
             };
+            // Read straight into the buffer, room made for the rest of
+            // the message: no chunk on this future, which every connection
+            // holds while its channel lives.
             self.buf
                 .reserve(wanted.saturating_sub(self.buf.len()).max(4));
             let n = stream.read_buf(&mut self.buf).await?;
@@ -182,19 +176,29 @@ impl ReportReader {
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+    /// The first whole message in the buffer, or how many bytes the
+    /// buffer must hold for it (a small message's worth while its length
+    /// is not read yet).
+    fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Result<Parsed<T>, ProtocolError> {
         let Some(header) = self.buf.get(..4) else {
-            return Ok(None);
+            return Ok(Parsed::Wants(SMALL_MESSAGE));
         };
         let header = header.try_into().expect("4 bytes");
         let end = 4 + floki_proto::control::message_len(header, MAX_MESSAGE_LEN)?;
         if self.buf.len() < end {
-            return Ok(None);
+            return Ok(Parsed::Wants(end));
         }
         let message = serde_json::from_slice(&self.buf[4..end]);
         self.buf.drain(..end);
-        Ok(Some(message?))
+        Ok(Parsed::Message(message?))
     }
+}
+
+/// What [`ReportReader::parse`] found.
+enum Parsed<T> {
+    Message(T),
+    /// Bytes the buffer must hold for the next message.
+    Wants(usize),
 }
 
 /// A client's connection once its end finished, on which it may send its
