@@ -39,14 +39,26 @@ fn asked(opts: &EdgeOptions) -> Asked {
     ]
 }
 
-/// The answers, unless another thread holds them: the caller asks the
-/// agent then, never waits (a child forked while its parent held the lock
-/// would wait for ever).
+/// How many times a caller tries the lock, yielding in between, before it
+/// does without the answers. The lock is only ever held for a lookup, so
+/// another thread's turn ends at once; only a child forked while its
+/// parent held it would find it held for ever (and then asks the agent).
+const LOCK_TRIES: usize = 1000;
+
+/// The answers, once no other thread holds them; `None` if the lock stays
+/// held (see [`LOCK_TRIES`]): the caller asks the agent, or keeps nothing.
 fn answers() -> Option<MutexGuard<'static, Answers>> {
-    let mut answers = match ANSWERS.try_lock() {
-        Ok(answers) => answers,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return None,
+    let mut tries = 0;
+    let mut answers = loop {
+        match ANSWERS.try_lock() {
+            Ok(answers) => break answers,
+            Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
     };
     let pid = std::process::id();
     if answers.pid != pid {
