@@ -122,7 +122,15 @@ impl NativeSender {
         Ok(())
     }
 
-    /// Sends the end mark and waits until the receiver verified the stream.
+    /// Sends the end mark without waiting for the receiver's verdict, which
+    /// `finish` then waits for.
+    fn end(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.with(|sender| sender.end().map_err(|err| Failure::client(&err))))?;
+        Ok(())
+    }
+
+    /// Sends the end mark (unless `end` did) and waits until the receiver
+    /// verified the stream.
     fn finish(&self, py: Python<'_>) -> PyResult<SummaryTuple> {
         let sender = self.take()?;
         let finished = py.detach(|| sender.finish());

@@ -295,3 +295,42 @@ def test_streams_again_on_one_channel_reuse_their_ring_unless_views_were_lent(no
     )
     kept = ["kept from their last channel" in reason for _, reason in channels]
     assert kept == [False, True, False, True], channels
+
+
+def test_streams_a_sender_ended_are_verified_before_it_finishes_any(node, channel):
+    """A function with several small streams writes them all, ends them all
+    (``end``), then finishes each: its receivers verify at once, none waits
+    for another stream's ``finish``; a write after the end is an error."""
+    import threading
+
+    import floki
+
+    names = [f"{channel}-{i}" for i in range(3)]
+    data = [bytes([i + 7]) * (50_000 + i) for i in range(3)]
+    got: dict[int, bytes] = {}
+    verified = threading.Semaphore(0)
+
+    def receive(i: int) -> None:
+        with floki.Receiver(names[i], agent=node.unix, timeout=30) as rx:
+            got[i] = rx.read()
+            rx.finish()
+        verified.release()
+
+    receivers = [threading.Thread(target=receive, args=(i,)) for i in range(3)]
+    for thread in receivers:
+        thread.start()
+    senders = [floki.Sender(name, agent=node.unix, live=True, timeout=30) for name in names]
+    for sender, stream in zip(senders, data):
+        sender.write(stream)
+        sender.end()
+    for _ in names:
+        assert verified.acquire(timeout=30), "a receiver waited for its sender's finish"
+    with pytest.raises(floki.Error) as refused:
+        senders[0].write(b"more")
+    assert "a write after the end of the stream" in str(refused.value)
+    summaries = [sender.finish() for sender in senders]
+    for thread in receivers:
+        thread.join()
+    assert [got[i] for i in range(3)] == data
+    assert [s.bytes for s in summaries] == [len(d) for d in data]
+    assert {s.transport for s in summaries} == {"shm"}

@@ -3,13 +3,18 @@
 //! with clients on the TCP port, and the kernel still splices the stream
 //! between socket clients.
 
-use std::time::Duration;
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
 
+use floki_client::{ChannelOptions, blocking};
 use floki_tests::{
     agent::AgentOptions,
     cluster::Cluster,
     netns::NetNs,
     node::{Door, TestNode, assert_success, spawn, wait_within},
+    pattern,
     proc_stats::tcp_out_segments_in,
 };
 
@@ -283,6 +288,76 @@ fn rings_are_on_huge_pages_by_default_and_memory_files_when_told() {
                 huge_file_pages_allocated() >= before + 2,
                 "no huge pages were allocated for the rings"
             );
+        }
+    }
+}
+
+#[test]
+fn streams_a_sender_ended_are_verified_before_it_finishes_any() {
+    // A function with several small streams writes them all, ends them all,
+    // then finishes each: its receivers verify at once, over a ring and
+    // over a socket, and a write after the end is refused.
+    let node = TestNode::start("ended", AgentOptions::default());
+    let agent = format!("unix:{}", node.agent.socket.display());
+    const STREAMS: usize = 3;
+    let size = |i: usize| 200_000 + i;
+    for (ring, transport) in [(true, "shm"), (false, "splice")] {
+        let name = |i: usize| format!("ended-{transport}-{i}");
+        let options = |i: usize| {
+            let mut opts = ChannelOptions::new(&agent, name(i));
+            opts.ring = ring;
+            opts.live = true;
+            opts
+        };
+        let (verified, heard) = std::sync::mpsc::channel();
+        let receivers: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                let (opts, verified) = (options(i), verified.clone());
+                std::thread::spawn(move || {
+                    let mut rx = blocking::Receiver::connect(&opts).expect("receiver");
+                    let mut got = Vec::new();
+                    rx.read_to_end(&mut got).expect("a verified stream");
+                    rx.finish().expect("verified");
+                    verified.send(i).expect("the test waits");
+                    got
+                })
+            })
+            .collect();
+        let mut senders: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                let mut tx = blocking::Sender::open(&options(i)).expect("sender");
+                tx.write_all(&pattern(size(i), i as u64)).expect("write");
+                tx.end().expect("the end mark goes out");
+                tx
+            })
+            .collect();
+        // No `finish` yet: the end marks alone let every receiver verify.
+        for _ in 0..STREAMS {
+            heard
+                .recv_timeout(LIMIT)
+                .expect("every receiver verifies a stream its sender ended");
+        }
+        let refused = senders[0]
+            .write_all(b"more")
+            .expect_err("a write after the end");
+        assert!(
+            refused
+                .to_string()
+                .contains("a write after the end of the stream"),
+            "{refused}"
+        );
+        for (i, tx) in senders.into_iter().enumerate() {
+            let summary = tx.finish().expect("the receiver's verdict");
+            assert_eq!(summary.bytes, size(i) as u64);
+        }
+        for (i, receiving) in receivers.into_iter().enumerate() {
+            let got = receiving.join().expect("the receiver");
+            assert!(
+                got == pattern(size(i), i as u64),
+                "stream {i} arrived changed"
+            );
+            let channel = node.agent.wait_finished(&name(i), LIMIT);
+            assert_eq!(channel["transport"], transport, "{channel:#}");
         }
     }
 }

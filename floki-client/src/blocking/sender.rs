@@ -43,6 +43,8 @@ pub struct Sender {
 struct Open {
     end: EndState,
     path: Path,
+    /// The end mark went out ([`Sender::end`]).
+    ended: bool,
 }
 
 /// Where the bytes go.
@@ -181,11 +183,12 @@ impl Sender {
         sent + self.pending.len() as u64
     }
 
-    /// Ends the stream: sends the end mark and waits until the receiver has
-    /// verified length and checksum.
+    /// Ends the stream: sends the end mark (unless [`Sender::end`] did) and
+    /// waits until the receiver has verified length and checksum.
     pub fn finish(mut self) -> Result<Summary, ClientError> {
-        self.pending.nudge(Nudge::Finishing);
-        let result = self.flush().and_then(|()| self.open_stream()?.end_stream());
+        let result = self
+            .send_end()
+            .and_then(|()| self.open_stream()?.await_verdict());
         let channel = self.channel.clone();
         match self.opening.open_mut() {
             Some(open) => {
@@ -200,7 +203,7 @@ impl Sender {
                 // kept connection, for the next stream with this receiver;
                 // over the agents' link, the link, for this stream's next
                 // use.
-                if let Opening::Open(Open { mut end, path }) = self.opening {
+                if let Opening::Open(Open { mut end, path, .. }) = self.opening {
                     match path {
                         Path::Ring(ring) => {
                             if let Some(kept) = ring.keep() {
@@ -263,6 +266,27 @@ impl Sender {
         }
     }
 
+    /// Sends the end mark and returns without waiting for the receiver's
+    /// verdict, which [`Sender::finish`] then waits for. A function with
+    /// several streams ends them all, then finishes each: their receivers
+    /// verify them at once, not one after another as each `finish` would
+    /// have them. Waits for the receiver if it is not there yet (what is
+    /// buffered must reach it first). No write is taken after it.
+    pub fn end(&mut self) -> Result<(), ClientError> {
+        self.send_end().map_err(|err| {
+            self.opening.take_failure().unwrap_or_else(|| {
+                ClientError::stream(&self.channel, &err, "ending the stream", self.bytes_sent())
+            })
+        })
+    }
+
+    /// Flushes what is buffered and sends the end mark, once.
+    fn send_end(&mut self) -> io::Result<()> {
+        self.pending.nudge(Nudge::Finishing);
+        self.flush()?;
+        self.open_stream()?.send_end()
+    }
+
     /// Gives up on the stream: the receiver fails with `reason`.
     pub fn abort(mut self, reason: &str) {
         self.opening.cancel();
@@ -319,17 +343,36 @@ impl Open {
         Ok(Self {
             end: established.end,
             path,
+            ended: false,
         })
     }
 
-    fn end_stream(&mut self) -> io::Result<()> {
+    /// Sends the end mark (once).
+    fn send_end(&mut self) -> io::Result<()> {
         self.end.check()?;
-        let ended = match &mut self.path {
-            Path::Socket(socket) => socket.end_stream(),
-            Path::Ring(ring) => ring.finish(),
+        if self.ended {
+            return Ok(());
+        }
+        let sent = match &mut self.path {
+            Path::Socket(socket) => socket.send_end(),
+            Path::Ring(ring) => {
+                ring.publish_end();
+                Ok(())
+            }
+        };
+        self.ended = true;
+        sent.map_err(|err| self.end.fail(err, self.path.sent()).into())
+    }
+
+    /// Waits for the receiver's verdict on the end mark, and reports it.
+    fn await_verdict(&mut self) -> io::Result<()> {
+        self.end.check()?;
+        let verdict = match &mut self.path {
+            Path::Socket(socket) => socket.await_verdict(),
+            Path::Ring(ring) => ring.verdict(),
         };
         let sent = self.path.sent();
-        match ended {
+        match verdict {
             Ok(()) => {
                 self.end.reporter.finish_here(sent, None);
                 Ok(())
@@ -340,6 +383,9 @@ impl Open {
 
     /// Sends at least one byte of `src` (`src` not empty).
     fn send(&mut self, src: &[u8]) -> io::Result<usize> {
+        if self.ended {
+            return Err(self.written_after_end());
+        }
         let sent = match &mut self.path {
             Path::Socket(socket) => socket.send(src),
             Path::Ring(ring) => ring.write(src),
@@ -353,9 +399,20 @@ impl Open {
         }
     }
 
+    /// The error of a write after [`Sender::end`].
+    fn written_after_end(&self) -> io::Error {
+        io::Error::other(format!(
+            "channel {}: a write after the end of the stream; write everything before `end`",
+            self.end.channel
+        ))
+    }
+
     /// Reads `src` to its end straight into the ring (`None` over a
     /// socket): a region reserved, read into, committed.
     fn read_into_ring(&mut self, src: &mut dyn io::Read) -> Option<io::Result<u64>> {
+        if self.ended {
+            return Some(Err(self.written_after_end()));
+        }
         let Path::Ring(ring) = &mut self.path else {
             return None;
         };
@@ -417,7 +474,7 @@ impl Path {
 }
 
 impl SocketOut {
-    fn end_stream(&mut self) -> Result<(), StreamError> {
+    fn send_end(&mut self) -> Result<(), StreamError> {
         if self.outbound.mid_frame() {
             return Err(StreamError::Protocol(
                 "the stream was ended in the middle of a write".into(),
@@ -426,7 +483,10 @@ impl SocketOut {
         let mark = self.outbound.end_frame();
         self.stream
             .write_all(&mark)
-            .map_err(|err| write_failure("sending the end mark", self.outbound.sent(), &err))?;
+            .map_err(|err| write_failure("sending the end mark", self.outbound.sent(), &err))
+    }
+
+    fn await_verdict(&mut self) -> Result<(), StreamError> {
         loop {
             match self.outbound.acked() {
                 Some(result) => break result?,
@@ -506,6 +566,11 @@ impl Write for Sender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        if let Some(open) = self.opening.open()
+            && open.ended
+        {
+            return Err(open.written_after_end());
         }
         if self.opening.is_pairing() {
             // The receiver is not there yet: buffer up to the window.

@@ -281,6 +281,12 @@ impl RingWriter {
     /// stream.
     pub fn finish(&mut self) -> Result<(), StreamError> {
         self.publish_end();
+        self.verdict()
+    }
+
+    /// After [`publish_end`](Self::publish_end): waits for the receiver's
+    /// verdict.
+    pub fn verdict(&self) -> Result<(), StreamError> {
         self.waiter().ack(self.head)?;
         self.try_ack()
             .expect("the wait returns once the receiver answered")

@@ -178,9 +178,17 @@ class Sender(io.BufferedIOBase):
         if not self.closed and not self._ended:
             self._native.flush()
 
+    def end(self) -> None:
+        """Sends the end mark now, without waiting for the receiver's verdict;
+        :meth:`finish` then waits for it. A function with several streams
+        ends them all, then finishes each: their receivers verify them at
+        once, not one after another. Nothing more may be written."""
+        self._checkClosed()
+        self._native.end()
+
     def finish(self) -> Summary:
-        """Ends the stream: sends the end mark, returns once the receiver has
-        verified length and checksum."""
+        """Ends the stream: sends the end mark (unless :meth:`end` did),
+        returns once the receiver has verified length and checksum."""
         if self._summary is None:
             self._checkClosed()
             self._ended = True
