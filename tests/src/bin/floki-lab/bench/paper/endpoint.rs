@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead as _, Write as _},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -94,16 +94,18 @@ pub fn run(plan_json: &str) -> anyhow::Result<()> {
         &plan,
         &connections,
         &Contents::new(&plan.streams),
-        &Workers::PerRun,
+        Streams::AtOnce,
     )?;
     println!("{}", serde_json::to_string(&report(start_ns, bytes)?)?);
     Ok(())
 }
 
-/// A warm function: connects, generates its streams' content, starts its
-/// threads, says `ready`, then runs the plan once for each `go` line on
-/// stdin and prints a report for each (its time from the `go`, the
-/// connections already open, the content ready and the threads running).
+/// A warm function: connects, generates its streams' content, says
+/// `ready`, then runs the plan once for each `go` line on stdin and prints
+/// a report for each (its time from the `go`, the connections already open
+/// and the content ready). It moves its streams in turn on its own thread,
+/// as a function does with small streams (`bench small` runs 1 MiB cells
+/// only: every stream fits its buffer, so none waits for another).
 pub fn serve(plan_json: &str) -> anyhow::Result<()> {
     let plan: Plan = serde_json::from_str(plan_json).context("reading the plan")?;
     let connections = Connections::open(&plan)?;
@@ -113,21 +115,17 @@ pub fn serve(plan_json: &str) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
         out.flush().context("writing to the driver")
     };
-    std::thread::scope(|scope| {
-        let workers = Workers::kept(scope, plan.streams.len());
-        say("ready")?;
-        for line in std::io::stdin().lock().lines() {
-            let line = line?;
-            if line != "go" {
-                bail!("expected `go` from the driver, got `{line}`");
-            }
-            let start_ns = monotonic_ns();
-            let bytes = perform(&plan, &connections, &contents, &workers)?;
-            say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
+    say("ready")?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line != "go" {
+            bail!("expected `go` from the driver, got `{line}`");
         }
-        Ok(())
-        // The threads end with their queues, dropped with `workers`.
-    })
+        let start_ns = monotonic_ns();
+        let bytes = perform(&plan, &connections, &contents, Streams::InTurn)?;
+        say(&serde_json::to_string(&report(start_ns, bytes)?)?)?;
+    }
+    Ok(())
 }
 
 /// What a function holds open between its runs: its Redis connections (one
@@ -155,58 +153,27 @@ impl Connections {
     }
 }
 
-/// Where a function moves its streams at once, a thread each: threads of
-/// its own for the run (a cold function), or threads it keeps between runs
-/// (a warm one, as a long-running function keeps its thread pool).
-enum Workers<'a> {
-    PerRun,
-    Kept {
-        /// A queue to each thread.
-        jobs: Vec<mpsc::Sender<Job<'a>>>,
-        /// What the jobs moved, as they finish.
-        done: mpsc::Receiver<anyhow::Result<u64>>,
-    },
+/// How a function moves its streams.
+#[derive(Clone, Copy)]
+enum Streams {
+    /// All at once, a thread each (streams of any size: a stream larger
+    /// than its buffer waits for its consumer, the others go on).
+    AtOnce,
+    /// One after another on the function's own thread (small streams).
+    InTurn,
 }
 
-/// A stream to move, on a kept thread.
-type Job<'a> = Box<dyn FnOnce() -> anyhow::Result<u64> + Send + 'a>;
-
-impl<'a> Workers<'a> {
-    /// `threads` kept in `scope` (one per stream of the plan: every stream
-    /// at once, none waiting for another's thread). They sleep between
-    /// runs, each on its own queue: nothing spins.
-    fn kept<'scope>(scope: &'scope std::thread::Scope<'scope, 'a>, threads: usize) -> Self {
-        let (finished, done) = mpsc::channel();
-        let jobs = (0..threads.max(1))
-            .map(|_| {
-                let (queue, next) = mpsc::channel::<Job<'a>>();
-                let finished = finished.clone();
-                scope.spawn(move || {
-                    for job in next {
-                        // A stream that panics fails the run, not the
-                        // thread (the run waits for every stream's answer).
-                        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a stream thread panicked")));
-                        if finished.send(moved).is_err() {
-                            break;
-                        }
-                    }
-                });
-                queue
-            })
-            .collect();
-        Self::Kept { jobs, done }
-    }
-
-    /// Runs `work` on every item at once, a thread each; the sum of what
-    /// they moved.
-    fn each<T: Send + 'a>(
-        &self,
+impl Streams {
+    /// Runs `work` on every item, at once or in turn; the sum of what they
+    /// moved.
+    fn each<T: Send>(
+        self,
         items: Vec<T>,
-        work: impl Fn(T) -> anyhow::Result<u64> + Send + Sync + 'a,
+        work: impl Fn(T) -> anyhow::Result<u64> + Sync,
     ) -> anyhow::Result<u64> {
         match self {
-            Self::PerRun => std::thread::scope(|scope| {
+            Self::InTurn => items.into_iter().map(work).sum(),
+            Self::AtOnce => std::thread::scope(|scope| {
                 let work = &work;
                 let handles: Vec<_> = items
                     .into_iter()
@@ -217,40 +184,26 @@ impl<'a> Workers<'a> {
                     .map(|handle| handle.join().expect("a stream thread does not panic"))
                     .sum()
             }),
-            Self::Kept { jobs, done } => {
-                anyhow::ensure!(items.len() <= jobs.len(), "more streams than threads");
-                let work = std::sync::Arc::new(work);
-                let count = items.len();
-                for (item, queue) in items.into_iter().zip(jobs) {
-                    let work = work.clone();
-                    queue
-                        .send(Box::new(move || work(item)))
-                        .map_err(|_| anyhow::anyhow!("a stream thread is gone"))?;
-                }
-                (0..count)
-                    .map(|_| done.recv().context("a stream thread is gone")?)
-                    .sum()
-            }
         }
     }
 }
 
 /// Moves the plan's streams once; the bytes moved.
-fn perform<'a>(
-    plan: &'a Plan,
-    connections: &'a Connections,
-    contents: &'a Contents,
-    workers: &Workers<'a>,
+fn perform(
+    plan: &Plan,
+    connections: &Connections,
+    contents: &Contents,
+    streams: Streams,
 ) -> anyhow::Result<u64> {
     match (&plan.access, plan.produce, connections) {
-        (Access::Floki { .. }, true, _) => floki_produce(plan, contents, workers),
-        (Access::Floki { .. }, false, _) => floki_consume(plan, contents, workers),
+        (Access::Floki { .. }, true, _) => floki_produce(plan, contents, streams),
+        (Access::Floki { .. }, false, _) => floki_consume(plan, contents, streams),
         (Access::S3 { .. }, produce, _) => object_store_run(plan, produce, contents),
         (Access::Redis { .. }, true, Connections::Redis(cons)) => {
             redis_produce(&mut lock(&cons[0]), &plan.streams, contents)
         }
         (Access::Redis { .. }, false, Connections::Redis(cons)) => {
-            redis_consume(cons, &plan.streams, contents, workers)
+            redis_consume(cons, &plan.streams, contents, streams)
         }
         (Access::Redis { .. }, _, Connections::None) => bail!("Redis without a connection"),
     }
@@ -335,16 +288,13 @@ fn edge_options(plan: &Plan) -> anyhow::Result<EdgeOptions> {
     ))
 }
 
-/// Every stream at once, a thread each, as a function with several
-/// consumers would write them.
-fn floki_produce<'a>(
-    plan: &'a Plan,
-    contents: &'a Contents,
-    workers: &Workers<'a>,
-) -> anyhow::Result<u64> {
+/// Writes every stream. At once, a thread each, each stream finished on
+/// its own; in turn, each stream written and ended, then every verdict
+/// waited for: the consumers verify their streams at once.
+fn floki_produce(plan: &Plan, contents: &Contents, streams: Streams) -> anyhow::Result<u64> {
     let (_, senders) = workflow::blocking::senders(&edge_options(plan)?)?;
-    workers.each(senders, |(peer, mut tx)| {
-        let stream = stream_for(plan, &peer)?;
+    let write = |peer: &str, tx: &mut floki_client::blocking::Sender| -> anyhow::Result<()> {
+        let stream = stream_for(plan, peer)?;
         let content = contents.of(stream);
         let mut sent = 0;
         while sent < stream.bytes {
@@ -352,17 +302,28 @@ fn floki_produce<'a>(
             tx.write_all(piece)?;
             sent += piece.len() as u64;
         }
-        Ok(tx.finish()?.bytes)
-    })
+        Ok(())
+    };
+    match streams {
+        Streams::AtOnce => streams.each(senders, |(peer, mut tx)| {
+            write(&peer, &mut tx)?;
+            Ok(tx.finish()?.bytes)
+        }),
+        Streams::InTurn => {
+            let mut ended = Vec::with_capacity(senders.len());
+            for (peer, mut tx) in senders {
+                write(&peer, &mut tx)?;
+                tx.end()?;
+                ended.push(tx);
+            }
+            ended.into_iter().map(|tx| Ok(tx.finish()?.bytes)).sum()
+        }
+    }
 }
 
-fn floki_consume<'a>(
-    plan: &'a Plan,
-    contents: &'a Contents,
-    workers: &Workers<'a>,
-) -> anyhow::Result<u64> {
+fn floki_consume(plan: &Plan, contents: &Contents, streams: Streams) -> anyhow::Result<u64> {
     let (_, receivers) = workflow::blocking::receivers(&edge_options(plan)?)?;
-    workers.each(receivers, |(peer, mut rx)| {
+    streams.each(receivers, |(peer, mut rx)| {
         let stream = stream_for(plan, &peer)?;
         let mut checker = Checker::new(contents.of(stream), stream.bytes);
         // Checked where the bytes are: in place in the ring over shm, in
@@ -540,15 +501,15 @@ fn redis_produce(
     Ok(total)
 }
 
-/// Every stream at once, a thread and a connection each.
-fn redis_consume<'a>(
-    cons: &'a [Mutex<redis::Connection>],
-    streams: &'a [Stream],
-    contents: &'a Contents,
-    workers: &Workers<'a>,
+/// Every stream, a connection each (at once: a thread each).
+fn redis_consume(
+    cons: &[Mutex<redis::Connection>],
+    streams: &[Stream],
+    contents: &Contents,
+    moving: Streams,
 ) -> anyhow::Result<u64> {
     let each: Vec<_> = streams.iter().zip(cons).collect();
-    workers.each(each, |(stream, con)| {
+    moving.each(each, |(stream, con)| {
         let mut con = lock(con);
         let mut checker = Checker::new(contents.of(stream), stream.bytes);
         for index in 0..chunks(stream.bytes) {

@@ -342,11 +342,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              The paper's four patterns at 1 MiB (as in `bench paper`: broadcast and shuffle \
              to four consumers, gather from four producers), every function a process already \
              running, its streams' content generated before it is told to go (generating \
-             1 MiB of it took longer than handing it over), its threads started (one per \
-             stream, kept between runs, as a long-running function keeps its pool) and, \
-             for Redis, its connections open ({} runs per cell, the first tenth left out). Each stream is 1 MiB in \
+             1 MiB of it took longer than handing it over) and, for Redis, its connections \
+             open ({} runs per cell, the first tenth left out). Each stream is 1 MiB in \
              one-to-one and broadcast, 256 KiB in gather and 64 KiB in shuffle (16 streams): \
-             these two measure set-up more than copying. Floki runs live: the consumers wait, then the producers open their \
+             these two measure set-up more than copying. Every function moves its streams in \
+             turn on its own thread, as a function does with streams that fit their buffers: \
+             a Floki producer writes and ends each stream (`Sender::end`), then waits for each \
+             verdict, so its consumers verify at once; a Redis producer SETs each; consumers \
+             read and check each in turn. Floki runs live: the consumers wait, then the producers open their \
              channels; its time is the first producer's start to the last consumer's verified \
              end. Redis runs in the serverless order, its time the producers' SETs plus the \
              consumers' GETs (first start to last end of each), the driver's hand-off between \
