@@ -6,7 +6,10 @@
 //! once per run. A token the agent no longer knows fails the hellos that
 //! follow with the same `not_allowed` a describe request would have had.
 
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{
+    Mutex, MutexGuard, PoisonError, TryLockError,
+    atomic::{AtomicU32, Ordering},
+};
 
 use crate::workflow::{EdgeInfo, EdgeOptions};
 
@@ -39,31 +42,32 @@ fn asked(opts: &EdgeOptions) -> Asked {
     ]
 }
 
-/// How many times a caller tries the lock, yielding in between, before it
-/// does without the answers. The lock is only ever held for a lookup, so
-/// another thread's turn ends at once; only a child forked while its
-/// parent held it would find it held for ever (and then asks the agent).
-const LOCK_TRIES: usize = 1000;
+/// The process whose threads share the answers. Only there does a caller
+/// wait for the lock (held for a lookup at a time); a child forked while
+/// its parent held it would wait for ever, so a process that is not this
+/// one only tries it, and asks the agent if it is held.
+static USER: AtomicU32 = AtomicU32::new(0);
 
-/// The answers, once no other thread holds them; `None` if the lock stays
-/// held (see [`LOCK_TRIES`]): the caller asks the agent, or keeps nothing.
+/// The answers; `None` only in a forked child that finds the lock held.
 fn answers() -> Option<MutexGuard<'static, Answers>> {
-    let mut tries = 0;
-    let mut answers = loop {
+    let pid = std::process::id();
+    let user = USER.load(Ordering::Acquire);
+    let mut answers = if user == pid || user == 0 {
+        // Named before the lock is first taken: a child forked while this
+        // process holds it knows not to wait.
+        USER.store(pid, Ordering::Release);
+        ANSWERS.lock().unwrap_or_else(PoisonError::into_inner)
+    } else {
         match ANSWERS.try_lock() {
-            Ok(answers) => break answers,
-            Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) if tries < LOCK_TRIES => {
-                tries += 1;
-                std::thread::yield_now();
-            }
+            Ok(answers) => answers,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         }
     };
-    let pid = std::process::id();
     if answers.pid != pid {
         answers.edges.clear();
         answers.pid = pid;
+        USER.store(pid, Ordering::Release);
     }
     Some(answers)
 }
@@ -123,5 +127,20 @@ mod tests {
         assert_eq!(get(&other), None);
         let elsewhere = EdgeOptions::new("unix:/run/floki/b.sock", "wf", "t1", "e", "p");
         assert_eq!(get(&elsewhere), None);
+    }
+
+    #[test]
+    fn an_answer_given_while_another_thread_looks_is_kept() {
+        let opts = EdgeOptions::new("unix:/run/floki/c.sock", "wf", "t1", "e", "p");
+        let looking = answers().expect("this process's answers");
+        let putting = std::thread::spawn({
+            let opts = opts.clone();
+            move || put(&opts, &info(&["q"]))
+        });
+        // The other thread's put waits for this look to end.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(looking);
+        putting.join().expect("the putting thread");
+        assert_eq!(get(&opts), Some(info(&["q"])));
     }
 }
