@@ -41,6 +41,7 @@ mod reporter;
 mod ring_async;
 mod sender;
 mod setup;
+mod spare_buffers;
 pub mod workflow;
 
 use std::{net::SocketAddr, time::Duration};

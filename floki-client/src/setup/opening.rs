@@ -185,7 +185,7 @@ impl Pending {
     pub fn new(while_pairing: u64) -> (Self, watch::Receiver<Nudge>) {
         let (nudge, nudged) = watch::channel(Nudge::Writing);
         let pending = Self {
-            buf: Vec::new(),
+            buf: crate::spare_buffers::take(),
             sent: 0,
             while_pairing: usize::try_from(while_pairing).unwrap_or(usize::MAX),
             nudge,
@@ -247,5 +247,12 @@ impl Pending {
     /// Bytes held and not sent.
     pub fn len(&self) -> usize {
         self.buf.len() - self.sent
+    }
+}
+
+impl Drop for Pending {
+    /// The buffer, its pages touched, goes to the next sender.
+    fn drop(&mut self) {
+        crate::spare_buffers::give_back(std::mem::take(&mut self.buf));
     }
 }
