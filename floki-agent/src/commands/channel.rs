@@ -52,9 +52,32 @@ pub fn edge_options(
 /// Streams `input` into every sender (one for a plain channel, one per
 /// consumer for a broadcast), then finishes them.
 pub fn send_to_all(
-    mut input: impl Read,
+    input: impl Read,
     senders: Vec<(String, Sender)>,
 ) -> anyhow::Result<Vec<(String, Summary)>> {
+    finish_all(stream_to_all(input, senders)?)
+}
+
+/// Waits for the verdict on every stream [`stream_to_all`] ended.
+pub fn finish_all(ended: Vec<(String, Sender)>) -> anyhow::Result<Vec<(String, Summary)>> {
+    ended
+        .into_iter()
+        .map(|(peer, sender)| {
+            let summary = sender
+                .finish()
+                .with_context(|| format!("stream to {peer}"))?;
+            Ok((peer, summary))
+        })
+        .collect()
+}
+
+/// Streams `input` into every sender and ends their streams: the end marks
+/// go out at once, so the receivers verify together while
+/// [`finish_all`] waits for each verdict in turn.
+pub fn stream_to_all(
+    mut input: impl Read,
+    senders: Vec<(String, Sender)>,
+) -> anyhow::Result<Vec<(String, Sender)>> {
     let mut senders = senders;
     if senders.len() == 1 {
         // One receiver: the input is read straight into the ring, when the
@@ -70,7 +93,8 @@ pub fn send_to_all(
                 None => Err(anyhow::Error::new(err).context(format!("stream to {peer}"))),
             };
         }
-        return Ok(vec![(peer, sender.finish()?)]);
+        sender.end()?;
+        return Ok(vec![(peer, sender)]);
     }
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
@@ -94,10 +118,10 @@ pub fn send_to_all(
                 .with_context(|| format!("stream to {peer}"))?;
         }
     }
-    senders
-        .into_iter()
-        .map(|(peer, sender)| Ok((peer, sender.finish()?)))
-        .collect()
+    for (peer, sender) in &mut senders {
+        sender.end().with_context(|| format!("stream to {peer}"))?;
+    }
+    Ok(senders)
 }
 
 /// Reads a channel end to its verified end into `output`.

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use floki_client::{ChannelOptions, Pattern, blocking::Sender, workflow};
 
 use super::{
-    channel::{edge_options, send_to_all},
+    channel::{edge_options, finish_all, send_to_all, stream_to_all},
     print_summary,
 };
 use crate::cli::SendArgs;
@@ -50,7 +50,9 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
                 let dir = args.partition_dir.as_ref().context(
                     "a shuffle producer sends one partition per consumer: give --partition-dir DIR",
                 )?;
-                let mut summaries = Vec::new();
+                // Each partition written and ended in turn, then every
+                // verdict: the consumers verify theirs at once.
+                let mut ended = Vec::new();
                 for (consumer, sender) in senders {
                     let path = dir.join(&consumer);
                     let part = File::open(&path).with_context(|| {
@@ -59,9 +61,9 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
                             path.display()
                         )
                     })?;
-                    summaries.extend(send_to_all(part, vec![(consumer, sender)])?);
+                    ended.extend(stream_to_all(part, vec![(consumer, sender)])?);
                 }
-                summaries
+                finish_all(ended)?
             } else {
                 send_to_all(input()?, senders)?
             }
