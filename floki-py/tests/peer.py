@@ -5,8 +5,8 @@ it moved, the digest of it, and the exception if one was raised.
 
     peer.py send --agent A --channel C --bytes N [--seed S] [--writes mixed|fixed:N]
     peer.py recv --agent A --channel C [--read readinto|read|view|lines] [--pace B/s]
-    peer.py edge-send --edge E --data-seed S --bytes N    (FLOKI_* from the environment)
-    peer.py edge-recv --edge E
+    peer.py edge-send --edge E --data-seed S --bytes N [--all]   (FLOKI_* from the environment)
+    peer.py edge-recv --edge E [--all]
 """
 
 from __future__ import annotations
@@ -129,15 +129,22 @@ def edge_send(args) -> None:
     try:
         edge = floki.Edge(args.edge, timeout=args.timeout)
         info = edge.describe()
-        senders = edge.senders()
-        digests = {}
-        for i, (consumer, tx) in enumerate(senders.items()):
-            # Broadcast: the same bytes to all; otherwise a part per consumer.
-            seed = args.data_seed if info.pattern == "broadcast" else args.data_seed + i
-            data = pattern(seed, args.bytes)
-            with tx:
-                tx.write(data)
-            digests[consumer] = hashlib.blake2b(data).hexdigest()
+        # Broadcast: the same bytes to all; otherwise a part per consumer.
+        parts = {
+            consumer: pattern(
+                args.data_seed if info.pattern == "broadcast" else args.data_seed + i, args.bytes
+            )
+            for i, consumer in enumerate(info.peers)
+        }
+        digests = {consumer: hashlib.blake2b(data).hexdigest() for consumer, data in parts.items()}
+        if args.all:
+            # Every stream written and ended, then every verdict.
+            summaries = edge.send_all(parts)
+            assert sorted(summaries) == sorted(parts), summaries
+        else:
+            for consumer, tx in edge.senders().items():
+                with tx:
+                    tx.write(parts[consumer])
     except floki.Error as err:
         failed(err)
     report(ok=True, pattern=info.pattern, role=info.role, digests=digests)
@@ -150,12 +157,16 @@ def edge_recv(args) -> None:
         info = edge.describe()
         digests = {}
         transports = {}
-        for producer, rx in edge.receivers().items():
-            digest = hashlib.blake2b()
-            with rx:
-                read_all(rx, "readinto", 0, digest)
-                transports[producer] = rx.finish().transport
-            digests[producer] = digest.hexdigest()
+        if args.all:
+            for producer, data in edge.receive_all().items():
+                digests[producer] = hashlib.blake2b(data).hexdigest()
+        else:
+            for producer, rx in edge.receivers().items():
+                digest = hashlib.blake2b()
+                with rx:
+                    read_all(rx, "readinto", 0, digest)
+                    transports[producer] = rx.finish().transport
+                digests[producer] = digest.hexdigest()
     except floki.Error as err:
         failed(err)
     report(
@@ -179,6 +190,8 @@ def main() -> None:
     parser.add_argument("--window", type=int)
     # Senders: wait for the receiver rather than let the agent store.
     parser.add_argument("--live", action="store_true")
+    # Edge functions: every stream at once (Edge.send_all, Edge.receive_all).
+    parser.add_argument("--all", action="store_true")
     # A peer that never comes is an error, not a hang of the test.
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()

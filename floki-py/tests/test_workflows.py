@@ -57,16 +57,19 @@ def test_every_pattern_across_two_nodes(cluster, pattern, door):
     token = cluster["node-a"].apply(spec(workflow, pattern))
     producers, consumers = PATTERNS[pattern]
     agent = lambda node: getattr(cluster[node], door)  # noqa: E731
+    # On the Unix socket the functions move their streams all at once
+    # (Edge.send_all, Edge.receive_all); on TCP one stream at a time.
+    together = ["--all"] if door == "unix" else []
     started = {}
     for function, node in consumers:
         started[function] = cluster[node].python(
-            "edge-recv", "--edge", "data", "--timeout", "60",
+            "edge-recv", "--edge", "data", "--timeout", "60", *together,
             env=env(workflow, function, token, agent(node)),
         )
     for i, (function, node) in enumerate(producers):
         started[function] = cluster[node].python(
             "edge-send", "--edge", "data", "--bytes", str(3 * MIB + i), "--data-seed", str(10 * i),
-            "--timeout", "60",
+            "--timeout", "60", *together,
             env=env(workflow, function, token, agent(node)),
         )
     results = {function: finish(process) for function, process in started.items()}
@@ -99,3 +102,20 @@ def test_a_wrong_token_is_refused_like_an_unknown_workflow(cluster):
     assert answers[0] == answers[1], answers
     assert answers[0][0] == "NotAllowedError"
     node.delete(workflow)
+
+
+def test_send_all_needs_a_part_for_every_consumer(cluster):
+    """A shuffle producer that gives no part for a consumer gets a clear
+    error, and its streams are aborted rather than left open."""
+    import floki
+
+    workflow = f"py-parts-{next(_names)}"
+    token = cluster["node-a"].apply(spec(workflow, "shuffle"))
+    edge = floki.Edge(
+        "data", workflow=workflow, function="p0", token=token,
+        agent=cluster["node-a"].unix, timeout=30, live=True,
+    )
+    with pytest.raises(ValueError) as missing:
+        edge.send_all({"c0": b"part for c0"})
+    assert "no data for consumer(s) c1 of edge 'data'" in str(missing.value)
+    cluster["node-a"].delete(workflow)

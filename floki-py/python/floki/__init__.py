@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Union
 
 from . import _floki
 from .errors import (
@@ -462,6 +462,48 @@ class Edge:
             peer: Receiver(f"{self.workflow}/{self.edge}", _native=native)
             for peer, native in receivers
         }
+
+    def send_all(self, data: Union[Buffer, Mapping[str, Buffer]]) -> Dict[str, Summary]:
+        """Sends every stream of this producer: ``data`` to each consumer
+        (one-to-one, broadcast), or ``data[consumer]`` to each when ``data``
+        is a mapping (a shuffle's partitions). Returns once every consumer
+        verified its stream. Each stream is written, then ended at once
+        (:meth:`Sender.end`), so the consumers verify theirs together; a
+        stream larger than the edge's buffer waits for its consumer while it
+        is written. On an error every stream not yet finished is aborted."""
+        senders = self.senders()
+        try:
+            if isinstance(data, Mapping):
+                missing = [consumer for consumer in senders if consumer not in data]
+                if missing:
+                    raise ValueError(
+                        f"no data for consumer(s) {', '.join(missing)} of edge {self.edge!r}: "
+                        "give one part per consumer"
+                    )
+            for consumer, tx in senders.items():
+                tx.write(data[consumer] if isinstance(data, Mapping) else data)
+                tx.end()
+            return {consumer: tx.finish() for consumer, tx in senders.items()}
+        except BaseException as err:
+            for tx in senders.values():
+                tx.abort(f"{type(err).__name__}: {err}")
+            raise
+
+    def receive_all(self) -> Dict[str, bytes]:
+        """Every producer's whole stream, verified, by producer (read one
+        after another, in spec order). On an error the streams not yet read
+        are closed (their producers fail)."""
+        receivers = self.receivers()
+        got: Dict[str, bytes] = {}
+        try:
+            for producer, rx in receivers.items():
+                got[producer] = rx.read()
+                rx.finish()
+        except BaseException:
+            for rx in receivers.values():
+                rx.close()
+            raise
+        return got
 
     def _stream(self, peer: str) -> tuple:
         return (self.workflow, self.token, self.edge, self.function, peer)
