@@ -134,8 +134,9 @@ pub fn serve(plan_json: &str) -> anyhow::Result<()> {
 }
 
 /// What a function holds open between its runs: its Redis connections (one
-/// for a producer, one per stream for a consumer, which reads them all at
-/// once). Floki needs none: each stream is a channel of its own.
+/// for a producer, one per stream for a consumer, which may read them all
+/// at once: [`Streams::AtOnce`]). Floki needs none: each stream is a
+/// channel of its own.
 enum Connections {
     None,
     /// Each used by one thread at a time.
