@@ -402,6 +402,21 @@ where
     write_message_within(w, message, MAX_MESSAGE_LEN).await
 }
 
+/// Writes `messages` in one write: a reader woken by the first finds the
+/// others already there (an answer and the one that follows at once).
+pub async fn write_messages<W, T>(w: &mut W, messages: &[T]) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let mut buf = Vec::new();
+    for message in messages {
+        buf.extend_from_slice(&encode_message(message, MAX_MESSAGE_LEN)?);
+    }
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
 /// [`write_message`] with a limit of `limit` bytes instead of
 /// [`MAX_MESSAGE_LEN`] (agents' messages to each other, which carry whole
 /// workflow specs).

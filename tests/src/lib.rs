@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod proc_stats;
+pub mod raw;
 pub mod servers;
 
 use std::path::PathBuf;

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use floki_tests::node::{Door, TestNode, assert_success, spawn, wait_within};
+use floki_tests::{
+    node::{Door, TestNode, assert_success, spawn, wait_within},
+    raw::hello,
+};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -136,13 +139,6 @@ fn raw_handshake(addr: SocketAddr, bytes: &[u8]) -> (Value, Duration) {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     (serde_json::from_slice(&json).unwrap(), started.elapsed())
-}
-
-fn hello(json: &str) -> Vec<u8> {
-    let mut out = b"FLKI\x00\x01".to_vec();
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(json.as_bytes());
-    out
 }
 
 #[test]

@@ -1,7 +1,13 @@
 //! Streams arrive byte-identical over every transport (splice, shm, tcp),
 //! whichever end comes first; spliced streams really bypass TCP/IP.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
 
 use floki_tests::{
     Pattern,
@@ -9,7 +15,7 @@ use floki_tests::{
     cluster::Cluster,
     node::{Door, TestNode, assert_success, file_digest, run_within, spawn, wait_within},
     proc_stats::tcp_out_segments_in,
-    scaled,
+    raw, scaled,
 };
 
 const MIB: u64 = 1 << 20;
@@ -173,6 +179,39 @@ fn fallback_streams_arrive_identical() {
     cli_transfer(&node, Door::Unix, "no-ebpf-shm", 3 * MIB + 17, true);
     let status = node.agent.wait_finished("no-ebpf-shm", LIMIT);
     assert_eq!(status["transport"], "shm", "{status:#}");
+}
+
+/// The end that comes second is paired at once, and hears `accepted` and
+/// `paired` in one write (docs/PROTOCOL.md): one wake-up, not two, for a
+/// function whose peer was there first.
+#[test]
+fn the_second_end_hears_accepted_and_paired_together() {
+    let node = TestNode::start_ebpf("together");
+    let answer = |stream: &mut TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = vec![0; 16 << 10];
+        let n = stream.read(&mut buf).expect("the agent's answer");
+        let events: Vec<_> = raw::messages(&buf[..n])
+            .iter()
+            .map(|m| m["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        events
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = listener.local_addr().unwrap();
+    let mut receiver = TcpStream::connect(node.agent.addr).unwrap();
+    let hello = format!(r#"{{"channel":"together","role":"recv","listen":"{listen}"}}"#);
+    receiver.write_all(&raw::hello(&hello)).unwrap();
+    // Alone on its channel: accepted, and nothing more yet.
+    assert_eq!(answer(&mut receiver), ["accepted"]);
+    let mut sender = TcpStream::connect(node.agent.addr).unwrap();
+    sender
+        .write_all(&raw::hello(r#"{"channel":"together","role":"send"}"#))
+        .unwrap();
+    assert_eq!(answer(&mut sender), ["accepted", "paired"]);
+    assert_eq!(answer(&mut receiver), ["paired"]);
 }
 
 #[test]

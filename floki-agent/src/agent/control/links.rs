@@ -74,6 +74,11 @@ pub struct Parked {
 }
 
 impl Parked {
+    /// The pairing key of the stream's uses over this link.
+    pub fn key(&self) -> &[u8; KEY_LEN] {
+        &self.key
+    }
+
     /// The link back in the reactor, for its next start. Only between two
     /// streams over it: the function that made the shared open file
     /// blocking does no I/O on it then, and makes it blocking again itself

@@ -19,7 +19,7 @@ use std::{
 use floki_proto::{
     control::{
         AgentMessage, ClientReport, ControlStream, Handoff, Hello, Refusal, Role, encode_key,
-        write_message,
+        write_message, write_messages,
     },
     handoff::send_fds,
 };
@@ -184,8 +184,15 @@ async fn set_up(connection: Kept, mut hello: Hello, local: Local, agent: &Agent)
         socket: listener.as_ref().map(|_| Handoff::Listener),
     };
     let handed: Vec<BorrowedFd<'_>> = listener.iter().map(|l| l.as_fd()).collect();
-    if !local.accepted && !tell(&mut control, &accepted, &handed).await {
-        return None;
+    // An end paired at once hears `accepted` with its `paired`, in one
+    // write: woken once, it finds its pairing with its acceptance.
+    let mut untold = None;
+    if !local.accepted {
+        if matches!(pairing, Pairing::Now(_)) && handed.is_empty() {
+            untold = Some(accepted);
+        } else if !tell(&mut control, &[&accepted], &handed).await {
+            return None;
+        }
     }
     drop(listener);
     let paired = match pairing {
@@ -200,7 +207,11 @@ async fn set_up(connection: Kept, mut hello: Hello, local: Local, agent: &Agent)
     match paired {
         Ok(paired) => {
             let ring = paired.ring_file.clone();
-            if hand_over(&mut control, &membership, paired, agent, &name, again).await {
+            let told = Told {
+                before: untold.as_ref(),
+                again,
+            };
+            if hand_over(&mut control, &membership, paired, agent, &name, told).await {
                 return Some(Handed {
                     control,
                     reader,
@@ -299,26 +310,31 @@ async fn hand_over(
     paired: Paired,
     agent: &Agent,
     name: &str,
-    again: bool,
+    told: Told<'_>,
 ) -> bool {
     let unix_sender = is_unix(control) && membership.role() == Role::Send;
-    let mut message = paired_message(&paired, again);
+    let mut message = paired_message(&paired, told.again);
     let mut data = None;
     match &paired.ring {
         Some(RingPart::Handed(memory, peer)) => {
             set_socket(&mut message, Handoff::Ring);
-            return tell(control, &message, &[memory.as_fd(), peer.as_fd()]).await;
+            return tell(
+                control,
+                &told.with(&message),
+                &[memory.as_fd(), peer.as_fd()],
+            )
+            .await;
         }
         // Both ends hold it already.
         Some(RingPart::Kept) => {
             set_socket(&mut message, Handoff::KeptRing);
-            return tell(control, &message, &[]).await;
+            return tell(control, &told.with(&message), &[]).await;
         }
         None => {}
     }
     if let Some(listener) = &paired.listener {
         set_socket(&mut message, Handoff::Listener);
-        return tell(control, &message, &[listener.as_fd()]).await;
+        return tell(control, &told.with(&message), &[listener.as_fd()]).await;
     }
     if unix_sender {
         match connect_for_sender(paired.connect_to).await {
@@ -343,7 +359,23 @@ async fn hand_over(
         }
     }
     let handed: Vec<BorrowedFd<'_>> = data.iter().map(|d| d.as_fd()).collect();
-    tell(control, &message, &handed).await
+    tell(control, &told.with(&message), &handed).await
+}
+
+/// How an end hears its `paired`.
+struct Told<'a> {
+    /// Its `accepted`, if it was paired at once and not told yet: both go
+    /// in one write.
+    before: Option<&'a AgentMessage>,
+    /// It may send its next hello on this connection after its `done`.
+    again: bool,
+}
+
+impl<'a> Told<'a> {
+    /// The messages to write: `paired`, after `accepted` if still untold.
+    fn with(&self, paired: &'a AgentMessage) -> Vec<&'a AgentMessage> {
+        self.before.into_iter().chain([paired]).collect()
+    }
 }
 
 /// The `paired` message of `paired`; `again`: the end may send its next
@@ -367,10 +399,14 @@ fn set_socket(message: &mut AgentMessage, handoff: Handoff) {
     }
 }
 
-/// Writes `message` and hands `fds` over after it (Unix socket only);
-/// `false` if the client is gone.
-async fn tell(control: &mut ControlStream, message: &AgentMessage, fds: &[BorrowedFd<'_>]) -> bool {
-    if write_message(control, message).await.is_err() {
+/// Writes `messages` (in one write) and hands `fds` over after them (Unix
+/// socket only); `false` if the client is gone.
+async fn tell(
+    control: &mut ControlStream,
+    messages: &[&AgentMessage],
+    fds: &[BorrowedFd<'_>],
+) -> bool {
+    if write_messages(control, messages).await.is_err() {
         return false;
     }
     match (&*control, fds.is_empty()) {

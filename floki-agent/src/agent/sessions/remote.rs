@@ -12,9 +12,10 @@ use std::{
 };
 
 use floki_proto::{
+    KEY_LEN,
     control::{
         AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
-        write_message,
+        write_message, write_messages,
     },
     handoff::send_socket,
 };
@@ -37,7 +38,7 @@ use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
     control::{
-        links::{self, Prepared},
+        links::{self, Parked, Prepared},
         workflows::Resolved,
     },
     transport::{self, CarrierKind, Placement, link, relay},
@@ -100,7 +101,7 @@ pub async fn serve(
                 && stream == resolved.stream
                 && links::reusable(&link.conn, false) =>
         {
-            (link.unpark().ok(), None, None)
+            (Some(link), None, None)
         }
         Some(HeldLink::Received(id)) if hello.kept_link && role == Role::Recv => {
             (None, Some(id), None)
@@ -143,13 +144,33 @@ pub async fn serve(
         window: Some(window),
         socket: None,
     };
-    if write_message(&mut control, &accepted).await.is_err() {
+    // A producer that kept the stream's link is paired at once, over it.
+    let mut control = match (control, kept_send) {
+        (Either::Right(unix), Some(parked)) => {
+            kept_flag.store(true, Ordering::Relaxed);
+            let end = HandedEnd {
+                hello: &hello,
+                name: &name,
+                window,
+                stream: &resolved.stream,
+                agent,
+            };
+            return end
+                .serve_kept(unix, reader, membership, accepted, parked)
+                .await;
+        }
+        (control, _) => control,
+    };
+    // So is a consumer on the Unix socket whose link already started: it
+    // hears `accepted` with `paired`.
+    let mut untold = None;
+    if role == Role::Recv && started.is_some() && is_unix(&control) {
+        untold = Some(accepted);
+    } else if write_message(&mut control, &accepted).await.is_err() {
         put_back(started);
         return None;
     }
-    let sent_again = kept_send.is_some();
     let prepared = match role {
-        Role::Send if sent_again => kept_send,
         // Producer side: the connection this agent keeps to the consumer's;
         // if there is none (the consumer's node is unreachable), the store
         // of this node may take the stream.
@@ -195,10 +216,7 @@ pub async fn serve(
     };
     let prepared = prepared?;
     // The function holds this very link already: it is not handed again.
-    let reused = match role {
-        Role::Send => sent_again,
-        Role::Recv => kept_recv == Some(prepared.id),
-    };
+    let reused = role == Role::Recv && kept_recv == Some(prepared.id);
     kept_flag.store(reused, Ordering::Relaxed);
     let control = match control {
         Either::Right(unix) => {
@@ -209,7 +227,14 @@ pub async fn serve(
                 stream: &resolved.stream,
                 agent,
             };
-            return end.serve(unix, reader, membership, prepared, reused).await;
+            let handed = Handed {
+                // The store's ends are the agent's own, one connection per
+                // stream.
+                again: !hello.store,
+                reused,
+                accepted: untold,
+            };
+            return end.serve(unix, reader, membership, prepared, handed).await;
         }
         Either::Left(tcp) => tcp,
     };
@@ -317,6 +342,9 @@ struct Handed {
     /// The function kept this link from the stream's last use: nothing is
     /// handed over (`"socket":"kept_link"`).
     reused: bool,
+    /// Its `accepted`, if it was paired at once and not told yet: it goes
+    /// in the same write as `paired`.
+    accepted: Option<AgentMessage>,
 }
 
 /// Hands the agents' link to the function on the Unix socket: its bytes then
@@ -336,10 +364,27 @@ async fn hand_over(
             .await
             .map_err(|e| format!("starting the link: {e}"))?;
     }
-    let paired = AgentMessage::Paired {
+    let paired = link_paired(&prepared.key, window, &handed);
+    write_messages(
+        unix,
+        &handed.accepted.iter().chain([&paired]).collect::<Vec<_>>(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if handed.reused {
+        return Ok(());
+    }
+    send_socket(unix, std::os::fd::AsFd::as_fd(&prepared.conn))
+        .await
+        .map_err(|e| format!("handing the link over: {e}"))
+}
+
+/// The `paired` of an end handed the link (or told to use the one it kept).
+fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed) -> AgentMessage {
+    AgentMessage::Paired {
         transport: Transport::Tcp,
         peer: None,
-        key: encode_key(&prepared.key),
+        key: encode_key(key),
         window,
         socket: Some(if handed.reused {
             Handoff::KeptLink
@@ -349,16 +394,7 @@ async fn hand_over(
         stored: false,
         again: handed.again,
         link: handed.again,
-    };
-    write_message(unix, &paired)
-        .await
-        .map_err(|e| e.to_string())?;
-    if handed.reused {
-        return Ok(());
     }
-    send_socket(unix, std::os::fd::AsFd::as_fd(&prepared.conn))
-        .await
-        .map_err(|e| format!("handing the link over: {e}"))
 }
 
 /// A function on the Unix socket, which is handed the link.
@@ -371,21 +407,19 @@ struct HandedEnd<'a> {
 }
 
 impl HandedEnd<'_> {
-    /// Hands the link over (`reused`: the function kept this very one) and
-    /// passes the end's reports until it hangs up or says `done`; its
-    /// connection back if it may carry another request, with the link if
-    /// the stream went across verified.
+    /// Hands the link over as `handed` says and passes the end's reports
+    /// until it hangs up or says `done`; its connection back if it may
+    /// carry another request, with the link if the stream went across
+    /// verified.
     async fn serve(
         self,
         mut unix: UnixStream,
         reader: ReportReader,
         membership: Membership,
         prepared: Prepared,
-        reused: bool,
+        handed: Handed,
     ) -> Option<Kept> {
-        // The store's ends are the agent's own, one connection per stream.
-        let again = !self.hello.store;
-        let handed = Handed { again, reused };
+        let again = handed.again;
         let id = prepared.id;
         let handed = hand_over(&mut unix, self.hello, &prepared, self.window, handed).await;
         let parked = match handed.and_then(|()| {
@@ -418,6 +452,51 @@ impl HandedEnd<'_> {
             }
             (false, _) => None,
         };
+        Some(Kept {
+            stream: control,
+            reader,
+            ring: None,
+            link,
+        })
+    }
+}
+
+impl HandedEnd<'_> {
+    /// Serves a producer that kept this stream's link: the link is started
+    /// where it is parked, out of the reactor, and `accepted` and `paired`
+    /// go in one write, so the function finds its pairing with its
+    /// acceptance. A link that cannot start closes the connection before
+    /// any answer: the function asks again on a new one, and gets a fresh
+    /// link (docs/PROTOCOL.md, "Kept connections").
+    async fn serve_kept(
+        self,
+        mut unix: UnixStream,
+        reader: ReportReader,
+        membership: Membership,
+        accepted: AgentMessage,
+        parked: Parked,
+    ) -> Option<Kept> {
+        // The store's ends are the agent's own, one connection per stream.
+        let again = !self.hello.store;
+        let handed = Handed {
+            again,
+            reused: true,
+            accepted: None,
+        };
+        let paired = link_paired(parked.key(), self.window, &handed);
+        if let Err(err) = relay::start_parked(&parked.conn, self.hello.live) {
+            warn!(channel = %self.name, %err, "the kept link did not start; the producer gets a fresh one");
+            return None;
+        }
+        write_messages(&mut unix, &[accepted, paired]).await.ok()?;
+        let (control, reader, done) =
+            reports(Either::Right(unix), &membership, self.name, reader, again).await;
+        drop(membership);
+        // A verified stream leaves the link sound and silent, for the next.
+        let link = done?.then(|| HeldLink::Sent {
+            stream: self.stream.clone(),
+            link: parked,
+        });
         Some(Kept {
             stream: control,
             reader,

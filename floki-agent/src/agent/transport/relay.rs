@@ -161,14 +161,27 @@ fn shutdown_write(stream: &TcpStream) {
 /// blocking (the flag belongs to the open file, not to a descriptor): so
 /// the write says `MSG_DONTWAIT` itself.
 pub async fn start(stream: &TcpStream, live: bool) -> io::Result<()> {
+    let sent = stream
+        .async_io(Interest::WRITABLE, || send_start(stream, live))
+        .await?;
+    started(sent)
+}
+
+/// [`start`] for a link parked out of the reactor (a link a function kept
+/// for the stream's next use): a link between two streams has nothing
+/// left to send, so the byte goes out at once, and a link that cannot take
+/// it now is not sound.
+pub fn start_parked(link: &std::net::TcpStream, live: bool) -> io::Result<()> {
+    started(send_start(link, live)?)
+}
+
+fn send_start(link: &impl std::os::fd::AsFd, live: bool) -> io::Result<usize> {
     use crate::agent::control::peers::protocol::{START, START_LIVE};
     let byte = [if live { START_LIVE } else { START }];
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    let sent = stream
-        .async_io(Interest::WRITABLE, || {
-            socket2::SockRef::from(stream).send_with_flags(&byte, flags)
-        })
-        .await?;
+    socket2::SockRef::from(link).send_with_flags(&byte, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+fn started(sent: usize) -> io::Result<()> {
     if sent == 1 {
         Ok(())
     } else {
