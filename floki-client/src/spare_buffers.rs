@@ -1,9 +1,12 @@
-//! Senders' gather buffers, kept between a process's streams. A small write
-//! over a socket is gathered into a buffer before it goes out as a frame
-//! (see [`crate::GATHER_FOR_SOCKET`]); a fresh buffer for every stream
-//! costs a page fault per 4 KiB it touches, more than the copy itself for
-//! a stream of one small write. So a finished sender's buffer goes back
-//! here and the next sender takes it, its pages already touched.
+//! Buffers kept between a process's streams over sockets: senders' gather
+//! buffers and blocking receivers' read buffers. A small write over a
+//! socket is gathered into a buffer before it goes out as a frame (see
+//! [`crate::GATHER_FOR_SOCKET`]), and a blocking receiver reads into a
+//! buffer that grows while a bulk stream fills it; a fresh buffer for
+//! every stream costs a page fault per 4 KiB it touches, more than the
+//! copy itself for a stream of one small write, and a receiver's first
+//! reads would be small again. So a finished end's buffer goes back here
+//! and the next end takes it, its pages already touched.
 
 use std::sync::Mutex;
 
@@ -15,7 +18,7 @@ const LARGEST: usize = 1 << 20;
 
 static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// An empty buffer, one kept from an earlier sender if there is one.
+/// An empty buffer, one kept from an earlier end if there is one.
 pub(crate) fn take() -> Vec<u8> {
     // Never waits: a child forked while its parent held the lock would
     // wait for ever, and a new buffer is only slower.
@@ -26,7 +29,7 @@ pub(crate) fn take() -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Keeps `buf` for the next sender (emptied), unless it is large or enough
+/// Keeps `buf` for the next end (emptied), unless it is large or enough
 /// are kept.
 pub(crate) fn give_back(mut buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > LARGEST {

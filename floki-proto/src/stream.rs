@@ -161,6 +161,16 @@ impl HashedAhead {
     }
 }
 
+/// A stream's last frame and its end mark ([`Outbound::last_frame`]).
+pub struct LastFrame {
+    /// The frame's header.
+    pub header: [u8; HEADER_LEN],
+    /// The end mark, sealing the stream with the frame's payload.
+    pub end: Vec<u8>,
+    /// The checksum state over the payload, for [`Outbound::wrote_ahead`].
+    pub ahead: HashedAhead,
+}
+
 /// The sender's side of a stream.
 pub struct Outbound {
     limit: u64,
@@ -288,6 +298,32 @@ impl Outbound {
             self.inbox.drain(..end);
         }
         Ok(())
+    }
+
+    /// `payload` as the stream's last frame, with the end mark after it,
+    /// to go out in one write: one segment less, and a receiver that finds
+    /// the end with the data. `None` (write as usual) if a frame is partly
+    /// written, or `payload` is empty or does not fit one frame of the
+    /// credit at hand. Opens the frame: account for the write with
+    /// [`Outbound::wrote_ahead`] and [`LastFrame::ahead`].
+    pub fn last_frame(&mut self, payload: &[u8]) -> Option<LastFrame> {
+        let wire = (HEADER_LEN + payload.len()) as u64;
+        let fits = !self.mid_frame()
+            && payload.len() <= MAX_DATA_LEN as usize
+            && self.limit.saturating_sub(self.wire) >= wire;
+        if !fits || payload.is_empty() {
+            return None;
+        }
+        let next = self.next_write(payload.len()).expect("credit checked");
+        debug_assert_eq!(next.payload, payload.len());
+        let mut ahead = self.ahead();
+        ahead.hash(payload);
+        let total = self.sent + payload.len() as u64;
+        Some(LastFrame {
+            header: self.header,
+            end: control_frame(FrameKind::End, &seal(total, ahead.checksum())),
+            ahead,
+        })
     }
 
     /// The end mark for what was sent so far.
@@ -724,6 +760,59 @@ mod tests {
         }
         assert_eq!(plain.checksum(), ahead.checksum());
         assert_eq!(plain.sent(), ahead.sent());
+    }
+
+    #[test]
+    fn a_last_frame_and_its_end_mark_close_the_stream_even_written_short() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 13 % 249) as u8).collect();
+        // Past the credit, or nothing to send: written as usual.
+        assert!(Outbound::new(512).last_frame(&data).is_none());
+        assert!(Outbound::new(1 << 20).last_frame(&[]).is_none());
+        let (first, rest) = data.split_at(100);
+        for short in [None, Some(3), Some(HEADER_LEN + 10)] {
+            let mut outbound = Outbound::new(64 << 10);
+            let mut wire = Vec::new();
+            let next = outbound.next_write(first.len()).expect("credit");
+            wire.extend_from_slice(next.header);
+            outbound.wrote(HEADER_LEN + first.len(), first);
+            wire.extend_from_slice(first);
+            let last = outbound.last_frame(rest).expect("fits the credit");
+            let end = last.end.clone();
+            wire.extend_from_slice(&last.header);
+            wire.extend_from_slice(rest);
+            wire.extend_from_slice(&end);
+            // The write took `n` bytes; the rest of the frame goes as usual.
+            let frame = HEADER_LEN + rest.len();
+            let n = short.unwrap_or(frame + end.len());
+            let mut sent = outbound.wrote_ahead(n.min(frame), rest, last.ahead);
+            while sent < rest.len() {
+                // The header's rest first, if it was cut; no new frame.
+                let next = outbound.next_write(rest.len() - sent).expect("mid frame");
+                assert!(next.header.len() < HEADER_LEN, "{short:?}");
+                let n = next.header.len() + next.payload;
+                sent += outbound.wrote(n, &rest[sent..]);
+            }
+            assert_eq!(end, outbound.end_frame(), "{short:?}");
+            // The receiver takes it for the whole stream.
+            let mut inbound = Inbound::new(64 << 10);
+            let mut input = &wire[..];
+            let mut received = Vec::new();
+            loop {
+                let n = match inbound.want() {
+                    Want::Framing => inbound.frame_bytes(input).expect("a sound frame"),
+                    Want::Payload(left) => {
+                        let n = left.min(input.len());
+                        received.extend_from_slice(&input[..n]);
+                        inbound.payload(&input[..n]);
+                        n
+                    }
+                    Want::Finished => break,
+                };
+                input = &input[n..];
+            }
+            assert_eq!(received, data, "{short:?}");
+            assert!(input.is_empty(), "{short:?}");
+        }
     }
 
     #[test]

@@ -291,8 +291,9 @@ impl SocketPath {
 }
 
 /// Over a socket, `fill_buf` reads into a buffer that starts at `STAGING`
-/// and doubles, up to this, each time a read fills it: a small stream keeps
-/// a small buffer, a bulk one is read in few large reads.
+/// (or the size an earlier stream's grew to: `spare_buffers`) and doubles,
+/// up to this, each time a read fills it: a small stream keeps a small
+/// buffer, a bulk one is read in few large reads.
 const FILL_BUF_MAX: usize = 256 * 1024;
 
 /// Where the ring's next bytes are wanted.
@@ -336,7 +337,11 @@ impl BufRead for Receiver {
         if self.buffered.is_empty() {
             let mut buffer = std::mem::take(&mut self.buffer);
             if buffer.is_empty() {
-                buffer.resize(STAGING, 0);
+                // One an earlier stream grew, if there is one: its pages
+                // are touched, and a bulk stream's first read is large.
+                buffer = crate::spare_buffers::take();
+                let len = buffer.capacity().clamp(STAGING, FILL_BUF_MAX);
+                buffer.resize(len, 0);
             }
             let n = self.read(&mut buffer);
             // A bulk stream fills the buffer: grow it for fewer, larger reads.
@@ -403,5 +408,6 @@ impl Drop for Receiver {
         if self.end.failure().is_some() {
             background().block_on(self.end.reporter.flushed());
         }
+        crate::spare_buffers::give_back(std::mem::take(&mut self.buffer));
     }
 }

@@ -283,6 +283,15 @@ impl Sender {
     /// Flushes what is buffered and sends the end mark, once.
     fn send_end(&mut self) -> io::Result<()> {
         self.pending.nudge(Nudge::Finishing);
+        // What is buffered (a small stream: all of it) and the end mark in
+        // one write, where they fit the credit at hand.
+        if (1..HASH_BESIDE_ABOVE).contains(&self.pending.len()) {
+            let open = self.opening.wait_open(background(), Open::new)?;
+            if open.send_last(self.pending.unsent())? {
+                self.pending.sent(self.pending.len());
+                return Ok(());
+            }
+        }
         self.flush()?;
         self.open_stream()?.send_end()
     }
@@ -345,6 +354,31 @@ impl Open {
             path,
             ended: false,
         })
+    }
+
+    /// Sends `last` and the end mark in one write, over a socket where
+    /// `last` fits the credit at hand; `false`: nothing went out (send
+    /// `last`, then the end, as usual).
+    fn send_last(&mut self, last: &[u8]) -> io::Result<bool> {
+        self.end.check()?;
+        if self.ended {
+            return Err(self.written_after_end());
+        }
+        let Path::Socket(socket) = &mut self.path else {
+            return Ok(false);
+        };
+        match socket.send_last(last) {
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                self.ended = true;
+                self.end.reporter.progress(self.path.sent());
+                Ok(true)
+            }
+            Err(err) => {
+                self.ended = true;
+                Err(self.end.fail(err, self.path.sent()).into())
+            }
+        }
     }
 
     /// Sends the end mark (once).
@@ -474,6 +508,41 @@ impl Path {
 }
 
 impl SocketOut {
+    /// Sends `src` and the end mark after it in one write, if `src` fits
+    /// one frame of the credit at hand; `false`: nothing went out (send
+    /// and end as usual).
+    fn send_last(&mut self, src: &[u8]) -> Result<bool, StreamError> {
+        let Some(last) = self.outbound.last_frame(src) else {
+            return Ok(false);
+        };
+        let bufs = [
+            IoSlice::new(&last.header),
+            IoSlice::new(src),
+            IoSlice::new(&last.end),
+        ];
+        let n = loop {
+            match self.stream.write_vectored(&bufs) {
+                Ok(0) => {
+                    let err = io::ErrorKind::WriteZero.into();
+                    return Err(write_failure("writing", self.outbound.sent(), &err));
+                }
+                Ok(n) => break n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(write_failure("writing", self.outbound.sent(), &err)),
+            }
+        };
+        // A short write: the rest of the frame, then the rest of the mark.
+        let frame = last.header.len() + src.len();
+        let mut sent = self.outbound.wrote_ahead(n.min(frame), src, last.ahead);
+        while sent < src.len() {
+            sent += self.send(&src[sent..])?;
+        }
+        self.stream
+            .write_all(&last.end[n.saturating_sub(frame)..])
+            .map_err(|err| write_failure("sending the end mark", self.outbound.sent(), &err))?;
+        Ok(true)
+    }
+
     fn send_end(&mut self) -> Result<(), StreamError> {
         if self.outbound.mid_frame() {
             return Err(StreamError::Protocol(
