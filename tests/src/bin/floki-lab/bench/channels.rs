@@ -244,11 +244,26 @@ async fn wave(
     }
     loaded_us.sort_by(f64::total_cmp);
     release.wait().await;
-    while let Some(done) = senders.join_next().await {
-        done.context("a sender task")??;
+    // Every end's outcome: a sender that failed may have failed because
+    // its receiver did, which says why.
+    let mut failed: [Vec<String>; 2] = Default::default();
+    for (ends, failed) in [&mut receivers, &mut senders].into_iter().zip(&mut failed) {
+        while let Some(done) = ends.join_next().await {
+            if let Err(err) = done.context("an end's task").and_then(|ended| ended) {
+                failed.push(format!("{err:#}"));
+            }
+        }
     }
-    while let Some(done) = receivers.join_next().await {
-        done.context("a receiver task")??;
+    let [receivers_failed, senders_failed] = failed;
+    if !receivers_failed.is_empty() || !senders_failed.is_empty() {
+        let first = |failed: &[String]| failed.first().cloned().unwrap_or_default();
+        anyhow::bail!(
+            "{} receivers and {} senders of the wave's {n} channels failed; the first receiver: {}; the first sender: {}",
+            receivers_failed.len(),
+            senders_failed.len(),
+            first(&receivers_failed),
+            first(&senders_failed),
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut setup_us: Vec<f64> = (0..n)
@@ -526,7 +541,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              are) and on its Unix socket (`shm`: a ring per channel). A wave of N: N \
              receivers wait, then N senders open and each writes 64 KiB; the sample is taken \
              when every sender has written and none has finished, so all N channels are open \
-             at once. Then, with all N open, 200 more channels of 1 KiB are opened one at a time \
+             at once. Then, with all N open, {} more channels of 1 KiB are opened one at a time \
              (`one more`: the set-up a function sees on a busy agent); then every stream is \
              finished and verified. Set-up is a sender's open to the first byte its \
              receiver read, as the driver sees it (its own queueing included). Kernel map \
@@ -538,6 +553,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              Floors:\n{floors}",
             report::today(),
             report::machine(),
+            LOADED_PROBES,
             limited
                 .iter()
                 .map(|l| format!("{l}\n\n"))
