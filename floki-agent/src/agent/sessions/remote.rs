@@ -459,9 +459,7 @@ impl HandedEnd<'_> {
             link,
         })
     }
-}
 
-impl HandedEnd<'_> {
     /// Serves a producer that kept this stream's link: the link is started
     /// where it is parked, out of the reactor, and `accepted` and `paired`
     /// go in one write, so the function finds its pairing with its
