@@ -144,17 +144,18 @@ pub async fn serve(
         window: Some(window),
         socket: None,
     };
+    // How a function on the Unix socket is handed the link.
+    let end = HandedEnd {
+        hello: &hello,
+        name: &name,
+        window,
+        stream: &resolved.stream,
+        agent,
+    };
     // A producer that kept the stream's link is paired at once, over it.
     let mut control = match (control, kept_send) {
         (Either::Right(unix), Some(parked)) => {
             kept_flag.store(true, Ordering::Relaxed);
-            let end = HandedEnd {
-                hello: &hello,
-                name: &name,
-                window,
-                stream: &resolved.stream,
-                agent,
-            };
             return end
                 .serve_kept(unix, reader, membership, accepted, parked)
                 .await;
@@ -220,13 +221,6 @@ pub async fn serve(
     kept_flag.store(reused, Ordering::Relaxed);
     let control = match control {
         Either::Right(unix) => {
-            let end = HandedEnd {
-                hello: &hello,
-                name: &name,
-                window,
-                stream: &resolved.stream,
-                agent,
-            };
             let handed = Handed {
                 // The store's ends are the agent's own, one connection per
                 // stream.
