@@ -38,10 +38,10 @@ pub struct Options {
     #[arg(long, default_value_t = 100_000)]
     pub sequential: usize,
     /// Channels one after another over its TCP port (spliced), first: each
-    /// leaves TCP connections in TIME_WAIT for a minute, and past the
-    /// ephemeral port range (about 28,000) every connect searches for a free
-    /// port, so tens of thousands in a row measure the port search, not the
-    /// agent.
+    /// leaves TCP connections in TIME_WAIT for a minute, and past the port
+    /// range (64,000 in the bench's namespace) every connect searches for a
+    /// free port, so tens of thousands in a row measure the port search, not
+    /// the agent.
     #[arg(long, default_value_t = 5_000)]
     pub sequential_spliced: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
@@ -360,7 +360,37 @@ fn raise_descriptor_limit() -> anyhow::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
+/// The widest range of ports the kernel hands out for `bind(port 0)` and
+/// `connect`, set in the bench's own network namespace.
+const PORT_RANGE: &str = "1024 65535";
+
+/// Moves this process, and so the agent and the threads it starts later,
+/// into a network namespace of its own, with loopback up and the port range
+/// widened to [`PORT_RANGE`]. Every channel over the TCP port takes about
+/// four ports (two control connections, the receiver's data listener, the
+/// sender's data connection) that stay in TIME_WAIT for a minute after it
+/// closes: on the host, with its default range of about 28,000 ports and
+/// what earlier runs left in TIME_WAIT, a receiver's `bind` searched the
+/// range for seconds (`inet_csk_get_port` in a profile), so that hellos came
+/// after the agent's 5 s limit. Here the run starts with no TIME_WAIT and
+/// twice the range.
+fn own_network_namespace() -> anyhow::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("unsharing the network namespace (needs root)")?;
+    let status = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("running `ip link set lo up` (iproute2)")?;
+    anyhow::ensure!(status.success(), "`ip link set lo up` failed: {status}");
+    // Per namespace: written from inside this one.
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", PORT_RANGE)
+        .context("widening net.ipv4.ip_local_port_range in the bench's namespace")?;
+    Ok(())
+}
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    // Before any thread starts: a thread takes its creator's namespace.
+    own_network_namespace()?;
     let limit = raise_descriptor_limit()?;
     let fit = |path: Route| (limit.saturating_sub(256) / path.driver_fds_per_channel()) as usize;
     let mut limited = Vec::new();
@@ -536,7 +566,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "## Many channels on one agent\n\n\
              Measured {} on {}.\n\
              Reproduce: `cargo xtask bench channels` (as root).\n\n\
-             One driver process (the tokio client, two worker threads), its sockets in the \
+             One driver process (the tokio client, two worker threads) and the agent, in a \
+             network namespace of their own with the port range widened to {PORT_RANGE} (a \
+             channel over the TCP port holds about four ports, in TIME_WAIT for a minute after \
+             it closes: in the host's range of about 28,000, a receiver's `bind` searched it for \
+             seconds); the driver's sockets in the \
              agent's cgroup: on the agent's TCP port (`splice`: spliced, as functions' sockets \
              are) and on its Unix socket (`shm`: a ring per channel). A wave of N: N \
              receivers wait, then N senders open and each writes 64 KiB; the sample is taken \
@@ -547,8 +581,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              receiver read, as the driver sees it (its own queueing included). Kernel map \
              entries count the agent's endpoint, channel and socket maps. Then channels one \
              after another, 64 KiB each: spliced ones first (their TCP connections' TIME_WAIT \
-             fills the ephemeral port range past about 28,000, so a longer row would measure \
-             the kernel's port search), rings last.\n\n\
+             fills the port range, so a longer row would measure the kernel's port search), \
+             rings last.\n\n\
              {}{table}\n{leak}\n\
              Floors:\n{floors}",
             report::today(),
