@@ -175,7 +175,7 @@ pub(super) async fn verify_sender(
         channel: opts.channel.clone(),
         source: StreamError::Rejected { reason },
     };
-    stream.set_nodelay(true).ok();
+    // The agent set TCP_NODELAY on the connection it hands over.
     stream
         .write_all(&Inbound::initial_credit(window))
         .await

@@ -151,11 +151,15 @@ pub(crate) async fn sender(
         ));
     }
     let mut data = match pairing.handed.take() {
-        // The agent connected on our behalf (its Unix socket).
+        // The agent connected on our behalf (its Unix socket), or handed
+        // its link over, with TCP_NODELAY set: one system call fewer.
         Some(data) => data,
-        None => connect_to_receiver(pairing.peer, opts).await?,
+        None => {
+            let data = connect_to_receiver(pairing.peer, opts).await?;
+            data.set_nodelay(true).ok();
+            data
+        }
     };
-    data.set_nodelay(true).ok();
 
     // The receiver speaks first, once both sockets are spliced: only then
     // may the first byte of ours go out (see docs/PROTOCOL.md). The agents'
