@@ -8,6 +8,17 @@ use std::{
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Moves the calling thread into a network namespace of its own, with its
+/// loopback up and `net.ipv4.ip_local_port_range` set to `port_range` in
+/// it. Threads and processes it starts afterwards are in it too: call it
+/// before any other thread starts.
+pub fn enter_own(port_range: &str) -> std::io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+    ip(&["link", "set", "lo", "up"]);
+    // Per namespace: written from inside this one.
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", port_range)
+}
+
 /// A network namespace, deleted on drop (its veth ends go with it).
 pub struct NetNs {
     name: String,

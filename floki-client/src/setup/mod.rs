@@ -154,11 +154,7 @@ pub(crate) async fn sender(
         // The agent connected on our behalf (its Unix socket), or handed
         // its link over, with TCP_NODELAY set: one system call fewer.
         Some(data) => data,
-        None => {
-            let data = connect_to_receiver(pairing.peer, opts).await?;
-            data.set_nodelay(true).ok();
-            data
-        }
+        None => connect_to_receiver(pairing.peer, opts).await?,
     };
 
     // The receiver speaks first, once both sockets are spliced: only then
@@ -197,7 +193,8 @@ pub(crate) async fn sender(
     ))
 }
 
-/// The sender's data connection to the receiver's listener at `peer`.
+/// The sender's data connection to the receiver's listener at `peer`,
+/// with TCP_NODELAY set.
 async fn connect_to_receiver(
     peer: Option<SocketAddr>,
     opts: &ChannelOptions,
@@ -211,10 +208,12 @@ async fn connect_to_receiver(
         addr,
         source,
     };
-    timeout(opts.connect_timeout, TcpStream::connect(addr))
+    let data = timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
-        .map_err(unreachable)
+        .map_err(unreachable)?;
+    data.set_nodelay(true).ok();
+    Ok(data)
 }
 
 /// Opens `opts.channel` as its receiver: binds the data listener (or takes

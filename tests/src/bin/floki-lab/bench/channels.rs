@@ -375,17 +375,9 @@ const PORT_RANGE: &str = "1024 65535";
 /// after the agent's 5 s limit. Here the run starts with no TIME_WAIT and
 /// twice the range.
 fn own_network_namespace() -> anyhow::Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("unsharing the network namespace (needs root)")?;
-    let status = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .context("running `ip link set lo up` (iproute2)")?;
-    anyhow::ensure!(status.success(), "`ip link set lo up` failed: {status}");
-    // Per namespace: written from inside this one.
-    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", PORT_RANGE)
-        .context("widening net.ipv4.ip_local_port_range in the bench's namespace")?;
-    Ok(())
+    floki_tests::netns::enter_own(PORT_RANGE).context(
+        "moving into a network namespace of the bench's own with a wider port range (needs root)",
+    )
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
