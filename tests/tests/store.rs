@@ -337,6 +337,41 @@ fn live_streams_bypass_the_store_and_stored_ones_replay_until_retention_ends() {
 }
 
 #[test]
+fn a_consumer_reading_a_stream_its_producer_replaces_is_told_so_not_given_a_short_one() {
+    let node = TestNode::start("store-replaced", AgentOptions::default());
+    let dir = node.agent.dir().to_owned();
+    let (first, second) = (dir.join("first.bin"), dir.join("second.bin"));
+    std::fs::write(&first, floki_tests::pattern(32 * MIB as usize, 1)).unwrap();
+    std::fs::write(&second, floki_tests::pattern(32 * MIB as usize, 2)).unwrap();
+    assert_success(
+        &run_within(node.local_cli("send", "rerun").arg(&first), LIMIT),
+        "first run's producer",
+    );
+    // A consumer of the stored stream that stalls: its output is a pipe
+    // nobody reads yet, and its window is the smallest.
+    let mut reading = spawn(node.cli("recv", "rerun").args(["--window", "64KiB"]));
+    std::thread::sleep(Duration::from_millis(500));
+    // The producer runs again: its stream replaces the stored one.
+    let send = run_within(node.local_cli("send", "rerun").arg(&second), LIMIT);
+    assert_success(&send, "second run's producer");
+    assert!(String::from_utf8_lossy(&send.stderr).contains("stored by the agent"));
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(reading.stdout.as_mut().unwrap(), &mut read).unwrap();
+    let recv = wait_within(reading, LIMIT);
+    assert!(!recv.status.success(), "a replaced stream read as complete");
+    let said = String::from_utf8_lossy(&recv.stderr);
+    assert!(said.contains("was replaced: its producer ran again"), "{said}");
+    assert!(read.len() < 32 * MIB as usize, "read {} bytes", read.len());
+    // Run again, the consumer reads the second run's stream whole.
+    let out = dir.join("again.bin");
+    assert_success(
+        &run_within(node.cli("recv", "rerun").arg("-o").arg(&out), LIMIT),
+        "the consumer run again",
+    );
+    assert_eq!(file_digest(&second), file_digest(&out));
+}
+
+#[test]
 fn a_memory_budget_of_64_mib_holds_while_512_mib_are_stored() {
     let node = TestNode::start(
         "store-budget",

@@ -38,6 +38,7 @@ use std::{
 
 pub use spill::TierName;
 pub use stream::{Seal, StoredReader, StoredStream};
+use stream::Removal;
 use tracing::{info, warn};
 
 use self::{
@@ -363,7 +364,7 @@ impl Store {
             inner.streams.insert(name.to_owned(), stream.clone())
         };
         if let Some(old) = old {
-            old.discard().await;
+            old.discard(Removal::Replaced).await;
         }
         Ok(stream)
     }
@@ -393,7 +394,7 @@ impl Store {
             }
         };
         if let Some(removed) = removed {
-            removed.discard().await;
+            removed.discard(Removal::Dropped).await;
         }
     }
 
@@ -420,7 +421,7 @@ impl Store {
         };
         for stream in removed {
             info!(channel = %stream.name, "stored stream removed with its workflow");
-            stream.discard().await;
+            stream.discard(Removal::WorkflowDeleted).await;
         }
     }
 
@@ -434,7 +435,7 @@ impl Store {
         };
         for stream in expired {
             info!(channel = %stream.name, "stored stream expired");
-            stream.discard().await;
+            stream.discard(Removal::Expired).await;
         }
     }
 

@@ -31,6 +31,41 @@ enum Tier {
     S3(S3Object),
 }
 
+/// Why a stored stream goes, as its readers and writer are told.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Removal {
+    /// Its producer ran again: the store takes in the new stream.
+    Replaced,
+    /// Its retention ended.
+    Expired,
+    /// Its workflow was deleted.
+    WorkflowDeleted,
+    /// The store is done with it (forwarded to the consumer's node, or it
+    /// failed on the way in).
+    Dropped,
+}
+
+impl Removal {
+    /// What a reader of stream `name` (or its writer) gets: what happened
+    /// and what to do.
+    fn reason(self, name: &str) -> String {
+        match self {
+            Self::Replaced => format!(
+                "stored stream {name} was replaced: its producer ran again (run the consumer \
+                 again to read the new stream)"
+            ),
+            Self::Expired => format!(
+                "stored stream {name} expired (the edge's retain:, or --store-retain): run its \
+                 producer again"
+            ),
+            Self::WorkflowDeleted => {
+                format!("stored stream {name} was removed: its workflow was deleted")
+            }
+            Self::Dropped => format!("stored stream {name} was removed: run the consumer again"),
+        }
+    }
+}
+
 /// How the stream stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seal {
@@ -360,10 +395,15 @@ impl StoredStream {
         self.grew.notify_waiters();
     }
 
-    /// Frees the stream's memory, files and object.
-    pub(super) async fn discard(&self) {
+    /// Frees the stream's memory, files and object. A reader still on it
+    /// gets why (never a short stream, nor a "corrupted" one): the seal
+    /// fails under the same lock that empties the tier.
+    pub(super) async fn discard(&self, why: Removal) {
         let (held, object) = {
             let mut state = self.lock();
+            if !matches!(state.seal, Seal::Failed(_)) {
+                state.seal = Seal::Failed(why.reason(&self.name));
+            }
             let tier = std::mem::replace(&mut state.tier, Tier::Memory(Vec::new()));
             match tier {
                 Tier::Memory(chunks) => (chunks.iter().map(|c| c.len() as u64).sum(), None),
@@ -385,9 +425,7 @@ impl StoredStream {
         }
         let (_, manifest) = spill::paths(&self.dir, self.id);
         let _ = std::fs::remove_file(manifest);
-        if self.lock().seal == Seal::Open {
-            self.fail("the stored stream was removed".into());
-        }
+        self.grew.notify_waiters();
     }
 
     /// What a status line says of the stream: tier, bytes, seal, replays.

@@ -196,3 +196,29 @@ async fn deleting_a_workflow_frees_its_streams_memory_and_files() {
     assert_eq!(files.len(), 1, "{files:?}");
     cleanup(config.dir);
 }
+
+#[tokio::test]
+async fn a_reader_of_a_stream_replaced_by_its_producers_next_run_fails_with_why() {
+    // Memory tier and disk tier: each reader has read one chunk when the
+    // producer's next run starts storing the stream again.
+    let config = config("replaced", MIB, 64 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    for (name, n) in [("in-memory", 2), ("spilled", 12)] {
+        store_all(&store, name, &chunks(n, 256 * KIB))
+            .await
+            .unwrap();
+        let mut reader = store.get(name).unwrap().reader();
+        reader.next().await.unwrap().expect("a first chunk");
+        store
+            .begin(name, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let rest = reader.next().await;
+        let Err(StoreError::Failed(why)) = &rest else {
+            panic!("{name}: a replaced stream read on: {rest:?}");
+        };
+        assert!(why.contains(name) && why.contains("ran again"), "{why}");
+        assert!(why.contains("run the consumer again"), "{why}");
+    }
+    cleanup(config.dir);
+}
