@@ -360,7 +360,10 @@ fn a_consumer_reading_a_stream_its_producer_replaces_is_told_so_not_given_a_shor
     let recv = wait_within(reading, LIMIT);
     assert!(!recv.status.success(), "a replaced stream read as complete");
     let said = String::from_utf8_lossy(&recv.stderr);
-    assert!(said.contains("was replaced: its producer ran again"), "{said}");
+    assert!(
+        said.contains("was replaced: its producer ran again"),
+        "{said}"
+    );
     assert!(read.len() < 32 * MIB as usize, "read {} bytes", read.len());
     // Run again, the consumer reads the second run's stream whole.
     let out = dir.join("again.bin");

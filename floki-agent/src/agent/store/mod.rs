@@ -37,8 +37,8 @@ use std::{
 };
 
 pub use spill::TierName;
-pub use stream::{Seal, StoredReader, StoredStream};
 use stream::Removal;
+pub use stream::{Seal, StoredReader, StoredStream};
 use tracing::{info, warn};
 
 use self::{

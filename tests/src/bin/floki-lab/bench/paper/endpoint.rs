@@ -33,6 +33,12 @@ pub enum Access {
         workflow: String,
         token: String,
         edge: String,
+        /// Producers wait for their consumers and never have a stream
+        /// stored (warm runs measure the live path: a stream stored once,
+        /// when its consumer came late, would be replayed to that
+        /// consumer's next run).
+        #[serde(default)]
+        live: bool,
     },
     S3 {
         endpoint: String,
@@ -286,17 +292,14 @@ fn edge_options(plan: &Plan) -> anyhow::Result<EdgeOptions> {
         workflow,
         token,
         edge,
+        live,
     } = &plan.access
     else {
         bail!("not a Floki plan");
     };
-    Ok(EdgeOptions::new(
-        agent,
-        workflow,
-        token,
-        edge,
-        &plan.function,
-    ))
+    let mut opts = EdgeOptions::new(agent, workflow, token, edge, &plan.function);
+    opts.live = *live;
+    Ok(opts)
 }
 
 /// Writes every stream. At once, a thread each, each stream finished on

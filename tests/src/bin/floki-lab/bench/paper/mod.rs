@@ -392,6 +392,7 @@ impl Lab {
                     workflow: workflow.clone(),
                     token: token.clone(),
                     edge: scenario.pattern.short().to_owned(),
+                    live: false,
                 }
             }
             System::S3 => match (&self.s3, &self.external_s3) {

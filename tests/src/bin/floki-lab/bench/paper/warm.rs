@@ -3,7 +3,7 @@
 //! connection set-up in any figure, so what is left is what each system
 //! itself costs a small hand-off. Each function moves its streams in turn
 //! on its own thread (see [`super::endpoint::serve`]). Floki runs live (the consumers wait, the
-//! producers open their channels); Redis in the serverless order (the
+//! producers open their channels and never have a stream stored); Redis in the serverless order (the
 //! consumers GET once every producer's SET returned), its time the
 //! producers' span plus the consumers' span, so that the driver's own
 //! hand-off between the two is not counted against it.
@@ -13,8 +13,13 @@ use clap::Parser;
 use serde_json::json;
 
 use super::{
-    Lab, MIB, Options, System, endpoint::Report, human, peer_command, scenario::Pattern,
-    scenario::Placement, scenario::Scenario, usage,
+    Lab, MIB, Options, System,
+    endpoint::{Access, Report},
+    human, peer_command,
+    scenario::Pattern,
+    scenario::Placement,
+    scenario::Scenario,
+    usage,
 };
 use crate::bench::function::Function;
 
@@ -110,11 +115,14 @@ fn warm_cell(
     let start = |functions: &[String], produce: bool| -> anyhow::Result<Vec<Function>> {
         let node = lab.function_node(system, scenario, produce);
         lab.plans(system, scenario, functions, produce)
-            .iter()
-            .map(|plan| {
+            .into_iter()
+            .map(|mut plan| {
+                if let Access::Floki { live, .. } = &mut plan.access {
+                    *live = true;
+                }
                 let args = [
                     "paper-endpoint".to_owned(),
-                    serde_json::to_string(plan)?,
+                    serde_json::to_string(&plan)?,
                     "--serve".into(),
                 ];
                 let mut function = Function::spawn(peer_command(node, &args)?)?;
