@@ -210,6 +210,11 @@ impl StoredStream {
         let len = chunk.len() as u64;
         let spill_now = {
             let mut state = self.lock();
+            // Discarded while being stored (its producer ran again): no
+            // byte more, nor memory reserved for a tier nobody holds.
+            if let Seal::Failed(reason) = &state.seal {
+                return Err(StoreError::Failed(reason.clone()));
+            }
             match &mut state.tier {
                 Tier::Memory(chunks) if self.budgets.memory.reserve(len) => {
                     chunks.push(chunk.clone());
@@ -384,7 +389,18 @@ impl StoredStream {
             manifest.xxh3 = xxh3;
         }
         self.save_manifest()?;
-        self.lock().seal = Seal::Sealed { total, xxh3 };
+        {
+            let mut state = self.lock();
+            if let Seal::Failed(reason) = &state.seal {
+                // Discarded meanwhile: its manifest must not outlive it
+                // (a restart would find a stream without its data).
+                let reason = reason.clone();
+                drop(state);
+                let _ = std::fs::remove_file(spill::paths(&self.dir, self.id).1);
+                return Err(StoreError::Failed(reason));
+            }
+            state.seal = Seal::Sealed { total, xxh3 };
+        }
         self.grew.notify_waiters();
         Ok(())
     }

@@ -222,3 +222,33 @@ async fn a_reader_of_a_stream_replaced_by_its_producers_next_run_fails_with_why(
     }
     cleanup(config.dir);
 }
+
+#[tokio::test]
+async fn a_stream_replaced_while_being_stored_takes_no_more_bytes_and_leaves_nothing() {
+    let config = config("replaced-storing", MIB, 64 * MIB);
+    let store = Store::open(config.clone()).unwrap();
+    let data = chunks(2, 256 * KIB);
+    let old = store
+        .begin("s", None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    old.append(data[0].clone()).await.unwrap();
+    let new = store
+        .begin("s", None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let appended = old.append(data[1].clone()).await;
+    assert!(
+        matches!(&appended, Err(StoreError::Failed(why)) if why.contains("ran again")),
+        "{appended:?}"
+    );
+    let (total, xxh3) = digest(&data);
+    assert!(old.seal(total, xxh3).await.is_err());
+    // Only the new stream's manifest, and none of the old one's memory.
+    let files: Vec<_> = std::fs::read_dir(&config.dir).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(store.view().memory.0, 0);
+    new.append(data[0].clone()).await.unwrap();
+    assert_eq!(store.view().memory.0, 256 * KIB);
+    cleanup(config.dir);
+}

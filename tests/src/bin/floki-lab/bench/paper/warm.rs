@@ -2,11 +2,12 @@
 //! and their clients connected (`bench small`): no process start and no
 //! connection set-up in any figure, so what is left is what each system
 //! itself costs a small hand-off. Each function moves its streams in turn
-//! on its own thread (see [`super::endpoint::serve`]). Floki runs live (the consumers wait, the
-//! producers open their channels and never have a stream stored); Redis in the serverless order (the
-//! consumers GET once every producer's SET returned), its time the
-//! producers' span plus the consumers' span, so that the driver's own
-//! hand-off between the two is not counted against it.
+//! on its own thread (see [`super::endpoint::serve`]). Floki runs live
+//! (the consumers wait, the producers open their channels and never have
+//! a stream stored); Redis in the serverless order (the consumers GET once
+//! every producer's SET returned), its time the producers' span plus the
+//! consumers' span, so that the driver's own hand-off between the two is
+//! not counted against it.
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
