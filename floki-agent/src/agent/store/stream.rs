@@ -89,6 +89,18 @@ struct State {
     replays: u64,
 }
 
+impl State {
+    /// `Err` once the stream failed or was discarded (its producer ran
+    /// again, say): nothing more goes into any tier, so that no memory, file
+    /// or object is taken for a stream nobody holds.
+    fn taking(&self) -> Result<(), StoreError> {
+        match &self.seal {
+            Seal::Failed(reason) => Err(StoreError::Failed(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A stream held by the agent's store.
 pub struct StoredStream {
     /// Channel name.
@@ -210,11 +222,7 @@ impl StoredStream {
         let len = chunk.len() as u64;
         let spill_now = {
             let mut state = self.lock();
-            // Discarded while being stored (its producer ran again): no
-            // byte more, nor memory reserved for a tier nobody holds.
-            if let Seal::Failed(reason) = &state.seal {
-                return Err(StoreError::Failed(reason.clone()));
-            }
+            state.taking()?;
             match &mut state.tier {
                 Tier::Memory(chunks) if self.budgets.memory.reserve(len) => {
                     chunks.push(chunk.clone());
@@ -270,6 +278,7 @@ impl StoredStream {
     fn spill_to_disk(&self) -> Result<(), StoreError> {
         let (path, _) = spill::paths(&self.dir, self.id);
         let mut state = self.lock();
+        state.taking()?;
         let Tier::Memory(chunks) = &mut state.tier else {
             return Ok(());
         };
@@ -301,6 +310,7 @@ impl StoredStream {
 
     fn append_on_disk(&self, chunk: &[u8]) -> Result<(), StoreError> {
         let mut state = self.lock();
+        state.taking()?;
         let Tier::Disk {
             writer: Some(writer),
             records,
@@ -335,7 +345,7 @@ impl StoredStream {
         for chunk in &chunks {
             object.append(chunk).await?;
         }
-        self.lock().tier = Tier::S3(object);
+        self.take_tier(Tier::S3(object.clone()), &object).await?;
         let held: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         self.budgets.memory.release(held);
         self.manifest.lock().expect("manifest lock").tier = TierName::S3;
@@ -361,15 +371,29 @@ impl StoredStream {
             .iter()
             .map(|r| spill::RECORD_HEADER + u64::from(r.len))
             .sum();
-        self.lock().tier = Tier::S3(object);
+        self.take_tier(Tier::S3(object.clone()), &object).await?;
         let _ = std::fs::remove_file(&path);
         self.budgets.disk.release(size);
         self.manifest.lock().expect("manifest lock").tier = TierName::S3;
         self.save_manifest()
     }
 
+    /// Makes `tier` the stream's, unless it was discarded while `object`
+    /// was being written: the object goes then.
+    async fn take_tier(&self, tier: Tier, object: &S3Object) -> Result<(), StoreError> {
+        let taken = {
+            let mut state = self.lock();
+            state.taking().map(|()| state.tier = tier)
+        };
+        if taken.is_err() {
+            object.delete().await;
+        }
+        taken
+    }
+
     /// The producer's stream arrived whole and verified.
     pub async fn seal(&self, total: u64, xxh3: u64) -> Result<(), StoreError> {
+        self.lock().taking()?;
         let object = match &mut self.lock().tier {
             Tier::Disk { writer, .. } => {
                 // Closes the file: what is written is there for readers.
@@ -389,17 +413,17 @@ impl StoredStream {
             manifest.xxh3 = xxh3;
         }
         self.save_manifest()?;
-        {
+        let sealed = {
             let mut state = self.lock();
-            if let Seal::Failed(reason) = &state.seal {
-                // Discarded meanwhile: its manifest must not outlive it
-                // (a restart would find a stream without its data).
-                let reason = reason.clone();
-                drop(state);
-                let _ = std::fs::remove_file(spill::paths(&self.dir, self.id).1);
-                return Err(StoreError::Failed(reason));
-            }
-            state.seal = Seal::Sealed { total, xxh3 };
+            state
+                .taking()
+                .map(|()| state.seal = Seal::Sealed { total, xxh3 })
+        };
+        if sealed.is_err() {
+            // Discarded meanwhile: its manifest must not outlive it (a
+            // restart would find a stream without its data).
+            let _ = std::fs::remove_file(spill::paths(&self.dir, self.id).1);
+            return sealed;
         }
         self.grew.notify_waiters();
         Ok(())

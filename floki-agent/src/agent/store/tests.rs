@@ -225,30 +225,40 @@ async fn a_reader_of_a_stream_replaced_by_its_producers_next_run_fails_with_why(
 
 #[tokio::test]
 async fn a_stream_replaced_while_being_stored_takes_no_more_bytes_and_leaves_nothing() {
+    // In memory (1 chunk) and spilled to disk (8 chunks, past the 1 MiB
+    // memory budget) when the producer's next run begins.
     let config = config("replaced-storing", MIB, 64 * MIB);
     let store = Store::open(config.clone()).unwrap();
-    let data = chunks(2, 256 * KIB);
-    let old = store
-        .begin("s", None, Duration::from_secs(60))
-        .await
-        .unwrap();
-    old.append(data[0].clone()).await.unwrap();
-    let new = store
-        .begin("s", None, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let appended = old.append(data[1].clone()).await;
-    assert!(
-        matches!(&appended, Err(StoreError::Failed(why)) if why.contains("ran again")),
-        "{appended:?}"
-    );
-    let (total, xxh3) = digest(&data);
-    assert!(old.seal(total, xxh3).await.is_err());
-    // Only the new stream's manifest, and none of the old one's memory.
+    for (name, n) in [("in-memory", 1), ("spilled", 8)] {
+        let data = chunks(n + 1, 256 * KIB);
+        let old = store
+            .begin(name, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for chunk in &data[..n] {
+            old.append(chunk.clone()).await.unwrap();
+        }
+        let new = store
+            .begin(name, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let appended = old.append(data[n].clone()).await;
+        assert!(
+            matches!(&appended, Err(StoreError::Failed(why)) if why.contains("ran again")),
+            "{name}: {appended:?}"
+        );
+        let (total, xxh3) = digest(&data);
+        assert!(old.seal(total, xxh3).await.is_err(), "{name}");
+        // None of the old stream's memory or disk, nor its files.
+        let view = store.view();
+        assert_eq!((view.memory.0, view.disk.0), (0, 0), "{name}");
+        new.append(data[0].clone()).await.unwrap();
+        assert_eq!(store.view().memory.0, 256 * KIB, "{name}");
+        let (total, xxh3) = digest(&data[..1]);
+        new.seal(total, xxh3).await.unwrap();
+        store.remove(&new).await;
+    }
     let files: Vec<_> = std::fs::read_dir(&config.dir).unwrap().collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(store.view().memory.0, 0);
-    new.append(data[0].clone()).await.unwrap();
-    assert_eq!(store.view().memory.0, 256 * KIB);
+    assert!(files.is_empty(), "{files:?}");
     cleanup(config.dir);
 }
