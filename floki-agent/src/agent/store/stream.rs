@@ -522,7 +522,8 @@ impl StoredReader {
     /// The next chunk; `None` at the verified end of the stream.
     pub async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
         if let Some(reader) = &mut self.s3 {
-            return match reader.next().await? {
+            let next = reader.next().await;
+            return match next.map_err(|err| self.why(err))? {
                 Some(chunk) => Ok(Some(self.take(chunk))),
                 None => self.verify_end(),
             };
@@ -533,11 +534,11 @@ impl StoredReader {
             match self.peek()? {
                 Next::Chunk(chunk) => return Ok(Some(self.take(chunk))),
                 Next::Record(path, record) => {
-                    let data = Bytes::from(spill::read_record(&path, record)?);
-                    return Ok(Some(self.take(data)));
+                    let data = spill::read_record(&path, record).map_err(|err| self.why(err))?;
+                    return Ok(Some(self.take(Bytes::from(data))));
                 }
                 Next::S3(object) => {
-                    let mut reader = object.reader().await?;
+                    let mut reader = object.reader().await.map_err(|err| self.why(err))?;
                     // Skip what was read from the memory or disk tiers.
                     reader.skip(self.next);
                     self.s3 = Some(reader);
@@ -547,6 +548,13 @@ impl StoredReader {
                 Next::Wait => grew.await,
             }
         }
+    }
+
+    /// `err` reading a tier, or why the stream went if it was discarded
+    /// meanwhile (its file or object goes with it: the reason says more
+    /// than the missing file).
+    fn why(&self, err: StoreError) -> StoreError {
+        self.stream.lock().taking().err().unwrap_or(err)
     }
 
     fn take(&mut self, chunk: Bytes) -> Bytes {
