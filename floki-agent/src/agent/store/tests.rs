@@ -1,11 +1,11 @@
 //! The store without an agent: tiers and budgets, readers, restarts.
 
-use std::{hash::Hasher as _, path::PathBuf, time::Duration};
+use std::{hash::Hasher as _, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use twox_hash::XxHash3_64;
 
-use super::{Store, StoreConfig, StoreError, TierName};
+use super::{Store, StoreConfig, StoreError, StoredStream, TierName};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -40,9 +40,14 @@ fn digest(chunks: &[Bytes]) -> (u64, u64) {
     (total, hasher.finish())
 }
 
+/// Begins storing a plain stream `name`, kept a minute.
+async fn begin(store: &Store, name: &str) -> Result<Arc<StoredStream>, StoreError> {
+    store.begin(name, None, Duration::from_secs(60)).await
+}
+
 /// Stores `data` whole under `name`.
 async fn store_all(store: &Store, name: &str, data: &[Bytes]) -> Result<(), StoreError> {
-    let stream = store.begin(name, None, Duration::from_secs(60)).await?;
+    let stream = begin(store, name).await?;
     for chunk in data {
         stream.append(chunk.clone()).await?;
     }
@@ -111,10 +116,7 @@ async fn a_reader_follows_a_stream_as_it_is_stored() {
     let config = config("follow", 4 * MIB, 4 * MIB);
     let store = Store::open(config.clone()).unwrap();
     let data = chunks(8, 64 * KIB);
-    let stream = store
-        .begin("s", None, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let stream = begin(&store, "s").await.unwrap();
     let reading = {
         let mut reader = stream.reader();
         tokio::spawn(async move {
@@ -139,10 +141,7 @@ async fn a_reader_follows_a_stream_as_it_is_stored() {
 async fn a_stream_that_does_not_match_its_end_mark_is_an_error_at_the_end() {
     let config = config("mismatch", 4 * MIB, 4 * MIB);
     let store = Store::open(config.clone()).unwrap();
-    let stream = store
-        .begin("s", None, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let stream = begin(&store, "s").await.unwrap();
     stream.append(Bytes::from_static(b"abc")).await.unwrap();
     stream.seal(3, 0).await.unwrap();
     let read = read_all(&store, "s").await;
@@ -209,10 +208,7 @@ async fn a_reader_of_a_stream_replaced_by_its_producers_next_run_fails_with_why(
             .unwrap();
         let mut reader = store.get(name).unwrap().reader();
         reader.next().await.unwrap().expect("a first chunk");
-        store
-            .begin(name, None, Duration::from_secs(60))
-            .await
-            .unwrap();
+        begin(&store, name).await.unwrap();
         let rest = reader.next().await;
         let Err(StoreError::Failed(why)) = &rest else {
             panic!("{name}: a replaced stream read on: {rest:?}");
@@ -231,17 +227,11 @@ async fn a_stream_replaced_while_being_stored_takes_no_more_bytes_and_leaves_not
     let store = Store::open(config.clone()).unwrap();
     for (name, n) in [("in-memory", 1), ("spilled", 8)] {
         let data = chunks(n + 1, 256 * KIB);
-        let old = store
-            .begin(name, None, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let old = begin(&store, name).await.unwrap();
         for chunk in &data[..n] {
             old.append(chunk.clone()).await.unwrap();
         }
-        let new = store
-            .begin(name, None, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let new = begin(&store, name).await.unwrap();
         let appended = old.append(data[n].clone()).await;
         assert!(
             matches!(&appended, Err(StoreError::Failed(why)) if why.contains("ran again")),
