@@ -49,6 +49,7 @@ use tokio::{
     sync::mpsc,
     task::JoinHandle,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use transport::NodeCarriers;
 
@@ -118,6 +119,11 @@ pub struct Agent {
     /// The agent's own Unix socket (`unix:PATH`), where the store's ends
     /// connect like any function.
     pub socket: String,
+    /// The relays of cross-node streams. One may outlive its channel: a
+    /// consumer reports its verified stream before its ack has crossed the
+    /// relay back to the producer's node, so a graceful stop waits for
+    /// both.
+    pub relays: TaskTracker,
 }
 
 /// Why the agent could not run.
@@ -300,9 +306,7 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
     let _ = std::fs::remove_file(&config.socket);
     agent.channels.close();
     tokio::select! {
-        left = agent.channels.drain(config.shutdown_grace) => if left > 0 {
-            warn!(left, grace = ?config.shutdown_grace, "channels still active at the end of the grace period; their ends will report failures if they do not complete");
-        },
+        () = drain(&agent, config.shutdown_grace) => {},
         _ = signals.recv() => warn!("second signal: stopping now"),
     }
     for task in tasks {
@@ -312,6 +316,45 @@ pub async fn run(config: AgentConfig, mut signals: mpsc::Receiver<()>) -> Result
     agent.datapath.shutdown();
     info!("stopped");
     Ok(())
+}
+
+/// A graceful stop's wait, at most `grace` in all: until no channel is live,
+/// then until no relay still carries a finished channel's last bytes (its
+/// consumer's ack, on its way back to the producer's node).
+async fn drain(agent: &Agent, grace: Duration) {
+    let left = drain_within(&agent.channels, &agent.relays, grace).await;
+    if left.channels > 0 {
+        warn!(
+            left = left.channels,
+            ?grace,
+            "channels still active at the end of the grace period; their ends will report failures if they do not complete"
+        );
+    } else if left.relays > 0 {
+        warn!(
+            relays = left.relays,
+            ?grace,
+            "relays still open at the end of the grace period; the producers across them may not hear their consumers' acks"
+        );
+    }
+}
+
+/// What a graceful stop left running when its grace period ended.
+#[derive(Debug, PartialEq, Eq)]
+struct Left {
+    channels: usize,
+    relays: usize,
+}
+
+/// [`drain`]'s wait, on the agent's parts: what is left at the end.
+async fn drain_within(channels: &Channels, relays: &TaskTracker, grace: Duration) -> Left {
+    let deadline = tokio::time::Instant::now() + grace;
+    let channels = channels.drain(grace).await;
+    relays.close();
+    let _ = tokio::time::timeout_at(deadline, relays.wait()).await;
+    Left {
+        channels,
+        relays: relays.len(),
+    }
 }
 
 /// The agent's state: the datapath, the channel core (its events counted by
@@ -343,6 +386,7 @@ fn assemble(config: &AgentConfig, listener: &TcpListener) -> Result<Arc<Agent>, 
         workflow_channels_only: config.workflow_channels_only,
         store,
         socket: format!("unix:{}", config.socket.display()),
+        relays: TaskTracker::new(),
     }))
 }
 
@@ -454,5 +498,62 @@ async fn accept(
                 () = backoff.failed(&err) => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::agent::datapath::kernel_support::KernelSupport;
+
+    fn no_channels() -> Channels {
+        let datapath = Arc::new(Datapath::Fallback {
+            reason: "tests run without a kernel".into(),
+            kernel: KernelSupport::default(),
+        });
+        Channels::new(Arc::new(NodeCarriers::new(datapath, false)), 1 << 20, 16)
+    }
+
+    /// A relay outlives its channel when the consumer reports its verified
+    /// stream before its ack crossed the relay: the stop waits for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_graceful_stop_waits_for_relays_after_the_channels() {
+        let relays = TaskTracker::new();
+        let acked = Arc::new(AtomicBool::new(false));
+        relays.spawn({
+            let acked = acked.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                acked.store(true, Ordering::Relaxed);
+            }
+        });
+        let left = drain_within(&no_channels(), &relays, Duration::from_secs(10)).await;
+        assert_eq!(
+            left,
+            Left {
+                channels: 0,
+                relays: 0
+            }
+        );
+        assert!(
+            acked.load(Ordering::Relaxed),
+            "the stop did not wait for the relay"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_graceful_stop_gives_up_on_relays_at_the_end_of_its_grace() {
+        let relays = TaskTracker::new();
+        relays.spawn(std::future::pending::<()>());
+        let left = drain_within(&no_channels(), &relays, Duration::from_secs(10)).await;
+        assert_eq!(
+            left,
+            Left {
+                channels: 0,
+                relays: 1
+            }
+        );
     }
 }

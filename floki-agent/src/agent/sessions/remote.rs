@@ -242,9 +242,10 @@ pub async fn serve(
     match end.start(control, prepared, relayed).await {
         Ok((control, relay)) => {
             drop(reports(Either::Left(control), &membership, &name, reader, false).await);
-            // The end stays a member until its relay is done: the channel
-            // is live, and a stopping agent waits for it, while the relay
-            // still carries the consumer's verdict to the producer.
+            // The end stays a member until its relay is done. The channel
+            // may be over before then (its consumer reported before its ack
+            // crossed the relay): a stopping agent waits for the relay on
+            // its own (`Agent::relays`).
             close_relay_after(relay, &name).await;
             drop(membership);
         }
@@ -563,7 +564,13 @@ impl RelayedEnd<'_> {
                 (prepared.conn, link::connect_consumer(listen).await?)
             }
         };
-        let relay = link::spawn_relay(self.name.to_owned(), producer, consumer, relayed);
+        let relay = link::spawn_relay(
+            &agent.relays,
+            self.name.to_owned(),
+            producer,
+            consumer,
+            relayed,
+        );
         Ok((control, relay))
     }
 }

@@ -16,6 +16,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::timeout,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::relay;
@@ -123,15 +124,16 @@ pub async fn connect_consumer(listen: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Relays the stream between `producer` and `consumer` (one of them the
-/// link) in the background, counting into `relayed`. Aborting the task
-/// closes both connections.
+/// link) in the background, on `relays` (a stopping agent waits for them),
+/// counting into `relayed`. Aborting the task closes both connections.
 pub fn spawn_relay(
+    relays: &TaskTracker,
     name: String,
     producer: TcpStream,
     consumer: TcpStream,
     relayed: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    relays.spawn(async move {
         let relayed = relay::relay(producer, consumer, relayed).await;
         let (forward, backward) = (relayed.forward, relayed.backward);
         match relayed.error {
