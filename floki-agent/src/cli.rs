@@ -322,6 +322,12 @@ pub struct EndArgs {
         conflicts_with = "workflow"
     )]
     pub secret: Option<String>,
+    /// The run this function belongs to: an orchestrator's execution id
+    /// (Argo's `{{workflow.uid}}`, a Step Functions execution). A consumer
+    /// then reads only a stored stream of its own run, and waits for its
+    /// producer otherwise (docs/WORKFLOWS.md, "Runs").
+    #[arg(long, env = "FLOKI_RUN")]
+    pub run: Option<String>,
 }
 
 /// A function's place in an applied workflow. A platform that runs the

@@ -262,6 +262,7 @@ pub(crate) async fn hello(
         secret: opts.secret.clone(),
         kept_ring: opened.ring.is_some(),
         kept_link: opened.link.is_some(),
+        run: opts.run.clone(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
     accepted(opened, answer, &opts.channel).await

@@ -125,6 +125,11 @@ pub struct ChannelOptions {
     /// Plain channels: a secret both ends present; the agent pairs this end
     /// only with one that presented the same (docs/SECURITY.md).
     pub secret: Option<String>,
+    /// The run this function belongs to (an
+    /// orchestrator's execution id). A consumer is then served only a
+    /// stored stream of its own run, and its producer's stored stream
+    /// keeps it (docs/WORKFLOWS.md, "Runs").
+    pub run: Option<String>,
 }
 
 impl ChannelOptions {
@@ -143,6 +148,7 @@ impl ChannelOptions {
             live: false,
             store: false,
             secret: None,
+            run: None,
         }
     }
 
@@ -174,6 +180,12 @@ impl ChannelOptions {
     /// store the stream (senders).
     pub fn live(mut self) -> Self {
         self.live = true;
+        self
+    }
+
+    /// Belongs to run `run` (see the field of the same name).
+    pub fn run(mut self, run: impl Into<String>) -> Self {
+        self.run = Some(run.into());
         self
     }
 

@@ -34,6 +34,8 @@ pub struct EdgeOptions {
     /// the streams (see [`ChannelOptions::live`]; an edge can say so for
     /// all its producers with `store: false`).
     pub live: bool,
+    /// The run this function belongs to (see [`ChannelOptions::run`]).
+    pub run: Option<String>,
 }
 
 /// What an edge looks like to one of its functions.
@@ -67,6 +69,7 @@ impl EdgeOptions {
             pair_timeout: None,
             transport: None,
             live: false,
+            run: None,
         }
     }
 
@@ -76,6 +79,7 @@ impl EdgeOptions {
         opts.pair_timeout = self.pair_timeout;
         opts.transport = self.transport;
         opts.live = self.live;
+        opts.run = self.run.clone();
         opts.stream = Some(StreamRef {
             workflow: self.workflow.clone(),
             token: self.token.clone(),

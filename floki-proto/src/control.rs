@@ -193,6 +193,13 @@ pub struct Hello {
     /// (`"socket":"kept_link"`) if it is the same stream's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept_link: bool,
+    /// The run this end belongs to (an orchestrator's
+    /// execution id: Argo's workflow uid, a Step Functions execution). A
+    /// stream its producer has stored keeps it, and a consumer is served
+    /// only a stored stream of its own run; its retry still is. Without
+    /// it, a consumer is served whatever stream is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// A workflow stream: one producer and one consumer of an edge.
@@ -504,6 +511,13 @@ pub fn valid_channel_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
 }
 
+/// Whether `run` is a valid run: 1 to [`super::MAX_RUN_LEN`] bytes of
+/// printable ASCII without spaces (an execution id or ARN as orchestrators
+/// write them).
+pub fn valid_run(run: &str) -> bool {
+    !run.is_empty() && run.len() <= super::MAX_RUN_LEN && run.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Hex form of a pairing key, as the agent sends it.
 pub fn encode_key(key: &[u8; super::KEY_LEN]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
@@ -542,6 +556,7 @@ mod tests {
             secret: Some("shared by both ends".into()),
             kept_ring: false,
             kept_link: false,
+            run: Some("argo-4f6c2d".into()),
         };
         let mut wire = Vec::new();
         write_preamble(&mut wire).await.unwrap();

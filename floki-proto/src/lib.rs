@@ -31,6 +31,9 @@ pub const VERSION: u16 = 1;
 pub const MAX_MESSAGE_LEN: u32 = 16 * 1024;
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_NAME_LEN: usize = 255;
+/// Longest run (a hello's `run`), in bytes: a stored stream's run crosses
+/// nodes behind one length byte.
+pub const MAX_RUN_LEN: usize = 255;
 /// Length of the pairing key that proves a data connection comes from the
 /// sender the agent paired.
 pub const KEY_LEN: usize = 16;

@@ -52,6 +52,7 @@ async fn handshake() -> Value {
         secret: None,
         kept_ring: false,
         kept_link: false,
+        run: None,
     };
     let sender = Hello {
         role: Role::Send,

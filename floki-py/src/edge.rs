@@ -17,9 +17,11 @@ fn edge_options(
     timeout: Option<f64>,
     transport: Option<String>,
     live: bool,
+    run: Option<String>,
 ) -> Result<EdgeOptions, Failure> {
     let mut opts = EdgeOptions::new(agent, workflow, token, edge, function);
     opts.live = live;
+    opts.run = run;
     opts.pair_timeout = timeout.map(options::seconds).transpose()?;
     opts.transport = transport
         .map(|name| name.parse())
@@ -57,7 +59,9 @@ pub fn describe(
     function: String,
     timeout: Option<f64>,
 ) -> PyResult<Described> {
-    let opts = edge_options(agent, workflow, token, edge, function, timeout, None, false)?;
+    let opts = edge_options(
+        agent, workflow, token, edge, function, timeout, None, false, None,
+    )?;
     let info = py
         .detach(|| blocking::describe(&opts))
         .map_err(|err| Failure::client(&err))?;
@@ -66,9 +70,10 @@ pub fn describe(
 
 /// This producer's streams on the edge, one per consumer in spec order
 /// (each returns once the agent accepted it); `live`: wait for the
-/// consumers rather than let the agents store the streams.
+/// consumers rather than let the agents store the streams; `run`: the run
+/// a stored stream keeps.
 #[pyfunction]
-#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None, live=false))]
+#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None, live=false, run=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn senders(
     py: Python<'_>,
@@ -80,9 +85,10 @@ pub fn senders(
     timeout: Option<f64>,
     transport: Option<String>,
     live: bool,
+    run: Option<String>,
 ) -> PyResult<(Described, Vec<(String, NativeSender)>)> {
     let opts = edge_options(
-        agent, workflow, token, edge, function, timeout, transport, live,
+        agent, workflow, token, edge, function, timeout, transport, live, run,
     )?;
     let (info, senders) = py
         .detach(|| blocking::senders(&opts))
@@ -95,9 +101,10 @@ pub fn senders(
 }
 
 /// This consumer's streams on the edge, one per producer in spec order;
-/// returns once every producer is there.
+/// returns once every producer is there; `run`: only a stored stream of
+/// this run is read.
 #[pyfunction]
-#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None))]
+#[pyo3(signature = (agent, workflow, token, edge, function, *, timeout=None, transport=None, run=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn receivers(
     py: Python<'_>,
@@ -108,9 +115,10 @@ pub fn receivers(
     function: String,
     timeout: Option<f64>,
     transport: Option<String>,
+    run: Option<String>,
 ) -> PyResult<(Described, Vec<(String, NativeReceiver)>)> {
     let opts = edge_options(
-        agent, workflow, token, edge, function, timeout, transport, false,
+        agent, workflow, token, edge, function, timeout, transport, false, run,
     )?;
     let (info, receivers) = py
         .detach(|| blocking::receivers(&opts))

@@ -68,7 +68,7 @@ impl NativeReceiver {
     /// Opens `channel` as its receiver through `agent`; returns once the
     /// sender is there and the stream can be read.
     #[new]
-    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, window=None, secret=None))]
+    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, window=None, secret=None, run=None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn connect(
         py: Python<'_>,
@@ -79,10 +79,12 @@ impl NativeReceiver {
         stream: Option<Stream>,
         window: Option<u64>,
         secret: Option<String>,
+        run: Option<String>,
     ) -> PyResult<Self> {
         let mut opts = options::channel(agent, channel, timeout, transport, stream)?;
         opts.window = window;
         opts.secret = secret;
+        opts.run = run;
         let receiver = py
             .detach(|| blocking::Receiver::connect(&opts))
             .map_err(|err| Failure::client(&err))?;

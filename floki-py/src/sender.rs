@@ -77,7 +77,7 @@ impl NativeSender {
     /// accepted it (writes then fill the channel's window until the receiver
     /// is there, or the agent's store takes the stream unless `live`).
     #[new]
-    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, live=false, secret=None))]
+    #[pyo3(signature = (agent, channel, *, timeout=None, transport=None, stream=None, live=false, secret=None, run=None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn open(
         py: Python<'_>,
@@ -88,10 +88,12 @@ impl NativeSender {
         stream: Option<Stream>,
         live: bool,
         secret: Option<String>,
+        run: Option<String>,
     ) -> PyResult<Self> {
         let mut opts = options::channel(agent, channel, timeout, transport, stream)?;
         opts.live = live;
         opts.secret = secret;
+        opts.run = run;
         let sender = py
             .detach(|| blocking::Sender::open(&opts))
             .map_err(|err| Failure::client(&err))?;

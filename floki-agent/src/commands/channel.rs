@@ -15,7 +15,7 @@ use floki_client::{
     workflow::EdgeOptions,
 };
 
-use crate::cli::EdgeArgs;
+use crate::cli::{EdgeArgs, EndArgs};
 
 /// Read size: small enough to stay in cache between the copy out of the
 /// kernel and the checksum pass over it (measured faster than 1 MiB reads).
@@ -26,9 +26,8 @@ pub const WRITE_CHUNK: usize = 1 << 20;
 /// The workflow edge named on the command line, if any.
 pub fn edge_options(
     edge: &EdgeArgs,
-    agent: &str,
+    end: &EndArgs,
     timeout: Option<u64>,
-    transport: Option<Transport>,
 ) -> anyhow::Result<Option<EdgeOptions>> {
     let Some(workflow) = &edge.workflow else {
         return Ok(None);
@@ -38,14 +37,15 @@ pub fn edge_options(
         .clone()
         .context("--workflow needs the workflow's token: --token or FLOKI_TOKEN (printed by `floki-agent apply`)")?;
     let mut opts = EdgeOptions::new(
-        agent,
+        &end.agent,
         workflow,
         token,
         edge.edge.clone().unwrap_or_default(),
         edge.function.clone().unwrap_or_default(),
     );
     opts.pair_timeout = timeout.map(Duration::from_secs);
-    opts.transport = transport;
+    opts.transport = end.transport;
+    opts.run = end.run.clone();
     Ok(Some(opts))
 }
 

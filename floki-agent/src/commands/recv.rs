@@ -18,12 +18,7 @@ use crate::cli::RecvArgs;
 pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let streams: Vec<(String, Receiver)> = match (
-        edge_options(
-            &args.edge,
-            &args.end.agent,
-            args.timeout,
-            args.end.transport,
-        )?,
+        edge_options(&args.edge, &args.end, args.timeout)?,
         &args.channel,
     ) {
         (Some(_), Some(_)) => bail!("give a CHANNEL or --workflow, not both"),
@@ -33,6 +28,7 @@ pub fn recv(args: RecvArgs) -> anyhow::Result<()> {
             opts.window = args.window.map(|size| size.0);
             opts.data_addr = args.data_addr;
             opts.secret = args.end.secret.clone();
+            opts.run = args.end.run.clone();
             opts.pair_timeout = args.timeout.map(Duration::from_secs);
             opts.transport = args.end.transport;
             vec![(channel.clone(), Receiver::connect(&opts)?)]

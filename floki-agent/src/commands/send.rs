@@ -17,12 +17,7 @@ use super::{
 use crate::cli::SendArgs;
 
 pub fn send(args: SendArgs) -> anyhow::Result<()> {
-    let mut edge = edge_options(
-        &args.edge,
-        &args.end.agent,
-        args.timeout,
-        args.end.transport,
-    )?;
+    let mut edge = edge_options(&args.edge, &args.end, args.timeout)?;
     if let Some(edge) = &mut edge {
         edge.live = args.live;
     }
@@ -74,6 +69,7 @@ pub fn send(args: SendArgs) -> anyhow::Result<()> {
             opts.transport = args.end.transport;
             opts.live = args.live;
             opts.secret = args.end.secret.clone();
+            opts.run = args.end.run.clone();
             send_to_all(input()?, vec![(channel, Sender::open(&opts)?)])?
         }
         (None, None) => unreachable!("checked above"),

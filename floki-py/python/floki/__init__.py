@@ -117,6 +117,12 @@ def _secret(secret: Optional[str]) -> Optional[str]:
     return secret or os.environ.get("FLOKI_CHANNEL_SECRET")
 
 
+def _run(run: Optional[str]) -> Optional[str]:
+    # The orchestrator's execution id: a consumer reads only a stored
+    # stream of its own run (docs/WORKFLOWS.md, "Runs").
+    return run or os.environ.get("FLOKI_RUN")
+
+
 class Sender(io.BufferedIOBase):
     """The sending end of a channel: a writable file-like object.
 
@@ -125,7 +131,9 @@ class Sender(io.BufferedIOBase):
     receiver has not come within the agent's grace period (50 ms by
     default), the agent stores the stream for it and :meth:`finish` returns
     a summary with ``stored=True``; with ``live=True`` the sender waits for
-    the receiver instead (``timeout`` seconds at most, if given).
+    the receiver instead (``timeout`` seconds at most, if given). A stored
+    stream keeps ``run`` (default ``FLOKI_RUN``): the orchestrator's
+    execution id, so that only a receiver of the same run reads it.
     ``write`` takes any object with the buffer protocol and reads it in
     place. Small writes are gathered into larger frames; ``flush`` sends
     them at once.
@@ -145,6 +153,7 @@ class Sender(io.BufferedIOBase):
         transport: Optional[str] = None,
         live: bool = False,
         secret: Optional[str] = None,
+        run: Optional[str] = None,
         _native: Optional[Any] = None,
     ) -> None:
         super().__init__()
@@ -156,6 +165,7 @@ class Sender(io.BufferedIOBase):
                 transport=transport,
                 live=live,
                 secret=_secret(secret),
+                run=_run(run),
             )
         self._native = _native
         self._summary: Optional[Summary] = None
@@ -246,6 +256,9 @@ class Receiver(io.BufferedIOBase):
     were verified; a stream cut short raises :class:`TruncatedError`.
     ``readinto`` fills the caller's buffer in place; over ``shm``,
     :meth:`read_view` hands out the bytes where they lie in the ring.
+    With ``run`` (default ``FLOKI_RUN``), a stream the agent stored is read
+    only if its sender gave the same run; otherwise the receiver waits for
+    its sender.
     """
 
     def __init__(
@@ -257,6 +270,7 @@ class Receiver(io.BufferedIOBase):
         transport: Optional[str] = None,
         window: Optional[int] = None,
         secret: Optional[str] = None,
+        run: Optional[str] = None,
         _native: Optional[Any] = None,
     ) -> None:
         super().__init__()
@@ -268,6 +282,7 @@ class Receiver(io.BufferedIOBase):
                 transport=transport,
                 window=window,
                 secret=_secret(secret),
+                run=_run(run),
             )
         self._native = _native
         self._eof = False
@@ -401,7 +416,9 @@ class Edge:
     Each argument left out is read from the environment, as the CLI reads
     it: ``FLOKI_WORKFLOW``, ``FLOKI_EDGE``, ``FLOKI_FUNCTION`` (this
     function), ``FLOKI_TOKEN`` (printed by ``floki-agent apply``),
-    ``FLOKI_AGENT``. The edge is a set of point-to-point streams, one per
+    ``FLOKI_AGENT``, ``FLOKI_RUN`` (the orchestrator's execution id: a
+    consumer reads only a stored stream of its own run, and waits for its
+    producer otherwise). The edge is a set of point-to-point streams, one per
     (producer, consumer) pair; the pattern says what a function does with
     them: broadcast writes every byte to all its senders, shuffle writes
     partition j to the j-th, gather reads each producer's stream.
@@ -421,6 +438,7 @@ class Edge:
         timeout: Optional[float] = None,
         transport: Optional[str] = None,
         live: bool = False,
+        run: Optional[str] = None,
     ) -> None:
         self.edge = _required(edge, "edge", "FLOKI_EDGE")
         self.workflow = _required(workflow, "workflow", "FLOKI_WORKFLOW")
@@ -430,6 +448,7 @@ class Edge:
         self.timeout = timeout
         self.transport = transport
         self.live = live
+        self.run = _run(run)
 
     def _where(self) -> tuple:
         return (self.agent, self.workflow, self.token, self.edge, self.function)
@@ -446,6 +465,7 @@ class Edge:
             timeout=self.timeout,
             transport=self.transport,
             live=self.live,
+            run=self.run,
         )
         return {
             peer: Sender(f"{self.workflow}/{self.edge}", _native=native)
@@ -456,7 +476,7 @@ class Edge:
         """This consumer's streams, one per producer (in spec order);
         returns once every producer is there."""
         _, receivers = _floki.receivers(
-            *self._where(), timeout=self.timeout, transport=self.transport
+            *self._where(), timeout=self.timeout, transport=self.transport, run=self.run
         )
         return {
             peer: Receiver(f"{self.workflow}/{self.edge}", _native=native)
@@ -517,6 +537,7 @@ class Edge:
             transport=self.transport,
             stream=self._stream(consumer),
             live=self.live,
+            run=self.run,
         )
         return Sender(f"{self.workflow}/{self.edge}", _native=native)
 
@@ -528,6 +549,7 @@ class Edge:
             timeout=self.timeout,
             transport=self.transport,
             stream=self._stream(producer),
+            run=self.run,
         )
         return Receiver(f"{self.workflow}/{self.edge}", _native=native)
 

@@ -21,6 +21,7 @@ class Sender:
         stream: Optional[_Stream] = None,
         live: bool = False,
         secret: Optional[str] = None,
+        run: Optional[str] = None,
     ) -> None: ...
     def write(self, data: Any) -> int: ...
     def flush(self) -> None: ...
@@ -45,6 +46,7 @@ class Receiver:
         stream: Optional[_Stream] = None,
         window: Optional[int] = None,
         secret: Optional[str] = None,
+        run: Optional[str] = None,
     ) -> None: ...
     def readinto(self, buf: Any) -> int: ...
     def readinto1(self, buf: Any) -> int: ...
@@ -75,6 +77,7 @@ def senders(
     timeout: Optional[float] = None,
     transport: Optional[str] = None,
     live: bool = False,
+    run: Optional[str] = None,
 ) -> Tuple[_Described, List[Tuple[str, Sender]]]: ...
 def receivers(
     agent: str,
@@ -85,4 +88,5 @@ def receivers(
     *,
     timeout: Optional[float] = None,
     transport: Optional[str] = None,
+    run: Optional[str] = None,
 ) -> Tuple[_Described, List[Tuple[str, Receiver]]]: ...

@@ -48,6 +48,8 @@ struct Args {
     live: bool,
     /// Plain channels: the secret both ends present.
     secret: Option<String>,
+    /// The run this end belongs to.
+    run: Option<String>,
     /// Receivers: do not check the bytes against the pattern (a sender of
     /// the security tests writes its own).
     no_check: bool,
@@ -81,6 +83,7 @@ fn parse() -> anyhow::Result<Args> {
         transport: None,
         live: false,
         secret: None,
+        run: None,
         no_check: false,
         pair_timeout: None,
     };
@@ -124,6 +127,7 @@ fn parse() -> anyhow::Result<Args> {
             "--window" => out.window = Some(value.parse()?),
             "--data-addr" => out.data_addr = Some(value.parse()?),
             "--secret" => out.secret = Some(value),
+            "--run" => out.run = Some(value),
             "--pair-timeout" => out.pair_timeout = Some(Duration::from_secs(value.parse()?)),
             "--chunk" => out.chunk = value.parse()?,
             "--workflow" => edge.0 = value,
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
     opts.ring = !args.no_ring;
     opts.live = args.live;
     opts.secret = args.secret.clone();
+    opts.run = args.run.clone();
     opts.pair_timeout = args.pair_timeout;
     match (args.verb.as_str(), args.blocking) {
         ("send", true) => return blocking_send(&args, &opts),
@@ -179,6 +184,7 @@ fn edge_options(
     opts.pair_timeout = Some(args.pair_timeout.unwrap_or(Duration::from_secs(60)));
     opts.transport = args.transport;
     opts.live = args.live;
+    opts.run = args.run.clone();
     opts
 }
 
