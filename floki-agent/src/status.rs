@@ -84,6 +84,10 @@ pub struct StoredStatus {
     pub name: String,
     /// Its workflow, if it is a workflow stream.
     pub workflow: Option<String>,
+    /// The run its producer said it belongs to: only consumers of that run
+    /// (or that say none) are served it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// `memory`, `disk` or `s3`.
     pub tier: String,
     /// Bytes held.

@@ -218,6 +218,39 @@ def test_a_sender_that_exits_first_is_stored_and_read_by_later_receivers(node, c
         assert received.report["stored"] is True
 
 
+def test_a_receiver_reads_only_a_stream_stored_in_its_own_run(node, channel):
+    def python(code: str) -> str:
+        process = node.command(
+            [os.sys.executable, "-c", code, channel, node.unix], stdout=-1, stderr=-1
+        )
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err.decode()
+        return out.decode().strip()
+
+    # No receiver yet: the agent stores the stream with its sender's run.
+    stored = python(
+        "import floki,sys; s=floki.Sender(sys.argv[1], agent=sys.argv[2], run='r1');"
+        "s.write(b'r1' * 50_000); print(s.finish().stored)"
+    )
+    assert stored == "True"
+    # A receiver of another run is not given it: it waits for its sender.
+    other = python(
+        "import floki,sys\n"
+        "try:\n"
+        "    floki.Receiver(sys.argv[1], agent=sys.argv[2], run='r2', timeout=1).read()\n"
+        "except floki.PairTimeoutError as err:\n"
+        "    print(type(err).__name__)"
+    )
+    assert other == "PairTimeoutError"
+    # A receiver of the same run (its run from FLOKI_RUN) reads it.
+    same = python(
+        "import floki,os,sys; os.environ['FLOKI_RUN']='r1';"
+        "r=floki.Receiver(sys.argv[1], agent=sys.argv[2]); d=r.read();"
+        "print(d == b'r1' * 50_000, r.finish().stored)"
+    )
+    assert same == "True True"
+
+
 def test_a_live_sender_waits_for_its_receiver(node, channel):
     tx = node.python(
         "send", "--agent", node.unix, "--channel", channel, "--bytes", str(MIB),

@@ -375,6 +375,91 @@ fn a_consumer_reading_a_stream_its_producer_replaces_is_told_so_not_given_a_shor
 }
 
 #[test]
+fn a_consumer_reads_only_a_stream_stored_in_its_own_run() {
+    let node = TestNode::start("store-runs", AgentOptions::default());
+    let dir = node.agent.dir().to_owned();
+    let (first, second) = (dir.join("first.bin"), dir.join("second.bin"));
+    std::fs::write(&first, floki_tests::pattern(4 * MIB as usize, 1)).unwrap();
+    std::fs::write(&second, floki_tests::pattern(4 * MIB as usize, 2)).unwrap();
+
+    // Run 1's producer, no consumer yet: its stream is stored with its run.
+    let send = run_within(
+        node.local_cli("send", "runs")
+            .arg(&first)
+            .args(["--run", "run-1"]),
+        LIMIT,
+    );
+    assert_success(&send, "run 1's producer");
+    assert!(String::from_utf8_lossy(&send.stderr).contains("stored by the agent"));
+    let held = stored(&node.agent.status());
+    assert_eq!(held[0]["run"], "run-1", "{held:#?}");
+    // Run 1's consumer, and its retry: served from the store.
+    for attempt in 0..2 {
+        let out = dir.join(format!("run-1-{attempt}.bin"));
+        let recv = run_within(
+            node.cli("recv", "runs")
+                .args(["--run", "run-1", "-o"])
+                .arg(&out),
+            LIMIT,
+        );
+        assert_success(&recv, "run 1's consumer");
+        assert!(String::from_utf8_lossy(&recv.stderr).contains("from the agent's store"));
+        assert_eq!(file_digest(&first), file_digest(&out));
+    }
+
+    // Run 2's consumer starts before its producer (its run from the
+    // environment, as an orchestrator sets it): run 1's stream is not its
+    // stream, so it waits.
+    let out = dir.join("run-2.bin");
+    let mut waiting = spawn(
+        node.cli("recv", "runs")
+            .env("FLOKI_RUN", "run-2")
+            .arg("-o")
+            .arg(&out),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "run 2's consumer did not wait for its producer"
+    );
+    let send = run_within(
+        node.local_cli("send", "runs")
+            .arg(&second)
+            .env("FLOKI_RUN", "run-2"),
+        LIMIT,
+    );
+    assert_success(&send, "run 2's producer");
+    assert!(String::from_utf8_lossy(&send.stderr).contains("the receiver verified it"));
+    let recv = wait_within(waiting, LIMIT);
+    assert_success(&recv, "run 2's consumer");
+    assert!(!String::from_utf8_lossy(&recv.stderr).contains("from the agent's store"));
+    assert_eq!(file_digest(&second), file_digest(&out));
+
+    // A consumer that says no run is served whatever is stored.
+    let out = dir.join("any.bin");
+    assert_success(
+        &run_within(node.cli("recv", "runs").arg("-o").arg(&out), LIMIT),
+        "a consumer without a run",
+    );
+    assert_eq!(file_digest(&first), file_digest(&out));
+
+    // A run with a space: refused, with what a run may be.
+    let recv = run_within(
+        node.cli("recv", "runs")
+            .args(["--run", "run 3", "--timeout", "5"]),
+        LIMIT,
+    );
+    assert!(!recv.status.success());
+    let said = String::from_utf8_lossy(&recv.stderr);
+    assert!(
+        said.contains(
+            "run \"run 3\" (5 bytes) is invalid: use 1 to 255 printable ASCII characters, no spaces"
+        ),
+        "{said}"
+    );
+}
+
+#[test]
 fn a_memory_budget_of_64_mib_holds_while_512_mib_are_stored() {
     let node = TestNode::start(
         "store-budget",
@@ -844,6 +929,64 @@ fn a_stream_for_an_unreachable_node_stays_with_its_producer_then_goes_over() {
             LIMIT,
         ),
         "consumer on the node that was unreachable",
+    );
+    assert!(all_stored(&read), "{read}");
+}
+
+#[test]
+fn a_stream_pushed_ahead_across_nodes_keeps_its_run() {
+    let (cluster, token) = one_edge_across();
+    let (node_a, node_b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let bytes = 6 * MIB;
+    // Run r1's producer, handed its link; its consumer has not started:
+    // node-b's agent stores the stream, with the run the link's start
+    // carried.
+    let send = local_edge_probe(
+        node_a,
+        "send",
+        &token,
+        "e",
+        "p",
+        bytes,
+        &["--run", "r1", "--seed", "11"],
+    );
+    assert!(all_stored(&probe_report(
+        &wait_within(send, LIMIT),
+        "r1's producer"
+    )));
+    let on_b = wait_stored(|| node_b.agent.status(), 1);
+    assert_eq!(on_b[0]["run"], "r1", "{on_b:#?}");
+
+    // Run r2's consumer is not served r1's stream: it waits for its own
+    // producer, and gives up after its timeout.
+    let early = cluster::edge_probe(
+        node_b,
+        "recv",
+        &token,
+        "e",
+        "q",
+        bytes,
+        &["--run", "r2", "--seed", "12", "--pair-timeout", "2"],
+    );
+    let early = wait_within(early, LIMIT);
+    assert!(!early.status.success(), "r2's consumer read r1's stream");
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(said.contains("no sender joined"), "{said}");
+    // r1's consumer (the probe checks every byte against r1's seed).
+    let read = probe_report(
+        &wait_within(
+            cluster::edge_probe(
+                node_b,
+                "recv",
+                &token,
+                "e",
+                "q",
+                bytes,
+                &["--run", "r1", "--seed", "11"],
+            ),
+            LIMIT,
+        ),
+        "r1's consumer",
     );
     assert!(all_stored(&read), "{read}");
 }

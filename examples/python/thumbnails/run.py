@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from typing import Dict, List
 
 from .frames import FRAME_BYTES, make_input
@@ -60,12 +61,17 @@ def wait(processes: List[subprocess.Popen]) -> None:
 
 
 def on_floki(args) -> None:
+    # One id per run, as an orchestrator's execution id: the consumers start
+    # first, and must not read what the last run's producers left stored.
+    run = uuid.uuid4().hex
+
     def env(function: str) -> Dict[str, str]:
         return {
             "FLOKI_WORKFLOW": WORKFLOW,
             "FLOKI_FUNCTION": function,
             "FLOKI_TOKEN": args.token,
             "FLOKI_AGENT": args.agent,
+            "FLOKI_RUN": run,
         }
 
     functions = [("assemble", [args.output])]

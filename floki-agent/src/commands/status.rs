@@ -64,9 +64,13 @@ fn render_store(out: &mut String, store: &StoreStatus) {
         let expires = stream
             .expires_in_secs
             .map_or_else(|| "until deleted".to_owned(), |s| format!("{s} s left"));
+        let run = stream
+            .run
+            .as_deref()
+            .map_or_else(String::new, |run| format!(" · run {run}"));
         let _ = writeln!(
             out,
-            "  {:<40} {:<6} {:>12}  {} · read {} times · {}",
+            "  {:<40} {:<6} {:>12}  {} · read {} times · {}{run}",
             stream.name,
             stream.tier,
             human(stream.bytes),

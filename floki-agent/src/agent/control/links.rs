@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::{
     peers::{
         Peers,
-        protocol::{PeerAnswer, PeerRequest, START, START_LIVE},
+        protocol::{LinkStart, PeerAnswer, PeerRequest, START, START_LIVE, START_RUN},
     },
     workflows::Workflows,
 };
@@ -114,6 +114,8 @@ pub struct Start {
     pub stream: StreamId,
     /// Which start it is ([`Prepared::start`]).
     pub start: u64,
+    /// The producer's run, for the store.
+    pub run: Option<String>,
 }
 
 type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
@@ -401,15 +403,17 @@ impl PreparedLinks {
         self.changed.notify_waiters();
         let this = self.clone();
         tokio::spawn(async move {
-            let live = match read_start(&conn).await {
-                Ok(Some(START)) => Some(false),
-                Ok(Some(START_LIVE)) => Some(true),
-                _ => None,
+            let begun = match read_start(&conn).await {
+                Ok(begun) => begun,
+                Err(err) => {
+                    warn!(%stream, %err, "a link started wrong; closed");
+                    None
+                }
             };
             if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
                 *n -= 1;
             }
-            if let Some(live) = live {
+            if let Some(LinkStart { live, run }) = begun {
                 let prepared = Prepared {
                     conn,
                     key,
@@ -431,6 +435,7 @@ impl PreparedLinks {
                         let start = Start {
                             stream: stream.clone(),
                             start: prepared.start,
+                            run,
                         };
                         started.insert(stream.clone(), prepared);
                         drop(started);
@@ -582,16 +587,73 @@ fn peek(conn: &impl AsFd) -> std::io::Result<usize> {
     socket2::SockRef::from(conn).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
-/// The start byte of a link's next stream; `None` if the link closed.
-async fn read_start(conn: &TcpStream) -> std::io::Result<Option<u8>> {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    let n = conn
-        .async_io(tokio::io::Interest::READABLE, || {
-            socket2::SockRef::from(conn).recv_with_flags(&mut byte, libc::MSG_DONTWAIT)
-        })
-        .await?;
-    // SAFETY: the kernel wrote `n` bytes into `byte`; `n` is 0 or 1.
-    Ok((n == 1).then(|| unsafe { byte[0].assume_init() }))
+/// The start of a link's next stream; `None` if the link closed. Reads
+/// exactly the start, never into the stream behind it.
+async fn read_start(conn: &TcpStream) -> std::io::Result<Option<LinkStart>> {
+    let mut first = [0u8; 1];
+    if !read_exact(conn, &mut first).await? {
+        return Ok(None);
+    }
+    let run = match first[0] {
+        START_LIVE => {
+            return Ok(Some(LinkStart {
+                live: true,
+                run: None,
+            }));
+        }
+        START => None,
+        START_RUN => {
+            let mut len = [0u8; 1];
+            let mut run = vec![0u8; 0];
+            if read_exact(conn, &mut len).await? {
+                run.resize(usize::from(len[0]), 0);
+            }
+            if run.is_empty() || !read_exact(conn, &mut run).await? {
+                return Err(bad_start("its run was cut short"));
+            }
+            let run = String::from_utf8(run)
+                .ok()
+                .filter(|run| floki_proto::control::valid_run(run))
+                .ok_or_else(|| bad_start("its run is not printable ASCII"))?;
+            Some(run)
+        }
+        other => return Err(bad_start(&format!("unknown start byte {other:#04x}"))),
+    };
+    Ok(Some(LinkStart { live: false, run }))
+}
+
+fn bad_start(why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "the producer's agent started the link wrong: {why} (are both agents the same version?)"
+        ),
+    )
+}
+
+/// Fills `buf` from `conn`; `false` if the link closed first.
+async fn read_exact(conn: &TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = conn
+            .async_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(conn)
+                    .recv_with_flags(as_uninit(&mut buf[filled..]), libc::MSG_DONTWAIT)
+            })
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+/// `buf` as the kernel's target of a read.
+fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: initialized bytes are valid `MaybeUninit<u8>`s of the same
+    // layout, and a read only ever writes initialized bytes into them.
+    unsafe { &mut *(std::ptr::from_mut(buf) as *mut [std::mem::MaybeUninit<u8>]) }
 }
 
 #[cfg(test)]
@@ -622,6 +684,7 @@ mod tests {
         Start {
             stream: stream(),
             start: n,
+            run: None,
         }
     }
 
@@ -685,5 +748,66 @@ mod tests {
         assert!(!links.storable(&nth(1)));
         assert!(!links.claim_for_store(&nth(1)));
         assert_eq!(links.take_started(&stream()).unwrap().start, 2);
+    }
+
+    /// A connected pair: (what the producer's agent writes into, what the
+    /// consumer's agent reads).
+    async fn link() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let producer_side = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (consumer_side, _) = listener.accept().await.unwrap();
+        (producer_side, consumer_side)
+    }
+
+    #[tokio::test]
+    async fn a_start_carries_the_run_and_leaves_the_stream_behind_it_unread() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let starts = [
+            LinkStart::default(),
+            LinkStart {
+                live: true,
+                run: Some("ignored: a live stream is never stored".into()),
+            },
+            LinkStart {
+                live: false,
+                run: Some("arn:aws:states:eu-west-1:1:execution:etl:7f3a".into()),
+            },
+        ];
+        for start in starts {
+            let (mut producer, mut consumer) = link().await;
+            producer.write_all(&start.bytes()).await.unwrap();
+            producer.write_all(b"FLKS").await.unwrap();
+            let read = read_start(&consumer).await.unwrap().unwrap();
+            let expected = LinkStart {
+                run: start.run.clone().filter(|_| !start.live),
+                ..start
+            };
+            assert_eq!(read, expected);
+            let mut behind = [0u8; 4];
+            consumer.read_exact(&mut behind).await.unwrap();
+            assert_eq!(&behind, b"FLKS");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_cut_short_or_unknown_is_an_error_not_a_stream() {
+        use tokio::io::AsyncWriteExt as _;
+        for (bytes, says) in [
+            (&[START_RUN, 5, b'r', b'1'][..], "cut short"),
+            (&[START_RUN, 2, b' ', b'x'][..], "not printable"),
+            (&[0x42][..], "unknown start byte 0x42"),
+        ] {
+            let (mut producer, consumer) = link().await;
+            producer.write_all(bytes).await.unwrap();
+            producer.shutdown().await.unwrap();
+            let err = read_start(&consumer).await.unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        // Closed before any start: no stream, no error.
+        let (producer, consumer) = link().await;
+        drop(producer);
+        assert!(read_start(&consumer).await.unwrap().is_none());
     }
 }

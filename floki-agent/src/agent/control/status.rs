@@ -78,6 +78,7 @@ fn stored_stream(view: &StoredView) -> StoredStatus {
     StoredStatus {
         name: view.name.clone(),
         workflow: view.workflow.clone(),
+        run: view.run.clone(),
         tier: view.tier.to_string(),
         bytes: view.bytes,
         state: stored_state(view),

@@ -7,7 +7,7 @@ use floki_proto::{
     ProtocolError,
     control::{
         AgentMessage, ClientRequest, ControlStream, Hello, Refusal, Role, read_message,
-        read_preamble, valid_channel_name, write_message,
+        read_preamble, valid_channel_name, valid_run, write_message,
     },
 };
 use tokio::time::timeout;
@@ -84,6 +84,16 @@ pub fn validate(hello: &Hello, unix: bool) -> Result<(), Refused> {
             format!(
                 "channel name {shown:?} ({} bytes) is invalid: use 1 to 255 characters from A-Z a-z 0-9 . _ : / -",
                 hello.channel.len()
+            ),
+        ));
+    }
+    if let Some(run) = hello.run.as_deref().filter(|run| !valid_run(run)) {
+        let shown: String = run.chars().take(64).collect();
+        return Err((
+            Refusal::BadRequest,
+            format!(
+                "run {shown:?} ({} bytes) is invalid: use 1 to 255 printable ASCII characters, no spaces",
+                run.len()
             ),
         ));
     }

@@ -39,6 +39,7 @@ use crate::agent::{
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
     control::{
         links::{self, Parked, Prepared},
+        peers::protocol::LinkStart,
         workflows::Resolved,
     },
     transport::{self, CarrierKind, Placement, link, relay},
@@ -355,7 +356,7 @@ async fn hand_over(
     handed: Handed,
 ) -> Result<(), String> {
     if hello.role == Role::Send {
-        relay::start(&prepared.conn, hello.live)
+        relay::start(&prepared.conn, &LinkStart::of(hello))
             .await
             .map_err(|e| format!("starting the link: {e}"))?;
     }
@@ -477,7 +478,7 @@ impl HandedEnd<'_> {
             accepted: None,
         };
         let paired = link_paired(parked.key(), self.window, &handed);
-        if let Err(err) = relay::start_parked(&parked.conn, self.hello.live) {
+        if let Err(err) = relay::start_parked(&parked.conn, &LinkStart::of(self.hello)) {
             warn!(channel = %self.name, %err, "the kept link did not start; the producer gets a fresh one");
             return None;
         }
@@ -548,8 +549,11 @@ impl RelayedEnd<'_> {
                 write_message(&mut control, &paired(Some(side.connect_to)))
                     .await
                     .map_err(|e| e.to_string())?;
-                let live = self.hello.live;
-                (side.accept(&mut prepared.conn, live).await?, prepared.conn)
+                let start = LinkStart::of(self.hello);
+                (
+                    side.accept(&mut prepared.conn, &start).await?,
+                    prepared.conn,
+                )
             }
             Role::Recv => {
                 let netns = agent.netns_cookie;

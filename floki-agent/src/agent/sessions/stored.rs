@@ -26,7 +26,7 @@ use super::{
 use crate::{
     agent::{
         Agent,
-        control::workflows::Resolved,
+        control::{links::Start, workflows::Resolved},
         store::ends::{self, Meeting},
     },
     workflow::{Edge, StreamId},
@@ -70,6 +70,7 @@ pub fn storable(
         name: hello.channel.clone(),
         stream: None,
         workflow: None,
+        run: hello.run.clone(),
         retain: agent.store.config().retain,
         window,
     };
@@ -215,11 +216,12 @@ pub async fn serve_stored(
     if agent.channels.waiting_role(name) == Some(Role::Send) {
         return Some((control, hello));
     }
-    if let Some(message) = agent.store.lost(name) {
+    let run = hello.run.as_deref();
+    if let Some(message) = agent.store.lost(name, run) {
         refuse_quietly(agent, &mut control, Refusal::StreamLost, message).await;
         return None;
     }
-    let Some(stored) = agent.store.get(name) else {
+    let Some(stored) = agent.store.get_for(name, run) else {
         return Some((control, hello));
     };
     let channel = ends::replay_channel(name, REPLAYS.fetch_add(1, Ordering::Relaxed));
@@ -253,7 +255,7 @@ pub async fn push_ahead(agent: Arc<Agent>) {
             if !agent.links.storable(&start) || agent.channels.is_open(&name) {
                 return;
             }
-            if let Some(meeting) = meeting_for_consumer(&agent, &start.stream) {
+            if let Some(meeting) = meeting_for_consumer(&agent, &start) {
                 let (links, held) = (agent.links.clone(), agent.links.clone());
                 let stream = start.stream.clone();
                 let claim = move || links.claim_for_store(&start);
@@ -264,8 +266,10 @@ pub async fn push_ahead(agent: Arc<Agent>) {
     }
 }
 
-/// How the store stands in for the consumer of `stream` on this node.
-fn meeting_for_consumer(agent: &Agent, stream: &StreamId) -> Option<Meeting> {
+/// How the store stands in for the consumer of a stream pushed ahead to
+/// this node.
+fn meeting_for_consumer(agent: &Agent, start: &Start) -> Option<Meeting> {
+    let stream = &start.stream;
     let applied = agent.workflows.get(&stream.workflow)?;
     let edge = applied.workflow.edge(&stream.edge)?;
     if !edge.store {
@@ -282,6 +286,7 @@ fn meeting_for_consumer(agent: &Agent, stream: &StreamId) -> Option<Meeting> {
             peer: stream.producer.clone(),
         }),
         workflow: Some(stream.workflow.clone()),
+        run: start.run.clone(),
         retain: edge.retain.unwrap_or(Duration::MAX),
         window: Some(edge.buffer),
     })

@@ -32,6 +32,8 @@ pub struct Meeting {
     pub stream: Option<StreamRef>,
     /// The workflow, for a workflow stream.
     pub workflow: Option<String>,
+    /// The run of the stream's producer, if it said one.
+    pub run: Option<String>,
     /// How long the stream is kept.
     pub retain: Duration,
     /// The channel's window (a workflow edge's buffer).
@@ -82,7 +84,12 @@ async fn take(
     // from the store (following the stream as it grows) rather than find
     // the channel taken by it.
     let stored = store
-        .begin(&meeting.name, meeting.workflow.clone(), meeting.retain)
+        .begin(
+            &meeting.name,
+            meeting.workflow.clone(),
+            meeting.run.clone(),
+            meeting.retain,
+        )
         .await?;
     if !claim() {
         store.remove(&stored).await;
@@ -185,6 +192,8 @@ pub async fn forward(
     let mut opts = ChannelOptions::new(agent, name.clone());
     opts.store = true;
     opts.stream = Some(producer);
+    // The consumer's agent stores it again with its run.
+    opts.run = stored.run.clone();
     opts.pair_timeout = Some(PAIR_WITHIN);
     let sent = async {
         let mut tx = Sender::connect(&opts).await?;

@@ -210,6 +210,7 @@ impl Budgets {
 #[derive(Clone, Debug)]
 struct LostStream {
     workflow: Option<String>,
+    run: Option<String>,
     retain_until: u64,
 }
 
@@ -300,6 +301,7 @@ impl Store {
         if manifest.tier == TierName::Memory || !manifest.complete {
             let lost = LostStream {
                 workflow: manifest.workflow.clone(),
+                run: manifest.run.clone(),
                 retain_until: manifest.retain_until,
             };
             if manifest.tier == TierName::Memory && manifest.complete {
@@ -332,18 +334,21 @@ impl Store {
         &self.config
     }
 
-    /// Starts storing stream `name`; a stream stored under that name before
-    /// (a previous run) goes.
+    /// Starts storing stream `name`, of `workflow` and of its producer's
+    /// `run`; a stream stored under that name before (a previous run, or
+    /// this run's producer before its retry) goes.
     pub async fn begin(
         &self,
         name: &str,
         workflow: Option<String>,
+        run: Option<String>,
         retain: Duration,
     ) -> Result<Arc<StoredStream>, StoreError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let manifest = Manifest {
             name: name.to_owned(),
             workflow,
+            run,
             tier: TierName::Memory,
             complete: false,
             total: 0,
@@ -374,9 +379,21 @@ impl Store {
         self.lock().streams.get(name).cloned()
     }
 
-    /// Why stream `name` cannot be served, if it was lost in a restart.
-    pub fn lost(&self, name: &str) -> Option<String> {
-        self.lock().lost.get(name).map(|_| {
+    /// The stored stream `name` a consumer of `run` may read: for a consumer
+    /// that said no run, whatever is stored; otherwise only a stream its
+    /// producer stored in the same run (another run's is not this run's
+    /// data: the consumer waits for its own producer instead).
+    pub fn get_for(&self, name: &str, run: Option<&str>) -> Option<Arc<StoredStream>> {
+        self.get(name)
+            .filter(|stream| same_run(run, stream.run.as_deref()))
+    }
+
+    /// Why stream `name` cannot be served to a consumer of `run`, if it was
+    /// lost in a restart.
+    pub fn lost(&self, name: &str, run: Option<&str>) -> Option<String> {
+        let inner = self.lock();
+        let lost = inner.lost.get(name)?;
+        same_run(run, lost.run.as_deref()).then(|| {
             format!(
                 "stream {name} was stored in the memory of this node's agent, which restarted since: \
                  it is lost; run its producer again (streams spilled to disk survive restarts)"
@@ -450,6 +467,7 @@ impl Store {
                 StoredView {
                     name: stream.name.clone(),
                     workflow: stream.workflow.clone(),
+                    run: stream.run.clone(),
                     tier,
                     bytes,
                     complete: matches!(seal, Seal::Sealed { .. }),
@@ -505,6 +523,8 @@ pub struct StoredView {
     pub name: String,
     /// Its workflow.
     pub workflow: Option<String>,
+    /// Its producer's run.
+    pub run: Option<String>,
     /// Its tier.
     pub tier: TierName,
     /// Bytes held.
@@ -519,6 +539,12 @@ pub struct StoredView {
     pub age: Duration,
     /// When it expires (seconds since the epoch).
     pub retain_until: u64,
+}
+
+/// Whether a consumer of `consumer`'s run may read a stream stored in
+/// `stored`'s.
+fn same_run(consumer: Option<&str>, stored: Option<&str>) -> bool {
+    consumer.is_none() || consumer == stored
 }
 
 /// Takes out of `streams` those that `which` picks (a workflow's, the

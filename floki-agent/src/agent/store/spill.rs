@@ -67,6 +67,9 @@ pub struct Manifest {
     pub name: String,
     /// Its workflow, if it is a workflow stream.
     pub workflow: Option<String>,
+    /// The run its producer belongs to, if it said one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// Where the bytes are.
     pub tier: TierName,
     /// Whether the whole stream is there, verified.

@@ -107,6 +107,8 @@ pub struct StoredStream {
     pub name: String,
     /// Its workflow, for workflow streams.
     pub workflow: Option<String>,
+    /// The run its producer belongs to, if it said one.
+    pub run: Option<String>,
     /// File id in the store directory.
     pub id: u64,
     /// When storing began.
@@ -132,6 +134,7 @@ impl StoredStream {
         let stream = Self {
             name: manifest.name.clone(),
             workflow: manifest.workflow.clone(),
+            run: manifest.run.clone(),
             id,
             started: Instant::now(),
             manifest: Mutex::new(manifest),
@@ -186,6 +189,7 @@ impl StoredStream {
         Ok(Arc::new(Self {
             name: manifest.name.clone(),
             workflow: manifest.workflow.clone(),
+            run: manifest.run.clone(),
             id,
             started: Instant::now(),
             manifest: Mutex::new(manifest.clone()),

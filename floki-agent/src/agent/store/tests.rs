@@ -42,12 +42,32 @@ fn digest(chunks: &[Bytes]) -> (u64, u64) {
 
 /// Begins storing a plain stream `name`, kept a minute.
 async fn begin(store: &Store, name: &str) -> Result<Arc<StoredStream>, StoreError> {
-    store.begin(name, None, Duration::from_secs(60)).await
+    begin_in(store, name, None).await
+}
+
+/// [`begin`] for a producer of `run`.
+async fn begin_in(
+    store: &Store,
+    name: &str,
+    run: Option<&str>,
+) -> Result<Arc<StoredStream>, StoreError> {
+    let run = run.map(str::to_owned);
+    store.begin(name, None, run, Duration::from_secs(60)).await
 }
 
 /// Stores `data` whole under `name`.
 async fn store_all(store: &Store, name: &str, data: &[Bytes]) -> Result<(), StoreError> {
-    let stream = begin(store, name).await?;
+    store_all_in(store, name, None, data).await
+}
+
+/// [`store_all`] for a producer of `run`.
+async fn store_all_in(
+    store: &Store,
+    name: &str,
+    run: Option<&str>,
+    data: &[Bytes],
+) -> Result<(), StoreError> {
+    let stream = begin_in(store, name, run).await?;
     for chunk in data {
         stream.append(chunk.clone()).await?;
     }
@@ -163,9 +183,42 @@ async fn after_a_restart_spilled_streams_are_back_and_memory_ones_are_lost() {
     let store = Store::open(config.clone()).unwrap();
     assert_eq!(read_all(&store, "spilled").await.unwrap(), spilled);
     assert!(store.get("held").is_none());
-    let lost = store.lost("held").expect("known to be lost");
+    let lost = store.lost("held", None).expect("known to be lost");
     assert!(lost.contains("run its producer again"), "{lost}");
     assert!(store.view().disk.0 >= 2 * MIB);
+    cleanup(config.dir);
+}
+
+#[tokio::test]
+async fn a_stream_is_served_to_consumers_of_its_run_only_and_keeps_it_through_a_restart() {
+    let config = config("runs", MIB, 64 * MIB);
+    let spilled = chunks(8, 256 * KIB);
+    {
+        let store = Store::open(config.clone()).unwrap();
+        store_all_in(&store, "spilled", Some("run-1"), &spilled)
+            .await
+            .unwrap();
+        store_all_in(&store, "held", Some("run-1"), &chunks(1, KIB))
+            .await
+            .unwrap();
+        for name in ["spilled", "held"] {
+            assert!(store.get_for(name, Some("run-2")).is_none());
+            assert!(store.get_for(name, Some("run-1")).is_some());
+            // A consumer that says no run reads whatever is stored.
+            assert!(store.get_for(name, None).is_some());
+        }
+        std::mem::forget(store);
+    }
+    let store = Store::open(config.clone()).unwrap();
+    assert!(store.get_for("spilled", Some("run-2")).is_none());
+    let back = store
+        .get_for("spilled", Some("run-1"))
+        .expect("spilled survives");
+    assert_eq!(back.run.as_deref(), Some("run-1"));
+    // Another run's lost stream is not this consumer's: it waits for its
+    // own producer instead of being told its stream is lost.
+    assert!(store.lost("held", Some("run-2")).is_none());
+    assert!(store.lost("held", Some("run-1")).is_some());
     cleanup(config.dir);
 }
 
@@ -175,7 +228,7 @@ async fn deleting_a_workflow_frees_its_streams_memory_and_files() {
     let store = Store::open(config.clone()).unwrap();
     for (name, n) in [("wf/a/p>q", 2), ("wf/b/p>q", 12)] {
         let stream = store
-            .begin(name, Some("wf".into()), Duration::MAX)
+            .begin(name, Some("wf".into()), None, Duration::MAX)
             .await
             .unwrap();
         let data = chunks(n, 256 * KIB);

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::relay;
+use crate::agent::control::peers::protocol::LinkStart;
 use crate::agent::datapath::{Datapath, SpliceHandle};
 
 /// How long the agent waits for a function's data connection after pairing.
@@ -76,15 +77,18 @@ pub async fn producer_side(
 }
 
 impl ProducerSide {
-    /// Accepts the producer's data connection and starts the link (`live`:
-    /// never stored by the consumer's agent).
-    pub async fn accept(self, link: &mut TcpStream, live: bool) -> Result<TcpStream, String> {
+    /// Accepts the producer's data connection and starts the link.
+    pub async fn accept(
+        self,
+        link: &mut TcpStream,
+        start: &LinkStart,
+    ) -> Result<TcpStream, String> {
         let (data, _) = timeout(DATA_CONNECT_TIMEOUT, self.listener.accept())
             .await
             .map_err(|_| "the producer did not connect".to_owned())?
             .map_err(|e| e.to_string())?;
         data.set_nodelay(true).ok();
-        relay::start(link, live).await.map_err(|e| e.to_string())?;
+        relay::start(link, start).await.map_err(|e| e.to_string())?;
         Ok(data)
     }
 }

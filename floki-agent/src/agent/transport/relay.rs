@@ -22,6 +22,8 @@ use nix::{
 };
 use tokio::{io::Interest, net::TcpStream, sync::oneshot};
 
+use crate::agent::control::peers::protocol::LinkStart;
+
 /// Most bytes moved per `splice` call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
 /// Buffer of the reverse direction, which carries only frame headers.
@@ -155,34 +157,34 @@ fn shutdown_write(stream: &TcpStream) {
     let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
-/// Sends the byte that starts a prepared stream connection; `live`: the
-/// producer waits for its consumer (the other agent must not store it).
-/// The link may be shared with a function, whose client may have made it
-/// blocking (the flag belongs to the open file, not to a descriptor): so
-/// the write says `MSG_DONTWAIT` itself.
-pub async fn start(stream: &TcpStream, live: bool) -> io::Result<()> {
+/// Sends what starts a prepared stream connection (a few bytes, in one
+/// write: nothing else is in the link's buffer then). The link may be
+/// shared with a function, whose client may have made it blocking (the
+/// flag belongs to the open file, not to a descriptor): so the write says
+/// `MSG_DONTWAIT` itself.
+pub async fn start(stream: &TcpStream, start: &LinkStart) -> io::Result<()> {
+    let bytes = start.bytes();
     let sent = stream
-        .async_io(Interest::WRITABLE, || send_start(stream, live))
+        .async_io(Interest::WRITABLE, || send_start(stream, &bytes))
         .await?;
-    started(sent)
+    started(sent, &bytes)
 }
 
 /// [`start`] for a link parked out of the reactor (a link a function kept
 /// for the stream's next use): a link between two streams has nothing
-/// left to send, so the byte goes out at once, and a link that cannot take
-/// it now is not sound.
-pub fn start_parked(link: &std::net::TcpStream, live: bool) -> io::Result<()> {
-    started(send_start(link, live)?)
+/// left to send, so the start goes out at once, and a link that cannot
+/// take it now is not sound.
+pub fn start_parked(link: &std::net::TcpStream, start: &LinkStart) -> io::Result<()> {
+    let bytes = start.bytes();
+    started(send_start(link, &bytes)?, &bytes)
 }
 
-fn send_start(link: &impl std::os::fd::AsFd, live: bool) -> io::Result<usize> {
-    use crate::agent::control::peers::protocol::{START, START_LIVE};
-    let byte = [if live { START_LIVE } else { START }];
-    socket2::SockRef::from(link).send_with_flags(&byte, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+fn send_start(link: &impl std::os::fd::AsFd, bytes: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(link).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
-fn started(sent: usize) -> io::Result<()> {
-    if sent == 1 {
+fn started(sent: usize, bytes: &[u8]) -> io::Result<()> {
+    if sent == bytes.len() {
         Ok(())
     } else {
         Err(io::ErrorKind::WriteZero.into())
