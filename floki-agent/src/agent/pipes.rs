@@ -325,6 +325,12 @@ impl BridgeThread {
             }
             moved += n as u64;
         };
+        // Closed before the verdicts are waited for: the FIFO's reader (this
+        // bridge) must be gone by the time the consumer sees the end, or the
+        // producer's next open (which may follow at once) would meet this
+        // old reader, and its stream (an empty one: open, then close) would
+        // be lost before the next reader comes.
+        drop(input);
         let verdict = match result {
             Ok(()) => {
                 let mut failures = Vec::new();
