@@ -125,10 +125,9 @@ pub struct ChannelOptions {
     /// Plain channels: a secret both ends present; the agent pairs this end
     /// only with one that presented the same (docs/SECURITY.md).
     pub secret: Option<String>,
-    /// The run this function belongs to (an
-    /// orchestrator's execution id). A consumer is then served only a
-    /// stored stream of its own run, and its producer's stored stream
-    /// keeps it (docs/WORKFLOWS.md, "Runs").
+    /// The run this function belongs to (an orchestrator's execution id).
+    /// A consumer is then served only a stored stream of its own run, and
+    /// its producer's stored stream keeps it (docs/WORKFLOWS.md, "Runs").
     pub run: Option<String>,
 }
 

@@ -193,11 +193,11 @@ pub struct Hello {
     /// (`"socket":"kept_link"`) if it is the same stream's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept_link: bool,
-    /// The run this end belongs to (an orchestrator's
-    /// execution id: Argo's workflow uid, a Step Functions execution). A
-    /// stream its producer has stored keeps it, and a consumer is served
-    /// only a stored stream of its own run; its retry still is. Without
-    /// it, a consumer is served whatever stream is stored.
+    /// The run this end belongs to (an orchestrator's execution id: Argo's
+    /// workflow uid, a Step Functions execution). A stream its producer has
+    /// stored keeps it, and a consumer is served only a stored stream of
+    /// its own run (its retry still is). Without it, a consumer is served
+    /// whatever stream is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
 }
