@@ -13,7 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd as _},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -637,8 +637,9 @@ async fn read_exact(conn: &TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
     while filled < buf.len() {
         let n = conn
             .async_io(tokio::io::Interest::READABLE, || {
-                socket2::SockRef::from(conn)
-                    .recv_with_flags(as_uninit(&mut buf[filled..]), libc::MSG_DONTWAIT)
+                let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+                nix::sys::socket::recv(conn.as_raw_fd(), &mut buf[filled..], flags)
+                    .map_err(std::io::Error::from)
             })
             .await?;
         if n == 0 {
@@ -647,13 +648,6 @@ async fn read_exact(conn: &TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
         filled += n;
     }
     Ok(true)
-}
-
-/// `buf` as the kernel's target of a read.
-fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
-    // SAFETY: initialized bytes are valid `MaybeUninit<u8>`s of the same
-    // layout, and a read only ever writes initialized bytes into them.
-    unsafe { &mut *(std::ptr::from_mut(buf) as *mut [std::mem::MaybeUninit<u8>]) }
 }
 
 #[cfg(test)]
