@@ -336,13 +336,20 @@ fn live_streams_bypass_the_store_and_stored_ones_replay_until_retention_ends() {
     );
 }
 
+/// Inputs of `bytes` each for a producer's two runs, different bytes:
+/// `first.bin` and `second.bin` in `dir`.
+fn two_runs_inputs(dir: &Path, bytes: u64) -> (PathBuf, PathBuf) {
+    let (first, second) = (dir.join("first.bin"), dir.join("second.bin"));
+    std::fs::write(&first, floki_tests::pattern(bytes as usize, 1)).unwrap();
+    std::fs::write(&second, floki_tests::pattern(bytes as usize, 2)).unwrap();
+    (first, second)
+}
+
 #[test]
 fn a_consumer_reading_a_stream_its_producer_replaces_is_told_so_not_given_a_short_one() {
     let node = TestNode::start("store-replaced", AgentOptions::default());
     let dir = node.agent.dir().to_owned();
-    let (first, second) = (dir.join("first.bin"), dir.join("second.bin"));
-    std::fs::write(&first, floki_tests::pattern(32 * MIB as usize, 1)).unwrap();
-    std::fs::write(&second, floki_tests::pattern(32 * MIB as usize, 2)).unwrap();
+    let (first, second) = two_runs_inputs(&dir, 32 * MIB);
     assert_success(
         &run_within(node.local_cli("send", "rerun").arg(&first), LIMIT),
         "first run's producer",
@@ -378,9 +385,7 @@ fn a_consumer_reading_a_stream_its_producer_replaces_is_told_so_not_given_a_shor
 fn a_consumer_reads_only_a_stream_stored_in_its_own_run() {
     let node = TestNode::start("store-runs", AgentOptions::default());
     let dir = node.agent.dir().to_owned();
-    let (first, second) = (dir.join("first.bin"), dir.join("second.bin"));
-    std::fs::write(&first, floki_tests::pattern(4 * MIB as usize, 1)).unwrap();
-    std::fs::write(&second, floki_tests::pattern(4 * MIB as usize, 2)).unwrap();
+    let (first, second) = two_runs_inputs(&dir, 4 * MIB);
 
     // Run 1's producer, no consumer yet: its stream is stored with its run.
     let send = run_within(

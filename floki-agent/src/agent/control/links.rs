@@ -685,11 +685,7 @@ mod tests {
     /// A started link, as the producer's agent would open it: its `n`th
     /// start.
     async fn start(links: &PreparedLinks, live: bool, n: u64) -> TcpStream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let producer_side = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (conn, _) = listener.accept().await.unwrap();
+        let (producer_side, conn) = link().await;
         let prepared = Prepared {
             conn,
             key: [7; KEY_LEN],
@@ -747,12 +743,8 @@ mod tests {
     /// A connected pair: (what the producer's agent writes into, what the
     /// consumer's agent reads).
     async fn link() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let producer_side = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (consumer_side, _) = listener.accept().await.unwrap();
-        (producer_side, consumer_side)
+        let (accepted, connected) = crate::agent::transport::relay::tests::pair().await;
+        (connected, accepted)
     }
 
     #[tokio::test]

@@ -192,7 +192,7 @@ fn started(sent: usize, bytes: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -201,8 +201,9 @@ mod tests {
         net::TcpListener,
     };
 
-    /// A connected pair: (the relay's side, the far end).
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected pair: (the relay's side, the far end); the accepting
+    /// and the connecting side of any TCP connection a test needs.
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let far = TcpStream::connect(listener.local_addr().unwrap())
             .await
