@@ -111,9 +111,9 @@ pub(crate) struct Opened {
 
 /// A connection to the agent for a new end of `opts.channel`: one this
 /// process kept after an earlier end (see [`crate::idle`]), else a new one.
-/// `keeps`: the end can take up a kept ring or link (the blocking client);
-/// without it, another stream's kept ring or link is never given up for
-/// this connection.
+/// `keeps`: the end can take up a kept ring or link, and keeps its own
+/// (a function's end, not the agent's store's); without it, another
+/// stream's kept ring or link is never given up for this connection.
 pub(crate) async fn open(opts: &ChannelOptions, keeps: bool) -> Result<Opened, ClientError> {
     if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), keeps)
         && let Ok(stream) = attach(kept.control)

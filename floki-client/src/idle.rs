@@ -2,9 +2,10 @@
 //! `again` takes the end's next hello on the same connection after its
 //! `done`: a function that opens one stream after another (a warm function,
 //! or one with several peers) spares a connect, an accept and a close on
-//! both sides per stream. Only a blocking end whose stream succeeded and
-//! whose final report went out whole on the caller's thread puts its
-//! connection here, with its ring if the stream went over one (the agent
+//! both sides per stream. An end whose stream succeeded and whose final
+//! report went out whole (a blocking end's on the caller's thread, an async
+//! end's from its task by the time `finish` returns) puts its connection
+//! here, with its ring if the stream went over one (the agent
 //! pairs the next stream between the same two connections over it again:
 //! no memory file, socket pair, mapping or fresh pages). The next end to
 //! the same agent in this process takes it, the connection of the same
@@ -96,6 +97,16 @@ fn pool() -> Option<MutexGuard<'static, Pool>> {
 
 /// Attempts at the pool's lock, held for a few list operations at a time.
 const LOCK_TRIES: usize = 1000;
+
+/// Closes every connection this process keeps to agents between channels,
+/// with the rings and links kept with them: the next channel opens a new
+/// connection. For a process about to be frozen or to fork, or one that
+/// counts its agent's descriptors and memory.
+pub fn close_kept_connections() {
+    if let Some(mut pool) = pool() {
+        pool.idle.clear();
+    }
+}
 
 /// Keeps `kept` (to `agent`, its end of `stream` finished) for the next
 /// channel.

@@ -48,6 +48,7 @@ use std::{net::SocketAddr, time::Duration};
 
 pub use error::{ClientError, StreamError, error_chain};
 pub use floki_proto::control::{Pattern, Role, StreamRef, Transport};
+pub use idle::close_kept_connections;
 pub use receiver::Receiver;
 pub use sender::Sender;
 

@@ -135,7 +135,36 @@ impl Receiver {
         let (received, checksum) = self.path.progress();
         let result = self.end.received(received, checksum, self.ended);
         self.end.reporter.flushed().await;
+        if result.is_ok() {
+            self.keep_for_next();
+        }
         result.map_err(|source| self.end.error(source))
+    }
+
+    /// After a verified stream: over a ring, the ring stays with the kept
+    /// connection, for the next stream from this sender; over the agents'
+    /// link, the link, for this stream's next use (the ack went out whole
+    /// and nothing of the sender's is left unread).
+    fn keep_for_next(&mut self) {
+        match &mut self.path {
+            Path::Ring(ring) => {
+                if let Some(kept) = ring.keep() {
+                    self.end.reporter.keep_ring(kept);
+                }
+            }
+            Path::Socket(socket) => {
+                let link = std::os::fd::AsFd::as_fd(&socket.stream);
+                if socket.link
+                    && socket.staged.is_empty()
+                    && socket.inbound.outgoing().is_empty()
+                    && floki_proto::handoff::link_established(link)
+                    // The receiver's own descriptor closes with it.
+                    && let Ok(link) = link.try_clone_to_owned()
+                {
+                    self.end.reporter.keep_link(link.into());
+                }
+            }
+        }
     }
 
     /// Sends the held ack of the verified end mark, then closes.

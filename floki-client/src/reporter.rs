@@ -2,7 +2,9 @@
 //! without ever holding the data path up: if the agent is gone the reports
 //! are dropped and the stream carries on.
 //!
-//! An async end reports from a task on its own runtime. A blocking end's
+//! An async end reports from a task on its own runtime; once its final
+//! report is written, a connection the agent takes another hello on is
+//! kept for the process's next channel ([`crate::idle`]). A blocking end's
 //! task, on the background runtime, starts only once a report is due that
 //! the caller's thread cannot write itself: the first progress report (after
 //! [`PROGRESS_EVERY`]), a final report the connection does not take at once,
@@ -65,7 +67,8 @@ pub(crate) struct Reporter {
     outcome: Option<oneshot::Sender<Outcome>>,
     task: Task,
     /// Whom to keep the connection for (see [`crate::idle`]) once the
-    /// final report went out whole from the caller's thread.
+    /// final report of a successful end went out whole: from the caller's
+    /// thread (a blocking end) or from the task (an async one).
     keep_for: Option<Keep>,
     /// The connection, kept from then on until this handle is dropped
     /// (with the end's ring, if it gives it: [`Reporter::keep_ring`]).
@@ -80,7 +83,8 @@ pub(crate) struct Keep {
 
 /// The reporting task, if it runs.
 enum Task {
-    Running(JoinHandle<()>),
+    /// Returns whether it left the connection open to be kept.
+    Running(JoinHandle<bool>),
     /// A blocking end's, not started until a report is due (see the module
     /// doc).
     Deferred(Box<Deferred>),
@@ -98,11 +102,16 @@ struct Deferred {
 }
 
 impl Reporter {
-    /// Starts reporting on `control`.
-    pub fn spawn(control: ControlStream) -> Self {
-        Self::start(|progress, shared, outcome| {
-            tokio::spawn(report(control, progress, shared, outcome))
-        })
+    /// Starts reporting on `control`, for an async end. `keep_for`: the
+    /// agent takes another hello on this connection after the final report;
+    /// a successful end keeps it for the next channel to that agent.
+    pub fn spawn(control: ControlStream, keep_for: Option<Keep>) -> Self {
+        let keeps = keep_for.is_some();
+        let mut reporter = Self::start(|progress, shared, outcome| {
+            tokio::spawn(report(control, progress, shared, outcome, keeps))
+        });
+        reporter.keep_for = keep_for;
+        reporter
     }
 
     /// Reports on `control` from `runtime` (which need not be the one
@@ -150,16 +159,18 @@ impl Reporter {
         let (progress, shared) = (self.progress.clone(), self.shared.clone());
         self.task = Task::Running(runtime.spawn(async move {
             // Fails only if the kernel refuses an epoll registration; the
-            // reports are then lost, never the stream.
-            if let Ok(control) = crate::control::attach(control) {
-                report(control, progress, shared, outcome).await;
+            // reports are then lost, never the stream. A blocking end keeps
+            // its connection only when it wrote the final report itself.
+            match crate::control::attach(control) {
+                Ok(control) => report(control, progress, shared, outcome, false).await,
+                Err(_) => false,
             }
         }));
     }
 
     /// The handle around the reporting task `spawn` starts.
     fn start(
-        spawn: impl FnOnce(Arc<AtomicU64>, Arc<Shared>, oneshot::Receiver<Outcome>) -> JoinHandle<()>,
+        spawn: impl FnOnce(Arc<AtomicU64>, Arc<Shared>, oneshot::Receiver<Outcome>) -> JoinHandle<bool>,
     ) -> Self {
         let progress = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared::default());
@@ -273,23 +284,50 @@ impl Reporter {
     }
 
     /// Waits (briefly) until the final report was written. A deferred task
-    /// that never started has written nothing, and stays.
+    /// that never started has written nothing, and stays. An async end's
+    /// task that left its connection open for the next channel hands it
+    /// over here: the end keeps it ([`Reporter::keep_ring`] adds its ring).
     pub async fn flushed(&mut self) {
         match std::mem::replace(&mut self.task, Task::None) {
             Task::Running(task) => {
-                let _ = tokio::time::timeout(FLUSH_LIMIT, task).await;
+                let kept_open =
+                    matches!(tokio::time::timeout(FLUSH_LIMIT, task).await, Ok(Ok(true)));
+                if kept_open && self.keep_for.is_some() {
+                    self.keep_connection();
+                }
             }
             other => self.task = other,
         }
     }
+
+    /// Takes the connection the finished task left open, off its runtime,
+    /// to keep. The task is over, so this handle holds the only reference
+    /// to what they shared; if not, the connection closes with it.
+    fn keep_connection(&mut self) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared)
+            && let Some(control) = shared.control.take()
+            && let Ok(control) = crate::control::detach(control)
+        {
+            self.kept = Some(crate::idle::Kept {
+                control,
+                ring: None,
+                link: None,
+            });
+        }
+    }
 }
 
+/// Reports until the end's outcome, then writes the final report. `keeps`:
+/// a successful final report leaves the connection open (the agent takes
+/// another hello on it) and returns `true`; otherwise the connection is
+/// shut down for writing.
 async fn report(
     control: ControlStream,
     progress: Arc<AtomicU64>,
     shared: Arc<Shared>,
     mut outcome: oneshot::Receiver<Outcome>,
-) {
+    keeps: bool,
+) -> bool {
     let control = shared.control.get_or_init(|| control);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -315,7 +353,7 @@ async fn report(
         }
     };
     if agent_gone {
-        return;
+        return false;
     }
     let report = match outcome {
         Ok(Outcome::Report { ok, error }) => ClientReport::Done {
@@ -327,7 +365,7 @@ async fn report(
             if !rest.is_empty() && write_all(control, &rest).await.is_ok() {
                 let _ = shutdown_write(control);
             }
-            return;
+            return false;
         }
         Err(_) => ClientReport::Done {
             ok: false,
@@ -335,9 +373,15 @@ async fn report(
             error: Some("the client dropped the channel before the end of the stream".into()),
         },
     };
-    if write_report(control, &report).await.is_ok() {
-        let _ = shutdown_write(control);
+    let succeeded = matches!(report, ClientReport::Done { ok: true, .. });
+    if write_report(control, &report).await.is_err() {
+        return false;
     }
+    if keeps && succeeded {
+        return true;
+    }
+    let _ = shutdown_write(control);
+    false
 }
 
 impl Reporter {
@@ -563,7 +607,7 @@ mod tests {
         let (ours, agent) = connection(&runtime);
         let mut reporter = {
             let _entered = runtime.enter();
-            Reporter::spawn(Either::Right(ours))
+            Reporter::spawn(Either::Right(ours), None)
         };
         reporter.finish(5, None);
         runtime.block_on(reporter.flushed());

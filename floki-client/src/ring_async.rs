@@ -9,7 +9,7 @@
 use std::task::{Context, Poll, ready};
 
 use floki_proto::{
-    ring::{Awaited, HubSlot, RingReader, RingWriter},
+    ring::{Awaited, HubSlot, KeptRing, RingReader, RingWriter},
     stream::StreamError,
 };
 
@@ -87,6 +87,14 @@ impl AsyncRingWriter {
     ) -> Poll<Result<(), StreamError>> {
         self.ring.waiter().poll(awaited, &mut self.slot, cx)
     }
+
+    /// The ring, to keep after a verified stream ([`RingWriter::keep`]):
+    /// its wait leaves the hub first. `None` while the hub still holds it.
+    pub fn keep(self) -> Option<KeptRing> {
+        let Self { ring, slot, .. } = self;
+        drop(slot);
+        ring.keep()
+    }
 }
 
 /// A receiver's ring, async.
@@ -101,6 +109,13 @@ impl AsyncRingReader {
             ring,
             slot: HubSlot::default(),
         }
+    }
+
+    /// The ring, to keep after a verified stream ([`RingReader::keep`]):
+    /// its wait leaves the hub first. `None` while the hub still holds it.
+    pub fn keep(&mut self) -> Option<KeptRing> {
+        self.slot = HubSlot::default();
+        self.ring.keep()
     }
 
     /// Copies the next bytes into `buf`; 0 once the stream ended verified.

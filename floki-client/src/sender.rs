@@ -71,7 +71,7 @@ impl Sender {
     /// Opens `opts.channel` as its sender and returns once the agent has
     /// accepted it; the stream is set up in the background.
     pub async fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        let accepted = setup::sender_hello(opts, false).await?;
+        let accepted = setup::sender_hello(opts).await?;
         let channel_id = accepted.channel_id;
         let (pending, nudged) = Pending::new(accepted.window.unwrap_or(0));
         let task_opts = opts.clone();
@@ -137,6 +137,9 @@ impl Sender {
                 })?;
                 let mut summary = open.end.summary(sent, open.path.checksum());
                 summary.stored |= open.path.stored();
+                if let Opening::Open(open) = self.opening {
+                    open.keep_for_next();
+                }
                 Ok(summary)
             }
             None => Err(self.opening.take_failure().unwrap_or_else(|| {
@@ -252,6 +255,32 @@ impl Open {
             path,
             finished: false,
         })
+    }
+
+    /// After a verified stream: over a ring, the ring stays with the kept
+    /// connection, for the next stream with this receiver; over the agents'
+    /// link, the link, for this stream's next use. Both go with the
+    /// connection when the end is dropped (`crate::idle`).
+    fn keep_for_next(self) {
+        let Self { mut end, path, .. } = self;
+        match path {
+            Path::Ring(ring) => {
+                if let Some(kept) = ring.keep() {
+                    end.reporter.keep_ring(kept);
+                }
+            }
+            Path::Socket(socket) => {
+                if socket.link
+                    && socket.outbound.settled()
+                    && floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(
+                        &socket.stream,
+                    ))
+                    && let Ok(link) = socket.stream.into_std()
+                {
+                    end.reporter.keep_link(link);
+                }
+            }
+        }
     }
 
     /// Sends at least one byte of `src` (`src` not empty).

@@ -249,7 +249,7 @@ pub mod blocking {
         expect_role(opts, &info, Role::Send)?;
         let streams: Vec<_> = info.peers.iter().map(|peer| opts.stream(peer)).collect();
         let accepted = together(opts, &streams, |stream| async move {
-            setup::sender_hello(&stream, true).await
+            setup::sender_hello(&stream).await
         })?;
         let senders = info
             .peers

@@ -8,7 +8,7 @@
 //! connection. Across nodes the two functions keep the agents' link of
 //! their stream: the stream's next use goes over it again, and a function
 //! that did not keep it (a new process) is handed the link that was
-//! started.
+//! started. The tokio client keeps them as the blocking one does.
 
 use std::{
     io::{Read as _, Write as _},
@@ -145,6 +145,71 @@ fn a_stream_again_between_the_same_ends_goes_over_the_ring_they_kept() {
             !kept,
             "stream {i}: {reason}"
         );
+    }
+}
+
+#[test]
+fn a_tokio_functions_streams_one_after_another_keep_their_connections_and_ring() {
+    let (node, metrics) = node_with_metrics("kept-async");
+    let agent = format!("unix:{}", node.agent.socket.display());
+    // Sizes from 1 byte to 20 MiB, in a ring of 8 MiB.
+    let size = |i: usize| [1, 20 << 20, 64 << 10, 3 << 20][i % 4] + i;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let got = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let receiving = tokio::spawn({
+            let opts = ChannelOptions::new(&agent, "again-async");
+            async move {
+                let mut got = Vec::new();
+                for _ in 0..STREAMS {
+                    let mut rx = floki_client::Receiver::connect(&opts)
+                        .await
+                        .expect("receiver");
+                    let mut bytes = Vec::new();
+                    rx.read_to_end(&mut bytes).await.expect("a verified stream");
+                    rx.finish().await.expect("verified");
+                    got.push(bytes);
+                }
+                got
+            }
+        });
+        for i in 0..STREAMS {
+            let mut opts = ChannelOptions::new(&agent, "again-async");
+            opts.live = true;
+            let mut tx = floki_client::Sender::open(&opts).await.expect("sender");
+            tx.write_all(&pattern(size(i), i as u64))
+                .await
+                .expect("write");
+            tx.finish().await.expect("the receiver verified the stream");
+        }
+        receiving.await.expect("the receiving task")
+    });
+    for (i, bytes) in got.iter().enumerate() {
+        assert!(
+            *bytes == pattern(size(i), i as u64),
+            "stream {i} arrived changed ({} bytes)",
+            bytes.len()
+        );
+    }
+
+    let (_, body) = get(&metrics, "/metrics");
+    let requests = sample(&body, "floki_client_requests_total");
+    let connections = sample(&body, "floki_client_connections_total");
+    assert_eq!(requests, (2 * STREAMS) as f64, "{body}");
+    assert!(
+        connections <= STREAMS as f64,
+        "{connections} connections for {requests} requests"
+    );
+    let streams = finished_in_order(&node.agent, "again-async", STREAMS);
+    for (i, stream) in streams.iter().enumerate() {
+        assert_eq!(stream["transport"], "shm", "{stream:#}");
+        let reason = stream["reason"].as_str().expect("reason");
+        let kept = reason.contains("kept from their last channel");
+        assert_eq!(kept, i > 0, "stream {i}: {reason}");
     }
 }
 
@@ -385,6 +450,71 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
         [false, true, false, false, false, true],
         "consumer's node"
     );
+}
+
+#[test]
+fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let unix = |node: &ClusterNode| format!("unix:{}", node.agent.socket.display());
+    let mut producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p");
+    producer.live = true;
+    let producer = producer.stream("q");
+    let consumer = EdgeOptions::new(unix(b), "wf", &token, "e", "q").stream("p");
+    const AGAIN: usize = 4;
+    // From 1 byte to 3 MiB in a window of 1 MiB.
+    let size = |i: usize| [1, 3 << 20, 64 << 10][i % 3] + i;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for i in 0..AGAIN {
+            let consuming = tokio::spawn({
+                let opts = consumer.clone();
+                async move {
+                    let mut rx = floki_client::Receiver::connect(&opts)
+                        .await
+                        .expect("receiver");
+                    let mut got = Vec::new();
+                    rx.read_to_end(&mut got).await.expect("a verified stream");
+                    rx.finish().await.expect("verified");
+                    got
+                }
+            });
+            let mut tx = floki_client::Sender::open(&producer).await.expect("sender");
+            tx.write_all(&pattern(size(i), i as u64))
+                .await
+                .expect("write");
+            tx.finish().await.expect("the consumer verified the stream");
+            let got = consuming.await.expect("the consumer");
+            assert!(
+                got == pattern(size(i), i as u64),
+                "stream {i} arrived changed: {} bytes of {}",
+                got.len(),
+                size(i)
+            );
+        }
+    });
+    // Every stream after the first went over the link both functions kept.
+    for node in [a, b] {
+        let kept: Vec<bool> = finished_in_order(&node.agent, "wf/e/p>q", AGAIN)
+            .iter()
+            .map(|c| {
+                let note = c["note"].as_str().expect("note");
+                note.contains("kept the agents' link")
+            })
+            .collect();
+        assert_eq!(kept, [false, true, true, true], "{}", node.name);
+    }
 }
 
 /// Who runs an end of a stream across nodes.

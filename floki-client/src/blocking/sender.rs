@@ -70,7 +70,7 @@ impl Sender {
     /// this thread, when its receiver was there first and they share a
     /// ring).
     pub fn open(opts: &ChannelOptions) -> Result<Self, ClientError> {
-        Self::accepted(opts, on_this_thread(setup::sender_hello(opts, true))?)
+        Self::accepted(opts, on_this_thread(setup::sender_hello(opts))?)
     }
 
     /// The sender of `opts.channel` whose pairing (over a ring or the

@@ -38,7 +38,7 @@ pub(crate) struct Established {
     pub credit: u64,
     /// The data connection is the agents' link of a stream across nodes
     /// (the agent said `link`), which may carry the stream's next use: no
-    /// end shuts it down, and a blocking end keeps it with its connection
+    /// end shuts it down, and an end keeps it with its connection
     /// after a verified stream.
     pub link: bool,
 }
@@ -91,14 +91,15 @@ impl Established {
         reports_on: Option<&Handle>,
     ) -> Self {
         // Kept for the next channel once this end finished, if the agent
-        // takes another hello on it.
-        let keep = pairing.again.then(|| crate::reporter::Keep {
+        // takes another hello on it. Not the agent's own store ends: the
+        // rings they would keep are the functions' to use.
+        let keep = (pairing.again && !opts.store).then(|| crate::reporter::Keep {
             agent: opts.agent.clone(),
             stream: crate::idle::stream_of(opts),
         });
         let reporter = match reports_on {
             Some(runtime) => Reporter::deferred_on(runtime, pairing.control, keep),
-            None => Reporter::spawn(pairing.control),
+            None => Reporter::spawn(pairing.control, keep),
         };
         let mut end = EndState::new(
             opts.channel.clone(),
@@ -118,14 +119,15 @@ impl Established {
 }
 
 /// Says hello as the sender of `opts.channel`; the agent's acceptance says
-/// how much may be buffered until the stream is established. `keeps`: the
-/// end can take up a ring or link kept from an earlier channel (a blocking
-/// end).
-pub(crate) async fn sender_hello(
-    opts: &ChannelOptions,
-    keeps: bool,
-) -> Result<Accepted, ClientError> {
-    control::hello(control::open(opts, keeps).await?, opts, Role::Send, None).await
+/// how much may be buffered until the stream is established.
+pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, ClientError> {
+    control::hello(
+        control::open(opts, !opts.store).await?,
+        opts,
+        Role::Send,
+        None,
+    )
+    .await
 }
 
 /// Establishes an accepted sender's stream: pairing, the receiver's first
@@ -225,7 +227,7 @@ pub(crate) async fn receiver(
     opts: &ChannelOptions,
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
-    let control = control::open(opts, reports_on.is_some()).await?;
+    let control = control::open(opts, !opts.store).await?;
     let own = bind_listener(&control.stream, opts).await?;
     let listen = match &own {
         Some(listener) => Some(listener.local_addr().map_err(|source| ClientError::Io {
