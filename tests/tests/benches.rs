@@ -96,13 +96,18 @@ fn many_channels_are_all_verified_and_leave_nothing_behind() {
         "300",
         "--sequential-spliced",
         "300",
+        "--sequential-same",
+        "300",
     ]);
     for path in ["splice", "shm"] {
         assert!(
             table.contains(&format!("| {path} | 300 | 300 of 300 |")),
             "{table}"
         );
-        // Descriptors and kernel map entries come back to where they were.
+    }
+    // Descriptors and kernel map entries come back to where they were,
+    // after channels of their own and after one channel again and again.
+    for path in ["splice", "shm", "shm on one channel"] {
         let line = table
             .lines()
             .find(|line| line.starts_with(&format!("| 300 over {path} |")))

@@ -6,9 +6,10 @@
 //!   once, and the agent's RSS and descriptors, the node's shared memory and
 //!   the kernel maps' entries are sampled. Then all finish, each verified. Set-up is a sender's open to the first
 //!   byte its receiver read. Waves of 1,000 and 10,000.
-//! * **Sequential**: channels one after another; the agent's RSS and
-//!   descriptors and the kernel maps' entries before and after (a leak
-//!   shows as what does not come back).
+//! * **Sequential**: channels one after another, each of its own, then
+//!   one channel again and again (over the connections and the ring its
+//!   ends kept); the agent's RSS and descriptors and the kernel maps'
+//!   entries before and after (a leak shows as what does not come back).
 
 use std::{
     path::Path,
@@ -44,6 +45,11 @@ pub struct Options {
     /// the agent.
     #[arg(long, default_value_t = 5_000)]
     pub sequential_spliced: usize,
+    /// Channels one after another over rings on one channel name, last: a
+    /// warm function's stream again, over the connections and the ring its
+    /// two ends kept.
+    #[arg(long, default_value_t = 10_000)]
+    pub sequential_same: usize,
     /// Print only; leave docs/BENCHMARKS.md alone.
     #[arg(long)]
     pub no_write: bool,
@@ -313,12 +319,18 @@ async fn one_setup(agent: &str, name: &str) -> anyhow::Result<f64> {
     Ok(first.saturating_duration_since(opened).as_secs_f64() * 1e6)
 }
 
-/// `n` channels one after another, `prefix-i` each.
-async fn sequential(agent: &str, prefix: &str, n: usize) -> anyhow::Result<f64> {
+/// `n` channels one after another, `prefix-i` each, or all on channel
+/// `prefix` if `same`.
+async fn sequential(agent: &str, prefix: &str, n: usize, same: bool) -> anyhow::Result<f64> {
     let data = floki_tests::pattern(STREAM, 5);
     let started = Instant::now();
     for i in 0..n {
-        let mut opts = ChannelOptions::new(agent, format!("{prefix}-{i}"));
+        let name = if same {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}-{i}")
+        };
+        let mut opts = ChannelOptions::new(agent, name);
         opts.live = true;
         let rx_opts = opts.clone();
         let receiver = tokio::spawn(async move {
@@ -422,23 +434,31 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     // Spliced channels one after another first, before the waves' TCP
     // connections fill TIME_WAIT (see `--sequential-spliced`).
     let mut leaks = Vec::new();
-    let mut in_a_row = |path: Route, n: usize| -> anyhow::Result<()> {
-        eprintln!(
-            "xtask: bench channels, {n} one after another over {}",
-            path.label()
-        );
+    let mut in_a_row = |path: Route, n: usize, same: bool| -> anyhow::Result<()> {
+        let what = if same {
+            format!("{} on one channel", path.label())
+        } else {
+            path.label().to_owned()
+        };
+        eprintln!("xtask: bench channels, {n} one after another over {what}");
+        // The driver keeps its last connections (and their rings) for its
+        // next channels, as a function does: closed before each sample,
+        // so that the counts are the agent's own.
+        floki_client::close_kept_connections();
         std::thread::sleep(Duration::from_secs(2));
         let before = sample();
         let seconds = runtime.block_on(sequential(
             &path.addr(&lab),
             &format!("seq-{}", path.label()),
             n,
+            same,
         ))?;
+        floki_client::close_kept_connections();
         std::thread::sleep(Duration::from_secs(2));
-        leaks.push((path, n, seconds, before, sample()));
+        leaks.push((what, n, seconds, before, sample()));
         Ok(())
     };
-    in_a_row(Route::Splice, opts.sequential_spliced)?;
+    in_a_row(Route::Splice, opts.sequential_spliced, false)?;
     let mut waves = Vec::new();
     for path in [Route::Splice, Route::Shm] {
         let agent = path.addr(&lab);
@@ -452,6 +472,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 vec![largest]
             };
             for n in sizes {
+                floki_client::close_kept_connections();
                 eprintln!("xtask: bench channels, {n} at once over {}", path.label());
                 let prefix = format!("wave{n}-{}", path.label());
                 waves.push(wave(path, &agent, &prefix, n, sample).await?);
@@ -459,7 +480,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             anyhow::Ok(())
         })?;
     }
-    in_a_row(Route::Shm, opts.sequential)?;
+    in_a_row(Route::Shm, opts.sequential, false)?;
+    in_a_row(Route::Shm, opts.sequential_same, true)?;
 
     let mut table = String::from(
         "| path | channels open at once | all verified | wall time | set-up p50, all opened at once | set-up p99, all opened at once | set-up p50, one more | set-up p99, one more | agent RSS | agent descriptors | node shared memory added | kernel map entries |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -498,10 +520,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     );
     let mut json_leaks = Vec::new();
     let mut leak_floors = String::new();
-    for (path, n, seconds, before, after) in &leaks {
+    for (what, n, seconds, before, after) in &leaks {
         leak.push_str(&format!(
-            "| {n} over {} | {seconds:.1} s | {:.1} → {:.1} MiB | {} → {} | {} → {} | {:.1} → {:.1} MiB |\n",
-            path.label(),
+            "| {n} over {what} | {seconds:.1} s | {:.1} → {:.1} MiB | {} → {} | {} → {} | {:.1} → {:.1} MiB |\n",
             mib(before.rss_kib),
             mib(after.rss_kib),
             before.fds,
@@ -512,15 +533,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             mib(after.shmem_kib),
         ));
         leak_floors.push_str(&format!(
-            "- no leak after {n} channels one after another over {} (issue 16): descriptors {} to {}, map entries {} to {}, {}\n",
-            path.label(),
+            "- no leak after {n} channels one after another over {what} (issue 16): descriptors {} to {}, map entries {} to {}, {}\n",
             before.fds,
             after.fds,
             before.map_entries,
             after.map_entries,
             if after.fds <= before.fds && after.map_entries <= before.map_entries { "met" } else { "NOT met" },
         ));
-        json_leaks.push(json!({"path": path.label(), "channels": n, "seconds": seconds,
+        json_leaks.push(json!({"path": what, "channels": n, "seconds": seconds,
             "before": {"rss_kib": before.rss_kib, "fds": before.fds, "map_entries": before.map_entries, "shmem_kib": before.shmem_kib},
             "after": {"rss_kib": after.rss_kib, "fds": after.fds, "map_entries": after.map_entries, "shmem_kib": after.shmem_kib}}));
     }
@@ -574,7 +594,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              entries count the agent's endpoint, channel and socket maps. Then channels one \
              after another, 64 KiB each: spliced ones first (their TCP connections' TIME_WAIT \
              fills the port range, so a longer row would measure the kernel's port search), \
-             rings last.\n\n\
+             rings last, each on a channel of its own; then rings on one channel, again and \
+             again (a warm function's stream: its two ends keep their connections to the \
+             agent and their ring). The driver keeps its last connections for its next \
+             channels, as any process with the client does: it closes them before each \
+             sample, so that the counts are the agent's.\n\n\
              {}{table}\n{leak}\n\
              Floors:\n{floors}",
             report::today(),
