@@ -142,9 +142,12 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
 
 /// A kept connection to `agent` that is still open: the one that last
 /// carried `stream` (with its ring or link), else the most recent one
-/// without either, else, if `steal`, the oldest one (without its ring or
-/// link: they were kept for another stream, which has not come back
-/// since).
+/// without either, else, if `steal`, the oldest one, with its ring but not
+/// its link (a link carries one stream only; they were kept for another
+/// stream, which has not come back since). A ring carries any channel: if
+/// the other end of this one took the connection that shared it (the same
+/// two processes, a new channel name), the agent rewinds it for them;
+/// otherwise it makes a new one and the end drops this.
 pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
     let mut pool = pool()?;
     let now = Instant::now();
@@ -175,18 +178,10 @@ pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
             idle.link = None;
         }
         if quiet(&idle.control) {
-            return Some(if theirs {
-                Kept {
-                    control: idle.control,
-                    ring: None,
-                    link: None,
-                }
-            } else {
-                Kept {
-                    control: idle.control,
-                    ring: idle.ring,
-                    link: idle.link,
-                }
+            return Some(Kept {
+                control: idle.control,
+                ring: idle.ring,
+                link: idle.link.filter(|_| !theirs),
             });
         }
     }

@@ -102,6 +102,11 @@ fn streams_one_after_another_keep_their_connections_to_the_agent() {
         let channel = node.agent.wait_finished(&format!("kept-{i}"), LIMIT);
         assert_eq!(channel["transport"], "shm", "{channel:#}");
         assert_eq!(channel["state"], "done", "{channel:#}");
+        // A new channel name, but the same two ends: each took a
+        // connection that held the last ring, and the agent rewound it.
+        let reason = channel["reason"].as_str().expect("reason");
+        let kept = reason.contains("kept from their last channel");
+        assert_eq!(kept, i > 0, "stream {i}: {reason}");
     }
 }
 
