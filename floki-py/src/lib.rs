@@ -15,6 +15,13 @@ mod sender;
 
 use pyo3::prelude::*;
 
+/// Closes the connections this process keeps to agents between channels,
+/// with their rings (`floki_client::close_kept_connections`).
+#[pyfunction]
+fn close_kept_connections() {
+    floki_client::close_kept_connections();
+}
+
 /// `floki._floki`.
 #[pymodule]
 fn _floki(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,6 +30,7 @@ fn _floki(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(edge::describe, module)?)?;
     module.add_function(wrap_pyfunction!(edge::senders, module)?)?;
     module.add_function(wrap_pyfunction!(edge::receivers, module)?)?;
+    module.add_function(wrap_pyfunction!(close_kept_connections, module)?)?;
     module.add("DEFAULT_AGENT", floki_client::DEFAULT_AGENT)?;
     module.add("RING_HEADER_LEN", floki_proto::ring::HEADER_LEN)?;
     Ok(())

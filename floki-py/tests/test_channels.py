@@ -330,6 +330,35 @@ def test_streams_again_on_one_channel_reuse_their_ring_unless_views_were_lent(no
     assert kept == [False, True, False, True], channels
 
 
+def test_closing_the_kept_connections_makes_the_next_channel_start_afresh(node, channel):
+    """A stream again on the same channel goes over the ring its two ends
+    kept; once the process closed its kept connections, the next one gets
+    a new ring."""
+    import threading
+
+    import floki
+
+    data = [bytes([i + 1]) * (70_000 + i) for i in range(3)]
+    got = []
+    for i, stream in enumerate(data):
+        if i == 2:
+            floki.close_kept_connections()
+        sender = threading.Thread(
+            target=floki.send,
+            args=(channel, stream),
+            kwargs={"agent": node.unix, "timeout": 30, "live": True},
+        )
+        sender.start()
+        got.append(floki.receive(channel, agent=node.unix, timeout=30))
+        sender.join()
+    assert got == data
+    channels = sorted(
+        (c["id"], c["reason"]) for c in node.status()["channels"] if c["name"] == channel
+    )
+    kept = ["kept from their last channel" in reason for _, reason in channels]
+    assert kept == [False, True, False], channels
+
+
 def test_streams_a_sender_ended_are_verified_before_it_finishes_any(node, channel):
     """A function with several small streams writes them all, ends them all
     (``end``), then finishes each: its receivers verify at once, none waits

@@ -64,6 +64,7 @@ __all__ = [
     "Summary",
     "TransportUnavailableError",
     "TruncatedError",
+    "close_kept_connections",
     "receive",
     "receive_file",
     "send",
@@ -552,6 +553,13 @@ class Edge:
             run=self.run,
         )
         return Receiver(f"{self.workflow}/{self.edge}", _native=native)
+
+
+def close_kept_connections() -> None:
+    """Closes the connections this process keeps to its agent between
+    channels (for 20 s at most), with the rings kept with them: before the
+    process is frozen or forks, say. The next channel opens a new one."""
+    _floki.close_kept_connections()
 
 
 def _required(value: Optional[str], name: str, variable: str) -> str:
