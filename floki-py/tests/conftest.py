@@ -204,6 +204,17 @@ def node(cluster: Dict[str, Node]) -> Node:
     return cluster["node-a"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_connections() -> Iterator[None]:
+    """Each test starts as a new process would: without the connections and
+    rings the tests before it kept (a kept ring serves any channel between
+    the same two ends, so a test's first stream would take one up)."""
+    import floki
+
+    floki.close_kept_connections()
+    yield
+
+
 _counter = iter(range(1_000_000))
 
 
