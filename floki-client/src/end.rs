@@ -112,3 +112,15 @@ pub(crate) fn read_failure(received: u64, err: &io::Error) -> StreamError {
         _ => StreamError::io("reading the stream", received, err),
     }
 }
+
+/// Whether a sender's data connection, after a verified stream, can carry
+/// the stream's next use: it is the agents' link (`is_link`), the
+/// receiver's ack was read and nothing after it, and the kernel still has
+/// the connection established.
+pub(crate) fn sender_link_reusable(
+    is_link: bool,
+    outbound: &floki_proto::stream::Outbound,
+    socket: std::os::fd::BorrowedFd<'_>,
+) -> bool {
+    is_link && outbound.settled() && floki_proto::handoff::link_established(socket)
+}

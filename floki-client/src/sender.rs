@@ -270,12 +270,11 @@ impl Open {
                 }
             }
             Path::Socket(socket) => {
-                if socket.link
-                    && socket.outbound.settled()
-                    && floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(
-                        &socket.stream,
-                    ))
-                    && let Ok(link) = socket.stream.into_std()
+                if crate::end::sender_link_reusable(
+                    socket.link,
+                    &socket.outbound,
+                    std::os::fd::AsFd::as_fd(&socket.stream),
+                ) && let Ok(link) = socket.stream.into_std()
                 {
                     end.reporter.keep_link(link);
                 }

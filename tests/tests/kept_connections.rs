@@ -159,11 +159,7 @@ fn a_tokio_functions_streams_one_after_another_keep_their_connections_and_ring()
     let agent = format!("unix:{}", node.agent.socket.display());
     // Sizes from 1 byte to 20 MiB, in a ring of 8 MiB.
     let size = |i: usize| [1, 20 << 20, 64 << 10, 3 << 20][i % 4] + i;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = tokio_runtime();
     let got = runtime.block_on(async {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let receiving = tokio::spawn({
@@ -351,21 +347,8 @@ fn a_warm_function_asks_what_its_edge_looks_like_once_per_token() {
 
 #[test]
 fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
-    let cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let (cluster, token, producer, consumer) = one_edge_across_nodes();
     let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
-    let unix = |node: &ClusterNode| format!("unix:{}", node.agent.socket.display());
-    // Live: a producer that finishes before its consumer came is never
-    // stored (a stored stream is replayed to every later consumer).
-    let mut producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p");
-    producer.live = true;
-    let producer = producer.stream("q");
-    let consumer = EdgeOptions::new(unix(b), "wf", &token, "e", "q").stream("p");
     // Who runs each end of each stream: this process (which keeps its
     // connections and links between streams) or a new probe process.
     let ends = [
@@ -436,29 +419,24 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
         }
     }
     // Which streams went over a kept link, as each agent's status says.
-    let kept_on = |node: &ClusterNode| -> Vec<bool> {
-        finished_in_order(&node.agent, "wf/e/p>q", ends.len())
-            .iter()
-            .map(|c| {
-                let note = c["note"].as_str().expect("note");
-                note.contains("kept the agents' link")
-            })
-            .collect()
-    };
     assert_eq!(
-        kept_on(a),
+        kept_link_on(a, ends.len()),
         [false, true, false, true, true, true],
         "producer's node"
     );
     assert_eq!(
-        kept_on(b),
+        kept_link_on(b, ends.len()),
         [false, true, false, false, false, true],
         "consumer's node"
     );
 }
 
-#[test]
-fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
+/// Two namespace nodes and a workflow with one edge across them, `p` on
+/// node-a to `q` on node-b: the cluster, the token, and the options of
+/// the edge's one stream at each end (on the nodes' Unix sockets). Live: a
+/// producer that finishes before its consumer came is never stored (a
+/// stored stream is replayed to every later consumer).
+fn one_edge_across_nodes() -> (Cluster, String, ChannelOptions, ChannelOptions) {
     let cluster = Cluster::start(&["node-a", "node-b"]);
     cluster.wait_connected();
     let spec = Spec::new("wf")
@@ -466,20 +444,42 @@ fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
         .function("q", "node-b")
         .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
     let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
-    let unix = |node: &ClusterNode| format!("unix:{}", node.agent.socket.display());
-    let mut producer = EdgeOptions::new(unix(a), "wf", &token, "e", "p");
+    let unix = |node: &str| format!("unix:{}", cluster.node(node).agent.socket.display());
+    let mut producer = EdgeOptions::new(unix("node-a"), "wf", &token, "e", "p");
     producer.live = true;
     let producer = producer.stream("q");
-    let consumer = EdgeOptions::new(unix(b), "wf", &token, "e", "q").stream("p");
-    const AGAIN: usize = 4;
-    // From 1 byte to 3 MiB in a window of 1 MiB.
-    let size = |i: usize| [1, 3 << 20, 64 << 10][i % 3] + i;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let consumer = EdgeOptions::new(unix("node-b"), "wf", &token, "e", "q").stream("p");
+    (cluster, token, producer, consumer)
+}
+
+/// Which of the `count` streams of that edge went over a kept link, as
+/// `node`'s agent says.
+fn kept_link_on(node: &ClusterNode, count: usize) -> Vec<bool> {
+    finished_in_order(&node.agent, "wf/e/p>q", count)
+        .iter()
+        .map(|c| {
+            let note = c["note"].as_str().expect("note");
+            note.contains("kept the agents' link")
+        })
+        .collect()
+}
+
+/// The tokio runtime a function of these tests runs on.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("a tokio runtime");
+        .expect("a tokio runtime")
+}
+
+#[test]
+fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
+    let (cluster, _, producer, consumer) = one_edge_across_nodes();
+    const AGAIN: usize = 4;
+    // From 1 byte to 3 MiB in a window of 1 MiB.
+    let size = |i: usize| [1, 3 << 20, 64 << 10][i % 3] + i;
+    let runtime = tokio_runtime();
     runtime.block_on(async {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         for i in 0..AGAIN {
@@ -510,15 +510,12 @@ fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
         }
     });
     // Every stream after the first went over the link both functions kept.
-    for node in [a, b] {
-        let kept: Vec<bool> = finished_in_order(&node.agent, "wf/e/p>q", AGAIN)
-            .iter()
-            .map(|c| {
-                let note = c["note"].as_str().expect("note");
-                note.contains("kept the agents' link")
-            })
-            .collect();
-        assert_eq!(kept, [false, true, true, true], "{}", node.name);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(
+            kept_link_on(cluster.node(node), AGAIN),
+            [false, true, true, true],
+            "{node}"
+        );
     }
 }
 

@@ -211,12 +211,11 @@ impl Sender {
                             }
                         }
                         Path::Socket(socket) => {
-                            if socket.link
-                                && socket.outbound.settled()
-                                && floki_proto::handoff::link_established(std::os::fd::AsFd::as_fd(
-                                    &socket.stream,
-                                ))
-                            {
+                            if crate::end::sender_link_reusable(
+                                socket.link,
+                                &socket.outbound,
+                                std::os::fd::AsFd::as_fd(&socket.stream),
+                            ) {
                                 end.reporter.keep_link(socket.stream);
                             }
                         }
