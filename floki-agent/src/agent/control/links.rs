@@ -140,13 +140,14 @@ pub struct PreparedLinks {
     /// Producer side: streams whose last attempt to open a connection
     /// failed (the consumer's node cannot be reached now).
     unreachable: Mutex<HashSet<StreamId>>,
-    changed: Notify,
-    /// The applied workflows changed: what keepers wait on (not `changed`,
-    /// which every take and prepare of any stream fires: with hundreds of
-    /// keepers, each waking for each of those was quadratic).
+    /// Consumer side: a wake-up per stream for the consumers waiting in
+    /// [`Self::started`]. One for all of them woke every waiting consumer
+    /// at every start: quadratic in the streams of a run.
+    arrivals: Mutex<HashMap<StreamId, Arc<Notify>>>,
+    /// The applied workflows changed: what keepers wait on.
     applied: Notify,
-    /// Consumer side: streams started (for the store, which takes in those
-    /// whose consumer does not come).
+    /// Consumer side: streams started that the store may take in if their
+    /// consumer does not come (not live).
     starts: broadcast::Sender<Start>,
 }
 
@@ -163,7 +164,7 @@ impl PreparedLinks {
             started: Mutex::new(HashMap::new()),
             held_for_store: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashSet::new()),
-            changed: Notify::new(),
+            arrivals: Mutex::new(HashMap::new()),
             applied: Notify::new(),
             starts: broadcast::channel(1024).0,
         })
@@ -185,7 +186,6 @@ impl PreparedLinks {
             keepers.insert(stream.clone(), taker);
             tokio::spawn(self.clone().keep(stream, peer_node, takes));
         }
-        self.changed.notify_waiters();
         self.applied.notify_waiters();
     }
 
@@ -243,7 +243,6 @@ impl PreparedLinks {
                 .lock()
                 .expect("spare lock")
                 .insert(stream.clone());
-            self.changed.notify_waiters();
             // Hold it until someone takes it, it breaks (the peer restarted,
             // the workflow went away) or the stream is deleted.
             enum Event {
@@ -271,7 +270,6 @@ impl PreparedLinks {
                 }
             };
             self.spare.lock().expect("spare lock").remove(&stream);
-            self.changed.notify_waiters();
             if !taken {
                 debug!(%stream, "prepared stream connection dropped; opening another");
             }
@@ -400,7 +398,6 @@ impl PreparedLinks {
             .expect("pending lock")
             .entry(stream.clone())
             .or_default() += 1;
-        self.changed.notify_waiters();
         let this = self.clone();
         tokio::spawn(async move {
             let begun = match read_start(&conn).await {
@@ -439,23 +436,37 @@ impl PreparedLinks {
                         };
                         started.insert(stream.clone(), prepared);
                         drop(started);
-                        let _ = this.starts.send(start);
+                        this.arrived(&stream);
+                        // The store never takes a live stream in.
+                        if !live {
+                            let _ = this.starts.send(start);
+                        }
                     }
                 }
             }
-            this.changed.notify_waiters();
         });
     }
 
     /// Consumer side: a started connection of `stream` (its producer is
     /// there), as soon as there is one.
     pub async fn started(&self, stream: &StreamId) -> Prepared {
+        let waiting = Arrival::wait(self, stream);
         loop {
-            let changed = self.changed.notified();
+            let arrived = waiting.notify.notified();
+            tokio::pin!(arrived);
+            // Registered before the check: no start is missed in between.
+            arrived.as_mut().enable();
             if let Some(prepared) = self.take_started(stream) {
                 return prepared;
             }
-            changed.await;
+            arrived.await;
+        }
+    }
+
+    /// Wakes the consumers waiting for `stream` ([`Self::started`]).
+    fn arrived(&self, stream: &StreamId) {
+        if let Some(notify) = self.arrivals.lock().expect("arrivals lock").get(stream) {
+            notify.notify_waiters();
         }
     }
 
@@ -475,7 +486,7 @@ impl PreparedLinks {
             .expect("started lock")
             .entry(stream.clone())
             .or_insert(prepared);
-        self.changed.notify_waiters();
+        self.arrived(stream);
     }
 
     /// Consumer side: claims the started connection of `start` for the
@@ -553,7 +564,43 @@ impl PreparedLinks {
             .lock()
             .expect("held lock")
             .retain(|stream, _| stream.workflow != workflow);
-        self.changed.notify_waiters();
+    }
+}
+
+/// A consumer's wait in [`PreparedLinks::started`]: its stream's wake-up,
+/// forgotten when the last waiter for the stream stops waiting (it took
+/// its link, or its session ended).
+struct Arrival<'a> {
+    links: &'a PreparedLinks,
+    stream: &'a StreamId,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Arrival<'a> {
+    fn wait(links: &'a PreparedLinks, stream: &'a StreamId) -> Self {
+        let notify = links
+            .arrivals
+            .lock()
+            .expect("arrivals lock")
+            .entry(stream.clone())
+            .or_default()
+            .clone();
+        Self {
+            links,
+            stream,
+            notify,
+        }
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        let mut arrivals = self.links.arrivals.lock().expect("arrivals lock");
+        // Ours and the map's: no other waiter (clones are made only under
+        // this lock).
+        if Arc::strong_count(&self.notify) == 2 {
+            arrivals.remove(self.stream);
+        }
     }
 }
 
@@ -775,6 +822,58 @@ mod tests {
             consumer.read_exact(&mut behind).await.unwrap();
             assert_eq!(&behind, b"FLKS");
         }
+    }
+
+    #[tokio::test]
+    async fn a_start_wakes_only_the_consumer_of_its_stream_and_no_waiter_stays_behind() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        use tokio::io::AsyncWriteExt as _;
+        let links = links();
+        let other = StreamId {
+            consumer: "r".into(),
+            ..stream()
+        };
+        // A consumer of another stream waits, counting how often it is woken.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let waiting_other = tokio::spawn({
+            let (links, polls, other) = (links.clone(), polls.clone(), other.clone());
+            async move {
+                let mut started = std::pin::pin!(links.started(&other));
+                std::future::poll_fn(|cx| {
+                    polls.fetch_add(1, Relaxed);
+                    started.as_mut().poll(cx)
+                })
+                .await
+            }
+        });
+        let waiting = tokio::spawn({
+            let links = links.clone();
+            async move { links.started(&stream()).await }
+        });
+        while links.arrivals.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Relaxed), 1);
+
+        // The producer's agent starts this stream's link.
+        let (mut producer, conn) = link().await;
+        links.await_start(stream(), [7; KEY_LEN], 1, conn);
+        producer.write_all(&[START_LIVE]).await.unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the consumer of the stream that started gets its link")
+            .unwrap();
+        assert_eq!(taken.key, [7; KEY_LEN]);
+        assert!(taken.live);
+
+        // The other consumer was not woken, and only its wait is listed.
+        tokio::task::yield_now().await;
+        assert_eq!(polls.load(Relaxed), 1, "woken by another stream's start");
+        assert_eq!(links.arrivals.lock().unwrap().len(), 1);
+        // A wait given up (its consumer hung up) leaves nothing behind.
+        waiting_other.abort();
+        assert!(waiting_other.await.is_err_and(|err| err.is_cancelled()));
+        assert!(links.arrivals.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
