@@ -52,6 +52,9 @@ pub(crate) struct Pairing {
     /// stream across nodes: after a verified stream it may be kept with the
     /// connection for the stream's next use.
     pub link: bool,
+    /// The agent sent the pairing key on the link ahead of the stream: the
+    /// sender does not send it again.
+    pub key_sent: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -262,6 +265,9 @@ pub(crate) async fn hello(
         secret: opts.secret.clone(),
         kept_ring: opened.ring.is_some(),
         kept_link: opened.link.is_some(),
+        // A sender on the Unix socket may be handed the agents' link: the
+        // agent's start of it may carry the pairing key too.
+        key_ahead: role == Role::Send && unix,
         run: opts.run.clone(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
@@ -441,6 +447,7 @@ pub(crate) async fn paired(
             stored,
             again,
             link,
+            key_sent,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -495,6 +502,7 @@ pub(crate) async fn paired(
                 stored,
                 again,
                 link,
+                key_sent,
             };
             Ok((pairing, listener))
         }

@@ -193,6 +193,12 @@ pub struct Hello {
     /// (`"socket":"kept_link"`) if it is the same stream's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept_link: bool,
+    /// A sender handed the agents' link (or told to use the one it kept):
+    /// the agent may send the pairing key's hello frame on the link itself,
+    /// with the link's start, and then says `key_sent` in `paired`. The
+    /// sender then does not send it: one segment less across the nodes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_ahead: bool,
     /// The run this end belongs to (an orchestrator's execution id: Argo's
     /// workflow uid, a Step Functions execution). A stream its producer has
     /// stored keeps it, and a consumer is served only a stored stream of
@@ -322,6 +328,11 @@ pub enum AgentMessage {
         /// next use (its hello says `kept_link`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         link: bool,
+        /// The agent sent the pairing key's hello frame on the link, ahead
+        /// of the stream (the sender's hello said `key_ahead`): the sender
+        /// starts with its first data frame.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        key_sent: bool,
     },
 }
 
@@ -556,6 +567,7 @@ mod tests {
             secret: Some("shared by both ends".into()),
             kept_ring: false,
             kept_link: false,
+            key_ahead: false,
             run: Some("argo-4f6c2d".into()),
         };
         let mut wire = Vec::new();
@@ -593,6 +605,39 @@ mod tests {
         assert!(matches!(
             read_message::<_, Hello>(&mut r).await,
             Err(ProtocolError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn the_key_goes_ahead_only_between_a_client_and_an_agent_that_both_say_so() {
+        // A client from before `key_ahead` does not ask: its agent sends
+        // no key on the link, and the client sends its own.
+        let open: ClientRequest = serde_json::from_str(r#"{"channel":"c","role":"send"}"#).unwrap();
+        let ClientRequest::Open(hello) = open else {
+            panic!("not a hello: {open:?}");
+        };
+        assert!(!hello.key_ahead);
+        let open: ClientRequest =
+            serde_json::from_str(r#"{"channel":"c","role":"send","key_ahead":true}"#).unwrap();
+        assert!(matches!(
+            open,
+            ClientRequest::Open(Hello {
+                key_ahead: true,
+                ..
+            })
+        ));
+        // An agent from before it never says `key_sent`: the client sends
+        // the key itself.
+        let paired: AgentMessage = serde_json::from_str(
+            r#"{"event":"paired","transport":"tcp","key":"00","window":1,"socket":"kept_link","again":true,"link":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            paired,
+            AgentMessage::Paired {
+                key_sent: false,
+                ..
+            }
         ));
     }
 

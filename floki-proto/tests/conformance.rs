@@ -52,6 +52,7 @@ async fn handshake() -> Value {
         secret: None,
         kept_ring: false,
         kept_link: false,
+        key_ahead: false,
         run: None,
     };
     let sender = Hello {
@@ -82,6 +83,7 @@ async fn handshake() -> Value {
             stored: false,
             again: false,
             link: false,
+            key_sent: false,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -93,6 +95,7 @@ async fn handshake() -> Value {
             stored: false,
             again: false,
             link: false,
+            key_sent: false,
         })
         .await,
         "key_bytes": hex(&key),

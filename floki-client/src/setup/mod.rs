@@ -179,13 +179,17 @@ pub(crate) async fn sender(
         channel: opts.channel.clone(),
         source,
     })?;
-    data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
-        .await
-        .map_err(|source| ClientError::Io {
-            channel: opts.channel.clone(),
-            context: "sending the pairing key to the receiver",
-            source,
-        })?;
+    // Over the agents' link, the agent may have sent the key with the
+    // link's start: one segment less across the nodes.
+    if !pairing.key_sent {
+        data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
+            .await
+            .map_err(|source| ClientError::Io {
+                channel: opts.channel.clone(),
+                context: "sending the pairing key to the receiver",
+                source,
+            })?;
+    }
     Ok(Established::new(
         opts,
         pairing,

@@ -85,6 +85,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         secret: None,
         kept_ring: false,
         kept_link: false,
+        key_ahead: false,
         run: None,
     }
 }

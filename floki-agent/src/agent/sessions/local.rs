@@ -390,6 +390,7 @@ fn paired_message(paired: &Paired, again: bool) -> AgentMessage {
         stored: paired.stored,
         again,
         link: false,
+        key_sent: false,
     }
 }
 

@@ -17,6 +17,7 @@ use floki_proto::{
         AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
         write_message, write_messages,
     },
+    frame::{FrameKind, control_frame},
     handoff::send_socket,
 };
 use tokio::{
@@ -355,12 +356,13 @@ async fn hand_over(
     window: u64,
     handed: Handed,
 ) -> Result<(), String> {
+    let key_sent = hello.role == Role::Send && hello.key_ahead;
     if hello.role == Role::Send {
-        relay::start(&prepared.conn, &LinkStart::of(hello))
+        relay::start(&prepared.conn, &link_start(hello, &prepared.key))
             .await
             .map_err(|e| format!("starting the link: {e}"))?;
     }
-    let paired = link_paired(&prepared.key, window, &handed);
+    let paired = link_paired(&prepared.key, window, &handed, key_sent);
     write_messages(
         unix,
         &handed.accepted.iter().chain([&paired]).collect::<Vec<_>>(),
@@ -375,8 +377,21 @@ async fn hand_over(
         .map_err(|e| format!("handing the link over: {e}"))
 }
 
-/// The `paired` of an end handed the link (or told to use the one it kept).
-fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed) -> AgentMessage {
+/// What starts the link for the stream of the producer that said `hello`:
+/// its [`LinkStart`], then, if the producer asked for it (`key_ahead`), the
+/// pairing key's hello frame, which the consumer reads first, as it would
+/// the producer's.
+fn link_start(hello: &Hello, key: &[u8; KEY_LEN]) -> Vec<u8> {
+    let mut bytes = LinkStart::of(hello).bytes();
+    if hello.key_ahead {
+        bytes.extend_from_slice(&control_frame(FrameKind::Hello, key));
+    }
+    bytes
+}
+
+/// The `paired` of an end handed the link (or told to use the one it kept);
+/// `key_sent`: the link's start carried the pairing key.
+fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed, key_sent: bool) -> AgentMessage {
     AgentMessage::Paired {
         transport: Transport::Tcp,
         peer: None,
@@ -390,6 +405,7 @@ fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed) -> AgentMessag
         stored: false,
         again: handed.again,
         link: handed.again,
+        key_sent,
     }
 }
 
@@ -477,8 +493,9 @@ impl HandedEnd<'_> {
             reused: true,
             accepted: None,
         };
-        let paired = link_paired(parked.key(), self.window, &handed);
-        if let Err(err) = relay::start_parked(&parked.conn, &LinkStart::of(self.hello)) {
+        let paired = link_paired(parked.key(), self.window, &handed, self.hello.key_ahead);
+        let start = link_start(self.hello, parked.key());
+        if let Err(err) = relay::start_parked(&parked.conn, &start) {
             warn!(channel = %self.name, %err, "the kept link did not start; the producer gets a fresh one");
             return None;
         }
@@ -530,6 +547,7 @@ impl RelayedEnd<'_> {
             stored: false,
             again: false,
             link: false,
+            key_sent: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {
@@ -576,5 +594,26 @@ impl RelayedEnd<'_> {
             relayed,
         );
         Ok((control, relay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::control::peers::protocol::START_LIVE;
+
+    fn producer(key_ahead: bool) -> Hello {
+        let json =
+            format!(r#"{{"channel":"c","role":"send","live":true,"key_ahead":{key_ahead}}}"#);
+        serde_json::from_str(&json).expect("a hello")
+    }
+
+    #[test]
+    fn the_links_start_carries_the_key_only_for_a_producer_that_asked() {
+        let key = [0x5a; KEY_LEN];
+        assert_eq!(link_start(&producer(false), &key), [START_LIVE]);
+        let mut expected = vec![START_LIVE];
+        expected.extend_from_slice(&control_frame(FrameKind::Hello, &key));
+        assert_eq!(link_start(&producer(true), &key), expected);
     }
 }

@@ -88,7 +88,9 @@ impl ProducerSide {
             .map_err(|_| "the producer did not connect".to_owned())?
             .map_err(|e| e.to_string())?;
         data.set_nodelay(true).ok();
-        relay::start(link, start).await.map_err(|e| e.to_string())?;
+        relay::start(link, &start.bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(data)
     }
 }

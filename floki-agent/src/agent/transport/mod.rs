@@ -347,6 +347,7 @@ mod tests {
             secret: None,
             kept_ring: false,
             kept_link: false,
+            key_ahead: false,
             run: None,
         }
     }

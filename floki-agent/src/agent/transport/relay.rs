@@ -22,8 +22,6 @@ use nix::{
 };
 use tokio::{io::Interest, net::TcpStream, sync::oneshot};
 
-use crate::agent::control::peers::protocol::LinkStart;
-
 /// Most bytes moved per `splice` call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
 /// Buffer of the reverse direction, which carries only frame headers.
@@ -157,26 +155,27 @@ fn shutdown_write(stream: &TcpStream) {
     let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
-/// Sends what starts a prepared stream connection (a few bytes, in one
-/// write: nothing else is in the link's buffer then). The link may be
+/// Sends what starts a prepared stream connection (its [`LinkStart`], and
+/// the pairing key's frame if it goes ahead: a few bytes, in one write,
+/// nothing else is in the link's buffer then).
+///
+/// [`LinkStart`]: crate::agent::control::peers::protocol::LinkStart The link may be
 /// shared with a function, whose client may have made it blocking (the
 /// flag belongs to the open file, not to a descriptor): so the write says
 /// `MSG_DONTWAIT` itself.
-pub async fn start(stream: &TcpStream, start: &LinkStart) -> io::Result<()> {
-    let bytes = start.bytes();
+pub async fn start(stream: &TcpStream, start: &[u8]) -> io::Result<()> {
     let sent = stream
-        .async_io(Interest::WRITABLE, || send_start(stream, &bytes))
+        .async_io(Interest::WRITABLE, || send_start(stream, start))
         .await?;
-    started(sent, &bytes)
+    started(sent, start)
 }
 
 /// [`start`] for a link parked out of the reactor (a link a function kept
 /// for the stream's next use): a link between two streams has nothing
 /// left to send, so the start goes out at once, and a link that cannot
 /// take it now is not sound.
-pub fn start_parked(link: &std::net::TcpStream, start: &LinkStart) -> io::Result<()> {
-    let bytes = start.bytes();
-    started(send_start(link, &bytes)?, &bytes)
+pub fn start_parked(link: &std::net::TcpStream, start: &[u8]) -> io::Result<()> {
+    started(send_start(link, start)?, start)
 }
 
 fn send_start(link: &impl std::os::fd::AsFd, bytes: &[u8]) -> io::Result<usize> {
