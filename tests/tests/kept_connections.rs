@@ -431,6 +431,52 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
     );
 }
 
+#[test]
+fn a_producer_that_bounds_its_pairing_across_nodes_waits_for_its_consumer_within_it() {
+    let (_cluster, _, mut producer, consumer) = one_edge_across_nodes();
+    producer.pair_timeout = Some(Duration::from_secs(10));
+    // Its consumer comes a little later, three times: over a new link, then
+    // over the one both kept. The producer writes only once the consumer
+    // said it is there (its first credit), which over a kept link is all
+    // it hears before the ack.
+    for i in 0..3 {
+        let size = (64 << 10) + i;
+        let consuming = std::thread::spawn({
+            let opts = consumer.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut rx = blocking::Receiver::connect(&opts).expect("receiver");
+                let mut got = Vec::new();
+                rx.read_to_end(&mut got).expect("a verified stream");
+                rx.finish().expect("verified");
+                got
+            }
+        });
+        let mut tx = blocking::Sender::open(&producer).expect("sender");
+        tx.write_all(&pattern(size, i as u64)).expect("write");
+        tx.finish().expect("the consumer verified the stream");
+        let got = consuming.join().expect("the consumer");
+        assert!(got == pattern(size, i as u64), "stream {i} arrived changed");
+    }
+    // A consumer that does not come: the producer says so within its bound.
+    producer.pair_timeout = Some(Duration::from_millis(300));
+    let started = Instant::now();
+    let failed = blocking::Sender::open(&producer).and_then(|mut tx| {
+        let _ = tx.write_all(b"no one reads this");
+        tx.finish()
+    });
+    let err = failed.expect_err("no consumer came").to_string();
+    assert!(
+        err.contains("no receiver joined channel") && err.contains("300ms"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Two namespace nodes and a workflow with one edge across them, `p` on
 /// node-a to `q` on node-b: the cluster, the token, and the options of
 /// the edge's one stream at each end (on the nodes' Unix sockets). Live: a
