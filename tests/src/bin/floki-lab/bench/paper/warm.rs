@@ -7,7 +7,8 @@
 //! a stream stored); Redis in the serverless order (the consumers GET once
 //! every producer's SET returned), its time the producers' span plus the
 //! consumers' span, so that the driver's own hand-off between the two is
-//! not counted against it.
+//! not counted against it. The two systems take turns of a few runs each,
+//! so that a shared machine's drift during a cell moves both alike.
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -82,21 +83,20 @@ pub fn run(
                 size: MIB,
             };
             eprintln!("xtask: bench small, {pattern} at 1 MiB, {placement}, warm");
-            let mut systems = Vec::new();
-            for system in SYSTEMS {
-                let Measured {
-                    times_us: mut times,
-                    cpu: used,
-                } = warm_cell(&lab, system, &scenario, rounds)
-                    .with_context(|| format!("{} {pattern} {placement}", system.label()))?;
-                times.sort_by(f64::total_cmp);
-                let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-                systems.push(Summary {
-                    p50_us: at(0.5),
-                    p90_us: at(0.9),
-                    cpu: used,
-                });
-            }
+            let systems = warm_cell(&lab, &scenario, rounds)
+                .with_context(|| format!("{pattern} {placement}"))?
+                .into_iter()
+                .map(|measured| {
+                    let mut times = measured.times_us;
+                    times.sort_by(f64::total_cmp);
+                    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+                    Summary {
+                        p50_us: at(0.5),
+                        p90_us: at(0.9),
+                        cpu: measured.cpu,
+                    }
+                })
+                .collect();
             lab.clean(System::Redis, &scenario)?;
             cells.push(Cell { scenario, systems });
         }
@@ -104,113 +104,175 @@ pub fn run(
     Ok(cells)
 }
 
-/// `rounds` runs of `scenario` through `system` by the same running
-/// functions; each run's time in µs, warm-up left out, and the CPU a run
-/// took (its mean over the runs after the first, or after the warm-up).
-fn warm_cell(
-    lab: &Lab,
+/// How many runs a system makes in a row before the other takes its turn.
+const TURN: usize = 20;
+
+/// `rounds` runs of `scenario` through each of [`SYSTEMS`], every system by
+/// the same running functions, the systems taking turns of [`TURN`] runs
+/// (which one goes first alternates): a machine whose speed drifts during
+/// the cell (a shared VM's neighbours) moves both systems' figures alike,
+/// and each system still runs warm, its runs back to back. Each system's
+/// run times in µs, warm-up left out, and the CPU a run took.
+fn warm_cell(lab: &Lab, scenario: &Scenario, rounds: usize) -> anyhow::Result<Vec<Measured>> {
+    let mut parties = SYSTEMS
+        .into_iter()
+        .map(|system| {
+            Party::start(lab, system, scenario).with_context(|| system.label().to_owned())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (turn, first) in (0..rounds).step_by(TURN).enumerate() {
+        for at in 0..parties.len() {
+            let party = &mut parties[(turn + at) % SYSTEMS.len()];
+            for round in first..(first + TURN).min(rounds) {
+                party
+                    .run(scenario, round, rounds)
+                    .with_context(|| format!("{} round {round}", party.system.label()))?;
+            }
+        }
+    }
+    parties
+        .into_iter()
+        .map(|party| party.finish(rounds.saturating_sub(cpu_from(rounds)).max(1)))
+        .collect()
+}
+
+/// The first run whose CPU counts: the CPU a run took is its mean over the
+/// runs after the warm-up (after the first run at least).
+fn cpu_from(rounds: usize) -> usize {
+    (rounds / 10).max(1)
+}
+
+/// One system's running functions in a cell, and what their runs measured.
+struct Party {
     system: System,
-    scenario: &Scenario,
-    rounds: usize,
-) -> anyhow::Result<Measured> {
-    let start = |functions: &[String], produce: bool| -> anyhow::Result<Vec<Function>> {
-        let node = lab.function_node(system, scenario, produce);
-        lab.plans(system, scenario, functions, produce)
-            .into_iter()
-            .map(|mut plan| {
-                if let Access::Floki { live, .. } = &mut plan.access {
-                    *live = true;
-                }
-                let args = [
-                    "paper-endpoint".to_owned(),
-                    serde_json::to_string(&plan)?,
-                    "--serve".into(),
-                ];
-                let mut function = Function::spawn(peer_command(node, &args)?)?;
-                let line = function.line()?;
-                if line != "ready" {
-                    bail!("expected `ready` from a function, got `{line}`");
-                }
-                Ok(function)
-            })
-            .collect()
-    };
-    let mut consumers = start(&scenario.consumers(), false)?;
-    let mut producers = start(&scenario.producers(), true)?;
-    let go = |functions: &mut [Function]| -> anyhow::Result<()> {
-        functions.iter_mut().try_for_each(|f| f.tell("go"))
-    };
-    let reports = |functions: &mut [Function]| -> anyhow::Result<Vec<Report>> {
-        functions
-            .iter_mut()
-            .map(|f| serde_json::from_str(&f.line()?).context("reading a function's report"))
-            .collect()
-    };
-    let span = |reports: &[Report]| {
-        let first = reports.iter().map(|r| r.start_ns).min().unwrap_or(0);
-        let last = reports.iter().map(|r| r.end_ns).max().unwrap_or(0);
-        (first, last)
-    };
-    let servers = lab.servers(system, scenario);
-    let servers_ns = || servers.iter().map(|&pid| usage::cpu_ns(pid)).sum::<u64>();
-    // The functions' own CPU, cumulative in their reports: counted from the
-    // end of the first counted run's predecessor.
-    let from = (rounds / 10).max(1);
-    let (mut functions_from, mut servers_from) = (0.0, 0);
-    let mut functions_now = 0.0;
-    let mut times = Vec::new();
-    for round in 0..rounds {
-        let (micros, produced, consumed) = match system {
+    consumers: Vec<Function>,
+    producers: Vec<Function>,
+    /// The servers' processes: the agents, or the Redis server.
+    servers: Vec<u32>,
+    times_us: Vec<f64>,
+    /// The functions' own CPU, cumulative in their reports (seconds), and
+    /// the servers' (ns): at the end of the last run, and at the end of
+    /// the first counted run's predecessor.
+    functions_now: f64,
+    functions_from: f64,
+    servers_from: u64,
+}
+
+impl Party {
+    /// Starts `system`'s functions for `scenario`, each waiting to be told
+    /// to go.
+    fn start(lab: &Lab, system: System, scenario: &Scenario) -> anyhow::Result<Self> {
+        let start = |functions: &[String], produce: bool| -> anyhow::Result<Vec<Function>> {
+            let node = lab.function_node(system, scenario, produce);
+            lab.plans(system, scenario, functions, produce)
+                .into_iter()
+                .map(|mut plan| {
+                    if let Access::Floki { live, .. } = &mut plan.access {
+                        *live = true;
+                    }
+                    let args = [
+                        "paper-endpoint".to_owned(),
+                        serde_json::to_string(&plan)?,
+                        "--serve".into(),
+                    ];
+                    let mut function = Function::spawn(peer_command(node, &args)?)?;
+                    let line = function.line()?;
+                    if line != "ready" {
+                        bail!("expected `ready` from a function, got `{line}`");
+                    }
+                    Ok(function)
+                })
+                .collect()
+        };
+        Ok(Self {
+            system,
+            consumers: start(&scenario.consumers(), false)?,
+            producers: start(&scenario.producers(), true)?,
+            servers: lab.servers(system, scenario),
+            times_us: Vec::new(),
+            functions_now: 0.0,
+            functions_from: 0.0,
+            servers_from: 0,
+        })
+    }
+
+    fn servers_ns(&self) -> u64 {
+        self.servers.iter().map(|&pid| usage::cpu_ns(pid)).sum()
+    }
+
+    /// Run `round` of `rounds` (the first tenth is the warm-up).
+    fn run(&mut self, scenario: &Scenario, round: usize, rounds: usize) -> anyhow::Result<()> {
+        let go = |functions: &mut [Function]| -> anyhow::Result<()> {
+            functions.iter_mut().try_for_each(|f| f.tell("go"))
+        };
+        let reports = |functions: &mut [Function]| -> anyhow::Result<Vec<Report>> {
+            functions
+                .iter_mut()
+                .map(|f| serde_json::from_str(&f.line()?).context("reading a function's report"))
+                .collect()
+        };
+        let span = |reports: &[Report]| {
+            let first = reports.iter().map(|r| r.start_ns).min().unwrap_or(0);
+            let last = reports.iter().map(|r| r.end_ns).max().unwrap_or(0);
+            (first, last)
+        };
+        let (micros, produced, consumed) = match self.system {
             System::Floki => {
-                go(&mut consumers)?;
+                go(&mut self.consumers)?;
                 std::thread::sleep(HEAD_START);
-                go(&mut producers)?;
-                let (produced, consumed) = (reports(&mut producers)?, reports(&mut consumers)?);
+                go(&mut self.producers)?;
+                let produced = reports(&mut self.producers)?;
+                let consumed = reports(&mut self.consumers)?;
                 let micros = span(&consumed).1.saturating_sub(span(&produced).0) as f64 / 1e3;
                 (micros, produced, consumed)
             }
             _ => {
-                go(&mut producers)?;
-                let produced = reports(&mut producers)?;
+                go(&mut self.producers)?;
+                let produced = reports(&mut self.producers)?;
                 let (p_first, p_last) = span(&produced);
-                go(&mut consumers)?;
-                let consumed = reports(&mut consumers)?;
+                go(&mut self.consumers)?;
+                let consumed = reports(&mut self.consumers)?;
                 let (c_first, c_last) = span(&consumed);
                 let micros = (p_last - p_first + c_last - c_first) as f64 / 1e3;
                 (micros, produced, consumed)
             }
         };
-        functions_now = produced
+        self.functions_now = produced
             .iter()
             .chain(&consumed)
             .map(|r| r.cpu_seconds)
             .sum();
-        if round + 1 == from {
-            (functions_from, servers_from) = (functions_now, servers_ns());
+        if round + 1 == cpu_from(rounds) {
+            (self.functions_from, self.servers_from) = (self.functions_now, self.servers_ns());
         }
         let received: u64 = consumed.iter().map(|r| r.bytes).sum();
         if received != scenario.delivered() {
             bail!(
-                "round {round}: the consumers received {received} bytes of the {} sent",
+                "the consumers received {received} bytes of the {} sent",
                 scenario.delivered()
             );
         }
         if round >= rounds / 10 {
-            times.push(micros);
+            self.times_us.push(micros);
         }
+        Ok(())
     }
-    let runs = rounds.saturating_sub(from).max(1) as f64;
-    let cpu = Cpu {
-        functions_us: (functions_now - functions_from) * 1e6 / runs,
-        servers_us: servers_ns().saturating_sub(servers_from) as f64 / 1e3 / runs,
-    };
-    for function in consumers.into_iter().chain(producers) {
-        function.wait()?;
+
+    /// What the counted runs measured, `runs` of them; stops the functions.
+    fn finish(self, runs: usize) -> anyhow::Result<Measured> {
+        let runs = runs as f64;
+        let cpu = Cpu {
+            functions_us: (self.functions_now - self.functions_from) * 1e6 / runs,
+            servers_us: self.servers_ns().saturating_sub(self.servers_from) as f64 / 1e3 / runs,
+        };
+        for function in self.consumers.into_iter().chain(self.producers) {
+            function.wait()?;
+        }
+        Ok(Measured {
+            times_us: self.times_us,
+            cpu,
+        })
     }
-    Ok(Measured {
-        times_us: times,
-        cpu,
-    })
 }
 
 /// The cells as a Markdown table, the floor's verdict, and JSON.
