@@ -531,7 +531,13 @@ pub fn valid_run(run: &str) -> bool {
 
 /// Hex form of a pairing key, as the agent sends it.
 pub fn encode_key(key: &[u8; super::KEY_LEN]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    // Into one string: an agent encodes a key for every stream it pairs.
+    key.iter()
+        .fold(String::with_capacity(2 * key.len()), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 /// Parses the hex form of a pairing key.
