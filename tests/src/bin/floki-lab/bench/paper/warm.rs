@@ -200,7 +200,7 @@ impl Party {
         self.servers.iter().map(|&pid| usage::cpu_ns(pid)).sum()
     }
 
-    /// Run `round` of `rounds` (the first tenth is the warm-up).
+    /// Runs `round` of `rounds` (the first tenth is the warm-up).
     fn run(&mut self, scenario: &Scenario, round: usize, rounds: usize) -> anyhow::Result<()> {
         let go = |functions: &mut [Function]| -> anyhow::Result<()> {
             functions.iter_mut().try_for_each(|f| f.tell("go"))
