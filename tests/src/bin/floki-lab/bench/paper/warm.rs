@@ -7,7 +7,7 @@
 //! a stream stored); Redis in the serverless order (the consumers GET once
 //! every producer's SET returned), its time the producers' span plus the
 //! consumers' span, so that the driver's own hand-off between the two is
-//! not counted against it. The two systems take turns of a few runs each,
+//! not counted against it. The two systems take turns of [`TURN`] runs,
 //! so that a shared machine's drift during a cell moves both alike.
 
 use anyhow::{Context as _, bail};
@@ -104,8 +104,14 @@ pub fn run(
     Ok(cells)
 }
 
-/// How many runs a system makes in a row before the other takes its turn.
-const TURN: usize = 20;
+/// How many runs a system makes in a row before the other takes its turn:
+/// long enough that a turn's first, colder runs do not move its median.
+/// Turns of 20 runs gave Floki a higher ratio to Redis (0.87x on average
+/// in a shuffle across nodes) than turns of 100 (0.82x) or one system
+/// after the other (0.80x), Redis slowing more (docs/BENCHMARKS.md); with the
+/// default 200 runs per cell, turns of 100 run Floki, Redis, Redis, Floki,
+/// which cancels a steady drift.
+const TURN: usize = 100;
 
 /// `rounds` runs of `scenario` through each of [`SYSTEMS`], every system by
 /// the same running functions, the systems taking turns of [`TURN`] runs

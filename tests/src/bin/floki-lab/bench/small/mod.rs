@@ -344,7 +344,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              running, its streams' content generated before it is told to go (generating \
              1 MiB of it took longer than handing it over) and, for Redis, its connections \
              open ({} runs per cell and system, the first tenth left out; the two systems take \
-             turns of 20 runs, which one goes first alternating, so that the shared machine's \
+             turns of 100 runs, which one goes first alternating, so that the shared machine's \
              drift during a cell moves both alike while each runs warm). Each stream is 1 MiB in \
              one-to-one and broadcast, 256 KiB in gather and 64 KiB in shuffle (16 streams): \
              these two measure set-up more than copying. Every function moves its streams in \
