@@ -108,7 +108,7 @@ pub fn run(
 /// long enough that a turn's first, colder runs do not move its median.
 /// Turns of 20 runs gave Floki a higher ratio to Redis (0.87x on average
 /// in a shuffle across nodes) than turns of 100 (0.82x) or one system
-/// after the other (0.80x), Redis slowing more (docs/BENCHMARKS.md); with the
+/// after the other (0.79x), Redis slowing more (docs/BENCHMARKS.md); with the
 /// default 200 runs per cell, turns of 100 run Floki, Redis, Redis, Floki,
 /// which cancels a steady drift.
 const TURN: usize = 100;
