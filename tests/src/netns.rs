@@ -3,10 +3,39 @@
 
 use std::{
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// This process's namespaces and bridges not deleted yet, as the `ip`
+/// arguments that delete each: what [`delete_owned`] removes when a signal
+/// stops the process before its destructors run. (A namespace's veth ends
+/// go with it.)
+static OWNED: Mutex<Vec<[String; 3]>> = Mutex::new(Vec::new());
+
+fn owned() -> std::sync::MutexGuard<'static, Vec<[String; 3]>> {
+    OWNED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn own(kind: &str, name: &str) {
+    owned().push([kind.to_owned(), "delete".to_owned(), name.to_owned()]);
+}
+
+fn disown(name: &str) {
+    owned().retain(|[_, _, owned]| owned != name);
+}
+
+/// Deletes every namespace and bridge this process made and has not
+/// deleted yet: for a program stopped by a signal (`floki-lab` on Ctrl-C).
+pub fn delete_owned() {
+    for args in owned().drain(..) {
+        let _ = try_ip(&args.each_ref().map(String::as_str));
+    }
+}
 
 /// Moves the calling thread into a network namespace of its own, with its
 /// loopback up and `net.ipv4.ip_local_port_range` set to `port_range` in
@@ -25,10 +54,10 @@ pub struct NetNs {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (iproute2)");
+    succeeded(args, &try_ip(args));
+}
+
+fn succeeded(args: &[&str], out: &std::process::Output) {
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -37,12 +66,43 @@ fn ip(args: &[&str]) {
     );
 }
 
+fn try_ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)")
+}
+
+/// A name for this process's `n`-th object of kind `prefix` (a bridge, a
+/// veth end): the whole process id and `n`, apart, so that no two live
+/// processes share one; at most 14 characters, within an interface name's
+/// 15.
+fn own_name(prefix: &str, n: u32) -> String {
+    format!("{prefix}{}-{n}", std::process::id())
+}
+
+/// Runs `ip add_args` (an `add` of `name`); if `name` exists already, it is
+/// a leftover of a dead process that had this process's id (killed before
+/// it could delete it): `ip delete_args` removes it, and the add is made
+/// again.
+fn add_own(name: &str, add_args: &[&str], delete_args: &[&str]) {
+    let out = try_ip(add_args);
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("File exists") {
+        eprintln!("floki-tests: {name} was left by a dead process with this process's id: deleted");
+        let _ = try_ip(delete_args);
+        ip(add_args);
+    } else {
+        succeeded(add_args, &out);
+    }
+}
+
 impl NetNs {
     /// Creates a namespace with its loopback up.
     pub fn new(label: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("fk{}-{n}-{label}", std::process::id());
-        ip(&["netns", "add", &name]);
+        add_own(&name, &["netns", "add", &name], &["netns", "delete", &name]);
+        own("netns", &name);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Self { name }
     }
@@ -56,11 +116,16 @@ impl NetNs {
     /// (CIDR) on the caller's side, `ns_addr` (CIDR) inside.
     pub fn veth_to_host(&self, host_addr: &str, ns_addr: &str) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let host_if = format!("fkh{}{n}", std::process::id() % 10000);
-        let ns_if = format!("fkn{}{n}", std::process::id() % 10000);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name,
-        ]);
+        let host_if = own_name("fkh", n);
+        let ns_if = own_name("fkn", n);
+        add_own(
+            &host_if,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns",
+                &self.name,
+            ],
+            &["link", "delete", &host_if],
+        );
         ip(&["addr", "add", host_addr, "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
         ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
@@ -82,11 +147,16 @@ impl NetNs {
     /// caller's namespace, with `ns_addr` (CIDR) inside.
     pub fn veth_to_bridge(&self, bridge: &str, ns_addr: &str) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let host_if = format!("fkv{}{n}", std::process::id() % 10000);
-        let ns_if = format!("fkw{}{n}", std::process::id() % 10000);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.name,
-        ]);
+        let host_if = own_name("fkv", n);
+        let ns_if = own_name("fkw", n);
+        add_own(
+            &host_if,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns",
+                &self.name,
+            ],
+            &["link", "delete", &host_if],
+        );
         ip(&["link", "set", &host_if, "master", bridge]);
         ip(&["link", "set", &host_if, "up"]);
         ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
@@ -104,8 +174,13 @@ impl Bridge {
     /// stays on it.
     pub fn new() -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("fkb{}{n}", std::process::id() % 10000);
-        ip(&["link", "add", &name, "type", "bridge"]);
+        let name = own_name("fkb", n);
+        add_own(
+            &name,
+            &["link", "add", &name, "type", "bridge"],
+            &["link", "delete", &name],
+        );
+        own("link", &name);
         ip(&["link", "set", &name, "up"]);
         Self { name }
     }
@@ -124,6 +199,7 @@ impl Default for Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
+        disown(&self.name);
         let _ = Command::new("ip")
             .args(["link", "delete", &self.name])
             .output();
@@ -132,8 +208,36 @@ impl Drop for Bridge {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        disown(&self.name);
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leftover_of_a_dead_process_with_this_id_is_replaced() {
+        crate::require_root();
+        // What a process with this id left when it was killed.
+        let name = own_name("fkt", 9999);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        ip(&["link", "set", &name, "alias", "leftover"]);
+        add_own(
+            &name,
+            &["link", "add", &name, "type", "bridge"],
+            &["link", "delete", &name],
+        );
+        let shown = try_ip(&["link", "show", &name]);
+        ip(&["link", "delete", &name]);
+        succeeded(&["link", "show", &name], &shown);
+        assert!(
+            !String::from_utf8_lossy(&shown.stdout).contains("leftover"),
+            "the leftover was kept: {}",
+            String::from_utf8_lossy(&shown.stdout)
+        );
     }
 }

@@ -38,11 +38,29 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+    let task = Cli::parse().task;
+    // The lab's endpoints own nothing of the lab's: they keep the default.
+    if !matches!(task, Task::Peer(_)) {
+        clean_up_on_signal()?;
+    }
+    match task {
         Task::Demo(opts) => demo::run(&opts),
         Task::Bench(bench) => bench::run(bench),
         Task::Cluster(opts) => cluster::run(&opts),
         Task::Soak(opts) => soak::run(&opts),
         Task::Peer(peer) => peer::run(peer),
     }
+}
+
+/// Stopped by Ctrl-C or SIGTERM (which end a process without running its
+/// destructors), the lab still deletes the network namespaces and bridges
+/// it made, so that none is left behind. (On Ctrl-C the agents and
+/// functions it started get the signal too, and stop themselves.)
+fn clean_up_on_signal() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        eprintln!("floki-lab: stopped: deleting this run's network namespaces and bridges");
+        floki_tests::netns::delete_owned();
+        std::process::exit(130);
+    })?;
+    Ok(())
 }
