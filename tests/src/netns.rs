@@ -11,29 +11,29 @@ use std::{
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// This process's namespaces and bridges not deleted yet, as the `ip`
-/// arguments that delete each: what [`delete_owned`] removes when a signal
-/// stops the process before its destructors run. (A namespace's veth ends
-/// go with it.)
-static OWNED: Mutex<Vec<[String; 3]>> = Mutex::new(Vec::new());
+/// This process's namespaces and bridges not deleted yet, each with the
+/// `ip` object it is (`netns`, `link`): what [`delete_owned`] removes when
+/// a signal stops the process before its destructors run. (A namespace's
+/// veth ends go with it.)
+static OWNED: Mutex<Vec<(&str, String)>> = Mutex::new(Vec::new());
 
-fn owned() -> std::sync::MutexGuard<'static, Vec<[String; 3]>> {
+fn owned() -> std::sync::MutexGuard<'static, Vec<(&'static str, String)>> {
     OWNED.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn own(kind: &str, name: &str) {
-    owned().push([kind.to_owned(), "delete".to_owned(), name.to_owned()]);
+fn own(object: &'static str, name: &str) {
+    owned().push((object, name.to_owned()));
 }
 
 fn disown(name: &str) {
-    owned().retain(|[_, _, owned]| owned != name);
+    owned().retain(|(_, owned)| owned != name);
 }
 
 /// Deletes every namespace and bridge this process made and has not
 /// deleted yet: for a program stopped by a signal (`floki-lab` on Ctrl-C).
 pub fn delete_owned() {
-    for args in owned().drain(..) {
-        let _ = try_ip(&args.each_ref().map(String::as_str));
+    for (object, name) in owned().drain(..) {
+        let _ = try_ip(&[object, "delete", &name]);
     }
 }
 
@@ -115,9 +115,19 @@ impl NetNs {
     /// Links this namespace to the caller's with a veth pair: `host_addr`
     /// (CIDR) on the caller's side, `ns_addr` (CIDR) inside.
     pub fn veth_to_host(&self, host_addr: &str, ns_addr: &str) {
+        let (host_if, ns_if) = self.veth_pair("fkh", "fkn");
+        ip(&["addr", "add", host_addr, "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
+        ip(&["-n", &self.name, "link", "set", &ns_if, "up"]);
+    }
+
+    /// A new veth pair, one end (named with `host_prefix`) in the caller's
+    /// namespace, the other (`ns_prefix`) in this one; their names.
+    fn veth_pair(&self, host_prefix: &str, ns_prefix: &str) -> (String, String) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let host_if = own_name("fkh", n);
-        let ns_if = own_name("fkn", n);
+        let host_if = own_name(host_prefix, n);
+        let ns_if = own_name(ns_prefix, n);
         add_own(
             &host_if,
             &[
@@ -126,10 +136,7 @@ impl NetNs {
             ],
             &["link", "delete", &host_if],
         );
-        ip(&["addr", "add", host_addr, "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
-        ip(&["-n", &self.name, "link", "set", &ns_if, "up"]);
+        (host_if, ns_if)
     }
 
     /// `program` run inside the namespace. `nsenter --net` switches the
@@ -146,17 +153,7 @@ impl NetNs {
     /// Adds a veth pair between this namespace and bridge `bridge` of the
     /// caller's namespace, with `ns_addr` (CIDR) inside.
     pub fn veth_to_bridge(&self, bridge: &str, ns_addr: &str) {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let host_if = own_name("fkv", n);
-        let ns_if = own_name("fkw", n);
-        add_own(
-            &host_if,
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns",
-                &self.name,
-            ],
-            &["link", "delete", &host_if],
-        );
+        let (host_if, ns_if) = self.veth_pair("fkv", "fkw");
         ip(&["link", "set", &host_if, "master", bridge]);
         ip(&["link", "set", &host_if, "up"]);
         ip(&["-n", &self.name, "addr", "add", ns_addr, "dev", &ns_if]);
