@@ -66,14 +66,26 @@ fn the_small_streams_benchmark_measures_every_place() {
     ] {
         assert!(table.contains(row), "no row {row:?} in:\n{table}");
     }
-    // Each pattern row ends with the CPU a run took: functions + servers,
-    // both measured (a run cannot move 1 MiB for free on either side).
+    // Each pattern row ends with the CPU a run took: functions + servers
+    // for Floki and Redis, both measured (a run cannot move 1 MiB for free
+    // on either side), then the bare TCP ceiling's functions.
     let shuffle = table
         .lines()
         .find(|line| line.starts_with("| shuffle 4 by 4 | one node |"))
         .expect("shuffle row");
     let cells: Vec<&str> = shuffle.split('|').map(str::trim).collect();
-    for cpu in &cells[cells.len() - 3..cells.len() - 1] {
+    let bare_cpu: f64 = cells[cells.len() - 2]
+        .trim_end_matches(" µs")
+        .parse()
+        .expect("bare TCP CPU in µs");
+    assert!(bare_cpu > 0.0, "a bare TCP CPU figure of 0 in {shuffle:?}");
+    // The ceiling's time, and each system's share of it.
+    let share = cells[cells.len() - 5];
+    assert!(
+        share.contains("x, ") && share.ends_with('x'),
+        "no `Floki, Redis` shares of the ceiling in {shuffle:?}"
+    );
+    for cpu in &cells[cells.len() - 4..cells.len() - 2] {
         let (functions, servers) = cpu
             .trim_end_matches(" µs")
             .split_once(" + ")

@@ -6,7 +6,8 @@
 //! moved, its CPU time and its peak memory.
 
 use std::{
-    io::{BufRead as _, Write as _},
+    io::{BufRead as _, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
@@ -48,6 +49,14 @@ pub enum Access {
     },
     Redis {
         url: String,
+    },
+    /// The ceiling (`bench small`): a TCP connection from each producer to
+    /// each of its consumers, opened before the runs.
+    BareTcp {
+        /// A consumer's listening address.
+        listen: Option<String>,
+        /// Every consumer's, by function.
+        consumers: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -147,6 +156,13 @@ enum Connections {
     None,
     /// Each used by one thread at a time.
     Redis(Vec<Mutex<redis::Connection>>),
+    /// A producer's connection to each of its streams' consumers, in the
+    /// plan's order; a consumer's listener, and the connection of each
+    /// of its streams' producers once they connected (at its first run).
+    BareTcp {
+        listener: Option<TcpListener>,
+        streams: Mutex<Vec<TcpStream>>,
+    },
 }
 
 impl Connections {
@@ -160,6 +176,26 @@ impl Connections {
                         .collect::<anyhow::Result<_>>()?,
                 )
             }
+            Access::BareTcp { listen, consumers } => match listen {
+                Some(listen) => Self::BareTcp {
+                    listener: Some(
+                        TcpListener::bind(listen)
+                            .with_context(|| format!("listening on {listen}"))?,
+                    ),
+                    streams: Mutex::new(Vec::new()),
+                },
+                None => Self::BareTcp {
+                    listener: None,
+                    streams: Mutex::new(
+                        plan.streams
+                            .iter()
+                            .map(|stream| {
+                                bare_connect(&consumers[&stream.consumer], &plan.function)
+                            })
+                            .collect::<anyhow::Result<_>>()?,
+                    ),
+                },
+            },
             Access::Floki { .. } | Access::S3 { .. } => Self::None,
         })
     }
@@ -217,7 +253,22 @@ fn perform(
         (Access::Redis { .. }, false, Connections::Redis(cons)) => {
             redis_consume(cons, &plan.streams, contents, streams)
         }
-        (Access::Redis { .. }, _, Connections::None) => bail!("Redis without a connection"),
+        (Access::BareTcp { .. }, true, Connections::BareTcp { streams, .. }) => {
+            bare_produce(&mut lock(streams), &plan.streams, contents)
+        }
+        (Access::BareTcp { .. }, false, Connections::BareTcp { listener, streams }) => {
+            let mut streams = lock(streams);
+            if streams.is_empty() {
+                *streams = bare_accept(
+                    listener.as_ref().context("a consumer listens")?,
+                    &plan.streams,
+                )?;
+            }
+            bare_consume(&mut streams, &plan.streams, contents)
+        }
+        (Access::Redis { .. } | Access::BareTcp { .. }, _, _) => {
+            bail!("{} without its connections", plan.function)
+        }
     }
 }
 
@@ -264,7 +315,7 @@ pub fn clean(access_json: &str, keys_json: &str) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Access::Floki { .. } => Ok(()),
+        Access::Floki { .. } | Access::BareTcp { .. } => Ok(()),
     }
 }
 
@@ -467,7 +518,7 @@ fn chunks(bytes: u64) -> u64 {
 }
 
 /// A connection; one a stream thread panicked with is as good as any.
-fn lock(con: &Mutex<redis::Connection>) -> MutexGuard<'_, redis::Connection> {
+fn lock<T>(con: &Mutex<T>) -> MutexGuard<'_, T> {
     con.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -534,4 +585,101 @@ fn redis_consume(
         }
         checker.done()
     })
+}
+
+/// A producer's connection to the consumer listening at `addr`, which it
+/// tells its name (a line).
+fn bare_connect(addr: &str, producer: &str) -> anyhow::Result<TcpStream> {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpStream::connect(addr) {
+            Ok(mut conn) => {
+                conn.set_nodelay(true)?;
+                conn.write_all(format!("{producer}\n").as_bytes())?;
+                return Ok(conn);
+            }
+            Err(err) => last = Some(err),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(anyhow::Error::from(last.expect("tried")).context(format!("connecting to {addr}")))
+}
+
+/// A consumer's connections from its streams' producers, in the plan's
+/// order, each known by the name its producer sent first.
+fn bare_accept(listener: &TcpListener, streams: &[Stream]) -> anyhow::Result<Vec<TcpStream>> {
+    let mut by_producer = std::collections::BTreeMap::new();
+    while by_producer.len() < streams.len() {
+        let (conn, _) = listener.accept()?;
+        conn.set_nodelay(true)?;
+        let mut name = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut name)?;
+        by_producer.insert(name.trim_end().to_owned(), conn);
+    }
+    streams
+        .iter()
+        .map(|stream| {
+            by_producer
+                .remove(&stream.producer)
+                .with_context(|| format!("no connection from {}", stream.producer))
+        })
+        .collect()
+}
+
+/// Writes each stream in turn (its length, then its bytes), then waits for
+/// each consumer's one-byte answer.
+fn bare_produce(
+    conns: &mut [TcpStream],
+    streams: &[Stream],
+    contents: &Contents,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for (conn, stream) in conns.iter_mut().zip(streams) {
+        let content = contents.of(stream);
+        conn.write_all(&stream.bytes.to_be_bytes())?;
+        let mut sent = 0;
+        while sent < stream.bytes {
+            let piece = content.piece(sent, stream.bytes - sent);
+            conn.write_all(piece)?;
+            sent += piece.len() as u64;
+        }
+        total += sent;
+    }
+    for conn in conns.iter_mut() {
+        let mut answer = [0u8; 1];
+        conn.read_exact(&mut answer)?;
+    }
+    Ok(total)
+}
+
+/// Reads and checks each stream in turn, answering one byte after each.
+fn bare_consume(
+    conns: &mut [TcpStream],
+    streams: &[Stream],
+    contents: &Contents,
+) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0;
+    for (conn, stream) in conns.iter_mut().zip(streams) {
+        let mut len = [0u8; 8];
+        conn.read_exact(&mut len)?;
+        let len = u64::from_be_bytes(len);
+        if len != stream.bytes {
+            bail!("a stream of {len} bytes where {} were sent", stream.bytes);
+        }
+        let mut checker = Checker::new(contents.of(stream), stream.bytes);
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = conn.read(&mut buf[..want])?;
+            if n == 0 {
+                bail!("the producer closed its connection mid-stream");
+            }
+            checker.take(&buf[..n])?;
+            left -= n as u64;
+        }
+        total += checker.done()?;
+        conn.write_all(&[1])?;
+    }
+    Ok(total)
 }

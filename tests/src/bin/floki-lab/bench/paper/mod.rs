@@ -97,6 +97,12 @@ pub enum System {
     FlokiDisk,
     S3,
     Redis,
+    /// The ceiling of a warm run (`bench small`): each producer holds a
+    /// TCP connection to each of its consumers, opened before the runs,
+    /// and writes each stream on it as a length and the bytes; the
+    /// consumer checks them and answers one byte. No agent, server,
+    /// framing, credits or checksum.
+    BareTcp,
 }
 
 impl System {
@@ -107,6 +113,7 @@ impl System {
             Self::FlokiDisk => "Floki stored (disk)",
             Self::S3 => "S3 (s3s-fs)",
             Self::Redis => "Redis",
+            Self::BareTcp => "bare TCP",
         }
     }
 
@@ -117,7 +124,7 @@ impl System {
 
     /// Whether consumers start only once their producers exited.
     pub fn sequential(self) -> bool {
-        self != Self::Floki
+        !matches!(self, Self::Floki | Self::BareTcp)
     }
 
     /// The agents' store: what the stored variants keep in memory.
@@ -142,6 +149,10 @@ enum Agents {
 const MEMORY_TIER: &str = "6GiB";
 
 const MIB: u64 = 1 << 20;
+
+/// The first port bare TCP consumers listen on (one each, in the
+/// scenario's order, on their node's address).
+const BARE_TCP_PORT: u16 = 7950;
 
 /// The patterns or placements an option chose, or all of them if it chose
 /// none.
@@ -407,6 +418,23 @@ impl Lab {
                     .expect("Redis runs when measured")
                     .redis_url(&node.name),
             },
+            System::BareTcp => {
+                let at = self
+                    .node(system, scenario.placement.consumer_node())
+                    .ip
+                    .clone();
+                Access::BareTcp {
+                    listen: None,
+                    consumers: scenario
+                        .consumers()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, consumer)| {
+                            (consumer, format!("{at}:{}", BARE_TCP_PORT + i as u16))
+                        })
+                        .collect(),
+                }
+            }
         }
     }
 
@@ -423,6 +451,7 @@ impl Lab {
             }
             System::S3 => self.s3.iter().map(|s| s.pid).collect(),
             System::Redis => self.redis.iter().map(|s| s.pid).collect(),
+            System::BareTcp => Vec::new(),
         }
     }
 
@@ -485,8 +514,15 @@ impl Lab {
                     })
                     .cloned()
                     .collect();
+                let mut access = self.access(system, scenario, node);
+                // A bare TCP consumer listens where its producers connect.
+                if let Access::BareTcp { listen, consumers } = &mut access
+                    && !produce
+                {
+                    *listen = consumers.get(function).cloned();
+                }
                 Plan {
-                    access: self.access(system, scenario, node),
+                    access,
                     function: function.clone(),
                     produce,
                     streams,
@@ -565,7 +601,7 @@ impl Lab {
     /// workflow (which frees what its agents stored) and applies it again.
     fn clean(&self, system: System, scenario: &Scenario) -> anyhow::Result<()> {
         match system {
-            System::Floki => return Ok(()),
+            System::Floki | System::BareTcp => return Ok(()),
             System::FlokiMemory | System::FlokiDisk => {
                 let agents = self.agents(system);
                 let key = (system.cluster(), scenario.placement);

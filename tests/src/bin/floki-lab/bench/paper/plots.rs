@@ -36,6 +36,7 @@ fn color(system: System) -> RGBColor {
         System::FlokiDisk => RGBColor(0xa6, 0x76, 0x1d),
         System::S3 => RGBColor(0xd9, 0x5f, 0x02),
         System::Redis => RGBColor(0x75, 0x70, 0xb3),
+        System::BareTcp => RGBColor(0x66, 0x66, 0x66),
     }
 }
 

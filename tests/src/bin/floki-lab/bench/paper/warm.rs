@@ -7,8 +7,10 @@
 //! a stream stored); Redis in the serverless order (the consumers GET once
 //! every producer's SET returned), its time the producers' span plus the
 //! consumers' span, so that the driver's own hand-off between the two is
-//! not counted against it. The two systems take turns of [`TURN`] runs,
-//! so that a shared machine's drift during a cell moves both alike.
+//! not counted against it. Bare TCP, the ceiling, runs as Floki does,
+//! over connections its functions opened before the runs. The systems
+//! take turns of [`TURN`] runs, so that a shared machine's drift during a
+//! cell moves them alike.
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -26,7 +28,7 @@ use super::{
 use crate::bench::function::Function;
 
 /// The systems compared here.
-const SYSTEMS: [System; 2] = [System::Floki, System::Redis];
+const SYSTEMS: [System; 3] = [System::Floki, System::Redis, System::BareTcp];
 
 /// How long Floki's consumers wait before the producers are told to go:
 /// their receivers reach the agent first, as a waiting consumer's would.
@@ -109,7 +111,8 @@ pub fn run(
 /// Turns of 20 runs gave Floki a higher ratio to Redis (0.87x on average
 /// in a shuffle across nodes) than turns of 100 (0.82x) or one system
 /// after the other (0.79x), Redis slowing more (docs/BENCHMARKS.md); with the
-/// default 200 runs per cell, turns of 100 run Floki, Redis, Redis, Floki,
+/// default 200 runs per cell, turns of 100 run Floki, Redis, bare TCP, then
+/// Redis, bare TCP, Floki,
 /// which cancels a steady drift.
 const TURN: usize = 100;
 
@@ -223,7 +226,8 @@ impl Party {
             (first, last)
         };
         let (micros, produced, consumed) = match self.system {
-            System::Floki => {
+            // Consumers waiting, then producers: first start to last end.
+            System::Floki | System::BareTcp => {
                 go(&mut self.consumers)?;
                 std::thread::sleep(HEAD_START);
                 go(&mut self.producers)?;
@@ -284,13 +288,13 @@ impl Party {
 /// The cells as a Markdown table, the floor's verdict, and JSON.
 pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Value) {
     let mut table = String::from(
-        "| pattern | placement | Floki p50 | Floki p90 | Redis p50 | Redis p90 | Floki's speed-up | Floki CPU per run: functions + agents | Redis CPU per run: functions + server |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| pattern | placement | Floki p50 | Floki p90 | Redis p50 | Redis p90 | Floki's speed-up | bare TCP p50 | at the ceiling: Floki, Redis | Floki CPU per run: functions + agents | Redis CPU per run: functions + server | bare TCP CPU per run |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut slower = Vec::new();
     let mut rows = Vec::new();
     for cell in cells {
-        let (floki, redis) = (cell.systems[0], cell.systems[1]);
+        let (floki, redis, bare) = (cell.systems[0], cell.systems[1], cell.systems[2]);
         let speedup = redis.p50_us / floki.p50_us;
         if speedup < 1.0 {
             slower.push(format!(
@@ -298,27 +302,33 @@ pub fn report(cells: &[Cell], rounds: usize) -> (String, String, serde_json::Val
                 cell.scenario.pattern, cell.scenario.placement
             ));
         }
+        // How close each system comes to the ceiling's time.
+        let (floki_share, redis_share) = (bare.p50_us / floki.p50_us, bare.p50_us / redis.p50_us);
         let cpu = |used: Cpu| format!("{:.0} + {:.0} µs", used.functions_us, used.servers_us);
         table.push_str(&format!(
-            "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {speedup:.2}x | {} | {} |\n",
+            "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {speedup:.2}x | {:.0} µs | {floki_share:.2}x, {redis_share:.2}x | {} | {} | {:.0} µs |\n",
             cell.scenario.pattern,
             cell.scenario.placement,
             floki.p50_us,
             floki.p90_us,
             redis.p50_us,
             redis.p90_us,
+            bare.p50_us,
             cpu(floki.cpu),
             cpu(redis.cpu),
+            bare.cpu.functions_us,
         ));
         rows.push(json!({
             "pattern": cell.scenario.pattern, "placement": cell.scenario.placement,
             "size": human(cell.scenario.size),
             "floki_p50_us": floki.p50_us, "floki_p90_us": floki.p90_us,
             "redis_p50_us": redis.p50_us, "redis_p90_us": redis.p90_us,
+            "bare_tcp_p50_us": bare.p50_us, "bare_tcp_p90_us": bare.p90_us,
             "floki_cpu_functions_us": floki.cpu.functions_us,
             "floki_cpu_agents_us": floki.cpu.servers_us,
             "redis_cpu_functions_us": redis.cpu.functions_us,
             "redis_cpu_server_us": redis.cpu.servers_us,
+            "bare_tcp_cpu_functions_us": bare.cpu.functions_us,
         }));
     }
     let floor = format!(

@@ -342,10 +342,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              The paper's four patterns at 1 MiB (as in `bench paper`: broadcast and shuffle \
              to four consumers, gather from four producers), every function a process already \
              running, its streams' content generated before it is told to go (generating \
-             1 MiB of it took longer than handing it over) and, for Redis, its connections \
-             open ({} runs per cell and system, the first tenth left out; the two systems take \
-             turns of 100 runs, which one goes first alternating, so that the shared machine's \
-             drift during a cell moves both alike while each runs warm). Each stream is 1 MiB in \
+             1 MiB of it took longer than handing it over) and, for Redis and bare TCP, its \
+             connections open ({} runs per cell and system, the first tenth left out; the three \
+             systems take turns of 100 runs, which one goes first rotating, so that the shared \
+             machine's drift during a cell moves them alike while each runs warm). Each stream is 1 MiB in \
              one-to-one and broadcast, 256 KiB in gather and 64 KiB in shuffle (16 streams): \
              these two measure set-up more than copying. Every function moves its streams in \
              turn on its own thread, as a function does with streams that fit their buffers: \
@@ -355,10 +355,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              channels; its time is the first producer's start to the last consumer's verified \
              end. Redis runs in the serverless order, its time the producers' SETs plus the \
              consumers' GETs (first start to last end of each), the driver's hand-off between \
-             the two not counted. Every byte is checked at the consumers. **CPU per run** is the \
+             the two not counted. **Bare TCP** is the ceiling of this traffic on this machine: \
+             each producer holds a TCP connection to each of its consumers, opened before the \
+             runs, and writes each stream on it as its length and its bytes; the consumer \
+             checks the bytes and answers one byte. No agent, server, framing, credits or \
+             checksum. It runs as Floki does, and **at the ceiling** is its time over each \
+             system's: the fraction of the machine's own speed for this traffic that each \
+             reaches. Every byte is checked at the consumers. **CPU per run** is the \
              mean, over the runs after the warm-up, of the functions' own CPU time (`getrusage`) \
              plus their servers' (the agents' threads, or the Redis server's, as the scheduler \
-             accounts it): on two vCPUs, a run whose CPU comes near twice its time is bound by \
+             accounts it; bare TCP has none): on two vCPUs, a run whose CPU comes near twice its time is bound by \
              CPU, not by waiting.\n\n\
              {patterns_table}\n\
              Floors:\n{floors}",
