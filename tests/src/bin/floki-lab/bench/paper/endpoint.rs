@@ -610,11 +610,15 @@ fn bare_connect(addr: &str, producer: &str) -> anyhow::Result<TcpStream> {
 fn bare_accept(listener: &TcpListener, streams: &[Stream]) -> anyhow::Result<Vec<TcpStream>> {
     let mut by_producer = std::collections::BTreeMap::new();
     while by_producer.len() < streams.len() {
-        let (conn, _) = listener.accept()?;
+        let (mut conn, _) = listener.accept()?;
         conn.set_nodelay(true)?;
-        let mut name = String::new();
-        std::io::BufReader::new(&conn).read_line(&mut name)?;
-        by_producer.insert(name.trim_end().to_owned(), conn);
+        // A byte at a time: nothing of the stream behind the name is read.
+        let mut name = Vec::new();
+        let mut byte = [0u8; 1];
+        while conn.read(&mut byte)? == 1 && byte[0] != b'\n' {
+            name.push(byte[0]);
+        }
+        by_producer.insert(String::from_utf8_lossy(&name).into_owned(), conn);
     }
     streams
         .iter()
