@@ -53,9 +53,7 @@ pub enum Access {
     /// The ceiling (`bench small`): a TCP connection from each producer to
     /// each of its consumers, opened before the runs.
     BareTcp {
-        /// A consumer's listening address.
-        listen: Option<String>,
-        /// Every consumer's, by function.
+        /// Where each consumer listens, by function.
         consumers: std::collections::BTreeMap<String, String>,
     },
 }
@@ -176,25 +174,26 @@ impl Connections {
                         .collect::<anyhow::Result<_>>()?,
                 )
             }
-            Access::BareTcp { listen, consumers } => match listen {
-                Some(listen) => Self::BareTcp {
+            Access::BareTcp { consumers } if !plan.produce => {
+                let listen = consumers
+                    .get(&plan.function)
+                    .with_context(|| format!("no address for consumer {}", plan.function))?;
+                Self::BareTcp {
                     listener: Some(
                         TcpListener::bind(listen)
                             .with_context(|| format!("listening on {listen}"))?,
                     ),
                     streams: Mutex::new(Vec::new()),
-                },
-                None => Self::BareTcp {
-                    listener: None,
-                    streams: Mutex::new(
-                        plan.streams
-                            .iter()
-                            .map(|stream| {
-                                bare_connect(&consumers[&stream.consumer], &plan.function)
-                            })
-                            .collect::<anyhow::Result<_>>()?,
-                    ),
-                },
+                }
+            }
+            Access::BareTcp { consumers } => Self::BareTcp {
+                listener: None,
+                streams: Mutex::new(
+                    plan.streams
+                        .iter()
+                        .map(|stream| bare_connect(&consumers[&stream.consumer], &plan.function))
+                        .collect::<anyhow::Result<_>>()?,
+                ),
             },
             Access::Floki { .. } | Access::S3 { .. } => Self::None,
         })
@@ -525,15 +524,21 @@ fn lock<T>(con: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
     let client = redis::Client::open(url).context("the Redis URL")?;
+    Ok(retried(|| client.get_connection())?)
+}
+
+/// `connect` until it succeeds, for up to 5 s: the server (or consumer) may
+/// still be starting; its last error if it never does.
+fn retried<T, E>(mut connect: impl FnMut() -> Result<T, E>) -> Result<T, E> {
     let mut last = None;
     for _ in 0..50 {
-        match client.get_connection() {
-            Ok(con) => return Ok(con),
+        match connect() {
+            Ok(connected) => return Ok(connected),
             Err(err) => last = Some(err),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(last.expect("tried").into())
+    Err(last.expect("tried"))
 }
 
 /// Each object as chunks `KEY:0`, `KEY:1`, ...
@@ -590,19 +595,11 @@ fn redis_consume(
 /// A producer's connection to the consumer listening at `addr`, which it
 /// tells its name (a line).
 fn bare_connect(addr: &str, producer: &str) -> anyhow::Result<TcpStream> {
-    let mut last = None;
-    for _ in 0..50 {
-        match TcpStream::connect(addr) {
-            Ok(mut conn) => {
-                conn.set_nodelay(true)?;
-                conn.write_all(format!("{producer}\n").as_bytes())?;
-                return Ok(conn);
-            }
-            Err(err) => last = Some(err),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(anyhow::Error::from(last.expect("tried")).context(format!("connecting to {addr}")))
+    let mut conn =
+        retried(|| TcpStream::connect(addr)).with_context(|| format!("connecting to {addr}"))?;
+    conn.set_nodelay(true)?;
+    conn.write_all(format!("{producer}\n").as_bytes())?;
+    Ok(conn)
 }
 
 /// A consumer's connections from its streams' producers, in the plan's

@@ -424,7 +424,6 @@ impl Lab {
                     .ip
                     .clone();
                 Access::BareTcp {
-                    listen: None,
                     consumers: scenario
                         .consumers()
                         .into_iter()
@@ -514,15 +513,8 @@ impl Lab {
                     })
                     .cloned()
                     .collect();
-                let mut access = self.access(system, scenario, node);
-                // A bare TCP consumer listens where its producers connect.
-                if let Access::BareTcp { listen, consumers } = &mut access
-                    && !produce
-                {
-                    *listen = consumers.get(function).cloned();
-                }
                 Plan {
-                    access,
+                    access: self.access(system, scenario, node),
                     function: function.clone(),
                     produce,
                     streams,

@@ -111,9 +111,8 @@ pub fn run(
 /// Turns of 20 runs gave Floki a higher ratio to Redis (0.87x on average
 /// in a shuffle across nodes) than turns of 100 (0.82x) or one system
 /// after the other (0.79x), Redis slowing more (docs/BENCHMARKS.md); with the
-/// default 200 runs per cell, turns of 100 run Floki, Redis, bare TCP, then
-/// Redis, bare TCP, Floki,
-/// which cancels a steady drift.
+/// default 200 runs per cell, turns of 100 run Floki, Redis, bare TCP,
+/// then Redis, bare TCP, Floki, which cancels a steady drift.
 const TURN: usize = 100;
 
 /// `rounds` runs of `scenario` through each of [`SYSTEMS`], every system by
