@@ -26,6 +26,8 @@ use floki_proto::{
     ring::KeptRing,
 };
 
+use crate::idle::KeptLink;
+
 use super::{
     ChannelOptions, ClientError,
     setup::{RingHanded, opening::Nudge},
@@ -55,6 +57,13 @@ pub(crate) struct Pairing {
     /// The agent sent the pairing key on the link ahead of the stream: the
     /// sender does not send it again.
     pub key_sent: bool,
+    /// The end goes over the link it held, without asking the agent: a
+    /// sender starts the link itself, a receiver reads the start itself
+    /// (docs/PROTOCOL.md, "Held links").
+    pub held: bool,
+    /// A receiver whose agent leaves it the link after a verified stream
+    /// (its hello said `holds_link`): kept, it is watched while idle.
+    pub holds: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -109,7 +118,19 @@ pub(crate) struct Opened {
     pub stream: ControlStream,
     kept: bool,
     ring: Option<KeptRing>,
-    link: Option<std::net::TcpStream>,
+    link: Option<KeptLink>,
+}
+
+impl Opened {
+    /// A kept connection to say hello on, holding no ring or link.
+    pub(crate) fn kept(stream: ControlStream) -> Self {
+        Self {
+            stream,
+            kept: true,
+            ring: None,
+            link: None,
+        }
+    }
 }
 
 /// A connection to the agent for a new end of `opts.channel`: one this
@@ -180,7 +201,10 @@ pub(crate) struct Accepted {
     pub ring: Option<KeptRing>,
     /// The agents' link of this connection's last stream, which the hello
     /// said this end still holds.
-    pub link: Option<std::net::TcpStream>,
+    pub link: Option<KeptLink>,
+    /// The end goes over `link` without asking the agent (nothing was
+    /// said): see [`Pairing::held`].
+    pub held: bool,
     pub channel_id: u32,
     /// The channel's window: what a sender may buffer before pairing.
     pub window: Option<u64>,
@@ -198,6 +222,9 @@ impl Accepted {
     /// [`crate::setup::sender`]) unless `bounded` (a pair timeout: the
     /// sender then waits for that credit, within it).
     pub fn paired_at_once(&self, bounded: bool) -> bool {
+        if self.held {
+            return true;
+        }
         let fd = raw_fd(&self.control);
         let peek = |buf: &mut [u8]| {
             nix::sys::socket::recv(
@@ -245,6 +272,20 @@ pub(crate) async fn hello(
     listen: Option<SocketAddr>,
 ) -> Result<Accepted, ClientError> {
     let unix = is_unix(&opened.stream);
+    if holds(&opened, opts, unix) {
+        // The stream's next use over the link this end held: nothing to
+        // ask (docs/PROTOCOL.md, "Held links").
+        let window = opened.link.as_ref().map(|link| link.window);
+        return Ok(Accepted {
+            control: opened.stream,
+            ring: None,
+            link: opened.link,
+            held: true,
+            channel_id: 0,
+            window,
+            listener: None,
+        });
+    }
     let hello = Hello {
         channel: opts.channel.clone(),
         role,
@@ -268,10 +309,30 @@ pub(crate) async fn hello(
         // A sender on the Unix socket may be handed the agents' link: the
         // agent's start of it may carry the pairing key too.
         key_ahead: role == Role::Send && unix,
+        holds_link: role == Role::Recv && holds_link(opts, unix),
         run: opts.run.clone(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
     accepted(opened, answer, &opts.channel).await
+}
+
+/// Whether an end goes over the link it held from its stream's last use,
+/// without a word to the agent: a function's workflow stream, on the Unix
+/// socket, on the connection that kept the link, with no transport
+/// insisted on.
+fn holds(opened: &Opened, opts: &ChannelOptions, unix: bool) -> bool {
+    opened.kept
+        && opened.link.as_ref().is_some_and(|link| !link.given_back)
+        && unix
+        && opts.stream.is_some()
+        && !opts.store
+        && opts.transport.is_none()
+}
+
+/// Whether a receiver's hello says `holds_link`: a function's workflow
+/// stream on the Unix socket (where links are handed over).
+fn holds_link(opts: &ChannelOptions, unix: bool) -> bool {
+    unix && opts.stream.is_some() && !opts.store
 }
 
 /// Sends a client's request (after the preamble on a new connection) and
@@ -389,6 +450,7 @@ async fn accepted(
                 control,
                 ring,
                 link,
+                held: false,
                 channel_id,
                 window,
                 listener,
@@ -419,9 +481,29 @@ pub(crate) async fn paired(
         mut listener,
         ring: kept_ring,
         link: kept_link,
+        held,
         ..
     } = accepted;
     let channel = &opts.channel;
+    if held && let Some(kept) = kept_link {
+        let pairing = Pairing {
+            control,
+            channel_id,
+            transport: Transport::Tcp,
+            peer: None,
+            key: kept.key,
+            window: kept.window,
+            handed: Some(connection(kept.conn.into(), channel)?),
+            ring: None,
+            stored: false,
+            again: true,
+            link: true,
+            key_sent: false,
+            held: true,
+            holds: role == Role::Recv,
+        };
+        return Ok((pairing, None));
+    }
     let protocol = |source: ProtocolError| ClientError::Protocol {
         channel: channel.clone(),
         source,
@@ -472,7 +554,7 @@ pub(crate) async fn paired(
                 // The agent started the link this end kept again; nothing
                 // follows.
                 Some(Handoff::KeptLink) => match kept_link {
-                    Some(kept) => (Some(connection(kept.into(), channel)?), None),
+                    Some(kept) => (Some(connection(kept.conn.into(), channel)?), None),
                     None => return Err(unexpected_socket(channel)),
                 },
                 Some(Handoff::Listener) if role == Role::Recv && listener.is_none() => {
@@ -490,6 +572,7 @@ pub(crate) async fn paired(
                     "pairing key {key:?} is not 32 hex digits"
                 )))
             })?;
+            let holds = role == Role::Recv && holds_link(opts, is_unix(&control));
             let pairing = Pairing {
                 control,
                 channel_id,
@@ -503,6 +586,8 @@ pub(crate) async fn paired(
                 again,
                 link,
                 key_sent,
+                held: false,
+                holds,
             };
             Ok((pairing, listener))
         }

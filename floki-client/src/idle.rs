@@ -15,14 +15,17 @@
 
 use std::{
     os::fd::AsFd as _,
-    sync::{Mutex, MutexGuard, TryLockError},
+    sync::{
+        Mutex, MutexGuard, TryLockError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio_util::either::Either;
 
-use floki_proto::{handoff::link_established, ring::KeptRing};
+use floki_proto::{KEY_LEN, handoff::link_established, ring::KeptRing};
 
 use crate::control::DetachedControl;
 
@@ -37,12 +40,17 @@ const MAX_IDLE: usize = 64;
 const MAX_RING_BYTES: u64 = 64 << 20;
 
 struct Idle {
+    /// A consumer's held link and its connection in the watcher's set
+    /// (first, so that it leaves the set before they close).
+    watch: Option<crate::held_watch::Watch>,
+    /// Which entry this is, for the watcher.
+    id: u64,
     agent: String,
     /// The stream the connection last carried ([`stream_of`]).
     stream: String,
     control: DetachedControl,
     ring: Option<KeptRing>,
-    link: Option<std::net::TcpStream>,
+    link: Option<KeptLink>,
     since: Instant,
 }
 
@@ -58,7 +66,22 @@ impl Idle {
 pub(crate) struct Kept {
     pub control: DetachedControl,
     pub ring: Option<KeptRing>,
-    pub link: Option<std::net::TcpStream>,
+    pub link: Option<KeptLink>,
+}
+
+/// The agents' link of a stream across nodes, kept after a verified stream
+/// for the stream's next use, with what that use needs to go without the
+/// agent: the pairing key the link's streams present, and the window.
+pub(crate) struct KeptLink {
+    pub conn: std::net::TcpStream,
+    pub key: [u8; KEY_LEN],
+    pub window: u64,
+    /// A consumer's: its agent left the link to it, so it is watched while
+    /// idle ([`crate::held_watch`]).
+    pub watched: bool,
+    /// A consumer's that was given back to its agent's watch (its next
+    /// start came while idle): the next receiver says hello with it.
+    pub given_back: bool,
 }
 
 /// The connections of this process (a forked child starts without them: a
@@ -117,7 +140,24 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
     if pool.idle.len() >= MAX_IDLE {
         pool.idle.remove(0);
     }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let watch = match &kept.link {
+        Some(link) if link.watched => {
+            // A held link nobody watches would hold its next stream up: if
+            // it cannot be watched, the connection goes (and its agent
+            // watches the link again).
+            let Some(watch) =
+                crate::held_watch::Watch::start(id, control_fd(&kept.control), link.conn.as_fd())
+            else {
+                return;
+            };
+            Some(watch)
+        }
+        _ => None,
+    };
     pool.idle.push(Idle {
+        watch,
+        id,
         agent,
         stream,
         control: kept.control,
@@ -173,7 +213,7 @@ pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
         if idle
             .link
             .as_ref()
-            .is_some_and(|link| !link_established(link.as_fd()))
+            .is_some_and(|link| !link_established(link.conn.as_fd()))
         {
             idle.link = None;
         }
@@ -185,6 +225,46 @@ pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
             });
         }
     }
+}
+
+/// Ids of idle entries, for the watcher.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The watcher saw something to read on the idle connection `id` (or on
+/// its held link, `on_link`). A start on the link is given back to the
+/// agent (`give_back`): the connection stays kept with the link, which its
+/// next receiver of the stream says hello with. Anything else (a word from
+/// the agent, a close) gives the connection up: closed, so that its agent
+/// takes the link back.
+pub(crate) fn woke(id: u64, on_link: bool) {
+    let Some(mut pool) = pool() else {
+        return;
+    };
+    let Some(at) = pool.idle.iter().position(|idle| idle.id == id) else {
+        return;
+    };
+    if !(on_link && give_back(&mut pool.idle[at])) {
+        pool.idle.remove(at);
+    }
+}
+
+/// Tells the agent of `idle` that its link is the agent's to read again;
+/// whether the whole message went.
+fn give_back(idle: &mut Idle) -> bool {
+    let request = floki_proto::control::ClientRequest::GiveBack { give_back: true };
+    let Ok(message) = floki_proto::control::encode_message(&request, floki_proto::MAX_MESSAGE_LEN)
+    else {
+        return false;
+    };
+    if !matches!(crate::reporter::try_write_detached(&idle.control, &message), Ok(n) if n == message.len())
+    {
+        return false;
+    }
+    idle.watch = None;
+    if let Some(link) = &mut idle.link {
+        link.given_back = true;
+    }
+    true
 }
 
 /// What a kept connection is kept under besides its agent: the stream it
@@ -200,14 +280,18 @@ pub(crate) fn stream_of(opts: &crate::ChannelOptions) -> String {
     }
 }
 
+/// The descriptor of a detached control connection.
+fn control_fd(control: &DetachedControl) -> std::os::fd::BorrowedFd<'_> {
+    match control {
+        Either::Left(tcp) => tcp.as_fd(),
+        Either::Right(unix) => unix.as_fd(),
+    }
+}
+
 /// Whether the agent has said nothing on an idle connection: anything to
 /// read (its close, at its idle limit or on its restart) means it is over.
 fn quiet(control: &DetachedControl) -> bool {
-    let fd = match control {
-        Either::Left(tcp) => tcp.as_fd(),
-        Either::Right(unix) => unix.as_fd(),
-    };
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(control_fd(control), PollFlags::POLLIN)];
     matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 

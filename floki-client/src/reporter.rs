@@ -79,6 +79,13 @@ pub(crate) struct Reporter {
 pub(crate) struct Keep {
     pub agent: String,
     pub stream: String,
+    /// The pairing key and window of the link the end may keep with it,
+    /// and whether it is a consumer's, watched while idle.
+    pub link_terms: Option<([u8; floki_proto::KEY_LEN], u64, bool)>,
+    /// The end went over a link it held, without asking the agent: its
+    /// final report is a `held` request, and it sends no progress reports
+    /// (the agent is not reading reports on the connection).
+    pub held: bool,
 }
 
 /// The reporting task, if it runs.
@@ -97,8 +104,11 @@ struct Deferred {
     runtime: Handle,
     control: DetachedControl,
     outcome: oneshot::Receiver<Outcome>,
-    /// When the first progress report falls due.
-    due: Instant,
+    /// When the first progress report falls due (never for a held end: see
+    /// [`Keep::held`]).
+    due: Option<Instant>,
+    /// The end went over a link it held (see [`Keep::held`]).
+    held: bool,
 }
 
 impl Reporter {
@@ -107,8 +117,9 @@ impl Reporter {
     /// a successful end keeps it for the next channel to that agent.
     pub fn spawn(control: ControlStream, keep_for: Option<Keep>) -> Self {
         let keeps = keep_for.is_some();
+        let held = keep_for.as_ref().is_some_and(|keep| keep.held);
         let mut reporter = Self::start(|progress, shared, outcome| {
-            tokio::spawn(report(control, progress, shared, outcome, keeps))
+            tokio::spawn(report(control, progress, shared, outcome, keeps, held))
         });
         reporter.keep_for = keep_for;
         reporter
@@ -121,6 +132,7 @@ impl Reporter {
     /// the final report; it is kept for the next channel to that agent.
     pub fn deferred_on(runtime: &Handle, control: ControlStream, keep_for: Option<Keep>) -> Self {
         let (outcome_tx, outcome_rx) = oneshot::channel();
+        let held = keep_for.as_ref().is_some_and(|keep| keep.held);
         // Fails only if the kernel refuses to take the connection out of
         // epoll; the reports are then lost, never the stream.
         let task = match crate::control::detach(control) {
@@ -128,7 +140,9 @@ impl Reporter {
                 runtime: runtime.clone(),
                 control,
                 outcome: outcome_rx,
-                due: Instant::now() + PROGRESS_EVERY,
+                // A held end reports once, at its end.
+                due: (!held).then(|| Instant::now() + PROGRESS_EVERY),
+                held,
             })),
             Err(_) => Task::None,
         };
@@ -148,6 +162,7 @@ impl Reporter {
             runtime,
             control,
             outcome,
+            held,
             ..
         } = match std::mem::replace(&mut self.task, Task::None) {
             Task::Deferred(deferred) => *deferred,
@@ -162,7 +177,7 @@ impl Reporter {
             // reports are then lost, never the stream. A blocking end keeps
             // its connection only when it wrote the final report itself.
             match crate::control::attach(control) {
-                Ok(control) => report(control, progress, shared, outcome, false).await,
+                Ok(control) => report(control, progress, shared, outcome, false, held).await,
                 Err(_) => false,
             }
         }));
@@ -191,7 +206,7 @@ impl Reporter {
     pub fn progress(&mut self, bytes: u64) {
         self.progress.store(bytes, Ordering::Relaxed);
         if let Task::Deferred(deferred) = &self.task
-            && Instant::now() >= deferred.due
+            && deferred.due.is_some_and(|due| Instant::now() >= due)
         {
             self.start_deferred();
         }
@@ -220,12 +235,8 @@ impl Reporter {
         if self.outcome.is_none() {
             return;
         }
-        let report = ClientReport::Done {
-            ok: error.is_none(),
-            bytes,
-            error: error.clone(),
-        };
-        let message = encode_message(&report, MAX_MESSAGE_LEN);
+        let held = self.keep_for.as_ref().is_some_and(|keep| keep.held);
+        let message = final_message(held, error.is_none(), bytes, error.clone());
         if let (Task::Deferred(deferred), Ok(message)) = (&self.task, &message) {
             // No task yet: nothing else writes on the connection.
             let written = taken_now(try_write_detached(&deferred.control, message), message);
@@ -327,6 +338,7 @@ async fn report(
     shared: Arc<Shared>,
     mut outcome: oneshot::Receiver<Outcome>,
     keeps: bool,
+    held: bool,
 ) -> bool {
     let control = shared.control.get_or_init(|| control);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -336,7 +348,7 @@ async fn report(
     let outcome = loop {
         tokio::select! {
             outcome = &mut outcome => break outcome,
-            _ = tick.tick(), if !agent_gone => {
+            _ = tick.tick(), if !agent_gone && !held => {
                 let bytes = progress.load(Ordering::Relaxed);
                 let mine = shared
                     .turn
@@ -355,29 +367,26 @@ async fn report(
     if agent_gone {
         return false;
     }
-    let report = match outcome {
-        Ok(Outcome::Report { ok, error }) => ClientReport::Done {
-            ok,
-            bytes: progress.load(Ordering::Relaxed),
-            error,
-        },
+    let (ok, error) = match outcome {
+        Ok(Outcome::Report { ok, error }) => (ok, error),
         Ok(Outcome::WrittenHere { rest }) => {
             if !rest.is_empty() && write_all(control, &rest).await.is_ok() {
                 let _ = shutdown_write(control);
             }
             return false;
         }
-        Err(_) => ClientReport::Done {
-            ok: false,
-            bytes: progress.load(Ordering::Relaxed),
-            error: Some("the client dropped the channel before the end of the stream".into()),
-        },
+        Err(_) => (
+            false,
+            Some("the client dropped the channel before the end of the stream".into()),
+        ),
     };
-    let succeeded = matches!(report, ClientReport::Done { ok: true, .. });
-    if write_report(control, &report).await.is_err() {
+    let Ok(message) = final_message(held, ok, progress.load(Ordering::Relaxed), error) else {
+        return false;
+    };
+    if write_all(control, &message).await.is_err() {
         return false;
     }
-    if keeps && succeeded {
+    if keeps && ok {
         return true;
     }
     let _ = shutdown_write(control);
@@ -396,8 +405,15 @@ impl Reporter {
     /// Keeps `link` (the agents' link of a stream across nodes) with the
     /// connection for the stream's next use, if the connection is kept.
     pub fn keep_link(&mut self, link: std::net::TcpStream) {
-        if let Some(kept) = &mut self.kept {
-            kept.link = Some(link);
+        let terms = self.keep_for.as_ref().and_then(|keep| keep.link_terms);
+        if let (Some(kept), Some((key, window, watched))) = (&mut self.kept, terms) {
+            kept.link = Some(crate::idle::KeptLink {
+                conn: link,
+                key,
+                window,
+                watched,
+                given_back: false,
+            });
         }
     }
 }
@@ -413,6 +429,25 @@ impl Drop for Reporter {
         if let (Some(keep), Some(kept)) = (self.keep_for.take(), self.kept.take()) {
             crate::idle::put(keep.agent, keep.stream, kept);
         }
+    }
+}
+
+/// An end's final message: its `done` report, or for an end that went over
+/// a link it held, the `held` request that tells the agent afterwards.
+fn final_message(
+    held: bool,
+    ok: bool,
+    bytes: u64,
+    error: Option<String>,
+) -> Result<Vec<u8>, floki_proto::ProtocolError> {
+    if held {
+        let held = floki_proto::control::HeldReport { ok, bytes, error };
+        encode_message(
+            &floki_proto::control::ClientRequest::Held { held },
+            MAX_MESSAGE_LEN,
+        )
+    } else {
+        encode_message(&ClientReport::Done { ok, bytes, error }, MAX_MESSAGE_LEN)
     }
 }
 
@@ -458,7 +493,7 @@ fn taken_now(result: io::Result<usize>, message: &[u8]) -> usize {
 }
 
 /// [`try_write`] on a connection no runtime has (it stays non-blocking).
-fn try_write_detached(control: &DetachedControl, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn try_write_detached(control: &DetachedControl, buf: &[u8]) -> io::Result<usize> {
     use std::io::Write as _;
     match control {
         Either::Left(tcp) => (&*tcp).write(buf),
@@ -569,7 +604,7 @@ mod tests {
     fn the_task_starts_when_a_progress_report_falls_due() {
         let (runtime, mut reporter, agent) = blocking_end();
         if let Task::Deferred(deferred) = &mut reporter.task {
-            deferred.due = Instant::now();
+            deferred.due = Some(Instant::now());
         }
         reporter.progress(1000);
         assert!(matches!(reporter.task, Task::Running(_)));

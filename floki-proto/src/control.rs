@@ -118,8 +118,36 @@ pub enum ClientRequest {
         /// The edge.
         describe: EdgeRef,
     },
+    /// How a stream went that the function carried over the link it held,
+    /// without asking the agent first (docs/PROTOCOL.md, "Held links"):
+    /// told afterwards, on the connection that holds the link, and not
+    /// answered.
+    Held {
+        /// The stream's outcome for this end.
+        held: HeldReport,
+    },
+    /// A consumer that holds its stream's link gives it back to the agent's
+    /// watch: the stream's next start came while no receiver of the process
+    /// read it. The agent serves that start as any other (the consumer's
+    /// next hello, with `kept_link`, finds it); not answered.
+    GiveBack {
+        /// Always `true`.
+        give_back: bool,
+    },
     /// Open a channel end.
     Open(Hello),
+}
+
+/// A held link's stream, as its end tells it afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReport {
+    /// Whether the stream went across complete and verified.
+    pub ok: bool,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// What went wrong, when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A function's place on an edge of a workflow.
@@ -199,6 +227,12 @@ pub struct Hello {
     /// sender then does not send it: one segment less across the nodes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub key_ahead: bool,
+    /// A consumer that keeps the link it is handed after a verified stream
+    /// and reads the stream's next start on it itself: its agent leaves the
+    /// link with this connection rather than watching it (docs/PROTOCOL.md,
+    /// "Held links").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_link: bool,
     /// The run this end belongs to (an orchestrator's execution id: Argo's
     /// workflow uid, a Step Functions execution). A stream its producer has
     /// stored keeps it, and a consumer is served only a stored stream of
@@ -334,6 +368,12 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         key_sent: bool,
     },
+    /// To a consumer that holds its stream's link (its hello said
+    /// `holds_link`): the stream's next use started on another link (a new
+    /// producer process, on the spare). The consumer stops waiting on the
+    /// link it holds and says hello, which hands it the started one
+    /// (docs/PROTOCOL.md, "Held links").
+    StartedElsewhere,
 }
 
 /// Messages from a client to the agent after the hello.
@@ -574,6 +614,7 @@ mod tests {
             kept_ring: false,
             kept_link: false,
             key_ahead: false,
+            holds_link: false,
             run: Some("argo-4f6c2d".into()),
         };
         let mut wire = Vec::new();

@@ -6,6 +6,7 @@
 //! * [`control`]: the handshake between a client and its agent (TCP, or the
 //!   agent's Unix socket): a preamble, then length-prefixed JSON messages.
 //! * [`handoff`]: on the Unix socket, sockets the agent hands to a client.
+//! * [`link_start`]: the start of a stream on the agents' link across nodes.
 //! * [`ring`]: the `shm` transport, a ring in shared memory.
 //! * [`frame`]: the data stream between a sender and its receiver, on their
 //!   own point-to-point socket: binary frames, credits, the end mark.
@@ -17,6 +18,7 @@
 pub mod control;
 pub mod frame;
 pub mod handoff;
+pub mod link_start;
 pub mod netns;
 pub mod ring;
 pub mod stream;

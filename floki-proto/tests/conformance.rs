@@ -53,6 +53,7 @@ async fn handshake() -> Value {
         kept_ring: false,
         kept_link: false,
         key_ahead: false,
+        holds_link: false,
         run: None,
     };
     let sender = Hello {

@@ -17,8 +17,12 @@ use std::{
 
 use floki_client::{ChannelOptions, blocking, workflow::EdgeOptions};
 use floki_tests::{
-    agent::{AgentOptions, TestAgent},
-    cluster::{Cluster, ClusterNode, Spec, local_edge_probe},
+    agent::AgentOptions,
+    cluster::{Spec, local_edge_probe},
+    links::{
+        LinkPath::{Held, New},
+        finished_in_order, one_edge_across_nodes, paths_on,
+    },
     metrics::{get, node_with_metrics, sample},
     node::{TestNode, assert_success, spawn, wait_within},
     pattern, stream_seed,
@@ -418,16 +422,25 @@ fn a_stream_across_nodes_again_goes_over_the_link_its_functions_kept() {
             Consuming::Probe(child) => assert_success(&wait_within(child, LIMIT), "a new consumer"),
         }
     }
-    // Which streams went over a kept link, as each agent's status says.
+    // Which streams went over a link their end held, as each agent's
+    // status says: the producer here starts the link it kept whoever
+    // consumes; the consumer here reads the link it kept when that is the
+    // one started, and is told to ask otherwise (a new producer's spare
+    // link, or the link a new consumer was handed since).
     assert_eq!(
-        kept_link_on(a, ends.len()),
-        [false, true, false, true, true, true],
+        paths_on(a, ends.len()),
+        [New, Held, New, Held, Held, Held],
         "producer's node"
     );
+    // Whether it reads the start itself or its agent does depends on who
+    // came first: a start that comes before the consumer waits goes back
+    // to the agent, which hands the consumer the same link in place.
+    let consumed = paths_on(b, ends.len());
+    let reused = consumed.iter().map(|path| *path != New).collect::<Vec<_>>();
     assert_eq!(
-        kept_link_on(b, ends.len()),
+        reused,
         [false, true, false, false, false, true],
-        "consumer's node"
+        "consumer's node: {consumed:?}"
     );
 }
 
@@ -477,39 +490,6 @@ fn a_producer_that_bounds_its_pairing_across_nodes_waits_for_its_consumer_within
     );
 }
 
-/// Two namespace nodes and a workflow with one edge across them, `p` on
-/// node-a to `q` on node-b: the cluster, the token, and the options of
-/// the edge's one stream at each end (on the nodes' Unix sockets). Live: a
-/// producer that finishes before its consumer came is never stored (a
-/// stored stream is replayed to every later consumer).
-fn one_edge_across_nodes() -> (Cluster, String, ChannelOptions, ChannelOptions) {
-    let cluster = Cluster::start(&["node-a", "node-b"]);
-    cluster.wait_connected();
-    let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
-        .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
-    let unix = |node: &str| format!("unix:{}", cluster.node(node).agent.socket.display());
-    let mut producer = EdgeOptions::new(unix("node-a"), "wf", &token, "e", "p");
-    producer.live = true;
-    let producer = producer.stream("q");
-    let consumer = EdgeOptions::new(unix("node-b"), "wf", &token, "e", "q").stream("p");
-    (cluster, token, producer, consumer)
-}
-
-/// Which of the `count` streams of that edge went over a kept link, as
-/// `node`'s agent says.
-fn kept_link_on(node: &ClusterNode, count: usize) -> Vec<bool> {
-    finished_in_order(&node.agent, "wf/e/p>q", count)
-        .iter()
-        .map(|c| {
-            let note = c["note"].as_str().expect("note");
-            note.contains("kept the agents' link")
-        })
-        .collect()
-}
-
 /// The tokio runtime a function of these tests runs on.
 fn tokio_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -555,14 +535,19 @@ fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
             );
         }
     });
-    // Every stream after the first went over the link both functions kept.
-    for node in ["node-a", "node-b"] {
-        assert_eq!(
-            kept_link_on(cluster.node(node), AGAIN),
-            [false, true, true, true],
-            "{node}"
-        );
-    }
+    // Every stream after the first went over the link both functions held
+    // (the consumer reads the start itself when it waited first; its agent
+    // hands it the same link in place otherwise).
+    assert_eq!(
+        paths_on(cluster.node("node-a"), AGAIN),
+        [New, Held, Held, Held],
+        "node-a"
+    );
+    let consumed = paths_on(cluster.node("node-b"), AGAIN);
+    assert!(
+        consumed[0] == New && consumed[1..].iter().all(|path| *path != New),
+        "node-b: {consumed:?}"
+    );
 }
 
 /// Who runs an end of a stream across nodes.
@@ -578,25 +563,6 @@ use End::{Here, Probe};
 enum Consuming {
     Thread(std::thread::JoinHandle<Vec<u8>>),
     Probe(std::process::Child),
-}
-
-/// The `count` streams of channel `name` in `agent`'s status, in the order
-/// they opened; each finished whole.
-fn finished_in_order(agent: &TestAgent, name: &str, count: usize) -> Vec<serde_json::Value> {
-    let status = agent.status();
-    let mut streams: Vec<serde_json::Value> = status["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter(|c| c["name"] == name)
-        .cloned()
-        .collect();
-    streams.sort_by_key(|c| c["id"].as_u64().expect("id"));
-    assert_eq!(streams.len(), count, "{status:#}");
-    for stream in &streams {
-        assert_eq!(stream["state"], "done", "{stream:#}");
-    }
-    streams
 }
 
 const LIMIT: Duration = Duration::from_secs(60);

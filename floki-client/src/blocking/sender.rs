@@ -114,6 +114,7 @@ impl Sender {
             listener: _,
             ring,
             link,
+            held,
         } = accepted;
         let (pending, nudged) = Pending::new(window.unwrap_or(0));
         let moving = |channel: &str, source| ClientError::Io {
@@ -132,6 +133,7 @@ impl Sender {
                 listener: None,
                 ring,
                 link,
+                held,
             };
             // Deferred like any blocking end's reports: its task starts
             // only if a report is due that the caller cannot write, and its

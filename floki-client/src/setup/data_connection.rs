@@ -204,6 +204,120 @@ pub(super) async fn verify_sender(
     Ok(stream)
 }
 
+/// How a receiver's wait on the link it held ended.
+pub(crate) enum HeldStart {
+    /// The producer started the stream on it; its start was read.
+    Started,
+    /// The agent said the stream started on another link, or the link
+    /// closed before any start (the producer's agent went).
+    Elsewhere,
+    /// The agent closed the connection (it is going): the link is its to
+    /// watch again, not this end's to read.
+    AgentGone,
+}
+
+/// Waits on a link this receiver held for its stream's start (within the
+/// pair timeout, if any), and reads it: the producer's start byte (and its
+/// run), which the consumer's agent reads when it watches the link. The
+/// agent may say meanwhile that the stream started on another link (a new
+/// producer process), or go: then the link is not read (docs/PROTOCOL.md,
+/// "Held links").
+pub(super) async fn held_start(
+    link: &mut TcpStream,
+    control: &mut floki_proto::control::ControlStream,
+    opts: &ChannelOptions,
+) -> Result<HeldStart, ClientError> {
+    let waiting = async {
+        tokio::select! {
+            biased;
+            ready = link.readable() => ready.map(|()| None),
+            ready = control_readable(control) => ready.map(|()| Some(())),
+        }
+    };
+    let waited = match opts.pair_timeout {
+        Some(limit) => timeout(limit, waiting)
+            .await
+            .map_err(|_| ClientError::PairTimeout {
+                channel: opts.channel.clone(),
+                peer: Role::Send,
+                timeout: limit,
+            })?,
+        None => waiting.await,
+    };
+    let io = |context| {
+        move |source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context,
+            source,
+        }
+    };
+    match waited.map_err(io("waiting on the link this receiver held"))? {
+        None => Ok(if read_link_start(link, opts).await? {
+            HeldStart::Started
+        } else {
+            HeldStart::Elsewhere
+        }),
+        Some(()) => match floki_proto::control::read_message(control).await {
+            Ok(Some(floki_proto::control::AgentMessage::StartedElsewhere)) => {
+                Ok(HeldStart::Elsewhere)
+            }
+            Ok(None) | Err(floki_proto::ProtocolError::Io(_)) => Ok(HeldStart::AgentGone),
+            Ok(Some(other)) => Err(ClientError::Protocol {
+                channel: opts.channel.clone(),
+                source: floki_proto::ProtocolError::BadFrame(format!(
+                    "unexpected {other:?} while holding the stream's link"
+                )),
+            }),
+            Err(source) => Err(ClientError::Protocol {
+                channel: opts.channel.clone(),
+                source,
+            }),
+        },
+    }
+}
+
+/// Readiness to read of a control connection.
+async fn control_readable(control: &floki_proto::control::ControlStream) -> std::io::Result<()> {
+    match control {
+        tokio_util::either::Either::Left(tcp) => tcp.readable().await,
+        tokio_util::either::Either::Right(unix) => unix.readable().await,
+    }
+}
+
+/// Reads the start of the stream on a link this receiver held: its start
+/// byte, and the run behind a [`START_RUN`]; `false` if the link closed
+/// before it. A link that starts with anything else, or closes within its
+/// start, fails the end.
+///
+/// [`START_RUN`]: floki_proto::link_start::START_RUN
+async fn read_link_start(
+    stream: &mut TcpStream,
+    opts: &ChannelOptions,
+) -> Result<bool, ClientError> {
+    use floki_proto::link_start::{START, START_LIVE, START_RUN};
+    let failed = |reason: String| ClientError::Stream {
+        channel: opts.channel.clone(),
+        source: StreamError::Protocol(reason),
+    };
+    let io = |e: std::io::Error| failed(format!("the held link closed before its stream: {e}"));
+    let mut first = [0u8; 1];
+    if stream.read(&mut first).await.map_err(io)? == 0 {
+        return Ok(false);
+    }
+    match first[0] {
+        START | START_LIVE => Ok(true),
+        START_RUN => {
+            let len = stream.read_u8().await.map_err(io)?;
+            let mut run = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut run).await.map_err(io)?;
+            Ok(true)
+        }
+        other => Err(failed(format!(
+            "the held link's stream began with {other:#04x}, not a start byte"
+        ))),
+    }
+}
+
 async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
     let mut header = [0u8; HEADER_LEN];
     stream

@@ -12,6 +12,7 @@ use floki_proto::{
     ProtocolError,
     control::Role,
     frame::{FrameKind, control_frame},
+    link_start::LinkStart,
     ring::{KeptRing, RingReader, RingWriter},
     stream::StreamError,
 };
@@ -28,6 +29,7 @@ use crate::{
     control::{self, Accepted, Pairing},
     end::EndState,
     reporter::Reporter,
+    setup::data_connection::HeldStart,
 };
 
 /// A paired channel end with its data path open.
@@ -96,6 +98,10 @@ impl Established {
         let keep = (pairing.again && !opts.store).then(|| crate::reporter::Keep {
             agent: opts.agent.clone(),
             stream: crate::idle::stream_of(opts),
+            link_terms: pairing
+                .link
+                .then_some((pairing.key, pairing.window, pairing.holds)),
+            held: pairing.held,
         });
         let reporter = match reports_on {
             Some(runtime) => Reporter::deferred_on(runtime, pairing.control, keep),
@@ -159,6 +165,16 @@ pub(crate) async fn sender(
         None => connect_to_receiver(pairing.peer, opts).await?,
     };
 
+    // Over a link this end held, the start is this end's to write, with
+    // the key: its receiver waits for them before anything else
+    // (docs/PROTOCOL.md, "Held links").
+    if pairing.held {
+        let start = LinkStart {
+            live: opts.live,
+            run: opts.run.clone(),
+        };
+        send_key(&mut data, start.bytes(), &pairing.key, opts).await?;
+    }
     // The receiver speaks first, once both sockets are spliced: only then
     // may the first byte of ours go out (see docs/PROTOCOL.md). The agents'
     // link handed over is spliced nowhere, and its receiver's first credit
@@ -181,14 +197,8 @@ pub(crate) async fn sender(
     })?;
     // Over the agents' link, the agent may have sent the key with the
     // link's start: one segment less across the nodes.
-    if !pairing.key_sent {
-        data.write_all(&control_frame(FrameKind::Hello, &pairing.key))
-            .await
-            .map_err(|source| ClientError::Io {
-                channel: opts.channel.clone(),
-                context: "sending the pairing key to the receiver",
-                source,
-            })?;
+    if !pairing.key_sent && !pairing.held {
+        send_key(&mut data, Vec::new(), &pairing.key, opts).await?;
     }
     Ok(Established::new(
         opts,
@@ -197,6 +207,24 @@ pub(crate) async fn sender(
         credit,
         reports_on,
     ))
+}
+
+/// Sends `first` (a held link's start, or nothing) and the pairing key's
+/// hello frame, in one write.
+async fn send_key(
+    data: &mut TcpStream,
+    mut first: Vec<u8>,
+    key: &[u8; floki_proto::KEY_LEN],
+    opts: &ChannelOptions,
+) -> Result<(), ClientError> {
+    first.extend_from_slice(&control_frame(FrameKind::Hello, key));
+    data.write_all(&first)
+        .await
+        .map_err(|source| ClientError::Io {
+            channel: opts.channel.clone(),
+            context: "sending the pairing key to the receiver",
+            source,
+        })
 }
 
 /// The sender's data connection to the receiver's listener at `peer`,
@@ -231,7 +259,29 @@ pub(crate) async fn receiver(
     opts: &ChannelOptions,
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
-    let control = control::open(opts, !opts.store).await?;
+    let mut control = control::open(opts, !opts.store).await?;
+    loop {
+        match receiver_on(control, opts, reports_on).await? {
+            Received::Established(established) => return Ok(*established),
+            Received::AskAgain(opened) => control = opened,
+        }
+    }
+}
+
+/// Where [`receiver_on`] leaves a receiver.
+enum Received {
+    Established(Box<Established>),
+    /// It held its stream's link, but the stream started on another (or
+    /// its agent went): it says hello on this connection.
+    AskAgain(control::Opened),
+}
+
+/// [`receiver`] on the connection `control`.
+async fn receiver_on(
+    control: control::Opened,
+    opts: &ChannelOptions,
+    reports_on: Option<&Handle>,
+) -> Result<Received, ClientError> {
     let own = bind_listener(&control.stream, opts).await?;
     let listen = match &own {
         Some(listener) => Some(listener.local_addr().map_err(|source| ClientError::Io {
@@ -245,16 +295,33 @@ pub(crate) async fn receiver(
     let (mut pairing, handed_listener) = control::paired(accepted, opts, Role::Recv, None).await?;
     let window = pairing.window;
     if let Some(ring) = pairing.ring.take() {
-        return Ok(Established::new(
+        return Ok(Received::Established(Box::new(Established::new(
             opts,
             pairing,
             DataPath::Ring(ring),
             window,
             reports_on,
-        ));
+        ))));
     }
     let data = match (pairing.handed.take(), own.or(handed_listener)) {
-        (Some(link), _) => data_connection::verify_sender(link, &pairing.key, window, opts).await?,
+        (Some(mut link), _) => {
+            if pairing.held {
+                match data_connection::held_start(&mut link, &mut pairing.control, opts).await? {
+                    HeldStart::Started => {}
+                    // The link it held goes back to the agent with the
+                    // hello (or with the connection): never read here.
+                    HeldStart::Elsewhere => {
+                        let opened = control::Opened::kept(pairing.control);
+                        return Ok(Received::AskAgain(opened));
+                    }
+                    HeldStart::AgentGone => {
+                        let opened = control::open(opts, true).await?;
+                        return Ok(Received::AskAgain(opened));
+                    }
+                }
+            }
+            data_connection::verify_sender(link, &pairing.key, window, opts).await?
+        }
         (None, Some(listener)) => {
             data_connection::accept_sender(&listener, &pairing.key, window, opts).await?
         }
@@ -267,13 +334,13 @@ pub(crate) async fn receiver(
             });
         }
     };
-    Ok(Established::new(
+    Ok(Received::Established(Box::new(Established::new(
         opts,
         pairing,
         DataPath::Socket(data),
         window,
         reports_on,
-    ))
+    ))))
 }
 
 /// The receiver's own data listener: on `opts.data_addr`, else on the

@@ -56,6 +56,10 @@ struct Args {
     /// Give up if the other end has not come within this time (edges: 60 s
     /// unless given).
     pair_timeout: Option<Duration>,
+    /// Edges: this many streams in turn from this one process, as a warm
+    /// function moves them (each on its connections and links of the last);
+    /// `stream N done` on stderr after each.
+    streams: u32,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -86,6 +90,7 @@ fn parse() -> anyhow::Result<Args> {
         run: None,
         no_check: false,
         pair_timeout: None,
+        streams: 1,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -130,6 +135,7 @@ fn parse() -> anyhow::Result<Args> {
             "--run" => out.run = Some(value),
             "--pair-timeout" => out.pair_timeout = Some(Duration::from_secs(value.parse()?)),
             "--chunk" => out.chunk = value.parse()?,
+            "--streams" => out.streams = value.parse()?,
             "--workflow" => edge.0 = value,
             "--edge" => edge.1 = value,
             "--as" => edge.2 = value,
@@ -170,8 +176,17 @@ async fn async_main(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
     match (args.verb.as_str(), &args.workflow) {
         ("send", None) => send(args, opts).await,
         ("recv", None) => recv(args, opts).await,
-        ("send", Some(edge)) => send_edge(args, edge_options(args, edge)).await,
-        ("recv", Some(edge)) => recv_edge(args, edge_options(args, edge)).await,
+        ("send" | "recv", Some(edge)) => {
+            for n in 1..=args.streams {
+                let opts = edge_options(args, edge);
+                match args.verb.as_str() {
+                    "send" => send_edge(args, opts).await?,
+                    _ => recv_edge(args, opts).await?,
+                }
+                eprintln!("floki-probe: stream {n} done");
+            }
+            Ok(())
+        }
         (other, _) => bail!("unknown verb {other}"),
     }
 }

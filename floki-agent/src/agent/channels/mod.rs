@@ -66,6 +66,22 @@ pub enum ChannelEvent {
 
 type Subscriber = Box<dyn Fn(&ChannelEvent) + Send + Sync>;
 
+/// A stream one end carried over the link it held ([`Channels::record_held`]).
+pub struct HeldStream {
+    /// The stream's channel name.
+    pub name: String,
+    /// This node's end of it.
+    pub role: Role,
+    /// The other end's node.
+    pub peer_node: String,
+    /// Whether it went across complete and verified.
+    pub ok: bool,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// What went wrong, when not ok.
+    pub error: Option<String>,
+}
+
 /// How a waiting end hears of its pairing.
 type PairingNotice = oneshot::Sender<Result<Paired, Refused>>;
 
@@ -482,6 +498,40 @@ impl Channels {
         {
             self.carriers.release(handle);
         }
+        self.file(inner, view);
+    }
+
+    /// Records a stream that one end carried over the link it held, without
+    /// joining: told by that end once it was over (docs/PROTOCOL.md, "Held
+    /// links"). It takes an id, counts in the totals and the metrics, and
+    /// shows in the history like any other.
+    pub fn record_held(&self, held: HeldStream) {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id = inner.next_id.wrapping_add(1).max(1);
+        let view = ChannelView {
+            id,
+            name: held.name,
+            phase: if held.ok { Phase::Done } else { Phase::Failed },
+            transport: Some(Transport::Tcp),
+            bytes: held.bytes,
+            stream_bytes: held.bytes,
+            kernel_bytes: None,
+            peer_node: Some(held.peer_node),
+            ends: vec![held.role],
+            age: Duration::ZERO,
+            duration: None,
+            error: held.error,
+            note: Some("over the link its end held, told afterwards".to_owned()),
+            reason: Some("held link: the stream's last use kept it".to_owned()),
+            store: None,
+        };
+        self.file(&mut inner, view);
+    }
+
+    /// Files a finished channel's view: totals, the log, subscribers, the
+    /// history.
+    fn file(&self, inner: &mut Inner, view: ChannelView) {
         match view.transport {
             Some(Transport::Tcp) => inner.finished.tcp_bytes += view.bytes,
             Some(Transport::Shm) => inner.finished.shm_bytes += view.bytes,

@@ -86,6 +86,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         kept_ring: false,
         kept_link: false,
         key_ahead: false,
+        holds_link: false,
         run: None,
     }
 }

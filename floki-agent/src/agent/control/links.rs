@@ -149,6 +149,9 @@ pub struct PreparedLinks {
     /// Consumer side: streams started that the store may take in if their
     /// consumer does not come (not live).
     starts: broadcast::Sender<Start>,
+    /// Workflows deleted: the links functions hold of their streams are
+    /// closed ([`Self::forgotten`]).
+    forgotten: broadcast::Sender<String>,
 }
 
 impl PreparedLinks {
@@ -167,6 +170,7 @@ impl PreparedLinks {
             arrivals: Mutex::new(HashMap::new()),
             applied: Notify::new(),
             starts: broadcast::channel(1024).0,
+            forgotten: broadcast::channel(64).0,
         })
     }
 
@@ -463,6 +467,28 @@ impl PreparedLinks {
         }
     }
 
+    /// Consumer side: returns once `stream` has a started link that no
+    /// consumer took, without taking it: what a consumer's held link is
+    /// told of (the stream came over another link).
+    pub async fn started_untaken(&self, stream: &StreamId) {
+        let waiting = Arrival::wait(self, stream);
+        loop {
+            let arrived = waiting.notify.notified();
+            tokio::pin!(arrived);
+            // Registered before the check: no start is missed in between.
+            arrived.as_mut().enable();
+            if self
+                .started
+                .lock()
+                .expect("started lock")
+                .contains_key(stream)
+            {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
     /// Wakes the consumers waiting for `stream` ([`Self::started`]).
     fn arrived(&self, stream: &StreamId) {
         if let Some(notify) = self.arrivals.lock().expect("arrivals lock").get(stream) {
@@ -536,6 +562,13 @@ impl PreparedLinks {
         }
     }
 
+    /// The workflows deleted from now on: a session whose function holds a
+    /// link of one of their streams closes it, so that no stream of a
+    /// deleted workflow goes over a link without its agent.
+    pub fn forgotten(&self) -> broadcast::Receiver<String> {
+        self.forgotten.subscribe()
+    }
+
     /// Consumer side: the streams that start from now on.
     pub fn starts(&self) -> broadcast::Receiver<Start> {
         self.starts.subscribe()
@@ -556,6 +589,7 @@ impl PreparedLinks {
 
     /// Forgets the consumer-side connections of a deleted workflow.
     pub fn forget(&self, workflow: &str) {
+        let _ = self.forgotten.send(workflow.to_owned());
         self.started
             .lock()
             .expect("started lock")

@@ -16,7 +16,7 @@ use floki_proto::control::{
 use super::{
     Kept,
     handshake::{self, refuse},
-    is_unix,
+    held, is_unix,
     local::{self, Local},
     remote,
     stored::{self, EdgeOf},
@@ -57,8 +57,7 @@ pub async fn serve(
         let Some(mut next) = serving.await else {
             return;
         };
-        let Some(next_request) = handshake::next_request(&mut next.stream, &mut next.reader).await
-        else {
+        let Some(next_request) = held::next_request(&mut next, &agent, &from).await else {
             return;
         };
         (connection, request) = (next, next_request);
@@ -102,6 +101,9 @@ async fn route(
         link,
     } = connection;
     agent.metrics.count_request();
+    // The function asks for something: a link it held goes back to this
+    // agent's watch first (its stream may come by this very request).
+    let link = link.and_then(|held| held.release(agent));
     // The connection as the end's session goes on with it.
     let kept = |stream| Kept {
         stream,
@@ -116,6 +118,11 @@ async fn route(
             return Routed::Served(answered.then(|| kept(stream)));
         }
         Ok(ClientRequest::Open(hello)) => hello,
+        Ok(ClientRequest::Held { .. } | ClientRequest::GiveBack { .. }) => {
+            let message = "`held` or `give_back` as a connection's first request; open the stream with a hello".to_owned();
+            refuse(agent, &mut stream, from, Refusal::BadRequest, message).await;
+            return Routed::Served(None);
+        }
         Err((refusal, message)) => {
             refuse(agent, &mut stream, from, refusal, message).await;
             return Routed::Served(None);

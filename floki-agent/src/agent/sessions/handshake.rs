@@ -73,6 +73,22 @@ pub async fn next_request(
     }
 }
 
+/// [`next_request`] on a connection whose consumer holds its stream's link:
+/// no idle limit. The consumer may be waiting on the link for the stream's
+/// next start, and closing its connection would give the link back to this
+/// agent while the consumer still reads it; the client gives the link back
+/// itself when it no longer waits (docs/PROTOCOL.md, "Held links").
+pub async fn next_request_holding(
+    stream: &mut ControlStream,
+    reader: &mut ReportReader,
+) -> Option<Result<ClientRequest, Refused>> {
+    match reader.next_message(stream).await {
+        Ok(Some(request)) => Some(Ok(request)),
+        Ok(None) => None,
+        Err(err) => Some(Err((Refusal::BadHandshake, format!("bad hello: {err}")))),
+    }
+}
+
 /// Checks a hello. `unix`: a receiver on the agent's Unix socket may leave
 /// its data address out; the agent then opens the listener for it.
 pub fn validate(hello: &Hello, unix: bool) -> Result<(), Refused> {

@@ -7,12 +7,15 @@
 //! * [`handshake`]: the preamble, the first message, validation, refusals;
 //! * [`client`]: routes a hello to a plain channel, a workflow stream on this
 //!   node, or one whose other end is on another node;
+//! * [`held`]: a kept connection whose function holds its stream's link
+//!   across nodes, between the streams it carries over it;
 //! * [`local`] and [`remote`]: an end of each kind, from joining the core to
 //!   its last report;
 //! * [`stored`]: where sessions meet the store.
 
 mod client;
 mod handshake;
+mod held;
 mod local;
 mod remote;
 mod stored;
@@ -231,17 +234,30 @@ impl Kept {
 enum HeldLink {
     /// Producer side: this agent's descriptor of it (out of the reactor);
     /// the stream's next use from this connection starts it again instead
-    /// of the spare link.
-    Sent {
-        stream: crate::workflow::StreamId,
-        link: crate::agent::control::links::Parked,
-    },
+    /// of the spare link, or the producer starts it itself and tells this
+    /// agent afterwards (`held`).
+    Sent(Box<Holding>),
+    /// Consumer side, for a consumer that reads its next start itself
+    /// (its hello said `holds_link`): this agent's descriptor of the link,
+    /// out of the reactor, so that only the consumer reads it. It goes
+    /// back among the prepared links ([`HeldLink::release`]) when the
+    /// connection carries another request or closes.
+    Lent(Box<Holding>),
     /// Consumer side: which link it is ([`Prepared::id`]); the link itself
     /// waits among the prepared links for its next start, for whichever
     /// consumer of the stream comes.
     ///
     /// [`Prepared::id`]: crate::agent::control::links::Prepared::id
     Received(u64),
+}
+
+/// A link a function holds, as this agent keeps it (boxed: every kept
+/// connection's task carries a [`HeldLink`]).
+struct Holding {
+    stream: crate::workflow::StreamId,
+    link: crate::agent::control::links::Parked,
+    /// The node of the stream's other end.
+    peer_node: String,
 }
 
 /// How many `waiting` reports an end may send while it waits for its peer

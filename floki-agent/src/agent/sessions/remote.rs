@@ -29,7 +29,7 @@ use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use super::{
-    HeldLink, Kept, ReportReader, WhileWaiting, closed,
+    HeldLink, Holding, Kept, ReportReader, WhileWaiting, closed,
     handshake::refuse_quietly,
     is_unix,
     local::{self, Local},
@@ -97,13 +97,13 @@ pub async fn serve(
     // way: its close wakes the other node's agent, which should not be in
     // this stream's set-up.
     let (kept_send, kept_recv, _stale) = match held {
-        Some(HeldLink::Sent { stream, link })
+        Some(HeldLink::Sent(holding))
             if hello.kept_link
                 && role == Role::Send
-                && stream == resolved.stream
-                && links::reusable(&link.conn, false) =>
+                && holding.stream == resolved.stream
+                && links::reusable(&holding.link.conn, false) =>
         {
-            (Some(link), None, None)
+            (Some(holding.link), None, None)
         }
         Some(HeldLink::Received(id)) if hello.kept_link && role == Role::Recv => {
             (None, Some(id), None)
@@ -152,6 +152,7 @@ pub async fn serve(
         name: &name,
         window,
         stream: &resolved.stream,
+        peer_node: &resolved.peer_node,
         agent,
     };
     // A producer that kept the stream's link is paired at once, over it.
@@ -415,10 +416,20 @@ struct HandedEnd<'a> {
     name: &'a str,
     window: u64,
     stream: &'a StreamId,
+    peer_node: &'a str,
     agent: &'a Agent,
 }
 
 impl HandedEnd<'_> {
+    /// What the connection keeps of the link its function holds.
+    fn holding(&self, link: Parked) -> Box<Holding> {
+        Box::new(Holding {
+            stream: self.stream.clone(),
+            link,
+            peer_node: self.peer_node.to_owned(),
+        })
+    }
+
     /// Hands the link over as `handed` says and passes the end's reports
     /// until it hangs up or says `done`; its connection back if it may
     /// carry another request, with the link if the stream went across
@@ -452,10 +463,12 @@ impl HandedEnd<'_> {
         // the stream's next use. Otherwise this agent's descriptor goes, and
         // the link with it once the function's.
         let link = match (done?, self.hello.role) {
-            (true, Role::Send) => Some(HeldLink::Sent {
-                stream: self.stream.clone(),
-                link: parked,
-            }),
+            (true, Role::Send) => Some(HeldLink::Sent(self.holding(parked))),
+            // A consumer that reads its next start itself keeps the link
+            // to itself until it asks for something else or goes.
+            (true, Role::Recv) if self.hello.holds_link => {
+                Some(HeldLink::Lent(self.holding(parked)))
+            }
             (true, Role::Recv) => {
                 if let Ok(prepared) = parked.unpark() {
                     self.agent.links.rearm(self.stream.clone(), prepared);
@@ -504,10 +517,7 @@ impl HandedEnd<'_> {
             reports(Either::Right(unix), &membership, self.name, reader, again).await;
         drop(membership);
         // A verified stream leaves the link sound and silent, for the next.
-        let link = done?.then(|| HeldLink::Sent {
-            stream: self.stream.clone(),
-            link: parked,
-        });
+        let link = done?.then(|| HeldLink::Sent(self.holding(parked)));
         Some(Kept {
             stream: control,
             reader,

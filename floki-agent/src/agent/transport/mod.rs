@@ -348,6 +348,7 @@ mod tests {
             kept_ring: false,
             kept_link: false,
             key_ahead: false,
+            holds_link: false,
             run: None,
         }
     }

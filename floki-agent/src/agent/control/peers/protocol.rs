@@ -66,53 +66,7 @@ pub enum PeerRequest {
     Ping,
 }
 
-/// Byte that starts a prepared stream connection: the consumer's agent may
-/// store the stream if the consumer is not there.
-pub const START: u8 = 0x5a;
-/// Byte that starts a prepared stream connection whose producer waits for
-/// its consumer (`--live`): never stored.
-pub const START_LIVE: u8 = 0x5b;
-/// Byte that starts a prepared stream connection as [`START`] does, for a
-/// producer that said its run: one length byte and the run follow, and a
-/// stream the consumer's agent stores keeps it.
-pub const START_RUN: u8 = 0x5c;
-
-/// How a producer's agent starts a prepared stream connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkStart {
-    /// The producer waits for its consumer: never stored.
-    pub live: bool,
-    /// The producer's run (1 to 255 bytes), kept with a stored stream.
-    pub run: Option<String>,
-}
-
-impl LinkStart {
-    /// The start of the stream of a producer that said `hello`.
-    pub fn of(hello: &floki_proto::control::Hello) -> Self {
-        Self {
-            live: hello.live,
-            run: hello.run.clone(),
-        }
-    }
-
-    /// Its bytes on the link. A live stream is never stored, so its run
-    /// does not go.
-    pub fn bytes(&self) -> Vec<u8> {
-        let run = self
-            .run
-            .as_deref()
-            .filter(|run| floki_proto::control::valid_run(run));
-        match (self.live, run) {
-            (true, _) => vec![START_LIVE],
-            (false, None) => vec![START],
-            (false, Some(run)) => {
-                let mut bytes = vec![START_RUN, run.len() as u8];
-                bytes.extend_from_slice(run.as_bytes());
-                bytes
-            }
-        }
-    }
-}
+pub use floki_proto::link_start::{LinkStart, START, START_LIVE, START_RUN};
 
 /// The answer to a [`PeerRequest`].
 #[derive(Clone, Debug, Serialize, Deserialize)]

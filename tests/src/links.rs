@@ -1,0 +1,80 @@
+//! Streams across nodes over the agents' links: a cluster with one edge
+//! across two nodes, and which path each of its streams took, as each
+//! agent's status says.
+
+use floki_client::{ChannelOptions, workflow::EdgeOptions};
+
+use crate::{
+    agent::TestAgent,
+    cluster::{Cluster, ClusterNode, Spec},
+};
+
+/// Two namespace nodes and a workflow with one edge across them, `p` on
+/// node-a to `q` on node-b: the cluster, the token, and the options of
+/// the edge's one stream at each end (on the nodes' Unix sockets). Live: a
+/// producer that finishes before its consumer came is never stored (a
+/// stored stream is replayed to every later consumer).
+pub fn one_edge_across_nodes() -> (Cluster, String, ChannelOptions, ChannelOptions) {
+    let cluster = Cluster::start(&["node-a", "node-b"]);
+    cluster.wait_connected();
+    let spec = Spec::new("wf")
+        .function("p", "node-a")
+        .function("q", "node-b")
+        .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
+    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let unix = |node: &str| format!("unix:{}", cluster.node(node).agent.socket.display());
+    let mut producer = EdgeOptions::new(unix("node-a"), "wf", &token, "e", "p");
+    producer.live = true;
+    let producer = producer.stream("q");
+    let consumer = EdgeOptions::new(unix("node-b"), "wf", &token, "e", "q").stream("p");
+    (cluster, token, producer, consumer)
+}
+
+/// How a stream across nodes went, as one agent's status says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkPath {
+    /// Over a link this agent handed (or relayed) for the stream.
+    New,
+    /// Over the link this node's end kept, started or read by this agent.
+    Kept,
+    /// Over the link this node's end held, without a word to this agent
+    /// until it was over.
+    Held,
+}
+
+/// How each of the `count` streams of that edge went, as `node`'s agent
+/// says.
+pub fn paths_on(node: &ClusterNode, count: usize) -> Vec<LinkPath> {
+    finished_in_order(&node.agent, "wf/e/p>q", count)
+        .iter()
+        .map(|c| {
+            let note = c["note"].as_str().unwrap_or_default();
+            if note.contains("its end held") {
+                LinkPath::Held
+            } else if note.contains("kept the agents' link") {
+                LinkPath::Kept
+            } else {
+                LinkPath::New
+            }
+        })
+        .collect()
+}
+
+/// The `count` streams of channel `name` in `agent`'s status, in the order
+/// they opened; each finished whole.
+pub fn finished_in_order(agent: &TestAgent, name: &str, count: usize) -> Vec<serde_json::Value> {
+    let status = agent.status();
+    let mut streams: Vec<serde_json::Value> = status["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| c["name"] == name)
+        .cloned()
+        .collect();
+    streams.sort_by_key(|c| c["id"].as_u64().expect("id"));
+    assert_eq!(streams.len(), count, "{status:#}");
+    for stream in &streams {
+        assert_eq!(stream["state"], "done", "{stream:#}");
+    }
+    streams
+}
