@@ -17,9 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::info;
 
 /// The next request on a kept connection other than `held` (those are
-/// filed as they come); `None` once the client hung up (or, for one that
-/// holds no link, stayed idle too long). A consumer's held link is given
-/// back to this agent's watch when the connection ends.
+/// filed as they come); `None` once the client hung up (or, for one whose
+/// consumer holds no link, stayed idle too long). A consumer's held link is
+/// given back to this agent's watch when the connection ends.
 pub async fn next_request(
     next: &mut Kept,
     agent: &Agent,
@@ -34,8 +34,9 @@ pub async fn next_request(
     let mut forgotten = agent.links.forgotten();
     loop {
         let held = next.link.as_ref().and_then(HeldLink::held_stream).cloned();
+        let lent = next.link.as_ref().and_then(HeldLink::lent_stream).is_some();
         let request = tokio::select! {
-            request = next_on(next, held.is_some()) => request,
+            request = next_on(next, lent) => request,
             () = started_untaken(agent, watching.as_ref()) => {
                 watching = None;
                 if write_message(&mut next.stream, &AgentMessage::StartedElsewhere).await.is_ok() {
@@ -91,9 +92,11 @@ pub async fn next_request(
 }
 
 /// The connection's next request: without an idle limit while its
-/// function holds a link (see [`handshake::next_request_holding`]).
-async fn next_on(next: &mut Kept, holding: bool) -> Option<Result<ClientRequest, Refused>> {
-    if holding {
+/// consumer holds a link (see [`handshake::next_request_holding`]). A
+/// producer's connection keeps its limit: closing it while the producer
+/// streams over its link takes nothing from the stream.
+async fn next_on(next: &mut Kept, lent: bool) -> Option<Result<ClientRequest, Refused>> {
+    if lent {
         handshake::next_request_holding(&mut next.stream, &mut next.reader).await
     } else {
         handshake::next_request(&mut next.stream, &mut next.reader).await
