@@ -2,16 +2,13 @@
 //! them (docs/PROTOCOL.md, "Held links"). A consumer that kept its stream's
 //! link reads the stream's next start itself, so its agent does not watch
 //! that link. While the connection waits in [`crate::idle`] for the
-//! process's next receiver, a start on the link (a producer came first) or
-//! a word from the agent (the stream started on another link, or the agent
-//! is going) must give the link back: the connection is closed, and the
-//! agent, seeing it close, watches the link again and serves the start (to
-//! a consumer that says hello, or to its store).
-//!
-//! A start on the link is given back with a word on the connection
-//! (`give_back`), which stays kept, with the link: the process's next
-//! receiver of the stream says hello with it, and its agent hands it the
-//! started link in place. Anything from the agent closes the connection.
+//! process's next receiver, a start on the link (a producer came first) is
+//! given back with a word on the connection (`give_back`): the agent
+//! watches the link again and serves the start, and the connection stays
+//! kept with the link, which the process's next receiver of the stream
+//! says hello with (its agent hands it the started link in place). A word
+//! from the agent (the stream started on another link, or the agent is
+//! going) closes the connection, which gives the link back too.
 //!
 //! One thread per process sleeps on all those connections in one epoll
 //! set. Taking a connection for a receiver removes it from the set (one

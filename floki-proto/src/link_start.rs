@@ -15,6 +15,30 @@ pub const START_LIVE: u8 = 0x5b;
 /// stream the consumer's agent stores keeps it.
 pub const START_RUN: u8 = 0x5c;
 
+/// What a link's first byte says of the start it begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstByte {
+    /// [`START_LIVE`]: the whole start, of a live producer.
+    Live,
+    /// [`START`]: the whole start.
+    Plain,
+    /// [`START_RUN`]: one length byte and the run follow.
+    RunFollows,
+}
+
+impl FirstByte {
+    /// The start `byte` begins; `None` if it begins none (the link is
+    /// closed).
+    pub fn of(byte: u8) -> Option<Self> {
+        match byte {
+            START_LIVE => Some(Self::Live),
+            START => Some(Self::Plain),
+            START_RUN => Some(Self::RunFollows),
+            _ => None,
+        }
+    }
+}
+
 /// How a producer's agent starts a prepared stream connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkStart {

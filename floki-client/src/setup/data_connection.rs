@@ -185,23 +185,33 @@ pub(super) async fn verify_sender(
             source,
         })?;
     // The producer may come much later: wait as long as for a pairing.
-    let presented =
-        match opts.pair_timeout {
-            Some(limit) => timeout(limit, read_hello(&mut stream)).await.map_err(|_| {
-                ClientError::PairTimeout {
-                    channel: opts.channel.clone(),
-                    peer: Role::Send,
-                    timeout: limit,
-                }
-            })?,
-            None => read_hello(&mut stream).await,
-        }
+    let presented = within_pair_timeout(opts, Role::Send, read_hello(&mut stream))
+        .await?
         .map_err(failed)?;
     if presented != *key {
         send_reject(stream, "wrong pairing key", REJECT_LINGER).await;
         return Err(failed("the sender presented a wrong pairing key".into()));
     }
     Ok(stream)
+}
+
+/// `work`, bounded by `opts.pair_timeout` if set: past it, the end fails
+/// as not paired with its `peer`.
+pub(super) async fn within_pair_timeout<T>(
+    opts: &ChannelOptions,
+    peer: Role,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, ClientError> {
+    match opts.pair_timeout {
+        Some(limit) => timeout(limit, work)
+            .await
+            .map_err(|_| ClientError::PairTimeout {
+                channel: opts.channel.clone(),
+                peer,
+                timeout: limit,
+            }),
+        None => Ok(work.await),
+    }
 }
 
 /// How a receiver's wait on the link it held ended.
@@ -234,16 +244,7 @@ pub(super) async fn held_start(
             ready = control_readable(control) => ready.map(|()| Some(())),
         }
     };
-    let waited = match opts.pair_timeout {
-        Some(limit) => timeout(limit, waiting)
-            .await
-            .map_err(|_| ClientError::PairTimeout {
-                channel: opts.channel.clone(),
-                peer: Role::Send,
-                timeout: limit,
-            })?,
-        None => waiting.await,
-    };
+    let waited = within_pair_timeout(opts, Role::Send, waiting).await?;
     let io = |context| {
         move |source| ClientError::Io {
             channel: opts.channel.clone(),
@@ -294,7 +295,7 @@ async fn read_link_start(
     stream: &mut TcpStream,
     opts: &ChannelOptions,
 ) -> Result<bool, ClientError> {
-    use floki_proto::link_start::{START, START_LIVE, START_RUN};
+    use floki_proto::link_start::FirstByte;
     let failed = |reason: String| ClientError::Stream {
         channel: opts.channel.clone(),
         source: StreamError::Protocol(reason),
@@ -304,16 +305,17 @@ async fn read_link_start(
     if stream.read(&mut first).await.map_err(io)? == 0 {
         return Ok(false);
     }
-    match first[0] {
-        START | START_LIVE => Ok(true),
-        START_RUN => {
+    match FirstByte::of(first[0]) {
+        Some(FirstByte::Live | FirstByte::Plain) => Ok(true),
+        Some(FirstByte::RunFollows) => {
             let len = stream.read_u8().await.map_err(io)?;
             let mut run = vec![0u8; usize::from(len)];
             stream.read_exact(&mut run).await.map_err(io)?;
             Ok(true)
         }
-        other => Err(failed(format!(
-            "the held link's stream began with {other:#04x}, not a start byte"
+        None => Err(failed(format!(
+            "the held link's stream began with {:#04x}, not a start byte",
+            first[0]
         ))),
     }
 }

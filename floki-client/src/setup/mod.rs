@@ -180,16 +180,11 @@ pub(crate) async fn sender(
     // link handed over is spliced nowhere, and its receiver's first credit
     // is the window of `paired`: the stream goes out at once. A sender that
     // bounds its pairing with a timeout waits for that credit, within it.
-    let credit = match opts.pair_timeout {
-        None if pairing.link => Ok(pairing.window),
-        Some(limit) => timeout(limit, data_connection::initial_credit(&mut data))
-            .await
-            .map_err(|_| ClientError::PairTimeout {
-                channel: opts.channel.clone(),
-                peer: Role::Recv,
-                timeout: limit,
-            })?,
-        None => data_connection::initial_credit(&mut data).await,
+    let credit = if pairing.link && opts.pair_timeout.is_none() {
+        Ok(pairing.window)
+    } else {
+        let first = data_connection::initial_credit(&mut data);
+        data_connection::within_pair_timeout(opts, Role::Recv, first).await?
     }
     .map_err(|source| ClientError::Stream {
         channel: opts.channel.clone(),

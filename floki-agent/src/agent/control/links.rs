@@ -27,10 +27,11 @@ use tracing::{debug, info, warn};
 use super::{
     peers::{
         Peers,
-        protocol::{LinkStart, PeerAnswer, PeerRequest, START, START_LIVE, START_RUN},
+        protocol::{LinkStart, PeerAnswer, PeerRequest},
     },
     workflows::Workflows,
 };
+use floki_proto::link_start::FirstByte;
 use floki_proto::{KEY_LEN, control::read_message};
 
 use crate::workflow::StreamId;
@@ -675,15 +676,15 @@ async fn read_start(conn: &TcpStream) -> std::io::Result<Option<LinkStart>> {
     if !read_exact(conn, &mut first).await? {
         return Ok(None);
     }
-    let run = match first[0] {
-        START_LIVE => {
+    let run = match FirstByte::of(first[0]) {
+        Some(FirstByte::Live) => {
             return Ok(Some(LinkStart {
                 live: true,
                 run: None,
             }));
         }
-        START => None,
-        START_RUN => {
+        Some(FirstByte::Plain) => None,
+        Some(FirstByte::RunFollows) => {
             let mut len = [0u8; 1];
             let mut run = vec![0u8; 0];
             if read_exact(conn, &mut len).await? {
@@ -698,7 +699,10 @@ async fn read_start(conn: &TcpStream) -> std::io::Result<Option<LinkStart>> {
                 .ok_or_else(|| bad_start("its run is not printable ASCII"))?;
             Some(run)
         }
-        other => return Err(bad_start(&format!("unknown start byte {other:#04x}"))),
+        None => {
+            let other = first[0];
+            return Err(bad_start(&format!("unknown start byte {other:#04x}")));
+        }
     };
     Ok(Some(LinkStart { live: false, run }))
 }
@@ -735,6 +739,7 @@ async fn read_exact(conn: &TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use crate::agent::control::peers::StaticPeers;
+    use floki_proto::link_start::{START_LIVE, START_RUN};
 
     fn links() -> Arc<PreparedLinks> {
         let peers = Arc::new(Peers::new(
