@@ -25,6 +25,7 @@
 //! then the data, `capacity` bytes, a power of two. Positions are byte
 //! counts since the start of the stream; byte `n` lives at `n % capacity`.
 
+mod held;
 mod hub;
 mod reader;
 mod wait;
@@ -40,6 +41,7 @@ use std::{
     time::Duration,
 };
 
+pub use held::{HeaderMap, HeldWait};
 pub use hub::HubSlot;
 use memmap2::MmapMut;
 pub use reader::RingReader;
@@ -99,6 +101,9 @@ struct Header {
     checksum: Line<AtomicU64>,
     /// The receiver's verdict, a futex the sender waits on.
     ack: Line<AtomicU32>,
+    /// The next stream between two ends that kept the ring, set up without
+    /// the agent ([`held`]): a futex the waiting receiver sleeps on.
+    held: Line<AtomicU32>,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
@@ -149,6 +154,8 @@ pub fn rewind(memory: &OwnedFd) -> io::Result<()> {
 /// memory file, socket pair, mapping or page allocation for that stream.
 pub struct KeptRing {
     ring: Arc<Mapped>,
+    /// Kept by the sender of its last stream (else by the receiver).
+    sender: bool,
     /// The writer's [`RingWriter::populate`] progress (pages stay mapped).
     populated: u64,
     /// Bytes of memory the ring holds: as much of it as streams touched.
@@ -160,6 +167,17 @@ impl KeptRing {
     /// streams touched, at most its capacity).
     pub fn footprint(&self) -> u64 {
         self.footprint
+    }
+
+    /// The ring's data capacity: the window of a stream over it.
+    pub fn capacity(&self) -> u64 {
+        self.ring.capacity
+    }
+
+    /// Whether the sender of the ring's last stream kept it (else its
+    /// receiver did).
+    pub fn kept_by_sender(&self) -> bool {
+        self.sender
     }
 
     /// The kept ring, checked to be rewound before an end takes it up

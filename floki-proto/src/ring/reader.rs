@@ -149,6 +149,7 @@ impl RingReader {
         (self.finished && !self.held && acked && Arc::strong_count(&self.ring) == 1).then(|| {
             KeptRing {
                 ring: self.ring.clone(),
+                sender: false,
                 populated: 0,
                 footprint: self.tail.min(self.ring.capacity),
             }

@@ -123,11 +123,15 @@ pub enum Awaited {
         /// Bytes the sender ended the stream after.
         sent: u64,
     },
+    /// Receiver of a kept ring, waiting for its next stream without the
+    /// agent: the sender's start, or the agent's withdrawal
+    /// ([`super::held`]).
+    Start,
 }
 
 impl Awaited {
     /// Whether it happened.
-    fn holds(self, ring: &Mapped) -> bool {
+    pub(super) fn holds(self, ring: &Mapped) -> bool {
         let header = ring.header();
         match self {
             Self::Room { head } => {
@@ -139,6 +143,7 @@ impl Awaited {
                     || header.end.0.load(Ordering::Acquire) != END_OPEN
             }
             Self::Ack { .. } => header.ack.0.load(Ordering::Acquire) != ACK_NONE,
+            Self::Start => header.held.0.load(Ordering::Acquire) != super::held::WAITS,
         }
     }
 
@@ -149,17 +154,18 @@ impl Awaited {
             Self::Room { .. } => &header.space_seq.0,
             Self::Data { .. } => &header.data_seq.0,
             Self::Ack { .. } => &header.ack.0,
+            Self::Start => &header.held.0,
         }
     }
 
-    /// Where a sleeper says it sleeps; `None` for the ack, which the
-    /// receiver wakes unconditionally.
+    /// Where a sleeper says it sleeps; `None` for the ack and the start,
+    /// whose writers wake unconditionally.
     fn announced(self, ring: &Mapped) -> Option<&AtomicU32> {
         let header = ring.header();
         match self {
             Self::Room { .. } => Some(&header.sender_waiting.0),
             Self::Data { .. } => Some(&header.receiver_waiting.0),
-            Self::Ack { .. } => None,
+            Self::Ack { .. } | Self::Start => None,
         }
     }
 
@@ -169,6 +175,7 @@ impl Awaited {
             Self::Room { head } => StreamError::ReceiverGone { bytes: head },
             Self::Data { tail } => StreamError::Truncated { bytes: tail },
             Self::Ack { sent } => StreamError::ReceiverGone { bytes: sent },
+            Self::Start => StreamError::Truncated { bytes: 0 },
         }
     }
 }

@@ -57,6 +57,7 @@ impl RingWriter {
         let footprint = self.head.min(self.ring.capacity);
         (verified && Arc::strong_count(&self.ring) == 1).then_some(KeptRing {
             ring: self.ring,
+            sender: true,
             populated: self.populated,
             footprint,
         })

@@ -1,0 +1,261 @@
+//! Held rings: the next stream between two ends that kept a ring, set up
+//! without the agent (docs/PROTOCOL.md, "Held rings"). One word of the
+//! header, `held`, decides who sets the stream up, by compare-and-swap
+//! between three parties that all map it:
+//!
+//! * the receiver, when its next receiver of the same stream opens, says
+//!   that it waits ([`WAITS`]) and sleeps on the word;
+//! * the sender, when its next sender of that stream opens, takes a
+//!   waiting ring ([`TAKING`]), rewinds it itself and says the stream
+//!   started ([`STARTED`]);
+//! * the agent, when that stream's sender comes to it instead (a new
+//!   process, or one that came before its receiver waited), sets
+//!   [`WITHDRAWN`]: from then on neither end sets up over the word, and a
+//!   waiting receiver wakes and asks the agent. Only the agent's rewind,
+//!   when it pairs the two over the ring itself, clears it.
+//!
+//! The low two bits are the state, [`WITHDRAWN`] a flag beside it: the
+//! sender takes only a word that is exactly [`WAITS`].
+
+use std::{
+    os::fd::OwnedFd,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use memmap2::MmapMut;
+
+use super::{HEADER_LEN, Header, KeptRing, RingWaiter, wait::futex_wake};
+use crate::stream::StreamError;
+
+/// Nobody waits (also: the agent rewound the ring).
+const IDLE: u32 = 0;
+/// The receiver waits for its next stream over the ring.
+pub(super) const WAITS: u32 = 1;
+/// The sender took the wait and is rewinding the ring.
+const TAKING: u32 = 2;
+/// The sender rewound the ring: the stream starts at position 0.
+const STARTED: u32 = 3;
+/// The state bits.
+const STATE: u32 = 0b11;
+/// The agent withdrew the word: both ends go through it.
+const WITHDRAWN: u32 = 0b100;
+
+/// How a receiver's wait on its held ring ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeldWait {
+    /// The sender started the stream: read it from position 0.
+    Started,
+    /// The wait was withdrawn (by the agent, or by this end, which gave
+    /// up): ask the agent.
+    AskAgent,
+}
+
+impl KeptRing {
+    fn held(&self) -> &AtomicU32 {
+        &self.ring.header().held.0
+    }
+
+    /// Receiver: says that it waits for its next stream over this ring;
+    /// `false` if the agent withdrew the ring (ask it instead).
+    pub fn announce_wait(&self) -> bool {
+        self.held()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                matches!(word, IDLE | STARTED).then_some(WAITS)
+            })
+            .is_ok()
+    }
+
+    /// Receiver, after its wait was woken ([`KeptRing::waiter`] with
+    /// [`Awaited::Start`]) or given up on (the peer died, its agent's
+    /// connection closed, its pair timeout): `Started` if the sender took
+    /// the wait (it may still be rewinding: this waits for it), else the
+    /// wait is withdrawn, for good.
+    pub fn end_wait(&self) -> HeldWait {
+        let held = self.held();
+        let mut word = held.load(Ordering::Acquire);
+        loop {
+            match word & STATE {
+                WAITS => match held.compare_exchange(
+                    word,
+                    IDLE | (word & WITHDRAWN),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return HeldWait::AskAgent,
+                    Err(now) => word = now,
+                },
+                // A few stores away: the sender rewinds between the two.
+                TAKING => {
+                    std::thread::yield_now();
+                    word = held.load(Ordering::Acquire);
+                }
+                STARTED => return HeldWait::Started,
+                _ => return HeldWait::AskAgent,
+            }
+        }
+    }
+
+    /// The ring's waiter: a receiver waits on it for [`Awaited::Start`].
+    pub fn waiter(&self) -> RingWaiter {
+        RingWaiter {
+            ring: self.ring.clone(),
+        }
+    }
+
+    /// Sender: takes the ring for its stream's next use if its receiver
+    /// waits on it, rewinds it (every word from `head` to `ack`, as the
+    /// agent would) and wakes the receiver; `false` if the receiver does
+    /// not wait (or the agent withdrew the ring): ask the agent.
+    pub fn take_held(&self) -> bool {
+        let held = self.held();
+        if held
+            .compare_exchange(WAITS, TAKING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        rewind_words(self.ring.header());
+        // Keeps the agent's flag if it came meanwhile: the stream goes on
+        // (it was taken first), the next one goes through the agent.
+        let _ = held.fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
+            Some((word & WITHDRAWN) | STARTED)
+        });
+        futex_wake(held);
+        true
+    }
+}
+
+/// Zeroes the words of the last stream (positions, futex words, end mark,
+/// verdict) in place: the sender of a held ring does what the agent's
+/// [`super::rewind`] does through the file, but for `held`.
+fn rewind_words(header: &Header) {
+    for word in [
+        &header.head.0,
+        &header.tail.0,
+        &header.total.0,
+        &header.checksum.0,
+    ] {
+        word.store(0, Ordering::Relaxed);
+    }
+    for word in [
+        &header.data_seq.0,
+        &header.receiver_waiting.0,
+        &header.space_seq.0,
+        &header.sender_waiting.0,
+        &header.end.0,
+        &header.ack.0,
+    ] {
+        word.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The agent's own mapping of a ring's header, to withdraw it: the ring's
+/// next stream goes through the agent, and a receiver waiting on it wakes.
+/// Made only when needed, and kept as long as the ring.
+pub struct HeaderMap {
+    map: MmapMut,
+}
+
+impl HeaderMap {
+    /// Maps the header of the ring in `memory`.
+    pub fn new(memory: &OwnedFd) -> Result<Self, StreamError> {
+        // SAFETY: a shared mapping of the ring's first page; this side only
+        // touches the `held` word, atomically.
+        let map = unsafe { memmap2::MmapOptions::new().len(HEADER_LEN).map_mut(memory) }
+            .map_err(|err| StreamError::io("mapping the ring's header", 0, &err))?;
+        Ok(Self { map })
+    }
+
+    /// Sets the withdrawn flag and wakes a receiver that waits: from now
+    /// on both ends of the ring set their streams up through the agent.
+    pub fn withdraw(&self) {
+        // SAFETY: the mapping is page-aligned and HEADER_LEN long, which
+        // holds a Header.
+        let header = unsafe { &*self.map.as_ptr().cast::<Header>() };
+        header.held.0.fetch_or(WITHDRAWN, Ordering::AcqRel);
+        futex_wake(&header.held.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{Awaited, RingReader, RingWriter, create, socket_pair};
+    use std::os::fd::AsFd as _;
+
+    /// A ring whose first stream went through verified, kept by both ends;
+    /// and the agent's descriptor of it.
+    fn kept_pair() -> (KeptRing, KeptRing, OwnedFd) {
+        let (memory, _) = create(64 << 10).expect("ring");
+        let agents = memory.as_fd().try_clone_to_owned().expect("dup");
+        let second = memory.as_fd().try_clone_to_owned().expect("dup");
+        let (a, b) = socket_pair().expect("socket pair");
+        let mut writer = RingWriter::open(memory, a).expect("writer");
+        let mut reader = RingReader::open(second, b).expect("reader");
+        stream(&mut writer, &mut reader, b"first");
+        let reader_kept = reader.keep().expect("receiver keeps");
+        drop(reader);
+        (writer.keep().expect("sender keeps"), reader_kept, agents)
+    }
+
+    fn stream(writer: &mut RingWriter, reader: &mut RingReader, data: &[u8]) {
+        let data = data.to_vec();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                writer.write(&data).expect("write");
+                writer.finish().expect("verified");
+            });
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = reader.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, data);
+        });
+    }
+
+    #[test]
+    fn a_waiting_receiver_gets_the_next_stream_from_its_sender_without_the_agent() {
+        let (sender, receiver, _agent) = kept_pair();
+        assert!(!sender.take_held(), "nobody waits yet: ask the agent");
+        assert!(receiver.announce_wait());
+        assert!(sender.take_held());
+        assert_eq!(receiver.end_wait(), HeldWait::Started);
+        let mut writer = RingWriter::reopen(sender).expect("rewound for the writer");
+        let mut reader = RingReader::reopen(receiver).expect("rewound for the reader");
+        stream(&mut writer, &mut reader, b"second, held");
+        // And again, as a warm pair does.
+        let receiver = reader.keep().expect("kept again");
+        drop(reader);
+        let sender = writer.keep().expect("kept again");
+        assert!(receiver.announce_wait());
+        assert!(sender.take_held());
+        assert_eq!(receiver.end_wait(), HeldWait::Started);
+    }
+
+    #[test]
+    fn the_agent_withdraws_a_wait_and_both_ends_ask_it_until_it_rewinds_the_ring() {
+        let (sender, receiver, agent) = kept_pair();
+        assert!(receiver.announce_wait());
+        HeaderMap::new(&agent).expect("map").withdraw();
+        assert!(Awaited::Start.holds(&receiver.ring), "the wait wakes");
+        assert!(!sender.take_held(), "withdrawn: the sender asks the agent");
+        assert_eq!(receiver.end_wait(), HeldWait::AskAgent);
+        assert!(!receiver.announce_wait(), "still withdrawn");
+        crate::ring::rewind(&agent).expect("the agent pairs them over it");
+        assert!(receiver.announce_wait(), "rewound: held again");
+        assert!(sender.take_held());
+    }
+
+    #[test]
+    fn a_receiver_that_gives_up_leaves_nothing_for_its_sender_to_take() {
+        let (sender, receiver, _agent) = kept_pair();
+        assert!(receiver.announce_wait());
+        assert_eq!(receiver.end_wait(), HeldWait::AskAgent);
+        assert!(!sender.take_held());
+    }
+}
