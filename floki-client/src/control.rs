@@ -26,7 +26,7 @@ use floki_proto::{
     ring::KeptRing,
 };
 
-use crate::idle::KeptLink;
+use crate::{held_ring::Waited, idle::KeptLink};
 
 use super::{
     ChannelOptions, ClientError,
@@ -119,6 +119,8 @@ pub(crate) struct Opened {
     kept: bool,
     ring: Option<KeptRing>,
     link: Option<KeptLink>,
+    /// The connection last carried the stream it opens now.
+    same_stream: bool,
 }
 
 impl Opened {
@@ -129,17 +131,35 @@ impl Opened {
             kept: true,
             ring: None,
             link: None,
+            same_stream: false,
+        }
+    }
+
+    /// A new connection.
+    fn new(stream: ControlStream) -> Self {
+        Self {
+            stream,
+            kept: false,
+            ring: None,
+            link: None,
+            same_stream: false,
         }
     }
 }
 
 /// A connection to the agent for a new end of `opts.channel`: one this
 /// process kept after an earlier end (see [`crate::idle`]), else a new one.
-/// `keeps`: the end can take up a kept ring or link, and keeps its own
-/// (a function's end, not the agent's store's); without it, another
-/// stream's kept ring or link is never given up for this connection.
-pub(crate) async fn open(opts: &ChannelOptions, keeps: bool) -> Result<Opened, ClientError> {
-    if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), keeps)
+/// `role`: the end's, if it opens one. `keeps`: the end can take up a
+/// kept ring or link, and keeps its own (a function's end, not the agent's
+/// store's); without it, another stream's kept ring or link is never given
+/// up for this connection.
+pub(crate) async fn open(
+    opts: &ChannelOptions,
+    role: Option<Role>,
+    keeps: bool,
+) -> Result<Opened, ClientError> {
+    let sender = role.map(|role| role == Role::Send);
+    if let Some(kept) = crate::idle::take(&opts.agent, &crate::idle::stream_of(opts), sender, keeps)
         && let Ok(stream) = attach(kept.control)
     {
         return Ok(Opened {
@@ -147,14 +167,10 @@ pub(crate) async fn open(opts: &ChannelOptions, keeps: bool) -> Result<Opened, C
             kept: true,
             ring: kept.ring.filter(|_| keeps && opts.ring),
             link: kept.link.filter(|_| keeps),
+            same_stream: kept.same_stream,
         });
     }
-    Ok(Opened {
-        stream: connect(opts).await?,
-        kept: false,
-        ring: None,
-        link: None,
-    })
+    Ok(Opened::new(connect(opts).await?))
 }
 
 /// A control connection taken off the runtime it was opened on, to be
@@ -266,11 +282,19 @@ fn raw_fd(control: &ControlStream) -> std::os::fd::RawFd {
 
 /// Says hello and reads the agent's acceptance.
 pub(crate) async fn hello(
-    opened: Opened,
+    mut opened: Opened,
     opts: &ChannelOptions,
     role: Role,
     listen: Option<SocketAddr>,
 ) -> Result<Accepted, ClientError> {
+    if opened.kept
+        && crate::held_ring::eligible(opened.ring.as_ref(), opened.same_stream, opts, role)
+    {
+        match held_ring(opened, opts, role).await? {
+            Either::Left(accepted) => return Ok(accepted),
+            Either::Right(ask) => opened = ask,
+        }
+    }
     let unix = is_unix(&opened.stream);
     if holds(&opened, opts, unix) {
         // The stream's next use over the link this end held: nothing to
@@ -316,6 +340,44 @@ pub(crate) async fn hello(
     accepted(opened, answer, &opts.channel).await
 }
 
+/// The stream's next use over the ring this end kept, without a word to
+/// the agent (docs/PROTOCOL.md, "Held rings"): accepted as held if the
+/// sender took its waiting receiver's ring, or the receiver's sender
+/// started; else the connection to say hello on (a new one if the agent
+/// closed this one).
+async fn held_ring(
+    mut opened: Opened,
+    opts: &ChannelOptions,
+    role: Role,
+) -> Result<Either<Accepted, Opened>, ClientError> {
+    let ring = opened.ring.as_ref().expect("eligible: a kept ring");
+    let started = match role {
+        Role::Send => ring.take_held(),
+        Role::Recv => match crate::held_ring::wait_for_start(ring, &opened.stream, opts).await? {
+            Waited::Started => true,
+            Waited::AskAgent { keep_ring } => {
+                if !keep_ring {
+                    opened.ring = None;
+                }
+                false
+            }
+            Waited::AgentGone => return Ok(Either::Right(Opened::new(connect(opts).await?))),
+        },
+    };
+    if !started {
+        return Ok(Either::Right(opened));
+    }
+    Ok(Either::Left(Accepted {
+        control: opened.stream,
+        window: None,
+        ring: opened.ring,
+        link: None,
+        held: true,
+        channel_id: 0,
+        listener: None,
+    }))
+}
+
 /// Whether an end goes over the link it held from its stream's last use,
 /// without a word to the agent: a function's workflow stream, on the Unix
 /// socket, on the connection that kept the link, with no transport
@@ -354,6 +416,7 @@ pub(crate) async fn ask(
         kept,
         ring,
         link,
+        ..
     } = opened;
     if kept {
         match say(&mut stream, &request, false).await {
@@ -373,6 +436,7 @@ pub(crate) async fn ask(
                     kept,
                     ring,
                     link,
+                    same_stream: false,
                 };
                 return Ok((opened, answer));
             }
@@ -384,15 +448,7 @@ pub(crate) async fn ask(
         }
     }
     match say(&mut stream, &request, true).await.map_err(protocol)? {
-        Some(answer) => {
-            let opened = Opened {
-                stream,
-                kept: false,
-                ring: None,
-                link: None,
-            };
-            Ok((opened, answer))
-        }
+        Some(answer) => Ok((Opened::new(stream), answer)),
         None => Err(ClientError::AgentClosed {
             channel: opts.channel.clone(),
         }),
@@ -485,6 +541,25 @@ pub(crate) async fn paired(
         ..
     } = accepted;
     let channel = &opts.channel;
+    if held && let Some(kept) = kept_ring {
+        let pairing = Pairing {
+            control,
+            channel_id,
+            transport: Transport::Shm,
+            peer: None,
+            key: [0; KEY_LEN],
+            window: kept.capacity(),
+            handed: None,
+            ring: Some(RingHanded::Kept(kept)),
+            stored: false,
+            again: true,
+            link: false,
+            key_sent: false,
+            held: true,
+            holds: false,
+        };
+        return Ok((pairing, None));
+    }
     if held && let Some(kept) = kept_link {
         let pairing = Pairing {
             control,

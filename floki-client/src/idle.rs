@@ -67,6 +67,21 @@ pub(crate) struct Kept {
     pub control: DetachedControl,
     pub ring: Option<KeptRing>,
     pub link: Option<KeptLink>,
+    /// Its last stream is the one it is taken for: its ring may carry that
+    /// stream again without the agent (docs/PROTOCOL.md, "Held rings").
+    pub same_stream: bool,
+}
+
+impl Kept {
+    /// A connection kept without a ring or link.
+    pub fn bare(control: DetachedControl) -> Self {
+        Self {
+            control,
+            ring: None,
+            link: None,
+            same_stream: false,
+        }
+    }
 }
 
 /// The agents' link of a stream across nodes, kept after a verified stream
@@ -181,31 +196,43 @@ pub(crate) fn put(agent: String, stream: String, kept: Kept) {
 }
 
 /// A kept connection to `agent` that is still open: the one that last
-/// carried `stream` (with its ring or link), else the most recent one
+/// carried `stream` (with its ring or link; as the same end, `sender`, if
+/// one did: a function with both ends of a stream keeps two), else the most recent one
 /// without either, else, if `steal`, the oldest one, with its ring but not
 /// its link (a link carries one stream only; they were kept for another
 /// stream, which has not come back since). A ring carries any channel: if
 /// the other end of this one took the connection that shared it (the same
 /// two processes, a new channel name), the agent rewinds it for them;
 /// otherwise it makes a new one and the end drops this.
-pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
+pub(crate) fn take(agent: &str, stream: &str, sender: Option<bool>, steal: bool) -> Option<Kept> {
     let mut pool = pool()?;
     let now = Instant::now();
     pool.idle
         .retain(|idle| now.duration_since(idle.since) < KEEP_FOR);
     loop {
         let idle = &pool.idle;
-        let (at, theirs) = match idle
+        let same = |idle: &Idle| idle.agent == agent && idle.stream == stream;
+        let as_same_end = |idle: &Idle| {
+            idle.ring
+                .as_ref()
+                .is_none_or(|ring| Some(ring.kept_by_sender()) == sender)
+        };
+        let (at, theirs, same_stream) = match idle
             .iter()
-            .rposition(|idle| idle.agent == agent && idle.stream == stream)
+            .rposition(|idle| same(idle) && as_same_end(idle))
+            .or_else(|| idle.iter().rposition(same))
         {
-            Some(at) => (at, false),
+            Some(at) => (at, false, true),
             None => match idle
                 .iter()
                 .rposition(|idle| idle.agent == agent && !idle.holds())
             {
-                Some(at) => (at, false),
-                None if steal => (idle.iter().position(|idle| idle.agent == agent)?, true),
+                Some(at) => (at, false, false),
+                None if steal => (
+                    idle.iter().position(|idle| idle.agent == agent)?,
+                    true,
+                    false,
+                ),
                 None => return None,
             },
         };
@@ -222,6 +249,7 @@ pub(crate) fn take(agent: &str, stream: &str, steal: bool) -> Option<Kept> {
                 control: idle.control,
                 ring: idle.ring,
                 link: idle.link.filter(|_| !theirs),
+                same_stream,
             });
         }
     }
@@ -317,33 +345,32 @@ mod tests {
         let one = inode(&open);
         let (closed, agent_b) = pair();
         let (other, _agent_c) = pair();
-        let kept = |control| Kept {
-            control,
-            ring: None,
-            link: None,
-        };
+        let kept = Kept::bare;
         put("unix:/a".into(), "one".into(), kept(open));
         put("unix:/a".into(), "two".into(), kept(other));
         put("unix:/b".into(), "one".into(), kept(closed));
         drop(agent_b);
         assert!(
-            take("unix:/c", "one", true).is_none(),
+            take("unix:/c", "one", None, true).is_none(),
             "no connection to that agent"
         );
         assert!(
-            take("unix:/b", "one", true).is_none(),
+            take("unix:/b", "one", None, true).is_none(),
             "the agent closed it: not taken, and dropped"
         );
-        let first = take("unix:/a", "one", false).expect("still open: taken");
+        let first = take("unix:/a", "one", None, false).expect("still open: taken");
         assert_eq!(
             inode(&first.control),
             one,
             "the stream's own connection first"
         );
         assert!(
-            take("unix:/a", "one", false).is_some(),
+            take("unix:/a", "one", None, false).is_some(),
             "another stream's without a ring, then"
         );
-        assert!(take("unix:/a", "one", true).is_none(), "each taken once");
+        assert!(
+            take("unix:/a", "one", None, true).is_none(),
+            "each taken once"
+        );
     }
 }

@@ -35,6 +35,7 @@ mod control;
 mod described;
 mod end;
 mod error;
+mod held_ring;
 mod held_watch;
 mod idle;
 mod receiver;

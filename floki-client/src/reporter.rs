@@ -246,11 +246,7 @@ impl Reporter {
                 // for the next channel, or closed.
                 if let Task::Deferred(deferred) = std::mem::replace(&mut self.task, Task::None) {
                     if self.keep_for.is_some() && error.is_none() {
-                        self.kept = Some(crate::idle::Kept {
-                            control: deferred.control,
-                            ring: None,
-                            link: None,
-                        });
+                        self.kept = Some(crate::idle::Kept::bare(deferred.control));
                     } else {
                         let _ = shutdown_write_fd(detached_fd(&deferred.control));
                     }
@@ -319,11 +315,7 @@ impl Reporter {
             && let Some(control) = shared.control.take()
             && let Ok(control) = crate::control::detach(control)
         {
-            self.kept = Some(crate::idle::Kept {
-                control,
-                ring: None,
-                link: None,
-            });
+            self.kept = Some(crate::idle::Kept::bare(control));
         }
     }
 }

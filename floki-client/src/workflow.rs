@@ -110,7 +110,7 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
         },
     };
     let asked =
-        async { control::ask(control::open(&asking, false).await?, &asking, request).await };
+        async { control::ask(control::open(&asking, None, false).await?, &asking, request).await };
     let (opened, answer) = timeout(Duration::from_secs(10), asked)
         .await
         .map_err(|_| ClientError::AgentClosed {
@@ -125,11 +125,7 @@ pub async fn describe(opts: &EdgeOptions) -> Result<EdgeInfo, ClientError> {
             again,
         } => {
             if again && let Ok(control) = control::detach(opened.stream) {
-                let kept = crate::idle::Kept {
-                    control,
-                    ring: None,
-                    link: None,
-                };
+                let kept = crate::idle::Kept::bare(control);
                 crate::idle::put(opts.agent.clone(), channel.clone(), kept);
             }
             let info = EdgeInfo {

@@ -128,7 +128,7 @@ impl Established {
 /// how much may be buffered until the stream is established.
 pub(crate) async fn sender_hello(opts: &ChannelOptions) -> Result<Accepted, ClientError> {
     control::hello(
-        control::open(opts, !opts.store).await?,
+        control::open(opts, Some(Role::Send), !opts.store).await?,
         opts,
         Role::Send,
         None,
@@ -254,7 +254,7 @@ pub(crate) async fn receiver(
     opts: &ChannelOptions,
     reports_on: Option<&Handle>,
 ) -> Result<Established, ClientError> {
-    let mut control = control::open(opts, !opts.store).await?;
+    let mut control = control::open(opts, Some(Role::Recv), !opts.store).await?;
     loop {
         match receiver_on(control, opts, reports_on).await? {
             Received::Established(established) => return Ok(*established),
@@ -310,7 +310,7 @@ async fn receiver_on(
                         return Ok(Received::AskAgain(opened));
                     }
                     HeldStart::AgentGone => {
-                        let opened = control::open(opts, true).await?;
+                        let opened = control::open(opts, Some(Role::Recv), true).await?;
                         return Ok(Received::AskAgain(opened));
                     }
                 }

@@ -66,20 +66,33 @@ pub enum ChannelEvent {
 
 type Subscriber = Box<dyn Fn(&ChannelEvent) + Send + Sync>;
 
-/// A stream one end carried over the link it held ([`Channels::record_held`]).
+/// A stream one end carried over the link (or two ends over the ring) it
+/// held ([`Channels::record_held`]).
 pub struct HeldStream {
     /// The stream's channel name.
     pub name: String,
     /// This node's end of it.
     pub role: Role,
-    /// The other end's node.
-    pub peer_node: String,
+    /// The other end's node, if not this one.
+    pub peer_node: Option<String>,
+    /// What the ends held.
+    pub via: HeldVia,
     /// Whether it went across complete and verified.
     pub ok: bool,
     /// Payload bytes moved.
     pub bytes: u64,
     /// What went wrong, when not ok.
     pub error: Option<String>,
+}
+
+/// What the ends of a held stream kept from its last use and carried it
+/// over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldVia {
+    /// The agents' link across nodes: one end's report per node.
+    Link,
+    /// A ring on this node: the receiver's report.
+    Ring,
 }
 
 /// How a waiting end hears of its pairing.
@@ -177,6 +190,9 @@ impl Channels {
     /// with the one waiting; a remote end's channel is active at once. The
     /// end stays a member until the returned membership is dropped.
     pub fn join(self: &Arc<Self>, request: JoinRequest) -> Result<Joined, Refused> {
+        if request.role == Role::Send {
+            self.carriers.sender_came(&request.name);
+        }
         let mut inner = self.lock();
         if inner.closing {
             return Err((
@@ -191,6 +207,7 @@ impl Channels {
             end,
             window,
         } = request;
+
         let (id, pairing) = match (end, inner.by_name.get(&name).copied()) {
             (EndKind::Remote(carrier), None) => (
                 self.open_remote(&mut inner, name, role, carrier),
@@ -501,10 +518,11 @@ impl Channels {
         self.file(inner, view);
     }
 
-    /// Records a stream that one end carried over the link it held, without
-    /// joining: told by that end once it was over (docs/PROTOCOL.md, "Held
-    /// links"). It takes an id, counts in the totals and the metrics, and
-    /// shows in the history like any other.
+    /// Records a stream that one end carried over the link it held (or two
+    /// ends over the ring they held), without joining: told by that end
+    /// once it was over (docs/PROTOCOL.md, "Held links", "Held rings"). It
+    /// takes an id, counts in the totals and the metrics, and shows in the
+    /// history like any other.
     pub fn record_held(&self, held: HeldStream) {
         let mut inner = self.lock();
         let id = inner.next_id;
@@ -513,17 +531,32 @@ impl Channels {
             id,
             name: held.name,
             phase: if held.ok { Phase::Done } else { Phase::Failed },
-            transport: Some(Transport::Tcp),
+            transport: Some(match held.via {
+                HeldVia::Link => Transport::Tcp,
+                HeldVia::Ring => Transport::Shm,
+            }),
             bytes: held.bytes,
             stream_bytes: held.bytes,
             kernel_bytes: None,
-            peer_node: Some(held.peer_node),
+            peer_node: held.peer_node,
             ends: vec![held.role],
             age: Duration::ZERO,
             duration: None,
             error: held.error,
-            note: Some("over the link its end held, told afterwards".to_owned()),
-            reason: Some("held link: the stream's last use kept it".to_owned()),
+            note: Some(
+                match held.via {
+                    HeldVia::Link => "over the link its end held, told afterwards",
+                    HeldVia::Ring => "over the ring its ends held, told afterwards",
+                }
+                .to_owned(),
+            ),
+            reason: Some(
+                match held.via {
+                    HeldVia::Link => "held link: the stream's last use kept it",
+                    HeldVia::Ring => "held ring: the stream's last use kept it",
+                }
+                .to_owned(),
+            ),
             store: None,
         };
         self.file(&mut inner, view);

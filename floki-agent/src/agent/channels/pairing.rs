@@ -196,4 +196,9 @@ pub trait Carriers: Send + Sync {
 
     /// Forgets a spliced channel in the kernel.
     fn release(&self, handle: &SpliceHandle);
+
+    /// A sender of channel `name` joins here: whatever its last ends may
+    /// still set up between themselves (a held ring) is withdrawn, so that
+    /// its receiver comes here too.
+    fn sender_came(&self, _name: &str) {}
 }

@@ -1,5 +1,6 @@
 //! A kept connection whose function holds its stream's link across nodes
-//! (docs/PROTOCOL.md, "Held links"). Between requests the function may
+//! (docs/PROTOCOL.md, "Held links"), or the ring of its last stream on
+//! this node ("Held rings": only its `held` request is this module's). Between requests the function may
 //! carry the stream over that link without asking this agent, and tell it
 //! afterwards (`held`); a consumer's link stays out of this agent's watch
 //! until the consumer asks for something else or goes, and the consumer is
@@ -8,10 +9,13 @@
 use floki_proto::control::{AgentMessage, ClientRequest, HeldReport, Refusal, Role, write_message};
 
 use super::{
-    HeldLink, Kept,
+    HeldLink, Kept, KeptRingEnd,
     handshake::{self, refuse},
 };
-use crate::agent::{Agent, channels::HeldStream, channels::Refused};
+use crate::agent::{
+    Agent,
+    channels::{HeldStream, HeldVia, Refused},
+};
 use crate::workflow::StreamId;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::info;
@@ -67,15 +71,19 @@ pub async fn next_request(
                 continue;
             }
             Some(Ok(ClientRequest::Held { held })) => {
-                if next
-                    .link
-                    .as_ref()
-                    .is_some_and(|link| link.record(agent, held))
-                {
+                let recorded = match (&next.link, &next.ring) {
+                    (Some(link), _) => link.record(agent, held),
+                    (None, Some(ring)) => {
+                        ring.record(agent, held);
+                        true
+                    }
+                    (None, None) => false,
+                };
+                if recorded {
                     continue;
                 }
                 let message =
-                    "`held` on a connection that holds no link; open the stream with a hello"
+                    "`held` on a connection that holds no link or ring; open the stream with a hello"
                         .to_owned();
                 refuse(agent, &mut next.stream, from, Refusal::BadRequest, message).await;
             }
@@ -109,6 +117,27 @@ async fn started_untaken(agent: &Agent, stream: Option<&StreamId>) {
     match stream {
         Some(stream) => agent.links.started_untaken(stream).await,
         None => std::future::pending().await,
+    }
+}
+
+impl KeptRingEnd {
+    /// Files the stream two functions on this node carried over the ring
+    /// they kept, without asking (docs/PROTOCOL.md, "Held rings"): the
+    /// receiver's report is the stream's (its verdict decides it); the
+    /// sender's is filed only if it failed (its receiver may never tell).
+    fn record(&self, agent: &Agent, held: HeldReport) {
+        if self.role == Role::Send && held.ok {
+            return;
+        }
+        agent.channels.record_held(HeldStream {
+            name: self.file.last_channel(),
+            role: self.role,
+            peer_node: None,
+            via: HeldVia::Ring,
+            ok: held.ok,
+            bytes: held.bytes,
+            error: held.error,
+        });
     }
 }
 
@@ -157,7 +186,8 @@ impl HeldLink {
         agent.channels.record_held(HeldStream {
             name: holding.stream.to_string(),
             role,
-            peer_node: holding.peer_node.clone(),
+            peer_node: Some(holding.peer_node.clone()),
+            via: HeldVia::Link,
             ok: held.ok,
             bytes: held.bytes,
             error: held.error,

@@ -31,7 +31,9 @@ use tokio::{
 use tokio_util::either::Either;
 use tracing::warn;
 
-use super::{Kept, ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports};
+use super::{
+    Kept, KeptRingEnd, ReportReader, WhileWaiting, handshake::refuse_quietly, is_unix, reports,
+};
 use crate::agent::{
     Agent,
     channels::{
@@ -107,11 +109,12 @@ impl Handed {
         // The end leaves its channel before its connection closes (or
         // carries its next request), so that neither comes before the
         // leave.
+        let role = membership.role();
         drop(membership);
         done.map(|_| Kept {
             stream: control,
             reader,
-            ring,
+            ring: ring.map(|file| KeptRingEnd { file, role }),
             link: None,
         })
     }
@@ -151,7 +154,7 @@ async fn set_up(connection: Kept, mut hello: Hello, local: Local, agent: &Agent)
     };
     // The ring of this connection's last channel, if the client still
     // holds it.
-    let kept_ring = kept_ring.filter(|_| hello.kept_ring);
+    let kept_ring = kept_ring.filter(|_| hello.kept_ring).map(|kept| kept.file);
     let end = LocalEnd {
         hello,
         reach,

@@ -210,7 +210,7 @@ pub struct Kept {
     stream: ControlStream,
     reader: ReportReader,
     /// The ring of the end's channel, if it had one it may keep.
-    ring: Option<Arc<crate::agent::transport::RingFile>>,
+    ring: Option<KeptRingEnd>,
     /// The link of the end's stream across nodes, if it went across
     /// verified (the function may keep it for the stream's next use).
     link: Option<HeldLink>,
@@ -227,6 +227,13 @@ impl Kept {
             link: None,
         }
     }
+}
+
+/// The ring of a connection's last channel, which its end may keep, and
+/// which end of that channel it was.
+struct KeptRingEnd {
+    file: Arc<crate::agent::transport::RingFile>,
+    role: floki_proto::control::Role,
 }
 
 /// The agents' link of a cross-node stream that the function on a kept

@@ -239,7 +239,7 @@ impl Carriers for NodeCarriers {
                     (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Some(a),
                     _ => None,
                 };
-                ring::set_up(&self.rings, window, plan.reason.clone(), kept)
+                ring::set_up(&self.rings, name, window, plan.reason.clone(), kept)
             }
             kind => socket(kind, plan.reason.clone()),
         };
@@ -266,6 +266,10 @@ impl Carriers for NodeCarriers {
 
     fn release(&self, handle: &SpliceHandle) {
         self.datapath.remove(handle);
+    }
+
+    fn sender_came(&self, name: &str) {
+        self.rings.sender_came(name);
     }
 }
 

@@ -14,14 +14,15 @@
 //! the mount is refused, are memory files.
 
 use std::{
+    collections::HashMap,
     os::fd::{AsFd as _, OwnedFd},
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
-use floki_proto::ring::{self, RingObserver};
+use floki_proto::ring::{self, HeaderMap, RingObserver};
 use tracing::{info, warn};
 
 use crate::agent::channels::{Carrier, RingSetUp, SetUp};
@@ -34,6 +35,19 @@ const HUGE_RINGS: usize = 64;
 pub struct RingFiles {
     huge: Option<OwnedFd>,
     live: Arc<AtomicUsize>,
+    /// The ring each channel last went over, while its ends keep it: the
+    /// two may carry the channel's next stream over it without this agent
+    /// (docs/PROTOCOL.md, "Held rings"), unless its sender comes here.
+    last_rings: Mutex<LastRings>,
+}
+
+/// Channel name to the ring that last carried it.
+#[derive(Default)]
+struct LastRings {
+    by_name: HashMap<String, Weak<RingFile>>,
+    /// Entries at the last sweep of rings gone: the next sweep comes when
+    /// the map has doubled.
+    swept_at: usize,
 }
 
 /// A ring's place among those on huge pages, while its channel lives.
@@ -66,6 +80,33 @@ impl RingFiles {
         Self {
             huge,
             live: Arc::new(AtomicUsize::new(0)),
+            last_rings: Mutex::default(),
+        }
+    }
+
+    /// The sender of channel `name` asks this agent: the ring that carried
+    /// the channel last, if its ends still keep it, is withdrawn, so that
+    /// its receiver (which may wait on it) asks this agent too.
+    pub fn sender_came(&self, name: &str) {
+        let ring = lock(&self.last_rings)
+            .by_name
+            .get(name)
+            .and_then(Weak::upgrade);
+        if let Some(ring) = ring
+            && *lock(&ring.last) == name
+        {
+            ring.withdraw();
+        }
+    }
+
+    /// `ring` carries channel `name` now.
+    fn carries(&self, name: &str, ring: &Arc<RingFile>) {
+        name.clone_into(&mut lock(&ring.last));
+        let mut last = lock(&self.last_rings);
+        last.by_name.insert(name.to_owned(), Arc::downgrade(ring));
+        if last.by_name.len() > 2 * last.swept_at.max(512) {
+            last.by_name.retain(|_, ring| ring.strong_count() > 0);
+            last.swept_at = last.by_name.len();
         }
     }
 
@@ -118,9 +159,38 @@ fn mount_huge_tmpfs() -> std::io::Result<OwnedFd> {
 pub struct RingFile {
     memory: OwnedFd,
     capacity: u64,
+    /// The channel it carried last.
+    last: Mutex<String>,
+    /// This agent's mapping of its header, made the first time the ring is
+    /// withdrawn ([`RingFile::withdraw`]).
+    header: OnceLock<Option<HeaderMap>>,
     /// A ring on huge pages holds its place among them while it is kept,
     /// as while its channel lives.
     _huge: Option<Arc<HugeRing>>,
+}
+
+impl RingFile {
+    /// The channel the ring carried last.
+    pub fn last_channel(&self) -> String {
+        lock(&self.last).clone()
+    }
+
+    /// Withdraws the ring from its ends' own set-up: a receiver waiting on
+    /// it for its sender wakes and asks this agent.
+    fn withdraw(&self) {
+        let header = self
+            .header
+            .get_or_init(|| match HeaderMap::new(&self.memory) {
+                Ok(map) => Some(map),
+                Err(err) => {
+                    warn!(%err, "a kept ring's header could not be mapped to withdraw it");
+                    None
+                }
+            });
+        if let Some(header) = header {
+            header.withdraw();
+        }
+    }
 }
 
 /// A ring of `window` bytes (rounded to a power of two) for two ends: the
@@ -128,6 +198,7 @@ pub struct RingFile {
 /// size; else a new one.
 pub fn set_up(
     files: &RingFiles,
+    name: &str,
     window: u64,
     reason: String,
     kept: Option<&Arc<RingFile>>,
@@ -135,6 +206,7 @@ pub fn set_up(
     if let Some(file) = kept.filter(|file| file.capacity == ring::capacity_for(window)) {
         match reuse(file) {
             Ok(observer) => {
+                files.carries(name, file);
                 return Ok(SetUp {
                     carrier: Carrier::Ring(observer, None),
                     reason: format!("{reason}, the one they kept from their last channel"),
@@ -167,11 +239,15 @@ pub fn set_up(
     };
     let huge = huge.map(Arc::new);
     let file = observer.memory().try_clone().ok().map(|memory| {
-        Arc::new(RingFile {
+        let file = Arc::new(RingFile {
             memory,
             capacity: ring::capacity_for(window),
+            last: Mutex::default(),
+            header: OnceLock::new(),
             _huge: huge.clone(),
-        })
+        });
+        files.carries(name, &file);
+        file
     });
     Ok(SetUp {
         carrier: Carrier::Ring(observer, huge),
@@ -183,6 +259,10 @@ pub fn set_up(
         }),
         listener: None,
     })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Rewinds a kept ring for its next channel; its observer.
@@ -209,7 +289,7 @@ mod tests {
     #[test]
     fn at_most_64_rings_are_on_huge_pages_and_a_kept_one_holds_its_place() {
         let files = huge_files();
-        let set_up = |window| set_up(&files, window, "test".into(), None).expect("a ring");
+        let set_up = |window| set_up(&files, "test", window, "test".into(), None).expect("a ring");
         let rings: Vec<SetUp> = (0..HUGE_RINGS).map(|_| set_up(1 << 20)).collect();
         assert!(
             rings
