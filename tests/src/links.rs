@@ -15,18 +15,30 @@ use crate::{
 /// producer that finishes before its consumer came is never stored (a
 /// stored stream is replayed to every later consumer).
 pub fn one_edge_across_nodes() -> (Cluster, String, ChannelOptions, ChannelOptions) {
-    let cluster = Cluster::start(&["node-a", "node-b"]);
+    one_edge(&["node-a", "node-b"])
+}
+
+/// [`one_edge_across_nodes`], with `q` on node-a too: one node, whose
+/// agent pairs the edge's streams over rings.
+pub fn one_edge_on_one_node() -> (Cluster, String, ChannelOptions, ChannelOptions) {
+    one_edge(&["node-a"])
+}
+
+/// One edge from `p` on the first of `nodes` to `q` on the last.
+fn one_edge(nodes: &[&str]) -> (Cluster, String, ChannelOptions, ChannelOptions) {
+    let (first, last) = (nodes[0], nodes[nodes.len() - 1]);
+    let cluster = Cluster::start(nodes);
     cluster.wait_connected();
     let spec = Spec::new("wf")
-        .function("p", "node-a")
-        .function("q", "node-b")
+        .function("p", first)
+        .function("q", last)
         .edge("e", &["p"], &["q"], "one-to-one", "1MiB");
-    let token = cluster.node("node-a").apply(&spec.yaml()).expect("apply");
+    let token = cluster.node(first).apply(&spec.yaml()).expect("apply");
     let unix = |node: &str| format!("unix:{}", cluster.node(node).agent.socket.display());
-    let mut producer = EdgeOptions::new(unix("node-a"), "wf", &token, "e", "p");
+    let mut producer = EdgeOptions::new(unix(first), "wf", &token, "e", "p");
     producer.live = true;
     let producer = producer.stream("q");
-    let consumer = EdgeOptions::new(unix("node-b"), "wf", &token, "e", "q").stream("p");
+    let consumer = EdgeOptions::new(unix(last), "wf", &token, "e", "q").stream("p");
     (cluster, token, producer, consumer)
 }
 

@@ -146,7 +146,9 @@ fn a_stream_again_between_the_same_ends_goes_over_the_ring_they_kept() {
     for (i, stream) in streams.iter().enumerate() {
         assert_eq!(stream["transport"], "shm", "{stream:#}");
         let reason = stream["reason"].as_str().expect("reason");
-        let kept = reason.contains("kept from their last channel");
+        // Rewound by the agent, or held by the two (the receiver waited
+        // first: docs/PROTOCOL.md, "Held rings").
+        let kept = reason.contains("kept from their last channel") || reason.contains("held ring");
         assert_eq!(kept, !matches!(i, 0 | 6), "stream {i}: {reason}");
         // Rings on huge pages (the default) are kept like any other.
         assert_eq!(
@@ -201,21 +203,25 @@ fn a_tokio_functions_streams_one_after_another_keep_their_connections_and_ring()
         );
     }
 
+    let streams = finished_in_order(&node.agent, "again-async", STREAMS);
+    let mut held = 0;
+    for (i, stream) in streams.iter().enumerate() {
+        assert_eq!(stream["transport"], "shm", "{stream:#}");
+        let reason = stream["reason"].as_str().expect("reason");
+        // Rewound by the agent, or held by the two, which asked nothing.
+        let is_held = reason.contains("held ring");
+        held += usize::from(is_held);
+        let kept = reason.contains("kept from their last channel") || is_held;
+        assert_eq!(kept, i > 0, "stream {i}: {reason}");
+    }
     let (_, body) = get(&metrics, "/metrics");
     let requests = sample(&body, "floki_client_requests_total");
     let connections = sample(&body, "floki_client_connections_total");
-    assert_eq!(requests, (2 * STREAMS) as f64, "{body}");
+    assert_eq!(requests, (2 * (STREAMS - held)) as f64, "{body}");
     assert!(
         connections <= STREAMS as f64,
         "{connections} connections for {requests} requests"
     );
-    let streams = finished_in_order(&node.agent, "again-async", STREAMS);
-    for (i, stream) in streams.iter().enumerate() {
-        assert_eq!(stream["transport"], "shm", "{stream:#}");
-        let reason = stream["reason"].as_str().expect("reason");
-        let kept = reason.contains("kept from their last channel");
-        assert_eq!(kept, i > 0, "stream {i}: {reason}");
-    }
 }
 
 #[test]

@@ -60,6 +60,9 @@ struct Args {
     /// function moves them (each on its connections and links of the last);
     /// `stream N done` on stderr after each.
     streams: u32,
+    /// Edges: the pause before each stream after the first, as between a
+    /// warm function's invocations.
+    pause: Duration,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -91,6 +94,7 @@ fn parse() -> anyhow::Result<Args> {
         no_check: false,
         pair_timeout: None,
         streams: 1,
+        pause: Duration::ZERO,
     };
     let mut edge = (String::new(), String::new(), String::new(), String::new());
     while let Some(flag) = args.next() {
@@ -136,6 +140,7 @@ fn parse() -> anyhow::Result<Args> {
             "--pair-timeout" => out.pair_timeout = Some(Duration::from_secs(value.parse()?)),
             "--chunk" => out.chunk = value.parse()?,
             "--streams" => out.streams = value.parse()?,
+            "--pause-ms" => out.pause = Duration::from_millis(value.parse()?),
             "--workflow" => edge.0 = value,
             "--edge" => edge.1 = value,
             "--as" => edge.2 = value,
@@ -161,9 +166,10 @@ fn main() -> anyhow::Result<()> {
     opts.secret = args.secret.clone();
     opts.run = args.run.clone();
     opts.pair_timeout = args.pair_timeout;
-    match (args.verb.as_str(), args.blocking) {
-        ("send", true) => return blocking_send(&args, &opts),
-        ("recv", true) => return blocking_recv(&args, &opts),
+    match (args.verb.as_str(), args.blocking, &args.workflow) {
+        ("send" | "recv", true, Some(edge)) => return blocking_edge(&args, edge),
+        ("send", true, None) => return blocking_send(&args, &opts),
+        ("recv", true, None) => return blocking_recv(&args, &opts),
         _ => {}
     }
     tokio::runtime::Builder::new_current_thread()
@@ -178,6 +184,9 @@ async fn async_main(args: &Args, opts: &ChannelOptions) -> anyhow::Result<()> {
         ("recv", None) => recv(args, opts).await,
         ("send" | "recv", Some(edge)) => {
             for n in 1..=args.streams {
+                if n > 1 {
+                    tokio::time::sleep(args.pause).await;
+                }
                 let opts = edge_options(args, edge);
                 match args.verb.as_str() {
                     "send" => send_edge(args, opts).await?,
@@ -397,6 +406,77 @@ fn print_summary(summary: &Summary, started: Instant) {
         "{}",
         serde_json::json!({"bytes": summary.bytes, "transport": summary.transport.to_string(), "stored": summary.stored, "seconds": started.elapsed().as_secs_f64()})
     );
+}
+
+/// Edges with the blocking client: `--streams` in turn, each of `--bytes`
+/// to (or from) every peer, one peer after another, paced at `--rate`.
+fn blocking_edge(args: &Args, edge: &(String, String, String, String)) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    for n in 1..=args.streams {
+        if n > 1 {
+            std::thread::sleep(args.pause);
+        }
+        let opts = edge_options(args, edge);
+        let started = Instant::now();
+        let mut buf = vec![0u8; args.chunk];
+        let mut expected = vec![0u8; args.chunk];
+        if args.verb == "send" {
+            let (info, senders) = workflow::blocking::senders(&opts)?;
+            for (consumer, mut tx) in senders {
+                let pattern = DataPattern::new(stream_seed(
+                    args.seed,
+                    info.pattern,
+                    &opts.function,
+                    &consumer,
+                ));
+                let mut sent = 0u64;
+                while sent < args.bytes {
+                    let len = (args.bytes - sent).min(buf.len() as u64) as usize;
+                    pattern.fill(sent, &mut buf[..len]);
+                    tx.write_all(&buf[..len])?;
+                    sent += len as u64;
+                    if let Some(wait) = pace_delay(args.rate, sent, started) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                tx.finish()?;
+            }
+        } else {
+            let (info, receivers) = workflow::blocking::receivers(&opts)?;
+            for (producer, mut rx) in receivers {
+                let pattern = DataPattern::new(stream_seed(
+                    args.seed,
+                    info.pattern,
+                    &producer,
+                    &opts.function,
+                ));
+                let mut got = 0u64;
+                loop {
+                    let len = rx.read(&mut buf)?;
+                    if len == 0 {
+                        break;
+                    }
+                    pattern.fill(got, &mut expected[..len]);
+                    if buf[..len] != expected[..len] {
+                        bail!("stream from {producer}: byte {got}.. differs from what it sent");
+                    }
+                    got += len as u64;
+                    if let Some(wait) = pace_delay(args.rate, got, started) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                rx.finish()?;
+                if got != args.bytes {
+                    bail!(
+                        "stream from {producer}: {got} bytes, expected {}",
+                        args.bytes
+                    );
+                }
+            }
+        }
+        eprintln!("floki-probe: stream {n} done");
+    }
+    Ok(())
 }
 
 /// `send` with the blocking client.
