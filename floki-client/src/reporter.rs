@@ -47,8 +47,9 @@ enum Outcome {
     /// The task writes the final report.
     Report { ok: bool, error: Option<String> },
     /// The caller wrote the final report, but for `rest`, which the task
-    /// writes before it closes.
-    WrittenHere { rest: Vec<u8> },
+    /// writes before it closes (or, for a successful end whose connection
+    /// is kept, leaves it open).
+    WrittenHere { rest: Vec<u8>, ok: bool },
 }
 
 /// What the reporting task and its handle share.
@@ -172,12 +173,15 @@ impl Reporter {
             }
         };
         let (progress, shared) = (self.progress.clone(), self.shared.clone());
+        // A stream long enough for progress reports keeps its connection
+        // (and its ring or link) too: `flushed` takes it back from the
+        // task once the task wrote the final report.
+        let keeps = self.keep_for.is_some();
         self.task = Task::Running(runtime.spawn(async move {
             // Fails only if the kernel refuses an epoll registration; the
-            // reports are then lost, never the stream. A blocking end keeps
-            // its connection only when it wrote the final report itself.
+            // reports are then lost, never the stream.
             match crate::control::attach(control) {
-                Ok(control) => report(control, progress, shared, outcome, false, held).await,
+                Ok(control) => report(control, progress, shared, outcome, keeps, held).await,
                 Err(_) => false,
             }
         }));
@@ -256,7 +260,10 @@ impl Reporter {
             }
             let rest = message[written..].to_vec();
             if let Some(tx) = self.outcome.take() {
-                let _ = tx.send(Outcome::WrittenHere { rest });
+                let _ = tx.send(Outcome::WrittenHere {
+                    rest,
+                    ok: error.is_none(),
+                });
             }
             return self.start_deferred();
         }
@@ -280,10 +287,12 @@ impl Reporter {
         let written = taken_now(try_write(control, &message), &message);
         let rest = message[written..].to_vec();
         let done = rest.is_empty();
+        let ok = error.is_none();
         if let Some(tx) = self.outcome.take() {
-            let _ = tx.send(Outcome::WrittenHere { rest });
+            let _ = tx.send(Outcome::WrittenHere { rest, ok });
         }
-        if done {
+        // A kept connection comes back from the task ([`Reporter::flushed`]).
+        if done && !(ok && self.keep_for.is_some()) {
             let _ = shutdown_write(control);
             // Nothing left to flush: the task only closes.
             self.task = Task::None;
@@ -361,10 +370,14 @@ async fn report(
     }
     let (ok, error) = match outcome {
         Ok(Outcome::Report { ok, error }) => (ok, error),
-        Ok(Outcome::WrittenHere { rest }) => {
-            if !rest.is_empty() && write_all(control, &rest).await.is_ok() {
-                let _ = shutdown_write(control);
+        Ok(Outcome::WrittenHere { rest, ok }) => {
+            if !rest.is_empty() && write_all(control, &rest).await.is_err() {
+                return false;
             }
+            if keeps && ok {
+                return true;
+            }
+            let _ = shutdown_write(control);
             return false;
         }
         Err(_) => (

@@ -229,3 +229,28 @@ fn a_consumer_killed_mid_stream_over_its_held_ring_fails_its_producer_and_the_ne
     send(&producer, 64 << 10, probe_seed());
     assert_success(&wait_within(next, LIMIT), "the next consumer");
 }
+
+#[test]
+fn a_stream_long_enough_for_progress_reports_keeps_its_ring_too() {
+    let (cluster, _, producer, consumer) = one_edge_on_one_node();
+    for i in 0..3u64 {
+        let consuming = std::thread::spawn({
+            let opts = consumer.clone();
+            move || receive(&opts)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // Longer than the 500 ms between progress reports: both ends'
+        // reporters run, and still hand their connections back.
+        let data = pattern(2000, i);
+        let mut tx = blocking::Sender::open(&producer).expect("sender");
+        tx.write_all(&data[..1000]).expect("write");
+        std::thread::sleep(Duration::from_millis(700));
+        tx.write_all(&data[1000..]).expect("write");
+        tx.finish().expect("the consumer verified the stream");
+        assert!(consuming.join().expect("the consumer") == data);
+    }
+    assert_eq!(
+        paths(cluster.node("node-a"), 3),
+        [RingPath::New, RingPath::Held, RingPath::Held]
+    );
+}
