@@ -64,6 +64,9 @@ pub(crate) struct Pairing {
     /// A receiver whose agent leaves it the link after a verified stream
     /// (its hello said `holds_link`): kept, it is watched while idle.
     pub holds: bool,
+    /// A held ring's sender: it tells its agent only of a failure (the
+    /// receiver's `held` request files the stream).
+    pub held_ring_sender: bool,
 }
 
 /// Where an agent address points: `host:port`, or `unix:PATH` (a path
@@ -557,6 +560,7 @@ pub(crate) async fn paired(
             key_sent: false,
             held: true,
             holds: false,
+            held_ring_sender: role == Role::Send,
         };
         return Ok((pairing, None));
     }
@@ -576,6 +580,7 @@ pub(crate) async fn paired(
             key_sent: false,
             held: true,
             holds: role == Role::Recv,
+            held_ring_sender: false,
         };
         return Ok((pairing, None));
     }
@@ -663,6 +668,7 @@ pub(crate) async fn paired(
                 key_sent,
                 held: false,
                 holds,
+                held_ring_sender: false,
             };
             Ok((pairing, listener))
         }

@@ -4,8 +4,9 @@
 //! waits and sleeps on it; the sender takes the wait, rewinds the ring and
 //! streams. Either end that finds the other not there asks the agent as
 //! before, and the agent, asked by the stream's sender, withdraws the ring:
-//! a receiver waiting on it wakes and asks the agent too. Both ends tell
-//! the agent afterwards (`held`), as over a held link.
+//! a receiver waiting on it wakes and asks the agent too. The receiver
+//! tells the agent afterwards (`held`), as over a held link; the sender
+//! only of a failure.
 
 use std::task::Poll;
 

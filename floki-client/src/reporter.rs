@@ -83,10 +83,22 @@ pub(crate) struct Keep {
     /// The pairing key and window of the link the end may keep with it,
     /// and whether it is a consumer's, watched while idle.
     pub link_terms: Option<([u8; floki_proto::KEY_LEN], u64, bool)>,
-    /// The end went over a link it held, without asking the agent: its
-    /// final report is a `held` request, and it sends no progress reports
-    /// (the agent is not reading reports on the connection).
-    pub held: bool,
+    /// The end's final message.
+    pub last: Final,
+}
+
+/// What an end tells its agent at the end of its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Final {
+    /// Its `done` report, after progress reports.
+    Done,
+    /// A `held` request: the end went over a link or ring it held, without
+    /// asking the agent, and sends no progress reports (the agent is not
+    /// reading reports on the connection).
+    Held,
+    /// A `held` request only if the stream failed: the sender of a stream
+    /// over a held ring, whose receiver's request files the stream.
+    HeldIfFailed,
 }
 
 /// The reporting task, if it runs.
@@ -108,8 +120,8 @@ struct Deferred {
     /// When the first progress report falls due (never for a held end: see
     /// [`Keep::held`]).
     due: Option<Instant>,
-    /// The end went over a link it held (see [`Keep::held`]).
-    held: bool,
+    /// The end's final message (see [`Keep::last`]).
+    last: Final,
 }
 
 impl Reporter {
@@ -118,9 +130,9 @@ impl Reporter {
     /// a successful end keeps it for the next channel to that agent.
     pub fn spawn(control: ControlStream, keep_for: Option<Keep>) -> Self {
         let keeps = keep_for.is_some();
-        let held = keep_for.as_ref().is_some_and(|keep| keep.held);
+        let last = keep_for.as_ref().map_or(Final::Done, |keep| keep.last);
         let mut reporter = Self::start(|progress, shared, outcome| {
-            tokio::spawn(report(control, progress, shared, outcome, keeps, held))
+            tokio::spawn(report(control, progress, shared, outcome, keeps, last))
         });
         reporter.keep_for = keep_for;
         reporter
@@ -133,7 +145,7 @@ impl Reporter {
     /// the final report; it is kept for the next channel to that agent.
     pub fn deferred_on(runtime: &Handle, control: ControlStream, keep_for: Option<Keep>) -> Self {
         let (outcome_tx, outcome_rx) = oneshot::channel();
-        let held = keep_for.as_ref().is_some_and(|keep| keep.held);
+        let last = keep_for.as_ref().map_or(Final::Done, |keep| keep.last);
         // Fails only if the kernel refuses to take the connection out of
         // epoll; the reports are then lost, never the stream.
         let task = match crate::control::detach(control) {
@@ -142,8 +154,8 @@ impl Reporter {
                 control,
                 outcome: outcome_rx,
                 // A held end reports once, at its end.
-                due: (!held).then(|| Instant::now() + PROGRESS_EVERY),
-                held,
+                due: (last == Final::Done).then(|| Instant::now() + PROGRESS_EVERY),
+                last,
             })),
             Err(_) => Task::None,
         };
@@ -163,7 +175,7 @@ impl Reporter {
             runtime,
             control,
             outcome,
-            held,
+            last,
             ..
         } = match std::mem::replace(&mut self.task, Task::None) {
             Task::Deferred(deferred) => *deferred,
@@ -181,7 +193,7 @@ impl Reporter {
             // Fails only if the kernel refuses an epoll registration; the
             // reports are then lost, never the stream.
             match crate::control::attach(control) {
-                Ok(control) => report(control, progress, shared, outcome, keeps, held).await,
+                Ok(control) => report(control, progress, shared, outcome, keeps, last).await,
                 Err(_) => false,
             }
         }));
@@ -239,8 +251,8 @@ impl Reporter {
         if self.outcome.is_none() {
             return;
         }
-        let held = self.keep_for.as_ref().is_some_and(|keep| keep.held);
-        let message = final_message(held, error.is_none(), bytes, error.clone());
+        let last = self.keep_for.as_ref().map_or(Final::Done, |keep| keep.last);
+        let message = final_message(last, error.is_none(), bytes, error.clone());
         if let (Task::Deferred(deferred), Ok(message)) = (&self.task, &message) {
             // No task yet: nothing else writes on the connection.
             let written = taken_now(try_write_detached(&deferred.control, message), message);
@@ -339,7 +351,7 @@ async fn report(
     shared: Arc<Shared>,
     mut outcome: oneshot::Receiver<Outcome>,
     keeps: bool,
-    held: bool,
+    ending: Final,
 ) -> bool {
     let control = shared.control.get_or_init(|| control);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -349,7 +361,7 @@ async fn report(
     let outcome = loop {
         tokio::select! {
             outcome = &mut outcome => break outcome,
-            _ = tick.tick(), if !agent_gone && !held => {
+            _ = tick.tick(), if !agent_gone && ending == Final::Done => {
                 let bytes = progress.load(Ordering::Relaxed);
                 let mine = shared
                     .turn
@@ -385,7 +397,7 @@ async fn report(
             Some("the client dropped the channel before the end of the stream".into()),
         ),
     };
-    let Ok(message) = final_message(held, ok, progress.load(Ordering::Relaxed), error) else {
+    let Ok(message) = final_message(ending, ok, progress.load(Ordering::Relaxed), error) else {
         return false;
     };
     if write_all(control, &message).await.is_err() {
@@ -438,21 +450,24 @@ impl Drop for Reporter {
 }
 
 /// An end's final message: its `done` report, or for an end that went over
-/// a link it held, the `held` request that tells the agent afterwards.
+/// a link or ring it held, the `held` request that tells the agent
+/// afterwards (nothing from a held ring's sender whose stream succeeded).
 fn final_message(
-    held: bool,
+    last: Final,
     ok: bool,
     bytes: u64,
     error: Option<String>,
 ) -> Result<Vec<u8>, floki_proto::ProtocolError> {
-    if held {
-        let held = floki_proto::control::HeldReport { ok, bytes, error };
-        encode_message(
-            &floki_proto::control::ClientRequest::Held { held },
-            MAX_MESSAGE_LEN,
-        )
-    } else {
-        encode_message(&ClientReport::Done { ok, bytes, error }, MAX_MESSAGE_LEN)
+    match last {
+        Final::Done => encode_message(&ClientReport::Done { ok, bytes, error }, MAX_MESSAGE_LEN),
+        Final::HeldIfFailed if ok => Ok(Vec::new()),
+        Final::Held | Final::HeldIfFailed => {
+            let held = floki_proto::control::HeldReport { ok, bytes, error };
+            encode_message(
+                &floki_proto::control::ClientRequest::Held { held },
+                MAX_MESSAGE_LEN,
+            )
+        }
     }
 }
 

@@ -101,7 +101,11 @@ impl Established {
             link_terms: pairing
                 .link
                 .then_some((pairing.key, pairing.window, pairing.holds)),
-            held: pairing.held,
+            last: match (pairing.held, pairing.held_ring_sender) {
+                (false, _) => crate::reporter::Final::Done,
+                (true, false) => crate::reporter::Final::Held,
+                (true, true) => crate::reporter::Final::HeldIfFailed,
+            },
         });
         let reporter = match reports_on {
             Some(runtime) => Reporter::deferred_on(runtime, pairing.control, keep),

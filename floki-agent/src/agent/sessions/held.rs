@@ -123,8 +123,9 @@ async fn started_untaken(agent: &Agent, stream: Option<&StreamId>) {
 impl KeptRingEnd {
     /// Files the stream two functions on this node carried over the ring
     /// they kept, without asking (docs/PROTOCOL.md, "Held rings"): the
-    /// receiver's report is the stream's (its verdict decides it); the
-    /// sender's is filed only if it failed (its receiver may never tell).
+    /// receiver's report is the stream's (its verdict decides it); a
+    /// sender reports only a failure (its receiver may never tell), and a
+    /// success it reports anyway is not filed twice.
     fn record(&self, agent: &Agent, held: HeldReport) {
         if self.role == Role::Send && held.ok {
             return;
