@@ -254,3 +254,33 @@ fn a_stream_long_enough_for_progress_reports_keeps_its_ring_too() {
         [RingPath::New, RingPath::Held, RingPath::Held]
     );
 }
+
+#[test]
+fn a_deleted_workflows_held_rings_carry_nothing_more() {
+    let (cluster, _, producer, consumer) = one_edge_on_one_node();
+    stream_here(&producer, &consumer, 64 << 10, 1);
+    stream_here(&producer, &consumer, 64 << 10, 2);
+    // The consumer waits on the ring it holds when the workflow goes: it
+    // wakes and meets the deletion, as does the producer.
+    let waiting = std::thread::spawn({
+        let opts = consumer.clone();
+        move || blocking::Receiver::connect(&opts).map(drop)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.node("node-a").delete("wf").expect("delete");
+    let refused = |err: floki_client::ClientError| {
+        let message = err.to_string();
+        assert!(message.contains("no such workflow channel"), "{message}");
+    };
+    refused(
+        waiting
+            .join()
+            .expect("the consumer")
+            .expect_err("a deleted workflow's consumer"),
+    );
+    refused(
+        blocking::Sender::open(&producer)
+            .map(drop)
+            .expect_err("a deleted workflow's producer"),
+    );
+}

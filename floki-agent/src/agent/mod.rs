@@ -126,6 +126,17 @@ pub struct Agent {
     pub relays: TaskTracker,
 }
 
+impl Agent {
+    /// Workflow `name` was deleted: what its functions held from its
+    /// streams' last uses carries nothing more without this agent (its
+    /// held links close, its held rings are withdrawn), so that their next
+    /// request meets the deletion.
+    pub fn forget_workflow(&self, name: &str) {
+        self.links.forget(name);
+        self.channels.forget_workflow(name);
+    }
+}
+
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

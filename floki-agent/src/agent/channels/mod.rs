@@ -207,7 +207,6 @@ impl Channels {
             end,
             window,
         } = request;
-
         let (id, pairing) = match (end, inner.by_name.get(&name).copied()) {
             (EndKind::Remote(carrier), None) => (
                 self.open_remote(&mut inner, name, role, carrier),
@@ -516,6 +515,13 @@ impl Channels {
             self.carriers.release(handle);
         }
         self.file(inner, view);
+    }
+
+    /// Workflow `name` was deleted: its streams' ends may no longer set a
+    /// stream up between themselves (the carriers withdraw what they may
+    /// still hold, [`Carriers::forget_workflow`]).
+    pub fn forget_workflow(&self, name: &str) {
+        self.carriers.forget_workflow(name);
     }
 
     /// Records a stream that one end carried over the link it held (or two

@@ -201,4 +201,8 @@ pub trait Carriers: Send + Sync {
     /// still set up between themselves (a held ring) is withdrawn, so that
     /// its receiver comes here too.
     fn sender_came(&self, _name: &str) {}
+
+    /// Workflow `name` was deleted: what the ends of its streams may still
+    /// set up between themselves is withdrawn.
+    fn forget_workflow(&self, _name: &str) {}
 }

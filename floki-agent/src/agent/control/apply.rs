@@ -215,7 +215,7 @@ pub async fn delete(agent: &Arc<Agent>, name: &str) -> Result<ApplyOutcome, Appl
         }
     }
     agent.workflows.delete(name);
-    agent.links.forget(name);
+    agent.forget_workflow(name);
     agent.links.refresh();
     agent.store.delete_workflow(name).await;
     if !failed.is_empty() {

@@ -170,7 +170,7 @@ fn answer(agent: &Arc<Agent>, request: PeerRequest) -> PeerAnswer {
         }
         PeerRequest::Delete { name } => {
             agent.workflows.delete(&name);
-            agent.links.forget(&name);
+            agent.forget_workflow(&name);
             agent.links.refresh();
             let store = agent.store.clone();
             let workflow = name.clone();

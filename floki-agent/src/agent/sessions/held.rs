@@ -1,10 +1,11 @@
 //! A kept connection whose function holds its stream's link across nodes
 //! (docs/PROTOCOL.md, "Held links"), or the ring of its last stream on
-//! this node ("Held rings": only its `held` request is this module's). Between requests the function may
-//! carry the stream over that link without asking this agent, and tell it
-//! afterwards (`held`); a consumer's link stays out of this agent's watch
-//! until the consumer asks for something else or goes, and the consumer is
-//! told once when its stream starts on another link instead.
+//! this node ("Held rings": only its `held` request is this module's).
+//! Between requests the function may carry the stream over that link
+//! without asking this agent, and tell it afterwards (`held`); a
+//! consumer's link stays out of this agent's watch until the consumer asks
+//! for something else or goes, and the consumer is told once when its
+//! stream starts on another link instead.
 
 use floki_proto::control::{AgentMessage, ClientRequest, HeldReport, Refusal, Role, write_message};
 

@@ -271,6 +271,10 @@ impl Carriers for NodeCarriers {
     fn sender_came(&self, name: &str) {
         self.rings.sender_came(name);
     }
+
+    fn forget_workflow(&self, name: &str) {
+        self.rings.forget_workflow(name);
+    }
 }
 
 /// Where a local sender connects to its receiver: the receiver's listener,

@@ -99,6 +99,23 @@ impl RingFiles {
         }
     }
 
+    /// Workflow `name` was deleted: every ring whose last channel was one
+    /// of its streams (`name/...`) is withdrawn.
+    pub fn forget_workflow(&self, name: &str) {
+        let prefix = format!("{name}/");
+        let rings: Vec<Arc<RingFile>> = lock(&self.last_rings)
+            .by_name
+            .iter()
+            .filter(|(channel, _)| channel.starts_with(&prefix))
+            .filter_map(|(_, ring)| ring.upgrade())
+            .collect();
+        for ring in rings {
+            if lock(&ring.last).starts_with(&prefix) {
+                ring.withdraw();
+            }
+        }
+    }
+
     /// `ring` carries channel `name` now.
     fn carries(&self, name: &str, ring: &Arc<RingFile>) {
         name.clone_into(&mut lock(&ring.last));
