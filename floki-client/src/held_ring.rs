@@ -4,7 +4,8 @@
 //! waits and sleeps on it; the sender takes the wait, rewinds the ring and
 //! streams. Either end that finds the other not there asks the agent as
 //! before, and the agent, asked by the stream's sender, withdraws the ring:
-//! a receiver waiting on it wakes and asks the agent too. The receiver
+//! a receiver waiting on it sees that (within 50 ms) and asks the agent
+//! too. The receiver
 //! tells the agent afterwards (`held`), as over a held link; the sender
 //! only of a failure.
 

@@ -1,31 +1,31 @@
 //! Held rings: the next stream between two ends that kept a ring, set up
-//! without the agent (docs/PROTOCOL.md, "Held rings"). One word of the
-//! header, `held`, decides who sets the stream up, by compare-and-swap
-//! between three parties that all map it:
+//! without the agent (docs/PROTOCOL.md, "Held rings"). Two words of the
+//! header decide who sets the stream up:
 //!
-//! * the receiver, when its next receiver of the same stream opens, says
-//!   that it waits ([`WAITS`]) and sleeps on the word;
-//! * the sender, when its next sender of that stream opens, takes a
-//!   waiting ring ([`TAKING`]), rewinds it itself and says the stream
-//!   started ([`STARTED`]);
-//! * the agent, when that stream's sender comes to it instead (a new
-//!   process, or one that came before its receiver waited), sets
-//!   [`WITHDRAWN`]: from then on neither end sets up over the word, and a
-//!   waiting receiver wakes and asks the agent. Only the agent's rewind,
-//!   when it pairs the two over the ring itself, clears it.
+//! * `held`, which the two ends change by compare-and-swap: the receiver,
+//!   when its next receiver of the same stream opens, says that it waits
+//!   ([`WAITS`]) and sleeps on the word; the sender, when its next sender
+//!   of that stream opens, takes a waiting ring ([`TAKING`]), rewinds it
+//!   itself and says the stream started ([`STARTED`]);
+//! * `withdrawn`, which only the agent sets, through the file (it maps no
+//!   ring: a function could shrink the file under a mapping and kill the
+//!   agent with `SIGBUS`), when that stream's sender comes to it instead (a
+//!   new process, or one that came before its receiver waited): from then
+//!   on neither end sets up over `held`, and a waiting receiver, which
+//!   looks at the word with its peer's liveness (every
+//!   [`LIVENESS`](super::LIVENESS)), asks the agent. Only the agent's
+//!   rewind, when it pairs the two over the ring itself, clears it.
 //!
-//! The low two bits are the state, [`WITHDRAWN`] a flag beside it: the
-//! sender takes only a word that is exactly [`WAITS`].
+//! A sender that takes a wait just as the agent withdraws the ring still
+//! streams: the withdrawal holds from the next stream on.
 
 use std::{
+    io,
     os::fd::OwnedFd,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, Ordering, fence},
 };
 
-use memmap2::MmapMut;
-
-use super::{HEADER_LEN, Header, KeptRing, RingWaiter, wait::futex_wake};
-use crate::stream::StreamError;
+use super::{Header, KeptRing, RingWaiter, wait::futex_wake};
 
 /// Nobody waits (also: the agent rewound the ring).
 const IDLE: u32 = 0;
@@ -35,10 +35,6 @@ pub(super) const WAITS: u32 = 1;
 const TAKING: u32 = 2;
 /// The sender rewound the ring: the stream starts at position 0.
 const STARTED: u32 = 3;
-/// The state bits.
-const STATE: u32 = 0b11;
-/// The agent withdrew the word: both ends go through it.
-const WITHDRAWN: u32 = 0b100;
 
 /// How a receiver's wait on its held ring ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,47 +51,43 @@ impl KeptRing {
         &self.ring.header().held.0
     }
 
+    fn withdrawn(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.ring.header().withdrawn.0.load(Ordering::Acquire) != 0
+    }
+
     /// Receiver: says that it waits for its next stream over this ring;
     /// `false` if the agent withdrew the ring (ask it instead).
     pub fn announce_wait(&self) -> bool {
-        self.held()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                matches!(word, IDLE | STARTED).then_some(WAITS)
-            })
-            .is_ok()
+        !self.withdrawn()
+            && self
+                .held()
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                    matches!(word, IDLE | STARTED).then_some(WAITS)
+                })
+                .is_ok()
     }
 
     /// Receiver, after its wait was woken ([`KeptRing::waiter`] with
-    /// [`Awaited::Start`]) or given up on (the peer died, its agent's
-    /// connection closed, its pair timeout): `Started` if the sender took
-    /// the wait (it may still be rewinding: this waits for it), else the
-    /// wait is withdrawn, for good.
+    /// [`Awaited::Start`](super::Awaited::Start)) or given up on (the peer
+    /// died, its agent's connection closed, its pair timeout, the agent
+    /// withdrew the ring): `Started` if the sender took the wait (it may
+    /// still be rewinding: this waits for it), else the wait is over.
     pub fn end_wait(&self) -> HeldWait {
         let held = self.held();
-        let mut word = held.load(Ordering::Acquire);
         loop {
-            match word & STATE {
-                WAITS => match held.compare_exchange(
-                    word,
-                    IDLE | (word & WITHDRAWN),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return HeldWait::AskAgent,
-                    Err(now) => word = now,
-                },
+            match held.compare_exchange(WAITS, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return HeldWait::AskAgent,
+                Err(STARTED) => return HeldWait::Started,
                 // A few stores away: the sender rewinds between the two.
-                TAKING => {
-                    std::thread::yield_now();
-                    word = held.load(Ordering::Acquire);
-                }
-                STARTED => return HeldWait::Started,
-                _ => return HeldWait::AskAgent,
+                Err(TAKING) => std::thread::yield_now(),
+                Err(_) => return HeldWait::AskAgent,
             }
         }
     }
 
-    /// The ring's waiter: a receiver waits on it for [`Awaited::Start`].
+    /// The ring's waiter: a receiver waits on it for
+    /// [`Awaited::Start`](super::Awaited::Start).
     pub fn waiter(&self) -> RingWaiter {
         RingWaiter {
             ring: self.ring.clone(),
@@ -108,18 +100,15 @@ impl KeptRing {
     /// not wait (or the agent withdrew the ring): ask the agent.
     pub fn take_held(&self) -> bool {
         let held = self.held();
-        if held
-            .compare_exchange(WAITS, TAKING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+        if self.withdrawn()
+            || held
+                .compare_exchange(WAITS, TAKING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
             return false;
         }
         rewind_words(self.ring.header());
-        // Keeps the agent's flag if it came meanwhile: the stream goes on
-        // (it was taken first), the next one goes through the agent.
-        let _ = held.fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
-            Some((word & WITHDRAWN) | STARTED)
-        });
+        held.store(STARTED, Ordering::Release);
         futex_wake(held);
         true
     }
@@ -127,7 +116,8 @@ impl KeptRing {
 
 /// Zeroes the words of the last stream (positions, futex words, end mark,
 /// verdict) in place: the sender of a held ring does what the agent's
-/// [`super::rewind`] does through the file, but for `held`.
+/// [`super::rewind`] does through the file, but for `held` and
+/// `withdrawn`.
 fn rewind_words(header: &Header) {
     for word in [
         &header.head.0,
@@ -149,32 +139,14 @@ fn rewind_words(header: &Header) {
     }
 }
 
-/// The agent's own mapping of a ring's header, to withdraw it: the ring's
-/// next stream goes through the agent, and a receiver waiting on it wakes.
-/// Made only when needed, and kept as long as the ring.
-pub struct HeaderMap {
-    map: MmapMut,
-}
-
-impl HeaderMap {
-    /// Maps the header of the ring in `memory`.
-    pub fn new(memory: &OwnedFd) -> Result<Self, StreamError> {
-        // SAFETY: a shared mapping of the ring's first page; this side only
-        // touches the `held` word, atomically.
-        let map = unsafe { memmap2::MmapOptions::new().len(HEADER_LEN).map_mut(memory) }
-            .map_err(|err| StreamError::io("mapping the ring's header", 0, &err))?;
-        Ok(Self { map })
-    }
-
-    /// Sets the withdrawn flag and wakes a receiver that waits: from now
-    /// on both ends of the ring set their streams up through the agent.
-    pub fn withdraw(&self) {
-        // SAFETY: the mapping is page-aligned and HEADER_LEN long, which
-        // holds a Header.
-        let header = unsafe { &*self.map.as_ptr().cast::<Header>() };
-        header.held.0.fetch_or(WITHDRAWN, Ordering::AcqRel);
-        futex_wake(&header.held.0);
-    }
+/// Agent: withdraws the ring in `memory` from its ends' own set-up, through
+/// the file (one aligned 4-byte write; no mapping): from their next stream
+/// on, both ask the agent, and a receiver waiting on it now does within
+/// [`LIVENESS`](super::LIVENESS).
+pub fn withdraw(memory: &OwnedFd) -> io::Result<()> {
+    let at = std::mem::offset_of!(Header, withdrawn);
+    let file = std::fs::File::from(memory.try_clone()?);
+    std::os::unix::fs::FileExt::write_all_at(&file, &1u32.to_ne_bytes(), at as u64)
 }
 
 #[cfg(test)]
@@ -241,8 +213,8 @@ mod tests {
     fn the_agent_withdraws_a_wait_and_both_ends_ask_it_until_it_rewinds_the_ring() {
         let (sender, receiver, agent) = kept_pair();
         assert!(receiver.announce_wait());
-        HeaderMap::new(&agent).expect("map").withdraw();
-        assert!(Awaited::Start.holds(&receiver.ring), "the wait wakes");
+        withdraw(&agent).expect("withdraw");
+        assert!(Awaited::Start.holds(&receiver.ring), "the wait is over");
         assert!(!sender.take_held(), "withdrawn: the sender asks the agent");
         assert_eq!(receiver.end_wait(), HeldWait::AskAgent);
         assert!(!receiver.announce_wait(), "still withdrawn");

@@ -253,7 +253,9 @@ impl Hub {
                 .collect();
             let stirred = peers_stirred(&entries, &looked_at);
             for (&at, stirred) in looked_at.iter().zip(stirred) {
-                if stirred {
+                // Or what it waits for came without a wake: the agent
+                // withdraws a held ring through the file, waking nobody.
+                if stirred || entries[at].awaited.holds(&entries[at].ring) {
                     entries[at].stirred = true;
                 } else {
                     entries[at].since = now;

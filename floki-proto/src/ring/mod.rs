@@ -41,7 +41,7 @@ use std::{
     time::Duration,
 };
 
-pub use held::{HeaderMap, HeldWait};
+pub use held::{HeldWait, withdraw};
 pub use hub::HubSlot;
 use memmap2::MmapMut;
 pub use reader::RingReader;
@@ -104,6 +104,9 @@ struct Header {
     /// The next stream between two ends that kept the ring, set up without
     /// the agent ([`held`]): a futex the waiting receiver sleeps on.
     held: Line<AtomicU32>,
+    /// Set (to 1) by the agent, through the file: the ends set no stream up
+    /// over `held` until the agent rewinds the ring ([`held`]).
+    withdrawn: Line<AtomicU32>,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);

@@ -143,7 +143,10 @@ impl Awaited {
                     || header.end.0.load(Ordering::Acquire) != END_OPEN
             }
             Self::Ack { .. } => header.ack.0.load(Ordering::Acquire) != ACK_NONE,
-            Self::Start => header.held.0.load(Ordering::Acquire) != super::held::WAITS,
+            Self::Start => {
+                header.held.0.load(Ordering::Acquire) != super::held::WAITS
+                    || header.withdrawn.0.load(Ordering::Acquire) != 0
+            }
         }
     }
 

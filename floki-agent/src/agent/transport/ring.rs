@@ -17,12 +17,12 @@ use std::{
     collections::HashMap,
     os::fd::{AsFd as _, OwnedFd},
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
-use floki_proto::ring::{self, HeaderMap, RingObserver};
+use floki_proto::ring::{self, RingObserver};
 use tracing::{info, warn};
 
 use crate::agent::channels::{Carrier, RingSetUp, SetUp};
@@ -178,9 +178,6 @@ pub struct RingFile {
     capacity: u64,
     /// The channel it carried last.
     last: Mutex<String>,
-    /// This agent's mapping of its header, made the first time the ring is
-    /// withdrawn ([`RingFile::withdraw`]).
-    header: OnceLock<Option<HeaderMap>>,
     /// A ring on huge pages holds its place among them while it is kept,
     /// as while its channel lives.
     _huge: Option<Arc<HugeRing>>,
@@ -192,20 +189,12 @@ impl RingFile {
         lock(&self.last).clone()
     }
 
-    /// Withdraws the ring from its ends' own set-up: a receiver waiting on
-    /// it for its sender wakes and asks this agent.
+    /// Withdraws the ring from its ends' own set-up, through the file (no
+    /// mapping: see [`ring::withdraw`]): a receiver waiting on it for its
+    /// sender asks this agent.
     fn withdraw(&self) {
-        let header = self
-            .header
-            .get_or_init(|| match HeaderMap::new(&self.memory) {
-                Ok(map) => Some(map),
-                Err(err) => {
-                    warn!(%err, "a kept ring's header could not be mapped to withdraw it");
-                    None
-                }
-            });
-        if let Some(header) = header {
-            header.withdraw();
+        if let Err(err) = ring::withdraw(&self.memory) {
+            warn!(%err, "a kept ring could not be withdrawn from its ends' own set-up");
         }
     }
 }
@@ -260,7 +249,6 @@ pub fn set_up(
             memory,
             capacity: ring::capacity_for(window),
             last: Mutex::default(),
-            header: OnceLock::new(),
             _huge: huge.clone(),
         });
         files.carries(name, &file);
