@@ -2,7 +2,12 @@
 //! across two nodes, and which path each of its streams took, as each
 //! agent's status says.
 
-use floki_client::{ChannelOptions, workflow::EdgeOptions};
+use std::{
+    io::{Read as _, Write as _},
+    time::Duration,
+};
+
+use floki_client::{ChannelOptions, blocking, workflow::EdgeOptions};
 
 use crate::{
     agent::TestAgent,
@@ -89,4 +94,43 @@ pub fn finished_in_order(agent: &TestAgent, name: &str, count: usize) -> Vec<ser
         assert_eq!(stream["state"], "done", "{stream:#}");
     }
     streams
+}
+
+/// The data a probe of the edge sends and checks (its default seed).
+pub fn probe_seed() -> u64 {
+    crate::stream_seed(1, floki_client::Pattern::OneToOne, "p", "q")
+}
+
+/// One stream from this process to a consumer thread of this process:
+/// `size` bytes of `seed`'s pattern, arrived whole.
+pub fn stream_here(producer: &ChannelOptions, consumer: &ChannelOptions, size: usize, seed: u64) {
+    let consuming = std::thread::spawn({
+        let opts = consumer.clone();
+        move || receive(&opts)
+    });
+    // The consumer waits first, as a warm consumer does.
+    std::thread::sleep(Duration::from_millis(100));
+    send(producer, size, seed);
+    let got = consuming.join().expect("the consumer");
+    assert!(
+        got == crate::pattern(size, seed),
+        "{} bytes of {size} arrived, or changed",
+        got.len()
+    );
+}
+
+/// `size` bytes of `seed`'s pattern from `producer`, verified.
+pub fn send(producer: &ChannelOptions, size: usize, seed: u64) -> floki_client::Summary {
+    let mut tx = blocking::Sender::open(producer).expect("sender");
+    tx.write_all(&crate::pattern(size, seed)).expect("write");
+    tx.finish().expect("the consumer verified the stream")
+}
+
+/// One stream at `consumer`, read whole and verified.
+pub fn receive(consumer: &ChannelOptions) -> Vec<u8> {
+    let mut rx = blocking::Receiver::connect(consumer).expect("receiver");
+    let mut got = Vec::new();
+    rx.read_to_end(&mut got).expect("a verified stream");
+    rx.finish().expect("verified");
+    got
 }

@@ -12,52 +12,17 @@ use std::{
     time::Duration,
 };
 
-use floki_client::{ChannelOptions, Pattern, blocking};
+use floki_client::blocking;
 use floki_tests::{
     cluster::local_edge_probe,
-    links::{LinkPath::Held, one_edge_across_nodes, paths_on},
+    links::{
+        LinkPath::Held, one_edge_across_nodes, paths_on, probe_seed, receive, send, stream_here,
+    },
     node::{assert_success, wait_within},
-    pattern, stream_seed,
+    pattern,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The data a probe of this edge sends and checks (its default seed).
-fn probe_seed() -> u64 {
-    stream_seed(1, Pattern::OneToOne, "p", "q")
-}
-
-/// One stream from this process to a consumer thread of this process:
-/// `size` bytes of `seed`'s pattern, arrived whole.
-fn stream_here(producer: &ChannelOptions, consumer: &ChannelOptions, size: usize, seed: u64) {
-    let consuming = std::thread::spawn({
-        let opts = consumer.clone();
-        move || receive(&opts)
-    });
-    // The consumer waits first, as a warm consumer does.
-    std::thread::sleep(Duration::from_millis(100));
-    send(producer, size, seed);
-    let got = consuming.join().expect("the consumer");
-    assert!(
-        got == pattern(size, seed),
-        "{} bytes of {size} arrived, or changed",
-        got.len()
-    );
-}
-
-fn send(producer: &ChannelOptions, size: usize, seed: u64) -> floki_client::Summary {
-    let mut tx = blocking::Sender::open(producer).expect("sender");
-    tx.write_all(&pattern(size, seed)).expect("write");
-    tx.finish().expect("the consumer verified the stream")
-}
-
-fn receive(consumer: &ChannelOptions) -> Vec<u8> {
-    let mut rx = blocking::Receiver::connect(consumer).expect("receiver");
-    let mut got = Vec::new();
-    rx.read_to_end(&mut got).expect("a verified stream");
-    rx.finish().expect("verified");
-    got
-}
 
 #[test]
 fn warm_functions_stream_over_the_link_they_hold_and_both_agents_show_it() {
