@@ -247,3 +247,34 @@ fn a_deleted_workflows_held_rings_carry_nothing_more() {
             .expect_err("a deleted workflow's producer"),
     );
 }
+
+#[test]
+fn warm_tokio_functions_on_an_edge_hold_their_ring_too() {
+    // Both ends processes of the tokio client (floki-probe without
+    // --blocking), each with three streams of the edge in turn.
+    let (cluster, token, _, _) = one_edge_on_one_node();
+    let node = cluster.node("node-a");
+    let size: usize = 64 << 10;
+    let consumer = local_edge_probe(
+        node,
+        "recv",
+        &token,
+        "e",
+        "q",
+        size as u64,
+        &["--streams", "3"],
+    );
+    // The consumer waits first, as a warm consumer does.
+    std::thread::sleep(Duration::from_millis(300));
+    let extra = ["--streams", "3", "--live", "--pause-ms", "300"];
+    let producer = local_edge_probe(node, "send", &token, "e", "p", size as u64, &extra);
+    assert_success(&wait_within(producer, LIMIT), "the producer");
+    assert_success(
+        &wait_within(consumer, LIMIT),
+        "the consumer (each stream checked)",
+    );
+    assert_eq!(
+        paths(node, 3),
+        [RingPath::New, RingPath::Held, RingPath::Held]
+    );
+}
