@@ -44,6 +44,15 @@ pub struct Options {
     /// Only these placements [default: both]; implies --no-write.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub placements: Vec<Placement>,
+    /// Only the set-up and stream latencies, in these places [default:
+    /// all] (no patterns); implies --no-write.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        conflicts_with = "patterns_only"
+    )]
+    pub places: Vec<Place>,
 }
 
 /// Stream sizes.
@@ -52,8 +61,8 @@ const SIZES: [u64; 3] = [1 << 10, 64 << 10, 1 << 20];
 const EDGE_PREFIX: &str = "s";
 
 /// Where the two functions run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Place {
     /// One node, the agent's Unix socket: a shared-memory ring.
     Shm,
     /// One node, the agent's TCP port: spliced sockets.
@@ -227,32 +236,8 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     values[at.min(values.len() - 1)]
 }
 
-pub fn run(opts: &Options) -> anyhow::Result<()> {
-    anyhow::ensure!(opts.rounds >= 20, "--rounds: at least 20");
-    let patterns = super::paper::chosen_or_all(&opts.patterns, &Pattern::ALL);
-    let placements = super::paper::chosen_or_all(&opts.placements, &Placement::ALL);
-    if opts.patterns_only || !opts.patterns.is_empty() || !opts.placements.is_empty() {
-        let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
-        let (table, floor, _) = super::paper::warm::report(&cells, opts.pattern_rounds);
-        println!("{table}\n{floor}");
-        return Ok(());
-    }
-    let binaries = lab::Binaries::beside_me()?;
-    let lab = Lab::start(&binaries, "bench-small", false)?;
-    let mut results = Vec::new();
-    for place in Place::ALL {
-        eprintln!("xtask: bench small, {}", place.label());
-        let latencies = match place {
-            Place::TwoNodes => two_nodes(&binaries, opts.rounds),
-            _ => one_node(&lab, &binaries, place, opts.rounds),
-        }
-        .with_context(|| place.label())?;
-        results.push((place, latencies));
-    }
-    let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
-    let (patterns_table, patterns_floor, patterns_json) =
-        super::paper::warm::report(&cells, opts.pattern_rounds);
-
+/// The set-up and end-to-end table of `results`, and its JSON rows.
+fn latency_rows(results: &[(Place, Latencies)]) -> (String, Vec<serde_json::Value>) {
     let size_label = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
     let mut table = String::from("| place | set-up p50 | set-up p99 |");
     for bytes in SIZES {
@@ -266,7 +251,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     table.push_str(&"---|---|".repeat(SIZES.len()));
     table.push('\n');
     let mut json_rows = Vec::new();
-    for (place, latencies) in &results {
+    for (place, latencies) in results {
         let mut row = format!(
             "| {} | {:.0} µs | {:.0} µs |",
             place.label(),
@@ -295,6 +280,40 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "e2e": e2e,
         }));
     }
+    (table, json_rows)
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.rounds >= 20, "--rounds: at least 20");
+    let patterns = super::paper::chosen_or_all(&opts.patterns, &Pattern::ALL);
+    let placements = super::paper::chosen_or_all(&opts.placements, &Placement::ALL);
+    if opts.patterns_only || !opts.patterns.is_empty() || !opts.placements.is_empty() {
+        let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
+        let (table, floor, _) = super::paper::warm::report(&cells, opts.pattern_rounds);
+        println!("{table}\n{floor}");
+        return Ok(());
+    }
+    let binaries = lab::Binaries::beside_me()?;
+    let lab = Lab::start(&binaries, "bench-small", false)?;
+    let mut results = Vec::new();
+    for place in super::paper::chosen_or_all(&opts.places, &Place::ALL) {
+        eprintln!("xtask: bench small, {}", place.label());
+        let latencies = match place {
+            Place::TwoNodes => two_nodes(&binaries, opts.rounds),
+            _ => one_node(&lab, &binaries, place, opts.rounds),
+        }
+        .with_context(|| place.label())?;
+        results.push((place, latencies));
+    }
+    if !opts.places.is_empty() {
+        println!("{}", latency_rows(&results).0);
+        return Ok(());
+    }
+    let cells = super::paper::warm::run(opts.pattern_rounds.max(2), &patterns, &placements)?;
+    let (patterns_table, patterns_floor, patterns_json) =
+        super::paper::warm::report(&cells, opts.pattern_rounds);
+
+    let (table, json_rows) = latency_rows(&results);
     let of = |place: Place| {
         &results
             .iter()
