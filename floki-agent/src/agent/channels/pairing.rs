@@ -116,7 +116,7 @@ pub struct RingSetUp {
     /// Each end's descriptors (sender's, receiver's) of a new ring; `None`:
     /// both ends hold the ring already.
     pub handed: Option<[(OwnedFd, OwnedFd); 2]>,
-    /// The ring, for the ends' next channel (none on huge pages).
+    /// The ring, for the ends' next channel.
     pub file: Option<Arc<RingFile>>,
 }
 

@@ -9,9 +9,12 @@
 //! mounts a tmpfs of its own with `huge=within_size` (`--huge-rings`, on
 //! by default), reachable only by descriptor (never attached to a path),
 //! and creates rings there as unnamed files: 2 MiB pages, one allocation
-//! each. A ring takes at least one such page, so only [`HUGE_RINGS`] rings
-//! at a time get them, kept rings included; the rest, and every ring where
-//! the mount is refused, are memory files.
+//! each. Such a tmpfs gives a file huge pages only where its size covers
+//! them whole, so only rings of at least [`HUGE_PAGE`] go there (a ring of
+//! 1 MiB and its header would get 4 KiB pages anyway, and a small stream
+//! is better off allocating the few pages it touches than a 2 MiB page).
+//! Only [`HUGE_RINGS`] rings at a time get them, kept rings included; the
+//! rest, and every ring where the mount is refused, are memory files.
 
 use std::{
     collections::HashMap,
@@ -29,6 +32,8 @@ use crate::agent::channels::{Carrier, RingSetUp, SetUp};
 
 /// Rings on huge pages at once, at most: at least 2 MiB each.
 const HUGE_RINGS: usize = 64;
+/// A huge page of the tmpfs, and the smallest ring that goes there.
+const HUGE_PAGE: u64 = 2 << 20;
 
 /// Where rings are created: a tmpfs of huge pages, while few enough rings
 /// use it, else memory files.
@@ -127,9 +132,14 @@ impl RingFiles {
         }
     }
 
-    /// A ring of `window` bytes, on huge pages if there is room.
+    /// A ring of `window` bytes, on huge pages if it is large enough for
+    /// them and there is room.
     fn create(&self, window: u64) -> std::io::Result<(OwnedFd, Option<HugeRing>)> {
-        if let Some(mount) = &self.huge {
+        if let Some(mount) = self
+            .huge
+            .as_ref()
+            .filter(|_| ring::capacity_for(window) >= HUGE_PAGE)
+        {
             let claimed = self
                 .live
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -295,14 +305,18 @@ mod tests {
     fn at_most_64_rings_are_on_huge_pages_and_a_kept_one_holds_its_place() {
         let files = huge_files();
         let set_up = |window| set_up(&files, "test", window, "test".into(), None).expect("a ring");
-        let rings: Vec<SetUp> = (0..HUGE_RINGS).map(|_| set_up(1 << 20)).collect();
+        // A ring of 1 MiB would get 4 KiB pages on the tmpfs: a memory file,
+        // which says nothing of huge pages and takes no place among them.
+        let small = set_up(1 << 20);
+        assert!(!small.reason.contains("on 2 MiB pages"), "{}", small.reason);
+        let rings: Vec<SetUp> = (0..HUGE_RINGS).map(|_| set_up(HUGE_PAGE)).collect();
         assert!(
             rings
                 .iter()
                 .all(|ring| ring.reason.contains("on 2 MiB pages"))
         );
         // The 65th is a memory file.
-        let over = set_up(1 << 20);
+        let over = set_up(HUGE_PAGE);
         assert!(!over.reason.contains("on 2 MiB pages"), "{}", over.reason);
 
         // A channel that ended while its two ends keep its ring: the ring
@@ -311,8 +325,33 @@ mod tests {
         let first = rings.next().expect("64 rings");
         let kept = first.ring.and_then(|ring| ring.file).expect("a ring file");
         drop(first.carrier);
-        assert!(!set_up(1 << 20).reason.contains("on 2 MiB pages"));
+        assert!(!set_up(HUGE_PAGE).reason.contains("on 2 MiB pages"));
         drop(kept);
-        assert!(set_up(1 << 20).reason.contains("on 2 MiB pages"));
+        assert!(set_up(HUGE_PAGE).reason.contains("on 2 MiB pages"));
+    }
+
+    /// Bytes the kernel allocated for the new ring of `set_up` once one
+    /// byte of its data was written.
+    fn allocated_after_one_byte(set_up: &SetUp) -> u64 {
+        use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+        let handed = set_up.ring.as_ref().and_then(|ring| ring.handed.as_ref());
+        let memory = &handed.expect("a new ring")[0].0;
+        let file = std::fs::File::from(memory.try_clone().expect("dup"));
+        file.write_all_at(&[1], ring::HEADER_LEN as u64)
+            .expect("a byte of data");
+        file.metadata().expect("fstat").blocks() * 512
+    }
+
+    #[test]
+    fn a_ring_said_to_be_on_2_mib_pages_is_and_a_smaller_one_says_nothing_of_them() {
+        let files = huge_files();
+        let huge = set_up(&files, "huge", HUGE_PAGE, "test".into(), None).expect("a ring");
+        assert!(huge.reason.contains("on 2 MiB pages"), "{}", huge.reason);
+        // Header and first byte: one 2 MiB page.
+        assert_eq!(allocated_after_one_byte(&huge), HUGE_PAGE);
+        let small = set_up(&files, "small", 1 << 20, "test".into(), None).expect("a ring");
+        assert!(!small.reason.contains("2 MiB"), "{}", small.reason);
+        // Header and first byte: two 4 KiB pages.
+        assert_eq!(allocated_after_one_byte(&small), 8 << 10);
     }
 }
