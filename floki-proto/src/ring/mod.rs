@@ -159,17 +159,27 @@ pub struct KeptRing {
     ring: Arc<Mapped>,
     /// Kept by the sender of its last stream (else by the receiver).
     sender: bool,
-    /// The writer's [`RingWriter::populate`] progress (pages stay mapped).
+    /// This end's mapping of the data area (pages stay mapped).
+    pages: EndPages,
+}
+
+/// An end's view of a ring's data area, from its start: how much of it this
+/// end's mapping maps, and how much earlier streams over the ring allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct EndPages {
+    /// Bytes mapped here ([`Mapped::populate`]'s progress).
     populated: u64,
-    /// Bytes of memory the ring holds: as much of it as streams touched.
-    footprint: u64,
+    /// Bytes whose pages exist, written by a stream over the ring before
+    /// this one (by either end): the end maps them rather than going
+    /// through the file, which would copy twice as often.
+    allocated: u64,
 }
 
 impl KeptRing {
     /// Bytes of memory the ring holds while it is kept (the pages its
     /// streams touched, at most its capacity).
     pub fn footprint(&self) -> u64 {
-        self.footprint
+        self.pages.allocated
     }
 
     /// The ring's data capacity: the window of a stream over it.
@@ -187,17 +197,17 @@ impl KeptRing {
     /// again: the words only this end writes (`mine`: the sender's head and
     /// end mark, the receiver's tail and verdict) are back to zero. The
     /// peer's may have moved already: it may be paired and streaming first.
-    fn rewound(self, mine: fn(&Header) -> bool) -> Result<(Arc<Mapped>, u64), StreamError> {
+    fn rewound(self, mine: fn(&Header) -> bool) -> Result<(Arc<Mapped>, EndPages), StreamError> {
         if !mine(self.ring.header()) {
             return Err(StreamError::Protocol(
                 "the agent paired this end over its kept ring without rewinding it".into(),
             ));
         }
-        Ok((self.ring, self.populated))
+        Ok((self.ring, self.pages))
     }
 
     /// [`KeptRing::rewound`] for the sender.
-    fn for_writer(self) -> Result<(Arc<Mapped>, u64), StreamError> {
+    fn for_writer(self) -> Result<(Arc<Mapped>, EndPages), StreamError> {
         self.rewound(|header| {
             header.head.0.load(Ordering::Acquire) == 0
                 && header.end.0.load(Ordering::Acquire) == END_OPEN
@@ -205,7 +215,7 @@ impl KeptRing {
     }
 
     /// [`KeptRing::rewound`] for the receiver.
-    fn for_reader(self) -> Result<(Arc<Mapped>, u64), StreamError> {
+    fn for_reader(self) -> Result<(Arc<Mapped>, EndPages), StreamError> {
         self.rewound(|header| {
             header.tail.0.load(Ordering::Acquire) == 0
                 && header.ack.0.load(Ordering::Acquire) == ACK_NONE
@@ -328,10 +338,55 @@ impl Mapped {
     }
 
     /// Whether `len` bytes from stream position `position` go through the
-    /// file: on the first lap (no end has mapped those pages yet), and
-    /// [`THROUGH_FILE`] bytes or more.
-    fn through_file(&self, position: u64, len: usize) -> bool {
-        len >= THROUGH_FILE && position + len as u64 <= self.capacity
+    /// file: on the ring's first lap, past the pages earlier streams
+    /// allocated (`pages`; a fresh page is what costs more to map than to
+    /// copy), and [`THROUGH_FILE`] bytes or more. A kept ring's second
+    /// stream maps the pages its first allocated, once (one `madvise` per
+    /// end, about as long as one more copy through the file): from then on
+    /// the writer copies with no system call, and a reader through
+    /// `BufRead` reads in place instead of copying into a buffer.
+    fn through_file(&self, pages: &EndPages, position: u64, len: usize) -> bool {
+        len >= THROUGH_FILE && position >= pages.allocated && position + len as u64 <= self.capacity
+    }
+
+    /// Of `len` bytes from stream position `position`, those that lie in
+    /// the pages earlier streams allocated (all of them past those pages):
+    /// an end maps those pages, and goes through the file after them.
+    fn within_allocated(&self, pages: &EndPages, position: u64, len: usize) -> usize {
+        match pages.allocated.checked_sub(position) {
+            Some(left) if left > 0 => len.min(left as usize),
+            _ => len,
+        }
+    }
+
+    /// Maps the data area's pages up to stream position `to` (on the first
+    /// lap) into this end's mapping, in one system call (`advice`:
+    /// `MADV_POPULATE_WRITE` or `_READ`), before they are touched: one fault
+    /// per 4 KiB page costs more than the copy itself (1 MiB into a fresh
+    /// ring: 430 µs faulting, 270 µs populated, on a 2-vCPU VM). Only what
+    /// is about to be touched: a small stream never allocates the whole
+    /// ring. Best effort: a kernel without the advice (before 5.14) faults
+    /// as before.
+    fn populate(&self, pages: &mut EndPages, to: u64, advice: libc::c_int) {
+        let capacity = self.capacity;
+        if pages.populated >= capacity {
+            return;
+        }
+        let page = 4096;
+        let end = to.min(capacity).next_multiple_of(page).min(capacity);
+        if end <= pages.populated {
+            return;
+        }
+        // SAFETY: a page-aligned range of this end's own mapping of the
+        // data area; populating maps pages and changes no byte.
+        unsafe {
+            libc::madvise(
+                self.data().add(pages.populated as usize).cast(),
+                (end - pages.populated) as usize,
+                advice,
+            );
+        }
+        pages.populated = end;
     }
 
     /// Reads into `buf` from offset `at` of the data area through the file
@@ -706,6 +761,67 @@ mod tests {
             Err(StreamError::Protocol(_))
         ));
         assert!(writer.keep().is_some(), "verified: kept");
+    }
+
+    /// A kept ring's pages: the first stream goes through the file (its
+    /// pages are fresh); the next ones map what earlier streams allocated,
+    /// at both ends, and go through the file only past it.
+    #[test]
+    fn a_kept_ring_maps_the_pages_earlier_streams_allocated() {
+        let (mut writer, mut reader, agents) = pair(1 << 20);
+        let mut pages = Vec::new();
+        for (round, size) in [256usize << 10, 512 << 10, 512 << 10]
+            .into_iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ round as u8).collect();
+            let expected = data.clone();
+            let sender = std::thread::spawn(move || {
+                let mut pos = 0;
+                while pos < data.len() {
+                    pos += writer.write(&data[pos..]).expect("write");
+                }
+                writer.finish().expect("verified");
+                writer
+            });
+            // In pieces of the size `BufRead` asks for, as a function reads.
+            let mut got = Vec::new();
+            loop {
+                let piece = reader.fill_copied().expect("fill");
+                if piece.is_empty() {
+                    break;
+                }
+                let n = piece.len().min(48 << 10);
+                got.extend_from_slice(&piece[..n]);
+                reader.consume_len(n);
+            }
+            assert!(got == expected, "round {round}");
+            let (kept_writer, kept_reader) = (
+                sender.join().expect("sender").keep().expect("kept"),
+                reader.keep().expect("kept"),
+            );
+            pages.push((kept_writer.pages, kept_reader.pages));
+            rewind(agents.memory()).expect("rewind");
+            (writer, reader) = (
+                RingWriter::reopen(kept_writer).expect("rewound"),
+                RingReader::reopen(kept_reader).expect("rewound"),
+            );
+        }
+        let at = |populated: u64, allocated: u64| EndPages {
+            populated,
+            allocated,
+        };
+        // Through the file; then the first 256 KiB mapped and the rest
+        // through the file; then all of it mapped.
+        assert_eq!(pages[0], (at(0, 256 << 10), at(0, 256 << 10)));
+        assert_eq!(
+            pages[1],
+            (at(256 << 10, 512 << 10), at(256 << 10, 512 << 10))
+        );
+        assert_eq!(
+            pages[2],
+            (at(512 << 10, 512 << 10), at(512 << 10, 512 << 10))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 use twox_hash::XxHash3_64;
 
 use super::{
-    ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, KeptRing, Mapped, PIECE,
+    ACK_REJECTED, ACK_VERIFIED, END_ABORTED, END_DONE, END_OPEN, EndPages, KeptRing, Mapped, PIECE,
     RingWaiter, wait::futex_wake,
 };
 use crate::stream::StreamError;
@@ -40,6 +40,8 @@ pub struct RingReader {
     /// First lap: the next bytes of the stream, read from the file rather
     /// than through the mapping (see [`Staged`]).
     staged: Staged,
+    /// This end's mapping of the data area.
+    pages: EndPages,
 }
 
 /// Bytes of the ring's first lap, read through the file into a buffer of
@@ -122,13 +124,14 @@ impl RingReader {
             hold: false,
             held: false,
             staged: Staged::default(),
+            pages: EndPages::default(),
         })
     }
 
     /// The receiver's end of a ring it kept from its last stream (see
     /// [`KeptRing`]), rewound by the agent.
     pub fn reopen(kept: KeptRing) -> Result<Self, StreamError> {
-        let (ring, _) = kept.for_reader()?;
+        let (ring, pages) = kept.for_reader()?;
         Ok(Self {
             ring,
             tail: 0,
@@ -137,6 +140,7 @@ impl RingReader {
             hold: false,
             held: false,
             staged: Staged::default(),
+            pages,
         })
     }
 
@@ -150,8 +154,10 @@ impl RingReader {
             KeptRing {
                 ring: self.ring.clone(),
                 sender: false,
-                populated: 0,
-                footprint: self.tail.min(self.ring.capacity),
+                pages: EndPages {
+                    allocated: self.pages.allocated.max(self.tail.min(self.ring.capacity)),
+                    ..self.pages
+                },
             }
         })
     }
@@ -227,7 +233,14 @@ impl RingReader {
         }
     }
 
-    fn slice(&self, at: usize, len: usize) -> &[u8] {
+    /// The published bytes at `[at, at + len)` of the data area, in place,
+    /// their pages mapped here first ([`Mapped::populate`]).
+    fn slice(&mut self, at: usize, len: usize) -> &[u8] {
+        self.ring.populate(
+            &mut self.pages,
+            self.tail + len as u64,
+            libc::MADV_POPULATE_READ,
+        );
         // SAFETY: `[at, at + len)` is published (below `head`) and not
         // reused by the sender until `tail` moves past it, which takes
         // `&mut self`.
@@ -275,11 +288,12 @@ impl RingReader {
             }
             match self.available()? {
                 Available::Bytes { at, len } => {
-                    if self.ring.through_file(self.tail, len)
+                    if self.ring.through_file(&self.pages, self.tail, len)
                         && self.staged.fill(&self.ring, at, len)
                     {
                         return Ok(self.staged.bytes());
                     }
+                    let len = self.ring.within_allocated(&self.pages, self.tail, len);
                     return Ok(self.slice(at, len));
                 }
                 Available::Finished => return Ok(&[]),
@@ -346,7 +360,7 @@ impl RingReader {
     fn copy_out(&mut self, at: usize, len: usize, buf: &mut [u8]) -> usize {
         let n = len.min(buf.len());
         // The first lap through the file (see `Staged`), straight into `buf`.
-        if self.ring.through_file(self.tail, n) && self.staged.is_empty() {
+        if self.ring.through_file(&self.pages, self.tail, n) && self.staged.is_empty() {
             let read = self.ring.read_at(at, &mut buf[..n]);
             if read > 0 {
                 self.hasher.write(&buf[..read]);
@@ -354,6 +368,12 @@ impl RingReader {
                 return read;
             }
         }
+        let n = self.ring.within_allocated(&self.pages, self.tail, n);
+        self.ring.populate(
+            &mut self.pages,
+            self.tail + n as u64,
+            libc::MADV_POPULATE_READ,
+        );
         // SAFETY: the published range `available` just returned; the sender
         // does not reuse it until `advance` moves the tail past it.
         let available = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };

@@ -9,7 +9,8 @@ use std::{
 use twox_hash::XxHash3_64;
 
 use super::{
-    ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, KeptRing, Mapped, PIECE, RingWaiter, WAKE_EVERY,
+    ACK_NONE, ACK_VERIFIED, END_ABORTED, END_DONE, EndPages, KeptRing, Mapped, PIECE, RingWaiter,
+    WAKE_EVERY,
 };
 use crate::stream::StreamError;
 
@@ -18,9 +19,8 @@ pub struct RingWriter {
     pub(super) ring: Arc<Mapped>,
     head: u64,
     hasher: XxHash3_64,
-    /// Bytes of the data area whose pages are mapped writable here (see
-    /// [`RingWriter::populate`]).
-    populated: u64,
+    /// This end's mapping of the data area.
+    pages: EndPages,
 }
 
 impl RingWriter {
@@ -32,19 +32,19 @@ impl RingWriter {
             ring,
             head,
             hasher: XxHash3_64::new(),
-            populated: 0,
+            pages: EndPages::default(),
         })
     }
 
     /// The sender's end of a ring it kept from its last stream (see
     /// [`KeptRing`]), rewound by the agent.
     pub fn reopen(kept: KeptRing) -> Result<Self, StreamError> {
-        let (ring, populated) = kept.for_writer()?;
+        let (ring, pages) = kept.for_writer()?;
         Ok(Self {
             ring,
             head: 0,
             hasher: XxHash3_64::new(),
-            populated,
+            pages,
         })
     }
 
@@ -54,12 +54,14 @@ impl RingWriter {
         let header = self.ring.header();
         let verified = header.end.0.load(Ordering::Acquire) == END_DONE
             && header.ack.0.load(Ordering::Acquire) == ACK_VERIFIED;
-        let footprint = self.head.min(self.ring.capacity);
+        let pages = EndPages {
+            allocated: self.pages.allocated.max(self.head.min(self.ring.capacity)),
+            ..self.pages
+        };
         (verified && Arc::strong_count(&self.ring) == 1).then_some(KeptRing {
             ring: self.ring,
             sender: true,
-            populated: self.populated,
-            footprint,
+            pages,
         })
     }
 
@@ -92,14 +94,18 @@ impl RingWriter {
         // instead of waiting for a whole write.
         let mut done = 0;
         while done < n {
-            let at = ((head + done as u64) % capacity) as usize;
+            let position = head + done as u64;
+            let at = (position % capacity) as usize;
             let len = (n - done).min(PIECE).min(capacity as usize - at);
+            let len = self.ring.within_allocated(&self.pages, position, len);
             let piece = &buf[done..done + len];
             self.hasher.write(piece);
-            // The first lap through the file (no page of it is mapped here
-            // yet: see `Mapped::write_at`), later laps through the mapping.
-            let position = head + done as u64;
-            if !(self.ring.through_file(position, len) && self.ring.write_at(at, piece)) {
+            // Fresh pages through the file (mapping them costs more than
+            // the copy: see `Mapped::write_at`), the rest through the
+            // mapping.
+            if !(self.ring.through_file(&self.pages, position, len)
+                && self.ring.write_at(at, piece))
+            {
                 // Piece by piece: the first piece is published without
                 // waiting for the pages of the last.
                 self.populate(head + (done + len) as u64);
@@ -120,33 +126,11 @@ impl RingWriter {
         n
     }
 
-    /// Maps the ring's pages up to stream position `to` (on the first lap)
-    /// in one system call, before they are written: a fresh ring's pages
-    /// are allocated on first touch, and one fault per 4 KiB page costs
-    /// more than the copy itself (1 MiB into a fresh ring: 430 µs faulting,
-    /// 270 µs populated, on a 2-vCPU VM). Only what is about to be written:
-    /// a small stream never allocates the whole ring. Best effort: a kernel
-    /// without `MADV_POPULATE_WRITE` (before 5.14) faults as before.
+    /// Maps the data area's pages up to stream position `to` writable
+    /// here, before they are written ([`Mapped::populate`]).
     fn populate(&mut self, to: u64) {
-        let capacity = self.ring.capacity;
-        if self.populated >= capacity {
-            return;
-        }
-        let page = 4096;
-        let end = to.min(capacity).next_multiple_of(page).min(capacity);
-        if end <= self.populated {
-            return;
-        }
-        // SAFETY: a page-aligned range of this end's own mapping of the
-        // data area; populating maps pages and changes no byte.
-        unsafe {
-            libc::madvise(
-                self.ring.data().add(self.populated as usize).cast(),
-                (end - self.populated) as usize,
-                libc::MADV_POPULATE_WRITE,
-            );
-        }
-        self.populated = end;
+        self.ring
+            .populate(&mut self.pages, to, libc::MADV_POPULATE_WRITE);
     }
 
     /// Moves `head` to `to` (every byte before it is in the ring) and
