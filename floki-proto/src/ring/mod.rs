@@ -717,6 +717,22 @@ mod tests {
         }
     }
 
+    /// Writes `data` whole on a thread of its own and finishes it (the
+    /// receiver verifies it meanwhile); the writer, to keep, comes back.
+    fn send_on_a_thread(
+        mut writer: RingWriter,
+        data: Vec<u8>,
+    ) -> std::thread::JoinHandle<RingWriter> {
+        std::thread::spawn(move || {
+            let mut pos = 0;
+            while pos < data.len() {
+                pos += writer.write(&data[pos..]).expect("write");
+            }
+            writer.finish().expect("verified");
+            writer
+        })
+    }
+
     /// Both ends of a ring, kept after a verified stream, rewound through
     /// the agent's descriptor (the observer's) and taken up again.
     #[test]
@@ -726,14 +742,7 @@ mod tests {
             // 100 KiB: each stream wraps the 64 KiB ring.
             let data: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
             let expected = data.clone();
-            let sender = std::thread::spawn(move || {
-                let mut pos = 0;
-                while pos < data.len() {
-                    pos += writer.write(&data[pos..]).expect("write");
-                }
-                writer.finish().expect("verified");
-                writer
-            });
+            let sender = send_on_a_thread(writer, data);
             let got = read_to_end(&mut reader, 30_000);
             assert!(got == expected, "round {round}");
             let (kept_writer, kept_reader) = (
@@ -776,14 +785,7 @@ mod tests {
         {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ round as u8).collect();
             let expected = data.clone();
-            let sender = std::thread::spawn(move || {
-                let mut pos = 0;
-                while pos < data.len() {
-                    pos += writer.write(&data[pos..]).expect("write");
-                }
-                writer.finish().expect("verified");
-                writer
-            });
+            let sender = send_on_a_thread(writer, data);
             // In pieces of the size `BufRead` asks for, as a function reads.
             let mut got = Vec::new();
             loop {

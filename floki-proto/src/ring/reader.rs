@@ -233,14 +233,17 @@ impl RingReader {
         }
     }
 
+    /// Maps the data area's pages up to stream position `to` here, before
+    /// they are read in place ([`Mapped::populate`]).
+    fn populate(&mut self, to: u64) {
+        self.ring
+            .populate(&mut self.pages, to, libc::MADV_POPULATE_READ);
+    }
+
     /// The published bytes at `[at, at + len)` of the data area, in place,
     /// their pages mapped here first ([`Mapped::populate`]).
     fn slice(&mut self, at: usize, len: usize) -> &[u8] {
-        self.ring.populate(
-            &mut self.pages,
-            self.tail + len as u64,
-            libc::MADV_POPULATE_READ,
-        );
+        self.populate(self.tail + len as u64);
         // SAFETY: `[at, at + len)` is published (below `head`) and not
         // reused by the sender until `tail` moves past it, which takes
         // `&mut self`.
@@ -369,11 +372,7 @@ impl RingReader {
             }
         }
         let n = self.ring.within_allocated(&self.pages, self.tail, n);
-        self.ring.populate(
-            &mut self.pages,
-            self.tail + n as u64,
-            libc::MADV_POPULATE_READ,
-        );
+        self.populate(self.tail + n as u64);
         // SAFETY: the published range `available` just returned; the sender
         // does not reuse it until `advance` moves the tail past it.
         let available = unsafe { std::slice::from_raw_parts(self.ring.data().add(at), n) };

@@ -10,7 +10,7 @@
 pub mod peers;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use floki_tests::cluster::{Cluster, Spec};
 use serde_json::json;
 
@@ -50,7 +50,7 @@ pub struct Options {
         long,
         value_delimiter = ',',
         value_enum,
-        conflicts_with = "patterns_only"
+        conflicts_with_all = ["patterns_only", "patterns", "placements"]
     )]
     pub places: Vec<Place>,
 }
@@ -61,7 +61,7 @@ const SIZES: [u64; 3] = [1 << 10, 64 << 10, 1 << 20];
 const EDGE_PREFIX: &str = "s";
 
 /// Where the two functions run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Place {
     /// One node, the agent's Unix socket: a shared-memory ring.
     Shm,
@@ -72,8 +72,6 @@ pub enum Place {
 }
 
 impl Place {
-    const ALL: [Self; 3] = [Self::Shm, Self::Splice, Self::TwoNodes];
-
     fn label(self) -> &'static str {
         match self {
             Self::Shm => "one node, shm",
@@ -296,7 +294,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let binaries = lab::Binaries::beside_me()?;
     let lab = Lab::start(&binaries, "bench-small", false)?;
     let mut results = Vec::new();
-    for place in super::paper::chosen_or_all(&opts.places, &Place::ALL) {
+    for place in super::paper::chosen_or_all(&opts.places, Place::value_variants()) {
         eprintln!("xtask: bench small, {}", place.label());
         let latencies = match place {
             Place::TwoNodes => two_nodes(&binaries, opts.rounds),
