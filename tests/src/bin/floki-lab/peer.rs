@@ -45,6 +45,12 @@ pub enum Peer {
     SmallRecv(crate::bench::small::peers::SmallPeer),
     /// `bench small`'s producer: opens each stream when told to.
     SmallSend(crate::bench::small::peers::SmallPeer),
+    /// `bench small`'s ceiling: the broker of a bare hand-off.
+    HandoffBroker(crate::bench::small::handoff::HandoffPeer),
+    /// The bare hand-off's consumer: reads each message as it comes.
+    HandoffRecv(crate::bench::small::handoff::HandoffPeer),
+    /// The bare hand-off's producer: writes a message when told to.
+    HandoffSend(crate::bench::small::handoff::HandoffPeer),
     /// A function of the paper benchmark: PLAN (JSON) says what it does.
     PaperEndpoint {
         plan: String,
@@ -174,6 +180,9 @@ pub fn run(peer: Peer) -> anyhow::Result<()> {
         }
         Peer::SmallRecv(args) => return crate::bench::small::peers::consumer(&args),
         Peer::SmallSend(args) => return crate::bench::small::peers::producer(&args),
+        Peer::HandoffBroker(args) => return crate::bench::small::handoff::broker(&args),
+        Peer::HandoffRecv(args) => return crate::bench::small::handoff::consumer(&args),
+        Peer::HandoffSend(args) => return crate::bench::small::handoff::producer(&args),
         Peer::TcpSink(args) => tcp_sink(&args)?,
         Peer::TcpSource(args) => tcp_source(&args)?,
         Peer::TcpPong(args) => tcp_pong(&args)?,

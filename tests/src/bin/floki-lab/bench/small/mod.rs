@@ -7,6 +7,7 @@
 //! its TCP port (spliced), and across two namespace nodes (a workflow edge,
 //! over the link the agents prepared at apply).
 
+pub mod handoff;
 pub mod peers;
 
 use anyhow::Context as _;
@@ -14,6 +15,7 @@ use clap::{Args, ValueEnum};
 use floki_tests::cluster::{Cluster, Spec};
 use serde_json::json;
 
+use self::handoff::Handoff;
 use super::{
     function::Function,
     paper::scenario::{Pattern, Placement},
@@ -93,8 +95,13 @@ impl Place {
 struct Latencies {
     /// Set-up, every stream of every size.
     setup: Vec<f64>,
+    /// Set-up, per size (a large stream's first write is larger).
+    setup_by_size: Vec<Vec<f64>>,
     /// End to end, per size.
     e2e: Vec<Vec<f64>>,
+    /// The machine's bare hand-off through a broker, one after each
+    /// stream ([`handoff`]): the ceiling of a brokered set-up.
+    ceiling: Vec<f64>,
 }
 
 /// Runs every stream between `consumer` and `producer` (already started)
@@ -102,33 +109,46 @@ struct Latencies {
 fn drive(
     mut consumer: Function,
     mut producer: Function,
+    mut handoff: Handoff,
     rounds: usize,
 ) -> anyhow::Result<Latencies> {
     let warmup = rounds / 10;
+    let mut ceiling = Vec::new();
     let mut setup = Vec::new();
+    let mut setup_by_size = vec![Vec::new(); SIZES.len()];
     let mut e2e = vec![Vec::new(); SIZES.len()];
-    for (size, per_size) in e2e.iter_mut().enumerate() {
+    for (size, (per_size, setup_of_size)) in e2e.iter_mut().zip(&mut setup_by_size).enumerate() {
         for round in 0..rounds {
             let k = size * rounds + round;
             consumer.expect("ready", k)?;
             producer.tell(&format!("go {k}"))?;
             let open = producer.expect("sent", k)?[0];
             let got = consumer.expect("got", k)?;
+            let hop = handoff.hop()?;
             if round < warmup {
                 continue;
             }
+            ceiling.push(hop);
             let us = |ns: u64| ns.saturating_sub(open) as f64 / 1e3;
             setup.push(us(got[0]));
+            setup_of_size.push(us(got[0]));
             per_size.push(us(got[1]));
         }
     }
     consumer.wait()?;
     producer.wait()?;
+    handoff.stop()?;
     setup.sort_by(f64::total_cmp);
-    for per_size in &mut e2e {
+    ceiling.sort_by(f64::total_cmp);
+    for per_size in e2e.iter_mut().chain(&mut setup_by_size) {
         per_size.sort_by(f64::total_cmp);
     }
-    Ok(Latencies { setup, e2e })
+    Ok(Latencies {
+        setup,
+        setup_by_size,
+        e2e,
+        ceiling,
+    })
 }
 
 /// The functions' common arguments.
@@ -176,7 +196,31 @@ fn one_node(
         &args("small-send"),
         Some(1),
     ))?;
-    drive(consumer, producer, rounds)
+    // The broker floats, as the agent does.
+    let handoff = Handoff::start(
+        place.key(),
+        &format!(
+            "unix:{}",
+            std::env::temp_dir()
+                .join(format!(
+                    "floki-handoff-{}-{}-c.sock",
+                    std::process::id(),
+                    place.key()
+                ))
+                .display()
+        ),
+        |verb, args| {
+            let cpu = match verb {
+                "handoff-recv" => Some(0),
+                "handoff-send" => Some(1),
+                _ => None,
+            };
+            let mut all = vec![verb.to_owned()];
+            all.extend(args);
+            lab::peer_command(&binaries.lab, &lab.cgroup, &all, cpu)
+        },
+    )?;
+    drive(consumer, producer, handoff, rounds)
 }
 
 fn two_nodes(binaries: &lab::Binaries, rounds: usize) -> anyhow::Result<Latencies> {
@@ -225,7 +269,24 @@ fn two_nodes(binaries: &lab::Binaries, rounds: usize) -> anyhow::Result<Latencie
     };
     let consumer = Function::spawn(in_node("node-b", &args("small-recv", "node-b", "q")))?;
     let producer = Function::spawn(in_node("node-a", &args("small-send", "node-a", "p")))?;
-    drive(consumer, producer, rounds)
+    // The broker and the producer on node A, the consumer on node B,
+    // connected to the broker across the nodes as a link is.
+    let node_a_ip = cluster.node("node-a").ip.clone();
+    let handoff = Handoff::start(
+        Place::TwoNodes.key(),
+        &format!("{node_a_ip}:0"),
+        |verb, args| {
+            let node = if verb == "handoff-recv" {
+                "node-b"
+            } else {
+                "node-a"
+            };
+            let mut all = vec![verb.to_owned()];
+            all.extend(args);
+            in_node(node, &all)
+        },
+    )?;
+    drive(consumer, producer, handoff, rounds)
 }
 
 /// The `q`-quantile of sorted `values`.
@@ -237,7 +298,8 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 /// The set-up and end-to-end table of `results`, and its JSON rows.
 fn latency_rows(results: &[(Place, Latencies)]) -> (String, Vec<serde_json::Value>) {
     let size_label = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
-    let mut table = String::from("| place | set-up p50 | set-up p99 |");
+    let mut table =
+        String::from("| place | set-up p50 | set-up p99 | bare hand-off p50 | bare hand-off p99 |");
     for bytes in SIZES {
         table.push_str(&format!(
             " {} p50 | {} p99 |",
@@ -245,18 +307,27 @@ fn latency_rows(results: &[(Place, Latencies)]) -> (String, Vec<serde_json::Valu
             size_label(bytes)
         ));
     }
-    table.push_str("\n|---|---|---|");
+    table.push_str("\n|---|---|---|---|---|");
     table.push_str(&"---|---|".repeat(SIZES.len()));
     table.push('\n');
     let mut json_rows = Vec::new();
     for (place, latencies) in results {
         let mut row = format!(
-            "| {} | {:.0} µs | {:.0} µs |",
+            "| {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
             place.label(),
             quantile(&latencies.setup, 0.5),
-            quantile(&latencies.setup, 0.99)
+            quantile(&latencies.setup, 0.99),
+            quantile(&latencies.ceiling, 0.5),
+            quantile(&latencies.ceiling, 0.99)
         );
         let mut e2e = serde_json::Map::new();
+        let mut setup_by_size = serde_json::Map::new();
+        for (bytes, values) in SIZES.iter().zip(&latencies.setup_by_size) {
+            setup_by_size.insert(
+                bytes.to_string(),
+                json!({"p50_us": quantile(values, 0.5), "p99_us": quantile(values, 0.99)}),
+            );
+        }
         for (bytes, values) in SIZES.iter().zip(&latencies.e2e) {
             row.push_str(&format!(
                 " {:.0} µs | {:.0} µs |",
@@ -275,10 +346,42 @@ fn latency_rows(results: &[(Place, Latencies)]) -> (String, Vec<serde_json::Valu
             "setup_p50_us": quantile(&latencies.setup, 0.5),
             "setup_p99_us": quantile(&latencies.setup, 0.99),
             "setup_samples": latencies.setup.len(),
+            "handoff_p50_us": quantile(&latencies.ceiling, 0.5),
+            "handoff_p99_us": quantile(&latencies.ceiling, 0.99),
+            "setup_by_size": setup_by_size,
             "e2e": e2e,
         }));
     }
+    table.push_str(&setup_by_size_table(results));
     (table, json_rows)
+}
+
+/// Set-up p50 and p99 per stream size: the first byte of a larger stream
+/// comes with a larger first write.
+fn setup_by_size_table(results: &[(Place, Latencies)]) -> String {
+    let size_label = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
+    let mut table = String::from("\n| place |");
+    for bytes in SIZES {
+        table.push_str(&format!(
+            " set-up p50, p99 of {} streams |",
+            size_label(bytes)
+        ));
+    }
+    table.push_str("\n|---|");
+    table.push_str(&"---|".repeat(SIZES.len()));
+    table.push('\n');
+    for (place, latencies) in results {
+        table.push_str(&format!("| {} |", place.label()));
+        for values in &latencies.setup_by_size {
+            table.push_str(&format!(
+                " {:.0}, {:.0} µs |",
+                quantile(values, 0.5),
+                quantile(values, 0.99)
+            ));
+        }
+        table.push('\n');
+    }
+    table
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
