@@ -287,6 +287,11 @@ pub struct Totals {
     /// credit (a sender that ignores flow control).
     #[serde(default)]
     pub window_refusals: u64,
+    /// Eager hellos the kernel returned to their sender because the
+    /// receiver's socket was not spliced yet (the sender then waited for
+    /// the receiver's credit).
+    #[serde(default)]
+    pub eager_returns: u64,
 }
 
 /// Errors of the admin client.

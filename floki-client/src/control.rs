@@ -57,6 +57,10 @@ pub(crate) struct Pairing {
     /// The agent sent the pairing key on the link ahead of the stream: the
     /// sender does not send it again.
     pub key_sent: bool,
+    /// A sender over a socket may send its hello eager, before the
+    /// receiver's first credit, and its stream right after, taking
+    /// `window` as that credit (docs/PROTOCOL.md, section 2).
+    pub eager: bool,
     /// The end goes over the link it held, without asking the agent: a
     /// sender starts the link itself, a receiver reads the start itself
     /// (docs/PROTOCOL.md, "Held links").
@@ -337,6 +341,7 @@ pub(crate) async fn hello(
         // agent's start of it may carry the pairing key too.
         key_ahead: role == Role::Send && unix,
         holds_link: role == Role::Recv && holds_link(opts, unix),
+        eager_hello: role == Role::Recv,
         run: opts.run.clone(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
@@ -558,6 +563,7 @@ pub(crate) async fn paired(
             again: true,
             link: false,
             key_sent: false,
+            eager: false,
             held: true,
             holds: false,
             held_ring_sender: role == Role::Send,
@@ -578,6 +584,7 @@ pub(crate) async fn paired(
             again: true,
             link: true,
             key_sent: false,
+            eager: false,
             held: true,
             holds: role == Role::Recv,
             held_ring_sender: false,
@@ -610,6 +617,7 @@ pub(crate) async fn paired(
             again,
             link,
             key_sent,
+            eager,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -666,6 +674,7 @@ pub(crate) async fn paired(
                 again,
                 link,
                 key_sent,
+                eager,
                 held: false,
                 holds,
                 held_ring_sender: false,

@@ -167,6 +167,10 @@ pub struct DatapathCounters {
     pub redirect_errors: u64,
     /// Sender writes refused for going past the receiver's credit.
     pub window_refusals: u64,
+    /// Eager hellos returned to their sender (into its own receive queue)
+    /// because the receiver's socket was not spliced yet; the sender then
+    /// waits for the receiver's first credit.
+    pub eager_returns: u64,
     /// Sockets inserted into the socket map.
     pub sockets_inserted: u64,
     /// Sockets that matched an endpoint but could not be inserted.

@@ -9,6 +9,15 @@
 //! sees both directions of the channel) and refuses a sender's write that
 //! would take it past the latest credit plus [`WINDOW_SLACK`]: the write
 //! fails with `EACCES`, and nothing more is queued.
+//!
+//! And it keeps a sender's eager hello (written before the receiver's first
+//! credit) from going over TCP: while the receiver's socket is not in the
+//! map, the hello goes back into the sender's own receive queue, where the
+//! sender finds it and waits for the credit instead. Had it passed, the
+//! stream's first bytes would sit in the receiver's TCP queue behind the
+//! spliced ones that follow, which its reads take first. (Refusing the
+//! write, `SK_DROP`, would refuse every later write of the socket too: the
+//! kernel keeps a dropped verdict for the socket.)
 
 use core::mem::offset_of;
 
@@ -17,6 +26,7 @@ use aya_ebpf::{
         BPF_F_INGRESS,
         sk_action::{SK_DROP, SK_PASS},
     },
+    helpers::generated::bpf_msg_pull_data,
     macros::sk_msg,
     programs::SkMsgContext,
 };
@@ -42,6 +52,10 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
     let role = (end.role & 1) as usize;
     // SAFETY: `record` points into the map value.
     if unsafe { (*record).cookies[role ^ 1] } == 0 {
+        if end.role == ROLE_SENDER && is_eager_hello(&ctx) {
+            count(offset_of!(DatapathCounters, eager_returns), 1);
+            return FLOKI_SOCKETS.redirect_msg(&ctx, end, u64::from(BPF_F_INGRESS)) as u32;
+        }
         // The peer is not (or no longer) in the map: plain TCP delivers these
         // bytes intact, or reports the peer's absence to the writer.
         count(offset_of!(DatapathCounters, passed_msgs), 1);
@@ -76,6 +90,34 @@ pub fn floki_sk_msg(ctx: SkMsgContext) -> u32 {
         count(offset_of!(DatapathCounters, redirect_errors), 1);
     }
     verdict
+}
+
+/// A hello frame: its kind, the flag that makes it eager
+/// (`floki_proto::frame::HELLO_EAGER`) and its length (header and key).
+const HELLO: u8 = 0x01;
+const HELLO_EAGER: u8 = 0x01;
+const HELLO_LEN: u32 = 24;
+
+/// Whether a sender's message is an eager hello, written in one message of
+/// its own (as the client does).
+#[inline(always)]
+fn is_eager_hello(ctx: &SkMsgContext) -> bool {
+    if ctx.size() != HELLO_LEN {
+        return false;
+    }
+    // SAFETY: the helper is called with this program's own context; it
+    // only makes the message's first two bytes linear.
+    if ctx.data() + 2 > ctx.data_end() && unsafe { bpf_msg_pull_data(ctx.msg, 0, 2, 0) } != 0 {
+        return false;
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + 2 > data_end {
+        return false;
+    }
+    let frame = data as *const u8;
+    // SAFETY: the first two bytes are inside [data, data_end), checked just
+    // above.
+    unsafe { *frame == HELLO && *frame.add(1) & HELLO_EAGER != 0 }
 }
 
 /// Frame kind of a credit, and its length (header and u64 total).

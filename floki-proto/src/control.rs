@@ -233,6 +233,11 @@ pub struct Hello {
     /// "Held links").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_link: bool,
+    /// A receiver that takes an eager hello (`frame::HELLO_EAGER`): the
+    /// agent may let its sender write the hello and its first data before
+    /// this receiver's first credit (`paired` says `eager`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eager_hello: bool,
     /// The run this end belongs to (an orchestrator's execution id: Argo's
     /// workflow uid, a Step Functions execution). A stream its producer has
     /// stored keeps it, and a consumer is served only a stored stream of
@@ -367,6 +372,12 @@ pub enum AgentMessage {
         /// starts with its first data frame.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         key_sent: bool,
+        /// To a sender over a socket whose receiver takes an eager hello:
+        /// right after connecting, it may send its hello eager and then
+        /// its stream, taking `window` as the receiver's first credit
+        /// (docs/PROTOCOL.md, section 2).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        eager: bool,
     },
     /// To a consumer that holds its stream's link (its hello said
     /// `holds_link`): the stream's next use started on another link (a new
@@ -615,6 +626,7 @@ mod tests {
             kept_link: false,
             key_ahead: false,
             holds_link: false,
+            eager_hello: false,
             run: Some("argo-4f6c2d".into()),
         };
         let mut wire = Vec::new();

@@ -1,11 +1,15 @@
 //! The data stream between a sender and its receiver.
 //!
-//! Every frame starts with an 8-byte header: kind (u8), flags (u8, 0),
-//! reserved (u16, 0), payload length (u32 big-endian). The receiver speaks
-//! first (a `Credit`), so that both sockets are already spliced before the
-//! sender writes a byte; the sender answers with `Hello` (the pairing key),
-//! then `Data` frames, then `End`. The receiver grants more `Credit` as it
-//! consumes, and confirms a verified stream with `Ack`.
+//! Every frame starts with an 8-byte header: kind (u8), flags (u8, 0 but
+//! for an eager `Hello`), reserved (u16, 0), payload length (u32
+//! big-endian). The receiver speaks first (a `Credit`), so that both
+//! sockets are already spliced before the sender writes a byte; the sender
+//! answers with `Hello` (the pairing key), then `Data` frames, then `End`.
+//! A sender its agent allows to (`paired` says `eager`) sends an eager
+//! `Hello` instead, before that credit: the kernel program delivers it only
+//! spliced, and returns it to the sender while the receiver's socket is not
+//! spliced yet (see [`HELLO_EAGER`]). The receiver grants more `Credit` as it consumes, and
+//! confirms a verified stream with `Ack`.
 
 use super::{KEY_LEN, ProtocolError};
 
@@ -17,6 +21,16 @@ pub const MAX_DATA_LEN: u32 = 4 << 20;
 pub const MAX_CONTROL_LEN: u32 = 4096;
 /// Payload length of `End` and `Ack`: total (u64) and checksum (u64).
 pub const SEAL_LEN: usize = 16;
+
+/// Flags of a `Hello` header (byte 1) that make it eager: the sender wrote
+/// it right after connecting, before the receiver's first credit, and the
+/// kernel program (`floki_sk_msg`) delivers it only into a receiver's
+/// socket that is spliced already: while that socket is not in the socket
+/// map it puts the hello back into the sender's own receive queue, where
+/// the sender finds it at once and waits for the credit as without the
+/// flag. So no byte of a spliced stream ever travels over TCP ahead of
+/// spliced ones, and the sender spares the credit's round trip.
+pub const HELLO_EAGER: u8 = 0x01;
 
 /// Kinds of frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +122,12 @@ impl FrameHeader {
         let kind = FrameKind::from_byte(bytes[0]).ok_or_else(|| {
             ProtocolError::BadFrame(format!("unknown frame kind {:#04x}", bytes[0]))
         })?;
-        if bytes[1..4] != [0, 0, 0] {
+        let flags_allowed = if kind == FrameKind::Hello {
+            HELLO_EAGER
+        } else {
+            0
+        };
+        if bytes[1] & !flags_allowed != 0 || bytes[2..4] != [0, 0] {
             return Err(ProtocolError::BadFrame(format!(
                 "non-zero flags or reserved bytes in a {kind:?} header"
             )));
@@ -129,6 +148,13 @@ pub fn control_frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + len);
     out.extend_from_slice(&FrameHeader::new(kind, len as u32).encode());
     out.extend_from_slice(&payload[..len]);
+    out
+}
+
+/// An eager `Hello` with `key` (see [`HELLO_EAGER`]).
+pub fn eager_hello(key: &[u8; KEY_LEN]) -> Vec<u8> {
+    let mut out = control_frame(FrameKind::Hello, key);
+    out[1] = HELLO_EAGER;
     out
 }
 
@@ -174,6 +200,20 @@ mod tests {
         assert!(FrameHeader::decode(too_big).is_err());
         let short_end = FrameHeader::new(FrameKind::End, 8).encode();
         assert!(FrameHeader::decode(short_end).is_err());
+    }
+
+    #[test]
+    fn only_a_hello_may_be_eager() {
+        let eager = eager_hello(&[7; KEY_LEN]);
+        let header = FrameHeader::decode(eager[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(header, FrameHeader::new(FrameKind::Hello, KEY_LEN as u32));
+        assert_eq!(&eager[HEADER_LEN..], &[7; KEY_LEN]);
+        let mut credit = FrameHeader::new(FrameKind::Credit, 8).encode();
+        credit[1] = HELLO_EAGER;
+        assert!(FrameHeader::decode(credit).is_err());
+        let mut unknown = FrameHeader::new(FrameKind::Hello, KEY_LEN as u32).encode();
+        unknown[1] = 0x02;
+        assert!(FrameHeader::decode(unknown).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use floki_proto::{
     control::{AgentMessage, Handoff, Hello, Role, Transport, write_message, write_preamble},
-    frame::{FrameKind, control_frame},
+    frame::{FrameKind, control_frame, eager_hello},
     ring::{self, RingReader, RingWriter},
     stream::{Inbound, Outbound, Want},
 };
@@ -54,6 +54,7 @@ async fn handshake() -> Value {
         kept_link: false,
         key_ahead: false,
         holds_link: false,
+        eager_hello: true,
         run: None,
     };
     let sender = Hello {
@@ -61,6 +62,7 @@ async fn handshake() -> Value {
         listen: None,
         window: None,
         listener_at_pairing: false,
+        eager_hello: false,
         ..receiver.clone()
     };
     json!({
@@ -85,6 +87,7 @@ async fn handshake() -> Value {
             again: false,
             link: false,
             key_sent: false,
+            eager: true,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -97,6 +100,7 @@ async fn handshake() -> Value {
             again: false,
             link: false,
             key_sent: false,
+            eager: false,
         })
         .await,
         "key_bytes": hex(&key),
@@ -139,11 +143,12 @@ fn stream(data: &[u8], window: u64) -> Value {
     outbound.receive(&answer).expect("valid answer");
     assert_eq!(outbound.acked(), Some(Ok(())));
     json!({
-        "about": "sender and receiver frames of a small stream: the receiver's first credit, the sender's hello (the pairing key), the data frames and the end mark (length, XXH3-64 seed 0), then the receiver's answer (credits granted as it read, the ack)",
+        "about": "sender and receiver frames of a small stream: the receiver's first credit, the sender's hello (the pairing key; eager, flags 01, when its paired said eager), the data frames and the end mark (length, XXH3-64 seed 0), then the receiver's answer (credits granted as it read, the ack)",
         "data": hex(data),
         "window": window,
         "receiver_first": hex(&credit),
         "sender_hello": hex(&hello),
+        "sender_eager_hello": hex(&eager_hello(&key)),
         "sender_frames": hex(&to_receiver),
         "end_mark": hex(&end),
         "xxh3": format!("{:016x}", outbound.checksum()),

@@ -47,6 +47,11 @@ def test_a_small_streams_frames_decode_as_documented():
         assert frames(bytes.fromhex(vector["sender_hello"])) == [
             ("hello", bytes.fromhex(VECTORS["handshake"]["key_bytes"]))
         ]
+        # The eager hello: the same frame with flags 01 (the only flag a
+        # hello may carry), sent before the receiver's first credit.
+        eager = bytes.fromhex(vector["sender_eager_hello"])
+        assert struct.unpack(">BBHI", eager[:8]) == (0x01, 0x01, 0, 16)
+        assert eager[8:] == bytes.fromhex(VECTORS["handshake"]["key_bytes"])
         sent = frames(bytes.fromhex(vector["sender_frames"]))
         assert [kind for kind, _ in sent[:-1]] == ["data"] * (len(sent) - 1)
         assert b"".join(payload for _, payload in sent[:-1]) == data

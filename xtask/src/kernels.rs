@@ -48,9 +48,11 @@ pub const KERNELS: &[GuestKernel] = &[
 /// The tests run in each guest: test binary and name filters (all its tests
 /// when empty). Splice integrity at several sizes, truncation detection,
 /// bounded memory under a slow reader, the fallbacks (no eBPF, a missing
-/// kernel feature), epoll-driven readers, netns isolation.
+/// kernel feature), epoll-driven readers, netns isolation, an eager hello
+/// delivered or returned to its sender.
 const SUITE: &[(&str, &[&str])] = &[
     ("transfer", &[]),
+    ("eager_hello", &[]),
     ("failures", &["killed_sender", "vanished_receiver"]),
     ("memory", &["slow_receiver_keeps"]),
     ("readiness", &[]),

@@ -6,18 +6,23 @@
 mod data_connection;
 pub(crate) mod opening;
 
-use std::{io, net::SocketAddr, os::fd::OwnedFd};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
 
 use floki_proto::{
     ProtocolError,
     control::Role,
-    frame::{FrameKind, control_frame},
+    frame::{FrameKind, control_frame, eager_hello},
     link_start::LinkStart,
     ring::{KeptRing, RingReader, RingWriter},
     stream::StreamError,
 };
+use nix::sys::socket::MsgFlags;
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     runtime::Handle,
     sync::watch,
@@ -179,12 +184,19 @@ pub(crate) async fn sender(
         };
         send_key(&mut data, start.bytes(), &pairing.key, opts).await?;
     }
-    // The receiver speaks first, once both sockets are spliced: only then
-    // may the first byte of ours go out (see docs/PROTOCOL.md). The agents'
-    // link handed over is spliced nowhere, and its receiver's first credit
-    // is the window of `paired`: the stream goes out at once. A sender that
-    // bounds its pairing with a timeout waits for that credit, within it.
-    let credit = if pairing.link && opts.pair_timeout.is_none() {
+    // An eager hello goes out only spliced (or over plain TCP, where there
+    // is no splice to wait for): then the window of `paired` is the
+    // receiver's first credit, and the stream follows at once. Returned,
+    // it is as if it had not been sent.
+    let eager = pairing.eager && !pairing.link && !pairing.held && !pairing.key_sent;
+    let eager_sent = eager && send_eager_hello(&mut data, &pairing.key, opts).await?;
+    // Otherwise the receiver speaks first, once both sockets are spliced:
+    // only then may the first byte of ours go out (see docs/PROTOCOL.md).
+    // The agents' link handed over is spliced nowhere, and its receiver's
+    // first credit is the window of `paired`: the stream goes out at once.
+    // A sender that bounds its pairing with a timeout waits for that
+    // credit, within it.
+    let credit = if eager_sent || (pairing.link && opts.pair_timeout.is_none()) {
         Ok(pairing.window)
     } else {
         let first = data_connection::initial_credit(&mut data);
@@ -196,7 +208,7 @@ pub(crate) async fn sender(
     })?;
     // Over the agents' link, the agent may have sent the key with the
     // link's start: one segment less across the nodes.
-    if !pairing.key_sent && !pairing.held {
+    if !pairing.key_sent && !pairing.held && !eager_sent {
         send_key(&mut data, Vec::new(), &pairing.key, opts).await?;
     }
     Ok(Established::new(
@@ -224,6 +236,52 @@ async fn send_key(
             context: "sending the pairing key to the receiver",
             source,
         })
+}
+
+/// Sends the pairing key's hello eager, in a write of its own: `true` if it
+/// went out, `false` if the kernel program returned it (the receiver's
+/// socket is not spliced yet), which this takes back out of the socket.
+async fn send_eager_hello(
+    data: &mut TcpStream,
+    key: &[u8; floki_proto::KEY_LEN],
+    opts: &ChannelOptions,
+) -> Result<bool, ClientError> {
+    let io = |context, source| ClientError::Io {
+        channel: opts.channel.clone(),
+        context,
+        source,
+    };
+    let hello = eager_hello(key);
+    data.write_all(&hello)
+        .await
+        .map_err(|e| io("sending the pairing key to the receiver", e))?;
+    // The program returns it within the write, so it is there by now or
+    // never.
+    let mut first = [0u8; 2];
+    let peeked = nix::sys::socket::recv(
+        data.as_raw_fd(),
+        &mut first,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    );
+    match peeked {
+        Ok(2) if first == hello[..2] => {
+            // Queued whole within the write: read at once, without waiting
+            // for the reactor to see it.
+            let mut returned = vec![0u8; hello.len()];
+            let took =
+                nix::sys::socket::recv(data.as_raw_fd(), &mut returned, MsgFlags::MSG_DONTWAIT)
+                    .unwrap_or(0);
+            data.read_exact(&mut returned[took..])
+                .await
+                .map_err(|e| io("taking back the pairing key the kernel returned", e))?;
+            Ok(false)
+        }
+        Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(true),
+        Err(errno) => Err(io(
+            "looking for the pairing key returned by the kernel",
+            errno.into(),
+        )),
+    }
 }
 
 /// The sender's data connection to the receiver's listener at `peer`,

@@ -98,6 +98,9 @@ pub struct Paired {
     /// A receiver whose listener the agent opened at pairing: that
     /// listener, to hand over.
     pub listener: Option<TcpListener>,
+    /// A sender over a socket whose receiver takes an eager hello: it need
+    /// not wait for the receiver's first credit.
+    pub eager: bool,
     /// The other end is the agent's store.
     pub stored: bool,
 }
@@ -133,6 +136,9 @@ pub struct SetUp {
     /// The receiver's data listener, when the agent opened it at pairing
     /// (a Unix-socket receiver whose hello said `listener_at_pairing`).
     pub listener: Option<TcpListener>,
+    /// Sockets: the receiver takes an eager hello (its hello said
+    /// `eager_hello`), so its sender may write before its first credit.
+    pub eager: bool,
 }
 
 impl SetUp {
@@ -150,6 +156,7 @@ impl SetUp {
             ring,
             ring_file,
             listener,
+            eager: self.eager && role == Role::Send,
             stored: store == Some(role.peer()),
         };
         match self.ring.take() {

@@ -57,6 +57,7 @@ impl Carriers for FakeSplice {
             connect_to: receiver.hello.listen,
             ring: None,
             listener: None,
+            eager: false,
         })
     }
 
@@ -87,6 +88,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         kept_link: false,
         key_ahead: false,
         holds_link: false,
+        eager_hello: false,
         run: None,
     }
 }

@@ -182,6 +182,12 @@ impl Collector for Snapshot {
             "Redirects the kernel refused",
             ConstCounter::new(totals.redirect_errors),
         )?;
+        single(
+            &mut encoder,
+            "floki_kernel_eager_returns",
+            "Eager hellos the kernel program returned to their sender because the receiver's socket was not spliced yet",
+            ConstCounter::new(totals.eager_returns),
+        )?;
         store(&mut encoder, &agent.store.view())
     }
 }

@@ -112,6 +112,7 @@ pub fn totals(agent: &Agent) -> Totals {
         passed_msgs: counters.passed_msgs,
         redirect_errors: counters.redirect_errors,
         window_refusals: counters.window_refusals,
+        eager_returns: counters.eager_returns,
     }
 }
 

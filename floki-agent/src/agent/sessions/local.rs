@@ -394,6 +394,7 @@ fn paired_message(paired: &Paired, again: bool) -> AgentMessage {
         again,
         link: false,
         key_sent: false,
+        eager: paired.eager,
     }
 }
 

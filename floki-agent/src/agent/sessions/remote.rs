@@ -407,6 +407,7 @@ fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed, key_sent: bool
         again: handed.again,
         link: handed.again,
         key_sent,
+        eager: false,
     }
 }
 
@@ -558,6 +559,7 @@ impl RelayedEnd<'_> {
             again: false,
             link: false,
             key_sent: false,
+            eager: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {

@@ -229,6 +229,7 @@ impl Carriers for NodeCarriers {
                 connect_to,
                 ring: None,
                 listener,
+                eager: receiver.hello.eager_hello,
             })
         };
         let attempt = match plan.carrier {
@@ -357,6 +358,7 @@ mod tests {
             kept_link: false,
             key_ahead: false,
             holds_link: false,
+            eager_hello: false,
             run: None,
         }
     }

@@ -227,6 +227,7 @@ pub fn set_up(
                     carrier: Carrier::Ring(observer, None),
                     reason: format!("{reason}, the one they kept from their last channel"),
                     connect_to: None,
+                    eager: false,
                     ring: Some(RingSetUp {
                         handed: None,
                         file: Some(file.clone()),
@@ -268,6 +269,7 @@ pub fn set_up(
         carrier: Carrier::Ring(observer, huge),
         reason,
         connect_to: None,
+        eager: false,
         ring: Some(RingSetUp {
             handed: Some([(memory, a), (second, b)]),
             file,
