@@ -98,9 +98,10 @@ pub struct ChannelRecord {
     pub bytes: [u64; 2],
     /// Messages (sendmsg chunks) redirected from each end, indexed by role.
     pub msgs: [u64; 2],
-    /// The receiver's latest credit, as `floki_sk_msg` saw it go by: the
-    /// sender may have sent up to this many bytes of data frames (0: none
-    /// seen yet, `u64::MAX`: its messages could not be read, no limit).
+    /// The receiver's latest credit, as `floki_sk_msg` saw it go by, or
+    /// the window the agent granted at pairing: the sender may have sent
+    /// up to this many bytes of data frames (0: none yet, `u64::MAX`: the
+    /// receiver's messages could not be read, no limit).
     /// Past it, plus [`WINDOW_SLACK`], the sender's writes are refused.
     pub granted: u64,
     /// Per sending role: non-zero to redirect into the peer socket's send

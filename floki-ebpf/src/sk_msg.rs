@@ -190,7 +190,8 @@ fn note_credits(ctx: &SkMsgContext, record: *mut ChannelRecord) {
 }
 
 /// Whether a sender's write of `size` bytes takes it past its receiver's
-/// credit (plus the slack); never before the first credit was seen.
+/// credit (plus the slack), or past the window the agent granted at
+/// pairing; never while neither is known.
 #[inline(always)]
 fn past_window(record: *mut ChannelRecord, size: u64) -> bool {
     // SAFETY: `record` points into the map value.

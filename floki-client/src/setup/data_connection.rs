@@ -2,14 +2,15 @@
 //! stream: the receiver's first credit, the sender's pairing key, and the
 //! receiver's check of it.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, os::fd::AsRawFd as _, time::Duration};
 
 use floki_proto::{
     KEY_LEN,
     control::Role,
-    frame::{FrameHeader, FrameKind, HEADER_LEN, control_frame},
+    frame::{FrameHeader, FrameKind, HEADER_LEN, HELLO_EAGER, control_frame},
     stream::{Inbound, StreamError},
 };
+use nix::sys::socket::{MsgFlags, recv};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -128,18 +129,27 @@ async fn check_sender(
     mut sender_found: watch::Receiver<bool>,
 ) -> Option<TcpStream> {
     stream.set_nodelay(true).ok();
-    // Speak first: accept() returning means this socket is in the socket
-    // map already, and the sender's was inserted when its connect
-    // completed, so from here on every byte either way is spliced.
-    stream
-        .write_all(&Inbound::initial_credit(window))
-        .await
-        .ok()?;
-    let hello = tokio::select! {
-        hello = timeout(HELLO_TIMEOUT, read_hello(&mut stream)) => Some(hello),
-        // Only a sender found: not the receiver giving up (then this
-        // check is dropped with it).
-        Ok(_) = sender_found.wait_for(|found| *found) => None,
+    let hello = match eager_hello_at_hand(&stream) {
+        // Its sender took the window as this end's first credit, and the
+        // kernel program holds it to the window from its first byte: the
+        // credit is not owed (docs/PROTOCOL.md, section 2).
+        Some(key) => Some(Ok(Ok(key))),
+        None => {
+            // Speak first: accept() returning means this socket is in the
+            // socket map already, and the sender's was inserted when its
+            // connect completed, so from here on every byte either way is
+            // spliced.
+            stream
+                .write_all(&Inbound::initial_credit(window))
+                .await
+                .ok()?;
+            tokio::select! {
+                hello = timeout(HELLO_TIMEOUT, read_hello(&mut stream)) => Some(hello),
+                // Only a sender found: not the receiver giving up (then
+                // this check is dropped with it).
+                Ok(_) = sender_found.wait_for(|found| *found) => None,
+            }
+        }
     };
     let reason = match hello {
         Some(Ok(Ok(presented))) if presented == key => return Some(stream),
@@ -340,6 +350,26 @@ async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
         .await
         .map_err(|e| format!("truncated hello frame: {e}"))?;
     Ok(key)
+}
+
+/// The key of an eager hello already in `stream`'s receive queue, taken out
+/// of it without waiting; `None` if there is none (yet), or another frame.
+fn eager_hello_at_hand(stream: &TcpStream) -> Option<[u8; KEY_LEN]> {
+    let mut hello = [0u8; HEADER_LEN + KEY_LEN];
+    let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let fd = stream.as_raw_fd();
+    if recv(fd, &mut hello, peek).ok()? != hello.len() || hello[1] & HELLO_EAGER == 0 {
+        return None;
+    }
+    let header = FrameHeader::decode(hello[..HEADER_LEN].try_into().expect("8 bytes")).ok()?;
+    if header.kind != FrameKind::Hello {
+        return None;
+    }
+    // Peeked whole, so read whole.
+    if recv(fd, &mut hello, MsgFlags::MSG_DONTWAIT).ok()? != hello.len() {
+        return None;
+    }
+    Some(hello[HEADER_LEN..].try_into().expect("16 bytes"))
 }
 
 /// How long a rejected connection is drained before it is closed.

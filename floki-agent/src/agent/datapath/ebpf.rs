@@ -314,9 +314,9 @@ impl EbpfDatapath {
         &self,
         id: u32,
         name: &str,
-        sender_netns: Option<u64>,
-        receiver_netns: Option<u64>,
+        (sender_netns, receiver_netns): (Option<u64>, Option<u64>),
         listen: SocketAddr,
+        granted: u64,
     ) -> Result<SpliceHandle, String> {
         let (Some(sender_netns), Some(receiver_netns)) = (sender_netns, receiver_netns) else {
             return Err(
@@ -346,11 +346,14 @@ impl EbpfDatapath {
             link: None,
         };
         let result = (|| {
-            self.channels.lock().expect("channels lock").insert(
-                id,
-                ChannelRecord::named(name),
-                0,
-            )?;
+            let record = ChannelRecord {
+                granted,
+                ..ChannelRecord::named(name)
+            };
+            self.channels
+                .lock()
+                .expect("channels lock")
+                .insert(id, record, 0)?;
             let mut endpoints = self.endpoints.lock().expect("endpoints lock");
             endpoints.insert(keys[0], end(id, ROLE_SENDER), 0)?;
             endpoints.insert(keys[1], end(id, ROLE_RECEIVER), 0)

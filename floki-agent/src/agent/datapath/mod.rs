@@ -220,17 +220,21 @@ impl Datapath {
 
     /// Prepares the splice of channel `id`: the sender's socket connecting to
     /// `addr` from one namespace, the socket a listener accepts from it in
-    /// the other; `Err` explains why it will use plain TCP instead.
+    /// the other; the kernel holds the sender to `granted` bytes until the
+    /// receiver's first credit (0: no limit until then). `Err` explains why
+    /// it will use plain TCP instead.
     pub fn install(
         &self,
         id: u32,
         name: &str,
-        sender_netns: Option<u64>,
-        receiver_netns: Option<u64>,
+        (sender_netns, receiver_netns): (Option<u64>, Option<u64>),
         addr: SocketAddr,
+        granted: u64,
     ) -> Result<SpliceHandle, String> {
         match self {
-            Self::Ebpf(ebpf, _) => ebpf.install(id, name, sender_netns, receiver_netns, addr),
+            Self::Ebpf(ebpf, _) => {
+                ebpf.install(id, name, (sender_netns, receiver_netns), addr, granted)
+            }
             Self::Fallback { .. } => Err("fallback datapath".into()),
         }
     }

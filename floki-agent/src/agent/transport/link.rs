@@ -107,7 +107,10 @@ pub fn consumer_side(
     let listen = consumer
         .listen
         .ok_or("the consumer advertised no data address")?;
-    let splice = match datapath.install(id, name, agent_netns, consumer.netns_cookie, listen) {
+    // The relay's writes carry the producer's stream, held to the
+    // consumer's credits end to end: none granted before the first.
+    let netns = (agent_netns, consumer.netns_cookie);
+    let splice = match datapath.install(id, name, netns, listen, 0) {
         Ok(handle) => Some(handle),
         Err(reason) => {
             debug!(channel = %name, %reason, "consumer fed over TCP by the agent");

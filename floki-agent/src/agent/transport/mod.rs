@@ -219,7 +219,8 @@ impl Carriers for NodeCarriers {
             let (connect_to, listener) = data_address(sender, receiver)?;
             let carrier = match carrier_kind {
                 CarrierKind::Splice => {
-                    splice::set_up(&self.datapath, id, name, sender, receiver, connect_to)?
+                    let ends = (sender, receiver);
+                    splice::set_up(&self.datapath, id, name, ends, connect_to, window)?
                 }
                 _ => Carrier::Tcp,
             };

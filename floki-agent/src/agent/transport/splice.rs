@@ -12,23 +12,25 @@ use crate::agent::{
 
 /// Registers channel `id`'s endpoints: the sender's socket connecting to
 /// `connect_to` from its namespace, and the socket the receiver's listener
-/// accepts from it in its own.
+/// accepts from it in its own. The kernel holds the sender to `window`
+/// from its first byte: an eager sender writes before the receiver's first
+/// credit.
 pub fn set_up(
     datapath: &Datapath,
     id: u32,
     name: &str,
-    sender: &LocalEnd,
-    receiver: &LocalEnd,
+    (sender, receiver): (&LocalEnd, &LocalEnd),
     connect_to: Option<SocketAddr>,
+    window: u64,
 ) -> Result<Carrier, String> {
     let addr = connect_to.ok_or("the receiver has no data address")?;
     datapath
         .install(
             id,
             name,
-            sender.hello.netns_cookie,
-            receiver.hello.netns_cookie,
+            (sender.hello.netns_cookie, receiver.hello.netns_cookie),
             addr,
+            window,
         )
         .map(Carrier::Splice)
 }

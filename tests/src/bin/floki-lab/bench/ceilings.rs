@@ -77,7 +77,7 @@ impl BareRedirect {
         self.next_channel.set(channel + 1);
         let handle = self
             .datapath
-            .install(channel, "bench-bare", Some(netns), Some(netns), listen)
+            .install(channel, "bench-bare", (Some(netns), Some(netns)), listen, 0)
             .map_err(anyhow::Error::msg)?;
         let common: Vec<String> = [
             "--addr".to_owned(),
