@@ -66,6 +66,20 @@ fn the_small_streams_benchmark_measures_every_place() {
     ] {
         assert!(table.contains(row), "no row {row:?} in:\n{table}");
     }
+    // Each place has its ceiling measured in the same run: the machine's
+    // bare hand-off through a broker, which takes some time.
+    for place in ["| one node, shm |", "| two nodes, prepared link |"] {
+        let row = table
+            .lines()
+            .find(|line| line.starts_with(place))
+            .expect("place row");
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let handoff: f64 = cells[4]
+            .trim_end_matches(" µs")
+            .parse()
+            .expect("bare hand-off p50 in µs");
+        assert!(handoff > 0.0, "no bare hand-off in {row:?}");
+    }
     // Each pattern row ends with the CPU a run took: functions + servers
     // for Floki and Redis, both measured (a run cannot move 1 MiB for free
     // on either side), then the bare TCP ceiling's functions.
