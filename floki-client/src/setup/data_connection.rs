@@ -129,7 +129,7 @@ async fn check_sender(
     mut sender_found: watch::Receiver<bool>,
 ) -> Option<TcpStream> {
     stream.set_nodelay(true).ok();
-    let hello = match eager_hello_at_hand(&stream) {
+    let hello = match take_eager_hello(&stream) {
         // Its sender took the window as this end's first credit, and the
         // kernel program holds it to the window from its first byte: the
         // credit is not owed (docs/PROTOCOL.md, section 2).
@@ -353,8 +353,11 @@ async fn read_hello(stream: &mut TcpStream) -> Result<[u8; KEY_LEN], String> {
 }
 
 /// The key of an eager hello already in `stream`'s receive queue, taken out
-/// of it without waiting; `None` if there is none (yet), or another frame.
-fn eager_hello_at_hand(stream: &TcpStream) -> Option<[u8; KEY_LEN]> {
+/// of it without waiting; `None` if there is none (yet), or another frame
+/// comes first. A receiver finds its sender's there; a sender, its own
+/// that the kernel program returned. A hello is queued whole, in one
+/// message, so it is there whole or not at all.
+pub(super) fn take_eager_hello(stream: &TcpStream) -> Option<[u8; KEY_LEN]> {
     let mut hello = [0u8; HEADER_LEN + KEY_LEN];
     let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     let fd = stream.as_raw_fd();

@@ -6,11 +6,7 @@
 mod data_connection;
 pub(crate) mod opening;
 
-use std::{
-    io,
-    net::SocketAddr,
-    os::fd::{AsRawFd as _, OwnedFd},
-};
+use std::{io, net::SocketAddr, os::fd::OwnedFd};
 
 use floki_proto::{
     ProtocolError,
@@ -20,9 +16,8 @@ use floki_proto::{
     ring::{KeptRing, RingReader, RingWriter},
     stream::StreamError,
 };
-use nix::sys::socket::MsgFlags;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
     runtime::Handle,
     sync::watch,
@@ -229,7 +224,16 @@ async fn send_key(
     opts: &ChannelOptions,
 ) -> Result<(), ClientError> {
     first.extend_from_slice(&control_frame(FrameKind::Hello, key));
-    data.write_all(&first)
+    write_hello(data, &first, opts).await
+}
+
+/// Writes `bytes`, which end with the pairing key's hello frame.
+async fn write_hello(
+    data: &mut TcpStream,
+    bytes: &[u8],
+    opts: &ChannelOptions,
+) -> Result<(), ClientError> {
+    data.write_all(bytes)
         .await
         .map_err(|source| ClientError::Io {
             channel: opts.channel.clone(),
@@ -246,42 +250,10 @@ async fn send_eager_hello(
     key: &[u8; floki_proto::KEY_LEN],
     opts: &ChannelOptions,
 ) -> Result<bool, ClientError> {
-    let io = |context, source| ClientError::Io {
-        channel: opts.channel.clone(),
-        context,
-        source,
-    };
-    let hello = eager_hello(key);
-    data.write_all(&hello)
-        .await
-        .map_err(|e| io("sending the pairing key to the receiver", e))?;
+    write_hello(data, &eager_hello(key), opts).await?;
     // The program returns it within the write, so it is there by now or
-    // never.
-    let mut first = [0u8; 2];
-    let peeked = nix::sys::socket::recv(
-        data.as_raw_fd(),
-        &mut first,
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    );
-    match peeked {
-        Ok(2) if first == hello[..2] => {
-            // Queued whole within the write: read at once, without waiting
-            // for the reactor to see it.
-            let mut returned = vec![0u8; hello.len()];
-            let took =
-                nix::sys::socket::recv(data.as_raw_fd(), &mut returned, MsgFlags::MSG_DONTWAIT)
-                    .unwrap_or(0);
-            data.read_exact(&mut returned[took..])
-                .await
-                .map_err(|e| io("taking back the pairing key the kernel returned", e))?;
-            Ok(false)
-        }
-        Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(true),
-        Err(errno) => Err(io(
-            "looking for the pairing key returned by the kernel",
-            errno.into(),
-        )),
-    }
+    // never (nothing else comes before the receiver's credit).
+    Ok(data_connection::take_eager_hello(data).is_none())
 }
 
 /// The sender's data connection to the receiver's listener at `peer`,
