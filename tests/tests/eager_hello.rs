@@ -15,23 +15,35 @@ use floki_tests::{
 const BYTES: u64 = 3 << 20;
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The agent's kernel totals.
-fn totals(node: &TestNode) -> serde_json::Value {
+/// Streams `channel` from a probe sender in the agent's cgroup to the
+/// receiver `recv` (a probe, which checks every byte against the pattern
+/// it expects); asserts both succeeded and the channel is done over
+/// `transport`, and returns the agent's kernel totals.
+fn stream(
+    node: &TestNode,
+    channel: &str,
+    recv: &mut Command,
+    transport: &str,
+) -> serde_json::Value {
+    let recv = spawn(recv);
+    let send = spawn(&mut node.probe("send", channel, BYTES));
+    assert_success(&wait_within(send, LIMIT), "sender");
+    assert_success(&wait_within(recv, LIMIT), "receiver");
+    let finished = node.agent.wait_finished(channel, Duration::from_secs(10));
+    assert_eq!(finished["state"], "done", "{finished:#}");
+    assert_eq!(finished["transport"], transport, "{finished:#}");
     node.agent.status()["totals"].clone()
 }
 
 #[test]
 fn a_spliced_senders_eager_hello_is_delivered_and_its_stream_spliced() {
     let node = TestNode::start_ebpf("eager");
-    let recv = spawn(&mut node.probe("recv", "eager", BYTES));
-    let send = spawn(&mut node.probe("send", "eager", BYTES));
-    assert_success(&wait_within(send, LIMIT), "sender");
-    // The probe checks every byte against the pattern it expects.
-    assert_success(&wait_within(recv, LIMIT), "receiver");
-    let channel = node.agent.wait_finished("eager", Duration::from_secs(10));
-    assert_eq!(channel["state"], "done", "{channel:#}");
-    assert_eq!(channel["transport"], "splice", "{channel:#}");
-    let totals = totals(&node);
+    let totals = stream(
+        &node,
+        "eager",
+        &mut node.probe("recv", "eager", BYTES),
+        "splice",
+    );
     // Both sockets were spliced before the hello: nothing returned,
     // nothing went over TCP, and every byte of the stream was spliced.
     assert_eq!(totals["eager_returns"], 0, "{totals:#}");
@@ -52,14 +64,7 @@ fn an_eager_hello_to_a_receiver_never_spliced_comes_back_and_the_stream_arrives_
         .args(["--agent", &node.agent.addr.to_string()])
         .args(["--channel", "refused"])
         .args(["--bytes", &BYTES.to_string()]);
-    let recv = spawn(&mut recv);
-    let send = spawn(&mut node.probe("send", "refused", BYTES));
-    assert_success(&wait_within(send, LIMIT), "sender");
-    assert_success(&wait_within(recv, LIMIT), "receiver");
-    let channel = node.agent.wait_finished("refused", Duration::from_secs(10));
-    assert_eq!(channel["state"], "done", "{channel:#}");
-    assert_eq!(channel["transport"], "tcp", "{channel:#}");
-    let totals = totals(&node);
+    let totals = stream(&node, "refused", &mut recv, "tcp");
     // The eager hello came back to the sender, which waited for the credit
     // and sent its hello and stream over TCP, which the kernel let through.
     assert_eq!(totals["eager_returns"], 1, "{totals:#}");
