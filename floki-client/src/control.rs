@@ -65,6 +65,10 @@ pub(crate) struct Pairing {
     /// sender starts the link itself, a receiver reads the start itself
     /// (docs/PROTOCOL.md, "Held links").
     pub held: bool,
+    /// A receiver handed its stream's link before the stream started on
+    /// it: it reads the start itself, as over a link it held
+    /// (docs/PROTOCOL.md, "Lent links").
+    pub unstarted: bool,
     /// A receiver whose agent leaves it the link after a verified stream
     /// (its hello said `holds_link`): kept, it is watched while idle.
     pub holds: bool,
@@ -342,6 +346,8 @@ pub(crate) async fn hello(
         key_ahead: role == Role::Send && unix,
         holds_link: role == Role::Recv && holds_link(opts, unix),
         eager_hello: role == Role::Recv,
+        // It waits on its stream's link as on one it holds.
+        unstarted_link: role == Role::Recv && holds_link(opts, unix),
         run: opts.run.clone(),
     };
     let (opened, answer) = ask(opened, opts, ClientRequest::Open(hello)).await?;
@@ -565,6 +571,7 @@ pub(crate) async fn paired(
             key_sent: false,
             eager: false,
             held: true,
+            unstarted: false,
             holds: false,
             held_ring_sender: role == Role::Send,
         };
@@ -586,6 +593,7 @@ pub(crate) async fn paired(
             key_sent: false,
             eager: false,
             held: true,
+            unstarted: false,
             holds: role == Role::Recv,
             held_ring_sender: false,
         };
@@ -618,6 +626,7 @@ pub(crate) async fn paired(
             link,
             key_sent,
             eager,
+            unstarted,
         }) => {
             let (handed, ring) = match socket {
                 Some(Handoff::Connection) => (
@@ -676,6 +685,7 @@ pub(crate) async fn paired(
                 key_sent,
                 eager,
                 held: false,
+                unstarted: unstarted && role == Role::Recv && link,
                 holds,
                 held_ring_sender: false,
             };

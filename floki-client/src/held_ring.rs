@@ -15,7 +15,6 @@ use floki_proto::{
     control::{ControlStream, Role, Transport},
     ring::{Awaited, HeldWait, HubSlot, KeptRing},
 };
-use tokio_util::either::Either;
 
 use crate::{ChannelOptions, ClientError};
 
@@ -72,7 +71,7 @@ pub(crate) async fn wait_for_start(
     // process died (`Some(false)`), the pair timeout (`None`), or the agent.
     let woke = tokio::select! {
         woke = bounded => Some(woke),
-        () = agent_speaks(control) => None,
+        () = crate::speaks::agent_speaks(control) => None,
     };
     drop(slot);
     Ok(match (ring.end_wait(), woke) {
@@ -87,38 +86,4 @@ pub(crate) async fn wait_for_start(
         }
         (HeldWait::AskAgent, Some(Some(alive))) => Waited::AskAgent { keep_ring: alive },
     })
-}
-
-/// Returns once the agent closes `control` or writes on it: on a kept
-/// connection it says nothing unasked but its close.
-async fn agent_speaks(control: &ControlStream) {
-    use std::os::fd::AsRawFd as _;
-    let fd = match control {
-        Either::Left(tcp) => tcp.as_raw_fd(),
-        Either::Right(unix) => unix.as_raw_fd(),
-    };
-    // Readiness may be stale: a look without taking anything tells.
-    let peek = || {
-        let mut byte = [0u8; 1];
-        let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-        match nix::sys::socket::recv(fd, &mut byte, flags) {
-            Err(nix::errno::Errno::EAGAIN) => Err(std::io::ErrorKind::WouldBlock.into()),
-            _ => Ok(()),
-        }
-    };
-    loop {
-        let (ready, looked) = match control {
-            Either::Left(tcp) => (
-                tcp.readable().await,
-                tcp.try_io(tokio::io::Interest::READABLE, peek),
-            ),
-            Either::Right(unix) => (
-                unix.readable().await,
-                unix.try_io(tokio::io::Interest::READABLE, peek),
-            ),
-        };
-        if ready.is_err() || looked.is_ok() {
-            return;
-        }
-    }
 }

@@ -44,6 +44,7 @@ mod ring_async;
 mod sender;
 mod setup;
 mod spare_buffers;
+mod speaks;
 pub mod workflow;
 
 use std::{net::SocketAddr, time::Duration};

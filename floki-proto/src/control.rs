@@ -238,6 +238,12 @@ pub struct Hello {
     /// this receiver's first credit (`paired` says `eager`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eager_hello: bool,
+    /// A consumer that may be handed its stream's link across nodes before
+    /// the stream starts on it, and then reads the start itself, as it does
+    /// on a link it holds (`paired` says `unstarted`; docs/PROTOCOL.md,
+    /// "Lent links").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unstarted_link: bool,
     /// The run this end belongs to (an orchestrator's execution id: Argo's
     /// workflow uid, a Step Functions execution). A stream its producer has
     /// stored keeps it, and a consumer is served only a stored stream of
@@ -378,6 +384,12 @@ pub enum AgentMessage {
         /// (docs/PROTOCOL.md, section 2).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         eager: bool,
+        /// To a consumer whose hello said `unstarted_link`, handed the
+        /// agents' link before the stream started on it: the consumer reads
+        /// the start itself, and says `link_unread` if it gives the link up
+        /// unread (docs/PROTOCOL.md, "Lent links").
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unstarted: bool,
     },
     /// To a consumer that holds its stream's link (its hello said
     /// `holds_link`): the stream's next use started on another link (a new
@@ -399,6 +411,12 @@ pub enum ClientReport {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         finishing: bool,
     },
+    /// A consumer handed its stream's link unstarted (`paired` said
+    /// `unstarted`) gives it back unread: the agent said the stream started
+    /// on another link, or the link closed before any start. The agent
+    /// takes the link back and the end leaves its channel; the consumer's
+    /// next hello on this connection finds the started link.
+    LinkUnread,
     /// Stream bytes moved so far.
     Progress {
         /// Payload bytes written (sender) or verified-in-order read (receiver).
@@ -627,6 +645,7 @@ mod tests {
             key_ahead: false,
             holds_link: false,
             eager_hello: false,
+            unstarted_link: false,
             run: Some("argo-4f6c2d".into()),
         };
         let mut wire = Vec::new();

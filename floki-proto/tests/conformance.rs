@@ -55,6 +55,7 @@ async fn handshake() -> Value {
         key_ahead: false,
         holds_link: false,
         eager_hello: true,
+        unstarted_link: false,
         run: None,
     };
     let sender = Hello {
@@ -63,6 +64,7 @@ async fn handshake() -> Value {
         window: None,
         listener_at_pairing: false,
         eager_hello: false,
+        unstarted_link: false,
         ..receiver.clone()
     };
     json!({
@@ -88,6 +90,7 @@ async fn handshake() -> Value {
             link: false,
             key_sent: false,
             eager: true,
+            unstarted: false,
         })
         .await,
         "paired_to_ring_end": message(&AgentMessage::Paired {
@@ -101,6 +104,7 @@ async fn handshake() -> Value {
             link: false,
             key_sent: false,
             eager: false,
+            unstarted: false,
         })
         .await,
         "key_bytes": hex(&key),

@@ -57,6 +57,9 @@ pub enum LinkPath {
     /// Over the link this node's end held, without a word to this agent
     /// until it was over.
     Held,
+    /// Over a link this agent lent its consumer before the stream started
+    /// on it: the consumer read the start itself.
+    Lent,
 }
 
 /// How each of the `count` streams of that edge went, as `node`'s agent
@@ -70,6 +73,8 @@ pub fn paths_on(node: &ClusterNode, count: usize) -> Vec<LinkPath> {
                 LinkPath::Held
             } else if note.contains("kept the agents' link") {
                 LinkPath::Kept
+            } else if note.contains("was lent to the consumer") {
+                LinkPath::Lent
             } else {
                 LinkPath::New
             }

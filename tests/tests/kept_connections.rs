@@ -20,7 +20,7 @@ use floki_tests::{
     agent::AgentOptions,
     cluster::{Spec, local_edge_probe},
     links::{
-        LinkPath::{Held, New},
+        LinkPath::{Held, Kept, Lent, New},
         finished_in_order, one_edge_across_nodes, paths_on,
     },
     metrics::{get, node_with_metrics, sample},
@@ -550,9 +550,12 @@ fn a_tokio_functions_stream_across_nodes_again_goes_over_the_link_it_kept() {
         [New, Held, Held, Held],
         "node-a"
     );
+    // The first over a link of its own: handed, or lent to the consumer
+    // if it waited first.
     let consumed = paths_on(cluster.node("node-b"), AGAIN);
     assert!(
-        consumed[0] == New && consumed[1..].iter().all(|path| *path != New),
+        matches!(consumed[0], New | Lent)
+            && consumed[1..].iter().all(|path| matches!(path, Held | Kept)),
         "node-b: {consumed:?}"
     );
 }

@@ -247,52 +247,50 @@ pub(super) async fn held_start(
     control: &mut floki_proto::control::ControlStream,
     opts: &ChannelOptions,
 ) -> Result<HeldStart, ClientError> {
+    // Whichever speaks first: the start on the link, or the agent.
     let waiting = async {
         tokio::select! {
             biased;
-            ready = link.readable() => ready.map(|()| None),
-            ready = control_readable(control) => ready.map(|()| Some(())),
+            () = crate::speaks::link_speaks(link) => false,
+            () = crate::speaks::agent_speaks(control) => true,
         }
     };
-    let waited = within_pair_timeout(opts, Role::Send, waiting).await?;
-    let io = |context| {
-        move |source| ClientError::Io {
-            channel: opts.channel.clone(),
-            context,
-            source,
-        }
-    };
-    match waited.map_err(io("waiting on the link this receiver held"))? {
-        None => Ok(if read_link_start(link, opts).await? {
+    if !within_pair_timeout(opts, Role::Send, waiting).await? {
+        return Ok(if read_link_start(link, opts).await? {
             HeldStart::Started
         } else {
             HeldStart::Elsewhere
+        });
+    }
+    match floki_proto::control::read_message(control).await {
+        Ok(Some(floki_proto::control::AgentMessage::StartedElsewhere)) => Ok(HeldStart::Elsewhere),
+        Ok(None) | Err(floki_proto::ProtocolError::Io(_)) => Ok(HeldStart::AgentGone),
+        Ok(Some(other)) => Err(ClientError::Protocol {
+            channel: opts.channel.clone(),
+            source: floki_proto::ProtocolError::BadFrame(format!(
+                "unexpected {other:?} while holding the stream's link"
+            )),
         }),
-        Some(()) => match floki_proto::control::read_message(control).await {
-            Ok(Some(floki_proto::control::AgentMessage::StartedElsewhere)) => {
-                Ok(HeldStart::Elsewhere)
-            }
-            Ok(None) | Err(floki_proto::ProtocolError::Io(_)) => Ok(HeldStart::AgentGone),
-            Ok(Some(other)) => Err(ClientError::Protocol {
-                channel: opts.channel.clone(),
-                source: floki_proto::ProtocolError::BadFrame(format!(
-                    "unexpected {other:?} while holding the stream's link"
-                )),
-            }),
-            Err(source) => Err(ClientError::Protocol {
-                channel: opts.channel.clone(),
-                source,
-            }),
-        },
+        Err(source) => Err(ClientError::Protocol {
+            channel: opts.channel.clone(),
+            source,
+        }),
     }
 }
 
-/// Readiness to read of a control connection.
-async fn control_readable(control: &floki_proto::control::ControlStream) -> std::io::Result<()> {
-    match control {
-        tokio_util::either::Either::Left(tcp) => tcp.readable().await,
-        tokio_util::either::Either::Right(unix) => unix.readable().await,
-    }
+/// Tells the agent that the link it lent this receiver before its start
+/// goes back unread (`link_unread`).
+pub(super) async fn say_link_unread(
+    control: &mut floki_proto::control::ControlStream,
+    opts: &ChannelOptions,
+) -> Result<(), ClientError> {
+    let unread = floki_proto::control::ClientReport::LinkUnread;
+    floki_proto::control::write_message(control, &unread)
+        .await
+        .map_err(|source| ClientError::Protocol {
+            channel: opts.channel.clone(),
+            source,
+        })
 }
 
 /// Reads the start of the stream on a link this receiver held: its start

@@ -334,12 +334,20 @@ async fn receiver_on(
     }
     let data = match (pairing.handed.take(), own.or(handed_listener)) {
         (Some(mut link), _) => {
-            if pairing.held {
+            // A link it held, or one lent before its start: the start is
+            // this end's to read (docs/PROTOCOL.md, "Held links", "Lent
+            // links").
+            if pairing.held || pairing.unstarted {
                 match data_connection::held_start(&mut link, &mut pairing.control, opts).await? {
                     HeldStart::Started => {}
                     // The link it held goes back to the agent with the
-                    // hello (or with the connection): never read here.
+                    // hello (or with the connection): never read here. A
+                    // lent one is said unread first: its end leaves the
+                    // channel the hello was paired in.
                     HeldStart::Elsewhere => {
+                        if pairing.unstarted {
+                            data_connection::say_link_unread(&mut pairing.control, opts).await?;
+                        }
                         let opened = control::Opened::kept(pairing.control);
                         return Ok(Received::AskAgain(opened));
                     }

@@ -63,6 +63,9 @@ pub struct LinkEnd {
     /// the link is known: on the consumer's side, when the producer's agent
     /// started it).
     pub kept: Arc<std::sync::atomic::AtomicBool>,
+    /// The consumer was lent the link at its hello, before the stream
+    /// started on it, and read the start itself.
+    pub lent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a channel's bytes went, for its view.
@@ -122,6 +125,10 @@ impl Carrier {
                 };
                 let handed = if end.kept.load(Ordering::Relaxed) {
                     format!("the {function} kept the agents' link from the stream's last use")
+                } else if end.lent.load(Ordering::Relaxed) {
+                    format!(
+                        "the agents' link was lent to the {function} before the stream started, and it read the start itself"
+                    )
                 } else {
                     format!("the agents' link was handed to the {function}")
                 };

@@ -47,7 +47,9 @@ impl Ends {
     pub fn report(&mut self, role: Role, report: ClientReport) {
         let end = &mut self[role];
         match report {
-            ClientReport::Waiting { .. } => {}
+            // A lent link given back unread: the end leaves (its session
+            // drops it), with nothing moved.
+            ClientReport::Waiting { .. } | ClientReport::LinkUnread => {}
             ClientReport::Progress { bytes } => end.bytes = bytes,
             ClientReport::Done { ok, bytes, error } => {
                 end.bytes = bytes;

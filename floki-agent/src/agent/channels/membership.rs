@@ -37,6 +37,13 @@ impl Membership {
         self.channels.report(self.id, self.role, report);
     }
 
+    /// Leaves a cross-node channel before its stream began on this node
+    /// (a consumer gave back, unread, the link it was lent): the channel
+    /// goes without a trace in the history, as a waiting end's does.
+    pub fn withdraw(self) {
+        self.channels.withdraw(self.id, self.role);
+    }
+
     /// Records the kernel's part in a relayed cross-node stream (released
     /// with the channel, or at once if it is already over).
     pub fn attach_splice(&self, handle: SpliceHandle) {

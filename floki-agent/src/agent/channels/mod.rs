@@ -465,6 +465,28 @@ impl Channels {
         }
     }
 
+    /// End `role` of cross-node channel `id` leaves before its stream
+    /// began here: the channel goes without a trace in the history, as a
+    /// local end's that left before its peer joined.
+    fn withdraw(&self, id: u32, role: Role) {
+        let mut inner = self.lock();
+        let remote = inner.live.get(&id).is_some_and(|live| {
+            matches!(
+                live.stage,
+                Stage::Active {
+                    carrier: Carrier::LinkHanded(_),
+                    ..
+                }
+            )
+        });
+        if !remote {
+            return;
+        }
+        if let Some(live) = self.remove(&mut inner, id) {
+            info!(channel = %live.name, id, %role, "left before its stream started here");
+        }
+    }
+
     /// End `role` of channel `id` is gone.
     fn leave(&self, id: u32, role: Role) {
         let mut inner = self.lock();

@@ -89,6 +89,7 @@ fn hello(role: Role, shm: bool) -> Hello {
         key_ahead: false,
         holds_link: false,
         eager_hello: false,
+        unstarted_link: false,
         run: None,
     }
 }
@@ -115,6 +116,7 @@ fn remote(name: &str, role: Role) -> JoinRequest {
             peer_node: "node-b".into(),
             store: false,
             kept: Default::default(),
+            lent: Default::default(),
         })),
         window: Some(1 << 20),
     }

@@ -121,6 +121,28 @@ pub struct Start {
 
 type Taker = mpsc::Sender<oneshot::Sender<Prepared>>;
 
+/// What [`PreparedLinks::for_consumer`] found for a waiting consumer.
+pub enum ForConsumer {
+    /// A link its producer started: the agent read the start.
+    Started(Prepared),
+    /// A link still waiting for its start, lent to the consumer, which
+    /// reads the start itself.
+    Unstarted(Prepared),
+}
+
+/// Consumer side: a link waiting for its start byte, which a consumer
+/// already waiting may be lent instead ([`PreparedLinks::lend_armed`]).
+struct Armed {
+    id: u64,
+    /// Never carried a stream: the link the producer's agent will start
+    /// for a new producer process (a rearmed one waits for the producer
+    /// that kept it).
+    fresh: bool,
+    /// Asks its watch to let go of it: the link comes back on the sender
+    /// given, unless its start came first.
+    withdraw: oneshot::Sender<oneshot::Sender<Prepared>>,
+}
+
 /// The cross-node streams of this agent.
 pub struct PreparedLinks {
     node: String,
@@ -133,6 +155,9 @@ pub struct PreparedLinks {
     /// Consumer side: connections opened by the producer's agent, waiting
     /// for their start byte.
     pending: Mutex<HashMap<StreamId, usize>>,
+    /// Consumer side: the links of `pending`, which a waiting consumer may
+    /// be lent before their start.
+    armed: Mutex<HashMap<StreamId, Vec<Armed>>>,
     /// Consumer side: started connections, for the consumer's session.
     started: Mutex<HashMap<StreamId, Prepared>>,
     /// Consumer side: started connections the store claimed (their consumer
@@ -165,6 +190,7 @@ impl PreparedLinks {
             keepers: Mutex::new(HashMap::new()),
             spare: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
+            armed: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
             held_for_store: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashSet::new()),
@@ -374,7 +400,7 @@ impl PreparedLinks {
                 self.node
             ));
         }
-        self.await_start(stream, key, next_id(), conn);
+        self.await_start(stream, key, next_id(), conn, true);
         Ok(())
     }
 
@@ -385,17 +411,20 @@ impl PreparedLinks {
     /// the stream's spare link).
     pub fn rearm(self: &Arc<Self>, stream: StreamId, prepared: Prepared) {
         if reusable(&prepared.conn, true) {
-            self.await_start(stream, prepared.key, prepared.id, prepared.conn);
+            self.await_start(stream, prepared.key, prepared.id, prepared.conn, false);
         }
     }
 
-    /// Consumer side: lists `conn` as started once its start byte comes.
+    /// Consumer side: lists `conn` as started once its start byte comes;
+    /// until then a waiting consumer may be lent it (`fresh`: it never
+    /// carried a stream).
     fn await_start(
         self: &Arc<Self>,
         stream: StreamId,
         key: [u8; KEY_LEN],
         id: u64,
         conn: TcpStream,
+        fresh: bool,
     ) {
         *self
             .pending
@@ -403,9 +432,54 @@ impl PreparedLinks {
             .expect("pending lock")
             .entry(stream.clone())
             .or_default() += 1;
+        let (withdraw, withdrawn) = oneshot::channel();
+        self.armed
+            .lock()
+            .expect("armed lock")
+            .entry(stream.clone())
+            .or_default()
+            .push(Armed {
+                id,
+                fresh,
+                withdraw,
+            });
+        self.arrived(&stream);
         let this = self.clone();
         tokio::spawn(async move {
-            let begun = match read_start(&conn).await {
+            // Nothing is read until the start is there: a link lent before
+            // it leaves here whole.
+            let woken = tokio::select! {
+                biased;
+                // Readiness alone may be spurious: a byte (or the close)
+                // is there once a peek sees it.
+                ready = conn.async_io(tokio::io::Interest::READABLE, || peek(&conn)) => {
+                    this.disarm(&stream, id);
+                    ready.map(|_| None)
+                }
+                Ok(lend_to) = withdrawn => Ok(Some(lend_to)),
+            };
+            let begun = match woken {
+                Ok(None) => read_start(&conn).await,
+                Ok(Some(lend_to)) => {
+                    if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
+                        *n -= 1;
+                    }
+                    let prepared = Prepared {
+                        conn,
+                        key,
+                        live: false,
+                        id,
+                        start: 0,
+                    };
+                    // Its consumer's session went meanwhile: watched again.
+                    if let Err(prepared) = lend_to.send(prepared) {
+                        this.rearm(stream, prepared);
+                    }
+                    return;
+                }
+                Err(err) => Err(err),
+            };
+            let begun = match begun {
                 Ok(begun) => begun,
                 Err(err) => {
                     warn!(%stream, %err, "a link started wrong; closed");
@@ -452,9 +526,61 @@ impl PreparedLinks {
         });
     }
 
+    /// Consumer side: a link of `stream` still waiting for its start, taken
+    /// out of this agent's watch for a consumer that waits for the stream
+    /// and reads the start itself (docs/PROTOCOL.md, "Lent links"). A link
+    /// that never carried a stream goes first: a new producer process is
+    /// given its twin. `None` if no link is waiting.
+    pub async fn lend_armed(&self, stream: &StreamId) -> Option<Prepared> {
+        loop {
+            let armed = {
+                let mut armed = self.armed.lock().expect("armed lock");
+                let waiting = armed.get_mut(stream)?;
+                let pick = waiting
+                    .iter()
+                    .rposition(|link| link.fresh)
+                    .unwrap_or(waiting.len().checked_sub(1)?);
+                let link = waiting.swap_remove(pick);
+                if waiting.is_empty() {
+                    armed.remove(stream);
+                }
+                link
+            };
+            let (lend_to, lent) = oneshot::channel();
+            if armed.withdraw.send(lend_to).is_err() {
+                continue;
+            }
+            // Its start came first: it is served as started instead.
+            if let Ok(prepared) = lent.await {
+                return Some(prepared);
+            }
+        }
+    }
+
+    /// Consumer side: link `id` of `stream` is no longer to be lent (its
+    /// start, or its close, came).
+    fn disarm(&self, stream: &StreamId, id: u64) {
+        let mut armed = self.armed.lock().expect("armed lock");
+        if let Some(waiting) = armed.get_mut(stream) {
+            waiting.retain(|link| link.id != id);
+            if waiting.is_empty() {
+                armed.remove(stream);
+            }
+        }
+    }
+
     /// Consumer side: a started connection of `stream` (its producer is
     /// there), as soon as there is one.
     pub async fn started(&self, stream: &StreamId) -> Prepared {
+        match self.for_consumer(stream, false).await {
+            ForConsumer::Started(prepared) | ForConsumer::Unstarted(prepared) => prepared,
+        }
+    }
+
+    /// Consumer side: a started connection of `stream`, or, for a consumer
+    /// that reads the start itself (`lend`), one still waiting for its
+    /// start ([`Self::lend_armed`]); as soon as there is either.
+    pub async fn for_consumer(&self, stream: &StreamId, lend: bool) -> ForConsumer {
         let waiting = Arrival::wait(self, stream);
         loop {
             let arrived = waiting.notify.notified();
@@ -462,7 +588,10 @@ impl PreparedLinks {
             // Registered before the check: no start is missed in between.
             arrived.as_mut().enable();
             if let Some(prepared) = self.take_started(stream) {
-                return prepared;
+                return ForConsumer::Started(prepared);
+            }
+            if lend && let Some(prepared) = self.lend_armed(stream).await {
+                return ForConsumer::Unstarted(prepared);
             }
             arrived.await;
         }
@@ -490,7 +619,8 @@ impl PreparedLinks {
         }
     }
 
-    /// Wakes the consumers waiting for `stream` ([`Self::started`]).
+    /// Wakes the consumers waiting for `stream` ([`Self::for_consumer`]): a
+    /// link of it started, or one waits for its start.
     fn arrived(&self, stream: &StreamId) {
         if let Some(notify) = self.arrivals.lock().expect("arrivals lock").get(stream) {
             notify.notify_waiters();
@@ -896,7 +1026,7 @@ mod tests {
 
         // The producer's agent starts this stream's link.
         let (mut producer, conn) = link().await;
-        links.await_start(stream(), [7; KEY_LEN], 1, conn);
+        links.await_start(stream(), [7; KEY_LEN], 1, conn, true);
         producer.write_all(&[START_LIVE]).await.unwrap();
         let taken = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await

@@ -395,6 +395,7 @@ fn paired_message(paired: &Paired, again: bool) -> AgentMessage {
         link: false,
         key_sent: false,
         eager: paired.eager,
+        unstarted: false,
     }
 }
 

@@ -14,8 +14,8 @@ use std::{
 use floki_proto::{
     KEY_LEN,
     control::{
-        AgentMessage, ControlStream, Handoff, Hello, Refusal, Role, Transport, encode_key,
-        write_message, write_messages,
+        AgentMessage, ClientReport, ControlStream, Handoff, Hello, Refusal, Role, Transport,
+        encode_key, write_message, write_messages,
     },
     frame::{FrameKind, control_frame},
     handoff::send_socket,
@@ -26,7 +26,7 @@ use tokio::{
     time::Sleep,
 };
 use tokio_util::either::Either;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     HeldLink, Holding, Kept, ReportReader, WhileWaiting, closed,
@@ -39,7 +39,7 @@ use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
     control::{
-        links::{self, Parked, Prepared},
+        links::{self, ForConsumer, Parked, Prepared},
         peers::protocol::LinkStart,
         workflows::Resolved,
     },
@@ -116,8 +116,10 @@ pub async fn serve(
         peer_node: resolved.peer_node.clone(),
         store: hello.store,
         kept: Arc::default(),
+        lent: Arc::default(),
     };
     let kept_flag = end.kept.clone();
+    let lent_flag = end.lent.clone();
     let carrier = match plan.carrier {
         CarrierKind::LinkHanded => Carrier::LinkHanded(end),
         _ => Carrier::LinkRelayed {
@@ -156,7 +158,7 @@ pub async fn serve(
         agent,
     };
     // A producer that kept the stream's link is paired at once, over it.
-    let mut control = match (control, kept_send) {
+    let control = match (control, kept_send) {
         (Either::Right(unix), Some(parked)) => {
             kept_flag.store(true, Ordering::Relaxed);
             return end
@@ -164,6 +166,28 @@ pub async fn serve(
                 .await;
         }
         (control, _) => control,
+    };
+    // A consumer on the Unix socket that waits for its stream to start is
+    // lent one of the stream's links and reads the start itself: the
+    // stream's first bytes wake it alone, not this agent first and it
+    // after a hand-over (docs/PROTOCOL.md, "Lent links").
+    let lendable = role == Role::Recv
+        && started.is_none()
+        && hello.unstarted_link
+        && !hello.store
+        && kept_recv.is_none()
+        && is_unix(&control);
+    let mut control = match control {
+        Either::Right(unix) if lendable => match agent.links.lend_armed(&resolved.stream).await {
+            Some(armed) => {
+                lent_flag.store(true, Ordering::Relaxed);
+                return end
+                    .lend(unix, reader, membership, Some(accepted), armed)
+                    .await;
+            }
+            None => Either::Right(unix),
+        },
+        control => control,
     };
     // So is a consumer on the Unix socket whose link already started: it
     // hears `accepted` with `paired`.
@@ -213,10 +237,27 @@ pub async fn serve(
         // store's end gets the one it claimed.
         Role::Recv if started.is_some() => started,
         Role::Recv if hello.store => agent.links.take_held(&resolved.stream),
-        Role::Recv => tokio::select! {
-            prepared = agent.links.started(&resolved.stream) => Some(prepared),
-            () = closed(&mut control, &mut reader) => None,
-        },
+        Role::Recv => {
+            let found = tokio::select! {
+                found = agent.links.for_consumer(&resolved.stream, lendable) => found,
+                () = closed(&mut control, &mut reader) => return None,
+            };
+            match (found, control) {
+                (ForConsumer::Started(prepared), unchanged) => {
+                    control = unchanged;
+                    Some(prepared)
+                }
+                (ForConsumer::Unstarted(armed), Either::Right(unix)) => {
+                    lent_flag.store(true, Ordering::Relaxed);
+                    return end.lend(unix, reader, membership, None, armed).await;
+                }
+                // Only a consumer on the Unix socket is lent a link.
+                (ForConsumer::Unstarted(armed), Either::Left(_)) => {
+                    agent.links.rearm(resolved.stream.clone(), armed);
+                    return None;
+                }
+            }
+        }
     };
     let prepared = prepared?;
     // The function holds this very link already: it is not handed again.
@@ -230,6 +271,7 @@ pub async fn serve(
                 again: !hello.store,
                 reused,
                 accepted: untold,
+                unstarted: false,
             };
             return end.serve(unix, reader, membership, prepared, handed).await;
         }
@@ -343,6 +385,9 @@ struct Handed {
     /// Its `accepted`, if it was paired at once and not told yet: it goes
     /// in the same write as `paired`.
     accepted: Option<AgentMessage>,
+    /// A consumer lent the link before its start: it reads the start
+    /// itself.
+    unstarted: bool,
 }
 
 /// Hands the agents' link to the function on the Unix socket: its bytes then
@@ -408,6 +453,7 @@ fn link_paired(key: &[u8; KEY_LEN], window: u64, handed: &Handed, key_sent: bool
         link: handed.again,
         key_sent,
         eager: false,
+        unstarted: handed.unstarted,
     }
 }
 
@@ -506,6 +552,7 @@ impl HandedEnd<'_> {
             again,
             reused: true,
             accepted: None,
+            unstarted: false,
         };
         let paired = link_paired(parked.key(), self.window, &handed, self.hello.key_ahead);
         let start = link_start(self.hello, parked.key());
@@ -519,6 +566,99 @@ impl HandedEnd<'_> {
         drop(membership);
         // A verified stream leaves the link sound and silent, for the next.
         let link = done?.then(|| HeldLink::Sent(self.holding(parked)));
+        Some(Kept {
+            stream: control,
+            reader,
+            ring: None,
+            link,
+        })
+    }
+
+    /// Lends a consumer that waits for its stream a link of the stream not
+    /// started yet (`paired` says `unstarted`, with `accepted` in the same
+    /// write): the consumer reads the start itself, and this agent passes
+    /// its reports. Should the stream start on another link (a producer
+    /// that kept that one), the consumer is told `started_elsewhere` and
+    /// gives the lent link back unread (`link_unread`): the link goes back
+    /// to this agent's watch, the end leaves its channel, and the
+    /// consumer's next hello on the connection finds the started link.
+    async fn lend(
+        self,
+        mut unix: UnixStream,
+        mut reader: ReportReader,
+        membership: Membership,
+        accepted: Option<AgentMessage>,
+        armed: Prepared,
+    ) -> Option<Kept> {
+        let handed = Handed {
+            again: true,
+            reused: false,
+            accepted,
+            unstarted: true,
+        };
+        if let Err(err) = hand_over(&mut unix, self.hello, &armed, self.window, handed).await {
+            warn!(channel = %self.name, %err, "a link not lent; watched again");
+            self.agent.links.rearm(self.stream.clone(), armed);
+            return None;
+        }
+        let lent = match armed.park() {
+            Ok(parked) => HeldLink::Lent(self.holding(parked)),
+            Err(err) => {
+                warn!(channel = %self.name, %err, "a lent link not held; closed");
+                return None;
+            }
+        };
+        let mut control = Either::Right(unix);
+        let mut watching = true;
+        let done = loop {
+            let report = tokio::select! {
+                report = reader.next(&mut control) => report,
+                () = self.agent.links.started_untaken(self.stream), if watching => {
+                    watching = false;
+                    match write_message(&mut control, &AgentMessage::StartedElsewhere).await {
+                        Ok(()) => continue,
+                        Err(_) => break None,
+                    }
+                }
+            };
+            match report {
+                Ok(Some(ClientReport::LinkUnread)) => {
+                    membership.withdraw();
+                    return Some(Kept {
+                        stream: control,
+                        reader,
+                        ring: None,
+                        link: lent.release(self.agent),
+                    });
+                }
+                Ok(Some(report @ ClientReport::Done { ok, .. })) => {
+                    membership.report(report);
+                    break Some(ok);
+                }
+                Ok(Some(report)) => {
+                    // It reads the lent link: the stream is under way there.
+                    watching = false;
+                    membership.report(report);
+                }
+                Ok(None) => break None,
+                Err(err) => {
+                    debug!(channel = %self.name, %err, "control connection ended with an error");
+                    break None;
+                }
+            }
+        };
+        drop(membership);
+        let link = match done {
+            // A consumer that went gives the link back: unstarted, it waits
+            // for its start again; cut, it is closed there.
+            None => {
+                lent.release(self.agent);
+                return None;
+            }
+            Some(true) if self.hello.holds_link => Some(lent),
+            Some(true) => lent.release(self.agent),
+            Some(false) => None,
+        };
         Some(Kept {
             stream: control,
             reader,
@@ -560,6 +700,7 @@ impl RelayedEnd<'_> {
             link: false,
             key_sent: false,
             eager: false,
+            unstarted: false,
         };
         let (producer, consumer) = match self.hello.role {
             Role::Send => {

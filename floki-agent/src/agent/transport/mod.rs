@@ -360,6 +360,7 @@ mod tests {
             key_ahead: false,
             holds_link: false,
             eager_hello: false,
+            unstarted_link: false,
             run: None,
         }
     }

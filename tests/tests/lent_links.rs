@@ -1,0 +1,48 @@
+//! A consumer that waits for its stream across nodes is lent one of the
+//! stream's links at its hello and reads the start itself, so that the
+//! stream's first bytes wake it alone (docs/PROTOCOL.md, "Lent links").
+//! What a user checks: the bytes arrive whole, the consumer's agent shows
+//! the path, and a stream that starts on another link than the lent one
+//! still reaches a waiting consumer.
+
+use std::time::Duration;
+
+use floki_tests::{
+    cluster::local_edge_probe,
+    links::{
+        LinkPath, finished_in_order, one_edge_across_nodes, paths_on, probe_seed, send, stream_here,
+    },
+    node::{assert_success, wait_within},
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_waiting_consumer_reads_its_links_start_itself_and_its_agent_shows_it() {
+    let (cluster, _, producer, consumer) = one_edge_across_nodes();
+    stream_here(&producer, &consumer, 1 << 20, 1);
+    assert_eq!(paths_on(cluster.node("node-b"), 1), [LinkPath::Lent]);
+    assert_eq!(paths_on(cluster.node("node-a"), 1), [LinkPath::New]);
+}
+
+#[test]
+fn a_stream_started_on_another_link_than_the_lent_one_still_reaches_its_consumer() {
+    let (cluster, token, producer, consumer) = one_edge_across_nodes();
+    let b = cluster.node("node-b");
+    // This process keeps the stream's link at both ends.
+    stream_here(&producer, &consumer, 64 << 10, 1);
+    // A new consumer process is lent the spare link, but the warm producer
+    // starts the one it holds.
+    let size = 1 << 20;
+    let other = local_edge_probe(b, "recv", &token, "e", "q", size as u64, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    send(&producer, size, probe_seed());
+    assert_success(&wait_within(other, LIMIT), "the other consumer");
+    // The lent link went back unread and left no failed channel behind:
+    // the consumer's agent shows the two streams, both whole, the second
+    // over the link the producer started.
+    let streams = finished_in_order(&b.agent, "wf/e/p>q", 2);
+    assert_eq!(streams[1]["stream_bytes"], size, "{streams:#?}");
+    assert_eq!(paths_on(b, 2), [LinkPath::Lent, LinkPath::New]);
+    assert_eq!(b.agent.status()["totals"]["failed_channels"], 0);
+}
