@@ -13,9 +13,10 @@ use std::sync::{
 
 use crate::workflow::{EdgeInfo, EdgeOptions};
 
-/// The most edges kept (a function has a few; past this they are all
-/// forgotten and asked again).
-const MAX_EDGES: usize = 64;
+/// The most edges kept (a function has a few, a bridge or a benchmark
+/// driving many streams some hundreds; past this they are all forgotten and
+/// asked again). An answer is a few hundred bytes.
+const MAX_EDGES: usize = 1024;
 
 /// Who asked what: the agent, then the workflow, token, edge and function.
 type Asked = [String; 5];

@@ -458,8 +458,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
              it, writes it and finishes. **Set-up** is the producer's open to the first byte \
              readable by the consumer; **end to end** is the producer's open to the consumer's \
              verified end (length and XXH3), per stream size. One node: the agent's Unix socket \
-             (shm ring) and its TCP port (spliced); two nodes: a workflow edge between two \
-             network-namespace nodes, over the link the agents prepared at apply. Both clocks \
+             (shm ring) and its TCP port (spliced); two nodes: a workflow edge per round between \
+             two network-namespace nodes, over the link the agents prepared at apply, each \
+             edge described by both functions before the first stream, as a warm function \
+             has (its first stream on an edge in a process otherwise asks its agent to \
+             describe the edge first, one round trip more). Both clocks \
              are the machine's `CLOCK_MONOTONIC`. **Bare hand-off** is the ceiling of a brokered \
              set-up on this machine, measured in the same run, one after each stream: three \
              processes placed as the functions and the agent (the broker floats, as the agent \

@@ -71,6 +71,19 @@ impl SmallPeer {
         Some(opts)
     }
 
+    /// A warm function knows its edges: each is described once, before
+    /// the first stream, as a function that ran before has done (the
+    /// answer is kept for the process, `floki_client::workflow::describe`).
+    fn know_edges(&self) -> anyhow::Result<()> {
+        if self.channel.is_some() {
+            return Ok(());
+        }
+        for round in 0..self.rounds {
+            workflow::blocking::describe(&self.edge_options(round)?)?;
+        }
+        Ok(())
+    }
+
     fn edge_options(&self, round: usize) -> anyhow::Result<workflow::EdgeOptions> {
         let (Some(workflow), Some(token), Some(edge), Some(function)) =
             (&self.workflow, &self.token, &self.edge, &self.function)
@@ -103,6 +116,7 @@ fn say(line: &str) -> anyhow::Result<()> {
 }
 
 pub fn consumer(args: &SmallPeer) -> anyhow::Result<()> {
+    args.know_edges()?;
     for (k, round, bytes) in args.streams() {
         let opts = args.clone();
         let waiting = std::thread::spawn(move || receive(&opts, k, round, bytes));
@@ -151,6 +165,7 @@ fn receive(args: &SmallPeer, k: usize, round: usize, bytes: u64) -> anyhow::Resu
 pub fn producer(args: &SmallPeer) -> anyhow::Result<()> {
     let largest = args.sizes.iter().copied().max().unwrap_or(0) as usize;
     let data = floki_tests::pattern(largest, 7);
+    args.know_edges()?;
     let mut lines = std::io::stdin().lock().lines();
     for (k, round, bytes) in args.streams() {
         let line = lines.next().context("the driver went away")??;
