@@ -85,14 +85,24 @@ pub fn paths_on(node: &ClusterNode, count: usize) -> Vec<LinkPath> {
 /// The `count` streams of channel `name` in `agent`'s status, in the order
 /// they opened; each finished whole.
 pub fn finished_in_order(agent: &TestAgent, name: &str, count: usize) -> Vec<serde_json::Value> {
-    let status = agent.status();
-    let mut streams: Vec<serde_json::Value> = status["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter(|c| c["name"] == name)
-        .cloned()
-        .collect();
+    // An end over a held link tells its agent after its stream is over:
+    // its last report may still be on its way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (status, mut streams) = loop {
+        let status = agent.status();
+        let streams: Vec<serde_json::Value> = status["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .filter(|c| c["name"] == name)
+            .cloned()
+            .collect();
+        let finished = streams.iter().filter(|c| c["state"] == "done").count();
+        if finished >= count || std::time::Instant::now() > deadline {
+            break (status, streams);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     streams.sort_by_key(|c| c["id"].as_u64().expect("id"));
     assert_eq!(streams.len(), count, "{status:#}");
     for stream in &streams {
