@@ -138,9 +138,17 @@ struct Armed {
     /// for a new producer process (a rearmed one waits for the producer
     /// that kept it).
     fresh: bool,
-    /// Asks its watch to let go of it: the link comes back on the sender
-    /// given, unless its start came first.
-    withdraw: oneshot::Sender<oneshot::Sender<Prepared>>,
+    /// Asks its watch to let go of it, unless its start came first.
+    withdraw: oneshot::Sender<Withdraw>,
+}
+
+/// What the watch of an [`Armed`] link does with it instead of waiting for
+/// its start.
+enum Withdraw {
+    /// Sends it back on this, for a consumer to be lent.
+    Lend(oneshot::Sender<Prepared>),
+    /// Closes it: its workflow was deleted.
+    Close,
 }
 
 /// The cross-node streams of this agent.
@@ -158,6 +166,9 @@ pub struct PreparedLinks {
     /// Consumer side: the links of `pending`, which a waiting consumer may
     /// be lent before their start.
     armed: Mutex<HashMap<StreamId, Vec<Armed>>>,
+    /// Consumer side: links consumers hold (lent before their start, or
+    /// kept after their stream): the stream is ready while they do.
+    held_by_consumers: Arc<Mutex<HashMap<StreamId, usize>>>,
     /// Consumer side: started connections, for the consumer's session.
     started: Mutex<HashMap<StreamId, Prepared>>,
     /// Consumer side: started connections the store claimed (their consumer
@@ -191,6 +202,7 @@ impl PreparedLinks {
             spare: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             armed: Mutex::new(HashMap::new()),
+            held_by_consumers: Arc::default(),
             started: Mutex::new(HashMap::new()),
             held_for_store: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashSet::new()),
@@ -221,7 +233,8 @@ impl PreparedLinks {
     }
 
     /// Whether this node is ready for `stream`: a prepared connection held
-    /// (producer side) or received (consumer side).
+    /// (producer side) or received (consumer side: waiting for its start,
+    /// started, or held by a consumer).
     pub fn ready(&self, stream: &StreamId, producer_side: bool) -> bool {
         if producer_side {
             self.spare.lock().expect("spare lock").contains(stream)
@@ -229,14 +242,38 @@ impl PreparedLinks {
             self.pending
                 .lock()
                 .expect("pending lock")
-                .get(stream)
-                .is_some_and(|n| *n > 0)
+                .contains_key(stream)
                 || self
                     .started
                     .lock()
                     .expect("started lock")
                     .contains_key(stream)
+                || self
+                    .held_by_consumers
+                    .lock()
+                    .expect("held lock")
+                    .contains_key(stream)
         }
+    }
+
+    /// Consumer side: counts a link of `stream` a consumer holds until the
+    /// returned guard is dropped ([`Self::ready`]).
+    pub fn held_by_consumer(&self, stream: &StreamId) -> ConsumerHold {
+        *self
+            .held_by_consumers
+            .lock()
+            .expect("held lock")
+            .entry(stream.clone())
+            .or_default() += 1;
+        ConsumerHold {
+            counts: self.held_by_consumers.clone(),
+            stream: stream.clone(),
+        }
+    }
+
+    /// Consumer side: one link of `stream` no longer waits for its start.
+    fn unpend(&self, stream: &StreamId) {
+        uncount(&mut self.pending.lock().expect("pending lock"), stream);
     }
 
     fn applied_outgoing(&self, stream: &StreamId) -> bool {
@@ -410,7 +447,9 @@ impl PreparedLinks {
     /// shut down or that broke is dropped (the producer's agent then starts
     /// the stream's spare link).
     pub fn rearm(self: &Arc<Self>, stream: StreamId, prepared: Prepared) {
-        if reusable(&prepared.conn, true) {
+        // A link of a deleted workflow is closed, not watched.
+        let ends_here = self.workflows.ends_on(&self.node, &stream) == Some(true);
+        if ends_here && reusable(&prepared.conn, true) {
             self.await_start(stream, prepared.key, prepared.id, prepared.conn, false);
         }
     }
@@ -456,14 +495,16 @@ impl PreparedLinks {
                     this.disarm(&stream, id);
                     ready.map(|_| None)
                 }
-                Ok(lend_to) = withdrawn => Ok(Some(lend_to)),
+                Ok(withdraw) = withdrawn => Ok(Some(withdraw)),
             };
             let begun = match woken {
                 Ok(None) => read_start(&conn).await,
-                Ok(Some(lend_to)) => {
-                    if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
-                        *n -= 1;
-                    }
+                Ok(Some(withdraw)) => {
+                    this.unpend(&stream);
+                    let Withdraw::Lend(lend_to) = withdraw else {
+                        debug!(%stream, "a link of a deleted workflow closed before its start");
+                        return;
+                    };
                     let prepared = Prepared {
                         conn,
                         key,
@@ -486,9 +527,7 @@ impl PreparedLinks {
                     None
                 }
             };
-            if let Some(n) = this.pending.lock().expect("pending lock").get_mut(&stream) {
-                *n -= 1;
-            }
+            this.unpend(&stream);
             if let Some(LinkStart { live, run }) = begun {
                 let prepared = Prepared {
                     conn,
@@ -547,7 +586,7 @@ impl PreparedLinks {
                 link
             };
             let (lend_to, lent) = oneshot::channel();
-            if armed.withdraw.send(lend_to).is_err() {
+            if armed.withdraw.send(Withdraw::Lend(lend_to)).is_err() {
                 continue;
             }
             // Its start came first: it is served as started instead.
@@ -718,9 +757,27 @@ impl PreparedLinks {
             .is_some_and(|prepared| Self::is_storable(prepared, start))
     }
 
-    /// Forgets the consumer-side connections of a deleted workflow.
+    /// Forgets the consumer-side connections of a deleted workflow: those
+    /// waiting for their start are closed, started ones dropped.
     pub fn forget(&self, workflow: &str) {
         let _ = self.forgotten.send(workflow.to_owned());
+        let withdrawn: Vec<Armed> = {
+            let mut armed = self.armed.lock().expect("armed lock");
+            let streams: Vec<StreamId> = armed
+                .keys()
+                .filter(|stream| stream.workflow == workflow)
+                .cloned()
+                .collect();
+            streams
+                .iter()
+                .filter_map(|stream| armed.remove(stream))
+                .flatten()
+                .collect()
+        };
+        for link in withdrawn {
+            // Its start came first: the `started` entry goes below.
+            let _ = link.withdraw.send(Withdraw::Close);
+        }
         self.started
             .lock()
             .expect("started lock")
@@ -729,6 +786,29 @@ impl PreparedLinks {
             .lock()
             .expect("held lock")
             .retain(|stream, _| stream.workflow != workflow);
+    }
+}
+
+/// Consumer side: a link of a stream a consumer holds, counted while this
+/// lives ([`PreparedLinks::held_by_consumer`]).
+pub struct ConsumerHold {
+    counts: Arc<Mutex<HashMap<StreamId, usize>>>,
+    stream: StreamId,
+}
+
+impl Drop for ConsumerHold {
+    fn drop(&mut self) {
+        uncount(&mut self.counts.lock().expect("held lock"), &self.stream);
+    }
+}
+
+/// Takes one from `stream`'s count, forgetting the stream at zero.
+fn uncount(counts: &mut HashMap<StreamId, usize>, stream: &StreamId) {
+    if let Some(n) = counts.get_mut(stream) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(stream);
+        }
     }
 }
 

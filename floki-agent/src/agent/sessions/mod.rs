@@ -265,6 +265,9 @@ struct Holding {
     link: crate::agent::control::links::Parked,
     /// The node of the stream's other end.
     peer_node: String,
+    /// Consumer side: counts the stream ready while its consumer holds
+    /// the link.
+    _ready: Option<crate::agent::control::links::ConsumerHold>,
 }
 
 /// How many `waiting` reports an end may send while it waits for its peer

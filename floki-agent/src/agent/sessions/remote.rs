@@ -39,7 +39,7 @@ use crate::agent::{
     Agent,
     channels::{Carrier, EndKind, JoinRequest, LinkEnd, Membership},
     control::{
-        links::{self, ForConsumer, Parked, Prepared},
+        links::{self, ConsumerHold, ForConsumer, Parked, Prepared},
         peers::protocol::LinkStart,
         workflows::Resolved,
     },
@@ -469,12 +469,19 @@ struct HandedEnd<'a> {
 
 impl HandedEnd<'_> {
     /// What the connection keeps of the link its function holds.
-    fn holding(&self, link: Parked) -> Box<Holding> {
+    fn holding(&self, link: Parked, ready: Option<ConsumerHold>) -> Box<Holding> {
         Box::new(Holding {
             stream: self.stream.clone(),
             link,
             peer_node: self.peer_node.to_owned(),
+            _ready: ready,
         })
+    }
+
+    /// A consumer's link, held by it: the stream stays ready meanwhile.
+    fn lent(&self, link: Parked) -> HeldLink {
+        let ready = self.agent.links.held_by_consumer(self.stream);
+        HeldLink::Lent(self.holding(link, Some(ready)))
     }
 
     /// Hands the link over as `handed` says and passes the end's reports
@@ -510,12 +517,10 @@ impl HandedEnd<'_> {
         // the stream's next use. Otherwise this agent's descriptor goes, and
         // the link with it once the function's.
         let link = match (done?, self.hello.role) {
-            (true, Role::Send) => Some(HeldLink::Sent(self.holding(parked))),
+            (true, Role::Send) => Some(HeldLink::Sent(self.holding(parked, None))),
             // A consumer that reads its next start itself keeps the link
             // to itself until it asks for something else or goes.
-            (true, Role::Recv) if self.hello.holds_link => {
-                Some(HeldLink::Lent(self.holding(parked)))
-            }
+            (true, Role::Recv) if self.hello.holds_link => Some(self.lent(parked)),
             (true, Role::Recv) => {
                 if let Ok(prepared) = parked.unpark() {
                     self.agent.links.rearm(self.stream.clone(), prepared);
@@ -565,7 +570,7 @@ impl HandedEnd<'_> {
             reports(Either::Right(unix), &membership, self.name, reader, again).await;
         drop(membership);
         // A verified stream leaves the link sound and silent, for the next.
-        let link = done?.then(|| HeldLink::Sent(self.holding(parked)));
+        let link = done?.then(|| HeldLink::Sent(self.holding(parked, None)));
         Some(Kept {
             stream: control,
             reader,
@@ -602,7 +607,7 @@ impl HandedEnd<'_> {
             return None;
         }
         let lent = match armed.park() {
-            Ok(parked) => HeldLink::Lent(self.holding(parked)),
+            Ok(parked) => self.lent(parked),
             Err(err) => {
                 warn!(channel = %self.name, %err, "a lent link not held; closed");
                 return None;
