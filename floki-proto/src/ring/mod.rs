@@ -58,9 +58,11 @@ const MAGIC: u64 = 0x464c_4b52_0000_0001;
 pub const CAPACITY_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 /// How often a waiting end checks that its peer is alive.
 pub const LIVENESS: Duration = Duration::from_millis(50);
-/// Bytes hashed and copied at a time: small enough to stay in the L1/L2
-/// cache between the two passes.
-const PIECE: usize = 32 << 10;
+/// Bytes hashed and copied at a time: half of a 32 KiB L1 data cache, so
+/// that the copy's destination lines do not push the piece out before the
+/// copy reads it (32 KiB pieces moved about 15% fewer bytes per second:
+/// docs/BENCHMARKS.md, "Ring pieces").
+const PIECE: usize = 16 << 10;
 /// On a ring's first lap, the fewest bytes that go through the file rather
 /// than the mapping: below this, the system call costs more than mapping
 /// the page once (small messages share their pages).
