@@ -367,7 +367,8 @@ async fn held_ring(
     let ring = opened.ring.as_ref().expect("eligible: a kept ring");
     let started = match role {
         Role::Send => ring.take_held(),
-        Role::Recv => match crate::held_ring::wait_for_start(ring, &opened.stream, opts).await? {
+        Role::Recv => match crate::held_ring::wait_for_start(ring, &mut opened.stream, opts).await?
+        {
             Waited::Started => true,
             Waited::AskAgent { keep_ring } => {
                 if !keep_ring {
@@ -481,7 +482,15 @@ async fn say(
     } else {
         write_message(control, request).await?;
     }
-    read_message(control).await
+    loop {
+        match read_message(control).await? {
+            // Said between requests, to an end that had stopped waiting
+            // before it came (docs/PROTOCOL.md, "Held rings"): not the
+            // answer.
+            Some(AgentMessage::StartedElsewhere) => {}
+            answer => return Ok(answer),
+        }
+    }
 }
 
 /// The end the agent's `answer` to its hello accepted, or why not.

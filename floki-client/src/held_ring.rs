@@ -3,16 +3,16 @@
 //! (docs/PROTOCOL.md, "Held rings"). The receiver says in the ring that it
 //! waits and sleeps on it; the sender takes the wait, rewinds the ring and
 //! streams. Either end that finds the other not there asks the agent as
-//! before, and the agent, asked by the stream's sender, withdraws the ring:
-//! a receiver waiting on it sees that (within 50 ms) and asks the agent
-//! too. The receiver
+//! before, and the agent, asked by the stream's sender, withdraws the ring
+//! and tells a receiver waiting on it (`started_elsewhere`), which asks
+//! the agent too. The receiver
 //! tells the agent afterwards (`held`), as over a held link; the sender
 //! only of a failure.
 
 use std::task::Poll;
 
 use floki_proto::{
-    control::{ControlStream, Role, Transport},
+    control::{AgentMessage, ControlStream, Role, Transport, read_message},
     ring::{Awaited, HeldWait, HubSlot, KeptRing},
 };
 
@@ -49,7 +49,7 @@ pub(crate) enum Waited {
 /// timeout, while watching `control` for the agent.
 pub(crate) async fn wait_for_start(
     ring: &KeptRing,
-    control: &ControlStream,
+    control: &mut ControlStream,
     opts: &ChannelOptions,
 ) -> Result<Waited, ClientError> {
     if !ring.announce_wait() {
@@ -74,8 +74,18 @@ pub(crate) async fn wait_for_start(
         () = crate::speaks::agent_speaks(control) => None,
     };
     drop(slot);
+    // The agent withdrew the ring (its sender asked it) and said so; or it
+    // closed the connection.
+    let told = match woke {
+        None => matches!(
+            read_message(control).await,
+            Ok(Some(AgentMessage::StartedElsewhere))
+        ),
+        Some(_) => false,
+    };
     Ok(match (ring.end_wait(), woke) {
         (HeldWait::Started, _) => Waited::Started,
+        (HeldWait::AskAgent, None) if told => Waited::AskAgent { keep_ring: true },
         (HeldWait::AskAgent, None) => Waited::AgentGone,
         (HeldWait::AskAgent, Some(None)) => {
             return Err(ClientError::PairTimeout {

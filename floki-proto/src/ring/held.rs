@@ -59,13 +59,20 @@ impl KeptRing {
     /// Receiver: says that it waits for its next stream over this ring;
     /// `false` if the agent withdrew the ring (ask it instead).
     pub fn announce_wait(&self) -> bool {
-        !self.withdrawn()
+        let announced = !self.withdrawn()
             && self
                 .held()
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
                     matches!(word, IDLE | STARTED).then_some(WAITS)
                 })
-                .is_ok()
+                .is_ok();
+        // The agent writes `withdrawn`, then reads `held` to tell a waiting
+        // receiver ([`withdrawn_while_waiting`]); this end writes `held`,
+        // then reads `withdrawn` again: one of the two sees the other.
+        if announced && self.withdrawn() {
+            return self.end_wait() == HeldWait::Started;
+        }
+        announced
     }
 
     /// Receiver, after its wait was woken ([`KeptRing::waiter`] with
@@ -149,6 +156,21 @@ pub fn withdraw(memory: &OwnedFd) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(&file, &1u32.to_ne_bytes(), at as u64)
 }
 
+/// Agent: whether the ring in `memory` is withdrawn while its receiver
+/// waits on it (read through the file): the agent tells that receiver on
+/// its connection (`started_elsewhere`), rather than leave it to see the
+/// word within [`LIVENESS`](super::LIVENESS).
+pub fn withdrawn_while_waiting(memory: &OwnedFd) -> io::Result<bool> {
+    let word = |at: usize| -> io::Result<u32> {
+        let mut bytes = [0u8; 4];
+        let file = std::fs::File::from(memory.try_clone()?);
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, at as u64)?;
+        Ok(u32::from_ne_bytes(bytes))
+    };
+    Ok(word(std::mem::offset_of!(Header, withdrawn))? != 0
+        && word(std::mem::offset_of!(Header, held))? == WAITS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,10 +235,16 @@ mod tests {
     fn the_agent_withdraws_a_wait_and_both_ends_ask_it_until_it_rewinds_the_ring() {
         let (sender, receiver, agent) = kept_pair();
         assert!(receiver.announce_wait());
+        assert!(!withdrawn_while_waiting(&agent).expect("read"));
         withdraw(&agent).expect("withdraw");
+        assert!(
+            withdrawn_while_waiting(&agent).expect("read"),
+            "the agent sees a receiver to tell"
+        );
         assert!(Awaited::Start.holds(&receiver.ring), "the wait is over");
         assert!(!sender.take_held(), "withdrawn: the sender asks the agent");
         assert_eq!(receiver.end_wait(), HeldWait::AskAgent);
+        assert!(!withdrawn_while_waiting(&agent).expect("read"), "it left");
         assert!(!receiver.announce_wait(), "still withdrawn");
         crate::ring::rewind(&agent).expect("the agent pairs them over it");
         assert!(receiver.announce_wait(), "rewound: held again");

@@ -41,7 +41,7 @@ use std::{
     time::Duration,
 };
 
-pub use held::{HeldWait, withdraw};
+pub use held::{HeldWait, withdraw, withdrawn_while_waiting};
 pub use hub::HubSlot;
 use memmap2::MmapMut;
 pub use reader::RingReader;

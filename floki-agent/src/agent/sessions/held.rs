@@ -9,6 +9,8 @@
 
 use floki_proto::control::{AgentMessage, ClientRequest, HeldReport, Refusal, Role, write_message};
 
+use crate::agent::transport::RingFile;
+
 use super::{
     HeldLink, Kept, KeptRingEnd,
     handshake::{self, refuse},
@@ -37,6 +39,13 @@ pub async fn next_request(
         .as_ref()
         .and_then(|link| link.lent_stream().cloned());
     let mut forgotten = agent.links.forgotten();
+    // A receiver that kept its ring is told, once, when the ring is
+    // withdrawn while it waits on it (its stream's sender came here).
+    let mut ring_watched = next
+        .ring
+        .as_ref()
+        .filter(|ring| ring.role == Role::Recv)
+        .map(|ring| ring.file.clone());
     loop {
         let held = next.link.as_ref().and_then(HeldLink::held_stream).cloned();
         let lent = next.link.as_ref().and_then(HeldLink::lent_stream).is_some();
@@ -44,6 +53,13 @@ pub async fn next_request(
             request = next_on(next, lent) => request,
             () = started_untaken(agent, watching.as_ref()) => {
                 watching = None;
+                if write_message(&mut next.stream, &AgentMessage::StartedElsewhere).await.is_ok() {
+                    continue;
+                }
+                None
+            }
+            () = withdrawn_while_waiting(ring_watched.as_deref()) => {
+                ring_watched = None;
                 if write_message(&mut next.stream, &AgentMessage::StartedElsewhere).await.is_ok() {
                     continue;
                 }
@@ -109,6 +125,15 @@ async fn next_on(next: &mut Kept, lent: bool) -> Option<Result<ClientRequest, Re
         handshake::next_request_holding(&mut next.stream, &mut next.reader).await
     } else {
         handshake::next_request(&mut next.stream, &mut next.reader).await
+    }
+}
+
+/// Returns once `ring` is withdrawn while its receiver waits on it; never
+/// without a ring.
+async fn withdrawn_while_waiting(ring: Option<&RingFile>) {
+    match ring {
+        Some(ring) => ring.withdrawn_while_waiting().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -26,6 +26,7 @@ use std::{
 };
 
 use floki_proto::ring::{self, RingObserver};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::agent::channels::{Carrier, RingSetUp, SetUp};
@@ -191,6 +192,9 @@ pub struct RingFile {
     /// A ring on huge pages holds its place among them while it is kept,
     /// as while its channel lives.
     _huge: Option<Arc<HugeRing>>,
+    /// Rung at each withdrawal, for the session of its receiver's kept
+    /// connection ([`RingFile::withdrawn_while_waiting`]).
+    withdrawals: Notify,
 }
 
 impl RingFile {
@@ -205,6 +209,22 @@ impl RingFile {
     fn withdraw(&self) {
         if let Err(err) = ring::withdraw(&self.memory) {
             warn!(%err, "a kept ring could not be withdrawn from its ends' own set-up");
+        }
+        self.withdrawals.notify_waiters();
+    }
+
+    /// Returns once the ring is withdrawn while its receiver waits on it
+    /// (docs/PROTOCOL.md, "Held rings"): its session tells it at once.
+    pub async fn withdrawn_while_waiting(&self) {
+        loop {
+            let rung = self.withdrawals.notified();
+            tokio::pin!(rung);
+            // Registered before the look: no withdrawal is missed between.
+            rung.as_mut().enable();
+            if ring::withdrawn_while_waiting(&self.memory).unwrap_or(false) {
+                return;
+            }
+            rung.await;
         }
     }
 }
@@ -261,6 +281,7 @@ pub fn set_up(
             capacity: ring::capacity_for(window),
             last: Mutex::default(),
             _huge: huge.clone(),
+            withdrawals: Notify::new(),
         });
         files.carries(name, &file);
         file
