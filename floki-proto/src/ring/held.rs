@@ -161,11 +161,13 @@ pub fn withdraw(memory: &OwnedFd) -> io::Result<()> {
 /// its connection (`started_elsewhere`), rather than leave it to see the
 /// word within [`LIVENESS`](super::LIVENESS).
 pub fn withdrawn_while_waiting(memory: &OwnedFd) -> io::Result<bool> {
+    // Through the agent's own descriptor: no duplicate per look.
     let word = |at: usize| -> io::Result<u32> {
         let mut bytes = [0u8; 4];
-        let file = std::fs::File::from(memory.try_clone()?);
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, at as u64)?;
-        Ok(u32::from_ne_bytes(bytes))
+        match nix::sys::uio::pread(memory, &mut bytes, at as libc::off_t)? {
+            4 => Ok(u32::from_ne_bytes(bytes)),
+            _ => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
     };
     Ok(word(std::mem::offset_of!(Header, withdrawn))? != 0
         && word(std::mem::offset_of!(Header, held))? == WAITS)
