@@ -134,6 +134,22 @@ pub fn stream_here(producer: &ChannelOptions, consumer: &ChannelOptions, size: u
     );
 }
 
+/// A new consumer process (a retry, say) on `node` waits for the edge's
+/// stream, then this process's `producer` sends `size` bytes: that
+/// process gets them whole.
+pub fn another_consumer_receives(
+    node: &ClusterNode,
+    token: &str,
+    producer: &ChannelOptions,
+    size: usize,
+) {
+    let other = crate::cluster::local_edge_probe(node, "recv", token, "e", "q", size as u64, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    send(producer, size, probe_seed());
+    let done = crate::node::wait_within(other, Duration::from_secs(60));
+    crate::node::assert_success(&done, "the other consumer");
+}
+
 /// `size` bytes of `seed`'s pattern from `producer`, verified.
 pub fn send(producer: &ChannelOptions, size: usize, seed: u64) -> floki_client::Summary {
     let mut tx = blocking::Sender::open(producer).expect("sender");

@@ -16,7 +16,8 @@ use floki_client::blocking;
 use floki_tests::{
     cluster::local_edge_probe,
     links::{
-        LinkPath::Held, one_edge_across_nodes, paths_on, probe_seed, receive, send, stream_here,
+        LinkPath::Held, another_consumer_receives, one_edge_across_nodes, paths_on, probe_seed,
+        receive, send, stream_here,
     },
     node::{assert_success, wait_within},
     pattern,
@@ -64,11 +65,7 @@ fn another_consumer_process_gets_the_stream_while_this_one_holds_its_link() {
     stream_here(&producer, &consumer, 64 << 10, 1);
     // A new consumer process (a retry, say) waits, while this process holds
     // the link and reads nothing.
-    let size = 1 << 20;
-    let other = local_edge_probe(b, "recv", &token, "e", "q", size as u64, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    send(&producer, size, probe_seed());
-    assert_success(&wait_within(other, LIMIT), "the other consumer");
+    another_consumer_receives(b, &token, &producer, 1 << 20);
     // This process's next stream still comes.
     stream_here(&producer, &consumer, 64 << 10, 2);
 }

@@ -8,12 +8,11 @@
 use std::time::{Duration, Instant};
 
 use floki_tests::{
-    cluster::{ClusterNode, local_edge_probe},
+    cluster::ClusterNode,
     links::{
-        LinkPath, finished_in_order, one_edge_across_nodes, paths_on, probe_seed, receive, send,
-        stream_here,
+        LinkPath, another_consumer_receives, finished_in_order, one_edge_across_nodes, paths_on,
+        probe_seed, receive, send, stream_here,
     },
-    node::{assert_success, wait_within},
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -35,10 +34,7 @@ fn a_stream_started_on_another_link_than_the_lent_one_still_reaches_its_consumer
     // A new consumer process is lent the spare link, but the warm producer
     // starts the one it holds.
     let size = 1 << 20;
-    let other = local_edge_probe(b, "recv", &token, "e", "q", size as u64, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    send(&producer, size, probe_seed());
-    assert_success(&wait_within(other, LIMIT), "the other consumer");
+    another_consumer_receives(b, &token, &producer, size);
     // The lent link went back unread and left no failed channel behind:
     // the consumer's agent shows the two streams, both whole, the second
     // over the link the producer started.
